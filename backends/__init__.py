@@ -1,0 +1,1 @@
+"""In-repo backends: ``mock`` (and later ``torch``, ``fsdp``, ``modal``)."""

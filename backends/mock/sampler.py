@@ -1,0 +1,163 @@
+"""The decode loop of the mock backend, and the spec's sampling semantics (SMP).
+
+* Sequence ``j`` of a request draws from its own ``torch.Generator`` seeded with
+  ``(seed * 1_000_003 + j) mod 2**63`` when ``sampling_params.seed`` is set (fresh randomness
+  otherwise), and sequences are computed one at a time, so a sequence's output depends neither on
+  ``num_samples`` nor on the other sequences.
+* ``temperature == 0`` is greedy (``argmax``, lowest id on ties). Otherwise the distribution is
+  ``softmax(logits / temperature)``, cut to the ``top_k`` most probable tokens (ties broken by
+  lower id), renormalised, cut to the smallest prefix whose cumulative probability reaches
+  ``top_p``, and sampled by inverse CDF with one uniform draw per token.
+* ``logprobs[i]`` is the raw model ``log_softmax`` (temperature 1, no filtering) of the sampled
+  token given ``prompt + tokens[:i]``: the number ``forward`` returns for that token.
+* Stops: ``None`` -> EOS; ``str | list[str]`` -> the decoded completion contains one of them;
+  ``list[int]`` -> the sampled token is one of them; ``[]`` -> none. Explicit stops replace EOS.
+  The token that triggers a stop is kept and ``stop_reason`` is ``"stop"``; otherwise generation
+  ends after ``max_tokens`` (default and cap: the rest of the context window) with ``"length"``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tinker_std.backend import SampleRequest, Tokenizer
+from tinker_std.errors import BadRequestError
+from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
+
+__all__ = ["StopRule", "sequence_generator", "choose_token", "generate", "prompt_scores", "sample"]
+
+#: Maps a token sequence to its logits (T, V).
+ModelFn = Callable[[list[int]], torch.Tensor]
+
+SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a completion is finished: a token in ``tokens`` was sampled, or its text contains one
+    of ``strings``."""
+
+    tokens: frozenset[int]
+    strings: tuple[str, ...]
+
+    @classmethod
+    def from_stop(cls, stop: str | list[str] | list[int] | None, eos_token_id: int | None) -> StopRule:
+        if stop is None:
+            return cls(frozenset() if eos_token_id is None else frozenset({eos_token_id}), ())
+        if isinstance(stop, str):
+            return cls(frozenset(), (stop,))
+        return cls(
+            frozenset(s for s in stop if isinstance(s, int)), tuple(s for s in stop if isinstance(s, str))
+        )
+
+    def reached(self, completion: list[int], tokenizer: Tokenizer) -> bool:
+        if completion and completion[-1] in self.tokens:
+            return True
+        if not self.strings:
+            return False
+        text = tokenizer.decode(completion)
+        return any(s in text for s in self.strings)
+
+
+def sequence_generator(seed: int | None, index: int) -> torch.Generator:
+    """The random stream of sequence ``index`` of a request."""
+    value = (seed * SEED_STRIDE + index) % 2**63 if seed is not None else secrets.randbits(63)
+    return torch.Generator().manual_seed(value)
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """The next token given last-position ``logits`` (V,), per the module docstring."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
+    if params.top_k != -1:
+        sorted_probs = sorted_probs[: params.top_k]
+    sorted_probs = sorted_probs / sorted_probs.sum()
+    if params.top_p < 1.0:
+        below = int((torch.cumsum(sorted_probs, 0) < params.top_p).sum())
+        sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
+    cdf = torch.cumsum(sorted_probs, 0)
+    u = torch.rand((), generator=generator, dtype=cdf.dtype) * cdf[-1]
+    index = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    return int(ids[index])
+
+
+def generate(
+    model: ModelFn,
+    prompt: list[int],
+    params: SamplingParams,
+    max_tokens: int,
+    stop: StopRule,
+    tokenizer: Tokenizer,
+    generator: torch.Generator,
+) -> SampledSequence:
+    """One completion of ``prompt`` (recomputing the whole prefix each step: the model is tiny)."""
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    reason: StopReason = "length"
+    for _ in range(max_tokens):
+        logits = model(prompt + tokens)[-1]
+        token = choose_token(logits, params, generator)
+        tokens.append(token)
+        logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+        if stop.reached(tokens, tokenizer):
+            reason = "stop"
+            break
+    return SampledSequence(
+        stop_reason=reason,
+        tokens=tokens,
+        logprobs=logprobs,
+        sequence_id=uuid.uuid4().hex,
+    )
+
+
+def prompt_scores(
+    logits: torch.Tensor, prompt: Sequence[int], include: bool, topk: int
+) -> tuple[list[float | None] | None, list[list[tuple[int, float]] | None] | None]:
+    """``prompt_logprobs`` (when ``include``) and ``topk_prompt_logprobs`` (when ``topk > 0``).
+
+    Entry 0 is ``None``; entry ``i`` scores position ``i`` given ``prompt[:i]``. Top-k rows are
+    sorted by logprob descending, ties by token id ascending, and hold ``min(topk, V)`` pairs.
+    """
+    logp = torch.log_softmax(logits[:-1], dim=-1)  # row i predicts prompt[i + 1]
+    lps: list[float | None] | None = None
+    if include:
+        targets = torch.as_tensor(list(prompt[1:]), dtype=torch.long)
+        lps = [None, *logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()]
+    tops: list[list[tuple[int, float]] | None] | None = None
+    if topk > 0:
+        values, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
+        k = min(topk, logp.shape[-1])
+        tops = [None]
+        for row_ids, row_values in zip(ids[:, :k].tolist(), values[:, :k].tolist(), strict=True):
+            tops.append(list(zip(row_ids, row_values, strict=True)))
+    return lps, tops
+
+
+def sample(model: ModelFn, request: SampleRequest, max_context_length: int, tokenizer: Tokenizer) -> SampleResponse:
+    """Answer one sampling request with ``model``."""
+    prompt = list(request.prompt)
+    if not prompt:
+        raise BadRequestError("prompt", "must hold at least one token")
+    params = request.sampling_params
+    room = max_context_length - len(prompt)
+    max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+    stop = StopRule.from_stop(params.stop, tokenizer.eos_token_id)
+    sequences = [
+        generate(model, prompt, params, max_tokens, stop, tokenizer, sequence_generator(params.seed, j))
+        for j in range(request.num_samples)
+    ]
+    lps: list[float | None] | None = None
+    tops: list[list[tuple[int, float]] | None] | None = None
+    if request.include_prompt_logprobs or request.topk_prompt_logprobs > 0:
+        with torch.no_grad():
+            lps, tops = prompt_scores(
+                model(prompt), prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs
+            )
+    return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")

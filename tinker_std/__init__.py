@@ -1,0 +1,106 @@
+"""tinker-std: an open standard and reference implementation of the Tinker-style training API.
+
+Write a training loop once against these names and run it on any backend::
+
+    import tinker_std as ts
+    svc = ts.ServiceClient(backend="mock")
+    tc = svc.create_lora_training_client(base_model="mock/tiny", rank=8).result()
+"""
+
+from . import types
+from .backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from .capabilities import Capabilities
+from .checkpoints import CheckpointStore
+from .client import RestClient, SamplingClient, ServiceClient, TrainingClient
+from .errors import (
+    BackendValidationError,
+    BadRequestError,
+    ConflictError,
+    ContextLengthError,
+    NotFoundError,
+    RequestFailedError,
+    TinkerError,
+    Unsupported,
+)
+from .futures import APIFuture
+from .types import (
+    AdamOptimizerConfig,
+    AdamParams,
+    Checkpoint,
+    CheckpointType,
+    Datum,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    GetInfoResponse,
+    GetServerCapabilitiesResponse,
+    LoraConfig,
+    LossFnType,
+    ModelData,
+    ModelID,
+    ModelInput,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampledSequence,
+    SampleResponse,
+    SamplingParams,
+    SaveWeightsForSamplerResponse,
+    SaveWeightsResponse,
+    StopReason,
+    SupportedModel,
+    TensorData,
+    TrainingRun,
+)
+
+SPEC_VERSION = "0.1"
+__version__ = "0.1.0"
+
+__all__ = [
+    "SPEC_VERSION",
+    "APIFuture",
+    "AdamOptimizerConfig",
+    "AdamParams",
+    "AdapterState",
+    "Backend",
+    "BackendValidationError",
+    "BadRequestError",
+    "Capabilities",
+    "Checkpoint",
+    "CheckpointStore",
+    "CheckpointType",
+    "ConflictError",
+    "ContextLengthError",
+    "Datum",
+    "EncodedTextChunk",
+    "ForwardBackwardOutput",
+    "GetInfoResponse",
+    "GetServerCapabilitiesResponse",
+    "LoraConfig",
+    "LossFnType",
+    "ModelData",
+    "ModelID",
+    "ModelInput",
+    "ModelSpec",
+    "NotFoundError",
+    "OptimStepResponse",
+    "ParsedCheckpointTinkerPath",
+    "RequestFailedError",
+    "RestClient",
+    "SampleRequest",
+    "SampleResponse",
+    "SampledSequence",
+    "SamplerSpec",
+    "SamplingClient",
+    "SamplingParams",
+    "SaveWeightsForSamplerResponse",
+    "SaveWeightsResponse",
+    "ServiceClient",
+    "StopReason",
+    "SupportedModel",
+    "TensorData",
+    "TinkerError",
+    "Tokenizer",
+    "TrainingClient",
+    "TrainingRun",
+    "Unsupported",
+    "types",
+]

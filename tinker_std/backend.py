@@ -1,0 +1,175 @@
+"""The backend contract: what a provider implements (spec section BE).
+
+A backend is a class deriving from ``Backend``. The shared client layer in ``tinker_std.client``
+gives every backend futures, per-client ordering, chunking of large requests, request validation
+and the custom-loss surrogate, so a backend implements only the engine calls below. Each method
+is a coroutine run on the client's event loop; the client layer guarantees that calls for one
+``model_id`` arrive one at a time, in submission order, already validated. Calls for different
+models may overlap, which is what lets a backend batch tenants together.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from .capabilities import Capabilities
+from .errors import Unsupported
+from .types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    GetServerCapabilitiesResponse,
+    LoraConfig,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampleResponse,
+    SamplingParams,
+)
+
+__all__ = ["Backend", "ModelSpec", "SamplerSpec", "AdapterState", "Tokenizer", "SampleRequest"]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The part of a tokenizer tinker-std relies on (Hugging Face tokenizers satisfy it)."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A training model as the client layer needs to know it for validation."""
+
+    model_id: str
+    base_model: str
+    vocab_size: int
+    max_context_length: int
+    lora: LoraConfig
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler: fixed weights (base model, a saved checkpoint or a snapshot of a training model)."""
+
+    sampler_id: str
+    base_model: str
+    vocab_size: int
+    max_context_length: int
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One validated sampling request. ``prompt`` is a flat list of token ids."""
+
+    prompt: list[int]
+    num_samples: int
+    sampling_params: SamplingParams
+    include_prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """Introspection snapshot of one training model (capability ``introspection``).
+
+    Arrays are keyed by a stable parameter name. ``grads`` is the gradient accumulated since the
+    last ``optim_step`` (zeros when none). ``exp_avg``/``exp_avg_sq`` are AdamW's first and second
+    moments (zeros before the first step) and ``step`` its step counter.
+    """
+
+    weights: Mapping[str, npt.NDArray[np.floating[Any]]]
+    grads: Mapping[str, npt.NDArray[np.floating[Any]]]
+    exp_avg: Mapping[str, npt.NDArray[np.floating[Any]]]
+    exp_avg_sq: Mapping[str, npt.NDArray[np.floating[Any]]]
+    step: int
+
+
+class Backend(ABC):
+    """Base class of every backend.
+
+    ``name`` and ``capabilities`` are class attributes so they can be read without constructing
+    or starting the backend. ``__init__`` takes keyword options (from ``ServiceClient(**options)``)
+    and must be cheap; expensive work belongs in ``start``.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    async def start(self) -> None:
+        """Acquire resources. Called once, on the client's event loop, before any other call."""
+
+    async def close(self) -> None:
+        """Release resources. No call follows."""
+
+    @abstractmethod
+    async def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
+        """The models this backend serves, with their maximum context length."""
+
+    @abstractmethod
+    def get_tokenizer(self, base_model: str) -> Tokenizer:
+        """The tokenizer of ``base_model``; ``NotFoundError`` for an unknown model."""
+
+    @abstractmethod
+    async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        """A new training model: fresh LoRA adapter on ``base_model``, fresh AdamW state."""
+
+    @abstractmethod
+    async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
+        """A new training model from a checkpoint; optimizer state restored only if asked (CKPT-4/5)."""
+
+    @abstractmethod
+    async def forward_backward(
+        self,
+        model_id: str,
+        data: list[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        """Score ``data`` under the current weights; with ``backward`` add d(loss)/d(weights) to the
+        accumulated gradient (FB-1..FB-6). ``loss_fn_config`` holds only keys the loss declares."""
+
+    @abstractmethod
+    async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
+        """Apply one AdamW step with the accumulated gradient, then clear it (OPT-1..OPT-7)."""
+
+    @abstractmethod
+    async def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        """Write adapter weights and optimizer state under ``path`` (CKPT-1..CKPT-3)."""
+
+    @abstractmethod
+    async def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        """Write adapter weights only under ``path``."""
+
+    @abstractmethod
+    async def create_sampler(
+        self,
+        *,
+        base_model: str | None = None,
+        model_path: ParsedCheckpointTinkerPath | None = None,
+        model_id: str | None = None,
+    ) -> SamplerSpec:
+        """A sampler over fixed weights: the base model, a saved checkpoint, or a snapshot of the
+        training model ``model_id`` as it is now (later training does not move it, SMP-14).
+        Exactly one argument is given."""
+
+    @abstractmethod
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        """Sample ``request.num_samples`` completions (SMP-1..SMP-13)."""
+
+    async def release_model(self, model_id: str) -> None:
+        """Forget a training model (its checkpoints stay). Optional."""
+
+    async def read_state(self, model_id: str) -> AdapterState:
+        """Weights, accumulated gradient and optimizer state (capability ``introspection``)."""
+        raise Unsupported("introspection", self.name)

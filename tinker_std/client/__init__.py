@@ -1,0 +1,9 @@
+"""The shared client layer: futures, ordering, chunking, validation and custom losses, written
+once for every backend."""
+
+from .rest import RestClient
+from .sampling import SamplingClient
+from .service import ServiceClient
+from .training import TrainingClient
+
+__all__ = ["RestClient", "SamplingClient", "ServiceClient", "TrainingClient"]

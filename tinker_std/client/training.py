@@ -1,0 +1,212 @@
+"""``TrainingClient``: one LoRA training run (spec FB, OPT, ORD, CKPT)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
+from ..errors import Unsupported
+from ..futures import APIFuture
+from ..types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    GetInfoResponse,
+    ModelData,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SaveWeightsForSamplerResponse,
+    SaveWeightsResponse,
+)
+from .chunking import merge_outputs, split_chunks
+from .custom_loss import CustomLossFn, run_custom_loss
+from .ordering import RequestLane
+from .sampling import SamplingClient
+from .validation import (
+    validate_adam_params,
+    validate_checkpoint_name,
+    validate_custom_loss_data,
+    validate_forward_backward,
+)
+
+if TYPE_CHECKING:
+    from .service import ServiceClient
+
+__all__ = ["TrainingClient"]
+
+T = TypeVar("T")
+
+
+class TrainingClient:
+    """A LoRA adapter being trained, with its own gradients and AdamW state.
+
+    Every training call validates its request, reserves the next position in this client's order
+    and returns an ``APIFuture`` at once. Requests take effect in call order whatever order their
+    futures are awaited in (ORD-1); a failed request fails only its own future (ORD-4).
+    """
+
+    def __init__(self, service: ServiceClient, spec: ModelSpec) -> None:
+        self._service = service
+        self.spec = spec
+        self._lane = RequestLane()
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _ordered(self, operation: Callable[[Backend], Awaitable[T]]) -> APIFuture[T]:
+        ticket = self._lane.reserve()
+        backend = self._service._backend
+        return self._service._submit(lambda _: self._lane.run(ticket, lambda: operation(backend)))
+
+    async def _chunked(
+        self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
+    ) -> ForwardBackwardOutput:
+        chunks = split_chunks(data, self._service.max_chunk_datums)
+        outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+        return merge_outputs(outputs, [len(c) for c in chunks])
+
+    def _checkpoint_path(self, kind: str, name: str) -> ParsedCheckpointTinkerPath:
+        validate_checkpoint_name(name)
+        return ParsedCheckpointTinkerPath.build(self.model_id, "training" if kind == "weights" else "sampler", name)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(
+        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Score ``data`` without changing any state (FB-1)."""
+        svc = self._service
+        datums, config = validate_forward_backward(
+            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+        )
+        return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=False))
+
+    def forward_backward(
+        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
+        svc = self._service
+        datums, config = validate_forward_backward(
+            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+        )
+        return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=True))
+
+    def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
+        """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
+        svc = self._service
+        datums = validate_custom_loss_data(data, self.spec, svc.capabilities, svc.backend_name)
+
+        def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
+            def run_ce(chunk: list[Datum], backward: bool) -> Awaitable[ForwardBackwardOutput]:
+                return self._chunked(backend, chunk, "cross_entropy", {}, backward)
+
+            return run_custom_loss(datums, loss_fn, run_ce)
+
+        return self._ordered(run)
+
+    def optim_step(self, adam_params: AdamParams) -> APIFuture[OptimStepResponse]:
+        """One AdamW step with the accumulated gradient, which it then clears (OPT, FB-5)."""
+        params = validate_adam_params(adam_params)
+        return self._ordered(lambda b: b.optim_step(self.model_id, params))
+
+    # -- checkpoints and samplers -----------------------------------------------------------
+
+    def save_state(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+    ) -> APIFuture[SaveWeightsResponse]:
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1)."""
+        path = self._checkpoint_path("weights", name)
+
+        async def run(backend: Backend) -> SaveWeightsResponse:
+            await backend.save_state(self.model_id, path, overwrite)
+            return SaveWeightsResponse(path=path.tinker_path, type="save_weights")
+
+        return self._ordered(run)
+
+    def save_weights_for_sampler(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+    ) -> APIFuture[SaveWeightsForSamplerResponse]:
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2)."""
+        path = self._checkpoint_path("sampler_weights", name)
+
+        async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
+            await backend.save_weights_for_sampler(self.model_id, path, overwrite)
+            return SaveWeightsForSamplerResponse(path=path.tinker_path, type="save_weights_for_sampler")
+
+        return self._ordered(run)
+
+    def save_weights_and_get_sampling_client(self, name: str | None = None) -> APIFuture[SamplingClient]:
+        """A sampler over a snapshot of the current weights; ``name`` is ignored (SMP-14)."""
+
+        async def run(backend: Backend) -> SamplingClient:
+            spec = await backend.create_sampler(model_id=self.model_id)
+            return SamplingClient(self._service, spec)
+
+        return self._ordered(run)
+
+    def create_sampling_client(self, model_path: str) -> APIFuture[SamplingClient]:
+        """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
+        return self._service.create_sampling_client(model_path=model_path)
+
+    # -- information ------------------------------------------------------------------------
+
+    def get_info(self) -> GetInfoResponse:
+        return GetInfoResponse(
+            type="get_info",
+            model_data=ModelData(arch="lora", model_name=self.spec.base_model, tokenizer_id=self.spec.base_model),
+            model_id=self.model_id,
+            is_lora=True,
+            lora_rank=self.spec.lora.rank,
+            model_name=self.spec.base_model,
+        )
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self._service._backend.get_tokenizer(self.spec.base_model)
+
+    def read_state(self) -> APIFuture[AdapterState]:
+        """Adapter weights, accumulated gradient and AdamW state at this point in the order
+        (capability ``introspection``)."""
+        if not self._service.capabilities.supports("introspection"):
+            raise Unsupported("introspection", self._service.backend_name)
+        return self._ordered(lambda b: b.read_state(self.model_id))
+
+    # -- async twins: coroutines resolving to the future (double-await style) -----------------
+
+    async def forward_async(
+        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        return self.forward(data, loss_fn, loss_fn_config)
+
+    async def forward_backward_async(
+        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        return self.forward_backward(data, loss_fn, loss_fn_config)
+
+    async def forward_backward_custom_async(
+        self, data: list[Datum], loss_fn: CustomLossFn
+    ) -> APIFuture[ForwardBackwardOutput]:
+        return self.forward_backward_custom(data, loss_fn)
+
+    async def optim_step_async(self, adam_params: AdamParams) -> APIFuture[OptimStepResponse]:
+        return self.optim_step(adam_params)
+
+    async def save_state_async(self, name: str, **kwargs: Any) -> APIFuture[SaveWeightsResponse]:
+        return self.save_state(name, **kwargs)
+
+    async def save_weights_for_sampler_async(
+        self, name: str, **kwargs: Any
+    ) -> APIFuture[SaveWeightsForSamplerResponse]:
+        return self.save_weights_for_sampler(name, **kwargs)
+
+    async def save_weights_and_get_sampling_client_async(self, name: str | None = None) -> SamplingClient:
+        return await self.save_weights_and_get_sampling_client(name)
+
+    async def create_sampling_client_async(self, model_path: str) -> SamplingClient:
+        return await self.create_sampling_client(model_path)
+
+    async def get_info_async(self) -> GetInfoResponse:
+        return self.get_info()

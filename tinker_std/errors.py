@@ -1,0 +1,81 @@
+"""Typed errors of tinker-std.
+
+Names follow the official ``tinker`` SDK so that ported ``except`` clauses keep working:
+``BadRequestError``, ``NotFoundError``, ``ConflictError``, ``RequestFailedError`` and their
+common base ``TinkerError``. ``Unsupported`` is tinker-std's own: a backend was asked for an
+optional capability it does not declare.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TinkerError",
+    "BadRequestError",
+    "ContextLengthError",
+    "NotFoundError",
+    "ConflictError",
+    "RequestFailedError",
+    "Unsupported",
+    "BackendValidationError",
+]
+
+
+class TinkerError(Exception):
+    """Base class of every error raised by tinker-std."""
+
+
+class BadRequestError(TinkerError):
+    """A request was rejected before it changed any state.
+
+    ``field`` names the offending field with a dotted path such as ``data[2].loss_fn_inputs.weights``
+    or ``sampling_params.top_p``; ``problem`` says what is wrong with it.
+    """
+
+    status_code = 400
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class ContextLengthError(BadRequestError):
+    """A sequence is longer than the model's maximum context length."""
+
+
+class NotFoundError(TinkerError):
+    """A model, checkpoint, sampler or training client does not exist."""
+
+    status_code = 404
+
+
+class ConflictError(TinkerError):
+    """A checkpoint already exists under the requested name and ``overwrite`` was not set."""
+
+    status_code = 409
+
+
+class RequestFailedError(TinkerError):
+    """A request was accepted but failed while the backend executed it.
+
+    ``category`` is ``"user"`` when the request itself was at fault, ``"server"`` when the backend
+    failed, ``"unknown"`` otherwise. The original exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, request_id: str = "", category: str = "unknown") -> None:
+        self.request_id = request_id
+        self.category = category
+        super().__init__(message)
+
+
+class Unsupported(TinkerError):
+    """An optional capability was requested from a backend that does not declare it."""
+
+    def __init__(self, capability: str, backend: str) -> None:
+        self.capability = capability
+        self.backend = backend
+        super().__init__(f"backend {backend!r} does not declare the optional capability {capability!r}")
+
+
+class BackendValidationError(TinkerError):
+    """A backend class does not satisfy the backend contract (raised at registration)."""

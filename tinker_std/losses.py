@@ -1,0 +1,159 @@
+"""Built-in loss functions, shared by every backend (spec section LOSS).
+
+Each loss maps the current target-token logprobs of every datum, plus that datum's
+``loss_fn_inputs`` as tensors, to one scalar. Every built-in is a plain SUM over tokens and
+datums (spec LOSS-1); normalisation is the caller's job, folded into weights or advantages.
+
+Notation per datum: ``lp`` current logprobs (N,) or (N, K); ``q`` = ``logprobs`` input (the
+sampler's logprobs); ``A`` = ``advantages``; ``w`` = ``weights``; ``r = exp(lp - q)``;
+``sg`` = stop-gradient (``detach``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["LossSpec", "LOSSES", "compute_loss", "loss_spec"]
+
+Inputs = Mapping[str, torch.Tensor]
+Config = Mapping[str, float]
+PerDatumLoss = Callable[[torch.Tensor, Inputs, Config], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss function and the inputs and config keys it accepts."""
+
+    name: str
+    fn: PerDatumLoss
+    required_inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...] = ()
+    config_defaults: Mapping[str, float] = field(default_factory=dict)
+    #: whether target_tokens (and weights) may be (N, K) rather than (N,)
+    allows_soft_targets: bool = False
+    #: inputs whose values must be finite
+    finite_inputs: tuple[str, ...] = ("weights", "advantages", "logprobs")
+
+
+def _clip_bounds(inputs: Inputs, config: Config, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clip bounds: a ``clip_*_threshold`` input overrides the config value (LOSS-9)."""
+    lo = inputs.get("clip_low_threshold")
+    hi = inputs.get("clip_high_threshold")
+    lo_t = lo.to(lp.dtype) if lo is not None else torch.full_like(lp, config["clip_low_threshold"])
+    hi_t = hi.to(lp.dtype) if hi is not None else torch.full_like(lp, config["clip_high_threshold"])
+    return lo_t, hi_t
+
+
+def cross_entropy(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """``-sum(w * lp)``; missing weights mean ones (LOSS-2). Works for (N,) and (N, K)."""
+    weights = inputs.get("weights")
+    if weights is None:
+        return -lp.sum()
+    return -(weights.to(lp.dtype) * lp).sum()
+
+
+def importance_sampling(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """``-sum(exp(lp - q) * A)`` (LOSS-3)."""
+    ratio = torch.exp(lp - inputs["logprobs"].to(lp.dtype))
+    return -(ratio * inputs["advantages"].to(lp.dtype)).sum()
+
+
+def ppo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """``-sum(min(r * A, clip(r, lo, hi) * A))`` with ratio bounds lo/hi (LOSS-4)."""
+    adv = inputs["advantages"].to(lp.dtype)
+    ratio = torch.exp(lp - inputs["logprobs"].to(lp.dtype))
+    lo, hi = _clip_bounds(inputs, config, lp)
+    clipped = torch.minimum(torch.maximum(ratio, lo), hi)
+    return -torch.minimum(ratio * adv, clipped * adv).sum()
+
+
+def cispo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """``-sum(sg(clip(r, lo, hi)) * lp * A)`` (LOSS-5)."""
+    adv = inputs["advantages"].to(lp.dtype)
+    ratio = torch.exp(lp - inputs["logprobs"].to(lp.dtype)).detach()
+    lo, hi = _clip_bounds(inputs, config, lp)
+    clipped = torch.minimum(torch.maximum(ratio, lo), hi)
+    return -(clipped * lp * adv).sum()
+
+
+def dro(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """``-sum(lp * A - beta/2 * (lp - q)^2)`` (LOSS-6)."""
+    adv = inputs["advantages"].to(lp.dtype)
+    q = inputs["logprobs"].to(lp.dtype)
+    return -(lp * adv - 0.5 * config["beta"] * (lp - q) ** 2).sum()
+
+
+def gspo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """Sequence-level ratio PPO (LOSS-7).
+
+    With M the positions whose ``sequence_ratio_mask`` is non-zero (all positions when the mask is
+    absent): ``log s = mean_{t in M}(sg(lp_t) - q_t)`` (0 when M is empty),
+    ``s_t = exp(log s + lp_t - sg(lp_t))`` and the loss is
+    ``-sum_t min(s_t * A_t, clip(s_t, lo, hi) * A_t)`` over all positions.
+    """
+    adv = inputs["advantages"].to(lp.dtype)
+    q = inputs["logprobs"].to(lp.dtype)
+    mask = inputs.get("sequence_ratio_mask")
+    selected = torch.ones_like(lp, dtype=torch.bool) if mask is None else mask != 0
+    count = int(selected.sum())
+    log_s = ((lp.detach() - q) * selected).sum() / count if count else lp.new_zeros(())
+    seq_ratio = torch.exp(log_s + lp - lp.detach())
+    lo, hi = _clip_bounds(inputs, config, lp)
+    clipped = torch.minimum(torch.maximum(seq_ratio, lo), hi)
+    return -torch.minimum(seq_ratio * adv, clipped * adv).sum()
+
+
+_RL_INPUTS = ("target_tokens", "logprobs", "advantages")
+_CLIP_INPUTS = ("clip_low_threshold", "clip_high_threshold")
+
+LOSSES: Mapping[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        LossSpec("cross_entropy", cross_entropy, ("target_tokens",), ("weights",), allows_soft_targets=True),
+        LossSpec("importance_sampling", importance_sampling, _RL_INPUTS),
+        LossSpec("ppo", ppo, _RL_INPUTS, _CLIP_INPUTS, {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
+        LossSpec("cispo", cispo, _RL_INPUTS, _CLIP_INPUTS, {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0}),
+        LossSpec("dro", dro, _RL_INPUTS, (), {"beta": 0.05}),
+        LossSpec(
+            "gspo",
+            gspo,
+            _RL_INPUTS,
+            (*_CLIP_INPUTS, "sequence_ratio_mask"),
+            {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
+        ),
+    )
+}
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The spec of a built-in loss; ``KeyError`` for unknown names."""
+    return LOSSES[name]
+
+
+def resolved_config(spec: LossSpec, config: Mapping[str, float | str] | None) -> dict[str, float]:
+    """The loss config with defaults filled in (keys already validated)."""
+    merged = dict(spec.config_defaults)
+    for key, value in (config or {}).items():
+        merged[key] = float(value)
+    return merged
+
+
+def compute_loss(
+    loss_fn: str,
+    logprobs: Sequence[torch.Tensor],
+    inputs: Sequence[Inputs],
+    config: Mapping[str, float | str] | None = None,
+) -> torch.Tensor:
+    """Sum of the per-datum loss over all datums; differentiable in ``logprobs``."""
+    spec = LOSSES[loss_fn]
+    cfg = resolved_config(spec, config)
+    total: torch.Tensor | None = None
+    for lp, datum_inputs in zip(logprobs, inputs, strict=True):
+        value = spec.fn(lp, datum_inputs, cfg)
+        total = value if total is None else total + value
+    if total is None:
+        raise ValueError("compute_loss needs at least one datum")
+    return total

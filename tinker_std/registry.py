@@ -1,0 +1,94 @@
+"""Backend registry: names -> backend classes (spec BE-8..BE-10).
+
+Names resolve through a built-in table, then the ``tinker_std.backends`` entry-point group;
+a ``module:Class`` string or a class/instance is accepted directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from importlib.metadata import entry_points
+from typing import Any
+
+from .backend import Backend
+from .capabilities import Capabilities
+from .errors import BackendValidationError, NotFoundError
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "available_backends",
+    "load_backend_class",
+    "create_backend",
+    "default_backend_name",
+    "validate_backend_class",
+]
+
+ENTRY_POINT_GROUP = "tinker_std.backends"
+BUILTIN_BACKENDS: dict[str, str] = {"mock": "tinker_std.backends.mock:MockBackend"}
+DEFAULT_BACKEND = "mock"
+
+
+def default_backend_name() -> str:
+    """``$TINKER_STD_BACKEND``, else the built-in default."""
+    return os.environ.get("TINKER_STD_BACKEND") or DEFAULT_BACKEND
+
+
+def available_backends() -> dict[str, str]:
+    """Every known backend name -> ``module:Class``."""
+    found = dict(BUILTIN_BACKENDS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def _import_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise NotFoundError(f"backend {target!r} is not 'module:Class'")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise NotFoundError(f"module {module_name!r} has no attribute {attr!r}") from exc
+
+
+def validate_backend_class(cls: Any) -> type[Backend]:
+    """Check that ``cls`` satisfies the contract; ``BackendValidationError`` otherwise."""
+    if not (inspect.isclass(cls) and issubclass(cls, Backend)):
+        raise BackendValidationError(f"{cls!r} is not a subclass of tinker_std.backend.Backend")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise BackendValidationError(f"backend {cls.__name__} does not implement {missing}")
+    if not isinstance(getattr(cls, "name", None), str):
+        raise BackendValidationError(f"backend {cls.__name__} needs a class attribute `name: str`")
+    if not isinstance(getattr(cls, "capabilities", None), Capabilities):
+        raise BackendValidationError(f"backend {cls.__name__} needs a class attribute `capabilities: Capabilities`")
+    return cls
+
+
+def load_backend_class(name: str) -> type[Backend]:
+    """Resolve a backend name or ``module:Class`` string to its validated class."""
+    known = available_backends()
+    if name in known:
+        return validate_backend_class(_import_target(known[name]))
+    if ":" in name:
+        return validate_backend_class(_import_target(name))
+    raise NotFoundError(f"unknown backend {name!r}; known backends: {', '.join(sorted(known))}")
+
+
+def create_backend(backend: str | Backend | type[Backend] | None, options: dict[str, Any]) -> Backend:
+    """An unstarted backend instance from a name, class or instance."""
+    if isinstance(backend, Backend):
+        if options:
+            raise TypeError("backend options cannot be given together with a backend instance")
+        validate_backend_class(type(backend))
+        return backend
+    cls = (
+        validate_backend_class(backend)
+        if inspect.isclass(backend)
+        else load_backend_class(backend or default_backend_name())
+    )
+    return cls(**options)

@@ -1,0 +1,63 @@
+"""Token inputs: ``EncodedTextChunk`` and ``ModelInput`` (field-compatible with tinker 0.38)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import field_validator
+
+from ._base import RequestModel
+
+__all__ = ["EncodedTextChunk", "ModelInput"]
+
+
+class EncodedTextChunk(RequestModel):
+    """A run of token ids."""
+
+    tokens: list[int]
+    type: Literal["encoded_text"] = "encoded_text"
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _coerce_tokens(cls, value: object) -> object:
+        if hasattr(value, "tolist") and not isinstance(value, list):
+            value = value.tolist()  # numpy arrays and torch tensors
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            for i, token in enumerate(value):
+                if isinstance(token, bool) or not isinstance(token, int):
+                    raise ValueError(f"tokens[{i}] must be an int, got {type(token).__name__}")
+                if token < 0:
+                    raise ValueError(f"tokens[{i}] must be >= 0, got {token}")
+        return value
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+class ModelInput(RequestModel):
+    """The tokens fed to the model, as a list of chunks (only encoded text is defined in v0.1)."""
+
+    chunks: list[EncodedTextChunk]
+
+    @classmethod
+    def from_ints(cls, tokens: Sequence[int]) -> ModelInput:
+        return cls(chunks=[EncodedTextChunk(tokens=list(tokens))])
+
+    @classmethod
+    def empty(cls) -> ModelInput:
+        return cls(chunks=[])
+
+    def to_ints(self) -> list[int]:
+        return [token for chunk in self.chunks for token in chunk.tokens]
+
+    @property
+    def length(self) -> int:
+        return sum(chunk.length for chunk in self.chunks)
+
+    def append(self, chunk: EncodedTextChunk) -> ModelInput:
+        return ModelInput(chunks=[*self.chunks, chunk])
+
+    def append_int(self, token: int) -> ModelInput:
+        return self.append(EncodedTextChunk(tokens=[token]))

@@ -1,0 +1,99 @@
+"""``TensorData``: a dense int64 or float32 array on the wire (field-compatible with tinker 0.38)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import model_validator
+
+from ._base import RequestModel
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TensorData", "TensorDtype"]
+
+TensorDtype = Literal["int64", "float32"]
+
+_NUMPY_DTYPE: dict[str, type[np.generic]] = {"int64": np.int64, "float32": np.float32}
+
+
+class TensorData(RequestModel):
+    """A flat list of numbers with a dtype and an optional shape (row-major).
+
+    ``shape`` defaults to ``[len(data)]``. float32 data is rounded to float32 on construction so
+    that ``to_numpy`` returns exactly what a backend receives. Non-finite floats are allowed here
+    and rejected by request validation where a loss function forbids them.
+    """
+
+    data: list[int] | list[float]
+    dtype: TensorDtype
+    shape: list[int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        data = values.get("data")
+        dtype = values.get("dtype")
+        if dtype not in _NUMPY_DTYPE:
+            raise ValueError(f"dtype must be 'int64' or 'float32', got {dtype!r}")
+        if isinstance(data, np.ndarray) or hasattr(data, "numpy"):
+            data = np.asarray(data).reshape(-1)
+        try:
+            array = np.asarray(data if data is not None else [], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"data must be a flat list of numbers: {exc}") from exc
+        if dtype == "int64":
+            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+                raise ValueError("data of an int64 tensor must hold whole numbers")
+            out: list[int] | list[float] = np.asarray(data).reshape(-1).astype(np.int64).tolist()
+        else:
+            out = array.astype(np.float32).tolist()
+        shape = values.get("shape")
+        if shape is not None:
+            shape = [int(s) for s in shape]
+            if any(s < 0 for s in shape):
+                raise ValueError(f"shape must be non-negative, got {shape}")
+            if math.prod(shape) != len(out):
+                raise ValueError(f"shape {shape} holds {math.prod(shape)} values but data has {len(out)}")
+        return {**values, "data": out, "shape": shape}
+
+    @property
+    def resolved_shape(self) -> list[int]:
+        """``shape``, or ``[len(data)]`` when no shape was given."""
+        return list(self.shape) if self.shape is not None else [len(self.data)]
+
+    @classmethod
+    def from_numpy(cls, array: npt.NDArray[Any]) -> TensorData:
+        if array.dtype.kind in ("i", "u"):
+            dtype: TensorDtype = "int64"
+        elif array.dtype.kind == "f":
+            dtype = "float32"
+        else:
+            raise ValueError(f"cannot convert a numpy array of dtype {array.dtype} to TensorData")
+        return cls(data=array.reshape(-1).tolist(), dtype=dtype, shape=list(array.shape))
+
+    @classmethod
+    def from_torch(cls, tensor: torch.Tensor) -> TensorData:
+        import torch
+
+        if tensor.dtype == torch.bfloat16 or tensor.dtype == torch.float16:
+            tensor = tensor.float()
+        return cls.from_numpy(tensor.detach().cpu().contiguous().numpy())
+
+    def to_numpy(self) -> npt.NDArray[Any]:
+        return np.asarray(self.data, dtype=_NUMPY_DTYPE[self.dtype]).reshape(self.resolved_shape)
+
+    def to_torch(self) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self.to_numpy())
+
+    def tolist(self) -> list[Any]:
+        result: list[Any] = self.to_numpy().tolist()
+        return result
