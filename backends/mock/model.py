@@ -32,7 +32,7 @@ from .tokenizer import VOCAB_SIZE
 if TYPE_CHECKING:
     from .lora import LoraAdapter
 
-__all__ = ["ModelConfig", "MODELS", "BaseWeights", "base_weights", "model_config", "forward", "NORM_EPS"]
+__all__ = ["ModelConfig", "MODELS", "BaseWeights", "KVCache", "base_weights", "model_config", "forward", "NORM_EPS"]
 
 DTYPE = torch.float64
 NORM_EPS = 1e-6
@@ -132,9 +132,27 @@ def _linear(x: torch.Tensor, name: str, base: BaseWeights, adapter: LoraAdapter 
     return out
 
 
-def _attention(x: torch.Tensor, base: BaseWeights, adapter: LoraAdapter | None) -> torch.Tensor:
+@dataclass
+class KVCache:
+    """Keys and values (H, P, head_dim) of the ``P`` tokens a decode has processed so far.
+
+    ``forward`` with a cache continues the sequence and extends the cache; the tensors are
+    replaced, never written in place, so ``copy`` (sharing them) is cheap and safe."""
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else int(self.keys.shape[1])
+
+    def copy(self) -> KVCache:
+        return KVCache(self.keys, self.values)
+
+
+def _attention(x: torch.Tensor, base: BaseWeights, adapter: LoraAdapter | None, cache: KVCache) -> torch.Tensor:
     cfg = base.config
-    seq = x.shape[0]
+    seq, past = x.shape[0], cache.length
 
     def heads(t: torch.Tensor) -> torch.Tensor:  # (T, d) -> (H, T, head_dim)
         return t.view(seq, cfg.n_heads, cfg.head_dim).transpose(0, 1)
@@ -142,21 +160,37 @@ def _attention(x: torch.Tensor, base: BaseWeights, adapter: LoraAdapter | None) 
     q = heads(_linear(x, "attn.q", base, adapter))
     k = heads(_linear(x, "attn.k", base, adapter))
     v = heads(_linear(x, "attn.v", base, adapter))
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)
-    future = torch.ones(seq, seq, dtype=torch.bool).triu(diagonal=1)
+    if cache.keys is not None and cache.values is not None:
+        k, v = torch.cat([cache.keys, k], dim=1), torch.cat([cache.values, v], dim=1)
+    cache.keys, cache.values = k, v
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)  # (H, T, past + T)
+    future = torch.ones(seq, past + seq, dtype=torch.bool).triu(diagonal=past + 1)
     weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
     mixed = (weights @ v).transpose(0, 1).reshape(seq, cfg.d_model)
     return _linear(mixed, "attn.o", base, adapter)
 
 
-def forward(base: BaseWeights, tokens: Sequence[int] | torch.Tensor, adapter: LoraAdapter | None) -> torch.Tensor:
-    """Logits (T, V) in float64 for one sequence of ``T >= 1`` token ids, position ``t`` predicting
-    token ``t + 1``. Differentiable in the adapter's tensors; the base weights get no gradient."""
+def forward(
+    base: BaseWeights,
+    tokens: Sequence[int] | torch.Tensor,
+    adapter: LoraAdapter | None,
+    cache: KVCache | None = None,
+) -> torch.Tensor:
+    """Logits (T, V) in float64 for ``T >= 1`` token ids, row ``t`` predicting the token after
+    ``tokens[t]``. Differentiable in the adapter's tensors; the base weights get no gradient.
+
+    Without ``cache`` the tokens are a whole sequence. With one, they continue the sequence whose
+    keys and values it holds (positions ``cache.length ..``), and the cache is extended: the
+    decode loop feeds one token at a time. Both agree to rounding (about 1e-15)."""
     ids = torch.as_tensor(tokens, dtype=torch.long)
     if ids.dim() != 1 or ids.numel() == 0:
         raise ValueError("forward needs a non-empty 1-D sequence of token ids")
-    x = base.tensors["embed"][ids] + base.tensors["pos"][: ids.numel()]
-    h = x + _attention(_norm(x), base, adapter)
+    cache = KVCache() if cache is None else cache
+    start = cache.length
+    if start + ids.numel() > base.config.max_context_length:
+        raise ValueError(f"{start + ids.numel()} tokens exceed the context of {base.config.max_context_length}")
+    x = base.tensors["embed"][ids] + base.tensors["pos"][start : start + ids.numel()]
+    h = x + _attention(_norm(x), base, adapter, cache)
     hn = _norm(h)
     gated = torch.nn.functional.silu(_linear(hn, "mlp.gate", base, adapter)) * _linear(hn, "mlp.up", base, adapter)
     h = h + _linear(gated, "mlp.down", base, adapter)

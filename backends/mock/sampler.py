@@ -29,10 +29,13 @@ from tinker_std.backend import SampleRequest, Tokenizer
 from tinker_std.errors import BadRequestError
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
+from .model import KVCache
+
 __all__ = ["StopRule", "sequence_generator", "choose_token", "generate", "prompt_scores", "sample"]
 
-#: Maps a token sequence to its logits (T, V).
-ModelFn = Callable[[list[int]], torch.Tensor]
+#: ``model(tokens, cache)``: logits (T, V) of ``tokens`` continuing the sequence held by ``cache``
+#: (which it extends); see ``model.forward``.
+ModelFn = Callable[[list[int], KVCache], torch.Tensor]
 
 SEED_STRIDE = 1_000_003
 
@@ -90,25 +93,27 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
 
 def generate(
     model: ModelFn,
-    prompt: list[int],
+    logits: torch.Tensor,
+    cache: KVCache,
     params: SamplingParams,
     max_tokens: int,
     stop: StopRule,
     tokenizer: Tokenizer,
     generator: torch.Generator,
 ) -> SampledSequence:
-    """One completion of ``prompt`` (recomputing the whole prefix each step: the model is tiny)."""
+    """One completion, given the prompt's last-position ``logits`` and its ``cache`` (extended here)."""
     tokens: list[int] = []
     logprobs: list[float] = []
     reason: StopReason = "length"
-    for _ in range(max_tokens):
-        logits = model(prompt + tokens)[-1]
+    while len(tokens) < max_tokens:
         token = choose_token(logits, params, generator)
         tokens.append(token)
         logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
         if stop.reached(tokens, tokenizer):
             reason = "stop"
             break
+        if len(tokens) < max_tokens:
+            logits = model([token], cache)[-1]
     return SampledSequence(
         stop_reason=reason,
         tokens=tokens,
@@ -120,7 +125,8 @@ def generate(
 def prompt_scores(
     logits: torch.Tensor, prompt: Sequence[int], include: bool, topk: int
 ) -> tuple[list[float | None] | None, list[list[tuple[int, float]] | None] | None]:
-    """``prompt_logprobs`` (when ``include``) and ``topk_prompt_logprobs`` (when ``topk > 0``).
+    """``prompt_logprobs`` (when ``include``) and ``topk_prompt_logprobs`` (when ``topk > 0``),
+    from the prompt's logits (T, V).
 
     Entry 0 is ``None``; entry ``i`` scores position ``i`` given ``prompt[:i]``. Top-k rows are
     sorted by logprob descending, ties by token id ascending, and hold ``min(topk, V)`` pairs.
@@ -149,15 +155,16 @@ def sample(model: ModelFn, request: SampleRequest, max_context_length: int, toke
     room = max_context_length - len(prompt)
     max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
     stop = StopRule.from_stop(params.stop, tokenizer.eos_token_id)
+    prompt_cache = KVCache()
+    prompt_logits = model(prompt, prompt_cache)  # shared by every sequence: caches are copy-on-extend
     sequences = [
-        generate(model, prompt, params, max_tokens, stop, tokenizer, sequence_generator(params.seed, j))
+        generate(
+            model, prompt_logits[-1], prompt_cache.copy(), params, max_tokens, stop, tokenizer,
+            sequence_generator(params.seed, j),
+        )
         for j in range(request.num_samples)
     ]
-    lps: list[float | None] | None = None
-    tops: list[list[tuple[int, float]] | None] | None = None
-    if request.include_prompt_logprobs or request.topk_prompt_logprobs > 0:
-        with torch.no_grad():
-            lps, tops = prompt_scores(
-                model(prompt), prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs
-            )
+    lps, tops = prompt_scores(
+        prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs
+    )
     return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")

@@ -145,28 +145,33 @@ class ServiceClient:
         return self._submit(run)
 
     def create_training_client_from_state(
-        self, path: str, user_metadata: dict[str, str] | None = None
+        self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4)."""
-        parsed = _parse_path(path)
+        return self._load(_parse_path(path), base_model, with_optimizer=False)
 
+    def _load(
+        self, path: ParsedCheckpointTinkerPath, base_model: str | None, with_optimizer: bool
+    ) -> APIFuture[TrainingClient]:
         async def run(backend: Backend) -> TrainingClient:
-            return TrainingClient(self, await backend.load_model(parsed, with_optimizer=False))
+            spec = await backend.load_model(path, with_optimizer=with_optimizer)
+            if base_model is not None and spec.base_model != base_model:
+                await backend.release_model(spec.model_id)
+                raise BadRequestError(
+                    "base_model", f"{path.tinker_path} was trained on {spec.base_model!r}, not {base_model!r}"
+                )
+            return TrainingClient(self, spec)
 
         return self._submit(run)
 
     def create_training_client_from_state_with_optimizer(
-        self, path: str, user_metadata: dict[str, str] | None = None
+        self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5)."""
         parsed = _parse_path(path)
         if parsed.checkpoint_type != "training":
             raise BadRequestError("path", f"{path} holds no optimizer state; use a tinker://<run>/weights/<name> path")
-
-        async def run(backend: Backend) -> TrainingClient:
-            return TrainingClient(self, await backend.load_model(parsed, with_optimizer=True))
-
-        return self._submit(run)
+        return self._load(parsed, base_model, with_optimizer=True)
 
     # -- sampling clients -------------------------------------------------------------------
 

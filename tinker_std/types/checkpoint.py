@@ -17,7 +17,7 @@ CheckpointType = Literal["training", "sampler"]
 KIND_OF_SEGMENT: dict[str, CheckpointType] = {"weights": "training", "sampler_weights": "sampler"}
 SEGMENT_OF_KIND: dict[CheckpointType, str] = {v: k for k, v in KIND_OF_SEGMENT.items()}
 
-_NAME = re.compile(r"^[A-Za-z0-9._:\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9._:\-]+\Z")  # \Z: "$" would also match before a trailing "\n"
 
 
 def check_name(name: str, what: str) -> None:

@@ -43,7 +43,8 @@ class ModelInput(RequestModel):
 
     @classmethod
     def from_ints(cls, tokens: Sequence[int]) -> ModelInput:
-        return cls(chunks=[EncodedTextChunk(tokens=list(tokens))])
+        # numpy arrays / tensors go through the validator whole, so their integer elements are accepted
+        return cls(chunks=[EncodedTextChunk.model_validate({"tokens": tokens})])
 
     @classmethod
     def empty(cls) -> ModelInput:

@@ -1,0 +1,277 @@
+"""``MockBackend``: the in-process reference backend, and the worked example of writing one.
+
+It serves tiny float64 causal LMs (``model.py``) with a byte tokenizer (``tokenizer.py``), trains
+LoRA adapters (``lora.py``) with the shared loss and AdamW code of ``tinker_std.engine``, samples
+with a KV-cached decode loop (``sampler.py``) and stores checkpoints through
+``tinker_std.checkpoints.CheckpointStore`` (``storage.py``). Everything is deterministic and
+starts instantly, so it backs the conformance suite and fast tests. It declares every optional
+capability, with the ``mock`` tolerance class.
+
+State: training models by ``model_id`` (adapter + ``torch.optim.AdamW(foreach=False)`` over
+only the adapter), samplers by ``sampler_id`` (base model + frozen adapter or none). Base
+weights are built once per process and shared read-only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.capabilities import Capabilities
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
+from tinker_std.errors import BadRequestError, NotFoundError
+from tinker_std.types import (
+    AdamParams,
+    CheckpointType,
+    Datum,
+    ForwardBackwardOutput,
+    GetServerCapabilitiesResponse,
+    LoraConfig,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampleResponse,
+    SupportedModel,
+)
+
+from . import sampler, storage
+from .lora import LoraAdapter
+from .model import DTYPE, MODELS, BaseWeights, KVCache, base_weights, forward, model_config
+from .tokenizer import ByteTokenizer
+
+__all__ = ["MockBackend"]
+
+Array = npt.NDArray[np.floating[Any]]
+
+
+def _new_id(prefix: str) -> str:
+    """An id unique across processes, made of ``[A-Za-z0-9-]``."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class _TrainingModel:
+    spec: ModelSpec
+    base: BaseWeights
+    adapter: LoraAdapter
+    optimizer: torch.optim.AdamW
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    spec: SamplerSpec
+    base: BaseWeights
+    adapter: LoraAdapter | None
+
+
+class MockBackend(Backend):
+    """Deterministic in-process backend over tiny float64 models (``mock/tiny``).
+
+    Options: ``checkpoint_dir`` (root of the ``CheckpointStore``; its default when ``None``).
+    Unknown options raise ``TypeError``.
+    """
+
+    name: ClassVar[str] = "mock"
+    capabilities: ClassVar[Capabilities] = Capabilities.everything(tolerance="mock")
+
+    def __init__(self, *, checkpoint_dir: str | Path | None = None) -> None:
+        self.store = CheckpointStore(checkpoint_dir)
+        self._models: dict[str, _TrainingModel] = {}
+        self._samplers: dict[str, _Sampler] = {}
+
+    async def close(self) -> None:
+        self._models.clear()
+        self._samplers.clear()
+
+    # -- models and tokenizers -------------------------------------------------------------
+
+    async def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
+        return GetServerCapabilitiesResponse(
+            supported_models=[
+                SupportedModel(model_name=c.name, max_context_length=c.max_context_length)
+                for c in MODELS.values()
+            ]
+        )
+
+    def get_tokenizer(self, base_model: str) -> Tokenizer:
+        model_config(base_model)
+        return ByteTokenizer(name_or_path=base_model)
+
+    async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        adapter = LoraAdapter.fresh(lora, model_config(base_model))
+        return self._register(base_model, adapter, None)
+
+    async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
+        if with_optimizer and path.checkpoint_type != "training":
+            raise BadRequestError(
+                "path",
+                f"{path.tinker_path} holds sampler weights only; load it with with_optimizer=False "
+                "or pass a tinker://<run>/weights/<name> checkpoint",
+            )
+        base_model, adapter = self._read_checkpoint(path, trainable=True)
+        state = None
+        if with_optimizer:
+            state = storage.read_optimizer(self.store.directory(path))
+            if state is None:
+                raise BadRequestError("path", f"{path.tinker_path} has no optimizer state")
+        return self._register(base_model, adapter, state)
+
+    async def release_model(self, model_id: str) -> None:
+        """Forget ``model_id``; releasing an unknown or already released id is a no-op."""
+        self._models.pop(model_id, None)
+
+    # -- training ------------------------------------------------------------------------------
+
+    async def forward_backward(
+        self,
+        model_id: str,
+        data: list[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        model = self._model(model_id)
+
+        def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
+            # One forward per datum: a datum's numbers never depend on the rest of the batch.
+            out = []
+            for datum in batch:
+                tokens = datum.model_input.to_ints()
+                targets = datum.loss_fn_inputs["target_tokens"].to_torch().long()
+                if not tokens:
+                    out.append(torch.zeros(targets.shape, dtype=DTYPE))
+                    continue
+                out.append(target_logprobs(forward(model.base, tokens, model.adapter), targets))
+            return out
+
+        return run_forward_backward(logprob_fn, data, loss_fn, loss_fn_config, backward)
+
+    async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
+        return adamw_step(self._model(model_id).optimizer, params)
+
+    async def read_state(self, model_id: str) -> AdapterState:
+        model = self._model(model_id)
+
+        def array(tensor: torch.Tensor | None, like: torch.Tensor) -> Array:
+            source = torch.zeros_like(like) if tensor is None else tensor
+            return source.detach().to(torch.float64).numpy().copy()
+
+        params = model.adapter.params
+        state = {name: model.optimizer.state.get(p, {}) for name, p in params.items()}
+        return AdapterState(
+            weights={name: array(p, p) for name, p in params.items()},
+            grads={name: array(p.grad, p) for name, p in params.items()},
+            exp_avg={name: array(state[name].get("exp_avg"), p) for name, p in params.items()},
+            exp_avg_sq={name: array(state[name].get("exp_avg_sq"), p) for name, p in params.items()},
+            step=max((int(s["step"]) for s in state.values() if "step" in s), default=0),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    async def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        model = self._model(model_id)
+        with self.store.writing(path, overwrite, self._metadata(model, path, "training")) as folder:
+            storage.write_adapter(folder, model.adapter)
+            storage.write_optimizer(folder, model.optimizer, model.adapter)
+
+    async def save_weights_for_sampler(
+        self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool
+    ) -> None:
+        model = self._model(model_id)
+        with self.store.writing(path, overwrite, self._metadata(model, path, "sampler")) as folder:
+            storage.write_adapter(folder, model.adapter)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    async def create_sampler(
+        self,
+        *,
+        base_model: str | None = None,
+        model_path: ParsedCheckpointTinkerPath | None = None,
+        model_id: str | None = None,
+    ) -> SamplerSpec:
+        if sum(arg is not None for arg in (base_model, model_path, model_id)) != 1:
+            raise BadRequestError("create_sampler", "give exactly one of base_model, model_path, model_id")
+        adapter: LoraAdapter | None = None
+        if model_path is not None:
+            base_model, adapter = self._read_checkpoint(model_path, trainable=False)
+        elif model_id is not None:
+            training = self._model(model_id)
+            base_model, adapter = training.spec.base_model, training.adapter.snapshot()
+        assert base_model is not None
+        base = base_weights(base_model)
+        spec = SamplerSpec(
+            sampler_id=_new_id("mock-sampler"),
+            base_model=base_model,
+            vocab_size=base.config.vocab_size,
+            max_context_length=base.config.max_context_length,
+        )
+        self._samplers[spec.sampler_id] = _Sampler(spec=spec, base=base, adapter=adapter)
+        return spec
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        state = self._samplers.get(sampler_id)
+        if state is None:
+            raise NotFoundError(f"sampler {sampler_id!r} does not exist")
+
+        def model_fn(tokens: list[int], cache: KVCache) -> torch.Tensor:
+            return forward(state.base, tokens, state.adapter, cache)
+
+        with torch.no_grad():
+            return sampler.sample(
+                model_fn, request, state.spec.max_context_length, ByteTokenizer(state.spec.base_model)
+            )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _model(self, model_id: str) -> _TrainingModel:
+        model = self._models.get(model_id)
+        if model is None:
+            raise NotFoundError(f"training model {model_id!r} does not exist (or was released)")
+        return model
+
+    def _register(
+        self, base_model: str, adapter: LoraAdapter, optimizer_state: storage.OptimizerState | None
+    ) -> ModelSpec:
+        base = base_weights(base_model)
+        optimizer = torch.optim.AdamW(adapter.parameters(), foreach=False)
+        if optimizer_state is not None:
+            storage.restore_optimizer(optimizer, adapter, optimizer_state)
+        spec = ModelSpec(
+            model_id=_new_id("mock"),
+            base_model=base_model,
+            vocab_size=base.config.vocab_size,
+            max_context_length=base.config.max_context_length,
+            lora=adapter.config,
+        )
+        self._models[spec.model_id] = _TrainingModel(spec=spec, base=base, adapter=adapter, optimizer=optimizer)
+        return spec
+
+    @staticmethod
+    def _metadata(model: _TrainingModel, path: ParsedCheckpointTinkerPath, kind: CheckpointType) -> dict[str, Any]:
+        if path.checkpoint_type != kind:
+            raise BadRequestError("path", f"{path.tinker_path} is not a {kind} checkpoint path")
+        return {"base_model": model.spec.base_model, "lora": model.spec.lora.model_dump(), "backend": "mock",
+                "kind": kind}
+
+    def _read_checkpoint(self, path: ParsedCheckpointTinkerPath, trainable: bool) -> tuple[str, LoraAdapter]:
+        """Base model and adapter of a checkpoint written by this backend."""
+        meta = self.store.read_metadata(path)
+        if meta.get("backend") != "mock":
+            raise BadRequestError("path", f"{path.tinker_path} was written by backend {meta.get('backend')!r}")
+        base_model = str(meta["base_model"])
+        lora = LoraConfig.model_validate(meta["lora"])
+        tensors = storage.read_adapter(self.store.directory(path))
+        try:
+            adapter = LoraAdapter.from_tensors(lora, model_config(base_model), tensors, trainable)
+        except ValueError as exc:
+            raise BadRequestError("path", f"{path.tinker_path} is not a valid mock checkpoint: {exc}") from exc
+        return base_model, adapter

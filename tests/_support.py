@@ -1,0 +1,56 @@
+"""Helpers shared by the client-level tests (imported as a plain module)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import tinker_std as ts
+
+MODEL = "mock/tiny"
+
+
+def make_service(tmp_path: Path, **options: object) -> ts.ServiceClient:
+    return ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "ckpt"), **options)  # type: ignore[arg-type]
+
+
+def sequence_datum(tokens: Sequence[int], weights: Sequence[float] | None = None) -> ts.Datum:
+    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1)."""
+    inputs: dict[str, object] = {"target_tokens": list(tokens[1:])}
+    if weights is not None:
+        inputs["weights"] = list(weights)
+    return ts.Datum(model_input=ts.ModelInput.from_ints(list(tokens[:-1])), loss_fn_inputs=inputs)  # type: ignore[arg-type]
+
+
+def text_batch(texts: Sequence[str]) -> list[ts.Datum]:
+    return [sequence_datum(list(t.encode())) for t in texts]
+
+
+def rl_datum(tokens: Sequence[int], advantages: Sequence[float], logprobs: Sequence[float]) -> ts.Datum:
+    return ts.Datum(
+        model_input=ts.ModelInput.from_ints(list(tokens[:-1])),
+        loss_fn_inputs={"target_tokens": list(tokens[1:]), "advantages": list(advantages), "logprobs": list(logprobs)},
+    )
+
+
+def state_arrays(tc: ts.TrainingClient) -> dict[str, np.ndarray]:
+    """Weights, gradients and optimizer state flattened into one dict (for bit-exact comparisons)."""
+    state = tc.read_state().result()
+    out: dict[str, np.ndarray] = {}
+    for kind in ("weights", "grads", "exp_avg", "exp_avg_sq"):
+        for name, value in getattr(state, kind).items():
+            out[f"{kind}/{name}"] = np.array(value)
+    out["step"] = np.array(state.step)
+    return out
+
+
+def assert_states_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def logprobs_of(out: ts.ForwardBackwardOutput) -> list[np.ndarray]:
+    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs]
