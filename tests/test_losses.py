@@ -360,9 +360,11 @@ def test_sum_not_mean_duplicate_datum_doubles_loss_and_gradient(loss: str, data:
     lp.grad = None
     double = compute_loss(loss, [lp, lp], [inputs, inputs])
     double.backward()
-    # x + x == 2x exactly in floating point, so these comparisons are exact
+    # the two per-datum values are computed identically and v + v == 2v exactly in floating point
     assert float(double.detach()) == 2 * float(single.detach())
-    assert torch.equal(lp.grad, 2 * g1)
+    # autograd may add the per-use contributions (lp appears several times in e.g. DRO) in another
+    # order, so the gradient is equal only up to rounding
+    np.testing.assert_allclose(lp.grad.numpy(), 2 * g1.numpy(), rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
 @pytest.mark.parametrize("loss", list(REFERENCES))

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from tinker_std.backend import AdapterState, SampleRequest, Tokenizer
-from tinker_std.capabilities import OPTIONAL_CAPABILITIES
 from tinker_std.backends.mock import (
     EOS_TOKEN_ID,
     LORA_ALPHA,
@@ -31,9 +30,12 @@ from tinker_std.backends.mock import (
     forward,
 )
 from tinker_std.backends.mock.sampler import choose_token, prompt_scores
+from tinker_std.capabilities import OPTIONAL_CAPABILITIES
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.errors import BadRequestError, ConflictError, NotFoundError
+from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
 from tinker_std.types import (
+    TOPK_PAD_LOGPROB,
+    TOPK_PAD_TOKEN,
     AdamParams,
     Datum,
     LoraConfig,
@@ -159,12 +161,13 @@ def test_declarations_and_fast_start(tmp_path: Path) -> None:
     tiny = next(m for m in models if m.model_name == MODEL)
     assert tiny.max_context_length == 256 and tiny.trainable and tiny.sampleable
     with pytest.raises(TypeError):
-        MockBackend(checkpoint_dir=tmp_path, flux_capacitor=True)  # type: ignore[call-arg]
+        MockBackend(checkpoint_dir=tmp_path, **{"flux_capacitor": True})
 
 
 def test_tokenizer() -> None:
     tok = MockBackend().get_tokenizer(MODEL)
-    assert isinstance(tok, Tokenizer) and isinstance(tok, ByteTokenizer)
+    assert isinstance(tok, Tokenizer)
+    assert isinstance(tok, ByteTokenizer)
     assert (tok.eos_token_id, tok.pad_token_id, tok.vocab_size) == (256, 257, 258)
     text = "héllo ✓"
     assert tok.encode(text) == list(text.encode("utf-8"))
@@ -238,7 +241,12 @@ def test_forward_matches_reference_implementation(backend: MockBackend) -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [{}, {"train_attn": False}, {"train_mlp": False, "train_unembed": False}, {"train_attn": False, "train_mlp": False}],
+    [
+        {},
+        {"train_attn": False},
+        {"train_mlp": False, "train_unembed": False},
+        {"train_attn": False, "train_mlp": False},
+    ],
 )
 def test_fresh_lora_is_exactly_the_base_model(backend: MockBackend, flags: dict[str, bool]) -> None:
     lora = LoraConfig(rank=3, seed=11, **flags)
@@ -259,6 +267,16 @@ def test_fresh_lora_is_exactly_the_base_model(backend: MockBackend, flags: dict[
         assert b.shape == (out_f, 3) and not b.any()
     tokens = TOKENIZER.encode("exactly equal")
     assert torch.equal(forward(base_weights(MODEL), tokens, adapter), forward(base_weights(MODEL), tokens, None))
+    # SMP-18: the snapshot sampler of a fresh adapter samples and scores exactly like the base model.
+    snapshot = run(backend.create_sampler(model_id=model_id)).sampler_id
+    from_snapshot, from_base = (
+        sample(backend, s, num_samples=2, prompt_logprobs=True, max_tokens=10, seed=3, stop=[])
+        for s in (snapshot, base_sampler(backend))
+    )
+    assert from_snapshot.prompt_logprobs == from_base.prompt_logprobs
+    assert [(q.tokens, q.logprobs) for q in from_snapshot.sequences] == [
+        (q.tokens, q.logprobs) for q in from_base.sequences
+    ]
 
 
 def test_lora_seed_controls_init(backend: MockBackend) -> None:
@@ -360,16 +378,17 @@ def test_save_state_and_resume_is_bit_identical(backend: MockBackend, tmp_path: 
 
     resumed = run(backend.load_model(path, with_optimizer=True))
     assert resumed.model_id != model_id and resumed.base_model == MODEL and resumed.lora.rank == 4
-    original_state = state_arrays(run(backend.read_state(model_id)))
-    assert original_state["step"] == 2
-    assert original_state.keys() == state_arrays(run(backend.read_state(resumed.model_id))).keys()
-    for a, b in ((model_id, resumed.model_id),):
-        train(backend, a, data, steps=2, lr=0.02)
-        train(backend, b, data, steps=2, lr=0.02)
-        sa, sb = state_arrays(run(backend.read_state(a))), state_arrays(run(backend.read_state(b)))
-        for key in sa:
-            np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
-        assert sa["step"] == 4
+    saved, loaded = (state_arrays(run(backend.read_state(m))) for m in (model_id, resumed.model_id))
+    assert saved["step"] == 2 and saved.keys() == loaded.keys()
+    for key in saved:
+        np.testing.assert_array_equal(loaded[key], saved[key], err_msg=key)
+    train(backend, model_id, data, steps=2, lr=0.02)
+    train(backend, resumed.model_id, data, steps=2, lr=0.02)
+    uninterrupted = state_arrays(run(backend.read_state(model_id)))
+    continued = state_arrays(run(backend.read_state(resumed.model_id)))
+    for key in uninterrupted:
+        np.testing.assert_array_equal(continued[key], uninterrupted[key], err_msg=key)
+    assert continued["step"] == 4
 
 
 def test_load_without_optimizer_and_sampler_weights(backend: MockBackend) -> None:
@@ -518,6 +537,10 @@ def test_prompt_logprobs_and_topk(backend: MockBackend) -> None:
         np.testing.assert_allclose([v for _, v in row], expected[i, ids], rtol=0, atol=1e-12)
     plain = sample(backend, sampler_id, max_tokens=1)
     assert plain.prompt_logprobs is None and plain.topk_prompt_logprobs is None
+    padded = sample(backend, sampler_id, max_tokens=1, topk=300).topk_prompt_logprobs
+    assert padded is not None and padded[1] is not None and len(padded[1]) == 300
+    assert padded[1][258:] == [(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)] * 42
+    assert sorted(t for t, _ in padded[1][:258]) == list(range(258))
 
 
 def test_ties_break_towards_lower_ids() -> None:
@@ -545,3 +568,20 @@ def test_top_k_and_top_p_filters() -> None:
     assert set(draws(top_k=3, top_p=0.9)) == {0, 1, 2}  # top-3: 0.526 + 0.316 < 0.9
     counts = np.bincount(draws(), minlength=4) / 400
     np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.08)
+
+
+def test_context_length_and_prompt_checks(backend: MockBackend) -> None:
+    with pytest.raises(ContextLengthError):
+        run(backend.forward_backward(new_model(backend), [datum([65] * 258)], "cross_entropy", {}, False))
+    sampler_id = base_sampler(backend)
+    with pytest.raises(ContextLengthError) as info:
+        sample(backend, sampler_id, prompt=[65] * 256)
+    assert info.value.field == "prompt"
+    with pytest.raises(ContextLengthError) as info:
+        sample(backend, sampler_id, prompt=[65] * 250, max_tokens=7)
+    assert info.value.field == "sampling_params.max_tokens"
+    assert len(sample(backend, sampler_id, prompt=[65] * 250, max_tokens=6, stop=[]).sequences[0].tokens) == 6
+    for prompt in ([], [65, 258]):
+        with pytest.raises(BadRequestError) as info:
+            sample(backend, sampler_id, prompt=prompt)
+        assert info.value.field == "prompt"

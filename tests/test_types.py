@@ -246,6 +246,15 @@ def test_model_input_rejects_negative_and_non_int_tokens(tokens: list[Any], mess
         EncodedTextChunk(tokens=tokens)
 
 
+def test_model_input_rejects_negative_tokens_from_iterators() -> None:
+    # BUG (reported): a non-Sequence iterable skips the element checks in _coerce_tokens, and
+    # pydantic then builds list[int] from it, negative ids included
+    with pytest.raises(pydantic.ValidationError, match="must be >= 0"):
+        EncodedTextChunk(tokens=iter([1, -2]))
+    with pytest.raises(pydantic.ValidationError, match="must be >= 0"):
+        ModelInput.from_ints(t for t in [1, -2])
+
+
 def test_model_input_append_int_rejects_negative() -> None:
     with pytest.raises(pydantic.ValidationError, match="must be >= 0"):
         ModelInput.empty().append_int(-1)

@@ -61,10 +61,10 @@ class CheckpointStore:
         try:
             yield staging
             record = {
+                **metadata,
                 "tinker_path": path.tinker_path,
                 "checkpoint_type": path.checkpoint_type,
                 "time": datetime.now(UTC).isoformat(),
-                **metadata,
             }
             (staging / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
             final = self.directory(path)

@@ -17,7 +17,9 @@ def _demo(args: argparse.Namespace) -> int:
     config = SFTConfig(
         backend=args.backend, base_model=args.model, rank=args.rank, steps=args.steps, learning_rate=args.lr
     )
-    bar = tqdm(total=config.steps, desc=f"SFT on {args.backend or 'default backend'}", unit="step")
+    from tinker_std.registry import default_backend_name
+
+    bar = tqdm(total=config.steps, desc=f"SFT on {args.backend or default_backend_name()}", unit="step")
 
     def on_step(step: int, loss: float) -> None:
         bar.set_postfix(loss=f"{loss:.4f}")

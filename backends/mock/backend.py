@@ -28,10 +28,9 @@ from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, 
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
-from tinker_std.errors import BadRequestError, NotFoundError
+from tinker_std.errors import BadRequestError, ContextLengthError, NotFoundError
 from tinker_std.types import (
     AdamParams,
-    CheckpointType,
     Datum,
     ForwardBackwardOutput,
     GetServerCapabilitiesResponse,
@@ -76,14 +75,15 @@ class MockBackend(Backend):
     """Deterministic in-process backend over tiny float64 models (``mock/tiny``).
 
     Options: ``checkpoint_dir`` (root of the ``CheckpointStore``; its default when ``None``).
-    Unknown options raise ``TypeError``.
+    Unknown options raise ``TypeError``. The store is public as ``checkpoint_store``, which is how
+    the client layer offers checkpoint management (``RestClient``) over it.
     """
 
     name: ClassVar[str] = "mock"
     capabilities: ClassVar[Capabilities] = Capabilities.everything(tolerance="mock")
 
     def __init__(self, *, checkpoint_dir: str | Path | None = None) -> None:
-        self.store = CheckpointStore(checkpoint_dir)
+        self.checkpoint_store = CheckpointStore(checkpoint_dir)
         self._models: dict[str, _TrainingModel] = {}
         self._samplers: dict[str, _Sampler] = {}
 
@@ -116,10 +116,10 @@ class MockBackend(Backend):
                 f"{path.tinker_path} holds sampler weights only; load it with with_optimizer=False "
                 "or pass a tinker://<run>/weights/<name> checkpoint",
             )
-        base_model, adapter = self._read_checkpoint(path, trainable=True)
+        base_model, adapter = storage.read_checkpoint(self.checkpoint_store, path, trainable=True)
         state = None
         if with_optimizer:
-            state = storage.read_optimizer(self.store.directory(path))
+            state = storage.read_optimizer(self.checkpoint_store.directory(path))
             if state is None:
                 raise BadRequestError("path", f"{path.tinker_path} has no optimizer state")
         return self._register(base_model, adapter, state)
@@ -143,9 +143,14 @@ class MockBackend(Backend):
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
             # One forward per datum: a datum's numbers never depend on the rest of the batch.
             out = []
-            for datum in batch:
+            for i, datum in enumerate(batch):
                 tokens = datum.model_input.to_ints()
                 targets = datum.loss_fn_inputs["target_tokens"].to_torch().long()
+                if len(tokens) > model.spec.max_context_length:
+                    raise ContextLengthError(
+                        f"data[{i}].model_input",
+                        f"{len(tokens)} tokens exceed the context of {model.spec.max_context_length}",
+                    )
                 if not tokens:
                     out.append(torch.zeros(targets.shape, dtype=DTYPE))
                     continue
@@ -178,7 +183,8 @@ class MockBackend(Backend):
 
     async def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         model = self._model(model_id)
-        with self.store.writing(path, overwrite, self._metadata(model, path, "training")) as folder:
+        meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "training")
+        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
             storage.write_adapter(folder, model.adapter)
             storage.write_optimizer(folder, model.optimizer, model.adapter)
 
@@ -186,7 +192,8 @@ class MockBackend(Backend):
         self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool
     ) -> None:
         model = self._model(model_id)
-        with self.store.writing(path, overwrite, self._metadata(model, path, "sampler")) as folder:
+        meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "sampler")
+        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
             storage.write_adapter(folder, model.adapter)
 
     # -- sampling ------------------------------------------------------------------------------
@@ -202,7 +209,7 @@ class MockBackend(Backend):
             raise BadRequestError("create_sampler", "give exactly one of base_model, model_path, model_id")
         adapter: LoraAdapter | None = None
         if model_path is not None:
-            base_model, adapter = self._read_checkpoint(model_path, trainable=False)
+            base_model, adapter = storage.read_checkpoint(self.checkpoint_store, model_path, trainable=False)
         elif model_id is not None:
             training = self._model(model_id)
             base_model, adapter = training.spec.base_model, training.adapter.snapshot()
@@ -226,9 +233,7 @@ class MockBackend(Backend):
             return forward(state.base, tokens, state.adapter, cache)
 
         with torch.no_grad():
-            return sampler.sample(
-                model_fn, request, state.spec.max_context_length, ByteTokenizer(state.spec.base_model)
-            )
+            return sampler.sample(model_fn, request, state.spec, ByteTokenizer(state.spec.base_model))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -254,24 +259,3 @@ class MockBackend(Backend):
         )
         self._models[spec.model_id] = _TrainingModel(spec=spec, base=base, adapter=adapter, optimizer=optimizer)
         return spec
-
-    @staticmethod
-    def _metadata(model: _TrainingModel, path: ParsedCheckpointTinkerPath, kind: CheckpointType) -> dict[str, Any]:
-        if path.checkpoint_type != kind:
-            raise BadRequestError("path", f"{path.tinker_path} is not a {kind} checkpoint path")
-        return {"base_model": model.spec.base_model, "lora": model.spec.lora.model_dump(), "backend": "mock",
-                "kind": kind}
-
-    def _read_checkpoint(self, path: ParsedCheckpointTinkerPath, trainable: bool) -> tuple[str, LoraAdapter]:
-        """Base model and adapter of a checkpoint written by this backend."""
-        meta = self.store.read_metadata(path)
-        if meta.get("backend") != "mock":
-            raise BadRequestError("path", f"{path.tinker_path} was written by backend {meta.get('backend')!r}")
-        base_model = str(meta["base_model"])
-        lora = LoraConfig.model_validate(meta["lora"])
-        tensors = storage.read_adapter(self.store.directory(path))
-        try:
-            adapter = LoraAdapter.from_tensors(lora, model_config(base_model), tensors, trainable)
-        except ValueError as exc:
-            raise BadRequestError("path", f"{path.tinker_path} is not a valid mock checkpoint: {exc}") from exc
-        return base_model, adapter

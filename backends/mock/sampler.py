@@ -13,7 +13,9 @@
 * Stops: ``None`` -> EOS; ``str | list[str]`` -> the decoded completion contains one of them;
   ``list[int]`` -> the sampled token is one of them; ``[]`` -> none. Explicit stops replace EOS.
   The token that triggers a stop is kept and ``stop_reason`` is ``"stop"``; otherwise generation
-  ends after ``max_tokens`` (default and cap: the rest of the context window) with ``"length"``.
+  ends after ``max_tokens`` (default: the rest of the context window) with ``"length"``.
+* The prompt is run once; each sequence then decodes one token at a time on its own copy of the
+  prompt's key/value cache.
 """
 
 from __future__ import annotations
@@ -25,9 +27,16 @@ from dataclasses import dataclass
 
 import torch
 
-from tinker_std.backend import SampleRequest, Tokenizer
-from tinker_std.errors import BadRequestError
-from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
+from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.errors import BadRequestError, ContextLengthError
+from tinker_std.types import (
+    TOPK_PAD_LOGPROB,
+    TOPK_PAD_TOKEN,
+    SampledSequence,
+    SampleResponse,
+    SamplingParams,
+    StopReason,
+)
 
 from .model import KVCache
 
@@ -129,7 +138,8 @@ def prompt_scores(
     from the prompt's logits (T, V).
 
     Entry 0 is ``None``; entry ``i`` scores position ``i`` given ``prompt[:i]``. Top-k rows are
-    sorted by logprob descending, ties by token id ascending, and hold ``min(topk, V)`` pairs.
+    sorted by logprob descending, ties by token id ascending; when ``topk > V`` they are padded to
+    ``topk`` pairs with ``(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)`` (SMP-17).
     """
     logp = torch.log_softmax(logits[:-1], dim=-1)  # row i predicts prompt[i + 1]
     lps: list[float | None] | None = None
@@ -141,19 +151,31 @@ def prompt_scores(
         values, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
         k = min(topk, logp.shape[-1])
         tops = [None]
+        padding = [(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)] * (topk - k)
         for row_ids, row_values in zip(ids[:, :k].tolist(), values[:, :k].tolist(), strict=True):
-            tops.append(list(zip(row_ids, row_values, strict=True)))
+            tops.append(list(zip(row_ids, row_values, strict=True)) + padding)
     return lps, tops
 
 
-def sample(model: ModelFn, request: SampleRequest, max_context_length: int, tokenizer: Tokenizer) -> SampleResponse:
-    """Answer one sampling request with ``model``."""
+def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer: Tokenizer) -> SampleResponse:
+    """Answer one sampling request with ``model``, the sampler ``spec`` giving its sizes.
+
+    ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
+    ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     prompt = list(request.prompt)
-    if not prompt:
-        raise BadRequestError("prompt", "must hold at least one token")
     params = request.sampling_params
+    vocab_size, max_context_length = spec.vocab_size, spec.max_context_length
+    if not prompt or min(prompt) < 0 or max(prompt) >= vocab_size:
+        raise BadRequestError("prompt", f"must be a non-empty list of token ids in [0, {vocab_size})")
     room = max_context_length - len(prompt)
-    max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+    if params.max_tokens is None and room <= 0:
+        raise ContextLengthError("prompt", f"{len(prompt)} tokens leave no room in the context of {max_context_length}")
+    max_tokens = room if params.max_tokens is None else params.max_tokens
+    if max_tokens > room:
+        raise ContextLengthError(
+            "sampling_params.max_tokens",
+            f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the context of {max_context_length}",
+        )
     stop = StopRule.from_stop(params.stop, tokenizer.eos_token_id)
     prompt_cache = KVCache()
     prompt_logits = model(prompt, prompt_cache)  # shared by every sequence: caches are copy-on-extend

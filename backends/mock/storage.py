@@ -14,18 +14,64 @@ Restoring the optimizer state puts back the exact tensors, so training continues
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .lora import LoraAdapter
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.errors import BadRequestError
+from tinker_std.types import CheckpointType, LoraConfig, ParsedCheckpointTinkerPath
 
-__all__ = ["ADAPTER_FILE", "OPTIMIZER_FILE", "write_adapter", "read_adapter", "write_optimizer", "read_optimizer",
-           "restore_optimizer", "optimizer_state"]
+from .lora import LoraAdapter
+from .model import model_config
+
+__all__ = [
+    "ADAPTER_FILE",
+    "OPTIMIZER_FILE",
+    "metadata",
+    "read_checkpoint",
+    "write_adapter",
+    "read_adapter",
+    "write_optimizer",
+    "read_optimizer",
+    "restore_optimizer",
+    "optimizer_state",
+]
 
 ADAPTER_FILE = "adapter.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 
 OptimizerState = dict[str, dict[str, torch.Tensor]]
+
+
+def metadata(
+    base_model: str, lora: LoraConfig, path: ParsedCheckpointTinkerPath, kind: CheckpointType
+) -> dict[str, Any]:
+    """The ``checkpoint.json`` fields of a ``kind`` checkpoint; ``BadRequestError`` if ``path`` is
+    of the other kind (``save_state`` writes ``weights/``, ``save_weights_for_sampler`` ``sampler_weights/``)."""
+    if path.checkpoint_type != kind:
+        raise BadRequestError("path", f"{path.tinker_path} is not a {kind} checkpoint path")
+    return {"base_model": base_model, "lora": lora.model_dump(), "backend": "mock", "kind": kind}
+
+
+def read_checkpoint(
+    store: CheckpointStore, path: ParsedCheckpointTinkerPath, trainable: bool
+) -> tuple[str, LoraAdapter]:
+    """Base model and adapter of a checkpoint written by this backend.
+
+    ``NotFoundError`` when there is no checkpoint at ``path``; ``BadRequestError`` when it was
+    written by another backend or does not match its own LoRA config."""
+    meta = store.read_metadata(path)
+    if meta.get("backend") != "mock":
+        raise BadRequestError("path", f"{path.tinker_path} was written by backend {meta.get('backend')!r}")
+    base_model = str(meta["base_model"])
+    lora = LoraConfig.model_validate(meta["lora"])
+    tensors = read_adapter(store.directory(path))
+    try:
+        adapter = LoraAdapter.from_tensors(lora, model_config(base_model), tensors, trainable)
+    except ValueError as exc:
+        raise BadRequestError("path", f"{path.tinker_path} is not a valid mock checkpoint: {exc}") from exc
+    return base_model, adapter
 
 
 def write_adapter(folder: Path, adapter: LoraAdapter) -> None:

@@ -17,13 +17,15 @@ CheckpointType = Literal["training", "sampler"]
 KIND_OF_SEGMENT: dict[str, CheckpointType] = {"weights": "training", "sampler_weights": "sampler"}
 SEGMENT_OF_KIND: dict[CheckpointType, str] = {v: k for k, v in KIND_OF_SEGMENT.items()}
 
-_NAME = re.compile(r"^[A-Za-z0-9._:\-]+\Z")  # \Z: "$" would also match before a trailing "\n"
+_NAME = re.compile(r"^[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*\Z")  # \Z: "$" would also match before a trailing "\n"
 
 
 def check_name(name: str, what: str) -> None:
     """Raise ValueError unless ``name`` is a valid run id or checkpoint name (no ``/``, not ``.``/``..``)."""
     if not name or not _NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"{what} {name!r} is not valid: use letters, digits and . _ : - (no '/', not empty)")
+        raise ValueError(
+            f"{what} {name!r} is not valid: use letters, digits and . _ : - (no '/', not empty, not starting with '.')"
+        )
 
 
 class ParsedCheckpointTinkerPath(ResponseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from pydantic import field_validator
@@ -23,6 +23,8 @@ class EncodedTextChunk(RequestModel):
     def _coerce_tokens(cls, value: object) -> object:
         if hasattr(value, "tolist") and not isinstance(value, list):
             value = value.tolist()  # numpy arrays and torch tensors
+        elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, Sequence)):
+            value = list(value)  # generators and other one-shot iterables: check every element
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
             for i, token in enumerate(value):
                 if isinstance(token, bool) or not isinstance(token, int):

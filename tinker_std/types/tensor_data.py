@@ -18,6 +18,7 @@ __all__ = ["TensorData", "TensorDtype"]
 
 TensorDtype = Literal["int64", "float32"]
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMPY_DTYPE: dict[str, type[np.generic]] = {"int64": np.int64, "float32": np.float32}
 
 
@@ -51,7 +52,10 @@ class TensorData(RequestModel):
         if dtype == "int64":
             if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
                 raise ValueError("data of an int64 tensor must hold whole numbers")
-            out: list[int] | list[float] = np.asarray(data).reshape(-1).astype(np.int64).tolist()
+            exact = [int(x) for x in np.asarray(data, dtype=object).reshape(-1)]
+            if any(not (_INT64_MIN <= x <= _INT64_MAX) for x in exact):
+                raise ValueError("data of an int64 tensor must lie in [-2**63, 2**63 - 1]")
+            out: list[int] | list[float] = exact
         else:
             out = array.astype(np.float32).tolist()
         shape = values.get("shape")
