@@ -110,8 +110,8 @@ BAD_TRAINING_CALLS: dict[str, tuple[Callable[[ts.TrainingClient], object], type[
         ts.BadRequestError,
         "data[0].loss_fn_inputs.target_tokens",
     ),
-    "bad optimizer params": (lambda tc: tc.optim_step({"learning_rate": -1.0}), ts.BadRequestError, "adam_params"),  # type: ignore[arg-type]
-    "optimizer params of the wrong type": (lambda tc: tc.optim_step(0.1), ts.BadRequestError, "adam_params"),  # type: ignore[arg-type]
+    "bad optimizer params": (lambda tc: tc.optim_step({"learning_rate": -1.0}), ts.BadRequestError, "optim_params"),  # type: ignore[arg-type]
+    "optimizer params of the wrong type": (lambda tc: tc.optim_step(0.1), ts.BadRequestError, "optim_params"),  # type: ignore[arg-type]
     "checkpoint name with a slash": (lambda tc: tc.save_state("a/b"), ts.BadRequestError, "name"),
     "empty checkpoint name": (lambda tc: tc.save_weights_for_sampler(""), ts.BadRequestError, "name"),
 }
@@ -208,3 +208,14 @@ def test_bad_service_requests(tmp_path: Path) -> None:
         with pytest.raises(ts.BadRequestError) as info:
             service.create_sampling_client()
         assert info.value.field == "model_path"
+
+
+def test_optim_step_accepts_the_legacy_keyword_but_not_both(tmp_path: Path) -> None:
+    with make_service(tmp_path) as service:
+        tc = service.create_lora_training_client(base_model=MODEL, rank=4, seed=1).result()
+        tc.forward_backward([GOOD], "cross_entropy")
+        response = tc.optim_step(adam_params=ts.AdamParams(learning_rate=1e-2)).result()
+        assert response.metrics is not None and response.metrics["step:max"] == 1
+        with pytest.raises(ts.BadRequestError) as info:
+            tc.optim_step(ts.AdamParams(), adam_params=ts.AdamParams())
+        assert info.value.field == "adam_params"

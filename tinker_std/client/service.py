@@ -13,7 +13,7 @@ from ..capabilities import Capabilities
 from ..errors import BadRequestError, RequestFailedError, TinkerError, Unsupported
 from ..futures import APIFuture
 from ..registry import create_backend
-from ..types import GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
+from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .rest import RestClient
 from .runtime import EventLoopThread
 from .sampling import SamplingClient
@@ -128,10 +128,13 @@ class ServiceClient:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
+        optimizer: AdamOptimizerConfig | None = None,
     ) -> APIFuture[TrainingClient]:
-        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5)."""
+        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9)."""
         if not isinstance(base_model, str) or not base_model:
             raise BadRequestError("base_model", "must be a non-empty model name")
+        if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
+            raise BadRequestError("optimizer", f"only AdamOptimizerConfig is supported, got {type(optimizer).__name__}")
         try:
             lora = LoraConfig(
                 rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn, train_unembed=train_unembed

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
-from ..errors import Unsupported
+from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
 from ..types import (
     AdamParams,
@@ -108,9 +108,15 @@ class TrainingClient:
 
         return self._ordered(run)
 
-    def optim_step(self, adam_params: AdamParams) -> APIFuture[OptimStepResponse]:
-        """One AdamW step with the accumulated gradient, which it then clears (OPT, FB-5)."""
-        params = validate_adam_params(adam_params)
+    def optim_step(
+        self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
+    ) -> APIFuture[OptimStepResponse]:
+        """One AdamW step with the accumulated gradient, which it then clears (OPT, FB-5).
+
+        ``adam_params`` is the tinker SDK's legacy keyword alias of ``optim_params``."""
+        if optim_params is not None and adam_params is not None:
+            raise BadRequestError("adam_params", "give optim_params or adam_params, not both")
+        params = validate_adam_params(optim_params if adam_params is None else adam_params)
         return self._ordered(lambda b: b.optim_step(self.model_id, params))
 
     # -- checkpoints and samplers -----------------------------------------------------------
@@ -191,8 +197,10 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         return self.forward_backward_custom(data, loss_fn)
 
-    async def optim_step_async(self, adam_params: AdamParams) -> APIFuture[OptimStepResponse]:
-        return self.optim_step(adam_params)
+    async def optim_step_async(
+        self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
+    ) -> APIFuture[OptimStepResponse]:
+        return self.optim_step(optim_params, adam_params=adam_params)
 
     async def save_state_async(self, name: str, **kwargs: Any) -> APIFuture[SaveWeightsResponse]:
         return self.save_state(name, **kwargs)

@@ -178,8 +178,8 @@ def validate_adam_params(params: Any) -> AdamParams:
         try:
             return AdamParams(**params)
         except ValueError as exc:
-            raise BadRequestError("adam_params", str(exc)) from None
-    raise BadRequestError("adam_params", f"must be AdamParams, got {type(params).__name__}")
+            raise BadRequestError("optim_params", str(exc)) from None
+    raise BadRequestError("optim_params", f"must be AdamParams, got {type(params).__name__}")
 
 
 def validate_sample(
