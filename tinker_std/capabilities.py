@@ -17,7 +17,14 @@ OPTIONAL_LOSSES: frozenset[str] = frozenset({"cispo", "dro", "gspo"})
 #: Every optional capability name (spec CAP-2).
 OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
     {f"loss:{name}" for name in OPTIONAL_LOSSES}
-    | {"introspection", "deterministic", "seeded_sampling", "topk_prompt_logprobs", "soft_targets"}
+    | {
+        "introspection",
+        "deterministic",
+        "seeded_sampling",
+        "topk_prompt_logprobs",
+        "soft_targets",
+        "checkpoint_management",
+    }
 )
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .loss_signatures import LOSS_SIGNATURES, LossSignature
+
 __all__ = ["LossSpec", "LOSSES", "compute_loss", "loss_spec"]
 
 Inputs = Mapping[str, torch.Tensor]
@@ -24,18 +26,10 @@ PerDatumLoss = Callable[[torch.Tensor, Inputs, Config], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    """A loss function and the inputs and config keys it accepts."""
+class LossSpec(LossSignature):
+    """A loss's signature plus its per-datum formula."""
 
-    name: str
-    fn: PerDatumLoss
-    required_inputs: tuple[str, ...]
-    optional_inputs: tuple[str, ...] = ()
-    config_defaults: Mapping[str, float] = field(default_factory=dict)
-    #: whether target_tokens (and weights) may be (N, K) rather than (N,)
-    allows_soft_targets: bool = False
-    #: inputs whose values must be finite
-    finite_inputs: tuple[str, ...] = ("weights", "advantages", "logprobs")
+    fn: PerDatumLoss = field(default=lambda lp, inputs, config: lp.sum())
 
 
 def _clip_bounds(inputs: Inputs, config: Config, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,25 +100,25 @@ def gspo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
     return -torch.minimum(seq_ratio * adv, clipped * adv).sum()
 
 
-_RL_INPUTS = ("target_tokens", "logprobs", "advantages")
-_CLIP_INPUTS = ("clip_low_threshold", "clip_high_threshold")
+_FORMULAS: Mapping[str, PerDatumLoss] = {
+    "cross_entropy": cross_entropy,
+    "importance_sampling": importance_sampling,
+    "ppo": ppo,
+    "cispo": cispo,
+    "dro": dro,
+    "gspo": gspo,
+}
 
 LOSSES: Mapping[str, LossSpec] = {
-    spec.name: spec
-    for spec in (
-        LossSpec("cross_entropy", cross_entropy, ("target_tokens",), ("weights",), allows_soft_targets=True),
-        LossSpec("importance_sampling", importance_sampling, _RL_INPUTS),
-        LossSpec("ppo", ppo, _RL_INPUTS, _CLIP_INPUTS, {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}),
-        LossSpec("cispo", cispo, _RL_INPUTS, _CLIP_INPUTS, {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0}),
-        LossSpec("dro", dro, _RL_INPUTS, (), {"beta": 0.05}),
-        LossSpec(
-            "gspo",
-            gspo,
-            _RL_INPUTS,
-            (*_CLIP_INPUTS, "sequence_ratio_mask"),
-            {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
-        ),
+    name: LossSpec(
+        name=sig.name,
+        required_inputs=sig.required_inputs,
+        optional_inputs=sig.optional_inputs,
+        config_defaults=sig.config_defaults,
+        allows_soft_targets=sig.allows_soft_targets,
+        fn=_FORMULAS[name],
     )
+    for name, sig in LOSS_SIGNATURES.items()
 }
 
 

@@ -9,8 +9,10 @@ forward_backward with those weights.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import RequestFailedError
 from ..types import Datum, ForwardBackwardOutput, TensorData
@@ -19,7 +21,7 @@ __all__ = ["CustomLossFn", "run_custom_loss"]
 
 #: ``fn(data, logprobs) -> (loss, metrics)``; ``logprobs[i]`` is a float32 tensor shaped like
 #: ``data[i]``'s target_tokens, and ``loss`` a scalar tensor differentiable in them.
-CustomLossFn = Callable[[list[Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+CustomLossFn = Callable[[list[Datum], list["torch.Tensor"]], tuple["torch.Tensor", dict[str, float]]]
 RunCrossEntropy = Callable[[list[Datum], bool], Awaitable[ForwardBackwardOutput]]
 
 
@@ -35,7 +37,9 @@ def _with_weights(data: Sequence[Datum], weights: Sequence[torch.Tensor]) -> lis
 
 async def run_custom_loss(data: list[Datum], fn: CustomLossFn, run_ce: RunCrossEntropy) -> ForwardBackwardOutput:
     """Evaluate ``fn`` and accumulate its gradient with one forward and one forward_backward."""
-    zeros = [torch.zeros(d.model_input.length, dtype=torch.float32) for d in data]
+    import torch  # imported here so that ``import tinker_std`` stays free of torch
+
+    zeros = [torch.zeros(d.loss_fn_inputs["target_tokens"].resolved_shape, dtype=torch.float32) for d in data]
     scored = await run_ce(_with_weights(data, zeros), False)
     logprobs = [out["logprobs"].to_torch().clone().requires_grad_(True) for out in scored.loss_fn_outputs]
     try:

@@ -196,9 +196,10 @@ class ServiceClient:
     # -- checkpoint management --------------------------------------------------------------
 
     def create_rest_client(self) -> RestClient:
-        """Checkpoint management over the backend's local checkpoint store."""
+        """Checkpoint management over the backend's local checkpoint store (capability
+        ``checkpoint_management``, CKPT-11)."""
         store = getattr(self._backend, "checkpoint_store", None)
-        if store is None:
+        if not self.capabilities.supports("checkpoint_management") or store is None:
             raise Unsupported("checkpoint_management", self.backend_name)
         return RestClient(store, self._runtime)
 

@@ -16,7 +16,8 @@ import numpy as np
 from ..backend import ModelSpec, SamplerSpec
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, ContextLengthError, Unsupported
-from ..losses import LOSSES, LossSpec
+from ..loss_signatures import LOSS_SIGNATURES as LOSSES
+from ..loss_signatures import LossSignature as LossSpec
 from ..types import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
 __all__ = [
@@ -158,7 +159,8 @@ def validate_forward_backward(
 
 
 def validate_custom_loss_data(data: Any, model: ModelSpec, caps: Capabilities, backend: str) -> list[Datum]:
-    """forward_backward_custom needs (N,) ``target_tokens``; other inputs are passed to the user's fn."""
+    """forward_backward_custom needs ``target_tokens`` ((N,), or (N, K) with ``soft_targets``); other inputs
+    are passed to the user's fn unchecked."""
     datums = _check_data_list(data)
     for i, datum in enumerate(datums):
         stripped = Datum(
@@ -166,8 +168,6 @@ def validate_custom_loss_data(data: Any, model: ModelSpec, caps: Capabilities, b
             loss_fn_inputs={k: v for k, v in datum.loss_fn_inputs.items() if k == "target_tokens"},
         )
         _validate_datum(i, stripped, LOSSES["cross_entropy"], model, caps, backend)
-        if len(datum.loss_fn_inputs["target_tokens"].resolved_shape) != 1:
-            raise BadRequestError(f"data[{i}].loss_fn_inputs.target_tokens", "must be 1-D for forward_backward_custom")
     return datums
 
 

@@ -1,0 +1,137 @@
+"""Small helpers shared by the conformance tests; public API of tinker_std only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import tinker_std as ts
+
+from .tolerances import assert_mapping_close, assert_replay
+
+__all__ = [
+    "ADAM",
+    "sequence_datum",
+    "rl_datum",
+    "probe_batch",
+    "logprobs_of",
+    "forward_logprobs",
+    "state_arrays",
+    "snapshot",
+    "assert_snapshot_unchanged",
+    "assert_outputs_replay",
+    "metric_keys_ok",
+    "next_token_distribution",
+]
+
+Array = npt.NDArray[Any]
+
+#: A step that visibly moves a LoRA adapter.
+ADAM = ts.AdamParams(learning_rate=1e-2)
+
+
+def sequence_datum(tokens: Sequence[int], weights: Sequence[float] | None = None) -> ts.Datum:
+    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1)."""
+    inputs: dict[str, Any] = {"target_tokens": [int(t) for t in tokens[1:]]}
+    if weights is not None:
+        inputs["weights"] = [float(w) for w in weights]
+    return ts.Datum(model_input=ts.ModelInput.from_ints([int(t) for t in tokens[:-1]]), loss_fn_inputs=inputs)
+
+
+def rl_datum(tokens: Sequence[int], advantages: Sequence[float], logprobs: Sequence[float]) -> ts.Datum:
+    return ts.Datum(
+        model_input=ts.ModelInput.from_ints([int(t) for t in tokens[:-1]]),
+        loss_fn_inputs={
+            "target_tokens": [int(t) for t in tokens[1:]],
+            "advantages": [float(a) for a in advantages],
+            "logprobs": [float(q) for q in logprobs],
+        },
+    )
+
+
+def probe_batch(vocab_size: int) -> list[ts.Datum]:
+    """A fixed batch used to observe a client's weights through ``forward``."""
+    v = vocab_size
+    seqs = [
+        [1 % v, 7 % v, 42 % v, 99 % v, 3 % v, 64 % v, 17 % v],
+        [(v - 1) % v, 5 % v, 5 % v, 12 % v],
+        [200 % v, 31 % v, 8 % v, 150 % v, 77 % v, 2 % v],
+    ]
+    return [sequence_datum(s) for s in seqs]
+
+
+def logprobs_of(out: ts.ForwardBackwardOutput) -> list[Array]:
+    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs]
+
+
+def forward_logprobs(tc: ts.TrainingClient, data: list[ts.Datum]) -> list[Array]:
+    return logprobs_of(tc.forward(data, "cross_entropy").result())
+
+
+def state_arrays(tc: ts.TrainingClient) -> dict[str, Array]:
+    """Introspected weights, gradients and optimizer state flattened into one dict."""
+    state = tc.read_state().result()
+    out: dict[str, Array] = {}
+    for kind in ("weights", "grads", "exp_avg", "exp_avg_sq"):
+        for name, value in getattr(state, kind).items():
+            out[f"{kind}/{name}"] = np.array(value)
+    out["step"] = np.array(state.step)
+    return out
+
+
+def snapshot(tc: ts.TrainingClient, probe: list[ts.Datum], introspection: bool) -> dict[str, Array]:
+    """What can be observed of a client: forward logprobs on ``probe`` and, with introspection,
+    its full state. Taking it changes nothing (FB-1)."""
+    out = {f"forward/{i}": lp for i, lp in enumerate(forward_logprobs(tc, probe))}
+    if introspection:
+        out.update(state_arrays(tc))
+    return out
+
+
+def assert_snapshot_unchanged(before: dict[str, Array], after: dict[str, Array], statement: str, what: str) -> None:
+    """Two snapshots of the same state are replays: bit-identical on mock/deterministic backends."""
+    assert_mapping_close(after, before, "token", statement, what=what, replay=True)
+
+
+def assert_outputs_replay(
+    actual: ts.ForwardBackwardOutput, expected: ts.ForwardBackwardOutput, statement: str, what: str = ""
+) -> None:
+    got, want = logprobs_of(actual), logprobs_of(expected)
+    assert len(got) == len(want), f"[{statement}] {what}: {len(got)} outputs, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_replay(g, w, "token", statement, what=f"{what} logprobs of datum {i}")
+    assert_replay(actual.metrics["loss:sum"], expected.metrics["loss:sum"], "sum", statement, what=f"{what} loss:sum")
+
+
+def metric_keys_ok(metrics: dict[str, float]) -> list[str]:
+    """The keys breaking FB-7's ``name:reduction`` grammar."""
+    return [k for k in metrics if k.count(":") != 1 or not all(k.split(":"))]
+
+
+def next_token_distribution(
+    sampler: ts.SamplingClient, prefix: list[int], vocab_size: int, capabilities: ts.Capabilities, k: int = 2
+) -> list[tuple[int, float]] | None:
+    """The ``k`` most likely next tokens after ``prefix`` with their logprobs, sorted by logprob
+    descending then id; ``None`` when the backend offers no way to see them (no
+    ``topk_prompt_logprobs`` and a vocabulary too large to score token by token)."""
+    if capabilities.supports("topk_prompt_logprobs"):
+        prompt = ts.ModelInput.from_ints([*prefix, 0])
+        response = sampler.sample(prompt, 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=k).result()
+        rows = response.topk_prompt_logprobs
+        assert rows is not None
+        row = rows[len(prefix)]
+        assert row is not None
+        return [(int(t), float(lp)) for t, lp in row]
+    if vocab_size > 4096:
+        return None
+    scores = []
+    for token in range(vocab_size):
+        lps = sampler.compute_logprobs(ts.ModelInput.from_ints([*prefix, token])).result()
+        value = lps[-1]
+        assert value is not None
+        scores.append((token, float(value)))
+    scores.sort(key=lambda pair: (-pair[1], pair[0]))
+    return scores[:k]

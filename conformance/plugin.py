@@ -1,0 +1,349 @@
+"""pytest plugin of the tinker-std conformance suite (entry point ``pytest11: tinker_std_conformance``).
+
+Run the suite against a backend with::
+
+    pytest --pyargs tinker_std.conformance --tinker-backend mock --tinker-report report.json
+
+Options (all inert unless given; only the conformance tests read them):
+
+``--tinker-backend``         backend name or ``module:Class`` (default ``$TINKER_STD_BACKEND``, else ``mock``)
+``--tinker-backend-config``  JSON file with the backend's constructor options
+``--tinker-base-model``      base model to test (default: the backend's first supported model)
+``--tinker-report``          write a per-statement JSON report there, and a sibling ``.md``
+``--tinker-max-examples``    Hypothesis examples per property test (default 10)
+
+Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (copied to
+``item.user_properties`` as ``("spec", id)`` pairs, so they reach ``--junitxml``), and
+``@pytest.mark.requires("introspection", ...)`` skips a test when the backend CLASS does not
+declare the capability (read without starting the backend).
+
+Fixtures: ``conformance_backend`` (session: class, options, base model, capabilities, tolerance
+class), ``service`` (session ``ServiceClient``), ``service_factory`` (session: more ServiceClients
+over the same backend class and options), ``training_client`` (function-scoped factory of fresh
+LoRA clients, rank 4, seed 0), ``make_training_client`` (the same factory, session-scoped, for
+Hypothesis tests) and ``base_sampler`` (session ``SamplingClient`` over the base model).
+
+This module is imported whenever pytest starts in an environment where tinker-std is installed,
+so it imports neither torch nor the backend at module level; everything heavy happens in fixtures.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from tinker_std import Backend, Capabilities, SamplingClient, ServiceClient, TrainingClient
+
+    from .tolerances import ToleranceClass
+
+__all__ = [
+    "ConformanceBackend",
+    "MAX_EXAMPLES",
+    "PACKAGE_DIR",
+    "is_conformance_item",
+    "spec_ids",
+]
+
+#: Folder of the conformance package: every test module in it is a conformance test.
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Hypothesis examples per property test (``--tinker-max-examples``); read when test modules are imported.
+MAX_EXAMPLES = 10
+DEFAULT_RANK = 4
+DEFAULT_SEED = 0
+
+_STATE_KEY = pytest.StashKey["_State"]()
+
+
+@dataclass(frozen=True)
+class ConformanceBackend:
+    """The backend under test, as the fixtures resolved it."""
+
+    cls: type[Backend]
+    name: str
+    spec: str
+    options: dict[str, Any]
+    base_model: str
+    capabilities: Capabilities
+    tolerance_class: str
+    tolerance: ToleranceClass
+    #: replays must be bit-identical: class ``mock`` or capability ``deterministic`` (TOL-4)
+    deterministic: bool
+    vocab_size: int
+    max_context_length: int
+    accepts_checkpoint_dir: bool
+
+    def supports(self, capability: str) -> bool:
+        return self.capabilities.supports(capability)
+
+
+@dataclass
+class _State:
+    backend_spec: str
+    config_file: str | None
+    base_model: str | None
+    report_path: str | None
+    backend_cls: type[Backend] | None = None
+    resolved: ConformanceBackend | None = None
+    load_error: str | None = None
+    extra_clients: list[ServiceClient] = field(default_factory=list)
+
+
+# -- options, markers, configuration ------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tinker-std", "tinker-std conformance suite (only read by its tests)")
+    group.addoption(
+        "--tinker-backend",
+        default=None,
+        help="backend name or module:Class (default: $TINKER_STD_BACKEND, else mock)",
+    )
+    group.addoption("--tinker-backend-config", default=None, help="JSON file of backend constructor options")
+    group.addoption(
+        "--tinker-base-model", default=None, help="base model to test (default: the backend's first supported model)"
+    )
+    group.addoption("--tinker-report", default=None, help="write a per-statement JSON report (and a .md) there")
+    group.addoption(
+        "--tinker-max-examples", type=int, default=None, help="Hypothesis examples per property test (default 10)"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global MAX_EXAMPLES
+    config.addinivalue_line("markers", "spec(*ids): tinker-std spec statement ids that this test checks")
+    config.addinivalue_line(
+        "markers", "requires(*capabilities): skip unless the tinker-std backend declares these capabilities"
+    )
+    max_examples = config.getoption("--tinker-max-examples")
+    if max_examples is not None:
+        if max_examples < 1:
+            raise pytest.UsageError("--tinker-max-examples must be >= 1")
+        MAX_EXAMPLES = max_examples
+    state = _State(
+        backend_spec=config.getoption("--tinker-backend") or os.environ.get("TINKER_STD_BACKEND") or "mock",
+        config_file=config.getoption("--tinker-backend-config"),
+        base_model=config.getoption("--tinker-base-model"),
+        report_path=config.getoption("--tinker-report"),
+    )
+    config.stash[_STATE_KEY] = state
+    if state.report_path:
+        from .report import Reporter
+
+        config.pluginmanager.register(Reporter(config, state.report_path), "tinker_std_conformance_reporter")
+
+
+def _state(config: pytest.Config) -> _State:
+    return config.stash[_STATE_KEY]
+
+
+# -- which items are ours ------------------------------------------------------------------------
+
+
+def is_conformance_item(item: pytest.Item) -> bool:
+    """A test of the conformance package, or any test using the conformance fixtures."""
+    path = Path(str(getattr(item, "path", ""))).resolve()
+    if path.is_relative_to(PACKAGE_DIR):
+        return True
+    return "conformance_backend" in getattr(item, "fixturenames", ())
+
+
+def spec_ids(item: pytest.Item) -> list[str]:
+    """The statement ids of every ``spec`` marker of ``item``, in order, without duplicates."""
+    ids: list[str] = []
+    for mark in item.iter_markers("spec"):
+        for value in mark.args:
+            for sid in [value] if isinstance(value, str) else list(value):
+                if sid not in ids:
+                    ids.append(sid)
+    return ids
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not is_conformance_item(item):
+            continue
+        for sid in spec_ids(item):
+            item.user_properties.append(("spec", sid))
+
+
+def _backend_class(state: _State) -> type[Backend]:
+    if state.backend_cls is None:
+        if state.load_error is not None:
+            raise pytest.UsageError(state.load_error)
+        from tinker_std.registry import load_backend_class
+
+        try:
+            state.backend_cls = load_backend_class(state.backend_spec)
+        except Exception as exc:
+            state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {exc}"
+            raise pytest.UsageError(state.load_error) from exc
+    return state.backend_cls
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    required = [cap for mark in item.iter_markers("requires") for cap in mark.args]
+    if not required or not is_conformance_item(item):
+        return
+    cls = _backend_class(_state(item.config))
+    for capability in required:
+        if not cls.capabilities.supports(capability):
+            pytest.skip(f"capability {capability} not declared by backend {cls.name}")
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+def _accepts_option(cls: type[Any], option: str) -> bool:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _read_options(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        options = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--tinker-backend-config {path}: {exc}") from exc
+    if not isinstance(options, dict):
+        raise pytest.UsageError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
+    return options
+
+
+@pytest.fixture(scope="session")
+def _conformance_options(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    state = _state(request.config)
+    cls = _backend_class(state)
+    options = _read_options(state.config_file)
+    if "checkpoint_dir" not in options and _accepts_option(cls, "checkpoint_dir"):
+        options["checkpoint_dir"] = str(tmp_path_factory.mktemp("tinker-checkpoints"))
+    return options
+
+
+@pytest.fixture(scope="session")
+def service(request: pytest.FixtureRequest, _conformance_options: dict[str, Any]) -> Iterator[ServiceClient]:
+    """One ServiceClient over the backend under test for the whole session."""
+    from tinker_std import ServiceClient
+
+    client = ServiceClient(_backend_class(_state(request.config)), **_conformance_options)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def service_factory(
+    request: pytest.FixtureRequest, _conformance_options: dict[str, Any]
+) -> Iterator[Callable[..., ServiceClient]]:
+    """``factory(**client_options)``: another ServiceClient over the same backend class and options
+    (for example ``max_chunk_datums=1``); closed at the end of the session."""
+    from tinker_std import ServiceClient
+
+    state = _state(request.config)
+
+    def factory(**client_options: Any) -> ServiceClient:
+        client = ServiceClient(_backend_class(state), **{**_conformance_options, **client_options})
+        state.extra_clients.append(client)
+        return client
+
+    yield factory
+    for client in state.extra_clients:
+        client.close()
+    state.extra_clients.clear()
+
+
+@pytest.fixture(scope="session")
+def conformance_backend(
+    request: pytest.FixtureRequest, service: ServiceClient, _conformance_options: dict[str, Any]
+) -> ConformanceBackend:
+    """The backend under test; also makes its tolerance class the active one (``tolerances``)."""
+    from .tolerances import TOLERANCES, set_active
+
+    state = _state(request.config)
+    cls = _backend_class(state)
+    caps = cls.capabilities
+    served = service.get_server_capabilities().supported_models
+    names = [m.model_name for m in served if m.model_name]
+    base_model = state.base_model or (names[0] if names else None)
+    if base_model is None:
+        raise pytest.UsageError(f"backend {cls.name} serves no model (get_server_capabilities is empty)")
+    sampler = service.create_sampling_client(base_model=base_model).result()
+    set_active(caps.tolerance, deterministic=caps.supports("deterministic"))
+    resolved = ConformanceBackend(
+        cls=cls,
+        name=cls.name,
+        spec=state.backend_spec,
+        options={k: v for k, v in _conformance_options.items() if k != "checkpoint_dir"},
+        base_model=base_model,
+        capabilities=caps,
+        tolerance_class=caps.tolerance,
+        tolerance=TOLERANCES[caps.tolerance],
+        deterministic=caps.tolerance == "mock" or caps.supports("deterministic"),
+        vocab_size=sampler.spec.vocab_size,
+        max_context_length=sampler.spec.max_context_length,
+        accepts_checkpoint_dir="checkpoint_dir" in _conformance_options,
+    )
+    state.resolved = resolved
+    return resolved
+
+
+TrainingClientFactory = Callable[..., "TrainingClient"]
+
+
+def _client_factory(service: ServiceClient, backend: ConformanceBackend) -> TrainingClientFactory:
+    def factory(
+        seed: int | None = DEFAULT_SEED, rank: int = DEFAULT_RANK, base_model: str | None = None, **kwargs: Any
+    ) -> TrainingClient:
+        return service.create_lora_training_client(
+            base_model=base_model or backend.base_model, rank=rank, seed=seed, **kwargs
+        ).result()
+
+    return factory
+
+
+@pytest.fixture
+def training_client(service: ServiceClient, conformance_backend: ConformanceBackend) -> TrainingClientFactory:
+    """``factory(seed=0, rank=4, **lora_options)``: a fresh LoRA training client for one test."""
+    return _client_factory(service, conformance_backend)
+
+
+@pytest.fixture(scope="session")
+def make_training_client(service: ServiceClient, conformance_backend: ConformanceBackend) -> TrainingClientFactory:
+    """Session-scoped twin of ``training_client`` for Hypothesis tests (which reject function scope)."""
+    return _client_factory(service, conformance_backend)
+
+
+@pytest.fixture(scope="session")
+def base_sampler(service: ServiceClient, conformance_backend: ConformanceBackend) -> SamplingClient:
+    """A sampler over the unadapted base model."""
+    return service.create_sampling_client(base_model=conformance_backend.base_model).result()
+
+
+def resolved_backend(config: pytest.Config) -> ConformanceBackend | None:
+    """The backend the fixtures resolved in this session (``None`` when no conformance test ran)."""
+    return _state(config).resolved
+
+
+def backend_class_for_report(config: pytest.Config) -> type[Backend] | None:
+    """The backend class, loaded if needed; ``None`` when it cannot be loaded."""
+    try:
+        return _backend_class(_state(config))
+    except pytest.UsageError:
+        return None
+
+
+def report_options(config: pytest.Config) -> tuple[str, str | None]:
+    """``(backend spec, base model option)`` as given on the command line (or defaulted)."""
+    state = _state(config)
+    return state.backend_spec, state.base_model

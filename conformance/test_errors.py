@@ -1,0 +1,213 @@
+"""Bad input gets a typed error naming the field and changes nothing; undeclared features are
+``Unsupported`` (spec ERR, ORD-4, ORD-5, CAP-4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+import tinker_std as ts
+from tinker_std.backends.mock import MockBackend
+from tinker_std.conformance.helpers import ADAM, probe_batch, sequence_datum, snapshot
+from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.strategies import MalformedRequest, conformance_settings, malformed_requests
+from tinker_std.conformance.tolerances import assert_mapping_close
+
+Factory = Callable[..., ts.TrainingClient]
+
+MALFORMED_STATEMENTS = (
+    "ERR-2", "ERR-3", "ERR-4", "ORD-5", "ORD-4", "FB-8", "ALN-1", "ALN-3", "ALN-4", "ALN-5", "LOSS-8", "LOSS-10",
+    "LOSS-11", "LOSS-12", "LOSS-13", "CKPT-1",
+)  # fmt: skip
+
+
+def _expect(request: MalformedRequest, client: Any) -> ts.TinkerError:
+    """Make the call; return the error, checking type, field, message form and where it was raised."""
+    raised_by_call = True
+    try:
+        future = request.invoke(client)
+    except ts.TinkerError as exc:
+        error: BaseException = exc
+    else:
+        raised_by_call = False
+        try:
+            future.result(timeout=120)
+        except ts.TinkerError as exc:
+            error = exc
+        else:
+            raise AssertionError(f"{request!r}: the request succeeded")
+    assert isinstance(error, request.error), f"{request!r}: got {type(error).__name__}: {error}"
+    if request.from_call:
+        assert raised_by_call, f"[ORD-5] {request!r}: a validation error must be raised by the call, not the future"
+    field = getattr(error, "field", None)
+    assert field in request.fields, f"[ERR-3] {request!r}: field {field!r}, expected one of {request.fields}"
+    assert str(error) == f"{field}: {error.problem}", f"[ERR-3] str(error) is {str(error)!r}"  # type: ignore[attr-defined]
+    assert error.status_code == 400, f"[ERR-1] status_code {error.status_code}"  # type: ignore[attr-defined]
+    return error  # type: ignore[return-value]
+
+
+@pytest.mark.spec(*MALFORMED_STATEMENTS)
+def test_malformed_training_requests_are_typed_and_change_nothing(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    backend = conformance_backend
+    introspection = backend.supports("introspection")
+    probe = probe_batch(backend.vocab_size)
+    tc = make_training_client()
+    tc.forward_backward(probe, "cross_entropy")
+    tc.optim_step(ADAM)
+    tc.forward_backward(probe[:1], "cross_entropy")  # a pending gradient must survive too
+    tc.save_state("kept").result()
+    before = snapshot(tc, probe, introspection)
+
+    @given(request=malformed_requests(backend.vocab_size, backend.max_context_length, ("training",)))
+    @conformance_settings
+    def check(request: MalformedRequest) -> None:
+        _expect(request, tc)
+        assert_mapping_close(
+            snapshot(tc, probe, introspection), before, "token", "ERR-2", what=request.description, replay=True
+        )
+
+    check()
+    # later requests still run normally (ORD-4)
+    assert tc.forward_backward(probe, "cross_entropy").result().metrics["loss:sum"] == pytest.approx(
+        tc.forward(probe).result().metrics["loss:sum"]
+    )
+
+
+@pytest.mark.spec("ERR-2", "ERR-3", "ERR-4", "ORD-5", "SMP-1", "SMP-2", "ALN-4")
+def test_malformed_sampling_requests_are_typed(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    backend = conformance_backend
+
+    @given(request=malformed_requests(backend.vocab_size, backend.max_context_length, ("sampling",)))
+    @conformance_settings
+    def check(request: MalformedRequest) -> None:
+        _expect(request, base_sampler)
+
+    check()
+    ok = base_sampler.sample(ts.ModelInput.from_ints([1]), 1, ts.SamplingParams(max_tokens=1)).result()
+    assert len(ok.sequences) == 1
+
+
+@pytest.mark.spec("LOSS-8", "ERR-1", "ERR-4")
+def test_error_classes_and_messages(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    assert issubclass(ts.ContextLengthError, ts.BadRequestError), "[ERR-4]"
+    for cls in (ts.BadRequestError, ts.NotFoundError, ts.ConflictError, ts.RequestFailedError, ts.Unsupported):
+        assert issubclass(cls, ts.TinkerError), f"[ERR-1] {cls.__name__}"
+    codes = (ts.BadRequestError.status_code, ts.NotFoundError.status_code, ts.ConflictError.status_code)
+    assert codes == (400, 404, 409), f"[ERR-1] status codes {codes}"
+    tc = training_client()
+    with pytest.raises(ts.BadRequestError) as err:
+        tc.forward_backward([sequence_datum([1, 2, 3])], "stable_reinforce")
+    for name in ts.types.LOSS_FN_TYPES:
+        assert name in str(err.value), f"[LOSS-8] the message must list {name}: {err.value}"
+
+
+# -- optional capabilities ------------------------------------------------------------------------
+
+
+class BareMockBackend(MockBackend):
+    """The mock backend declaring no optional capability (for the CAP-4 negative tests)."""
+
+    name: ClassVar[str] = "mock-bare"
+    capabilities: ClassVar[ts.Capabilities] = ts.Capabilities(optional=frozenset(), tolerance="mock")
+
+
+def _undeclared_requests(v: int) -> dict[str, Callable[[ts.TrainingClient, ts.SamplingClient], Any]]:
+    datum = sequence_datum([1 % v, 2 % v, 3 % v, 4 % v])
+    rl = ts.Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={**datum.loss_fn_inputs, "advantages": [1.0, 0.0, -1.0], "logprobs": [-1.0] * 3},
+    )
+    soft = ts.Datum(model_input=datum.model_input, loss_fn_inputs={"target_tokens": np.array([[1, 2]] * 3)})
+    prompt = ts.ModelInput.from_ints([1, 2])
+    return {
+        "loss:cispo": lambda tc, sc: tc.forward_backward([rl], "cispo"),
+        "loss:dro": lambda tc, sc: tc.forward([rl], "dro"),
+        "loss:gspo": lambda tc, sc: tc.forward_backward([rl], "gspo"),
+        "soft_targets": lambda tc, sc: tc.forward_backward([soft], "cross_entropy"),
+        "topk_prompt_logprobs": lambda tc, sc: sc.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=2
+        ),
+        "introspection": lambda tc, sc: tc.read_state(),
+    }
+
+
+def _check_refused(
+    capability: str, backend_name: str, call: Callable[[ts.TrainingClient, ts.SamplingClient], Any],
+    tc: ts.TrainingClient, sc: ts.SamplingClient,
+) -> None:  # fmt: skip
+    with pytest.raises(ts.Unsupported) as err:
+        call(tc, sc)  # raised by the call itself (ORD-5): no .result() needed
+    assert err.value.capability == capability, f"[CAP-4] capability {err.value.capability!r}"
+    assert err.value.backend == backend_name, f"[CAP-4] backend {err.value.backend!r}"
+    assert capability in str(err.value) and backend_name in str(err.value), f"[ERR-1] message {err.value}"
+
+
+@pytest.fixture(scope="module")
+def bare_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ts.ServiceClient]:
+    service = ts.ServiceClient(BareMockBackend, checkpoint_dir=str(Path(tmp_path_factory.mktemp("bare"))))
+    yield service
+    service.close()
+
+
+@pytest.mark.spec("CAP-4", "CAP-1", "ERR-1", "ORD-5", "LOSS-8", "BE-1")
+def test_a_backend_without_optional_capabilities_refuses_them(bare_service: ts.ServiceClient) -> None:
+    tc = bare_service.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    sc = tc.save_weights_and_get_sampling_client().result()
+    probe = probe_batch(258)
+    before = tc.forward(probe).result()
+    for capability, call in _undeclared_requests(258).items():
+        _check_refused(capability, "mock-bare", call, tc, sc)
+    with pytest.raises(ts.Unsupported) as err:
+        bare_service.create_rest_client()
+    assert err.value.capability == "checkpoint_management", f"[CAP-4] capability {err.value.capability!r}"
+    after = tc.forward(probe).result()
+    assert before.metrics == after.metrics, "[CAP-4] a refused request changed state"
+    # every MUST feature still works (CAP-1); a seed is accepted without seeded_sampling (CAP-4)
+    for loss_fn in ("cross_entropy", "importance_sampling", "ppo"):
+        data = (
+            probe
+            if loss_fn == "cross_entropy"
+            else [
+                ts.Datum(
+                    model_input=d.model_input,
+                    loss_fn_inputs={
+                        **d.loss_fn_inputs,
+                        "advantages": [0.5] * d.model_input.length,
+                        "logprobs": [-1.0] * d.model_input.length,
+                    },
+                )
+                for d in probe
+            ]
+        )
+        tc.forward_backward(data, loss_fn).result()
+    tc.optim_step(ADAM).result()
+    sc.sample(
+        ts.ModelInput.from_ints([1, 2]), 2, ts.SamplingParams(max_tokens=2, seed=3), include_prompt_logprobs=True
+    ).result()
+    tc.save_state("bare").result()
+
+
+@pytest.mark.parametrize("capability", sorted(_undeclared_requests(258)))
+@pytest.mark.spec("CAP-4", "ERR-1")
+def test_the_backend_refuses_what_it_does_not_declare(
+    capability: str, conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient
+) -> None:
+    if conformance_backend.supports(capability):
+        pytest.skip(f"capability {capability} is declared by backend {conformance_backend.name} (tested positively)")
+    tc = training_client()
+    _check_refused(
+        capability,
+        conformance_backend.name,
+        _undeclared_requests(conformance_backend.vocab_size)[capability],
+        tc,
+        base_sampler,
+    )

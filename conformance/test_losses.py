@@ -1,0 +1,475 @@
+"""Loss functions: values, shapes, reductions, gradients and custom losses (spec LOSS, FB-2, FB-6..FB-13)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinker_std as ts
+from tinker_std.conformance.helpers import (
+    ADAM,
+    forward_logprobs,
+    logprobs_of,
+    metric_keys_ok,
+    probe_batch,
+    state_arrays,
+)
+from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.reference import loss_with_slack, reference_loss
+from tinker_std.conformance.strategies import (
+    ALL_LOSSES,
+    batches,
+    ce_datums,
+    conformance_settings,
+    loss_configs,
+    loss_datums,
+    rl_datums,
+    soft_target_datums,
+)
+from tinker_std.conformance.tolerances import assert_close, assert_replay
+
+LOSS_STATEMENT = {
+    "cross_entropy": ("LOSS-2", "LOSS-15"),
+    "importance_sampling": ("LOSS-3",),
+    "ppo": ("LOSS-4", "LOSS-9"),
+    "cispo": ("LOSS-5", "LOSS-9"),
+    "dro": ("LOSS-6",),
+    "gspo": ("LOSS-7", "LOSS-9"),
+}
+LOSSES = [
+    pytest.param(name, marks=[pytest.mark.requires(f"loss:{name}"), pytest.mark.spec(*LOSS_STATEMENT[name])], id=name)
+    for name in ALL_LOSSES
+]
+
+Factory = Callable[..., ts.TrainingClient]
+
+
+def _trained(make: Factory, backend: ConformanceBackend) -> ts.TrainingClient:
+    """A client one step away from its base model, so adapters are non-trivial."""
+    tc = make()
+    tc.forward_backward(probe_batch(backend.vocab_size), "cross_entropy")
+    tc.optim_step(ADAM).result()
+    return tc
+
+
+def _grads(tc: ts.TrainingClient) -> dict[str, np.ndarray]:
+    return {k: v for k, v in state_arrays(tc).items() if k.startswith("grads/")}
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.spec("FB-1", "FB-2", "FB-7", "LOSS-1", "LOSS-11", "ALN-1", "ALN-2", "TOL-3", "TYP-8")
+def test_loss_sum_is_the_formula_of_the_returned_logprobs(
+    loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    tc = _trained(make_training_client, conformance_backend)
+
+    @given(data=batches(loss_datums(loss_fn, v)), config=loss_configs(loss_fn))
+    @conformance_settings
+    def check(data: list[ts.Datum], config: dict[str, float] | None) -> None:
+        out = tc.forward(data, loss_fn, config).result()
+        out_fb = tc.forward_backward(data, loss_fn, config).result()
+        assert len(out.loss_fn_outputs) == len(data), "[FB-2] one output per datum"
+        for i, (o, d) in enumerate(zip(out.loss_fn_outputs, data, strict=True)):
+            lp = o["logprobs"]
+            assert lp.dtype == "float32", f"[FB-2] datum {i}: logprobs dtype {lp.dtype}"
+            assert lp.resolved_shape == d.loss_fn_inputs["target_tokens"].resolved_shape, f"[FB-2] datum {i} shape"
+            values = lp.to_numpy()
+            assert np.all(np.isfinite(values)) and np.all(values <= 1e-6), f"[FB-2] datum {i}: logprobs {values}"
+        for metrics in (out.metrics, out_fb.metrics):
+            assert "loss:sum" in metrics, "[FB-7] loss:sum missing"
+            assert not metric_keys_ok(metrics), f"[FB-7] bad metric keys {metric_keys_ok(metrics)}"
+        expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, config)
+        assert_close(out.metrics["loss:sum"], expected, "sum", "FB-2", what=f"{loss_fn} loss:sum", slack=slack)
+        # forward returns what forward_backward returns at the same position (weights did not move)
+        for i, (a, b) in enumerate(zip(logprobs_of(out_fb), logprobs_of(out), strict=True)):
+            assert_replay(a, b, "token", "FB-1", what=f"forward vs forward_backward logprobs, datum {i}")
+        assert_replay(out_fb.metrics["loss:sum"], out.metrics["loss:sum"], "sum", "FB-1", what="loss:sum")
+
+    check()
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.spec("FB-6", "LOSS-1")
+def test_a_duplicated_datum_doubles_its_contribution(
+    loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    tc = _trained(make_training_client, conformance_backend)
+
+    @given(data=batches(loss_datums(loss_fn, v), max_size=3))
+    @conformance_settings
+    def check(data: list[ts.Datum]) -> None:
+        once = tc.forward(data, loss_fn).result()
+        twice = tc.forward(data + data, loss_fn).result()
+        assert_close(twice.metrics["loss:sum"], 2 * once.metrics["loss:sum"], "sum", "FB-6", what="loss:sum of A+A")
+        lps_once, lps_twice = logprobs_of(once), logprobs_of(twice)
+        for i, lp in enumerate(lps_once):
+            assert_close(lps_twice[i], lp, "token", "FB-6", what=f"datum {i}, first copy")
+            assert_close(lps_twice[i + len(data)], lp, "token", "FB-6", what=f"datum {i}, second copy")
+
+    check()
+
+
+@pytest.mark.requires("introspection")
+@pytest.mark.spec("FB-6", "FB-3", "LOSS-1")
+def test_a_duplicated_datum_doubles_its_gradient(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    data = probe_batch(conformance_backend.vocab_size)[:2]
+    once, twice = training_client(), training_client()
+    once.forward_backward(data, "cross_entropy").result()
+    twice.forward_backward(data + data, "cross_entropy").result()
+    g1, g2 = _grads(once), _grads(twice)
+    assert any(np.abs(g).max() > 0 for g in g1.values()), "[FB-3] forward_backward produced no gradient"
+    for key, g in g1.items():
+        assert_close(g2[key], 2 * g, "token", "FB-6", what=f"{key} of A+A vs 2x A")
+
+
+@pytest.mark.spec("FB-6")
+def test_a_datums_outputs_do_not_depend_on_the_rest_of_the_batch(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    tc = _trained(make_training_client, conformance_backend)
+
+    @given(
+        datum=ce_datums(v),
+        others=st.lists(ce_datums(v), min_size=1, max_size=3),
+        position=st.integers(0, 3),
+    )
+    @conformance_settings
+    def check(datum: ts.Datum, others: list[ts.Datum], position: int) -> None:
+        alone = forward_logprobs(tc, [datum])[0]
+        k = min(position, len(others))
+        batch = [*others[:k], datum, *others[k:]]
+        together = forward_logprobs(tc, batch)
+        assert_close(together[k], alone, "token", "FB-6", what=f"datum at index {k} of {len(batch)}")
+        reversed_out = forward_logprobs(tc, batch[::-1])
+        for i, lp in enumerate(together):
+            assert_close(reversed_out[len(batch) - 1 - i], lp, "token", "FB-6", what=f"datum {i} in reversed order")
+
+    check()
+
+
+@pytest.mark.spec("ALN-2")
+def test_a_positions_logprob_ignores_later_tokens(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    tc = _trained(make_training_client, conformance_backend)
+
+    @given(datum=ce_datums(v, weights="none"), cut=st.integers(1, 12), data=st.data())
+    @conformance_settings
+    def check(datum: ts.Datum, cut: int, data: st.DataObject) -> None:
+        tokens = datum.model_input.to_ints()
+        targets = datum.loss_fn_inputs["target_tokens"].to_numpy().tolist()
+        k = min(cut, len(tokens))
+        tail = data.draw(st.lists(st.integers(0, v - 1), min_size=len(tokens) - k, max_size=len(tokens) - k))
+        changed = ts.Datum(
+            model_input=ts.ModelInput.from_ints(tokens[:k] + tail), loss_fn_inputs={"target_tokens": targets}
+        )
+        prefix = ts.Datum(
+            model_input=ts.ModelInput.from_ints(tokens[:k]), loss_fn_inputs={"target_tokens": targets[:k]}
+        )
+        full, other, short = forward_logprobs(tc, [datum, changed, prefix])
+        assert_close(other[:k], full[:k], "token", "ALN-2", what=f"first {k} positions after changing later tokens")
+        assert_close(short, full[:k], "token", "ALN-2", what=f"first {k} positions of the truncated datum")
+
+    check()
+
+
+def _zero_datums(loss_fn: str, tc: ts.TrainingClient, backend: ConformanceBackend) -> list[ts.Datum]:
+    """Datums whose weights (cross-entropy) or advantages (the others) are all zero."""
+    probe = probe_batch(backend.vocab_size)
+    if loss_fn == "cross_entropy":
+        return [
+            ts.Datum(
+                model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": [0.0] * d.model_input.length}
+            )
+            for d in probe
+        ]
+    current = forward_logprobs(tc, probe)
+    out = []
+    for d, lp in zip(probe, current, strict=True):
+        n = d.model_input.length
+        # q = the current logprobs: dro's penalty term then has (near) zero gradient too (see report)
+        q = lp.tolist() if loss_fn == "dro" else [-1.5] * n
+        out.append(
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={
+                    "target_tokens": d.loss_fn_inputs["target_tokens"],
+                    "advantages": [0.0] * n,
+                    "logprobs": q,
+                },
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.spec("LOSS-14", "FB-3")
+def test_zero_weights_or_advantages_give_no_gradient(
+    loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    tc = _trained(training_client, conformance_backend)
+    probe = probe_batch(conformance_backend.vocab_size)
+    data = _zero_datums(loss_fn, tc, conformance_backend)
+    before = forward_logprobs(tc, probe)
+    tc.forward_backward(data, loss_fn).result()
+    if conformance_backend.supports("introspection"):
+        for key, g in _grads(tc).items():
+            assert_close(g, np.zeros_like(g), "token", "LOSS-14", what=f"{key} after a zero-{loss_fn} batch")
+    # an AdamW step with a zero gradient and fresh moments... the moments are not fresh here (one step
+    # already taken), so step on a client with lr > 0 and compare with a twin that had no batch at all
+    twin = _trained(training_client, conformance_backend)
+    params = ts.AdamParams(learning_rate=1e-2, eps=1.0 if loss_fn == "dro" else 1e-12)
+    tc.optim_step(params).result()
+    twin.optim_step(params).result()
+    after, twin_after = forward_logprobs(tc, probe), forward_logprobs(twin, probe)
+    for i, (a, b) in enumerate(zip(after, twin_after, strict=True)):
+        if loss_fn == "dro":
+            assert_close(a, b, "token", "LOSS-14", what=f"probe {i}: step after a zero-advantage dro batch")
+        else:
+            assert_replay(a, b, "token", "LOSS-14", what=f"probe {i}: step after a zero-{loss_fn} batch vs none")
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "the step did not move weights"
+
+
+@pytest.mark.requires("soft_targets")
+@pytest.mark.spec("LOSS-12", "LOSS-2", "ALN-1", "ALN-3", "FB-2")
+def test_soft_targets(conformance_backend: ConformanceBackend, make_training_client: Factory) -> None:
+    v = conformance_backend.vocab_size
+    tc = _trained(make_training_client, conformance_backend)
+
+    @given(data=batches(soft_target_datums(v), max_size=3), plain=ce_datums(v))
+    @conformance_settings
+    def check(data: list[ts.Datum], plain: ts.Datum) -> None:
+        out = tc.forward(data, "cross_entropy").result()
+        for i, (o, d) in enumerate(zip(out.loss_fn_outputs, data, strict=True)):
+            assert o["logprobs"].resolved_shape == d.loss_fn_inputs["target_tokens"].resolved_shape, f"[LOSS-12] {i}"
+        expected, slack = loss_with_slack("cross_entropy", logprobs_of(out), data)
+        assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-2", what="(N, K) loss:sum", slack=slack)
+        # K = 1 equals plain (N,) cross-entropy
+        n = plain.model_input.length
+        column = {"target_tokens": plain.loss_fn_inputs["target_tokens"].to_numpy().reshape(n, 1)}
+        if "weights" in plain.loss_fn_inputs:
+            column["weights"] = plain.loss_fn_inputs["weights"].to_numpy().reshape(n, 1)
+        k1 = ts.Datum(model_input=plain.model_input, loss_fn_inputs=column)
+        out_plain, out_k1 = tc.forward([plain], "cross_entropy").result(), tc.forward([k1], "cross_entropy").result()
+        assert_close(logprobs_of(out_k1)[0].reshape(n), logprobs_of(out_plain)[0], "token", "LOSS-12", what="K=1")
+        assert_close(out_k1.metrics["loss:sum"], out_plain.metrics["loss:sum"], "sum", "LOSS-12", what="K=1 loss")
+
+    check()
+
+
+@pytest.mark.spec("FB-7", "TYP-8")
+@pytest.mark.parametrize("loss_fn", LOSSES)
+def test_metric_keys_are_name_colon_reduction(
+    loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    tc = training_client()
+    data = [_rl_version(d) if loss_fn != "cross_entropy" else d for d in probe_batch(conformance_backend.vocab_size)]
+    for out in (tc.forward(data, loss_fn).result(), tc.forward_backward(data, loss_fn).result()):
+        assert "loss:sum" in out.metrics, "[FB-7] loss:sum missing"
+        assert not metric_keys_ok(out.metrics), f"[FB-7] bad metric keys {metric_keys_ok(out.metrics)}"
+        assert not hasattr(out, "loss"), "[TYP-8] ForwardBackwardOutput must not have a `loss` attribute"
+        for key, value in out.metrics.items():
+            assert isinstance(value, float), f"[FB-7] metric {key} is {type(value).__name__}"
+
+
+def _rl_version(d: ts.Datum) -> ts.Datum:
+    n = d.model_input.length
+    advantages = [(-1.0) ** i * 0.5 for i in range(n)]
+    return ts.Datum(
+        model_input=d.model_input,
+        loss_fn_inputs={
+            "target_tokens": d.loss_fn_inputs["target_tokens"],
+            "advantages": advantages,
+            "logprobs": [-2.0] * n,
+        },
+    )
+
+
+@pytest.mark.parametrize("loss_fn", [p for p in LOSSES if p.id in ("ppo", "cispo", "gspo")])
+@pytest.mark.spec("LOSS-9")
+def test_per_position_clip_bounds_override_the_config(
+    loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    tc = _trained(training_client, conformance_backend)
+    base = [_rl_version(d) for d in probe_batch(conformance_backend.vocab_size)]
+    lo, hi = 0.95, 1.02
+    with_tensors = [
+        ts.Datum(
+            model_input=d.model_input,
+            loss_fn_inputs={
+                **d.loss_fn_inputs,
+                "clip_low_threshold": [lo] * d.model_input.length,
+                "clip_high_threshold": [hi] * d.model_input.length,
+            },
+        )
+        for d in base
+    ]
+    by_config = tc.forward(base, loss_fn, {"clip_low_threshold": lo, "clip_high_threshold": hi}).result()
+    by_tensor = tc.forward(with_tensors, loss_fn, {"clip_low_threshold": 0.1, "clip_high_threshold": 9.0}).result()
+    assert_close(by_tensor.metrics["loss:sum"], by_config.metrics["loss:sum"], "sum", "LOSS-9", what="tensor vs config")
+    expected, slack = loss_with_slack(loss_fn, logprobs_of(by_tensor), with_tensors)
+    assert_close(by_tensor.metrics["loss:sum"], expected, "sum", "LOSS-9", what="formula with tensors", slack=slack)
+
+
+@pytest.mark.requires("introspection")
+@pytest.mark.spec("LOSS-15", "FB-3")
+def test_cross_entropy_gradient_is_linear_in_real_weights(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    probe = probe_batch(conformance_backend.vocab_size)
+    rng = np.random.default_rng(0)
+    weights = [rng.uniform(-2.0, 3.0, d.model_input.length).astype(np.float32) for d in probe]
+
+    def grads_for(scale: float) -> dict[str, np.ndarray]:
+        tc = _trained(training_client, conformance_backend)
+        data = [
+            ts.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": w * np.float32(scale)})
+            for d, w in zip(probe, weights, strict=True)
+        ]
+        tc.forward_backward(data, "cross_entropy").result()
+        return _grads(tc)
+
+    g1, g_neg, g2 = grads_for(1.0), grads_for(-1.0), grads_for(2.0)
+    for key, g in g1.items():
+        assert_close(g_neg[key], -g, "token", "LOSS-15", what=f"{key}: weights -w")
+        assert_close(g2[key], 2 * g, "token", "LOSS-15", what=f"{key}: weights 2w")
+
+
+# -- custom losses ------------------------------------------------------------------------------
+
+
+def _custom_ce(
+    calls: list[Any],
+) -> Callable[[list[ts.Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
+    def fn(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        calls.append((data, lps))
+        loss = reference_loss("cross_entropy", lps, data)
+        return loss, {"tokens:sum": float(sum(lp.numel() for lp in lps)), "loss:sum": -1.0}
+
+    return fn
+
+
+@pytest.mark.spec("FB-10", "FB-11", "FB-12", "ORD-11")
+def test_custom_cross_entropy_equals_the_builtin(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    introspection = conformance_backend.supports("introspection")
+    probe = probe_batch(v)
+
+    @given(data=batches(ce_datums(v, weights="given"), max_size=3))
+    @conformance_settings
+    def check(data: list[ts.Datum]) -> None:
+        builtin, custom = make_training_client(), make_training_client()
+        calls: list[Any] = []
+        out_b = builtin.forward_backward(data, "cross_entropy").result()
+        out_c = custom.forward_backward_custom(data, _custom_ce(calls)).result()
+        assert len(calls) == 1, f"[FB-10] loss_fn called {len(calls)} times"
+        seen_data, seen_lps = calls[0]
+        assert seen_data == data, "[FB-10] loss_fn must receive the original data"
+        for lp, d in zip(seen_lps, data, strict=True):
+            assert lp.dtype == torch.float32 and lp.requires_grad, "[FB-10] logprobs must be float32 leaves"
+            assert list(lp.shape) == d.loss_fn_inputs["target_tokens"].resolved_shape, "[FB-10] logprob shape"
+        expected, slack = loss_with_slack("cross_entropy", logprobs_of(out_b), data)
+        assert_close(out_c.metrics["loss:sum"], expected, "sum", "FB-12", what="custom loss:sum", slack=slack)
+        assert_close(
+            out_c.metrics["surrogate_loss:sum"],
+            out_b.metrics["loss:sum"],
+            "sum",
+            "FB-12",
+            what="surrogate_loss:sum",
+            slack=slack,
+        )
+        assert out_c.metrics.get("tokens:sum") == sum(d.model_input.length for d in data), "[FB-12] user metric lost"
+        for i, (a, b) in enumerate(zip(logprobs_of(out_c), logprobs_of(out_b), strict=True)):
+            assert_close(a, b, "token", "FB-12", what=f"loss_fn_outputs of datum {i}")
+        if introspection:
+            gb, gc = _grads(builtin), _grads(custom)
+            for key in gb:
+                assert_close(gc[key], gb[key], "token", "FB-11", what=f"{key}: custom vs built-in gradient")
+        builtin.optim_step(ADAM)
+        custom.optim_step(ADAM)
+        for i, (a, b) in enumerate(zip(forward_logprobs(custom, probe), forward_logprobs(builtin, probe), strict=True)):
+            assert_close(a, b, "token", "FB-11", what=f"probe {i} after a step: custom vs built-in")
+
+    check()
+
+
+@pytest.mark.requires("introspection")
+@pytest.mark.spec("FB-11")
+def test_custom_importance_sampling_gradient_equals_the_builtin(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+
+    def custom_is(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return reference_loss("importance_sampling", lps, data), {}
+
+    @given(data=batches(rl_datums(v), max_size=3))
+    @conformance_settings
+    def check(data: list[ts.Datum]) -> None:
+        builtin, custom = make_training_client(), make_training_client()
+        builtin.forward_backward(data, "importance_sampling").result()
+        custom.forward_backward_custom(data, custom_is).result()
+        gb, gc = _grads(builtin), _grads(custom)
+        scale = max(1.0, *(float(np.abs(g).max()) for g in gb.values()))
+        for key in gb:
+            # the surrogate weights are float32 (FB-11): allow their rounding, relative to the gradient scale
+            assert_close(gc[key], gb[key], "token", "FB-11", what=f"{key}: custom vs built-in IS", slack=1e-6 * scale)
+
+    check()
+
+
+@pytest.mark.requires("soft_targets")
+@pytest.mark.spec("FB-12")
+def test_custom_loss_accepts_soft_targets(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    tc = training_client()
+    tokens = [1, 2, 3]
+    datum = ts.Datum(
+        model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": np.array([[1, 2]] * 3)}
+    )
+    out = tc.forward_backward_custom([datum], lambda d, lps: (-sum(lp.sum() for lp in lps), {})).result()
+    assert out.loss_fn_outputs[0]["logprobs"].resolved_shape == [3, 2]
+
+
+BROKEN_LOSSES: dict[str, Callable[[list[ts.Datum], list[torch.Tensor]], Any]] = {
+    "raises": lambda d, lps: (_ for _ in ()).throw(ValueError("boom")),
+    "returns a float": lambda d, lps: (1.0, {}),
+    "returns a bare tensor": lambda d, lps: sum(lp.sum() for lp in lps),
+    "bad metric key": lambda d, lps: (sum(lp.sum() for lp in lps), {"no_colon": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_LOSSES))
+@pytest.mark.spec("FB-13", "ORD-4", "ERR-5")
+def test_a_failing_custom_loss_fails_its_future_only(
+    case: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    probe = probe_batch(conformance_backend.vocab_size)
+    tc, twin = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
+    bad = tc.forward_backward_custom(probe, BROKEN_LOSSES[case])  # type: ignore[arg-type]
+    later = tc.forward_backward(probe, "cross_entropy")
+    with pytest.raises(ts.RequestFailedError) as info:
+        bad.result()
+    assert info.value.category == "user", f"[FB-13] category {info.value.category!r}"
+    assert info.value.__cause__ is not None, "[FB-13] the original exception must be chained as __cause__"
+    if case == "raises":
+        assert isinstance(info.value.__cause__, ValueError), "[FB-13] __cause__ is not the raised exception"
+    later.result()
+    twin.forward_backward(probe, "cross_entropy").result()
+    tc.optim_step(ADAM)
+    twin.optim_step(ADAM)
+    for i, (a, b) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(twin, probe), strict=True)):
+        assert_replay(a, b, "token", "FB-13", what=f"probe {i}: the failed call must accumulate no gradient")

@@ -1,0 +1,406 @@
+"""forward / forward_backward / optim_step interplay, chunking and ordering (spec FB-1..FB-9, ORD)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinker_std as ts
+from tinker_std.conformance.helpers import (
+    ADAM,
+    forward_logprobs,
+    logprobs_of,
+    probe_batch,
+    sequence_datum,
+    snapshot,
+    state_arrays,
+)
+from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.strategies import batches, ce_datums, conformance_settings, rl_datums
+from tinker_std.conformance.tolerances import assert_close, assert_mapping_close, assert_replay
+
+Factory = Callable[..., ts.TrainingClient]
+
+
+def _batches(v: int) -> tuple[list[ts.Datum], list[ts.Datum]]:
+    a = [sequence_datum([(7 * i + 3) % v for i in range(9)]), sequence_datum([(5 * i + 1) % v for i in range(6)])]
+    b = [sequence_datum([(11 * i + 2) % v for i in range(7)], [1.0, -0.5, 2.0, 0.0, 1.0, 1.0])]
+    return a, b
+
+
+@pytest.mark.spec("FB-1", "TOL-4")
+def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    v = conformance_backend.vocab_size
+    introspection = conformance_backend.supports("introspection")
+    probe = probe_batch(v)
+    a, b = _batches(v)
+    tc, twin = training_client(), training_client()
+    for client in (tc, twin):
+        client.forward_backward(a, "cross_entropy")
+        client.optim_step(ADAM)
+        client.forward_backward(b, "cross_entropy")  # a pending gradient that forward must not touch
+    before = snapshot(tc, probe, introspection)
+    first = tc.forward(a + b, "cross_entropy").result()
+    for _ in range(2):
+        again = tc.forward(a + b, "cross_entropy").result()
+        for i, (x, y) in enumerate(zip(logprobs_of(again), logprobs_of(first), strict=True)):
+            assert_replay(x, y, "token", "FB-1", what=f"repeated forward, datum {i}")
+    for loss_fn in ("importance_sampling", "ppo"):
+        tc.forward([_rl(d) for d in a], loss_fn).result()
+    assert_mapping_close(
+        snapshot(tc, probe, introspection), before, "token", "FB-1", what="after forwards", replay=True
+    )
+    tc.optim_step(ADAM)
+    twin.optim_step(ADAM)
+    for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(twin, probe), strict=True)):
+        assert_replay(x, y, "token", "FB-1", what=f"probe {i}: forwards changed the gradient or optimizer state")
+
+
+def _rl(d: ts.Datum) -> ts.Datum:
+    n = d.model_input.length
+    return ts.Datum(
+        model_input=d.model_input,
+        loss_fn_inputs={
+            "target_tokens": d.loss_fn_inputs["target_tokens"],
+            "advantages": [1.0 - 0.3 * i for i in range(n)],
+            "logprobs": [-3.0] * n,
+        },
+    )
+
+
+@pytest.mark.spec("FB-3")
+def test_forward_backward_changes_no_weight_or_optimizer_state(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    a, _ = _batches(v)
+    tc = training_client()
+    tc.forward_backward(a, "cross_entropy")
+    tc.optim_step(ADAM)
+    before_lps = forward_logprobs(tc, probe)
+    before = state_arrays(tc) if conformance_backend.supports("introspection") else None
+    tc.forward_backward(probe + a, "cross_entropy").result()
+    for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), before_lps, strict=True)):
+        assert_replay(x, y, "token", "FB-3", what=f"probe {i} after forward_backward")
+    if before is not None:
+        after = state_arrays(tc)
+        for key, value in before.items():
+            if not key.startswith("grads/"):
+                assert_replay(after[key], value, "token", "FB-3", what=f"{key} after forward_backward")
+        assert any(np.abs(after[k]).max() > 0 for k in after if k.startswith("grads/")), "[FB-3] no gradient"
+
+
+@pytest.mark.spec("FB-4", "FB-3")
+def test_gradients_accumulate_by_summation(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    introspection = conformance_backend.supports("introspection")
+    probe = probe_batch(v)
+
+    @given(a=batches(ce_datums(v), max_size=3), b=batches(ce_datums(v), max_size=3))
+    @conformance_settings
+    def check(a: list[ts.Datum], b: list[ts.Datum]) -> None:
+        split, joined = make_training_client(), make_training_client()
+        split.forward_backward(a, "cross_entropy")
+        split.forward_backward(b, "cross_entropy")
+        joined.forward_backward(a + b, "cross_entropy")
+        if introspection:
+            s, j = state_arrays(split), state_arrays(joined)
+            scale = max([1.0] + [float(np.abs(x).max()) for k, x in j.items() if k.startswith("grads/")])
+            for key in j:
+                if key.startswith("grads/"):
+                    assert_close(
+                        s[key], j[key], "token", "FB-4", what=f"{key}: fb(A); fb(B) vs fb(A+B)", slack=1e-7 * scale
+                    )
+        params = ts.AdamParams(learning_rate=1e-3, eps=1e-6)
+        split.optim_step(params)
+        joined.optim_step(params)
+        for i, (x, y) in enumerate(zip(forward_logprobs(split, probe), forward_logprobs(joined, probe), strict=True)):
+            assert_close(x, y, "token", "FB-4", what=f"probe {i} after the step")
+
+    check()
+
+
+@pytest.mark.spec("FB-5", "CKPT-2", "CKPT-5")
+def test_optim_step_consumes_the_gradient(
+    conformance_backend: ConformanceBackend, training_client: Factory, service: ts.ServiceClient
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    a, _ = _batches(v)
+    tc = training_client()
+    tc.forward_backward(a, "cross_entropy")
+    tc.optim_step(ts.AdamParams(learning_rate=0.0))
+    if conformance_backend.supports("introspection"):
+        grads = {k: x for k, x in state_arrays(tc).items() if k.startswith("grads/")}
+        for key, g in grads.items():
+            assert np.all(g == 0), f"[FB-5] {key} is not zero after optim_step"
+    path = tc.save_state("fb5").result().path  # holds m, v, t but no gradient (CKPT-2)
+    resumed = service.create_training_client_from_state_with_optimizer(path).result()
+    for client in (tc, resumed):
+        client.optim_step(ADAM)  # no pending gradient on either, if optim_step cleared it
+    for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(resumed, probe), strict=True)):
+        assert_replay(x, y, "token", "FB-5", what=f"probe {i}: the second step reused the consumed gradient")
+
+
+@pytest.mark.spec("FB-9", "ORD-11", "FB-7")
+@pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling"])
+def test_chunk_size_one_equals_one_call(
+    loss_fn: str,
+    conformance_backend: ConformanceBackend,
+    training_client: Factory,
+    service_factory: Callable[..., ts.ServiceClient],
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    a, b = _batches(v)
+    data = probe + a + b
+    if loss_fn != "cross_entropy":
+        data = [_rl(d) for d in data]
+    chunked_service = service_factory(max_chunk_datums=1)
+    whole = training_client()
+    chunked = chunked_service.create_lora_training_client(base_model=conformance_backend.base_model, rank=4, seed=0)
+    chunked_tc = chunked.result()
+    # pipelined: a step and a forward submitted right behind the chunked call must wait for all its chunks
+    futures = [chunked_tc.forward_backward(data, loss_fn), chunked_tc.optim_step(ADAM), chunked_tc.forward(probe)]
+    results = [f.result() for f in reversed(futures)][::-1]
+    out_whole = whole.forward_backward(data, loss_fn).result()
+    whole.optim_step(ADAM)
+    after_whole = whole.forward(probe).result()
+    out_chunked = results[0]
+    assert set(out_chunked.metrics) == set(out_whole.metrics), "[FB-9] metric keys depend on chunking"
+    assert_close(out_chunked.metrics["loss:sum"], out_whole.metrics["loss:sum"], "sum", "FB-9", what="loss:sum")
+    for i, (x, y) in enumerate(zip(logprobs_of(out_chunked), logprobs_of(out_whole), strict=True)):
+        assert_close(x, y, "token", "FB-9", what=f"datum {i} chunked vs whole")
+    for i, (x, y) in enumerate(zip(logprobs_of(results[2]), logprobs_of(after_whole), strict=True)):
+        assert_close(x, y, "token", "ORD-11", what=f"probe {i} after the step: chunked vs whole")
+
+
+@pytest.mark.spec("ORD-2", "ORD-3", "ORD-1", "TOL-4")
+def test_pipelined_requests_equal_sequential_ones_whatever_the_await_order(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    a, b = _batches(v)
+    plan: list[tuple[str, Any]] = [
+        ("fb", a),
+        ("step", ADAM),
+        ("forward", probe),
+        ("fb", b),
+        ("forward", probe),
+        ("step", ts.AdamParams(learning_rate=5e-3)),
+        ("fb", a + b),
+        ("forward", probe),
+    ]
+
+    def submit(tc: ts.TrainingClient, op: str, arg: Any) -> ts.APIFuture[Any]:
+        if op == "fb":
+            return tc.forward_backward(arg, "cross_entropy")
+        if op == "step":
+            return tc.optim_step(arg)
+        return tc.forward(arg, "cross_entropy")
+
+    sequential_tc = make_training_client()
+    expected = [submit(sequential_tc, op, arg).result() for op, arg in plan]
+
+    @given(order=st.permutations(range(len(plan))))
+    @conformance_settings
+    def check(order: list[int]) -> None:
+        tc = make_training_client()
+        futures = [submit(tc, op, arg) for op, arg in plan]
+        got: dict[int, Any] = {i: futures[i].result() for i in order}
+        for i, (op, _) in enumerate(plan):
+            if op == "step":
+                continue
+            for j, (x, y) in enumerate(zip(logprobs_of(got[i]), logprobs_of(expected[i]), strict=True)):
+                assert_replay(x, y, "token", "ORD-3", what=f"request {i} ({op}), datum {j}")
+
+    check()
+
+
+@pytest.mark.spec("ORD-4", "CKPT-3", "ERR-5")
+def test_a_failed_request_blocks_nothing_and_changes_nothing(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    a, b = _batches(v)
+    tc, twin = training_client(), training_client()
+    for client in (tc, twin):
+        client.forward_backward(a, "cross_entropy")
+        client.save_state("first")
+    conflict = tc.save_state("first")  # exists, no overwrite: fails when it executes
+    later = [tc.forward_backward(b, "cross_entropy"), tc.optim_step(ADAM), tc.forward(probe)]
+    twin.forward_backward(b, "cross_entropy")
+    twin.optim_step(ADAM)
+    expected = twin.forward(probe).result()
+    with pytest.raises(ts.ConflictError):
+        conflict.result()
+    got = [f.result(timeout=120) for f in later][-1]
+    for i, (x, y) in enumerate(zip(logprobs_of(got), logprobs_of(expected), strict=True)):
+        assert_replay(x, y, "token", "ORD-4", what=f"probe {i}: requests after a failed one")
+
+
+def _slow_loss(seconds: float) -> Callable[[list[ts.Datum], list[torch.Tensor]], Any]:
+    def fn(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        time.sleep(seconds)
+        return -sum(lp.sum() for lp in lps), {}  # type: ignore[return-value]
+
+    return fn
+
+
+@pytest.mark.spec("ORD-1", "ORD-6")
+def test_calls_return_futures_at_once(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    probe = probe_batch(conformance_backend.vocab_size)
+    tc = training_client()
+    tc.forward(probe).result()
+    start = time.monotonic()
+    slow = tc.forward_backward_custom(probe, _slow_loss(1.0))
+    behind = tc.forward(probe)
+    step = tc.optim_step(ADAM)
+    elapsed = time.monotonic() - start
+    assert elapsed < 0.5, f"[ORD-1] submitting three calls took {elapsed:.2f}s: a call waited for execution"
+    assert not behind.done(), "[ORD-2] a later request finished before an earlier one"
+    with pytest.raises(TimeoutError):
+        behind.result(timeout=0.05)
+    assert isinstance(slow.result(timeout=120), ts.ForwardBackwardOutput)
+    assert isinstance(behind.result(), ts.ForwardBackwardOutput), "[ORD-6] a timed-out result must not cancel"
+    assert asyncio.run(step.result_async()).metrics is not None
+
+    async def awaited() -> ts.ForwardBackwardOutput:
+        return await tc.forward(probe)
+
+    assert isinstance(asyncio.run(awaited()), ts.ForwardBackwardOutput), "[ORD-6] futures are awaitable"
+
+
+@pytest.mark.spec("ORD-7", "ORD-8", "ORD-9", "ORD-13")
+def test_async_twins(conformance_backend: ConformanceBackend, service: ts.ServiceClient) -> None:
+    backend = conformance_backend
+    probe = probe_batch(backend.vocab_size)
+
+    async def run() -> None:
+        tc = await service.create_lora_training_client_async(backend.base_model, rank=4, seed=0)
+        assert isinstance(tc, ts.TrainingClient), "[ORD-8] create_lora_training_client_async gives the client"
+        fb = await tc.forward_backward_async(probe, "cross_entropy")
+        step = await tc.optim_step_async(ADAM)
+        fwd = await tc.forward_async(probe)
+        custom = await tc.forward_backward_custom_async(probe, lambda d, lps: (-sum(lp.sum() for lp in lps), {}))
+        assert isinstance(await fb, ts.ForwardBackwardOutput), "[ORD-7] double await"
+        assert isinstance(await step, ts.OptimStepResponse)
+        assert isinstance(await fwd, ts.ForwardBackwardOutput)
+        assert isinstance(await custom, ts.ForwardBackwardOutput)
+        saved = await (await tc.save_state_async("async"))
+        sampler_saved = await (await tc.save_weights_for_sampler_async("async"))
+        sc = await tc.save_weights_and_get_sampling_client_async()
+        assert isinstance(sc, ts.SamplingClient), "[ORD-13] save_weights_and_get_sampling_client_async: single await"
+        loaded = await service.create_training_client_from_state_async(saved.path)
+        loaded_opt = await service.create_training_client_from_state_with_optimizer_async(saved.path)
+        sampler = await service.create_sampling_client_async(model_path=sampler_saved.path)
+        assert isinstance(loaded, ts.TrainingClient) and isinstance(loaded_opt, ts.TrainingClient), "[ORD-8]"
+        prompt = ts.ModelInput.from_ints([1, 2, 3])
+        response = await sampler.sample_async(prompt, 1, ts.SamplingParams(max_tokens=2))
+        assert isinstance(response, ts.SampleResponse), "[ORD-9] sample_async resolves to the response"
+        lps = await sc.compute_logprobs_async(prompt)
+        assert isinstance(lps, list) and lps[0] is None, "[ORD-9] compute_logprobs_async resolves to the list"
+
+    asyncio.run(run())
+    sync_sc = service.create_sampling_client(base_model=backend.base_model)
+    assert isinstance(sync_sc, ts.APIFuture), "[ORD-8] create_sampling_client returns a future"
+    assert isinstance(
+        sync_sc.result().sample(ts.ModelInput.from_ints([1]), 1, ts.SamplingParams(max_tokens=1)), ts.APIFuture
+    ), "[ORD-9] sample returns a future"
+
+
+@pytest.mark.spec("ORD-10")
+def test_blocking_on_the_clients_own_loop_raises(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    probe = probe_batch(conformance_backend.vocab_size)
+    tc = training_client()
+    pending = tc.forward(probe)
+    pending.result()
+    seen: list[BaseException] = []
+
+    def blocking(data: list[ts.Datum], lps: list[torch.Tensor]) -> Any:
+        try:
+            pending.result()  # runs on the client's event loop thread
+        except RuntimeError as exc:
+            seen.append(exc)
+            raise
+        raise AssertionError("result() on the client's own loop returned instead of raising")
+
+    with pytest.raises(ts.RequestFailedError):
+        tc.forward_backward_custom(probe, blocking).result(timeout=60)
+    assert seen and isinstance(seen[0], RuntimeError), "[ORD-10] expected RuntimeError, not a deadlock"
+    assert threading.active_count() >= 1
+
+
+@pytest.mark.spec("LORA-5", "ORD-14", "OPT-1")
+def test_clients_on_one_base_model_are_isolated(
+    conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    introspection = conformance_backend.supports("introspection")
+    probe = probe_batch(v)
+    a, b = _batches(v)
+    quiet, busy = training_client(), training_client()
+    quiet.forward_backward(a, "cross_entropy")
+    quiet.optim_step(ADAM)
+    quiet.forward_backward(b, "cross_entropy")  # pending gradient
+    before = snapshot(quiet, probe, introspection)
+    prompt = ts.ModelInput.from_ints(probe[0].model_input.to_ints())
+    base_before = base_sampler.compute_logprobs(prompt).result()
+    # interleave a lot of work on `busy` with reads of `quiet`
+    futures: list[ts.APIFuture[Any]] = []
+    for _ in range(3):
+        futures += [busy.forward_backward(a + b, "cross_entropy"), busy.optim_step(ADAM), quiet.forward(probe)]
+        futures.append(busy.forward_backward([_rl(d) for d in a], "ppo"))
+    busy.save_state("isolation").result()
+    for f in futures:
+        f.result()
+    assert_mapping_close(snapshot(quiet, probe, introspection), before, "token", "LORA-5", what="quiet", replay=True)
+    assert_replay(
+        [np.nan if x is None else x for x in base_sampler.compute_logprobs(prompt).result()][1:],
+        [np.nan if x is None else x for x in base_before][1:],
+        "token",
+        "OPT-1",
+        what="base model logprobs after training a client",
+    )
+
+
+@pytest.mark.spec("FB-2", "FB-6")
+def test_rl_outputs_have_target_shapes(conformance_backend: ConformanceBackend, make_training_client: Factory) -> None:
+    v = conformance_backend.vocab_size
+    tc = make_training_client()
+
+    @given(data=batches(rl_datums(v, loss_fn="ppo")))
+    @conformance_settings
+    def check(data: list[ts.Datum]) -> None:
+        out = tc.forward(data, "ppo").result()
+        assert len(out.loss_fn_outputs) == len(data)
+        for o, d in zip(out.loss_fn_outputs, data, strict=True):
+            assert o["logprobs"].resolved_shape == [d.model_input.length], "[FB-2] logprobs shape"
+            ce = tc.forward(
+                [
+                    ts.Datum(
+                        model_input=d.model_input, loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"]}
+                    )
+                ]
+            ).result()
+            assert_close(
+                o["logprobs"].to_numpy(), logprobs_of(ce)[0], "token", "FB-6", what="logprobs do not depend on the loss"
+            )
+
+    check()
