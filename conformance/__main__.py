@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", default=None, help="base model to test")
     parser.add_argument("--report", default=None, help="report path (JSON; a .md is written next to it)")
     parser.add_argument("--max-examples", type=int, default=None, help="Hypothesis examples per property test")
+    parser.add_argument("--skip-file", default=None, help="file of test ids or statement ids to skip")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     options = parser.parse_args(argv)
 
@@ -90,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         report = options.report or str(Path(tmp) / "report.json")
         code = pytest.main(
             pytest_args(
-                backend, report, options.backend_config, options.base_model, options.max_examples, options.pytest_args
+                backend,
+                report,
+                options.backend_config,
+                options.base_model,
+                options.max_examples,
+                [*(["--tinker-skip-file", options.skip_file] if options.skip_file else []), *options.pytest_args],
             )
         )
         path = Path(report)

@@ -11,6 +11,13 @@ Options (all inert unless given; only the conformance tests read them):
 ``--tinker-base-model``      base model to test (default: the backend's first supported model)
 ``--tinker-report``          write a per-statement JSON report there, and a sibling ``.md``
 ``--tinker-max-examples``    Hypothesis examples per property test (default 10)
+``--tinker-skip-file``       text file of tests to skip, one entry per line (``#`` starts a comment): a
+                             test node id or a prefix of one (``test_sampling.py::test_x``, matched at
+                             ``::``/``[``/``/`` boundaries, with or without leading folders) or a statement
+                             id (``SMP-12``: every test citing it). Skipped tests get the reason ``listed in
+                             skip file`` (unless a capability they need is undeclared, which is checked
+                             first); statements only they cover are reported ``skipped-by-user``. An entry
+                             that matches no collected test gives a ``TinkerSkipFileWarning``.
 
 Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (copied to
 ``item.user_properties`` as ``("spec", id)`` pairs, so they reach ``--junitxml``), and
@@ -32,6 +39,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +56,11 @@ __all__ = [
     "ConformanceBackend",
     "MAX_EXAMPLES",
     "PACKAGE_DIR",
+    "SKIP_FILE_REASON",
+    "TinkerSkipFileWarning",
     "is_conformance_item",
+    "read_skip_file",
+    "skip_entry_matches",
     "spec_ids",
 ]
 
@@ -59,7 +71,15 @@ MAX_EXAMPLES = 10
 DEFAULT_RANK = 4
 DEFAULT_SEED = 0
 
+#: Skip reason of the tests a ``--tinker-skip-file`` lists (the report keys ``skipped-by-user`` on it).
+SKIP_FILE_REASON = "listed in skip file"
+
 _STATE_KEY = pytest.StashKey["_State"]()
+_SKIP_KEY = pytest.StashKey[str]()  # on an item: the skip-file entry that matched it
+
+
+class TinkerSkipFileWarning(pytest.PytestWarning):
+    """An entry of ``--tinker-skip-file`` matched no collected test."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,9 @@ class _State:
     config_file: str | None
     base_model: str | None
     report_path: str | None
+    skip_file: str | None = None
+    skip_entries: dict[str, int] = field(default_factory=dict)  # entry -> line number
+    skip_unmatched: list[str] = field(default_factory=list)
     backend_cls: type[Backend] | None = None
     resolved: ConformanceBackend | None = None
     load_error: str | None = None
@@ -114,6 +137,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--tinker-max-examples", type=int, default=None, help="Hypothesis examples per property test (default 10)"
     )
+    group.addoption(
+        "--tinker-skip-file",
+        default=None,
+        help="file of conformance tests to skip, one per line (# comments): a test node id or prefix "
+        "(test_sampling.py::test_x) or a statement id (SMP-12)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +161,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config_file=config.getoption("--tinker-backend-config"),
         base_model=config.getoption("--tinker-base-model"),
         report_path=config.getoption("--tinker-report"),
+        skip_file=config.getoption("--tinker-skip-file"),
     )
+    if state.skip_file:
+        state.skip_entries = read_skip_file(state.skip_file)
     config.stash[_STATE_KEY] = state
     if state.report_path:
         from .report import Reporter
@@ -166,12 +198,61 @@ def spec_ids(item: pytest.Item) -> list[str]:
     return ids
 
 
+def read_skip_file(path: str) -> dict[str, int]:
+    """The entries of a skip file, in file order, with their line numbers: one entry per line,
+    ``#`` to the end of a line is a comment."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise pytest.UsageError(f"--tinker-skip-file {path}: {exc}") from exc
+    entries: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            entries.setdefault(entry, number)
+    return entries
+
+
+def skip_entry_matches(entry: str, nodeid: str, statements: list[str], path: str | None = None) -> bool:
+    """Whether a skip-file ``entry`` selects the test ``nodeid`` (file ``path``) citing ``statements``.
+
+    A statement id (``SMP-12``) selects every test citing it. Anything else is a node id or a
+    prefix of one that ends at a boundary (``::``, ``[`` or ``/``), compared with the node id and
+    with ``<file>::<test>`` for every path suffix of the test's file (node ids depend on pytest's
+    rootdir), so ``test_sampling.py::test_x`` selects ``conformance/test_sampling.py::test_x[a]``
+    but not ``test_sampling.py::test_xy``.
+    """
+    from .spec_index import ID_RE
+
+    if ID_RE.match(entry):
+        return entry in statements
+    file, sep, rest = nodeid.partition("::")
+    parts = Path(path).as_posix().split("/") if path else file.split("/")
+    candidates = [nodeid] + ["/".join(parts[i:]) + sep + rest for i in range(len(parts))]
+    return any(
+        candidate == entry or (candidate.startswith(entry) and (entry[-1] in ":[/" or candidate[len(entry)] in ":[/"))
+        for candidate in candidates
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k/-m deselection: entries match against every collected test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = _state(config)
+    matched: set[str] = set()
     for item in items:
         if not is_conformance_item(item):
             continue
-        for sid in spec_ids(item):
+        ids = spec_ids(item)
+        for sid in ids:
             item.user_properties.append(("spec", sid))
+        for entry in state.skip_entries:
+            if skip_entry_matches(entry, item.nodeid, ids, str(getattr(item, "path", "")) or None):
+                matched.add(entry)
+                item.stash.setdefault(_SKIP_KEY, entry)
+    state.skip_unmatched = [e for e in state.skip_entries if e not in matched]
+    for entry in state.skip_unmatched:  # reported in pytest's warnings summary, at the skip file's line
+        message = f"skip-file entry {entry!r} matches no collected test"
+        warnings.warn_explicit(TinkerSkipFileWarning(message), None, str(state.skip_file), state.skip_entries[entry])
 
 
 def _backend_class(state: _State) -> type[Backend]:
@@ -190,13 +271,17 @@ def _backend_class(state: _State) -> type[Backend]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    required = [cap for mark in item.iter_markers("requires") for cap in mark.args]
-    if not required or not is_conformance_item(item):
+    if not is_conformance_item(item):
         return
-    cls = _backend_class(_state(item.config))
-    for capability in required:
-        if not cls.capabilities.supports(capability):
-            pytest.skip(f"capability {capability} not declared by backend {cls.name}")
+    required = [cap for mark in item.iter_markers("requires") for cap in mark.args]
+    if required:
+        cls = _backend_class(_state(item.config))
+        for capability in required:
+            if not cls.capabilities.supports(capability):
+                pytest.skip(f"capability {capability} not declared by backend {cls.name}")
+    entry = item.stash.get(_SKIP_KEY, None)
+    if entry is not None:
+        pytest.skip(f"{SKIP_FILE_REASON} ({entry})")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -347,3 +432,11 @@ def report_options(config: pytest.Config) -> tuple[str, str | None]:
     """``(backend spec, base model option)`` as given on the command line (or defaulted)."""
     state = _state(config)
     return state.backend_spec, state.base_model
+
+
+def skip_file_info(config: pytest.Config) -> dict[str, Any] | None:
+    """``{path, entries, unmatched}`` of ``--tinker-skip-file``, or ``None`` when none was given."""
+    state = _state(config)
+    if not state.skip_file:
+        return None
+    return {"path": state.skip_file, "entries": list(state.skip_entries), "unmatched": list(state.skip_unmatched)}

@@ -7,11 +7,14 @@ For every statement id cited by a ``@pytest.mark.spec`` marker of a test that ra
 * ``known-failure``        -- only expected failures (``xfail``) and skips;
 * ``skipped-not-declared`` -- every test citing it was skipped because the backend does not
   declare a capability the test needs;
+* ``skipped-by-user``      -- every test citing it was skipped, at least one of them because the
+  ``--tinker-skip-file`` lists it (the others for an undeclared capability);
 * ``skipped``              -- skipped for another reason.
 
 The JSON is ``{spec_version, backend, backend_class, base_model, capabilities, tolerance_class,
-summary, tests, statements: {id: {result, level, tests, messages}}, not_covered}``; ``not_covered``
-lists, per level, the statements of the spec (when its markdown is available) that no test cites.
+skip_file, summary, tests, statements: {id: {result, level, tests, messages}}, not_covered}``;
+``skip_file`` is ``{path, entries, unmatched}`` or ``None``; ``not_covered`` lists, per level, the
+statements of the spec (when its markdown is available) that no test cites.
 This module imports nothing heavy at module level.
 """
 
@@ -29,8 +32,9 @@ from .spec_index import load_statements
 
 __all__ = ["Reporter", "RESULTS", "render_markdown", "aggregate"]
 
-RESULTS = ("fail", "pass", "known-failure", "skipped-not-declared", "skipped")
+RESULTS = ("fail", "pass", "known-failure", "skipped-not-declared", "skipped-by-user", "skipped")
 NOT_DECLARED_MARK = "not declared by backend"
+SKIP_FILE_MARK = "listed in skip file"  # plugin.SKIP_FILE_REASON
 MAX_MESSAGE = 600
 
 
@@ -38,7 +42,7 @@ MAX_MESSAGE = 600
 class _TestOutcome:
     nodeid: str
     spec: list[str]
-    outcome: str = "passed"  # passed | failed | skipped | xfailed | not-declared
+    outcome: str = "passed"  # passed | failed | skipped | xfailed | not-declared | skipped-by-user
     messages: list[str] = field(default_factory=list)
 
 
@@ -62,6 +66,8 @@ def aggregate(outcomes: list[str]) -> str:
         return "known-failure"
     if outcomes and all(o == "not-declared" for o in outcomes):
         return "skipped-not-declared"
+    if "skipped-by-user" in outcomes and all(o in ("not-declared", "skipped-by-user") for o in outcomes):
+        return "skipped-by-user"
     return "skipped"
 
 
@@ -87,7 +93,12 @@ class Reporter:
                 test.messages.append(f"xfail: {report.wasxfail}")
             else:
                 reason = _message(report)
-                test.outcome = "not-declared" if NOT_DECLARED_MARK in reason else "skipped"
+                if NOT_DECLARED_MARK in reason:
+                    test.outcome = "not-declared"
+                elif SKIP_FILE_MARK in reason:
+                    test.outcome = "skipped-by-user"
+                else:
+                    test.outcome = "skipped"
                 test.messages.append(reason)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -115,6 +126,7 @@ class Reporter:
             info["tolerance_class"] = cls.capabilities.tolerance
         if resolved is not None:
             info["base_model"] = resolved.base_model
+        info["skip_file"] = plugin.skip_file_info(self.config)
         return info
 
     def build(self) -> dict[str, Any]:
@@ -168,6 +180,14 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"- backend class: `{data.get('backend_class')}`, base model: `{data.get('base_model')}`",
         f"- tolerance class: `{data.get('tolerance_class')}`; optional capabilities: {caps}",
         "- statements: " + ", ".join(f"{k} {v}" for k, v in data.get("summary", {}).items()),
+    ]
+    skip_file = data.get("skip_file")
+    if skip_file:
+        entries = ", ".join(f"`{e}`" for e in skip_file.get("entries", [])) or "none"
+        lines.append(f"- skip file `{skip_file.get('path')}`: {entries}")
+        if skip_file.get("unmatched"):
+            lines.append("- skip-file entries matching no test: " + ", ".join(f"`{e}`" for e in skip_file["unmatched"]))
+    lines += [
         "",
         "| Statement | Level | Result | Tests | Notes |",
         "|---|---|---|---|---|",

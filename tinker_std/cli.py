@@ -1,24 +1,136 @@
-"""``tinker-std`` command line: run the demo and recipes on any backend by name."""
+"""``tinker-std`` command line: the demo, the backend list, and the cookbook recipes on any backend.
+
+    tinker-std sft     --backend mock --model mock/tiny --data demo:chat --steps 50 --lr 1e-2
+    tinker-std rl      --env arithmetic --group-size 8 --loss-fn ppo
+    tinker-std dpo     --data prefs.jsonl --beta 0.1
+    tinker-std distill --teacher tinker://<run>/weights/step_000050 --mode off_policy
+    tinker-std eval    --model-path tinker://<run>/weights/step_000050 --data demo:arithmetic
+
+Every recipe flag is a field of the recipe's config dataclass (``--learning-rate`` is also
+``--lr``, ``--base-model`` also ``--model``). Metrics go to ``<log-dir>/metrics.jsonl`` and a
+PNG of the curves to ``<log-dir>/curves.png``; ``--resume`` continues from a checkpoint the
+recipe saved (``--save-every N``), exactly where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
+
+#: Extra spellings of some flags, and the allowed values of enumerated ones.
+_ALIASES = {"base_model": ["--model"], "learning_rate": ["--lr"]}
+_CHOICES = {
+    "lr_schedule": ["constant", "linear", "cosine"],
+    "renderer": ["auto", "plain", "chat_template"],
+    "reduction": ["mean", "none"],
+    "env": ["arithmetic", "choice", "data"],
+    "loss_fn": ["importance_sampling", "ppo"],
+    "reference": ["sampler", "forward"],
+    "mode": ["on_policy", "off_policy"],
+}
+_HELP = {
+    "sft": "supervised fine-tuning on chat or prompt/completion JSONL",
+    "rl": "group-relative policy optimisation against an environment",
+    "dpo": "direct preference optimisation on chosen/rejected pairs",
+    "distill": "on-policy or top-K off-policy distillation from a teacher",
+    "eval": "NLL and greedy accuracy of the base model or a checkpoint",
+}
+#: The metric the final summary reports for each recipe.
+_MAIN_METRIC = {"sft": "train_nll", "rl": "reward", "dpo": "loss", "distill": "kl", "eval": "accuracy"}
+
+
+def _recipe(name: str) -> tuple[type[Any], Any]:
+    """``(config class, run function)`` of a recipe, imported on demand."""
+    from tinker_std.cookbook import distill, dpo, evaluate, rl, sft
+
+    table: dict[str, tuple[type[Any], Any]] = {
+        "sft": (sft.SFTConfig, sft.run),
+        "rl": (rl.RLConfig, rl.run),
+        "dpo": (dpo.DPOConfig, dpo.run),
+        "distill": (distill.DistillConfig, distill.run),
+        "eval": (evaluate.EvalConfig, evaluate.run),
+    }
+    return table[name]
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """``int | None`` -> int, ``str`` -> str, ``Literal[...]`` -> str."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar_type(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    return annotation
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type[Any]) -> None:
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        flag = "--" + field.name.replace("_", "-")
+        names = [flag, *_ALIASES.get(field.name, [])]
+        kind = _scalar_type(hints[field.name])
+        default = field.default
+        if kind is bool:
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default {default})",
+            )
+        else:
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                type=kind,
+                default=None,
+                choices=_CHOICES.get(field.name),
+                metavar=None if field.name in _CHOICES else kind.__name__.upper(),
+                help=f"(default {default})",
+            )
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    name = args.command
+    config_cls, run = _recipe(name)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    values = {name: value for name, value in given.items() if value is not None}
+    values.setdefault("log_dir", f"runs/{name}")
+    values.setdefault("progress", True)
+    config = config_cls(**values)
+    history = run(config)
+    key = _MAIN_METRIC[name]
+    points = [row[key] for row in history if key in row]
+    if points:
+        print(f"{key}: first {points[0]:.4f} -> last {points[-1]:.4f} over {len(history)} step(s)")
+    curves = f"   curves: {config.log_dir}/curves.png" if config.plot else ""
+    print(f"metrics: {config.log_dir}/metrics.jsonl{curves}")
+    if name != "eval":
+        from tinker_std.cookbook.common import latest_checkpoint
+
+        try:
+            print(f"checkpoint: {latest_checkpoint(config.log_dir)}")
+        except FileNotFoundError:
+            pass
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tinker_std.cookbook.sft import SFTConfig, run_sft
+    from tinker_std.registry import default_backend_name
 
     config = SFTConfig(
         backend=args.backend, base_model=args.model, rank=args.rank, steps=args.steps, learning_rate=args.lr
     )
-    from tinker_std.registry import default_backend_name
-
     bar = tqdm(total=config.steps, desc=f"SFT on {args.backend or default_backend_name()}", unit="step")
 
     def on_step(step: int, loss: float) -> None:
@@ -40,8 +152,10 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tinker-std", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinker-std", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fine-tune with a short SFT loop and show the loss falling")
     demo.add_argument("--backend", default=None, help="backend name or module:Class (default $TINKER_STD_BACKEND)")
@@ -52,7 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     backends = sub.add_parser("backends", help="list the backends that can be named")
     backends.set_defaults(func=_backends)
-    args = parser.parse_args(argv)
+    for name, help_text in _HELP.items():
+        recipe = sub.add_parser(name, help=help_text, description=f"{help_text}; log dir default runs/{name}")
+        _add_config_flags(recipe, _recipe(name)[0])
+        recipe.set_defaults(func=_run_recipe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result
 

@@ -27,7 +27,11 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "tinker_std.backends"
-BUILTIN_BACKENDS: dict[str, str] = {"mock": "tinker_std.backends.mock:MockBackend"}
+BUILTIN_BACKENDS: dict[str, str] = {
+    "mock": "tinker_std.backends.mock:MockBackend",
+    "torch": "tinker_std.backends.torch:TorchBackend",
+    "minimal": "tinker_std.backends.minimal:MinimalBackend",
+}
 DEFAULT_BACKEND = "mock"
 
 

@@ -1,0 +1,190 @@
+"""``TorchBackend``: the reference backend over real Hugging Face models, LoRA via ``peft``.
+
+Transport only: every call is forwarded to a synchronous ``TorchEngine`` (``engine.py``), run in a
+worker thread (``asyncio.to_thread``) under one ``asyncio.Lock``, so the event loop stays free and
+engine calls never overlap. Requests of different training clients queue on that lock in arrival
+order; ``_run`` is the single place where they are dispatched, which is where a batched
+multi-tenant path plugs in later (drain the queued ``forward_backward`` / ``sample`` requests of
+several clients and hand them to one engine call, e.g. peft's mixed-adapter batches).
+
+Capabilities: every optional loss, ``soft_targets``, ``introspection``, ``seeded_sampling`` and
+``topk_prompt_logprobs``. On CPU in float32 (the default there) outputs are bit-exact replays, so
+``TorchBackend`` also declares ``deterministic`` with tolerance class ``fp32``. Other precisions
+and devices get a class whose declaration matches them, chosen at construction:
+``TorchBackendFP32`` (float32 off CPU: ``fp32``, no determinism promise) and ``TorchBackendBF16``
+(bfloat16/float16: ``bf16``). Pass those classes by ``module:Class`` to read their capabilities
+without constructing them (for example to run the conformance suite on a GPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.capabilities import Capabilities
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    GetServerCapabilitiesResponse,
+    LoraConfig,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampleResponse,
+)
+
+from .engine import TorchEngine, resolve_device, resolve_dtype
+
+__all__ = ["TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
+
+T = TypeVar("T")
+
+_OPTIONAL = frozenset(
+    {
+        "loss:cispo",
+        "loss:dro",
+        "loss:gspo",
+        "soft_targets",
+        "introspection",
+        "seeded_sampling",
+        "topk_prompt_logprobs",
+        "checkpoint_management",
+    }
+)
+
+
+class TorchBackend(Backend):
+    """Hugging Face causal LMs with one peft LoRA adapter per training client.
+
+    Options (all keyword, all optional): ``checkpoint_dir`` (root of the ``CheckpointStore``),
+    ``device`` (default ``cuda`` when available, else ``cpu``), ``dtype`` (default float32 on CPU,
+    bfloat16 elsewhere), ``models`` (extra base-model names or local paths to list in
+    ``get_server_capabilities``; the built-ins ``tiny-llama`` and ``tiny-qwen3`` are always listed,
+    ``tiny-llama`` first), ``max_context_length`` (a cap on every model's context length).
+    Unknown options raise ``TypeError``. The engine is public as ``engine`` (for example
+    ``backend.engine.export_merged(model_id, folder)``), the store as ``checkpoint_store``.
+    """
+
+    name: ClassVar[str] = "torch"
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL | {"deterministic"}, tolerance="fp32")
+
+    def __new__(cls, **options: Any) -> TorchBackend:
+        if cls is TorchBackend:
+            device = resolve_device(options.get("device"))
+            dtype = resolve_dtype(options.get("dtype"), device)
+            if dtype in (torch.bfloat16, torch.float16):
+                cls = TorchBackendBF16
+            elif device.type != "cpu":
+                cls = TorchBackendFP32
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        models: Sequence[str] | None = None,
+        max_context_length: int | None = None,
+    ) -> None:
+        self.checkpoint_store = CheckpointStore(checkpoint_dir)
+        self.engine = TorchEngine(
+            self.checkpoint_store, device=device, dtype=dtype, models=models, max_context_length=max_context_length
+        )
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run one engine call in a worker thread, one at a time, in arrival order.
+
+        Hook for a batched multi-tenant path: instead of one engine call per request, a scheduler
+        here can collect the requests queued behind the lock and submit them together.
+        """
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def close(self) -> None:
+        await self._run(self.engine.close)
+
+    # -- models and tokenizers -------------------------------------------------------------
+
+    async def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
+        models = await asyncio.to_thread(self.engine.supported_models)
+        return GetServerCapabilitiesResponse(supported_models=models)
+
+    def get_tokenizer(self, base_model: str) -> Tokenizer:
+        return self.engine.tokenizer(base_model)
+
+    async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        return await self._run(self.engine.create_model, base_model, lora)
+
+    async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
+        return await self._run(self.engine.load_model, path, with_optimizer)
+
+    async def release_model(self, model_id: str) -> None:
+        await self._run(self.engine.release_model, model_id)
+
+    # -- training ------------------------------------------------------------------------------
+
+    async def forward_backward(
+        self,
+        model_id: str,
+        data: list[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        return await self._run(self.engine.forward_backward, model_id, data, loss_fn, loss_fn_config, backward)
+
+    async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
+        return await self._run(self.engine.optim_step, model_id, params)
+
+    async def read_state(self, model_id: str) -> AdapterState:
+        return await self._run(self.engine.read_state, model_id)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    async def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        await self._run(self.engine.save_state, model_id, path, overwrite)
+
+    async def save_weights_for_sampler(
+        self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool
+    ) -> None:
+        await self._run(self.engine.save_weights_for_sampler, model_id, path, overwrite)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    async def create_sampler(
+        self,
+        *,
+        base_model: str | None = None,
+        model_path: ParsedCheckpointTinkerPath | None = None,
+        model_id: str | None = None,
+    ) -> SamplerSpec:
+        return await self._run(
+            self.engine.create_sampler, base_model=base_model, model_path=model_path, model_id=model_id
+        )
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        return await self._run(self.engine.sample, sampler_id, request)
+
+
+class TorchBackendFP32(TorchBackend):
+    """``TorchBackend`` in float32 off CPU: tolerance class ``fp32``, no bit-exact replay promise."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="fp32")
+
+
+class TorchBackendBF16(TorchBackend):
+    """``TorchBackend`` in bfloat16 or float16: tolerance class ``bf16``, no bit-exact replay promise."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="bf16")

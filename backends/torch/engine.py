@@ -1,0 +1,535 @@
+"""``TorchEngine``: the synchronous core of the torch backend, independent of any transport.
+
+The engine holds ONE Hugging Face base model per base-model name and any number of LoRA adapters
+on it (``adapters.py``): one per training model (with its own ``torch.optim.AdamW``) and one per
+sampler that has adapter weights (a frozen copy). Its methods mirror the ``Backend`` contract but
+are plain synchronous calls with no asyncio and no threads of their own, so the same engine can be
+driven by ``TorchBackend`` (one worker thread under a lock), an FSDP rank process reading commands
+from a pipe, a Modal container or an HTTP server. It is not thread-safe: callers serialise calls
+(``tokenizer`` and ``supported_models`` may be called concurrently with one running call).
+
+Numerics (spec FB, OPT): ``forward_backward`` batches datums with right padding and an attention
+mask (micro-batches of at most ``max_batch_tokens`` padded tokens, gradients summed), takes
+log-softmax logprobs of the target tokens in float32 (``tinker_std.engine.target_logprobs``) and
+evaluates the shared losses (``tinker_std.engine.run_forward_backward``); ``optim_step`` is
+``tinker_std.engine.adamw_step`` over the client's adapter only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
+from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
+from tinker_std.types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    LoraConfig,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampleResponse,
+    SupportedModel,
+)
+
+from . import adapters, sampler, storage
+from .models import (
+    BUILTIN_MODELS,
+    load_causal_lm,
+    load_tokenizer,
+    model_context_length,
+    quiet_transformers,
+    resolve_model_path,
+)
+
+__all__ = ["TorchEngine", "resolve_device", "resolve_dtype"]
+
+Array = npt.NDArray[np.floating[Any]]
+
+#: Padded tokens (batch x longest datum) per forward pass of ``forward_backward``.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, else ``cuda`` when available, else ``cpu``."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` (a ``torch.dtype`` or a name such as ``"bfloat16"``), else float32 on CPU and
+    bfloat16 elsewhere."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def _new_id(prefix: str) -> str:
+    """An id unique across processes, made of ``[A-Za-z0-9_-]``."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class _Base:
+    """One loaded base model, shared by every adapter on it."""
+
+    name: str
+    path: str
+    model: Any
+    tokenizer: Any
+    vocab_size: int
+    max_context_length: int
+
+
+@dataclass
+class _TrainingModel:
+    spec: ModelSpec
+    base: _Base
+    adapter: str
+    params: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.AdamW
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    spec: SamplerSpec
+    base: _Base
+    adapter: str | None
+
+
+class TorchEngine:
+    """Base models, LoRA training models and samplers, as plain synchronous calls.
+
+    ``checkpoint_store``: where ``tinker://`` paths live. ``device`` / ``dtype``: see
+    ``resolve_device`` / ``resolve_dtype``. ``models``: extra base-model names or local paths to
+    list in ``supported_models`` (any locally available causal LM can be used by name anyway).
+    ``max_context_length``: a cap on every model's context length. ``cache_dir``: root of the
+    built-in models' cache (default ``$TINKER_STD_CACHE_DIR`` or ``~/.cache/tinker-std``).
+    """
+
+    def __init__(
+        self,
+        checkpoint_store: CheckpointStore,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        models: Sequence[str] | None = None,
+        max_context_length: int | None = None,
+        cache_dir: str | Path | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
+        if max_context_length is not None and max_context_length < 1:
+            raise ValueError("max_context_length must be >= 1")
+        self.checkpoint_store = checkpoint_store
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.extra_models = list(dict.fromkeys(models or []))
+        self.max_context_length = max_context_length
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_batch_tokens = max_batch_tokens
+        self._bases: dict[str, _Base] = {}
+        self._paths: dict[str, str] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._models: dict[str, _TrainingModel] = {}
+        self._samplers: dict[str, _Sampler] = {}
+        self._files_lock = threading.RLock()  # model paths and tokenizers (``tokenizer`` may run concurrently)
+
+    # -- base models ---------------------------------------------------------------------------
+
+    def served_models(self) -> list[str]:
+        """The listed models: the built-ins (``tiny-llama`` first), then ``models``."""
+        return list(dict.fromkeys([*BUILTIN_MODELS, *self.extra_models]))
+
+    def supported_models(self) -> list[SupportedModel]:
+        """Every listed model with its maximum context length (loads configs, not weights)."""
+        return [
+            SupportedModel(model_name=name, max_context_length=self._context_length(name))
+            for name in self.served_models()
+        ]
+
+    def tokenizer(self, base_model: str) -> Tokenizer:
+        """The tokenizer of ``base_model`` (``NotFoundError`` when it cannot be loaded offline)."""
+        with self._files_lock:
+            tok = self._tokenizers.get(base_model)
+            if tok is None:
+                tok = load_tokenizer(self._path(base_model))
+                self._tokenizers[base_model] = tok
+            return tok  # type: ignore[no-any-return]
+
+    def _path(self, base_model: str) -> str:
+        with self._files_lock:
+            path = self._paths.get(base_model)
+            if path is None:
+                path = resolve_model_path(base_model, self.served_models(), self.cache_dir)
+                self._paths[base_model] = path
+            return path
+
+    def _context_length(self, base_model: str) -> int:
+        recipe = BUILTIN_MODELS.get(base_model)
+        if recipe is not None:
+            cap = self.max_context_length
+            return recipe.max_context_length if cap is None else min(recipe.max_context_length, cap)
+        return model_context_length(self._path(base_model), self.max_context_length)
+
+    def _base(self, base_model: str) -> _Base:
+        base = self._bases.get(base_model)
+        if base is None:
+            path = self._path(base_model)
+            model = load_causal_lm(path, self.dtype, self.device)
+            head = model.get_output_embeddings()
+            vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+            base = _Base(
+                name=base_model,
+                path=path,
+                model=model,
+                tokenizer=self.tokenizer(base_model),
+                vocab_size=vocab_size,
+                max_context_length=self._context_length(base_model),
+            )
+            self._bases[base_model] = base
+        return base
+
+    # -- training models -----------------------------------------------------------------------
+
+    def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        """A new training model: a fresh adapter (seeded by ``lora.seed``) and a fresh AdamW."""
+        base = self._base(base_model)
+        return self._register(base, lora, lora.seed, None, None)
+
+    def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
+        """A new training model from a checkpoint; the optimizer state too when ``with_optimizer``."""
+        if with_optimizer and path.checkpoint_type != "training":
+            raise BadRequestError(
+                "path",
+                f"{path.tinker_path} holds sampler weights only; load it without the optimizer "
+                "or pass a tinker://<run>/weights/<name> checkpoint",
+            )
+        base_model, lora, folder = storage.read_checkpoint(self.checkpoint_store, path)
+        tensors = self._read_adapter(path, folder)
+        state = None
+        if with_optimizer:
+            state = storage.read_optimizer(folder)
+            if state is None:
+                raise BadRequestError("path", f"{path.tinker_path} has no optimizer state")
+        base = self._base(base_model)
+        return self._register(base, lora, 0, tensors, state, path)
+
+    def release_model(self, model_id: str) -> None:
+        """Forget ``model_id`` and delete its adapter; unknown or released ids are a no-op."""
+        model = self._models.pop(model_id, None)
+        if model is not None:
+            adapters.delete_adapter(model.base.model, model.adapter)
+
+    def forward_backward(
+        self,
+        model_id: str,
+        data: Sequence[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        """FB-1..FB-6 for one validated batch; with ``backward`` gradients accumulate into the
+        client's adapter only. A failure leaves the accumulated gradient as it was."""
+        model = self._model(model_id)
+        for i, datum in enumerate(data):
+            length = datum.model_input.length
+            if length > model.spec.max_context_length:
+                raise ContextLengthError(
+                    f"data[{i}].model_input",
+                    f"{length} tokens exceed the context of {model.spec.max_context_length}",
+                )
+            if length == 0:
+                raise BadRequestError(f"data[{i}].model_input", "must hold at least one token")
+        adapters.activate(model.base.model, model.adapter, trainable=True)
+        chunks = self._micro_batches(data)
+        saved = {name: None if p.grad is None else p.grad.clone() for name, p in model.params.items()}
+
+        def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
+            return self._logprobs(model.base, batch)
+
+        try:
+            results = [run_forward_backward(logprob_fn, chunk, loss_fn, loss_fn_config, backward) for chunk in chunks]
+        except BaseException:
+            if backward:
+                for name, p in model.params.items():
+                    p.grad = saved[name]
+            raise
+        if len(results) == 1:
+            return results[0]
+        return ForwardBackwardOutput(
+            loss_fn_output_type="TensorData",
+            loss_fn_outputs=[o for r in results for o in r.loss_fn_outputs],
+            metrics={"loss:sum": float(sum(r.metrics["loss:sum"] for r in results))},
+        )
+
+    def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
+        """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
+        return adamw_step(self._model(model_id).optimizer, params)
+
+    def read_state(self, model_id: str) -> AdapterState:
+        """Weights, accumulated gradient, AdamW moments and step, keyed by stable parameter name."""
+        model = self._model(model_id)
+
+        def array(tensor: torch.Tensor | None, like: torch.Tensor) -> Array:
+            source = torch.zeros_like(like) if tensor is None else tensor
+            return source.detach().to("cpu", torch.float64).numpy().copy()
+
+        params = model.params
+        state = {name: model.optimizer.state.get(p, {}) for name, p in params.items()}
+        return AdapterState(
+            weights={name: array(p, p) for name, p in params.items()},
+            grads={name: array(p.grad, p) for name, p in params.items()},
+            exp_avg={name: array(state[name].get("exp_avg"), p) for name, p in params.items()},
+            exp_avg_sq={name: array(state[name].get("exp_avg_sq"), p) for name, p in params.items()},
+            step=max((int(s["step"]) for s in state.values() if "step" in s), default=0),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        """Adapter weights + AdamW state + metadata under ``path`` (atomic, CKPT-1..CKPT-3)."""
+        model = self._model(model_id)
+        meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "training")
+        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
+            storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+            storage.write_optimizer(folder, model.optimizer, model.params)
+
+    def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        """Adapter weights + metadata under ``path``: a standard peft adapter folder."""
+        model = self._model(model_id)
+        meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "sampler")
+        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
+            storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+
+    def export_merged(self, model_id: str, out_dir: str | Path, dtype: str | torch.dtype | None = None) -> Path:
+        """Write the base model with this client's adapter merged in, as a full Hugging Face model
+        folder (``save_pretrained`` weights + tokenizer) loadable by ``AutoModelForCausalLM``.
+
+        The merge runs on a fresh float32 CPU copy of the base (``peft`` ``merge_and_unload``); the
+        shared base model is not touched. ``dtype`` is the saved dtype (default float32).
+        ``ConflictError`` if ``out_dir`` exists and is not empty. The folder appears atomically.
+        """
+        import peft
+
+        model = self._model(model_id)
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ConflictError(f"{out} exists and is not empty")
+        save_dtype = resolve_dtype(dtype, torch.device("cpu"))
+        copy = load_causal_lm(model.base.path, torch.float32, torch.device("cpu"))
+        with torch.random.fork_rng(devices=[]), quiet_transformers():
+            wrapped = peft.get_peft_model(copy, adapters.peft_config(model.spec.lora))
+        target = adapters.adapter_params(wrapped.base_model.model, "default")
+        if set(target) != set(model.params):
+            raise RuntimeError(f"merge copy has adapter tensors {sorted(target)}, expected {sorted(model.params)}")
+        with torch.no_grad():
+            for name, param in model.params.items():
+                target[name].copy_(param.detach().to("cpu", torch.float32))
+        merged = wrapped.merge_and_unload()
+        merged.to(save_dtype)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        with quiet_transformers():
+            merged.save_pretrained(staging)
+        model.base.tokenizer.save_pretrained(staging)
+        if out.exists():
+            out.rmdir()
+        staging.replace(out)
+        return out
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def create_sampler(
+        self,
+        *,
+        base_model: str | None = None,
+        model_path: ParsedCheckpointTinkerPath | None = None,
+        model_id: str | None = None,
+    ) -> SamplerSpec:
+        """A sampler over fixed weights: the base model, a checkpoint, or a snapshot of a training
+        model (a frozen copy of its adapter, SMP-14). Exactly one argument."""
+        if sum(arg is not None for arg in (base_model, model_path, model_id)) != 1:
+            raise BadRequestError("create_sampler", "give exactly one of base_model, model_path, model_id")
+        lora: LoraConfig | None = None
+        tensors: Mapping[str, torch.Tensor] | None = None
+        if model_path is not None:
+            base_model, lora, folder = storage.read_checkpoint(self.checkpoint_store, model_path)
+            tensors = self._read_adapter(model_path, folder)
+        elif model_id is not None:
+            training = self._model(model_id)
+            base_model, lora, tensors = training.spec.base_model, training.spec.lora, training.params
+        assert base_model is not None
+        base = self._base(base_model)
+        adapter: str | None = None
+        if lora is not None and tensors is not None:
+            adapter = f"s_{uuid.uuid4().hex[:12]}"
+            params = adapters.add_adapter(base.model, adapter, lora, 0)
+            self._install(base, adapter, params, tensors, model_path)
+            for param in params.values():
+                param.requires_grad_(False)
+        spec = SamplerSpec(
+            sampler_id=_new_id("torch-sampler"),
+            base_model=base_model,
+            vocab_size=base.vocab_size,
+            max_context_length=base.max_context_length,
+        )
+        self._samplers[spec.sampler_id] = _Sampler(spec=spec, base=base, adapter=adapter)
+        return spec
+
+    def release_sampler(self, sampler_id: str) -> None:
+        """Forget a sampler and delete its adapter copy (not part of the ``Backend`` contract)."""
+        state = self._samplers.pop(sampler_id, None)
+        if state is not None and state.adapter is not None:
+            adapters.delete_adapter(state.base.model, state.adapter)
+
+    def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        """SMP-1..SMP-13 and SMP-17 for one request (see ``sampler.py``)."""
+        state = self._samplers.get(sampler_id)
+        if state is None:
+            raise NotFoundError(f"sampler {sampler_id!r} does not exist")
+        adapters.activate(state.base.model, state.adapter, trainable=False)
+        with torch.no_grad():
+            return sampler.sample(state.base.model, request, state.spec, state.base.tokenizer, self.device)
+
+    def close(self) -> None:
+        """Drop every model, sampler and base model."""
+        self._models.clear()
+        self._samplers.clear()
+        self._bases.clear()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _model(self, model_id: str) -> _TrainingModel:
+        model = self._models.get(model_id)
+        if model is None:
+            raise NotFoundError(f"training model {model_id!r} does not exist (or was released)")
+        return model
+
+    def _micro_batches(self, data: Sequence[Datum]) -> list[list[Datum]]:
+        """Consecutive groups whose padded size (count x longest) stays within ``max_batch_tokens``."""
+        chunks: list[list[Datum]] = []
+        current: list[Datum] = []
+        longest = 0
+        for datum in data:
+            length = datum.model_input.length
+            if current and (len(current) + 1) * max(longest, length) > self.max_batch_tokens:
+                chunks.append(current)
+                current, longest = [], 0
+            current.append(datum)
+            longest = max(longest, length)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _logprobs(self, base: _Base, batch: Sequence[Datum]) -> list[torch.Tensor]:
+        """Target logprobs of each datum ((N,) or (N, K), float32 on CPU, differentiable), from
+        one right-padded forward pass with an attention mask."""
+        lengths = [d.model_input.length for d in batch]
+        ids = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, datum in enumerate(batch):
+            ids[i, : lengths[i]] = torch.as_tensor(datum.model_input.to_ints(), dtype=torch.long)
+            mask[i, : lengths[i]] = 1
+        logits = base.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+        ).logits
+        out = []
+        for i, datum in enumerate(batch):
+            targets = datum.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)
+            out.append(target_logprobs(logits[i, : lengths[i]].float(), targets).to("cpu"))
+        return out
+
+    def _read_adapter(self, path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:
+        try:
+            return storage.read_adapter(folder)
+        except (OSError, ValueError) as exc:
+            raise BadRequestError("path", f"{path.tinker_path} is not a valid torch checkpoint: {exc}") from exc
+
+    def _install(
+        self,
+        base: _Base,
+        adapter: str,
+        params: Mapping[str, torch.nn.Parameter],
+        tensors: Mapping[str, torch.Tensor],
+        path: ParsedCheckpointTinkerPath | None,
+    ) -> None:
+        """Copy ``tensors`` into a new adapter's ``params``; on a mismatch delete the adapter and
+        raise ``BadRequestError`` (field ``path``)."""
+        problem = None
+        if set(tensors) != set(params):
+            problem = f"adapter tensors {sorted(set(tensors) ^ set(params))[:4]} do not match the LoRA config"
+        else:
+            bad = [n for n, p in params.items() if tuple(tensors[n].shape) != tuple(p.shape)]
+            if bad:
+                found, wanted = tuple(tensors[bad[0]].shape), tuple(params[bad[0]].shape)
+                problem = f"adapter tensor {bad[0]} has shape {found}, expected {wanted}"
+        if problem is not None:
+            adapters.delete_adapter(base.model, adapter)
+            where = path.tinker_path if path is not None else "the source model"
+            raise BadRequestError("path", f"{where} does not fit base model {base.name!r}: {problem}")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name].detach().to(device=param.device, dtype=param.dtype))
+
+    def _register(
+        self,
+        base: _Base,
+        lora: LoraConfig,
+        seed: int | None,
+        tensors: Mapping[str, torch.Tensor] | None,
+        optimizer_state: storage.OptimizerState | None,
+        path: ParsedCheckpointTinkerPath | None = None,
+    ) -> ModelSpec:
+        adapter = f"t_{uuid.uuid4().hex[:12]}"
+        try:
+            params = adapters.add_adapter(base.model, adapter, lora, seed if seed is not None else secrets.randbits(63))
+        except ValueError as exc:
+            raise BadRequestError("base_model", f"{base.name!r} cannot be trained with LoRA: {exc}") from exc
+        if tensors is not None:
+            self._install(base, adapter, params, tensors, path)
+        optimizer = torch.optim.AdamW(list(params.values()), foreach=False)
+        if optimizer_state is not None:
+            try:
+                storage.restore_optimizer(optimizer, params, optimizer_state)
+            except ValueError as exc:
+                adapters.delete_adapter(base.model, adapter)
+                raise BadRequestError("path", f"optimizer state does not fit the adapter: {exc}") from exc
+        spec = ModelSpec(
+            model_id=_new_id("torch"),
+            base_model=base.name,
+            vocab_size=base.vocab_size,
+            max_context_length=base.max_context_length,
+            lora=lora,
+        )
+        self._models[spec.model_id] = _TrainingModel(
+            spec=spec, base=base, adapter=adapter, params=params, optimizer=optimizer
+        )
+        return spec

@@ -1,0 +1,110 @@
+"""Many tenants on one base model: throughput and memory.
+
+8 LoRA clients (rank 16), each training on its own 2 x 128 tokens. Measured per round (every
+client does forward_backward + optim_step once):
+
+- plain: one peft model with 8 adapters, ``set_adapter`` + step per adapter, one AdamW each;
+- tinker-std, one at a time: each client's calls are awaited before the next client's start;
+- tinker-std, all at once: all 8 forward_backward calls submitted, then the 8 optim_steps.
+
+Memory is this process's resident set size (RSS) after 1 tenant and after 8 tenants.
+
+    python bench/multi_tenant.py --model smollm2 [--tenants 8 --warmup 1 --steps 3]
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import common as c
+
+ROWS, SEQ, RANK = 2, 128, 16
+
+
+def plain_side(args, vocab: int | None) -> tuple[Callable[[], None], list[tuple[str, float]], int]:
+    memory = [("before", c.rss_mib()[0])]
+    model = c.plain_model(args.model, vocab)
+    vocab = vocab or model.config.vocab_size
+    memory.append(("base model", c.rss_mib()[0]))
+    batches = [c.random_tokens(ROWS, SEQ + 1, vocab, seed=i) for i in range(args.tenants)]
+    optimizers = []
+    for i in range(args.tenants):
+        name = f"t{i}"
+        model = c.add_lora(model, RANK, name)
+        model.set_adapter(name)
+        optimizers.append(c.adamw([p for n, p in model.named_parameters() if f".{name}." in n]))
+        c.plain_train_step(model, optimizers[i], batches[i])  # allocates AdamW state
+        if i in (0, args.tenants - 1):
+            memory.append((f"{i + 1} tenant(s)", c.rss_mib()[0]))
+
+    def round_() -> None:
+        for i in range(args.tenants):
+            model.set_adapter(f"t{i}")
+            c.plain_train_step(model, optimizers[i], batches[i])
+
+    return round_, memory, vocab
+
+
+def main() -> None:
+    args = c.parse_args(__doc__ or "", tenants=8, warmup=1, steps=3)
+    svc = c.open_service(args.backend)
+    rounds: dict[str, Callable[[], None]] = {}
+    memory: dict[str, list[tuple[str, float]]] = {}
+    vocab = None
+    if svc is not None:
+        memory["tinker-std"] = [("before", c.rss_mib()[0])]
+        clients = []
+        for i in range(args.tenants):
+            clients.append(c.training_client(svc, args.base_model, RANK))
+            vocab = clients[0].spec.vocab_size
+            data_i = c.datums(c.random_tokens(ROWS, SEQ + 1, vocab, seed=i))
+            clients[i].forward_backward(data_i, "cross_entropy").result()
+            clients[i].optim_step(c.ADAM).result()
+            if i in (0, args.tenants - 1):
+                memory["tinker-std"].append((f"{i + 1} tenant(s)", c.rss_mib()[0]))
+        data = [c.datums(c.random_tokens(ROWS, SEQ + 1, vocab, seed=i)) for i in range(args.tenants)]
+
+        def one_at_a_time() -> None:
+            for tc, d in zip(clients, data, strict=True):
+                tc.forward_backward(d, "cross_entropy").result()
+                tc.optim_step(c.ADAM).result()
+
+        def all_at_once() -> None:
+            futures = [tc.forward_backward(d, "cross_entropy") for tc, d in zip(clients, data, strict=True)]
+            futures += [tc.optim_step(c.ADAM) for tc in clients]
+            for f in futures:
+                f.result()
+
+        rounds["tinker-std one at a time"] = one_at_a_time
+        rounds["tinker-std all at once"] = all_at_once
+
+    plain_round, memory["plain"], vocab = plain_side(args, vocab)
+    rounds = {"plain sequential": plain_round, **rounds}
+
+    tokens = args.tenants * ROWS * SEQ
+    print(f"# model {args.model}; {args.tenants} tenants x {ROWS} x {SEQ} tokens = {tokens} tokens per round")
+    times = c.interleaved(rounds, args.warmup, args.steps)
+    rates = {name: tokens / statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name:>26}: {rates[name]:8.1f} tokens/s | {c.summary(t)} per round")
+    for name in rates:
+        if name != "plain sequential":
+            print(f"speed-up {name} vs plain sequential: {c.ratio(times['plain sequential'], times[name])}")
+    if len(rates) == 3:
+        speedup = c.ratio(times["tinker-std one at a time"], times["tinker-std all at once"])
+        print(f"speed-up all at once vs one at a time: {speedup}")
+
+    for side, rows in memory.items():
+        base = rows[0][1]
+        growth = " | ".join(f"{label}: +{rss - base:.0f}" for label, rss in rows[1:])
+        print(f"RSS {side:>10} (MiB above 'before' {base:.0f}): {growth}")
+        (_, one), (_, many) = rows[-2:]
+        print(f"    per extra tenant: {(many - one) / max(args.tenants - 1, 1):.1f} MiB")
+    print(f"peak RSS of the process: {c.rss_mib()[1]:.0f} MiB")
+    if svc is not None:
+        svc.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``tinker-std <recipe>``: every recipe runs from the command line, logs, plots and resumes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tinker_std.cli import main
+from tinker_std.cookbook.common import latest_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rows(log_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_curves(log_dir: Path) -> None:
+    png = (log_dir / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_every_recipe_runs_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--backend", "mock", "--model", "mock/tiny", "--checkpoint-dir", str(tmp_path / "ckpt")]
+
+    sft_dir = tmp_path / "sft"
+    args = "--data demo:chat --steps 4 --batch-size 4 --lr 0.02 --lr-schedule cosine --save-every 2".split()
+    assert main(["sft", *common, *args, "--log-dir", str(sft_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train_nll: first" in out and "checkpoint: tinker://" in out
+    assert [r["step"] for r in rows(sft_dir)] == [0, 1, 2, 3]
+    assert_curves(sft_dir)
+    teacher = latest_checkpoint(sft_dir)
+    assert teacher.endswith("/weights/step_000004")
+
+    rl_dir = tmp_path / "rl"
+    args = "--env choice --steps 2 --group-size 4 --groups-per-batch 2 --loss-fn ppo --wandb".split()
+    assert main(["rl", *common, *args, "--log-dir", str(rl_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "reward: first" in captured.out
+    assert "wandb package is not installed" in captured.err or (rl_dir / "wandb").exists()
+    assert [set(r) >= {"step", "reward", "lr"} for r in rows(rl_dir)] == [True, True]
+    assert_curves(rl_dir)
+
+    dpo_dir = tmp_path / "dpo"
+    assert main(["dpo", *common, "--steps", "2", "--batch-size", "4", "--beta", "0.2", "--log-dir", str(dpo_dir)]) == 0
+    assert rows(dpo_dir)[0]["accuracy"] == 0.5
+    assert_curves(dpo_dir)
+
+    for mode in ("on_policy", "off_policy"):
+        log_dir = tmp_path / mode
+        args = f"--mode {mode} --steps 2 --batch-size 2 --samples-per-prompt 2 --max-tokens 8".split()
+        assert main(["distill", *common, "--teacher", teacher, *args, "--log-dir", str(log_dir)]) == 0
+        assert all(r["kl"] > 0 for r in rows(log_dir))
+        assert_curves(log_dir)
+
+    eval_dir = tmp_path / "eval"
+    args = "--data demo:arithmetic --limit 4 --max-tokens 4".split()
+    assert main(["eval", *common, "--model-path", teacher, *args, "--log-dir", str(eval_dir)]) == 0
+    (row,) = rows(eval_dir)
+    assert row["num_examples"] == 4 and row["nll"] > 0 and 0 <= row["accuracy"] <= 1
+    assert "accuracy: first" in capsys.readouterr().out
+
+
+def test_cli_resume_from_a_checkpoint_path_continues_exactly(tmp_path: Path) -> None:
+    args = ["sft", "--backend", "mock", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    args += "--steps 4 --batch-size 3 --save-every 2 --eval-every 2 --no-progress --no-plot".split()
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*args, "--log-dir", str(first)]) == 0
+    assert main([*args, "--log-dir", str(second)]) == 0
+    step2 = json.loads((second / "checkpoints.jsonl").read_text().splitlines()[0])
+    assert step2["step"] == 2
+    assert main([*args, "--log-dir", str(second), "--resume", step2["checkpoint"]]) == 0
+    assert rows(second) == rows(first)
+    assert not (second / "curves.png").exists()
+
+
+def test_resume_with_an_unknown_checkpoint_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"checkpoints\.jsonl"):
+        main(["sft", "--backend", "mock", "--log-dir", str(tmp_path), "--resume", "tinker://nope/weights/x"])
+
+
+def test_the_demo_and_backends_commands_still_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backends"]) == 0
+    assert "mock\t" in capsys.readouterr().out

@@ -1,0 +1,156 @@
+"""Backend-independent sampling semantics (spec SMP), shared by every backend's decode loop.
+
+A backend owns its model and its decode loop (KV cache, batching); what a sampled sequence *means*
+lives here, so that two backends given the same logits make the same choices:
+
+* ``sequence_generator(seed, j)``: sequence ``j`` of a request draws from its own
+  ``torch.Generator`` seeded with ``(seed * SEED_STRIDE + j) mod 2**63`` when a seed is given
+  (fresh randomness otherwise). Its output therefore depends neither on ``num_samples`` nor on what
+  else is batched with it (SMP-12).
+* ``choose_token(logits, params, generator)``: ``temperature == 0`` is greedy (``argmax``, lowest
+  id on ties). Otherwise the distribution is ``softmax(logits / temperature)``, cut to the
+  ``top_k`` most probable tokens (ties broken by lower id), renormalised, cut to the shortest
+  prefix whose cumulative probability reaches ``top_p`` (at least one token), and sampled by
+  inverse CDF with exactly one uniform draw per token (SMP-10, SMP-11).
+* ``StopRule``: ``None`` -> EOS; ``str | list[str]`` -> the decoded completion contains one of
+  them; ``list[int]`` -> the sampled token is one of them; ``[]`` -> none. Explicit stops replace
+  EOS, and the token that triggers a stop is kept (SMP-4..SMP-9).
+* ``prompt_scores``: prompt logprobs and top-k prompt logprobs, rows sorted by logprob descending
+  with ties by lower id, padded with ``(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)`` only when ``k > V``
+  (SMP-13, SMP-17).
+* ``token_budget``: the prompt checks and ``max_tokens`` resolution of SMP-1 and SMP-2.
+
+Returned sequence logprobs are always the raw temperature-1 ``log_softmax`` of the model's logits
+at the sampled token (SMP-3); the helpers here never report processed-distribution values.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .backend import Tokenizer
+from .errors import BadRequestError, ContextLengthError
+from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams
+
+__all__ = [
+    "SEED_STRIDE",
+    "StopRule",
+    "choose_token",
+    "prompt_scores",
+    "sequence_generator",
+    "token_budget",
+]
+
+#: Multiplier separating the generator seeds of the sequences of one request.
+SEED_STRIDE = 1_000_003
+
+PromptLogprobs = list[float | None]
+TopkPromptLogprobs = list[list[tuple[int, float]] | None]
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a completion is finished: its last token is in ``tokens``, or its decoded text contains
+    one of ``strings``."""
+
+    tokens: frozenset[int]
+    strings: tuple[str, ...]
+
+    @classmethod
+    def from_stop(cls, stop: str | list[str] | list[int] | None, eos_token_id: int | None) -> StopRule:
+        """The rule for ``SamplingParams.stop``; ``None`` means EOS (no stop when the tokenizer has none)."""
+        if stop is None:
+            return cls(frozenset() if eos_token_id is None else frozenset({eos_token_id}), ())
+        if isinstance(stop, str):
+            return cls(frozenset(), (stop,))
+        return cls(
+            frozenset(s for s in stop if isinstance(s, int)), tuple(s for s in stop if isinstance(s, str))
+        )
+
+    def reached(self, completion: list[int], tokenizer: Tokenizer) -> bool:
+        """Whether ``completion`` (every token generated so far, prompt excluded) ends the sequence."""
+        if completion and completion[-1] in self.tokens:
+            return True
+        if not self.strings:
+            return False
+        text = tokenizer.decode(completion)
+        return any(s in text for s in self.strings)
+
+
+def sequence_generator(seed: int | None, index: int) -> torch.Generator:
+    """The CPU random stream of sequence ``index`` of a request (see the module docstring)."""
+    value = (seed * SEED_STRIDE + index) % 2**63 if seed is not None else secrets.randbits(63)
+    return torch.Generator().manual_seed(value)
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """The next token given last-position ``logits`` (V,), per the module docstring.
+
+    ``logits`` may live on any device; the uniform draw comes from ``generator`` (a CPU generator)
+    and the filtering runs in the dtype of ``logits``. Backends that want device-independent draws
+    pass CPU ``float64`` logits.
+    """
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
+    if params.top_k != -1:
+        sorted_probs = sorted_probs[: params.top_k]
+    sorted_probs = sorted_probs / sorted_probs.sum()
+    if params.top_p < 1.0:
+        below = int((torch.cumsum(sorted_probs, 0) < params.top_p).sum())
+        sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
+    cdf = torch.cumsum(sorted_probs, 0)
+    u = torch.rand((), generator=generator, dtype=cdf.dtype).to(cdf.device) * cdf[-1]
+    index = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    return int(ids[index])
+
+
+def prompt_scores(
+    logits: torch.Tensor, prompt: Sequence[int], include: bool, topk: int
+) -> tuple[PromptLogprobs | None, TopkPromptLogprobs | None]:
+    """``prompt_logprobs`` (when ``include``) and ``topk_prompt_logprobs`` (when ``topk > 0``),
+    from the prompt's logits (P, V), row ``i`` predicting ``prompt[i + 1]``.
+
+    Entry 0 is ``None``; entry ``i`` scores position ``i`` given ``prompt[:i]``. Top-k rows are
+    sorted by logprob descending, ties by token id ascending; when ``topk > V`` they are padded to
+    ``topk`` pairs with ``(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)`` (SMP-17).
+    """
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    lps: PromptLogprobs | None = None
+    if include:
+        targets = torch.as_tensor(list(prompt[1:]), dtype=torch.long, device=logp.device)
+        lps = [None, *logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()]
+    tops: TopkPromptLogprobs | None = None
+    if topk > 0:
+        k = min(topk, logp.shape[-1])
+        values, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
+        tops = [None]
+        padding = [(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)] * (topk - k)
+        for row_ids, row_values in zip(ids[:, :k].tolist(), values[:, :k].tolist(), strict=True):
+            tops.append(list(zip(row_ids, row_values, strict=True)) + padding)
+    return lps, tops
+
+
+def token_budget(prompt: Sequence[int], params: SamplingParams, vocab_size: int, max_context_length: int) -> int:
+    """The number of tokens a request may generate (``max_tokens``, default the rest of the context).
+
+    ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside ``[0, V)``;
+    ``ContextLengthError`` when ``prompt + max_tokens`` does not fit the context (SMP-1, SMP-2).
+    """
+    if not prompt or min(prompt) < 0 or max(prompt) >= vocab_size:
+        raise BadRequestError("prompt", f"must be a non-empty list of token ids in [0, {vocab_size})")
+    room = max_context_length - len(prompt)
+    if params.max_tokens is None and room <= 0:
+        raise ContextLengthError("prompt", f"{len(prompt)} tokens leave no room in the context of {max_context_length}")
+    max_tokens = room if params.max_tokens is None else params.max_tokens
+    if max_tokens > room:
+        raise ContextLengthError(
+            "sampling_params.max_tokens",
+            f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the context of {max_context_length}",
+        )
+    return max_tokens
