@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     backends = sub.add_parser("backends", help="list the backends that can be named")
     backends.set_defaults(func=_backends)
+    sub.add_parser(
+        "conformance",
+        help="run the conformance suite against a backend (--backend NAME|module:Class [--report PATH] ...)",
+        add_help=False,
+    )
     for name, help_text in _HELP.items():
         recipe = sub.add_parser(name, help=help_text, description=f"{help_text}; log dir default runs/{name}")
         _add_config_flags(recipe, _recipe(name)[0])
@@ -174,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["conformance"]:
+        # The suite has its own parser (python -m tinker_std.conformance); hand it every argument.
+        from tinker_std.conformance.__main__ import main as conformance_main
+
+        return int(conformance_main(argv[1:]))
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

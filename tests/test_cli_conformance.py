@@ -1,0 +1,19 @@
+"""``tinker-std conformance`` hands its arguments to the suite and prints the per-statement table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_conformance_subcommand_runs_the_suite_and_writes_a_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "tinker_std.cli", "conformance", "--backend", "mock", "--report", str(report)]
+    out = subprocess.run([*cmd, "--", "-q", "-k", "test_tolerance_rule or test_types_have_the_listed_fields"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(report.read_text())
+    assert data["backend"] == "mock" and data["statements"]["TOL-2"]["result"] == "pass"
+    assert "TOL-2" in out.stdout and "pass" in out.stdout
