@@ -46,7 +46,7 @@ def parse_args(description: str, **defaults: int) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     print_machine()
     args.base_model = args.base_model or base_model_name(args.model)
     return args
@@ -104,7 +104,7 @@ def datums(tokens: torch.Tensor) -> list[ts.Datum]:
     return [
         ts.Datum(
             model_input=ts.ModelInput.from_ints(row[:-1]),
-            loss_fn_inputs={"target_tokens": row[1:], "weights": [1.0] * (len(row) - 1)},
+            loss_fn_inputs={"target_tokens": row[1:], "weights": [1.0] * (len(row) - 1)},  # type: ignore[dict-item]
         )
         for row in rows
     ]
@@ -151,7 +151,7 @@ def plain_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, t
     """One forward_backward (summed cross-entropy, as tinker-std) plus one AdamW step."""
     logits = model(input_ids=tokens[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="sum")
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())

@@ -14,24 +14,30 @@ Memory is this process's resident set size (RSS) after 1 tenant and after 8 tena
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import common as c
+
+import tinker_std as ts
 
 ROWS, SEQ, RANK = 2, 128, 16
 
 
-def plain_side(args, vocab: int | None) -> tuple[Callable[[], None], list[tuple[str, float]], int]:
+def plain_side(args: argparse.Namespace, vocab: int | None) -> tuple[Callable[[], None], list[tuple[str, float]], int]:
     memory = [("before", c.rss_mib()[0])]
-    model = c.plain_model(args.model, vocab)
-    vocab = vocab or model.config.vocab_size
+    base = c.plain_model(args.model, vocab)
+    vocab = vocab or base.config.vocab_size
     memory.append(("base model", c.rss_mib()[0]))
     batches = [c.random_tokens(ROWS, SEQ + 1, vocab, seed=i) for i in range(args.tenants)]
     optimizers = []
+    model = c.add_lora(base, RANK, "t0")
     for i in range(args.tenants):
         name = f"t{i}"
-        model = c.add_lora(model, RANK, name)
+        if i > 0:
+            c.add_lora(model, RANK, name)
         model.set_adapter(name)
         optimizers.append(c.adamw([p for n, p in model.named_parameters() if f".{name}." in n]))
         c.plain_train_step(model, optimizers[i], batches[i])  # allocates AdamW state
@@ -51,19 +57,18 @@ def main() -> None:
     svc = c.open_service(args.backend)
     rounds: dict[str, Callable[[], None]] = {}
     memory: dict[str, list[tuple[str, float]]] = {}
-    vocab = None
+    vocab: int | None = None
     if svc is not None:
         memory["tinker-std"] = [("before", c.rss_mib()[0])]
-        clients = []
+        clients, data = [], []
         for i in range(args.tenants):
             clients.append(c.training_client(svc, args.base_model, RANK))
             vocab = clients[0].spec.vocab_size
-            data_i = c.datums(c.random_tokens(ROWS, SEQ + 1, vocab, seed=i))
-            clients[i].forward_backward(data_i, "cross_entropy").result()
-            clients[i].optim_step(c.ADAM).result()
+            data.append(c.datums(c.random_tokens(ROWS, SEQ + 1, vocab, seed=i)))
+            clients[i].forward_backward(data[i], "cross_entropy").result()
+            clients[i].optim_step(c.ADAM).result()  # allocates AdamW state
             if i in (0, args.tenants - 1):
                 memory["tinker-std"].append((f"{i + 1} tenant(s)", c.rss_mib()[0]))
-        data = [c.datums(c.random_tokens(ROWS, SEQ + 1, vocab, seed=i)) for i in range(args.tenants)]
 
         def one_at_a_time() -> None:
             for tc, d in zip(clients, data, strict=True):
@@ -71,7 +76,8 @@ def main() -> None:
                 tc.optim_step(c.ADAM).result()
 
         def all_at_once() -> None:
-            futures = [tc.forward_backward(d, "cross_entropy") for tc, d in zip(clients, data, strict=True)]
+            pairs = zip(clients, data, strict=True)
+            futures: list[ts.APIFuture[Any]] = [tc.forward_backward(d, "cross_entropy") for tc, d in pairs]
             futures += [tc.optim_step(c.ADAM) for tc in clients]
             for f in futures:
                 f.result()
@@ -97,7 +103,7 @@ def main() -> None:
 
     for side, rows in memory.items():
         base = rows[0][1]
-        growth = " | ".join(f"{label}: +{rss - base:.0f}" for label, rss in rows[1:])
+        growth = " | ".join(f"{label}: {rss - base:+.0f}" for label, rss in rows[1:])
         print(f"RSS {side:>10} (MiB above 'before' {base:.0f}): {growth}")
         (_, one), (_, many) = rows[-2:]
         print(f"    per extra tenant: {(many - one) / max(args.tenants - 1, 1):.1f} MiB")

@@ -9,6 +9,8 @@ to 64 tokens), raw logprobs of the sampled tokens returned by both sides.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 import common as c
 import torch
@@ -18,7 +20,7 @@ import tinker_std as ts
 SAMPLES, NEW_TOKENS, PROMPT_LEN, RANK = 4, 64, 32, 16
 
 
-def plain_generate(model, prompt: torch.Tensor, seed: int) -> list[list[float]]:
+def plain_generate(model: Any, prompt: torch.Tensor, seed: int) -> list[list[float]]:
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(
@@ -42,7 +44,7 @@ def main() -> None:
     model = c.add_lora(c.plain_model(args.model, vocab), RANK).eval()
     prompt = c.random_tokens(1, PROMPT_LEN, vocab or model.config.vocab_size, seed=1)
     seeds = iter(range(10**6))
-    runs = {"plain generate": lambda: plain_generate(model, prompt, next(seeds))}
+    runs: dict[str, Callable[[], object]] = {"plain generate": lambda: plain_generate(model, prompt, next(seeds))}
     if tc is not None:
         sampler = tc.save_weights_and_get_sampling_client().result()
         model_input = ts.ModelInput.from_ints(prompt[0].tolist())

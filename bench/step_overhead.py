@@ -8,6 +8,8 @@ LoRA rank 16 on every attention and MLP projection. Target: tinker-std / plain <
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import common as c
 
 BATCH, SEQ, RANK = 4, 128, 16
@@ -25,7 +27,7 @@ def main() -> None:
     print(f"# model {args.model}: {model.num_parameters():,} params, "
           f"{model.num_parameters(only_trainable=True):,} trainable; batch {BATCH} x {SEQ}, rank {RANK}")
 
-    steps = {"plain": lambda: c.plain_train_step(model, optimizer, tokens)}
+    steps: dict[str, Callable[[], object]] = {"plain": lambda: c.plain_train_step(model, optimizer, tokens)}
     if tc is not None:
         data = c.datums(tokens)
 

@@ -52,7 +52,8 @@ class Env(Protocol):
 
 
 class ArithmeticEnv:
-    """``What is a + b?`` with ``0 <= a, b <= max_operand``; reward 1 if the reply's first number is right."""
+    """``What is a + b?`` with ``0 <= a, b <= max_operand``; reward 1 if the last number on the reply's first
+    line is right (so both ``7`` and ``3 + 4 = 7`` count)."""
 
     def __init__(self, renderer: Renderer, max_operand: int = 9, max_tokens: int = 8) -> None:
         self.renderer, self.max_operand, self.max_tokens = renderer, max_operand, max_tokens
@@ -63,8 +64,9 @@ class ArithmeticEnv:
         return self.renderer.generation_prompt([{"role": "user", "content": f"What is {a} + {b}?"}]), a + b
 
     def reward(self, answer: Any, completion: list[int]) -> float:
-        found = re.search(r"-?\d+", self.renderer.parse_response(completion))
-        return 1.0 if found is not None and int(found.group()) == answer else 0.0
+        first_line = self.renderer.parse_response(completion).strip().split("\n", 1)[0]
+        numbers = re.findall(r"-?\d+", first_line)
+        return 1.0 if numbers and int(numbers[-1]) == answer else 0.0
 
 
 class DatasetEnv:

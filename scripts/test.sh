@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY
 
 reports=.ci-reports
 rm -rf "$reports" && mkdir -p "$reports"
-for backend in ${CONFORMANCE_BACKENDS:-mock minimal}; do
+for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch}; do
     echo "== conformance suite on backend '$backend'"
     .venv/bin/python -m tinker_std.conformance --backend "$backend" --report "$reports/$backend.json" -- -q \
         | tail -n 3

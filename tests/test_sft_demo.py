@@ -1,4 +1,4 @@
-"""The README's main job: a 50-step SFT on the mock backend more than halves ``loss:sum``."""
+"""A 50-step SFT on the mock backend more than halves ``loss:sum``; the demo command runs end to end."""
 
 from __future__ import annotations
 
@@ -28,9 +28,15 @@ def test_fifty_step_sft_on_mock_more_than_halves_the_loss(tmp_path: Path, monkey
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_demo_command_prints_the_falling_loss(
+def test_demo_command_runs_every_stage_on_mock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TINKER_STD_CHECKPOINT_DIR", str(tmp_path))
-    assert main(["demo", "--backend", "mock", "--steps", "5"]) == 0
-    assert "loss:sum first step" in capsys.readouterr().out
+    argv = ["demo", "--backend", "mock", "--sft-steps", "4", "--rl-steps", "1", "--log-dir", str(tmp_path / "logs")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("before |") == 3 and out.count("after  |") == 3
+    assert "mean reward per step" in out and "SFT train_nll first step" in out
+    assert (tmp_path / "logs" / "sft" / "metrics.jsonl").is_file() and (
+        tmp_path / "logs" / "rl" / "run_state.json"
+    ).is_file()

@@ -123,23 +123,23 @@ def _run_recipe(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from tinker_std.cookbook.demo import DemoConfig, run_demo
 
-    from tinker_std.cookbook.sft import SFTConfig, run_sft
-    from tinker_std.registry import default_backend_name
+    model = args.model or ("SmolLM2-135M-Instruct" if args.backend == "torch" else None)
+    if model is None:
+        import tinker_std as ts
 
-    config = SFTConfig(
-        backend=args.backend, base_model=args.model, rank=args.rank, steps=args.steps, learning_rate=args.lr
+        with ts.ServiceClient(backend=args.backend) as service:
+            model = service.get_server_capabilities().supported_models[0].model_name
+    assert model is not None
+    config = DemoConfig(
+        backend=args.backend, base_model=model, sft_steps=args.sft_steps, rl_steps=args.rl_steps, log_dir=args.log_dir
     )
-    bar = tqdm(total=config.steps, desc=f"SFT on {args.backend or default_backend_name()}", unit="step")
-
-    def on_step(step: int, loss: float) -> None:
-        bar.set_postfix(loss=f"{loss:.4f}")
-        bar.update(1)
-
-    losses = run_sft(config, on_step=on_step)
-    bar.close()
-    print(f"loss:sum first step {losses[0]:.4f} -> last step {losses[-1]:.4f} ({losses[-1] / losses[0]:.1%} of start)")
+    result = run_demo(config)
+    sft_history = result["sft"]
+    assert isinstance(sft_history, list)
+    first, last = sft_history[0]["train_nll"], sft_history[-1]["train_nll"]
+    print(f"SFT train_nll first step {first:.4f} -> last step {last:.4f} ({last / first:.1%} of start)")
     return 0
 
 
@@ -157,12 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinker-std", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="fine-tune with a short SFT loop and show the loss falling")
-    demo.add_argument("--backend", default=None, help="backend name or module:Class (default $TINKER_STD_BACKEND)")
-    demo.add_argument("--model", default=None, help="base model (default: the backend's first model)")
-    demo.add_argument("--steps", type=int, default=50)
-    demo.add_argument("--rank", type=int, default=8)
-    demo.add_argument("--lr", type=float, default=1e-2)
+    from tinker_std.cookbook.demo import DemoConfig as DemoDefaults
+
+    demo = sub.add_parser(
+        "demo", help="SmolLM2 offline: answers before, SFT, a short RL run, answers after (see cookbook/demo.py)"
+    )
+    demo.add_argument("--backend", default="torch", help="backend name or module:Class (default torch)")
+    demo.add_argument(
+        "--model", default=None, help="base model (default: SmolLM2-135M-Instruct on torch, else the first model)"
+    )
+    demo.add_argument("--sft-steps", type=int, default=DemoDefaults.sft_steps)
+    demo.add_argument("--rl-steps", type=int, default=DemoDefaults.rl_steps)
+    demo.add_argument("--log-dir", default=None, help="where metrics, curves and run state go (default: a temp dir)")
     demo.set_defaults(func=_demo)
     backends = sub.add_parser("backends", help="list the backends that can be named")
     backends.set_defaults(func=_backends)

@@ -61,6 +61,8 @@ Array = npt.NDArray[np.floating[Any]]
 
 #: Padded tokens (batch x longest datum) per forward pass of ``forward_backward``.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+#: Logit elements (padded tokens x vocabulary) per forward pass: 2**28 float32 logits are 1 GiB.
+MAX_LOGIT_ELEMENTS = 2**28
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -269,8 +271,8 @@ class TorchEngine:
             if length == 0:
                 raise BadRequestError(f"data[{i}].model_input", "must hold at least one token")
         adapters.activate(model.base.model, model.adapter, trainable=True)
-        chunks = self._micro_batches(data)
-        saved = {name: None if p.grad is None else p.grad.clone() for name, p in model.params.items()}
+        chunks = self._micro_batches(data, model.base.vocab_size)
+        saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.params.items()} if backward else {}
 
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
             return self._logprobs(model.base, batch)
@@ -433,14 +435,16 @@ class TorchEngine:
             raise NotFoundError(f"training model {model_id!r} does not exist (or was released)")
         return model
 
-    def _micro_batches(self, data: Sequence[Datum]) -> list[list[Datum]]:
-        """Consecutive groups whose padded size (count x longest) stays within ``max_batch_tokens``."""
+    def _micro_batches(self, data: Sequence[Datum], vocab_size: int) -> list[list[Datum]]:
+        """Consecutive groups whose padded size (count x longest) stays within ``max_batch_tokens``
+        and whose logits stay within ``MAX_LOGIT_ELEMENTS``; a single datum is never split."""
+        budget = max(1, min(self.max_batch_tokens, MAX_LOGIT_ELEMENTS // max(vocab_size, 1)))
         chunks: list[list[Datum]] = []
         current: list[Datum] = []
         longest = 0
         for datum in data:
             length = datum.model_input.length
-            if current and (len(current) + 1) * max(longest, length) > self.max_batch_tokens:
+            if current and (len(current) + 1) * max(longest, length) > budget:
                 chunks.append(current)
                 current, longest = [], 0
             current.append(datum)
