@@ -53,7 +53,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 class RunConfig:
     """Fields shared by every recipe. ``log_dir`` enables metrics.jsonl, checkpoints and curves."""
 
-    backend: str | None = None  # registered backend name; None: $TINKER_STD_BACKEND, else mock
+    backend: str | None = None  # registered backend name; None: the default (BE-8)
     base_model: str | None = None  # None: the backend's first model
     rank: int = 8
     seed: int = 0

@@ -33,9 +33,9 @@ class DemoConfig:
     backend: str | None = "torch"
     base_model: str = "SmolLM2-135M-Instruct"
     rank: int = 16
-    sft_steps: int = 10
+    sft_steps: int = 14
     sft_lr: float = 3e-4
-    rl_steps: int = 6
+    rl_steps: int = 8
     rl_lr: float = 2e-4
     log_dir: str | None = None
 
@@ -84,7 +84,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     say(f"RL: {config.rl_steps} steps of single-digit addition, starting from the SFT weights")
     rl_cfg = rl.RLConfig(
         backend=config.backend, base_model=base_model, rank=config.rank, steps=config.rl_steps,
-        learning_rate=config.rl_lr, env="arithmetic", groups_per_batch=2, group_size=4,
+        learning_rate=config.rl_lr, env="arithmetic", groups_per_batch=4, group_size=4,
         init_from=_final_checkpoint(log_root / "sft"), log_dir=str(log_root / "rl"), progress=True,
     )  # fmt: skip
     rl_history = rl.run(rl_cfg)

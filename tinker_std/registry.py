@@ -7,6 +7,7 @@ a ``module:Class`` string or a class/instance is accepted directly.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 from importlib.metadata import entry_points
@@ -32,12 +33,14 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "torch": "tinker_std.backends.torch:TorchBackend",
     "minimal": "tinker_std.backends.minimal:MinimalBackend",
 }
-DEFAULT_BACKEND = "mock"
-
-
 def default_backend_name() -> str:
-    """``$TINKER_STD_BACKEND``, else the built-in default."""
-    return os.environ.get("TINKER_STD_BACKEND") or DEFAULT_BACKEND
+    """``$TINKER_STD_BACKEND``; else ``torch`` when transformers and peft are installed; else ``mock`` (BE-8)."""
+    env = os.environ.get("TINKER_STD_BACKEND")
+    if env:
+        return env
+    if all(importlib.util.find_spec(name) is not None for name in ("transformers", "peft")):
+        return "torch"
+    return "mock"
 
 
 def available_backends() -> dict[str, str]:
