@@ -6,24 +6,13 @@ import dataclasses
 import itertools
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import tinker_std as ts
 from tinker_std.backends.mock import ByteTokenizer, MockBackend
 from tinker_std.cookbook import common, distill, dpo, evaluate, rl, sft
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """The mock's tiny float64 ops are fastest on one thread (and far slower on a busy machine otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

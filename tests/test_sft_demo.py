@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tinker_std.cli import main
 from tinker_std.cookbook.sft import SFTConfig, run_sft
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """The mock's tiny float64 ops run fastest on one thread; on a busy machine more threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_fifty_step_sft_on_mock_more_than_halves_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

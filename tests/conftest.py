@@ -1,0 +1,19 @@
+"""Shared test settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread() -> Iterator[None]:
+    """The test models are tiny: one intra-op thread is fastest, and on a loaded 2-core machine the
+    OpenMP pools of the test thread and the client's loop thread otherwise slow each other down."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
