@@ -10,6 +10,7 @@ models may overlap, which is what lets a backend batch tenants together.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,12 @@ from .types import (
     SamplingParams,
 )
 
-__all__ = ["Backend", "ModelSpec", "SamplerSpec", "AdapterState", "Tokenizer", "SampleRequest"]
+__all__ = ["Backend", "ModelSpec", "SamplerSpec", "AdapterState", "Tokenizer", "SampleRequest", "new_model_id"]
+
+
+def new_model_id(prefix: str) -> str:
+    """An id unique across processes, usable as the ``<run>`` of a checkpoint path (CKPT-1)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @runtime_checkable

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import secrets
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from tinker_std.backend import Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.backend import Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
@@ -331,7 +330,7 @@ class MinimalBackend(Backend):
             adapter = self._read_adapter(model_path, "model_path", trainable=False)
         elif model_id is not None:
             adapter = self._model(model_id).adapter.frozen_copy()  # a snapshot, not a view (SMP-14)
-        spec = SamplerSpec(_new_id("minimal-sampler"), MODEL_NAME, VOCAB_SIZE, CONTEXT)
+        spec = SamplerSpec(new_model_id("minimal-sampler"), MODEL_NAME, VOCAB_SIZE, CONTEXT)
         self._samplers[spec.sampler_id] = _Sampler(spec, adapter)
         return spec
 
@@ -365,7 +364,7 @@ class MinimalBackend(Backend):
         optimizer = torch.optim.AdamW(list(adapter.params.values()), foreach=False)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)  # the same parameter order as when it was saved
-        spec = ModelSpec(_new_id("minimal"), MODEL_NAME, VOCAB_SIZE, CONTEXT, adapter.config)
+        spec = ModelSpec(new_model_id("minimal"), MODEL_NAME, VOCAB_SIZE, CONTEXT, adapter.config)
         self._models[spec.model_id] = _TrainingModel(spec, adapter, optimizer)
         return spec
 
@@ -378,10 +377,6 @@ def _check_model(base_model: str) -> None:
 def _metadata(spec: ModelSpec) -> dict[str, Any]:
     """What ``checkpoint.json`` records besides the path: enough to rebuild the model (CKPT-2, CKPT-6)."""
     return {"backend": MinimalBackend.name, "base_model": spec.base_model, "lora": spec.lora.model_dump()}
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"  # [A-Za-z0-9-] only: ids end up in tinker:// paths
 
 
 def _seed(seed: int | None) -> int:

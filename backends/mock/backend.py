@@ -14,7 +14,6 @@ weights are built once per process and shared read-only.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
@@ -49,11 +48,6 @@ from .tokenizer import ByteTokenizer
 __all__ = ["MockBackend"]
 
 Array = npt.NDArray[np.floating[Any]]
-
-
-def _new_id(prefix: str) -> str:
-    """An id unique across processes, made of ``[A-Za-z0-9-]``."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -96,8 +90,7 @@ class MockBackend(Backend):
     async def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
         return GetServerCapabilitiesResponse(
             supported_models=[
-                SupportedModel(model_name=c.name, max_context_length=c.max_context_length)
-                for c in MODELS.values()
+                SupportedModel(model_name=c.name, max_context_length=c.max_context_length) for c in MODELS.values()
             ]
         )
 
@@ -188,9 +181,7 @@ class MockBackend(Backend):
             storage.write_adapter(folder, model.adapter)
             storage.write_optimizer(folder, model.optimizer, model.adapter)
 
-    async def save_weights_for_sampler(
-        self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool
-    ) -> None:
+    async def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         model = self._model(model_id)
         meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "sampler")
         with self.checkpoint_store.writing(path, overwrite, meta) as folder:
@@ -216,7 +207,7 @@ class MockBackend(Backend):
         assert base_model is not None
         base = base_weights(base_model)
         spec = SamplerSpec(
-            sampler_id=_new_id("mock-sampler"),
+            sampler_id=new_model_id("mock-sampler"),
             base_model=base_model,
             vocab_size=base.config.vocab_size,
             max_context_length=base.config.max_context_length,
@@ -251,7 +242,7 @@ class MockBackend(Backend):
         if optimizer_state is not None:
             storage.restore_optimizer(optimizer, adapter, optimizer_state)
         spec = ModelSpec(
-            model_id=_new_id("mock"),
+            model_id=new_model_id("mock"),
             base_model=base_model,
             vocab_size=base.config.vocab_size,
             max_context_length=base.config.max_context_length,

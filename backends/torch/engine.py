@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
@@ -92,11 +92,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[dtype.removeprefix("torch.")]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
-
-
-def _new_id(prefix: str) -> str:
-    """An id unique across processes, made of ``[A-Za-z0-9_-]``."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -398,7 +393,7 @@ class TorchEngine:
             for param in params.values():
                 param.requires_grad_(False)
         spec = SamplerSpec(
-            sampler_id=_new_id("torch-sampler"),
+            sampler_id=new_model_id("torch-sampler"),
             base_model=base_model,
             vocab_size=base.vocab_size,
             max_context_length=base.max_context_length,
@@ -462,9 +457,7 @@ class TorchEngine:
         for i, datum in enumerate(batch):
             ids[i, : lengths[i]] = torch.as_tensor(datum.model_input.to_ints(), dtype=torch.long)
             mask[i, : lengths[i]] = 1
-        logits = base.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-        ).logits
+        logits = base.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False).logits
         out = []
         for i, datum in enumerate(batch):
             targets = datum.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)
@@ -527,7 +520,7 @@ class TorchEngine:
                 adapters.delete_adapter(base.model, adapter)
                 raise BadRequestError("path", f"optimizer state does not fit the adapter: {exc}") from exc
         spec = ModelSpec(
-            model_id=_new_id("torch"),
+            model_id=new_model_id("torch"),
             base_model=base.name,
             vocab_size=base.vocab_size,
             max_context_length=base.max_context_length,
