@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 
 import tinker_std as ts
-from tinker_std.conformance.helpers import ADAM, forward_logprobs, probe_batch, state_arrays
+from tinker_std.conformance.helpers import (
+    ADAM,
+    forward_logprobs,
+    logprobs_of,
+    probe_batch,
+    rl_datum,
+    sequence_datum,
+    snapshot,
+    state_arrays,
+)
 from tinker_std.conformance.plugin import ConformanceBackend
-from tinker_std.conformance.tolerances import assert_replay
+from tinker_std.conformance.tolerances import assert_close, assert_mapping_close, assert_replay
 
 Factory = Callable[..., ts.TrainingClient]
 
@@ -122,3 +131,49 @@ def test_get_info_reports_base_model_and_rank(
     for model in served:
         assert model.model_name and model.max_context_length, f"[TYP-14] {model}"
     assert conformance_backend.base_model in {m.model_name for m in served}
+
+
+@pytest.mark.spec("LORA-7", "LORA-5")
+def test_requests_run_together_with_other_clients_match_a_run_alone(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    v = conformance_backend.vocab_size
+    short = [sequence_datum([(3 * i + 1) % v for i in range(5)]), sequence_datum([(7 * i + 2) % v for i in range(8)])]
+    rl = [rl_datum([(5 * i + 4) % v for i in range(7)], [0.5 - 0.2 * i for i in range(6)], [-2.5] * 6)]
+    longer = [sequence_datum([(11 * i + 5) % v for i in range(23)]) for _ in range(3)]
+    probe = probe_batch(v)
+    introspection = conformance_backend.supports("introspection")
+
+    def rounds(tc: ts.TrainingClient, others: list[ts.TrainingClient]) -> list[ts.ForwardBackwardOutput]:
+        """Three rounds of SFT, RL and a forward; ``others`` submit their own work alongside."""
+        outputs = []
+        for loss_fn, data in (("cross_entropy", short), ("ppo", rl), ("cross_entropy", short)):
+            mine = tc.forward_backward(data, loss_fn)
+            theirs = [o.forward_backward(longer, "cross_entropy") for o in others]
+            theirs += [o.forward(longer[:1] + short, "cross_entropy") for o in others]
+            outputs.append(mine.result())
+            for f in theirs:
+                f.result()
+            steps = [tc.optim_step(ADAM), *(o.optim_step(ADAM) for o in others)]
+            for s in steps:
+                s.result()
+        outputs.append(tc.forward(short, "cross_entropy").result())
+        outputs.append(tc.forward(rl, "ppo").result())
+        return outputs
+
+    alone = training_client(seed=11)
+    together = training_client(seed=11)
+    others = [training_client(seed=12), training_client(seed=13, rank=8), training_client(seed=14, train_mlp=False)]
+    expected = rounds(alone, [])
+    actual = rounds(together, others)
+    for i, (got, want) in enumerate(zip(actual, expected, strict=True)):
+        for j, (g, w) in enumerate(zip(logprobs_of(got), logprobs_of(want), strict=True)):
+            assert_close(g, w, "token", "LORA-7", what=f"request {i} datum {j} logprobs next to other clients")
+        assert_close(got.metrics["loss:sum"], want.metrics["loss:sum"], "sum", "LORA-7", what=f"request {i} loss")
+    assert_mapping_close(
+        snapshot(together, probe, introspection),
+        snapshot(alone, probe, introspection),
+        "token",
+        "LORA-7",
+        what="client state after training next to other clients",
+    )

@@ -14,7 +14,14 @@ import torch
 from .losses import compute_loss
 from .types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse, TensorData
 
-__all__ = ["datum_inputs", "target_logprobs", "run_forward_backward", "adamw_step", "CLIP_EPS"]
+__all__ = [
+    "CLIP_EPS",
+    "adamw_step",
+    "datum_inputs",
+    "forward_backward_output",
+    "run_forward_backward",
+    "target_logprobs",
+]
 
 #: Added to the global gradient norm in the clipping coefficient (as in ``torch.nn.utils.clip_grad_norm_``).
 CLIP_EPS = 1e-6
@@ -51,6 +58,11 @@ def run_forward_backward(
         loss = compute_loss(loss_fn, logprobs, [datum_inputs(d) for d in data], loss_fn_config)
         if backward and loss.requires_grad:
             loss.backward()  # type: ignore[no-untyped-call]
+    return forward_backward_output(logprobs, loss)
+
+
+def forward_backward_output(logprobs: Sequence[torch.Tensor], loss: torch.Tensor) -> ForwardBackwardOutput:
+    """The response for per-datum target ``logprobs`` and the summed ``loss``."""
     outputs = [{"logprobs": TensorData.from_torch(lp.detach().to(torch.float32))} for lp in logprobs]
     return ForwardBackwardOutput(
         loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics={"loss:sum": float(loss.detach())}

@@ -33,6 +33,8 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "torch": "tinker_std.backends.torch:TorchBackend",
     "minimal": "tinker_std.backends.minimal:MinimalBackend",
 }
+
+
 def default_backend_name() -> str:
     """``$TINKER_STD_BACKEND``; else ``torch`` when transformers and peft are installed; else ``mock`` (BE-8)."""
     env = os.environ.get("TINKER_STD_BACKEND")

@@ -91,12 +91,16 @@ def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer:
     prompt_logits = model(prompt, prompt_cache)  # shared by every sequence: caches are copy-on-extend
     sequences = [
         generate(
-            model, prompt_logits[-1], prompt_cache.copy(), params, max_tokens, stop, tokenizer,
+            model,
+            prompt_logits[-1],
+            prompt_cache.copy(),
+            params,
+            max_tokens,
+            stop,
+            tokenizer,
             sequence_generator(params.seed, j),
         )
         for j in range(request.num_samples)
     ]
-    lps, tops = prompt_scores(
-        prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs
-    )
+    lps, tops = prompt_scores(prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs)
     return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")

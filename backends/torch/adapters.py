@@ -22,6 +22,8 @@ of a standard peft ``adapter_model.safetensors``.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -40,6 +42,7 @@ __all__ = [
     "from_peft_key",
     "peft_config",
     "peft_key",
+    "RowSegments",
     "target_modules",
 ]
 
@@ -145,3 +148,72 @@ def from_peft_key(key: str) -> str:
     if not (key.startswith(_PEFT_PREFIX) and key.endswith((".lora_A.weight", ".lora_B.weight"))):
         raise ValueError(f"{key!r} is not a LoRA weight key of a peft adapter file")
     return key[len(_PEFT_PREFIX) : -len(".weight")]
+
+
+#: ``(start, stop, adapter, length)``: batch rows ``start:stop`` go through ``adapter`` (``None``: no
+#: adapter) at their first ``length`` positions (``None``: all). Positions past ``length`` are padding
+#: for those rows; leaving them out keeps the adapter's matrix products the shapes they have when
+#: the rows run alone, so the results are the same bit for bit, not just within rounding.
+Segment = tuple[int, int, str | None, int | None]
+
+
+class RowSegments:
+    """Per-row adapter selection for a mixed batch: which adapter each contiguous run of batch
+    rows uses. Installed on a model with ``per_row_adapters``; ``segments`` may be replaced
+    between forward passes (the decode loop drops finished rows)."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments: list[Segment] = list(segments)
+
+
+def _segment_delta_hook(state: RowSegments) -> Any:
+    """A forward hook for one peft LoRA ``Linear`` whose adapters are disabled (so its output is
+    ``base_layer(x)``): adds ``lora_B(lora_A(x[rows])) * scaling`` of each segment's adapter to
+    those rows. Same operations, in the same order, as peft's single-adapter forward."""
+
+    def hook(module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
+        result: torch.Tensor | None = None
+        for start, stop, name, length in state.segments:
+            if name is None or name not in module.lora_A:
+                continue
+            lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+            cols = slice(None) if length is None or x.dim() < 3 else slice(0, length)
+            rows = x[start:stop, cols].to(lora_a.weight.dtype)
+            if result is None:
+                result = output.clone()
+            delta = lora_b(lora_a(rows)) * module.scaling[name]
+            result[start:stop, cols] = (output[start:stop, cols] + delta).to(output.dtype)
+        return output if result is None else result
+
+    return hook
+
+
+@contextmanager
+def per_row_adapters(
+    model: torch.nn.Module, segments: Sequence[Segment], trainable: Sequence[dict[str, torch.nn.Parameter]] = ()
+) -> Iterator[RowSegments]:
+    """Run ``model`` on a mixed batch: rows ``start:stop`` of every LoRA layer's input use that
+    segment's adapter, other rows none. The parameters in ``trainable`` require grad for the
+    duration (rows are independent, so each adapter's gradient comes from its own rows only);
+    every other adapter tensor does not. On exit all adapters are disabled and frozen again, so
+    callers ``activate`` before the next single-adapter pass."""
+    from peft.tuners.lora import LoraLayer
+
+    state = RowSegments(segments)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    handles = []
+    try:
+        for layer in _tuner_layers(model):
+            layer.enable_adapters(False)
+        for params in trainable:
+            for param in params.values():
+                param.requires_grad_(True)
+        handles = [layer.register_forward_hook(_segment_delta_hook(state)) for layer in layers]
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+        for params in trainable:
+            for param in params.values():
+                param.requires_grad_(False)

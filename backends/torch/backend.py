@@ -1,11 +1,11 @@
 """``TorchBackend``: the reference backend over real Hugging Face models, LoRA via ``peft``.
 
-Transport only: every call is forwarded to a synchronous ``TorchEngine`` (``engine.py``), run in a
-worker thread (``asyncio.to_thread``) under one ``asyncio.Lock``, so the event loop stays free and
-engine calls never overlap. Requests of different training clients queue on that lock in arrival
-order; ``_run`` is the single place where they are dispatched, which is where a batched
-multi-tenant path plugs in later (drain the queued ``forward_backward`` / ``sample`` requests of
-several clients and hand them to one engine call, e.g. peft's mixed-adapter batches).
+Transport only: every call is forwarded to a synchronous ``TorchEngine`` (``engine.py``) through
+an ``EngineQueue`` (``scheduler.py``), which runs engine calls one at a time in a worker thread in
+arrival order, so the event loop stays free and engine calls never overlap. Queued
+``forward_backward`` requests of several clients go to the engine together
+(``TorchEngine.forward_backward_many``, which may run them as one pass with per-row adapters), and
+so do queued ``sample`` requests (``TorchEngine.sample_many``).
 
 Capabilities: every optional loss, ``soft_targets``, ``introspection``, ``seeded_sampling`` and
 ``topk_prompt_logprobs``. On CPU in float32 (the default there) outputs are bit-exact replays, so
@@ -39,7 +39,9 @@ from tinker_std.types import (
     SampleResponse,
 )
 
-from .engine import TorchEngine, resolve_device, resolve_dtype
+from .batching import BatchingMode
+from .engine import ForwardBackwardJob, TorchEngine, resolve_device, resolve_dtype
+from .scheduler import EngineQueue
 
 __all__ = ["TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
 
@@ -66,8 +68,10 @@ class TorchBackend(Backend):
     ``device`` (default ``cuda`` when available, else ``cpu``), ``dtype`` (default float32 on CPU,
     bfloat16 elsewhere), ``models`` (extra base-model names or local paths to list in
     ``get_server_capabilities``; the built-ins ``tiny-llama`` and ``tiny-qwen3`` are always listed,
-    ``tiny-llama`` first), ``max_context_length`` (a cap on every model's context length).
-    Unknown options raise ``TypeError``. The engine is public as ``engine`` (for example
+    ``tiny-llama`` first), ``max_context_length`` (a cap on every model's context length),
+    ``batching`` (``"auto"``, ``"batched"`` or ``"serial"``: how concurrent ``forward_backward``
+    requests of several clients run, see ``TorchEngine``). Unknown options raise ``TypeError``.
+    The engine is public as ``engine`` (for example
     ``backend.engine.export_merged(model_id, folder)``), the store as ``checkpoint_store``.
     """
 
@@ -92,25 +96,25 @@ class TorchBackend(Backend):
         dtype: str | torch.dtype | None = None,
         models: Sequence[str] | None = None,
         max_context_length: int | None = None,
+        batching: BatchingMode = "auto",
     ) -> None:
         self.checkpoint_store = CheckpointStore(checkpoint_dir)
         self.engine = TorchEngine(
-            self.checkpoint_store, device=device, dtype=dtype, models=models, max_context_length=max_context_length
+            self.checkpoint_store,
+            device=device,
+            dtype=dtype,
+            models=models,
+            max_context_length=max_context_length,
+            batching=batching,
         )
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self.queue = EngineQueue(
+            {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many},
+            self.engine.multi_tenant,
+        )
 
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run one engine call in a worker thread, one at a time, in arrival order.
-
-        Hook for a batched multi-tenant path: instead of one engine call per request, a scheduler
-        here can collect the requests queued behind the lock and submit them together.
-        """
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        async with self._lock:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run one engine call alone, after every request queued before it."""
+        return await self.queue.call(fn, *args, **kwargs)
 
     async def close(self) -> None:
         await self._run(self.engine.close)
@@ -143,7 +147,9 @@ class TorchBackend(Backend):
         loss_fn_config: Mapping[str, float],
         backward: bool,
     ) -> ForwardBackwardOutput:
-        return await self._run(self.engine.forward_backward, model_id, data, loss_fn, loss_fn_config, backward)
+        job = ForwardBackwardJob(model_id, data, loss_fn, loss_fn_config, backward)
+        result: ForwardBackwardOutput = await self.queue.submit("forward_backward", job)
+        return result
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         return await self._run(self.engine.optim_step, model_id, params)
@@ -156,9 +162,7 @@ class TorchBackend(Backend):
     async def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         await self._run(self.engine.save_state, model_id, path, overwrite)
 
-    async def save_weights_for_sampler(
-        self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool
-    ) -> None:
+    async def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         await self._run(self.engine.save_weights_for_sampler, model_id, path, overwrite)
 
     # -- sampling ------------------------------------------------------------------------------
@@ -175,7 +179,8 @@ class TorchBackend(Backend):
         )
 
     async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
-        return await self._run(self.engine.sample, sampler_id, request)
+        result: SampleResponse = await self.queue.submit("sample", (sampler_id, request))
+        return result
 
 
 class TorchBackendFP32(TorchBackend):

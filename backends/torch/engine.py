@@ -20,6 +20,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,15 @@ import torch
 
 from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
+from tinker_std.engine import (
+    adamw_step,
+    datum_inputs,
+    forward_backward_output,
+    run_forward_backward,
+    target_logprobs,
+)
 from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
+from tinker_std.losses import compute_loss
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -46,6 +54,7 @@ from tinker_std.types import (
 )
 
 from . import adapters, sampler, storage
+from .batching import BatchingMode, PathChooser
 from .models import (
     BUILTIN_MODELS,
     load_causal_lm,
@@ -55,7 +64,7 @@ from .models import (
     resolve_model_path,
 )
 
-__all__ = ["TorchEngine", "resolve_device", "resolve_dtype"]
+__all__ = ["ForwardBackwardJob", "TorchEngine", "resolve_device", "resolve_dtype"]
 
 Array = npt.NDArray[np.floating[Any]]
 
@@ -116,6 +125,17 @@ class _TrainingModel:
 
 
 @dataclass(frozen=True)
+class ForwardBackwardJob:
+    """One ``forward_backward`` request (the arguments of ``TorchEngine.forward_backward``)."""
+
+    model_id: str
+    data: Sequence[Datum]
+    loss_fn: str
+    loss_fn_config: Mapping[str, float]
+    backward: bool
+
+
+@dataclass(frozen=True)
 class _Sampler:
     spec: SamplerSpec
     base: _Base
@@ -130,6 +150,10 @@ class TorchEngine:
     list in ``supported_models`` (any locally available causal LM can be used by name anyway).
     ``max_context_length``: a cap on every model's context length. ``cache_dir``: root of the
     built-in models' cache (default ``$TINKER_STD_CACHE_DIR`` or ``~/.cache/tinker-std``).
+    ``max_batch_tokens``: padded tokens per forward pass. ``batching``: how ``forward_backward_many``
+    runs requests of several clients: ``"auto"`` (measure both paths, use the faster, see
+    ``batching.py``), ``"batched"`` (one pass with per-row adapters) or ``"serial"`` (one pass per
+    client).
     """
 
     def __init__(
@@ -142,6 +166,7 @@ class TorchEngine:
         max_context_length: int | None = None,
         cache_dir: str | Path | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        batching: BatchingMode = "auto",
     ) -> None:
         if max_context_length is not None and max_context_length < 1:
             raise ValueError("max_context_length must be >= 1")
@@ -152,6 +177,7 @@ class TorchEngine:
         self.max_context_length = max_context_length
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_batch_tokens = max_batch_tokens
+        self.path_chooser = PathChooser(batching)
         self._bases: dict[str, _Base] = {}
         self._paths: dict[str, str] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -256,15 +282,7 @@ class TorchEngine:
         """FB-1..FB-6 for one validated batch; with ``backward`` gradients accumulate into the
         client's adapter only. A failure leaves the accumulated gradient as it was."""
         model = self._model(model_id)
-        for i, datum in enumerate(data):
-            length = datum.model_input.length
-            if length > model.spec.max_context_length:
-                raise ContextLengthError(
-                    f"data[{i}].model_input",
-                    f"{length} tokens exceed the context of {model.spec.max_context_length}",
-                )
-            if length == 0:
-                raise BadRequestError(f"data[{i}].model_input", "must hold at least one token")
+        self._check_lengths(model, data)
         adapters.activate(model.base.model, model.adapter, trainable=True)
         chunks = self._micro_batches(data, model.base.vocab_size)
         saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.params.items()} if backward else {}
@@ -286,6 +304,114 @@ class TorchEngine:
             loss_fn_outputs=[o for r in results for o in r.loss_fn_outputs],
             metrics={"loss:sum": float(sum(r.metrics["loss:sum"] for r in results))},
         )
+
+    def forward_backward_many(self, jobs: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput | Exception]:
+        """Several ``forward_backward`` requests, in order; each slot holds the job's output or the
+        error it alone raised (a bad request never affects the other jobs).
+
+        Consecutive jobs of different training models on the same base form a group that may run
+        as ONE forward and backward pass over the base model, each client's rows going through its
+        own adapter (``adapters.per_row_adapters``); ``path_chooser`` decides per group whether
+        that or one pass per job is faster. Results are those of ``forward_backward`` called on
+        each job in order (spec/notes/multi-tenant-batching.md).
+        """
+        results: list[ForwardBackwardOutput | Exception | None] = [None] * len(jobs)
+        groups: list[list[int]] = []
+        for i, job in enumerate(jobs):
+            try:
+                model = self._model(job.model_id)
+                self._check_lengths(model, job.data)
+            except Exception as exc:  # reported in this job's slot
+                results[i] = exc
+                continue
+            if groups and self._joins(jobs, groups[-1], i):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        for group in groups:
+            for i, result in zip(group, self._run_group([jobs[i] for i in group]), strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _joins(self, jobs: Sequence[ForwardBackwardJob], group: list[int], i: int) -> bool:
+        """Whether job ``i`` may share one pass with ``group``: another training model on the same
+        base, and the padded batch stays within the token and logit budgets."""
+        model = self._models[jobs[i].model_id]
+        members = [self._models[jobs[j].model_id] for j in group]
+        if model.base is not members[0].base or any(m is model for m in members):
+            return False
+        data = [d for j in [*group, i] for d in jobs[j].data]
+        return len(data) * max(d.model_input.length for d in data) <= self._token_budget(model.base.vocab_size)
+
+    def _run_group(self, group: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput | Exception]:
+        data = [d for job in group for d in job.data]
+        tokens = sum(d.model_input.length for d in data)
+        padded = len(data) * max(d.model_input.length for d in data)
+        path = self.path_chooser.choose(len(group), padded)
+        start = time.perf_counter()
+        if path == "batched":
+            try:
+                batched = self._forward_backward_batched(group)
+            except Exception:  # e.g. a loss that rejects its inputs: one at a time names the culprit
+                path = "serial"
+            else:
+                self.path_chooser.record(len(group), padded, path, (time.perf_counter() - start) / tokens)
+                return list(batched)
+        outputs: list[ForwardBackwardOutput | Exception] = []
+        for job in group:
+            try:
+                outputs.append(
+                    self.forward_backward(job.model_id, job.data, job.loss_fn, job.loss_fn_config, job.backward)
+                )
+            except Exception as exc:  # reported in this job's slot
+                outputs.append(exc)
+        self.path_chooser.record(len(group), padded, "serial", (time.perf_counter() - start) / tokens)
+        return outputs
+
+    def _forward_backward_batched(self, group: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput]:
+        """One forward (and backward) pass over the rows of every job, each job's rows through its
+        own adapter. Rows are independent, so each job's logprobs, loss and gradient are those of
+        its own pass. On failure every adapter's accumulated gradient is restored."""
+        models = [self._models[job.model_id] for job in group]
+        base = models[0].base
+        data = [d for job in group for d in job.data]
+        segments: list[adapters.Segment] = []
+        row = 0
+        for job, model in zip(group, models, strict=True):
+            longest = max(d.model_input.length for d in job.data)
+            segments.append((row, row + len(job.data), model.adapter, longest))
+            row += len(job.data)
+        training = [m for job, m in zip(group, models, strict=True) if job.backward]
+        saved = [{n: None if p.grad is None else p.grad.clone() for n, p in m.params.items()} for m in training]
+        try:
+            with (
+                torch.set_grad_enabled(bool(training)),
+                adapters.per_row_adapters(base.model, segments, [m.params for m in training]),
+            ):
+                logprobs = self._logprobs(base, data)
+                losses = [
+                    compute_loss(
+                        job.loss_fn,
+                        logprobs[start:stop],
+                        [datum_inputs(d) for d in job.data],
+                        job.loss_fn_config,
+                    )
+                    for job, (start, stop, _, _) in zip(group, segments, strict=True)
+                ]
+                to_backward = [
+                    loss for job, loss in zip(group, losses, strict=True) if job.backward and loss.requires_grad
+                ]
+                if to_backward:
+                    torch.stack(to_backward).sum().backward()  # type: ignore[no-untyped-call]
+        except BaseException:
+            for model, grads in zip(training, saved, strict=True):
+                for name, p in model.params.items():
+                    p.grad = grads[name]
+            raise
+        return [
+            forward_backward_output(logprobs[start:stop], loss)
+            for (start, stop, _, _), loss in zip(segments, losses, strict=True)
+        ]
 
     def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
@@ -416,6 +542,22 @@ class TorchEngine:
         with torch.no_grad():
             return sampler.sample(state.base.model, request, state.spec, state.base.tokenizer, self.device)
 
+    def sample_many(self, items: Sequence[tuple[str, SampleRequest]]) -> list[SampleResponse | Exception]:
+        """Several ``(sampler_id, request)`` pairs; each slot holds that request's response or the
+        error it alone raised."""
+        results: list[SampleResponse | Exception] = []
+        for sampler_id, request in items:
+            try:
+                results.append(self.sample(sampler_id, request))
+            except Exception as exc:  # reported in this request's slot
+                results.append(exc)
+        return results
+
+    def multi_tenant(self) -> bool:
+        """Whether more than one training model or sampler is live (requests may then arrive
+        together from several clients)."""
+        return len(self._models) + len(self._samplers) > 1
+
     def close(self) -> None:
         """Drop every model, sampler and base model."""
         self._models.clear()
@@ -430,10 +572,26 @@ class TorchEngine:
             raise NotFoundError(f"training model {model_id!r} does not exist (or was released)")
         return model
 
+    @staticmethod
+    def _check_lengths(model: _TrainingModel, data: Sequence[Datum]) -> None:
+        for i, datum in enumerate(data):
+            length = datum.model_input.length
+            if length > model.spec.max_context_length:
+                raise ContextLengthError(
+                    f"data[{i}].model_input",
+                    f"{length} tokens exceed the context of {model.spec.max_context_length}",
+                )
+            if length == 0:
+                raise BadRequestError(f"data[{i}].model_input", "must hold at least one token")
+
+    def _token_budget(self, vocab_size: int) -> int:
+        """Padded tokens per forward pass: ``max_batch_tokens``, and logits within ``MAX_LOGIT_ELEMENTS``."""
+        return max(1, min(self.max_batch_tokens, MAX_LOGIT_ELEMENTS // max(vocab_size, 1)))
+
     def _micro_batches(self, data: Sequence[Datum], vocab_size: int) -> list[list[Datum]]:
         """Consecutive groups whose padded size (count x longest) stays within ``max_batch_tokens``
         and whose logits stay within ``MAX_LOGIT_ELEMENTS``; a single datum is never split."""
-        budget = max(1, min(self.max_batch_tokens, MAX_LOGIT_ELEMENTS // max(vocab_size, 1)))
+        budget = self._token_budget(vocab_size)
         chunks: list[list[Datum]] = []
         current: list[Datum] = []
         longest = 0

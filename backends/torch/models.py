@@ -172,9 +172,7 @@ def train_tokenizer() -> Any:
         show_progress=False,
     )
     core.train_from_iterator(list(CORPUS) * 4, trainer=trainer)
-    return fast(
-        tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, bos_token=EOS_TOKEN
-    )
+    return fast(tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, bos_token=EOS_TOKEN)
 
 
 def _build_builtin(recipe: BuiltinRecipe, folder: Path) -> None:
@@ -304,4 +302,3 @@ def load_causal_lm(path: str, dtype: torch.dtype, device: torch.device) -> Any:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
-
