@@ -5,7 +5,9 @@ client does forward_backward + optim_step once):
 
 - plain: one peft model with 8 adapters, ``set_adapter`` + step per adapter, one AdamW each;
 - tinker-std, one at a time: each client's calls are awaited before the next client's start;
-- tinker-std, all at once: all 8 forward_backward calls submitted, then the 8 optim_steps.
+- tinker-std, all at once: all 8 forward_backward calls submitted, then the 8 optim_steps; the
+  torch engine's measured choice of path (``batching="auto"``), and each path forced
+  (``batched``: one pass with per-row adapters; ``serial``: one pass per client).
 
 Memory is this process's resident set size (RSS) after 1 tenant and after 8 tenants.
 
@@ -58,6 +60,7 @@ def main() -> None:
     rounds: dict[str, Callable[[], None]] = {}
     memory: dict[str, list[tuple[str, float]]] = {}
     vocab: int | None = None
+    chooser = None
     if svc is not None:
         memory["tinker-std"] = [("before", c.rss_mib()[0])]
         clients, data = [], []
@@ -75,15 +78,27 @@ def main() -> None:
                 tc.forward_backward(d, "cross_entropy").result()
                 tc.optim_step(c.ADAM).result()
 
-        def all_at_once() -> None:
-            pairs = zip(clients, data, strict=True)
-            futures: list[ts.APIFuture[Any]] = [tc.forward_backward(d, "cross_entropy") for tc, d in pairs]
-            futures += [tc.optim_step(c.ADAM) for tc in clients]
-            for f in futures:
-                f.result()
+        chooser = getattr(getattr(svc._backend, "engine", None), "path_chooser", None)
+
+        def all_at_once(mode: str) -> Callable[[], None]:
+            def round_() -> None:
+                if chooser is not None:
+                    chooser.mode = mode
+                pairs = zip(clients, data, strict=True)
+                futures: list[ts.APIFuture[Any]] = [tc.forward_backward(d, "cross_entropy") for tc, d in pairs]
+                futures += [tc.optim_step(c.ADAM) for tc in clients]
+                for f in futures:
+                    f.result()
+                if chooser is not None:
+                    chooser.mode = "auto"
+
+            return round_
 
         rounds["tinker-std one at a time"] = one_at_a_time
-        rounds["tinker-std all at once"] = all_at_once
+        rounds["tinker-std all at once"] = all_at_once("auto")
+        if chooser is not None:
+            rounds["all at once, batched"] = all_at_once("batched")
+            rounds["all at once, serial"] = all_at_once("serial")
 
     plain_round, memory["plain"], vocab = plain_side(args, vocab)
     rounds = {"plain sequential": plain_round, **rounds}
@@ -97,9 +112,11 @@ def main() -> None:
     for name in rates:
         if name != "plain sequential":
             print(f"speed-up {name} vs plain sequential: {c.ratio(times['plain sequential'], times[name])}")
-    if len(rates) == 3:
-        speedup = c.ratio(times["tinker-std one at a time"], times["tinker-std all at once"])
-        print(f"speed-up all at once vs one at a time: {speedup}")
+    if "tinker-std all at once" in rates:
+        for name in [n for n in rates if n.startswith(("tinker-std all", "all at once"))]:
+            print(f"speed-up {name} vs one at a time: {c.ratio(times['tinker-std one at a time'], times[name])}")
+    if chooser is not None:
+        print(f"engine's measured choice per (clients, padded tokens): {chooser.preferred()}")
 
     for side, rows in memory.items():
         base = rows[0][1]

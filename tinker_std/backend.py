@@ -176,6 +176,11 @@ class Backend(ABC):
     async def release_model(self, model_id: str) -> None:
         """Forget a training model (its checkpoints stay). Optional."""
 
+    async def release_sampler(self, sampler_id: str) -> None:
+        """Forget a sampler and free what it holds (for a snapshot sampler, its copy of the
+        adapter); called once no ``SamplingClient`` of it is left (SMP-19). Requests submitted
+        before the call still complete. Unknown ids are a no-op. Optional: the default keeps it."""
+
     async def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient and optimizer state (capability ``introspection``)."""
         raise Unsupported("introspection", self.name)

@@ -215,6 +215,9 @@ class MockBackend(Backend):
         self._samplers[spec.sampler_id] = _Sampler(spec=spec, base=base, adapter=adapter)
         return spec
 
+    async def release_sampler(self, sampler_id: str) -> None:
+        self._samplers.pop(sampler_id, None)
+
     async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
         state = self._samplers.get(sampler_id)
         if state is None:

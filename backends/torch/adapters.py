@@ -160,31 +160,58 @@ Segment = tuple[int, int, str | None, int | None]
 class RowSegments:
     """Per-row adapter selection for a mixed batch: which adapter each contiguous run of batch
     rows uses. Installed on a model with ``per_row_adapters``; ``segments`` may be replaced
-    between forward passes (the decode loop drops finished rows)."""
+    between forward passes (the decode loop drops finished rows). Segments must tile the batch:
+    the first starts at row 0 and each starts where the previous one stops."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
-        self.segments: list[Segment] = list(segments)
+        self.segments = list(segments)
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self._segments
+
+    @segments.setter
+    def segments(self, segments: Sequence[Segment]) -> None:
+        row = 0
+        for start, stop, _, _ in segments:
+            if start != row or stop < start:
+                raise ValueError(f"segments must tile the batch in order; got {list(segments)}")
+            row = stop
+        self._segments = list(segments)
+        self.sizes = [stop - start for start, stop, _, _ in segments]
 
 
 def _segment_delta_hook(state: RowSegments) -> Any:
     """A forward hook for one peft LoRA ``Linear`` whose adapters are disabled (so its output is
     ``base_layer(x)``): adds ``lora_B(lora_A(x[rows])) * scaling`` of each segment's adapter to
-    those rows. Same operations, in the same order, as peft's single-adapter forward."""
+    those rows. Same operations, in the same order, as peft's single-adapter forward.
+
+    The per-segment deltas are joined with one ``cat`` (whose backward is a cheap split) rather than
+    written into slices of the output, which would zero-fill a full-size gradient per segment."""
 
     def hook(module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        if not any(name is not None and name in module.lora_A for _, _, name, _ in state.segments):
+            return output
         x = inputs[0]
-        result: torch.Tensor | None = None
-        for start, stop, name, length in state.segments:
+        pieces: list[torch.Tensor | None] = []
+        dtype: torch.dtype | None = None
+        for (_, _, name, length), rows in zip(state.segments, x.split(state.sizes), strict=True):
             if name is None or name not in module.lora_A:
+                pieces.append(None)
                 continue
             lora_a, lora_b = module.lora_A[name], module.lora_B[name]
-            cols = slice(None) if length is None or x.dim() < 3 else slice(0, length)
-            rows = x[start:stop, cols].to(lora_a.weight.dtype)
-            if result is None:
-                result = output.clone()
-            delta = lora_b(lora_a(rows)) * module.scaling[name]
-            result[start:stop, cols] = (output[start:stop, cols] + delta).to(output.dtype)
-        return output if result is None else result
+            dtype = lora_a.weight.dtype
+            pad = 0 if length is None or rows.dim() < 3 else rows.shape[1] - length
+            if pad > 0:
+                rows = rows[:, :length]
+            delta = lora_b(lora_a(rows.to(dtype))) * module.scaling[name]
+            pieces.append(torch.nn.functional.pad(delta, (0, 0, 0, pad)) if pad > 0 else delta)
+        assert dtype is not None
+        full = [
+            piece if piece is not None else output.new_zeros((size, *output.shape[1:]), dtype=dtype)
+            for piece, size in zip(pieces, state.sizes, strict=True)
+        ]
+        return (output + torch.cat(full)).to(output.dtype)
 
     return hook
 

@@ -178,6 +178,9 @@ class TorchBackend(Backend):
             self.engine.create_sampler, base_model=base_model, model_path=model_path, model_id=model_id
         )
 
+    async def release_sampler(self, sampler_id: str) -> None:
+        await self._run(self.engine.release_sampler, sampler_id)
+
     async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
         result: SampleResponse = await self.queue.submit("sample", (sampler_id, request))
         return result

@@ -528,7 +528,7 @@ class TorchEngine:
         return spec
 
     def release_sampler(self, sampler_id: str) -> None:
-        """Forget a sampler and delete its adapter copy (not part of the ``Backend`` contract)."""
+        """Forget a sampler and delete its adapter copy; unknown or released ids are a no-op."""
         state = self._samplers.pop(sampler_id, None)
         if state is not None and state.adapter is not None:
             adapters.delete_adapter(state.base.model, state.adapter)

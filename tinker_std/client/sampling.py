@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 from ..backend import SampleRequest, SamplerSpec, Tokenizer
@@ -17,11 +18,15 @@ __all__ = ["SamplingClient"]
 
 
 class SamplingClient:
-    """Samples from one set of weights. Sampling requests are independent and may run concurrently."""
+    """Samples from one set of weights. Sampling requests are independent and may run concurrently.
+
+    When the object is garbage collected, the backend is told it may free the sampler (SMP-19), so
+    a loop that takes a fresh snapshot sampler every step does not accumulate adapter copies."""
 
     def __init__(self, service: ServiceClient, spec: SamplerSpec) -> None:
         self._service = service
         self.spec = spec
+        weakref.finalize(self, service._release_sampler, spec.sampler_id)
 
     @property
     def sampler_id(self) -> str:

@@ -96,6 +96,16 @@ class ServiceClient:
 
         return self._runtime.submit(run())
 
+    def _release_sampler(self, sampler_id: str) -> None:
+        """Tell the backend, without waiting, that no ``SamplingClient`` of ``sampler_id`` is left
+        (called by the client's finalizer, from any thread; a no-op once the service is closed)."""
+        if self._started is not None and self._runtime.loop.is_running():
+            self._runtime.loop.call_soon_threadsafe(self._start_release, sampler_id)
+
+    def _start_release(self, sampler_id: str) -> None:
+        task = self._runtime.loop.create_task(self._backend.release_sampler(sampler_id))
+        task.add_done_callback(_ignore_result)
+
     def close(self) -> None:
         """Close the backend and stop the event loop."""
         if self._runtime.loop.is_running():
@@ -218,3 +228,9 @@ class ServiceClient:
         self, model_path: str | None = None, base_model: str | None = None
     ) -> SamplingClient:
         return await self.create_sampling_client(model_path=model_path, base_model=base_model)
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    """Releasing is best effort: a failure frees nothing but must not be reported as unhandled."""
+    if not task.cancelled():
+        task.exception()
