@@ -108,8 +108,7 @@ class TorchBackend(Backend):
             batching=batching,
         )
         self.queue = EngineQueue(
-            {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many},
-            self.engine.multi_tenant,
+            {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many}
         )
 
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -553,11 +553,6 @@ class TorchEngine:
                 results.append(exc)
         return results
 
-    def multi_tenant(self) -> bool:
-        """Whether more than one training model or sampler is live (requests may then arrive
-        together from several clients)."""
-        return len(self._models) + len(self._samplers) > 1
-
     def close(self) -> None:
         """Drop every model, sampler and base model."""
         self._models.clear()

@@ -9,8 +9,9 @@ an ``optim_step``, a checkpoint or a model creation). The engine answers such a 
 
 Ordering is unchanged by grouping: one training client never has two requests in flight (its
 client lane waits for each to finish, spec ORD-1), requests of different clients are independent,
-and a group holds no barrier. Before taking a group the queue waits ``window_s`` (only when more
-than one training model or sampler is live) so that requests submitted together arrive together.
+and a group holds no barrier. Before taking a group the queue waits ``window_s`` so that requests
+submitted together arrive together, but only while the previous group of that kind held more than
+one request: a client working alone never waits.
 """
 
 from __future__ import annotations
@@ -38,20 +39,18 @@ class EngineQueue:
     """Runs ``call`` requests alone and groups of queued ``forward_backward`` / ``sample`` items
     through ``run_group[kind](items) -> list[result | Exception]``.
 
-    ``max_group``: most items per group. ``window_s``: see the module docstring. ``multi_tenant``:
-    whether more than one client is live (only then is the window waited).
+    ``max_group``: most items per group. ``window_s``: see the module docstring.
     """
 
     def __init__(
         self,
         run_group: dict[Kind, Callable[[list[Any]], list[Any]]],
-        multi_tenant: Callable[[], bool],
         *,
         max_group: int = 64,
         window_s: float = 0.002,
     ) -> None:
         self._run_group = run_group
-        self._multi_tenant = multi_tenant
+        self._last_group_size: dict[Kind, int] = {}
         self.max_group = max_group
         self.window_s = window_s
         self._queue: deque[_Request] = deque()
@@ -81,12 +80,14 @@ class EngineQueue:
 
     async def _drain(self) -> None:
         while self._queue:
-            if self._queue[0].kind != "call" and self.window_s > 0 and self._multi_tenant():
+            kind = self._queue[0].kind
+            if kind != "call" and self.window_s > 0 and self._last_group_size.get(kind, 1) > 1:
                 await asyncio.sleep(self.window_s)
             group = self._take_group()
             if not group:
                 continue
             head = group[0]
+            self._last_group_size[head.kind] = len(group)
             try:
                 if head.kind == "call":
                     fn, args, kwargs = head.payload
