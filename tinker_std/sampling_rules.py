@@ -67,9 +67,7 @@ class StopRule:
             return cls(frozenset() if eos_token_id is None else frozenset({eos_token_id}), ())
         if isinstance(stop, str):
             return cls(frozenset(), (stop,))
-        return cls(
-            frozenset(s for s in stop if isinstance(s, int)), tuple(s for s in stop if isinstance(s, str))
-        )
+        return cls(frozenset(s for s in stop if isinstance(s, int)), tuple(s for s in stop if isinstance(s, str)))
 
     def reached(self, completion: list[int], tokenizer: Tokenizer) -> bool:
         """Whether ``completion`` (every token generated so far, prompt excluded) ends the sequence."""

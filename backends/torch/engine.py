@@ -544,14 +544,27 @@ class TorchEngine:
 
     def sample_many(self, items: Sequence[tuple[str, SampleRequest]]) -> list[SampleResponse | Exception]:
         """Several ``(sampler_id, request)`` pairs; each slot holds that request's response or the
-        error it alone raised."""
-        results: list[SampleResponse | Exception] = []
-        for sampler_id, request in items:
+        error it alone raised. The requests on one base model are decoded together in one loop
+        (``sampler.sample_batch``), each with its own sampler's adapter; seeded outputs are those
+        of ``sample`` on each request alone (SMP-12)."""
+        results: list[SampleResponse | Exception | None] = [None] * len(items)
+        by_base: dict[str, list[tuple[int, sampler.SampleItem]]] = {}
+        for slot, (sampler_id, request) in enumerate(items):
+            state = self._samplers.get(sampler_id)
+            if state is None:
+                results[slot] = NotFoundError(f"sampler {sampler_id!r} does not exist")
+                continue
+            item = sampler.SampleItem(request=request, spec=state.spec, adapter=state.adapter)
+            by_base.setdefault(state.base.name, []).append((slot, item))
+        for name, group in by_base.items():
+            base = self._bases[name]
             try:
-                results.append(self.sample(sampler_id, request))
-            except Exception as exc:  # reported in this request's slot
-                results.append(exc)
-        return results
+                answers = sampler.sample_batch(base.model, [item for _, item in group], base.tokenizer, self.device)
+            except Exception as exc:  # the shared loop failed: every request in it gets the error
+                answers = [exc] * len(group)
+            for (slot, _), answer in zip(group, answers, strict=True):
+                results[slot] = answer
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         """Drop every model, sampler and base model."""

@@ -1,99 +1,433 @@
-"""The decode loop of the torch backend: batched, KV-cached, one random stream per sequence.
+"""The decode loop of the torch backend: one batch for many requests, KV-cached, one random stream
+per sequence.
 
 Semantics come from ``tinker_std.sampling_rules`` (shared with every backend); this module only
-runs the model:
+runs the model. ``sample_batch`` answers several requests on one base model at once (``sample`` is
+the same loop for one request, with its adapter already active):
 
-1. The prompt is run once (batch 1, ``use_cache=True``); its logits give prompt logprobs and
-   top-k prompt logprobs when asked for, and its last row the first token's distribution.
-2. The prompt's KV cache is repeated to ``num_samples`` rows, and all live sequences decode
-   together: one forward per step over a ``(live, 1)`` batch. Every sequence has the same length
-   at every step, so no padding or position bookkeeping is needed. A sequence that stops is
-   dropped from the batch (``Cache.batch_select_indices``).
-3. Each sequence ``j`` draws with ``choose_token`` from its own ``sequence_generator(seed, j)``, on
-   CPU ``float64`` copies of its logits row, so its draws depend neither on the device nor on
-   ``num_samples`` or the other sequences.
-4. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
+1. Each request is validated on its own (``token_budget``); a bad one gets its error and the rest
+   go on. The others are ordered so that each adapter's requests, and later their rows, are
+   contiguous.
+2. All prompts run together once, left-padded to a common width (a multiple of 4) with explicit
+   position ids, ``use_cache=True``. The logits give prompt logprobs and top-k prompt logprobs
+   where asked for (only the last positions needed are computed), and each prompt's last position
+   the first token's distribution.
+3. Every sequence gets a row: its prompt's cache row, repeated ``num_samples`` times
+   (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
+   per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
+4. With one adapter in the batch it is simply activated; with several, ``per_row_adapters`` runs
+   each adapter on its own rows (segments recomputed whenever rows are dropped).
+5. Batch invariance: a row's logits are bit-identical to those of the same request alone (and of
+   the same sequence under another ``num_samples``), so seeded outputs do not depend on what else
+   is batched (SMP-12). Two things would break that and are avoided: SDPA splits its work by
+   batch size, so each row attends alone over its own positions (``_row_attention``, which also
+   makes left padding invisible; other attention implementations and devices other than the CPU
+   fall back to a padding mask and agree within float tolerance only); and the CPU GEMM computes
+   the rows of a partial 4-row block differently, so every adapter's group of rows is closed with
+   filler rows to a multiple of 4.
+6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
+   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``).
+7. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.errors import BadRequestError
 from tinker_std.sampling_rules import StopRule, choose_token, prompt_scores, sequence_generator, token_budget
-from tinker_std.types import SampledSequence, SampleResponse, StopReason
+from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-__all__ = ["sample"]
+from . import adapters
+
+__all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
 
-def _accepts(model: Any, argument: str) -> bool:
-    return argument in inspect.signature(model.forward).parameters
+@dataclass(frozen=True)
+class SampleItem:
+    """One request of a batch: ``request`` for sampler ``spec``, whose weights are the base model
+    plus peft adapter ``adapter`` (``None``: the plain base model)."""
+
+    request: SampleRequest
+    spec: SamplerSpec
+    adapter: str | None
 
 
 def sample(
     model: Any, request: SampleRequest, spec: SamplerSpec, tokenizer: Tokenizer, device: torch.device
 ) -> SampleResponse:
     """Answer one sampling request with ``model`` (a Hugging Face causal LM with the right adapter
-    already active); call under ``torch.no_grad()``.
+    already active), under ``torch.inference_mode``.
 
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
-    prompt = list(request.prompt)
-    params = request.sampling_params
-    max_tokens = token_budget(prompt, params, spec.vocab_size, spec.max_context_length)
-    stop = StopRule.from_stop(params.stop, tokenizer.eos_token_id)
-    want_prompt_scores = request.include_prompt_logprobs or request.topk_prompt_logprobs > 0
-    n = request.num_samples
+    job = _Job.start(0, request, spec, None, tokenizer)
+    with torch.inference_mode():
+        return _decode(model, [job], tokenizer, device, None)[0]
 
-    kwargs: dict[str, Any] = {"use_cache": True}
-    if not want_prompt_scores and _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = 1
-    out = model(input_ids=torch.tensor([prompt], device=device), **kwargs)
-    prompt_logits = out.logits[0].float()  # (P or 1, V)
-    cache = out.past_key_values
-    last = prompt_logits[-1:].expand(n, -1)  # (live, V), row r is sequence live[r]
-    if n > 1 and max_tokens > 1:
-        cache.batch_repeat_interleave(n)
 
-    generators = [sequence_generator(params.seed, j) for j in range(n)]
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    logprobs: list[list[float]] = [[] for _ in range(n)]
-    reasons: list[StopReason] = ["length"] * n
-    live = list(range(n))
-    while live:
-        choice_logits = last.to("cpu", torch.float64)
-        chosen = [choose_token(choice_logits[r], params, generators[j]) for r, j in enumerate(live)]
-        raw = torch.log_softmax(last, dim=-1)
-        rows = torch.arange(len(live), device=raw.device)
-        chosen_lps = raw[rows, torch.tensor(chosen, device=raw.device)].tolist()
-        keep: list[int] = []
-        for r, j in enumerate(live):
-            tokens[j].append(chosen[r])
-            logprobs[j].append(float(chosen_lps[r]))
-            if stop.reached(tokens[j], tokenizer):
-                reasons[j] = "stop"
-            elif len(tokens[j]) < max_tokens:
-                keep.append(r)
-        if not keep:
-            break
-        if len(keep) < len(live):
-            cache.batch_select_indices(torch.tensor(keep, device=device))
-        live = [live[r] for r in keep]
-        step_input = torch.tensor([[tokens[j][-1]] for j in live], device=device)
-        last = model(input_ids=step_input, past_key_values=cache, use_cache=True).logits[:, -1].float()
+def sample_batch(
+    model: Any, items: Sequence[SampleItem], tokenizer: Tokenizer, device: torch.device
+) -> list[SampleResponse | Exception]:
+    """Answer every item in one decode loop (under ``torch.inference_mode``); slot ``i`` of the
+    result answers ``items[i]``.
 
-    lps, tops = (
-        prompt_scores(prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs)
-        if want_prompt_scores
-        else (None, None)
+    All items share ``model`` (the base model holding every named adapter) and ``tokenizer``. An
+    item that fails validation (``BadRequestError`` / ``ContextLengthError``, as ``sample`` raises
+    them) gets its exception in its slot and does not affect the others; an error while running
+    the model fails the whole call. Every item's logits are those ``sample`` computes for it alone
+    (bit-identical on CPU float32 with SDPA attention, see the module docstring; within float
+    tolerance otherwise), so with a seed its tokens are the same too. On return the adapter state
+    of ``model`` is unspecified: callers ``activate`` before their next single-adapter pass.
+    """
+    results: list[SampleResponse | Exception | None] = [None] * len(items)
+    jobs: list[_Job] = []
+    for slot, item in enumerate(items):
+        try:
+            jobs.append(_Job.start(slot, item.request, item.spec, item.adapter, tokenizer))
+        except BadRequestError as exc:
+            results[slot] = exc
+    order = {name: rank for rank, name in enumerate(dict.fromkeys(job.adapter for job in jobs))}
+    jobs.sort(key=lambda job: order[job.adapter])  # stable: each adapter's jobs contiguous, in item order
+    if jobs:
+        with torch.inference_mode():
+            if len(order) == 1:
+                adapters.activate(model, jobs[0].adapter, trainable=False)
+                responses = _decode(model, jobs, tokenizer, device, None)
+            else:
+                with adapters.per_row_adapters(model, []) as rows:
+                    responses = _decode(model, jobs, tokenizer, device, rows)
+        for job, response in zip(jobs, responses, strict=True):
+            results[job.slot] = response
+    answered = [r for r in results if r is not None]
+    assert len(answered) == len(items)
+    return answered
+
+
+def choose_tokens(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
+) -> list[int]:
+    """``[choose_token(logits[r], params[r], generators[r]) for r ...]``: the same tokens from the
+    same single uniform draw per row, only faster for CPU ``float64`` logits ``(rows, V)``.
+
+    ``choose_token`` walks the probabilities in stable descending order, but its arithmetic (the
+    normalising sum, the cumulative sums, the inverse-CDF search) sees only the sorted *values*,
+    which any sort gives identically; numpy's value sort is several times faster than torch's
+    stable argsort at 50k entries. The token at the chosen position ``i`` is then found in O(V):
+    among the ids whose probability equals the value at ``i``, the ``(i - start)``-th lowest, where
+    ``start`` counts the strictly larger probabilities (the stable order breaks ties by lower id).
+    Greedy rows, rows off the CPU and rows whose probabilities hold NaN go through ``choose_token``.
+    """
+    return [_choose(row, p, generator) for row, p, generator in zip(logits, params, generators, strict=True)]
+
+
+def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    if params.temperature == 0 or logits.device.type != "cpu":
+        return choose_token(logits, params, generator)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    ascending = np.sort(probs.numpy())
+    if np.isnan(ascending[-1]):  # NaN sorts last
+        return choose_token(logits, params, generator)
+    descending = torch.from_numpy(ascending).flip(0)  # a fresh tensor, as torch.sort returns
+    sorted_probs = descending  # from here on, exactly choose_token's arithmetic
+    if params.top_k != -1:
+        sorted_probs = sorted_probs[: params.top_k]
+    sorted_probs = sorted_probs / sorted_probs.sum()
+    if params.top_p < 1.0:
+        below = int((torch.cumsum(sorted_probs, 0) < params.top_p).sum())
+        sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
+    cdf = torch.cumsum(sorted_probs, 0)
+    u = torch.rand((), generator=generator, dtype=cdf.dtype) * cdf[-1]
+    index = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    value = descending[index]
+    start = int((probs > value).sum())
+    return int(torch.nonzero(probs == value)[index - start])
+
+
+@dataclass
+class _Job:
+    """One validated request and the state of its sequences."""
+
+    slot: int
+    request: SampleRequest
+    adapter: str | None
+    max_tokens: int
+    stop: StopRule
+    generators: list[torch.Generator]
+    tokens: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    reasons: list[StopReason] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls, slot: int, request: SampleRequest, spec: SamplerSpec, adapter: str | None, tokenizer: Tokenizer
+    ) -> _Job:
+        """Validate ``request`` (``token_budget``) and set up its sequences."""
+        params = request.sampling_params
+        max_tokens = token_budget(request.prompt, params, spec.vocab_size, spec.max_context_length)
+        n = request.num_samples
+        return cls(
+            slot=slot,
+            request=request,
+            adapter=adapter,
+            max_tokens=max_tokens,
+            stop=StopRule.from_stop(params.stop, tokenizer.eos_token_id),
+            generators=[sequence_generator(params.seed, j) for j in range(n)],
+            tokens=[[] for _ in range(n)],
+            logprobs=[[] for _ in range(n)],
+            reasons=["length"] * n,
+        )
+
+    @property
+    def wants_prompt_scores(self) -> bool:
+        return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
+
+
+def _accepts(model: Any, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
+
+
+#: Rows per block: this CPU float32 GEMM (MKL) computes a row bit-identically in any full block of 4
+#: rows, whatever the other rows and the matrix height; only rows of a partial last block differ.
+#: So every matrix product here gets a multiple of 4 rows (per adapter segment too).
+_BLOCK = 4
+_ROW_ATTENTION = "tinker_std_rows"
+_row_state = threading.local()
+
+
+def _round_up(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def _row_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
+) -> tuple[torch.Tensor, None]:
+    """A transformers attention function: batch row ``r`` attends alone (a batch of one) over its
+    own positions, from ``_row_state.pads[r]`` on, with ``scaled_dot_product_attention`` (causal
+    over a whole prompt, unmasked for one new token); filler rows (pad ``None``) get zeros. SDPA's
+    work split depends on the batch size, so this is what makes a row's attention independent of
+    the rest of the batch and of its left padding."""
+    _, heads, q_len, _ = query.shape
+    if q_len != 1 and q_len != key.shape[2]:
+        raise NotImplementedError("row attention runs whole prompts or one new token at a time")
+    gqa = heads != key.shape[1]
+    zeros = None
+    rows = []
+    for r, pad in enumerate(_row_state.pads):
+        if pad is None:
+            zeros = query.new_zeros((1, q_len, heads, value.shape[-1])) if zeros is None else zeros
+            rows.append(zeros)
+            continue
+        first = pad if q_len > 1 else 0
+        row = torch.nn.functional.scaled_dot_product_attention(
+            query[r : r + 1, :, first:],
+            key[r : r + 1, :, pad:],
+            value[r : r + 1, :, pad:],
+            scale=kwargs.get("scaling"),
+            is_causal=q_len > 1,
+            enable_gqa=gqa,
+        ).transpose(1, 2)
+        rows.append(torch.nn.functional.pad(row, (0, 0, 0, 0, first, 0)) if first else row)
+    return torch.cat(rows).contiguous(), None
+
+
+def _supports_row_attention(model: Any) -> bool:
+    """Plain causal full attention through ``sdpa`` (no sliding windows), where ``_row_attention``
+    computes exactly what the model would."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or []
+    return (
+        config._attn_implementation == "sdpa"
+        and getattr(config, "sliding_window", None) is None
+        and all(kind == "full_attention" for kind in layer_types)
     )
-    sequences = [
-        SampledSequence(stop_reason=reasons[j], tokens=tokens[j], logprobs=logprobs[j], sequence_id=uuid.uuid4().hex)
-        for j in range(n)
+
+
+@contextmanager
+def _rows_attend_alone(model: Any) -> Iterator[None]:
+    """Within: ``model`` attends through ``_row_attention`` (then it builds no attention mask)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ROW_ATTENTION, _row_attention)
+    before = model.config._attn_implementation
+    model.config._attn_implementation = _ROW_ATTENTION
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
+        _row_state.pads = None
+
+
+def _segments(names: Sequence[str | None]) -> list[adapters.Segment]:
+    """The runs of consecutive equal entries of ``names`` as ``(start, stop, adapter, None)``
+    segments (``None``: every position of a row is a real token to adapt)."""
+    runs: list[adapters.Segment] = []
+    for row, name in enumerate(names):
+        if runs and runs[-1][2] == name:
+            runs[-1] = (runs[-1][0], row + 1, name, None)
+        else:
+            runs.append((row, row + 1, name, None))
+    return runs
+
+
+#: A batch row: ``(b, j)`` is sequence ``j`` of job ``b``; ``None`` a filler row (see ``_BLOCK``).
+Slot = tuple[int, int] | None
+
+
+def _layout(live: Sequence[tuple[int, int]], jobs: Sequence[_Job]) -> list[Slot]:
+    """``live`` (each adapter's rows contiguous) with filler rows closing every adapter's group to a
+    multiple of ``_BLOCK`` rows."""
+    slots: list[Slot] = []
+    for i, (b, j) in enumerate(live):
+        slots.append((b, j))
+        if i + 1 == len(live) or jobs[live[i + 1][0]].adapter != jobs[b].adapter:
+            slots += [None] * (-len(slots) % _BLOCK)
+    return slots
+
+
+def _decode(
+    model: Any, jobs: Sequence[_Job], tokenizer: Tokenizer, device: torch.device, rows: adapters.RowSegments | None
+) -> list[SampleResponse]:
+    """Run ``jobs`` (each adapter's jobs contiguous) to completion; the responses in job order.
+
+    ``rows``: the per-row adapter selection installed on ``model``, or ``None`` when the (single)
+    adapter is active already. On CPU, with ``_row_attention`` (``_supports_row_attention``) and
+    every matrix product in full blocks of rows, each row's logits are bit-identical to what the
+    same request gives alone; elsewhere (GPU kernels are not batch-invariant anyway) rows attend
+    through a padding mask and agree within float tolerance only."""
+    alone = device.type == "cpu" and _supports_row_attention(model)
+    with _rows_attend_alone(model) if alone else nullcontext():
+        return _run(model, jobs, tokenizer, device, rows, alone)
+
+
+def _run(
+    model: Any,
+    jobs: Sequence[_Job],
+    tokenizer: Tokenizer,
+    device: torch.device,
+    rows: adapters.RowSegments | None,
+    alone: bool,
+) -> list[SampleResponse]:
+    lengths = [len(job.request.prompt) for job in jobs]
+    width = _round_up(max(lengths))
+    pads = [width - n for n in lengths]
+    ids = torch.zeros((len(jobs), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, job in enumerate(jobs):
+        ids[b, pads[b] :] = torch.tensor(job.request.prompt, dtype=torch.long)
+        mask[b, pads[b] :] = 1
+    kwargs: dict[str, Any] = {"use_cache": True, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
+    keep_logits = _round_up(
+        max((n for n, job in zip(lengths, jobs, strict=True) if job.wants_prompt_scores), default=1)
+    )
+    if keep_logits < width and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep_logits
+    attention = mask.to(device)
+    if alone:
+        _row_state.pads = list(pads)
+    elif max(pads) > 0:
+        kwargs["attention_mask"] = attention
+    if rows is not None:
+        rows.segments = _segments([job.adapter for job in jobs])
+    out = model(input_ids=ids.to(device), **kwargs)
+    logits = out.logits  # (jobs, >= keep_logits, V); prompt b ends at the last position
+    cache = out.past_key_values
+    scores = [
+        prompt_scores(
+            logits[b, -lengths[b] :].float(),
+            job.request.prompt,
+            job.request.include_prompt_logprobs,
+            job.request.topk_prompt_logprobs,
+        )
+        if job.wants_prompt_scores
+        else (None, None)
+        for b, job in enumerate(jobs)
     ]
-    return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+
+    slots = _layout([(b, j) for b, job in enumerate(jobs) for j in range(job.request.num_samples)], jobs)
+    cache_rows: list[int] = []  # the cache row holding each slot's context: at first its prompt's
+    for slot in slots:
+        cache_rows.append(slot[0] if slot is not None else cache_rows[-1])
+    last = logits[:, -1].float()[torch.tensor(cache_rows, device=logits.device)]  # (slots, V)
+    del out, logits
+    while True:
+        real = [r for r, slot in enumerate(slots) if slot is not None]
+        live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
+        real_last = last[torch.tensor(real, device=last.device)]
+        chosen = _choose_rows(real_last, live, jobs)
+        raw = torch.log_softmax(real_last, dim=-1)
+        chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()
+        kept: list[tuple[int, int]] = []
+        for r, (b, j) in enumerate(live):
+            job = jobs[b]
+            job.tokens[j].append(chosen[r])
+            job.logprobs[j].append(float(chosen_lps[r]))
+            if job.stop.reached(job.tokens[j], tokenizer):
+                job.reasons[j] = "stop"
+            elif len(job.tokens[j]) < job.max_tokens:
+                kept.append((b, j))
+        if not kept:
+            break
+        where = {slot: r for r, slot in enumerate(slots) if slot is not None}
+        new_slots = _layout(kept, jobs)
+        select: list[int] = []
+        for slot in new_slots:
+            select.append(cache_rows[where[slot]] if slot is not None else select[-1])
+        if select != list(range(len(slots))):
+            index = torch.tensor(select, device=device)
+            cache.batch_select_indices(index)
+            if not alone:
+                attention = attention[index]
+        slots, cache_rows = new_slots, list(range(len(new_slots)))
+        if rows is not None:
+            names: list[str | None] = []
+            for slot in slots:
+                names.append(jobs[slot[0]].adapter if slot is not None else names[-1])
+            rows.segments = _segments(names)
+        tokens: list[int] = []
+        positions: list[int] = []
+        for slot in slots:
+            if slot is None:  # filler: a copy of the row before it
+                tokens.append(tokens[-1])
+                positions.append(positions[-1])
+            else:
+                b, j = slot
+                tokens.append(jobs[b].tokens[j][-1])
+                positions.append(lengths[b] + len(jobs[b].tokens[j]) - 1)
+        step: dict[str, Any] = {"position_ids": torch.tensor(positions, device=device).unsqueeze(-1)}
+        if alone:
+            _row_state.pads = [None if slot is None else pads[slot[0]] for slot in slots]
+        else:
+            attention = torch.cat([attention, attention.new_ones((len(slots), 1))], dim=1)
+            if max(pads) > 0:
+                step["attention_mask"] = attention
+        step_input = torch.tensor(tokens, device=device).unsqueeze(-1)
+        last = model(input_ids=step_input, past_key_values=cache, use_cache=True, **step).logits[:, -1].float()
+
+    responses = []
+    for job, (lps, tops) in zip(jobs, scores, strict=True):
+        sequences = [
+            SampledSequence(stop_reason=reason, tokens=tokens, logprobs=logprobs, sequence_id=uuid.uuid4().hex)
+            for tokens, logprobs, reason in zip(job.tokens, job.logprobs, job.reasons, strict=True)
+        ]
+        responses.append(
+            SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+        )
+    return responses
+
+
+def _choose_rows(last: torch.Tensor, live: Sequence[tuple[int, int]], jobs: Sequence[_Job]) -> list[int]:
+    """The next token of every live row, each from its own generator (see ``choose_tokens``)."""
+    params = [jobs[b].request.sampling_params for b, _ in live]
+    return choose_tokens(last.to("cpu", torch.float64), params, [jobs[b].generators[j] for b, j in live])
