@@ -36,25 +36,22 @@ ATOL = 1e-4
 BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and torch.backends.mkl.is_available()
 
 
-@pytest.fixture(scope="module", params=[MODEL, "tiny-qwen3"])
-def setup(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Any, Any, SamplerSpec]]:
-    """A tiny model with adapters ``a`` (attention + MLP) and ``b`` (also ``lm_head``), both with
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, SamplerSpec]]:
+    """The tiny model with adapters ``a`` (attention + MLP) and ``b`` (also ``lm_head``), both with
     non-zero ``lora_B`` so that they really change the model, its tokenizer and a sampler spec."""
-    name: str = request.param
-    path = str(builtin_path(name, tmp_path_factory.getbasetemp() / "tinker-std-cache"))
+    path = str(builtin_path(MODEL, tmp_path_factory.getbasetemp() / "tinker-std-cache"))
     model, tokenizer = load_causal_lm(path, torch.float32, CPU), load_tokenizer(path)
     generator = torch.Generator().manual_seed(7)
-    for adapter, lora in (("a", LoraConfig(rank=4, train_unembed=False)), ("b", LoraConfig(rank=8))):
-        params = adapters.add_adapter(model, adapter, lora, seed=len(adapter))
+    for name, lora in (("a", LoraConfig(rank=4, train_unembed=False)), ("b", LoraConfig(rank=8))):
+        params = adapters.add_adapter(model, name, lora, seed=len(name))
         with torch.no_grad():
             for key, param in params.items():
                 param.requires_grad_(False)
                 if key.endswith("lora_B"):
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    spec = SamplerSpec("s", name, vocab, BUILTIN_MODELS[name].max_context_length)
+    spec = SamplerSpec("s", MODEL, vocab, BUILTIN_MODELS[MODEL].max_context_length)
     yield model, tokenizer, spec
 
 
@@ -140,12 +137,11 @@ def test_batch_gives_each_request_what_it_gets_alone(setup: tuple[Any, Any, Samp
     print(f"batch vs alone: max |logprob diff| {worst:.2e}")
 
 
-@pytest.mark.parametrize("adapter", ["b", None])
-def test_single_adapter_batch_and_subsets(setup: tuple[Any, Any, SamplerSpec], adapter: str | None) -> None:
-    """One adapter (activated, LoRA layers called directly), and the same requests in another order
-    and in smaller groups, give the same answers; the LoRA layers are peft's own again afterwards."""
+def test_single_adapter_batch_and_subsets(setup: tuple[Any, Any, SamplerSpec]) -> None:
+    """One adapter (activated, no per-row hooks), and the same requests in another order and in
+    smaller groups, give the same answers."""
     model, tokenizer, spec = setup
-    items = [item for item in mixed_items(tokenizer, spec) if item.adapter == adapter]
+    items = [item for item in mixed_items(tokenizer, spec) if item.adapter == "b"]
     want = [alone(setup, item) for item in items]
     for group in (items, items[::-1], items[:1]):
         got = sampler.sample_batch(model, group, tokenizer, CPU)
@@ -153,7 +149,6 @@ def test_single_adapter_batch_and_subsets(setup: tuple[Any, Any, SamplerSpec], a
         for g, i in zip(got, order, strict=True):
             assert isinstance(g, SampleResponse)
             assert_same(g, want[i], f"item {i}")
-    assert not any("forward" in vars(m) for m in model.modules())
 
 
 def test_num_samples_does_not_change_a_sequence(setup: tuple[Any, Any, SamplerSpec]) -> None:

@@ -104,8 +104,7 @@ def sample_batch(
         with torch.inference_mode():
             if len(order) == 1:
                 adapters.activate(model, jobs[0].adapter, trainable=False)
-                with _direct_lora(model, jobs[0].adapter):
-                    responses = _decode(model, jobs, tokenizer, device, None)
+                responses = _decode(model, jobs, tokenizer, device, None)
             else:
                 with adapters.per_row_adapters(model, []) as rows:
                     responses = _decode(model, jobs, tokenizer, device, rows)
@@ -244,17 +243,14 @@ def _row_attention(
 
 
 def _supports_row_attention(model: Any) -> bool:
-    """Plain causal full attention through ``sdpa`` (no sliding windows), looked up in transformers'
-    attention interface, where ``_row_attention`` computes exactly what the model would."""
+    """Plain causal full attention through ``sdpa`` (no sliding windows), where ``_row_attention``
+    computes exactly what the model would."""
     config = model.config
     layer_types = getattr(config, "layer_types", None) or []
-    can_set = getattr(model, "_can_set_attn_implementation", None)
     return (
         config._attn_implementation == "sdpa"
         and getattr(config, "sliding_window", None) is None
         and all(kind == "full_attention" for kind in layer_types)
-        and callable(can_set)
-        and bool(can_set())
     )
 
 
@@ -271,52 +267,6 @@ def _rows_attend_alone(model: Any) -> Iterator[None]:
     finally:
         model.config._attn_implementation = before
         _row_state.pads = None
-
-
-@contextmanager
-def _direct_lora(model: Any, name: str | None) -> Iterator[None]:
-    """Within: every peft LoRA ``Linear`` computes ``base(x) + lora_B(lora_A(x)) * scaling`` of
-    adapter ``name`` (just ``base(x)`` where it has none, or when ``name`` is ``None``) directly:
-    the operations of peft's forward with ``name`` active, without its per-call bookkeeping (about
-    6% of a SmolLM2 decode step on CPU). A no-op unless every layer is a plain, unmerged LoRA
-    ``Linear`` without dropout or variant (DoRA and the like) for ``name``."""
-    from peft.tuners.lora import Linear, LoraLayer
-
-    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    plain = all(
-        isinstance(layer, Linear)
-        and not layer.merged
-        and (
-            name is None
-            or name not in layer.lora_A
-            or (name not in layer.lora_variant and isinstance(layer.lora_dropout[name], torch.nn.Identity))
-        )
-        for layer in layers
-    )
-    if not plain:
-        yield
-        return
-    try:
-        for layer in layers:
-            layer.forward = _direct_forward(layer, name)
-        yield
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
-
-
-def _direct_forward(layer: Any, name: str | None) -> Any:
-    base = layer.base_layer
-    if name is None or name not in layer.lora_A:
-        return base
-    lora_a, lora_b, scaling = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        result: torch.Tensor = base(x)
-        delta: torch.Tensor = lora_b(lora_a(x.to(lora_a.weight.dtype))) * scaling
-        return (result + delta).to(result.dtype)
-
-    return forward
 
 
 def _segments(names: Sequence[str | None]) -> list[adapters.Segment]:
