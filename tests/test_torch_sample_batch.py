@@ -36,22 +36,25 @@ ATOL = 1e-4
 BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and torch.backends.mkl.is_available()
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, SamplerSpec]]:
-    """The tiny model with adapters ``a`` (attention + MLP) and ``b`` (also ``lm_head``), both with
+@pytest.fixture(scope="module", params=[MODEL, "tiny-qwen3"])
+def setup(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, Any, SamplerSpec]]:
+    """A tiny model with adapters ``a`` (attention + MLP) and ``b`` (also ``lm_head``), both with
     non-zero ``lora_B`` so that they really change the model, its tokenizer and a sampler spec."""
-    path = str(builtin_path(MODEL, tmp_path_factory.getbasetemp() / "tinker-std-cache"))
+    name: str = request.param
+    path = str(builtin_path(name, tmp_path_factory.getbasetemp() / "tinker-std-cache"))
     model, tokenizer = load_causal_lm(path, torch.float32, CPU), load_tokenizer(path)
     generator = torch.Generator().manual_seed(7)
-    for name, lora in (("a", LoraConfig(rank=4, train_unembed=False)), ("b", LoraConfig(rank=8))):
-        params = adapters.add_adapter(model, name, lora, seed=len(name))
+    for adapter, lora in (("a", LoraConfig(rank=4, train_unembed=False)), ("b", LoraConfig(rank=8))):
+        params = adapters.add_adapter(model, adapter, lora, seed=len(adapter))
         with torch.no_grad():
             for key, param in params.items():
                 param.requires_grad_(False)
                 if key.endswith("lora_B"):
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    spec = SamplerSpec("s", MODEL, vocab, BUILTIN_MODELS[MODEL].max_context_length)
+    spec = SamplerSpec("s", name, vocab, BUILTIN_MODELS[name].max_context_length)
     yield model, tokenizer, spec
 
 
@@ -138,17 +141,20 @@ def test_batch_gives_each_request_what_it_gets_alone(setup: tuple[Any, Any, Samp
 
 
 def test_single_adapter_batch_and_subsets(setup: tuple[Any, Any, SamplerSpec]) -> None:
-    """One adapter (activated, no per-row hooks), and the same requests in another order and in
-    smaller groups, give the same answers."""
+    """One adapter at a time (activated, LoRA layers called directly: the base model, then ``b``,
+    then the base model again), and the same requests in another order and in smaller groups, give
+    the same answers; the LoRA layers are peft's own again afterwards."""
     model, tokenizer, spec = setup
-    items = [item for item in mixed_items(tokenizer, spec) if item.adapter == "b"]
-    want = [alone(setup, item) for item in items]
-    for group in (items, items[::-1], items[:1]):
-        got = sampler.sample_batch(model, group, tokenizer, CPU)
-        order = [items.index(item) for item in group]
-        for g, i in zip(got, order, strict=True):
-            assert isinstance(g, SampleResponse)
-            assert_same(g, want[i], f"item {i}")
+    for adapter in (None, "b", None):
+        items = [item for item in mixed_items(tokenizer, spec) if item.adapter == adapter]
+        want = [alone(setup, item) for item in items]
+        for group in (items, items[::-1], items[:1]):
+            got = sampler.sample_batch(model, group, tokenizer, CPU)
+            order = [items.index(item) for item in group]
+            for g, i in zip(got, order, strict=True):
+                assert isinstance(g, SampleResponse)
+                assert_same(g, want[i], f"adapter {adapter} item {i}")
+        assert not any("forward" in vars(m) or "forward" in m._modules for m in model.modules())
 
 
 def test_num_samples_does_not_change_a_sequence(setup: tuple[Any, Any, SamplerSpec]) -> None:
