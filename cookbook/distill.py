@@ -3,10 +3,13 @@
 Two modes:
 
 * ``on_policy``: the student samples completions of the prompts; the teacher scores them with
-  ``compute_logprobs``; each sampled token gets the advantage ``-kl_coef * (student_lp -
-  teacher_lp)`` (the per-token reverse KL, pushed down), trained with ``importance_sampling``
-  against the student's sampling logprobs. ``kl`` is the mean per-token reverse-KL estimate
-  of the step's samples.
+  ``compute_logprobs``; each sampled token gets the advantage ``-kl_coef * (k - b)`` with
+  ``k = student_lp - teacher_lp`` its per-token reverse-KL estimate (pushed down) and ``b`` the
+  mean ``k`` of the step's tokens (``kl_baseline="mean"``; ``"none"``: ``b = 0``), trained with
+  ``importance_sampling`` against the student's sampling logprobs. The baseline leaves the
+  expected gradient unchanged (``E_q[grad log q] = 0``) and removes the common offset that
+  otherwise pushes every sampled token down. ``kl`` is the mean per-token reverse-KL estimate of
+  the step's samples.
 * ``off_policy``: the dataset's completions are scored once by the teacher, keeping its
   ``topk`` most likely next tokens per position (``topk_prompt_logprobs``); the student trains on
   these soft targets with an ``(N, K)`` ``cross_entropy`` whose weights are the teacher's top-K
@@ -44,6 +47,7 @@ class DistillConfig(RunConfig):
     max_tokens: int = 24
     temperature: float = 1.0
     kl_coef: float = 1.0
+    kl_baseline: str = "mean"  # on_policy: mean | none (see the module docstring)
     topk: int = 8
     renderer: str = "auto"
 
@@ -114,6 +118,8 @@ def run(
     """Distil ``teacher`` (or ``config.teacher``) into the student; one metrics dict per step run."""
     if config.mode not in ("on_policy", "off_policy"):
         raise ValueError("mode must be on_policy or off_policy")
+    if config.kl_baseline not in ("mean", "none"):
+        raise ValueError("kl_baseline must be mean or none")
     with Run(config, "distill", show=("kl",)) as run:
         if teacher is None:
             if not config.teacher:
@@ -180,17 +186,19 @@ def run(
             ]
             rollouts = [(prompt, seq) for prompt, f in futures for seq in f.result().sequences]
             scores = [teacher.compute_logprobs(ts.ModelInput.from_ints(p + s.tokens)) for p, s in rollouts]
-            datums, kls = [], []
+            per_rollout = []
             for (prompt, seq), score in zip(rollouts, scores, strict=True):
                 q = list(seq.logprobs or [])
                 teacher_lp = score.result()[len(prompt) :]
-                kl = [s - (t if t is not None else s) for s, t in zip(q, teacher_lp, strict=True)]
-                kls += kl
+                per_rollout.append([s - (t if t is not None else s) for s, t in zip(q, teacher_lp, strict=True)])
+            kls = [k for kl in per_rollout for k in kl]
+            baseline = sum(kls) / max(len(kls), 1) if config.kl_baseline == "mean" else 0.0
+            datums = []
+            for (prompt, seq), kl in zip(rollouts, per_rollout, strict=True):
                 tokens, pad = prompt + seq.tokens, [0.0] * (len(prompt) - 1)
-                advantages = pad + [-config.kl_coef * k / len(rollouts) for k in kl]
-                datums.append(
-                    make_datum(tokens[:-1], target_tokens=tokens[1:], logprobs=pad + q, advantages=advantages)
-                )
+                advantages = pad + [-config.kl_coef * (k - baseline) / len(rollouts) for k in kl]
+                q = pad + list(seq.logprobs or [])
+                datums.append(make_datum(tokens[:-1], target_tokens=tokens[1:], logprobs=q, advantages=advantages))
             fb = training.forward_backward(datums, "importance_sampling")
             opt = training.optim_step(run.adam(step))
             metrics.update(

@@ -2,7 +2,7 @@
 
 Settings mirror the mock tests; thresholds leave a margin below what was measured on CPU with one
 thread (SFT train NLL 7.2 -> ~1.8, RL reward 0.09 -> ~0.8, DPO loss 0.693 -> 0.026 with accuracy 1.0,
-off-policy top-8 KL 5.6 -> 1.6).
+off-policy top-8 KL 5.6 -> 1.6, on-policy KL from a 4-step SFT student 3.9 -> 1.7).
 """
 
 from __future__ import annotations
@@ -75,10 +75,17 @@ def test_off_policy_topk_distillation_kl_falls_on_torch(teacher: str, ckpt_dir: 
     assert kl[-1] < 0.5 * kl[0], kl
 
 
-def test_on_policy_distillation_runs_on_torch(teacher: str, ckpt_dir: str) -> None:
-    """Runs end to end with finite, positive KL estimates. On tiny-llama the KL does not fall within a
-    short run (measured 5.3 -> 5.0..5.7 over 12 steps), unlike on mock, so no direction is asserted here."""
-    config = distill.DistillConfig(backend=BACKEND, base_model=MODEL, teacher=teacher, steps=3, max_tokens=8,
-                                   learning_rate=1e-2, checkpoint_dir=ckpt_dir)  # fmt: skip
+def test_on_policy_distillation_kl_falls_on_torch(teacher: str, ckpt_dir: str) -> None:
+    """A student that has had 4 SFT steps (distillation's usual starting point) moves towards the
+    15-step teacher. Measured with seeds 0..4: mean KL of the last 3 steps 0.48..0.64 of the first
+    3. From the untrained base the KL does not fall within 12 steps (5.3 -> 5.0..5.9): 16 samples per
+    prompt rarely hit the tokens the teacher prefers among 384."""
+    log_dir = tempfile.mkdtemp()
+    sft.run(sft.SFTConfig(backend=BACKEND, base_model=MODEL, steps=4, eval_fraction=0, log_dir=log_dir,
+                          checkpoint_dir=ckpt_dir, plot=False, learning_rate=1e-2))  # fmt: skip
+    student = common.latest_checkpoint(Path(log_dir))
+    config = distill.DistillConfig(backend=BACKEND, base_model=MODEL, teacher=teacher, init_from=student, steps=12,
+                                   max_tokens=8, learning_rate=1e-2, checkpoint_dir=ckpt_dir)  # fmt: skip
     kl = [m["kl"] for m in distill.run(config)]
-    assert len(kl) == 3 and all(math.isfinite(k) and k > 0 for k in kl), kl
+    assert all(math.isfinite(k) and k > 0 for k in kl), kl
+    assert mean(kl[-3:]) < 0.75 * mean(kl[:3]), kl
