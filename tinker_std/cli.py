@@ -152,6 +152,25 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import tinker_std as ts
+    from tinker_std.server import TinkerServer
+
+    options = {"checkpoint_dir": args.checkpoint_dir} if args.checkpoint_dir else {}
+    with ts.ServiceClient(backend=args.backend, **options) as service:
+        server = TinkerServer(service, host=args.host, port=args.port, api_key=args.api_key)
+        models = [m.model_name for m in service.get_server_capabilities().supported_models]
+        print(f"tinker-std server on {server.url} (backend {service.backend_name}; models {models})", flush=True)
+        print(f"  tinker.ServiceClient(base_url={server.url!r}, api_key='tml-...')", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinker-std", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -170,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rl-steps", type=int, default=DemoDefaults.rl_steps)
     demo.add_argument("--log-dir", default=None, help="where metrics, curves and run state go (default: a temp dir)")
     demo.set_defaults(func=_demo)
+    serve = sub.add_parser("serve", help="serve a backend over HTTP to the official tinker SDK (base_url)")
+    serve.add_argument("--backend", default=None, help="backend name or module:Class (default: the default backend)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="accept only this X-API-Key (default: any key)")
+    serve.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (backend option)")
+    serve.set_defaults(func=_serve)
     backends = sub.add_parser("backends", help="list the backends that can be named")
     backends.set_defaults(func=_backends)
     sub.add_parser(

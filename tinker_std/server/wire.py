@@ -1,0 +1,176 @@
+"""The protobuf bodies of the Tinker wire protocol, to and from tinker-std types.
+
+Three messages travel as protobuf (``tinker_public`` package, as generated in the official SDK,
+which this module imports): the ``forward_backward`` request, and the ``ForwardBackwardOutput``
+and ``SampleResponse`` results. Layouts:
+
+- token chunks and sampled tokens: little-endian int32 arrays;
+- ``Tensor``: ``dense`` bytes in ``dtype`` (float32 or int64; int32 widened to int64) with
+  ``shape``, or ``sparse_csr`` (values, int64 row pointers, int64 column indices) for a 2-D tensor;
+- ``ForwardBackwardOutput``: one ``ArrayRecord`` holding, per output field, every datum's tensor
+  concatenated (``BatchedTensor.data``) with ``num_datums + 1`` int64 *byte* offsets and the
+  per-datum shape after its first dimension (``trailing_shape``);
+- ``SampleResponse``: float32 prompt logprobs with NaN for "none"; top-k prompt logprobs as an
+  ``(n, k)`` row-major pair of arrays, empty cells ``(0, -99999.0)``, a row of empty cells for a
+  position without scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from tinker_std.errors import BadRequestError
+from tinker_std.types import (
+    Datum,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    ModelInput,
+    SampleResponse,
+    TensorData,
+)
+
+__all__ = [
+    "ForwardBackwardCall",
+    "decode_forward_backward",
+    "encode_forward_backward_output",
+    "encode_sample_response",
+    "protobuf_module",
+]
+
+TOPK_PAD = (0, -99999.0)
+
+
+def protobuf_module() -> Any:
+    """The SDK's generated ``tinker_public_pb2`` module; ``ImportError`` saying what to install."""
+    try:
+        from tinker.proto import tinker_public_pb2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the tinker-std server speaks the official SDK's protobuf messages; "
+            "install them with: pip install 'tinker-std[server]'"
+        ) from exc
+    return tinker_public_pb2
+
+
+@dataclass(frozen=True)
+class ForwardBackwardCall:
+    """A decoded ``forward_backward`` request body."""
+
+    model_id: str
+    seq_id: int
+    data: list[Datum]
+    loss_fn: str
+    loss_fn_config: dict[str, float] | None
+    forward_only: bool
+
+
+def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
+    """Parse a protobuf ``ForwardBackwardRequest``; ``BadRequestError`` for what tinker-std cannot
+    represent (image or audio chunks, string loss options, unknown dtypes)."""
+    pb = protobuf_module()
+    msg = pb.ForwardBackwardRequest()
+    try:
+        msg.ParseFromString(body)
+    except Exception as exc:
+        raise BadRequestError("body", f"not a ForwardBackwardRequest protobuf: {exc}") from exc
+    data = [_datum(pb, d, f"data[{i}]") for i, d in enumerate(msg.data)]
+    config: dict[str, float] = {}
+    for key, value in msg.loss_fn_config_v2.items():
+        if value.WhichOneof("value") == "text":
+            raise BadRequestError(f"loss_fn_config.{key}", "string options are not part of tinker-std v0.1")
+        config[key] = float(value.number)
+    for key, number in msg.loss_fn_config.items():
+        config.setdefault(key, float(number))
+    return ForwardBackwardCall(
+        model_id=msg.model_id,
+        seq_id=int(msg.seq_id),
+        data=data,
+        loss_fn=msg.loss_fn,
+        loss_fn_config=config or None,
+        forward_only=bool(msg.forward_only),
+    )
+
+
+def _datum(pb: Any, msg: Any, field: str) -> Datum:
+    chunks = []
+    for j, chunk in enumerate(msg.model_input):
+        kind = chunk.WhichOneof("chunk")
+        if kind != "encoded_text":
+            raise BadRequestError(f"{field}.model_input.chunks[{j}]", f"{kind} chunks are not supported")
+        chunks.append(EncodedTextChunk(tokens=np.frombuffer(chunk.encoded_text.tokens, dtype="<i4").tolist()))
+    inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
+    return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
+
+
+def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
+    numpy_dtypes = {pb.DTYPE_FLOAT32: "<f4", pb.DTYPE_INT64: "<i8", pb.DTYPE_INT32: "<i4"}
+    if msg.dtype not in numpy_dtypes:
+        raise BadRequestError(field, f"unsupported dtype {msg.dtype} (float32, int64 or int32)")
+    dtype: Literal["float32", "int64"] = "float32" if msg.dtype == pb.DTYPE_FLOAT32 else "int64"
+    shape = [int(s) for s in msg.shape]
+    if msg.WhichOneof("encoding") == "sparse_csr":
+        values = np.frombuffer(msg.sparse_csr.values, dtype=numpy_dtypes[msg.dtype])
+        rows = np.frombuffer(msg.sparse_csr.crow_indices, dtype="<i8")
+        cols = np.frombuffer(msg.sparse_csr.col_indices, dtype="<i8")
+        if len(shape) != 2 or len(rows) != shape[0] + 1 or len(cols) != len(values):
+            raise BadRequestError(field, "sparse_csr needs a 2-D shape, rows + 1 row pointers and one column per value")
+        dense = np.zeros(shape, dtype=numpy_dtypes[msg.dtype])
+        for r in range(shape[0]):
+            dense[r, cols[rows[r] : rows[r + 1]]] = values[rows[r] : rows[r + 1]]
+        flat = dense.reshape(-1)
+    else:
+        flat = np.frombuffer(msg.dense, dtype=numpy_dtypes[msg.dtype])
+    return TensorData(data=flat.tolist(), dtype=dtype, shape=shape or None)
+
+
+def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
+    """``output`` as a protobuf ``ForwardBackwardOutput`` (one ``ArrayRecord`` for all datums)."""
+    pb = protobuf_module()
+    msg = pb.ForwardBackwardOutput(loss_fn_output_type=output.loss_fn_output_type)
+    for key, value in output.metrics.items():
+        msg.metrics[key] = float(value)
+    outputs = output.loss_fn_outputs
+    if outputs:
+        record = msg.loss_fn_outputs.add(type_tag=output.loss_fn_output_type, num_datums=len(outputs))
+        for name in outputs[0]:
+            arrays = [out[name].to_numpy() for out in outputs]
+            floating = outputs[0][name].dtype == "float32"
+            arrays = [a.astype("<f4" if floating else "<i8") for a in arrays]
+            offsets = np.cumsum([0] + [a.nbytes for a in arrays]).astype("<i8")
+            batched = record.fields[name]
+            batched.data = b"".join(a.tobytes() for a in arrays)
+            batched.offsets = offsets.tobytes()
+            batched.dtype = pb.DTYPE_FLOAT32 if floating else pb.DTYPE_INT64
+            batched.trailing_shape.extend(list(arrays[0].shape[1:]))
+    return bytes(msg.SerializeToString())
+
+
+def encode_sample_response(response: SampleResponse) -> bytes:
+    """``response`` as a protobuf ``SampleResponse``."""
+    pb = protobuf_module()
+    msg = pb.SampleResponse()
+    for seq in response.sequences:
+        out = msg.sequences.add()
+        out.stop_reason = pb.STOP_REASON_STOP if seq.stop_reason == "stop" else pb.STOP_REASON_LENGTH
+        out.tokens = np.asarray(seq.tokens, dtype="<i4").tobytes()
+        if seq.logprobs is not None:
+            out.logprobs = np.asarray(seq.logprobs, dtype="<f4").tobytes()
+    if response.prompt_logprobs is not None:
+        values = [math.nan if lp is None else lp for lp in response.prompt_logprobs]
+        msg.prompt_logprobs = np.asarray(values, dtype="<f4").tobytes()
+    tops = response.topk_prompt_logprobs
+    if tops is not None:
+        k = max((len(row) for row in tops if row), default=0)
+        if k > 0:
+            cells = [list(row or []) + [TOPK_PAD] * (k - len(row or [])) for row in tops]
+            msg.topk_prompt_logprobs.token_ids = np.asarray([t for row in cells for t, _ in row], dtype="<i4").tobytes()
+            msg.topk_prompt_logprobs.logprobs = np.asarray(
+                [lp for row in cells for _, lp in row], dtype="<f4"
+            ).tobytes()
+            msg.topk_prompt_logprobs.k = k
+            msg.topk_prompt_logprobs.length = len(cells)
+    return bytes(msg.SerializeToString())
