@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import tinker_std as ts
+from tinker_std.backend import SampleRequest
 
 MODEL = "mock/tiny"
 
@@ -22,6 +24,19 @@ def sequence_datum(tokens: Sequence[int], weights: Sequence[float] | None = None
     if weights is not None:
         inputs["weights"] = list(weights)
     return ts.Datum(model_input=ts.ModelInput.from_ints(list(tokens[:-1])), loss_fn_inputs=inputs)  # type: ignore[arg-type]
+
+
+def sample_request(
+    prompt: Sequence[int], n: int = 1, topk: int = 0, include: bool = False, **params: Any
+) -> SampleRequest:
+    """A backend-level ``SampleRequest`` (``params`` are ``SamplingParams`` fields)."""
+    return SampleRequest(
+        prompt=list(prompt),
+        num_samples=n,
+        sampling_params=ts.SamplingParams(**params),
+        include_prompt_logprobs=include,
+        topk_prompt_logprobs=topk,
+    )
 
 
 def text_batch(texts: Sequence[str]) -> list[ts.Datum]:

@@ -20,6 +20,8 @@ import pytest
 import tinker_std as ts
 from tinker_std.server import TinkerServer
 
+from _support import sequence_datum
+
 tinker = pytest.importorskip("tinker")
 os.environ["TINKER_TELEMETRY"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,13 +38,6 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 def sdk_datum(tokens: list[int], weights: list[float]) -> Any:
     return tinker.Datum(
         model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights},
-    )
-
-
-def std_datum(tokens: list[int], weights: list[float]) -> ts.Datum:
-    return ts.Datum(
-        model_input=ts.ModelInput.from_ints(tokens[:-1]),
         loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights},
     )
 
@@ -77,7 +72,7 @@ def test_training_and_sampling_through_the_sdk_match_in_process(servers: tuple[A
     for step in range(2):
         # 3 datums in 1-datum chunks: 3 HTTP requests whose gradients must accumulate (FB-3)
         got = remote.forward_backward([sdk_datum(t, w) for t, w in BATCH], "cross_entropy").result()
-        want = local.forward_backward([std_datum(t, w) for t, w in BATCH], "cross_entropy").result()
+        want = local.forward_backward([sequence_datum(t, w) for t, w in BATCH], "cross_entropy").result()
         assert got.metrics["loss:sum"] == pytest.approx(want.metrics["loss:sum"], abs=ATOL * 10), step
         for g, w in zip(got.loss_fn_outputs, want.loss_fn_outputs, strict=True):
             np.testing.assert_allclose(g["logprobs"].to_numpy(), w["logprobs"].to_numpy(), rtol=0, atol=ATOL)
@@ -89,7 +84,7 @@ def test_training_and_sampling_through_the_sdk_match_in_process(servers: tuple[A
     # After two steps the weights agree: so do forward logprobs.
     probe = [sdk_datum(t, w) for t, w in BATCH[:1]]
     got_lp = remote.forward(probe, "cross_entropy").result().loss_fn_outputs[0]["logprobs"].to_numpy()
-    want_lp = local.forward([std_datum(*BATCH[0])], "cross_entropy").result()
+    want_lp = local.forward([sequence_datum(*BATCH[0])], "cross_entropy").result()
     np.testing.assert_allclose(got_lp, want_lp.loss_fn_outputs[0]["logprobs"].to_numpy(), rtol=0, atol=ATOL)
 
     sampler = remote.save_weights_and_get_sampling_client().result()

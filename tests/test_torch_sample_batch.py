@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from tinker_std.backends.torch.models import BUILTIN_MODELS, builtin_path, load_
 from tinker_std.errors import BadRequestError, ContextLengthError
 from tinker_std.sampling_rules import choose_token
 from tinker_std.types import LoraConfig, SampleResponse, SamplingParams
+
+from _support import sample_request as request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -56,16 +58,6 @@ def setup(
     vocab = int(model.get_output_embeddings().weight.shape[0])
     spec = SamplerSpec("s", name, vocab, BUILTIN_MODELS[name].max_context_length)
     yield model, tokenizer, spec
-
-
-def request(prompt: Sequence[int], n: int = 1, topk: int = 0, include: bool = False, **params: Any) -> SampleRequest:
-    return SampleRequest(
-        prompt=list(prompt),
-        num_samples=n,
-        sampling_params=SamplingParams(**params),
-        include_prompt_logprobs=include,
-        topk_prompt_logprobs=topk,
-    )
 
 
 def alone(setup: tuple[Any, Any, SamplerSpec], item: sampler.SampleItem) -> SampleResponse:

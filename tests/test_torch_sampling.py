@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tinker_std.backend import SampleRequest
 from tinker_std.backends.torch import TorchEngine
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError, ContextLengthError
-from tinker_std.types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, AdamParams, Datum, LoraConfig, ModelInput, SamplingParams
+from tinker_std.types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, AdamParams, Datum, LoraConfig, ModelInput
+
+from _support import sample_request as request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,16 +51,6 @@ def trained(engine: TorchEngine, tokenizer: Any) -> tuple[str, str]:
         engine.forward_backward(model_id, data, "cross_entropy", {}, True)
         engine.optim_step(model_id, AdamParams(learning_rate=2e-2))
     return model_id, engine.create_sampler(model_id=model_id).sampler_id
-
-
-def request(prompt: Sequence[int], n: int = 1, topk: int = 0, include: bool = False, **params: Any) -> SampleRequest:
-    return SampleRequest(
-        prompt=list(prompt),
-        num_samples=n,
-        sampling_params=SamplingParams(**params),
-        include_prompt_logprobs=include,
-        topk_prompt_logprobs=topk,
-    )
 
 
 def forward_logprobs(engine: TorchEngine, model_id: str, sequence: Sequence[int]) -> np.ndarray:

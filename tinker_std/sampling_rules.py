@@ -40,6 +40,7 @@ __all__ = [
     "SEED_STRIDE",
     "StopRule",
     "choose_token",
+    "draw_sorted_index",
     "prompt_scores",
     "sequence_generator",
     "token_budget",
@@ -96,6 +97,14 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)
     sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
+    return int(ids[draw_sorted_index(sorted_probs, params, generator)])
+
+
+def draw_sorted_index(sorted_probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """``choose_token``'s draw given the probabilities already sorted descending: the position in
+    that order of the chosen token (top-k, renormalise, top-p, one uniform draw, inverse CDF). Only
+    the sorted values enter the arithmetic, so any sort that gives the same values gives the same
+    position."""
     if params.top_k != -1:
         sorted_probs = sorted_probs[: params.top_k]
     sorted_probs = sorted_probs / sorted_probs.sum()
@@ -104,8 +113,7 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
         sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
     cdf = torch.cumsum(sorted_probs, 0)
     u = torch.rand((), generator=generator, dtype=cdf.dtype).to(cdf.device) * cdf[-1]
-    index = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
-    return int(ids[index])
+    return min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
 
 
 def prompt_scores(

@@ -48,7 +48,14 @@ import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.errors import BadRequestError
-from tinker_std.sampling_rules import StopRule, choose_token, prompt_scores, sequence_generator, token_budget
+from tinker_std.sampling_rules import (
+    StopRule,
+    choose_token,
+    draw_sorted_index,
+    prompt_scores,
+    sequence_generator,
+    token_budget,
+)
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
 from . import adapters
@@ -143,16 +150,7 @@ def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
     if np.isnan(ascending[-1]):  # NaN sorts last
         return choose_token(logits, params, generator)
     descending = torch.from_numpy(ascending).flip(0)  # a fresh tensor, as torch.sort returns
-    sorted_probs = descending  # from here on, exactly choose_token's arithmetic
-    if params.top_k != -1:
-        sorted_probs = sorted_probs[: params.top_k]
-    sorted_probs = sorted_probs / sorted_probs.sum()
-    if params.top_p < 1.0:
-        below = int((torch.cumsum(sorted_probs, 0) < params.top_p).sum())
-        sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
-    cdf = torch.cumsum(sorted_probs, 0)
-    u = torch.rand((), generator=generator, dtype=cdf.dtype) * cdf[-1]
-    index = min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    index = draw_sorted_index(descending, params, generator)
     value = descending[index]
     start = int((probs > value).sum())
     return int(torch.nonzero(probs == value)[index - start])

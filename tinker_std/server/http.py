@@ -12,7 +12,7 @@ from typing import Any
 
 from tinker_std.client.service import ServiceClient
 
-from .operations import PROTOBUF, WireReply, WireService
+from .operations import WireReply, WireService
 
 __all__ = ["TinkerServer"]
 
@@ -92,8 +92,7 @@ def _handler(server: TinkerServer) -> type[BaseHTTPRequestHandler]:
             elif (self.headers.get("Content-Encoding") or "identity") != "identity":
                 reply = WireReply.json({"error": "compressed bodies are not supported"}, 415)
             else:
-                accept = PROTOBUF in (self.headers.get("Accept") or "")
-                reply = server.operations.call(path[len(PREFIX) :], body, accept)
+                reply = server.operations.call(path[len(PREFIX) :], body)
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
             self.send_header("Content-Length", str(len(reply.body)))

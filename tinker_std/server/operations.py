@@ -1,6 +1,6 @@
 """What each Tinker endpoint does, on a tinker-std ``ServiceClient``; no HTTP here.
 
-``WireService.call(endpoint, body, accept_protobuf)`` takes the endpoint path after ``/api/v1/``
+``WireService.call(endpoint, body)`` takes the endpoint path after ``/api/v1/``
 and the raw body, and returns a ``WireReply`` (status, content type, body). Requests go through
 the same client layer as in-process use, so validation, ordering and errors are the library's:
 
@@ -31,7 +31,7 @@ from tinker_std.client.service import ServiceClient
 from tinker_std.client.training import TrainingClient
 from tinker_std.errors import BadRequestError, NotFoundError, RequestFailedError, TinkerError
 from tinker_std.futures import APIFuture
-from tinker_std.types import AdamParams, ForwardBackwardOutput, ModelInput, SampleResponse, SamplingParams
+from tinker_std.types import AdamParams, ForwardBackwardOutput, ModelInput, SamplingParams
 
 from . import wire
 
@@ -74,7 +74,6 @@ class WireService:
         self.service = service
         self.sdk_chunk_datums = sdk_chunk_datums
         self._lock = threading.Lock()
-        self._sessions: set[str] = set()
         self._models: dict[str, TrainingClient] = {}
         self._lanes: dict[str, _Lane] = {}
         self._samplers: dict[str, tuple[SamplingClient, str | None]] = {}
@@ -97,12 +96,11 @@ class WireService:
             "load_weights": self._load_weights,
             "create_sampling_session": self._create_sampling_session,
             "asample": self._asample,
-            "retrieve_future": self._retrieve_future,
         }
 
     # -- entry point ------------------------------------------------------------------------
 
-    def call(self, endpoint: str, body: bytes, accept_protobuf: bool = False) -> WireReply:
+    def call(self, endpoint: str, body: bytes) -> WireReply:
         """Answer ``POST|GET /api/v1/<endpoint>``; 404 for an unknown endpoint, 400 with
         ``{"error", "field"}`` for a request rejected before any state changed."""
         try:
@@ -112,12 +110,12 @@ class WireService:
                 return WireReply.json({})
             if endpoint.startswith("samplers/"):
                 return self._get_sampler(endpoint.removeprefix("samplers/"))
+            payload = json.loads(body) if body.strip() else {}
+            if endpoint == "retrieve_future":
+                return self._retrieve_future(payload)
             route = self._routes.get(endpoint)
             if route is None:
                 return WireReply.json({"error": f"unknown endpoint /api/v1/{endpoint}"}, 404)
-            payload = json.loads(body) if body.strip() else {}
-            if endpoint == "retrieve_future":
-                return self._retrieve_future(payload, accept_protobuf)
             return route(payload)
         except BadRequestError as exc:
             return WireReply.json({"error": str(exc), "field": exc.field, "category": "user"}, 400)
@@ -139,8 +137,6 @@ class WireService:
 
     def _create_session(self, body: Any) -> WireReply:
         session_id = f"session-{uuid.uuid4().hex[:12]}"
-        with self._lock:
-            self._sessions.add(session_id)
         return WireReply.json({"type": "create_session", "session_id": session_id})
 
     # -- training ---------------------------------------------------------------------------
@@ -220,7 +216,6 @@ class WireService:
                 lambda: client.save_weights_for_sampler(name, overwrite=overwrite),
                 "json",
             )
-        base_model = client.spec.base_model
 
         def snapshot() -> APIFuture[dict[str, Any]]:
             sampler_future = client.save_weights_and_get_sampling_client()
@@ -231,7 +226,7 @@ class WireService:
                 if error is not None:
                     answer.set_exception(error)
                     return
-                sampler_id = self._register_sampler(f.result(), base_model, None)
+                sampler_id = self._register_sampler(f.result(), None)
                 answer.set_result({"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"})
 
             sampler_future.future().add_done_callback(done)
@@ -244,7 +239,7 @@ class WireService:
     def _create_sampling_session(self, body: Any) -> WireReply:
         model_path, base_model = body.get("model_path"), body.get("base_model")
         client = self.service.create_sampling_client(model_path=model_path, base_model=base_model).result()
-        sampler_id = self._register_sampler(client, client.get_base_model(), model_path)
+        sampler_id = self._register_sampler(client, model_path)
         return WireReply.json({"type": "create_sampling_session", "sampling_session_id": sampler_id})
 
     def _get_sampler(self, sampler_id: str) -> WireReply:
@@ -273,7 +268,7 @@ class WireService:
 
     # -- futures ----------------------------------------------------------------------------
 
-    def _retrieve_future(self, body: Any, accept_protobuf: bool = False) -> WireReply:
+    def _retrieve_future(self, body: Any) -> WireReply:
         request_id = body["request_id"]
         with self._lock:
             entry = self._futures.get(request_id)
@@ -293,7 +288,7 @@ class WireService:
         if kind == "forward_backward":
             return WireReply(200, PROTOBUF, wire.encode_forward_backward_output(result))
         if kind == "sample":
-            return WireReply(200, PROTOBUF, wire.encode_sample_response(_as_sample(result)))
+            return WireReply(200, PROTOBUF, wire.encode_sample_response(result))
         return WireReply.json(result.model_dump(mode="json") if isinstance(result, BaseModel) else result)
 
     def _store(self, future: Future[Any], kind: str) -> str:
@@ -349,7 +344,7 @@ class WireService:
             raise NotFoundError(f"no training model {model_id!r} on this server")
         return client
 
-    def _register_sampler(self, client: SamplingClient, base_model: str, model_path: str | None) -> str:
+    def _register_sampler(self, client: SamplingClient, model_path: str | None) -> str:
         sampler_id = f"sampler-{uuid.uuid4().hex[:12]}"
         with self._lock:
             self._samplers[sampler_id] = (client, model_path)
@@ -385,8 +380,3 @@ def _chunk_tokens(chunk: Any) -> list[int]:
     if chunk.get("type", "encoded_text") != "encoded_text":
         raise BadRequestError("prompt.chunks", f"{chunk.get('type')} chunks are not supported")
     return [int(t) for t in chunk["tokens"]]
-
-
-def _as_sample(result: Any) -> SampleResponse:
-    assert isinstance(result, SampleResponse)
-    return result
