@@ -25,6 +25,7 @@ def main(checkpoint_dir: str) -> None:
     out = sampler.sample(
         ts.ModelInput.from_ints(ids[:4]), num_samples=2, sampling_params=ts.SamplingParams(max_tokens=8, seed=0)
     ).result()
+    svc.close()
     versions = {name: ts.__version__ if name == "tinker-std" else _version(name) for name in _PACKAGES}
     print(json.dumps({
         "losses": losses,

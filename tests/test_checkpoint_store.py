@@ -43,7 +43,10 @@ def test_write_then_read_metadata_round_trip(tmp_path: Path) -> None:
     after = datetime.now(UTC)
 
     folder = store.directory(path)
-    assert folder == tmp_path / "run1" / "weights" / "step-1"
+    name = tmp_path / "run1" / "weights" / "step-1"
+    assert store.link(path) == name and name.is_symlink()  # the name links to the current version
+    assert folder == name.resolve() and folder.parent == name.parent / ".versions"
+    assert set(snapshot(name)) == set(snapshot(folder))
     assert set(snapshot(folder)) == {"adapter.bin", METADATA_FILE}
     assert (folder / "adapter.bin").read_bytes() == b"\x00\x01" * 50
     assert store.exists(path)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -62,6 +65,9 @@ class ServiceClient:
         self.max_chunk_datums = max_chunk_datums
         self._runtime = EventLoopThread(name=f"tinker-std-{self._backend.name}")
         self._started: asyncio.Task[None] | None = None
+        # A script that never calls close() still shuts its backend down before the interpreter
+        # finalises: otherwise torch work on the daemon loop thread can abort the process at exit.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -228,6 +234,13 @@ class ServiceClient:
         self, model_path: str | None = None, base_model: str | None = None
     ) -> SamplingClient:
         return await self.create_sampling_client(model_path=model_path, base_model=base_model)
+
+
+def _close_at_exit(ref: weakref.ref[ServiceClient]) -> None:
+    service = ref()
+    if service is not None:
+        with contextlib.suppress(Exception):
+            service.close()
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:
