@@ -25,8 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-LOCK = REPO / ".ci" / "requirements.lock"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from lockfile import LOCK, PIN, REPO, canonical, locked_versions  # stdlib only
+
 EXTRAS = "test,hf,server"
 TORCH = "torch==2.13.0"
 TESTS = [
@@ -41,20 +42,6 @@ TESTS = [
     "tests/test_server_sdk.py",
     "tests/test_install.py",
 ]
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def locked() -> dict[str, str]:
-    pins = {}
-    for line in LOCK.read_text().splitlines():
-        match = _PIN.match(line.strip())
-        if match:
-            pins[canonical(match.group(1))] = match.group(2)
-    return pins
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -108,7 +95,7 @@ def main() -> int:
     run([str(python), "-m", "pip", "install", "-q", "--upgrade", "--upgrade-strategy", "eager", TORCH,
          "-e", f"{tree}[{EXTRAS}]"], check=True)
 
-    pins, now = locked(), installed(python)
+    pins, now = locked_versions(), installed(python)
     moved = {name: (pins[name], version) for name, version in sorted(now.items())
              if name in pins and pins[name] != version and name not in ("pip", "setuptools")}
     print("\n== newest releases the ranges allow, against the lock")
@@ -138,7 +125,7 @@ def main() -> int:
     for name, (old, new) in moved.items():
         constraints = work / f"lock-without-{name}.txt"
         lines = [line for line in LOCK.read_text().splitlines()
-                 if not (_PIN.match(line.strip()) and canonical(_PIN.match(line.strip()).group(1)) == name)]  # type: ignore[union-attr]
+                 if not (PIN.match(line.strip()) and canonical(PIN.match(line.strip()).group(1)) == name)]  # type: ignore[union-attr]
         constraints.write_text("\n".join([*lines, f"{name}=={new}", ""]))
         ok = run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), TORCH,
                   "-e", f"{tree}[{EXTRAS}]"])

@@ -36,10 +36,11 @@ pins=()
 # CPU build where it lies on disk (pip prefers 2.13.0+cpu over 2.13.0).
 sed -i -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' "$lock"
 # The torch backend names the tested set in its incompatible-environment error: keep it the lock's.
-python3 - "$lock" backends/torch/environment.py <<'PY'
+python3 - backends/torch/environment.py <<'PY'
 import re, sys
-lock, module = sys.argv[1], sys.argv[2]
-pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==([^\s;#]+)", open(lock).read(), re.M))
+sys.path.insert(0, "tests")
+from lockfile import locked_versions
+pins, module = locked_versions(), sys.argv[1]
 text = open(module).read()
 for name in re.findall(r'^    "([a-z0-9_-]+)": "[^"]+",$', text, re.M):
     text = re.sub(rf'^(    "{name}": ")[^"]+(",)$', rf"\g<1>{pins[name]}\g<2>", text, flags=re.M)

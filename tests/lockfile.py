@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / ".ci" / "requirements.lock"
 
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
 def canonical(name: str) -> str:
@@ -20,7 +20,7 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
     """Canonical package name -> pinned version, for every ``name==version`` line of ``lock``."""
     pins: dict[str, str] = {}
     for line in lock.read_text().splitlines():
-        match = _PIN.match(line.strip())
+        match = PIN.match(line.strip())
         if match:
             pins[canonical(match.group(1))] = match.group(2)
     return pins
