@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
+from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import (
     adamw_step,
@@ -56,6 +56,7 @@ from tinker_std.types import (
 from . import adapters, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
+from .placement import Placement, SingleProcess
 from .models import (
     BUILTIN_MODELS,
     load_causal_lm,
@@ -154,8 +155,9 @@ class TorchEngine:
     ``max_batch_tokens``: padded tokens per forward pass. ``batching``: how ``forward_backward_many``
     runs requests of several clients: ``"auto"`` (measure both paths, use the faster, see
     ``batching.py``), ``"batched"`` (one pass with per-row adapters) or ``"serial"`` (one pass per
-    client). Construction raises ``IncompatibleEnvironmentError`` when the installed transformers and
-    peft cannot work together (``environment.check_hf_stack``).
+    client). ``placement``: where the work runs (default ``SingleProcess``; the FSDP backend passes
+    one per rank, see ``placement.py``). Construction raises ``IncompatibleEnvironmentError`` when the
+    installed transformers and peft cannot work together (``environment.check_hf_stack``).
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class TorchEngine:
         cache_dir: str | Path | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batching: BatchingMode = "auto",
+        placement: Placement | None = None,
     ) -> None:
         if max_context_length is not None and max_context_length < 1:
             raise ValueError("max_context_length must be >= 1")
@@ -180,7 +183,8 @@ class TorchEngine:
         self.max_context_length = max_context_length
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_batch_tokens = max_batch_tokens
-        self.path_chooser = PathChooser(batching)
+        self.placement = placement if placement is not None else SingleProcess()
+        self.path_chooser = PathChooser(self.placement.forced_batching or batching)
         self._bases: dict[str, _Base] = {}
         self._paths: dict[str, str] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -232,6 +236,7 @@ class TorchEngine:
             model = load_causal_lm(path, self.dtype, self.device)
             head = model.get_output_embeddings()
             vocab_size = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+            self.placement.prepare_base(model)
             base = _Base(
                 name=base_model,
                 path=path,
@@ -293,8 +298,16 @@ class TorchEngine:
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
             return self._logprobs(model.base, batch)
 
+        def run_pass(chunk: Sequence[Datum]) -> ForwardBackwardOutput:
+            rows = self.placement.rows(chunk)
+            if not rows:
+                self.placement.idle_pass(model.base.model, backward)
+                return self.placement.gather(None, chunk)
+            local = run_forward_backward(logprob_fn, rows, loss_fn, loss_fn_config, backward)
+            return self.placement.gather(local, chunk)
+
         try:
-            results = [run_forward_backward(logprob_fn, chunk, loss_fn, loss_fn_config, backward) for chunk in chunks]
+            results = [run_pass(chunk) for chunk in chunks]
         except BaseException:
             if backward:
                 for name, p in model.params.items():
@@ -418,7 +431,9 @@ class TorchEngine:
 
     def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
-        return adamw_step(self._model(model_id).optimizer, params)
+        model = self._model(model_id)
+        self.placement.reduce_grads(list(model.params.values()))
+        return adamw_step(model.optimizer, params)
 
     def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient, AdamW moments and step, keyed by stable parameter name."""
@@ -430,9 +445,10 @@ class TorchEngine:
 
         params = model.params
         state = {name: model.optimizer.state.get(p, {}) for name, p in params.items()}
+        grads = self.placement.reduced_grads(params)
         return AdapterState(
             weights={name: array(p, p) for name, p in params.items()},
-            grads={name: array(p.grad, p) for name, p in params.items()},
+            grads={name: array(grads[name], p) for name, p in params.items()},
             exp_avg={name: array(state[name].get("exp_avg"), p) for name, p in params.items()},
             exp_avg_sq={name: array(state[name].get("exp_avg_sq"), p) for name, p in params.items()},
             step=max((int(s["step"]) for s in state.values() if "step" in s), default=0),
@@ -444,16 +460,18 @@ class TorchEngine:
         """Adapter weights + AdamW state + metadata under ``path`` (atomic, CKPT-1..CKPT-3)."""
         model = self._model(model_id)
         meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "training")
-        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
-            storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
-            storage.write_optimizer(folder, model.optimizer, model.params)
+        with self.placement.writing(self.checkpoint_store, path, overwrite, meta) as folder:
+            if self.placement.is_writer:
+                storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+            self.placement.write_optimizer(folder, model.optimizer, model.params)
 
     def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         """Adapter weights + metadata under ``path``: a standard peft adapter folder."""
         model = self._model(model_id)
         meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "sampler")
-        with self.checkpoint_store.writing(path, overwrite, meta) as folder:
-            storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+        with self.placement.writing(self.checkpoint_store, path, overwrite, meta) as folder:
+            if self.placement.is_writer:
+                storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
 
     def export_merged(self, model_id: str, out_dir: str | Path, dtype: str | torch.dtype | None = None) -> Path:
         """Write the base model with this client's adapter merged in, as a full Hugging Face model
@@ -522,7 +540,7 @@ class TorchEngine:
             for param in params.values():
                 param.requires_grad_(False)
         spec = SamplerSpec(
-            sampler_id=new_model_id("torch-sampler"),
+            sampler_id=self.placement.new_id("torch-sampler"),
             base_model=base_model,
             vocab_size=base.vocab_size,
             max_context_length=base.max_context_length,
@@ -689,7 +707,7 @@ class TorchEngine:
                 adapters.delete_adapter(base.model, adapter)
                 raise BadRequestError("path", f"optimizer state does not fit the adapter: {exc}") from exc
         spec = ModelSpec(
-            model_id=new_model_id("torch"),
+            model_id=self.placement.new_id("torch"),
             base_model=base.name,
             vocab_size=base.vocab_size,
             max_context_length=base.max_context_length,

@@ -11,7 +11,9 @@ standard peft adapter, loadable by ``peft.PeftModel.from_pretrained(base, folder
 and, in ``save_state`` checkpoints only,
 
 * ``optimizer.safetensors``: AdamW's state per parameter, as ``<name>.exp_avg``,
-  ``<name>.exp_avg_sq`` and ``<name>.step`` (stable names, see ``adapters``), restored exactly.
+  ``<name>.exp_avg_sq`` and ``<name>.step`` (stable names, see ``adapters``), restored exactly;
+  or, in checkpoints written by the FSDP backend, ``optimizer.dcp/``: the same entries as a
+  ``torch.distributed.checkpoint`` folder (read here in one process, whatever world size wrote it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_FILE",
     "BACKEND",
+    "OPTIMIZER_DCP_DIR",
     "OPTIMIZER_FILE",
     "OptimizerState",
     "metadata",
@@ -48,6 +51,7 @@ BACKEND = "torch"
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_DCP_DIR = "optimizer.dcp"
 _MOMENTS = ("step", "exp_avg", "exp_avg_sq")
 
 OptimizerState = dict[str, dict[str, torch.Tensor]]
@@ -111,15 +115,36 @@ def write_optimizer(folder: Path, optimizer: torch.optim.Optimizer, params: dict
 def read_optimizer(folder: Path) -> OptimizerState | None:
     """The optimizer state stored in ``folder``, or ``None`` when the checkpoint has none."""
     file = folder / OPTIMIZER_FILE
-    if not file.is_file():
+    if file.is_file():
+        flat = load_file(str(file))
+    elif (folder / OPTIMIZER_DCP_DIR).is_dir():
+        flat = read_dcp(folder / OPTIMIZER_DCP_DIR)
+    else:
         return None
     state: OptimizerState = {}
-    for key, value in load_file(str(file)).items():
+    for key, value in flat.items():
         name, _, moment = key.rpartition(".")
         if moment not in _MOMENTS:
             raise ValueError(f"unexpected optimizer entry {key!r}")
         state.setdefault(name, {})[moment] = value
     return state
+
+
+def read_dcp(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``torch.distributed.checkpoint`` folder, read whole in this process (no
+    process group needed; the world size that wrote it does not matter)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(folder))
+    entries = reader.read_metadata().state_dict_metadata
+    flat: dict[str, torch.Tensor] = {}
+    for key, entry in entries.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            raise ValueError(f"unexpected non-tensor entry {key!r} in {folder}")
+        flat[key] = torch.empty(entry.size, dtype=entry.properties.dtype)
+    dcp.load(flat, storage_reader=reader, no_dist=True)
+    return flat
 
 
 def restore_optimizer(

@@ -1,0 +1,173 @@
+"""``FsdpBackend``: the torch backend's engine, sharded over ``torch.distributed`` ranks with FSDP2.
+
+The user's process holds the coordinator: ``FsdpBackend`` is ``TorchBackend`` (same queue, same
+method bodies) whose ``engine`` is a ``RankEngine``, a stand-in that forwards every engine call to
+all ranks of a ``RankGroup`` and returns rank 0's answer. Each rank runs the real ``TorchEngine``
+with an ``FsdpPlacement`` (``placement.py``). Because the queue hands the engine one call at a
+time, in arrival order, every rank executes the same calls in the same order.
+
+Before a call leaves the coordinator, what each rank would otherwise draw on its own is drawn
+once and sent along: a ``create_model`` without ``LoraConfig.seed`` gets a random seed, and an
+unseeded sampling request a random seed, so all ranks build the same adapter and draw the same
+tokens (which also keeps their decode loops in lockstep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from tinker_std.backend import ModelSpec, SampleRequest, Tokenizer
+from tinker_std.backends.torch.backend import _OPTIONAL, TorchBackend
+from tinker_std.backends.torch.batching import BatchingMode
+from tinker_std.backends.torch.engine import TorchEngine, resolve_device, resolve_dtype
+from tinker_std.backends.torch.scheduler import EngineQueue
+from tinker_std.capabilities import Capabilities
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.types import LoraConfig, SampleResponse, SupportedModel
+
+from .group import RankGroup
+
+__all__ = ["FsdpBackend", "FsdpBackendBF16", "FsdpBackendFP32", "RankEngine"]
+
+
+class RankEngine:
+    """The ``TorchEngine`` interface that ``TorchBackend`` uses, executed on every rank.
+
+    Metadata calls (``tokenizer``, ``supported_models``) are answered by a local engine that never
+    loads weights."""
+
+    def __init__(self, group: RankGroup, local: TorchEngine) -> None:
+        self.group = group
+        self.local = local
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.group.call(method, *args, **kwargs)
+
+        call.__name__ = method
+        return call
+
+    def supported_models(self) -> list[SupportedModel]:
+        return self.local.supported_models()
+
+    def tokenizer(self, base_model: str) -> Tokenizer:
+        return self.local.tokenizer(base_model)
+
+    def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        if lora.seed is None:
+            lora = lora.model_copy(update={"seed": secrets.randbits(63)})
+        spec: ModelSpec = self.group.call("create_model", base_model, lora)
+        return spec
+
+    def sample_many(self, items: Sequence[tuple[str, SampleRequest]]) -> list[SampleResponse | Exception]:
+        seeded = []
+        for sampler_id, request in items:
+            if request.sampling_params.seed is None:
+                params = request.sampling_params.model_copy(update={"seed": secrets.randbits(62)})
+                request = dataclasses.replace(request, sampling_params=params)
+            seeded.append((sampler_id, request))
+        results: list[SampleResponse | Exception] = self.group.call("sample_many", seeded)
+        return results
+
+    def parameter_bytes(self) -> dict[str, int]:
+        """Per base model: bytes of parameter storage rank 0 holds (its shard of the base plus
+        every adapter)."""
+        result: dict[str, int] = self.group.call("parameter_bytes")
+        return result
+
+    def close(self) -> None:
+        self.group.close()
+
+
+class FsdpBackend(TorchBackend):
+    """``TorchBackend`` over ``world_size`` ranks (see the module doc and ``docs/fsdp.md``).
+
+    Options: those of ``TorchBackend`` (``checkpoint_dir``, ``device``, ``dtype``, ``models``,
+    ``max_context_length``; ``batching`` is accepted and ignored: ranks run one pass per client),
+    plus ``world_size`` (default 2), ``attach`` (``"HOST:PORT"``: wait there for ranks launched by
+    ``torchrun``/``tinker-std fsdp-worker`` instead of starting them), ``authkey`` (hex key those
+    ranks present; required with ``attach``), ``start_timeout`` (seconds, default 300),
+    ``threads`` (intra-op threads per rank, default 1), ``master_port`` (port of the process
+    group's rendezvous for ranks started here; default a free one) and ``timeout`` (seconds a
+    collective may wait, default 600). The constructor returns when every rank is ready and raises
+    ``WorkerStartError`` (one message, with the failing rank's log tail) when one is not.
+    """
+
+    name: ClassVar[str] = "fsdp"
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL | {"deterministic"}, tolerance="fp32")
+
+    def __new__(cls, **options: Any) -> FsdpBackend:
+        if cls is FsdpBackend:
+            device = resolve_device(options.get("device"))
+            dtype = resolve_dtype(options.get("dtype"), device)
+            if dtype in (torch.bfloat16, torch.float16):
+                cls = FsdpBackendBF16
+            elif device.type != "cpu":
+                cls = FsdpBackendFP32
+        return object.__new__(cls)
+
+    def __init__(  # noqa: PLR0913 - the options are the documented surface
+        self,
+        *,
+        world_size: int = 2,
+        checkpoint_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        models: Sequence[str] | None = None,
+        max_context_length: int | None = None,
+        batching: BatchingMode = "auto",
+        attach: str | None = None,
+        authkey: str | None = None,
+        start_timeout: float = 300.0,
+        threads: int = 1,
+        master_port: int | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        if attach is not None and authkey is None:
+            raise ValueError("attach needs authkey: the hex key the externally launched ranks present")
+        self.checkpoint_store = CheckpointStore(checkpoint_dir)
+        local = TorchEngine(self.checkpoint_store, device="cpu", models=models, max_context_length=max_context_length)
+        engine_options = {
+            "device": None if device is None else str(device),
+            "dtype": None if dtype is None else str(dtype),
+            "models": list(models) if models is not None else None,
+            "max_context_length": max_context_length,
+        }
+        init = {
+            "options": engine_options,
+            "checkpoint_dir": str(self.checkpoint_store.root.resolve()),
+            "token": secrets.token_hex(6),
+            "threads": threads,
+            "timeout": timeout,
+        }
+        self.world_size = world_size
+        self.group = RankGroup(
+            world_size, init, attach=attach, authkey=authkey, start_timeout=start_timeout, master_port=master_port
+        )
+        self.engine = RankEngine(self.group, local)  # type: ignore[assignment]
+        self.queue = EngineQueue(
+            {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many}
+        )
+
+
+class FsdpBackendFP32(FsdpBackend):
+    """``FsdpBackend`` in float32 off CPU: tolerance class ``fp32``, no bit-exact replay promise."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="fp32")
+
+
+class FsdpBackendBF16(FsdpBackend):
+    """``FsdpBackend`` in bfloat16 or float16 (the GPU default): tolerance class ``bf16``."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="bf16")

@@ -1,0 +1,200 @@
+"""``FsdpPlacement``: the torch engine's placement on one rank of a ``torch.distributed`` group.
+
+What it changes in ``TorchEngine`` (see ``backends/torch/placement.py`` for the hooks):
+
+* **Base model**: every decoder layer and then the Hugging Face model itself (the root: its
+  embeddings, final norm and LM head, tied or not) become FSDP2 units (``fully_shard`` on a 1-D
+  device mesh over all ranks), so each rank holds about 1/N of the frozen base. The root is the
+  inner model, not a ``PeftModel`` wrapper: its pre-forward hook is what unshards the embedding,
+  so sampling works too (``/work/shared/reference/backends-and-tools.md`` section 4).
+* **LoRA adapters** are added AFTER sharding, at any time, as plain (replicated) tensors that FSDP
+  does not manage. They are a tiny fraction of the model; keeping them whole on every rank means
+  adapters can be created and released at any time, AdamW runs the same on every rank, and the
+  gradient is reduced by one explicit all-reduce with ``SUM`` (so losses stay sums, spec LOSS-1;
+  no FSDP gradient averaging to undo). Gradients stay per-rank partial sums while they
+  accumulate and are summed over ranks right before they are used (``optim_step``, ``read_state``).
+* **Data split**: each forward pass of the engine (one micro-batch) is split into contiguous,
+  near-equal row ranges, one per rank; a rank with no rows runs an idle one-token pass (with a
+  zero backward) so every rank joins every collective of the pass. Outputs are gathered in row
+  order on every rank; ``loss:sum`` is the sum of the ranks' sums.
+* **Checkpoints**: rank 0 opens the staging folder and commits it only after every rank reports
+  success; the adapter (peft folder) is written by rank 0, the optimizer state by all ranks with
+  ``torch.distributed.checkpoint`` (``optimizer.dcp/``).
+* **Ids**: ``fsdp-<group token>-<counter>`` (``fsdp-sampler-...`` for samplers), identical on every rank because every rank
+  executes the same calls in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tinker_std.backends.torch import storage
+from tinker_std.backends.torch.placement import Placement
+from tinker_std.checkpoints import CheckpointStore
+from tinker_std.types import Datum, ForwardBackwardOutput, ParsedCheckpointTinkerPath
+
+from .wire import ErrorRecord, pack, rebuild
+
+__all__ = ["FsdpPlacement", "decoder_layers", "local_parameter_bytes"]
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The repeated blocks of a Hugging Face model (classes named in ``_no_split_modules``)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        inner = getattr(model, "model", None)
+        layers = list(getattr(inner, "layers", []))
+    return layers
+
+
+def local_parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameter storage this process holds for ``model`` (the local shard of sharded
+    parameters, all of an unsharded one)."""
+    total = 0
+    seen: set[int] = set()
+    for param in model.parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        key = id(local.untyped_storage()) if local.numel() else id(local)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += local.numel() * local.element_size()
+    return total
+
+
+class FsdpPlacement(Placement):
+    """One rank's placement. The process group must already be initialised; ``token`` must be the
+    same on every rank (it makes ids unique across groups)."""
+
+    forced_batching = "serial"
+
+    def __init__(self, device: torch.device, token: str) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = device
+        self.is_writer = self.rank == 0
+        self.mesh = init_device_mesh(device.type, (self.world_size,))
+        self._token = token
+        self._counter = itertools.count()
+        # gloo reduces CPU tensors; NCCL needs them on the rank's GPU.
+        self._comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    # -- base model ----------------------------------------------------------------------------
+
+    def prepare_base(self, model: Any) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in decoder_layers(model):
+            fully_shard(layer, mesh=self.mesh)
+        fully_shard(model, mesh=self.mesh)
+
+    # -- forward passes --------------------------------------------------------------------------
+
+    def rows(self, chunk: Sequence[Datum]) -> Sequence[Datum]:
+        per_rank = -(-len(chunk) // self.world_size)
+        return chunk[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def idle_pass(self, model: Any, backward: bool) -> None:
+        ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        with torch.set_grad_enabled(backward):
+            logits = model(input_ids=ids, use_cache=False).logits
+            if backward and logits.requires_grad:
+                (logits.sum() * 0.0).backward()  # type: ignore[no-untyped-call]
+
+    def gather(self, local: ForwardBackwardOutput | None, chunk: Sequence[Datum]) -> ForwardBackwardOutput:
+        parts: list[ForwardBackwardOutput | None] = [None] * self.world_size
+        dist.all_gather_object(parts, local)
+        present = [p for p in parts if p is not None]
+        return ForwardBackwardOutput(
+            loss_fn_output_type="TensorData",
+            loss_fn_outputs=[o for p in present for o in p.loss_fn_outputs],
+            metrics={"loss:sum": float(sum(p.metrics["loss:sum"] for p in present))},
+        )
+
+    # -- gradients --------------------------------------------------------------------------------
+
+    def _summed(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        flat = torch.cat([t.detach().reshape(-1).to(self._comm_device, torch.float32) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        out, offset = [], 0
+        for t in tensors:
+            out.append(flat[offset : offset + t.numel()].view(t.shape).to(t.device, t.dtype))
+            offset += t.numel()
+        return out
+
+    def reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p, summed in zip(params, self._summed(grads), strict=True):
+            p.grad = summed
+
+    def reduced_grads(self, params: Mapping[str, torch.nn.Parameter]) -> dict[str, torch.Tensor | None]:
+        if not params:
+            return {}
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params.values()]
+        return dict(zip(params, self._summed(grads), strict=True))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _all_ok(self, ok: bool) -> bool:
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self._comm_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    @contextmanager
+    def writing(
+        self, store: CheckpointStore, path: ParsedCheckpointTinkerPath, overwrite: bool, meta: dict[str, Any]
+    ) -> Iterator[Path]:
+        """Rank 0 opens the store's staging folder and tells the others where it is; every rank
+        writes; the folder is committed under its name only when every rank succeeded."""
+        with ExitStack() as stack:
+            box: list[str | ErrorRecord | None] = [None]
+            failure: BaseException | None = None
+            if self.rank == 0:
+                try:
+                    box[0] = str(stack.enter_context(store.writing(path, overwrite, {**meta, "world_size": self.world_size})))
+                except Exception as exc:  # e.g. ConflictError: every rank raises it
+                    failure = exc
+                    box[0] = pack(exc, self.rank)
+            dist.broadcast_object_list(box, src=0)
+            if failure is not None:
+                raise failure
+            if isinstance(box[0], ErrorRecord):
+                raise rebuild(box[0])
+            assert isinstance(box[0], str)
+            try:
+                yield Path(box[0])
+            except BaseException:
+                self._all_ok(False)
+                raise
+            if not self._all_ok(True):
+                raise RuntimeError(f"another rank failed while writing {path.tinker_path}; nothing was committed")
+
+    def write_optimizer(
+        self, folder: Path, optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter]
+    ) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        state = storage.optimizer_state(optimizer, params)
+        flat = {f"{name}.{key}": value for name, entry in state.items() for key, value in entry.items()}
+        dcp.save(flat, checkpoint_id=str(folder / storage.OPTIMIZER_DCP_DIR))
+
+    # -- ids and lifetime -------------------------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix.replace('torch', 'fsdp', 1)}-{self._token}-{next(self._counter)}"
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
