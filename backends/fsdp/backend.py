@@ -78,10 +78,10 @@ class RankEngine:
         results: list[SampleResponse | Exception] = self.group.call("sample_many", seeded)
         return results
 
-    def parameter_bytes(self) -> dict[str, int]:
-        """Per base model: bytes of parameter storage rank 0 holds (its shard of the base plus
-        every adapter)."""
-        result: dict[str, int] = self.group.call("parameter_bytes")
+    def parameter_bytes(self) -> dict[str, dict[str, int]]:
+        """Per loaded base model: bytes of parameter storage rank 0 holds, ``{"base": its shard of
+        the frozen base, "adapters": every LoRA tensor on it (replicated)}``."""
+        result: dict[str, dict[str, int]] = self.group.call("parameter_bytes")
         return result
 
     def close(self) -> None:

@@ -55,12 +55,14 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return layers
 
 
-def local_parameter_bytes(model: torch.nn.Module) -> int:
+def local_parameter_bytes(model: torch.nn.Module, adapters: bool = False) -> int:
     """Bytes of parameter storage this process holds for ``model`` (the local shard of sharded
-    parameters, all of an unsharded one)."""
+    parameters, all of an unsharded one): the base model's, or with ``adapters`` the LoRA tensors'."""
     total = 0
     seen: set[int] = set()
-    for param in model.parameters():
+    for name, param in model.named_parameters():
+        if ("lora_" in name) != adapters:
+            continue
         local = param.to_local() if hasattr(param, "to_local") else param
         key = id(local.untyped_storage()) if local.numel() else id(local)
         if key in seen:

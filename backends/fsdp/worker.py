@@ -110,10 +110,13 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
             conn.send(("result", seq, result))
 
 
-def _parameter_bytes(engine: Any) -> dict[str, int]:
+def _parameter_bytes(engine: Any) -> dict[str, dict[str, int]]:
     from .placement import local_parameter_bytes
 
-    return {name: local_parameter_bytes(base.model) for name, base in engine._bases.items()}
+    return {
+        name: {"base": local_parameter_bytes(b.model), "adapters": local_parameter_bytes(b.model, adapters=True)}
+        for name, b in engine._bases.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
