@@ -17,7 +17,7 @@ fi
 
 reports=.ci-reports
 rm -rf "$reports" && mkdir -p "$reports"
-for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch}; do
+for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch fsdp}; do
     echo "== conformance suite on backend '$backend'"
     .venv/bin/python -m tinker_std.conformance --backend "$backend" --report "$reports/$backend.json" -- -q \
         | tail -n 3

@@ -23,14 +23,14 @@ from typing import Any, ClassVar
 import torch
 
 from tinker_std.backend import ModelSpec, SampleRequest, Tokenizer
-from tinker_std.backends.torch.backend import _OPTIONAL, TorchBackend
-from tinker_std.backends.torch.batching import BatchingMode
-from tinker_std.backends.torch.engine import TorchEngine, resolve_device, resolve_dtype
-from tinker_std.backends.torch.scheduler import EngineQueue
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import LoraConfig, SampleResponse, SupportedModel
 
+from ..torch.backend import _OPTIONAL, TorchBackend
+from ..torch.batching import BatchingMode
+from ..torch.engine import TorchEngine, resolve_device, resolve_dtype
+from ..torch.scheduler import EngineQueue
 from .group import RankGroup
 
 __all__ = ["FsdpBackend", "FsdpBackendBF16", "FsdpBackendFP32", "RankEngine"]
@@ -115,7 +115,7 @@ class FsdpBackend(TorchBackend):
                 cls = FsdpBackendFP32
         return object.__new__(cls)
 
-    def __init__(  # noqa: PLR0913 - the options are the documented surface
+    def __init__(
         self,
         *,
         world_size: int = 2,

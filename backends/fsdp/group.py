@@ -188,11 +188,10 @@ class RankGroup:
             conn.send(init)
         pending = dict(self.conns)
         while pending:
-            ready = wait(list(pending.values()), timeout=0.2)
-            for conn in ready:
-                rank = next(r for r, c in pending.items() if c is conn)
+            for ready in wait(list(pending.values()), timeout=0.2):
+                rank = next(r for r, c in pending.items() if c is ready)
                 try:
-                    message = conn.recv()
+                    message = pending[rank].recv()
                 except (EOFError, OSError):
                     raise WorkerStartError(self._start_failure(rank, None)) from None
                 if message[0] == "failed":
@@ -238,10 +237,10 @@ class RankGroup:
             answers: dict[int, tuple[str, Any]] = {}
             pending = dict(self.conns)
             while pending:
-                for conn in wait(list(pending.values())):
-                    rank = next(r for r, c in pending.items() if c is conn)
+                for ready in wait(list(pending.values())):
+                    rank = next(r for r, c in pending.items() if c is ready)
                     try:
-                        kind, got_seq, payload = conn.recv()
+                        kind, got_seq, payload = pending[rank].recv()
                     except (EOFError, OSError):
                         self._break(rank)
                     assert got_seq == seq, f"rank {rank} answered call {got_seq}, expected {seq}"

@@ -20,8 +20,8 @@ What it changes in ``TorchEngine`` (see ``backends/torch/placement.py`` for the 
 * **Checkpoints**: rank 0 opens the staging folder and commits it only after every rank reports
   success; the adapter (peft folder) is written by rank 0, the optimizer state by all ranks with
   ``torch.distributed.checkpoint`` (``optimizer.dcp/``).
-* **Ids**: ``fsdp-<group token>-<counter>`` (``fsdp-sampler-...`` for samplers), identical on every rank because every rank
-  executes the same calls in the same order.
+* **Ids**: ``fsdp-<group token>-<counter>`` (``fsdp-sampler-...`` for samplers), identical on
+  every rank because every rank executes the same calls in the same order.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tinker_std.backends.torch import storage
-from tinker_std.backends.torch.placement import Placement
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import Datum, ForwardBackwardOutput, ParsedCheckpointTinkerPath
 
+from ..torch import storage
+from ..torch.placement import Placement
 from .wire import ErrorRecord, pack, rebuild
 
 __all__ = ["FsdpPlacement", "decoder_layers", "local_parameter_bytes"]
@@ -111,7 +111,7 @@ class FsdpPlacement(Placement):
         with torch.set_grad_enabled(backward):
             logits = model(input_ids=ids, use_cache=False).logits
             if backward and logits.requires_grad:
-                (logits.sum() * 0.0).backward()  # type: ignore[no-untyped-call]
+                (logits.sum() * 0.0).backward()
 
     def gather(self, local: ForwardBackwardOutput | None, chunk: Sequence[Datum]) -> ForwardBackwardOutput:
         parts: list[ForwardBackwardOutput | None] = [None] * self.world_size
@@ -165,7 +165,8 @@ class FsdpPlacement(Placement):
             failure: BaseException | None = None
             if self.rank == 0:
                 try:
-                    box[0] = str(stack.enter_context(store.writing(path, overwrite, {**meta, "world_size": self.world_size})))
+                    meta = {**meta, "world_size": self.world_size}
+                    box[0] = str(stack.enter_context(store.writing(path, overwrite, meta)))
                 except Exception as exc:  # e.g. ConflictError: every rank raises it
                     failure = exc
                     box[0] = pack(exc, self.rank)
@@ -186,11 +187,11 @@ class FsdpPlacement(Placement):
     def write_optimizer(
         self, folder: Path, optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter]
     ) -> None:
-        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict_saver import save
 
         state = storage.optimizer_state(optimizer, params)
         flat = {f"{name}.{key}": value for name, entry in state.items() for key, value in entry.items()}
-        dcp.save(flat, checkpoint_id=str(folder / storage.OPTIMIZER_DCP_DIR))
+        save(flat, checkpoint_id=str(folder / storage.OPTIMIZER_DCP_DIR))
 
     # -- ids and lifetime -------------------------------------------------------------------------
 

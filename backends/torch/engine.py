@@ -56,7 +56,6 @@ from tinker_std.types import (
 from . import adapters, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
-from .placement import Placement, SingleProcess
 from .models import (
     BUILTIN_MODELS,
     load_causal_lm,
@@ -65,6 +64,7 @@ from .models import (
     quiet_transformers,
     resolve_model_path,
 )
+from .placement import Placement, SingleProcess
 
 __all__ = ["ForwardBackwardJob", "TorchEngine", "resolve_device", "resolve_dtype"]
 

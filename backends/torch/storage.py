@@ -41,6 +41,7 @@ __all__ = [
     "optimizer_state",
     "read_adapter",
     "read_checkpoint",
+    "read_dcp",
     "read_optimizer",
     "restore_optimizer",
     "write_adapter",
@@ -133,17 +134,18 @@ def read_optimizer(folder: Path) -> OptimizerState | None:
 def read_dcp(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a ``torch.distributed.checkpoint`` folder, read whole in this process (no
     process group needed; the world size that wrote it does not matter)."""
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import load
 
-    reader = dcp.FileSystemReader(str(folder))
+    reader = FileSystemReader(str(folder))
     entries = reader.read_metadata().state_dict_metadata
     flat: dict[str, torch.Tensor] = {}
     for key, entry in entries.items():
         if not isinstance(entry, TensorStorageMetadata):
             raise ValueError(f"unexpected non-tensor entry {key!r} in {folder}")
         flat[key] = torch.empty(entry.size, dtype=entry.properties.dtype)
-    dcp.load(flat, storage_reader=reader, no_dist=True)
+    load(flat, storage_reader=reader, no_dist=True)
     return flat
 
 
