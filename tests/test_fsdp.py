@@ -302,3 +302,50 @@ def test_worker_start_failure_is_one_clear_error(tmp_path: Path) -> None:
         with pytest.raises(WorkerStartError, match="rank 0") as info:
             FsdpBackend(world_size=2, checkpoint_dir=str(tmp_path), master_port=port, start_timeout=120)
     assert "address already in use" in str(info.value).lower() or "errno" in str(info.value).lower()
+
+
+@pytest.mark.slow
+def test_attach_to_ranks_launched_by_torchrun(tmp_path: Path) -> None:
+    """The documented multi-node path on one node: torchrun starts the ranks, the ServiceClient
+    waits for them at ``attach``; losses match the torch backend's."""
+    import secrets
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = secrets.token_hex(16)
+    env = {**os.environ, "TINKER_STD_FSDP_AUTHKEY": key}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    launcher = subprocess.Popen(
+        [*torchrun, "-m", "tinker_std.backends.fsdp.worker", "--connect", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    data = _batch(80, 3)
+    try:
+        with ts.ServiceClient(
+            backend="fsdp",
+            world_size=2,
+            attach=f"127.0.0.1:{port}",
+            authkey=key,
+            checkpoint_dir=str(tmp_path),
+            start_timeout=120,
+        ) as svc:
+            tc = svc.create_lora_training_client(MODEL, rank=4, seed=2).result()
+            tc.forward_backward(data, "cross_entropy").result()
+            tc.optim_step(ADAM).result()
+            got = tc.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
+        with ts.ServiceClient(backend="torch", checkpoint_dir=str(tmp_path)) as ref_svc:
+            ref = ref_svc.create_lora_training_client(MODEL, rank=4, seed=2).result()
+            ref.forward_backward(data, "cross_entropy").result()
+            ref.optim_step(ADAM).result()
+            expected = ref.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
+        np.testing.assert_allclose(got, expected, rtol=SUM_RTOL)
+        assert launcher.wait(timeout=120) == 0  # the ranks exit when the client closes
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

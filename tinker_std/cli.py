@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the conformance suite against a backend (--backend NAME|module:Class [--report PATH] ...)",
         add_help=False,
     )
+    sub.add_parser(
+        "fsdp-worker",
+        help="one rank of the fsdp backend, for torchrun (--connect HOST:PORT; see docs/fsdp.md)",
+        add_help=False,
+    )
     for name, help_text in _HELP.items():
         recipe = sub.add_parser(name, help=help_text, description=f"{help_text}; log dir default runs/{name}")
         _add_config_flags(recipe, _recipe(name)[0])
@@ -217,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tinker_std.conformance.__main__ import main as conformance_main
 
         return int(conformance_main(argv[1:]))
+    if argv[:1] == ["fsdp-worker"]:
+        # One rank of the fsdp backend, e.g. under torchrun (docs/fsdp.md); it has its own parser.
+        from tinker_std.backends.fsdp.worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

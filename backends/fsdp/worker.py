@@ -20,6 +20,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from datetime import timedelta
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
@@ -29,6 +30,20 @@ __all__ = ["main", "serve"]
 
 AUTHKEY_ENV = "TINKER_STD_FSDP_AUTHKEY"
 PDEATHSIG_ENV = "TINKER_STD_FSDP_PDEATHSIG"
+CONNECT_TIMEOUT_ENV = "TINKER_STD_FSDP_CONNECT_TIMEOUT"
+
+
+def _connect(address: tuple[str, int], key: bytes, timeout: float) -> Connection:
+    """Connect to the coordinator, retrying while it is not listening yet (ranks launched by
+    ``torchrun`` may start before the ``ServiceClient`` that waits for them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(address, authkey=key)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _die_with_parent() -> None:
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
-    conn = Client((host, int(port)), authkey=bytes.fromhex(key))
+    conn = _connect((host, int(port)), bytes.fromhex(key), float(os.environ.get(CONNECT_TIMEOUT_ENV, "300")))
     conn.send(("hello", rank, world_size, os.getpid()))
     serve(conn, rank, world_size)
     return 0
