@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One rank of the fsdp backend, e.g. under torchrun (docs/fsdp.md); it has its own parser.
         from tinker_std.backends.fsdp.worker import main as worker_main
 
-        return worker_main(argv[1:])
+        return int(worker_main(argv[1:]))
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -59,15 +59,10 @@ def local_parameter_bytes(model: torch.nn.Module, adapters: bool = False) -> int
     """Bytes of parameter storage this process holds for ``model`` (the local shard of sharded
     parameters, all of an unsharded one): the base model's, or with ``adapters`` the LoRA tensors'."""
     total = 0
-    seen: set[int] = set()
-    for name, param in model.named_parameters():
+    for name, param in model.named_parameters():  # each parameter once, even when tied
         if ("lora_" in name) != adapters:
             continue
         local = param.to_local() if hasattr(param, "to_local") else param
-        key = id(local.untyped_storage()) if local.numel() else id(local)
-        if key in seen:
-            continue
-        seen.add(key)
         total += local.numel() * local.element_size()
     return total
 
@@ -98,7 +93,9 @@ class FsdpPlacement(Placement):
 
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=self.mesh)
-        fully_shard(model, mesh=self.mesh)
+        # FSDP2 keeps the root unsharded after forward by default; reshard it so that between
+        # calls each rank holds only its shard of the embeddings and LM head too.
+        fully_shard(model, mesh=self.mesh, reshard_after_forward=True)
 
     # -- forward passes --------------------------------------------------------------------------
 
