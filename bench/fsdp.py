@@ -4,8 +4,7 @@ Prints, in one run on one model:
 
 * resident parameter bytes per rank of the frozen base with ``fsdp`` at 2 ranks vs 1 rank (the
   local FSDP2 shards, counted on rank 0 after one training step; target <= 0.55x), plus the
-  replicated LoRA bytes and each
-  rank's peak RSS;
+  replicated LoRA bytes and each rank's peak RSS;
 * step time (forward_backward + optim_step, 4 x 128 tokens, LoRA rank 16 on every attention and
   MLP projection) of ``fsdp`` with 2 ranks vs the ``torch`` backend on the same data, interleaved.
 

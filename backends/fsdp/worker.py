@@ -4,7 +4,8 @@
 The rank reads ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` (and ``LOCAL_RANK`` for
 its GPU) from the environment, as ``torchrun`` sets them, and the connection key (hex) from
 ``TINKER_STD_FSDP_AUTHKEY``. It connects to the coordinator (the ``FsdpBackend`` in the user's
-process) at ``HOST:PORT``, says hello, receives the engine options, joins the process group
+process) at ``HOST:PORT`` (retrying for ``TINKER_STD_FSDP_CONNECT_TIMEOUT`` seconds, default 300,
+while nobody listens yet), says hello, receives the engine options, joins the process group
 (gloo on CPU, NCCL on CUDA), builds a ``TorchEngine`` with an ``FsdpPlacement`` and reports ready
 (or the error that stopped it). Then it executes engine calls as they arrive, in order, and
 answers each with its result or its error; every rank receives the same calls in the same order.
