@@ -349,3 +349,34 @@ def test_attach_to_ranks_launched_by_torchrun(tmp_path: Path) -> None:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+_PARENT_SCRIPT = """
+import sys, time
+import tinker_std as ts
+svc = ts.ServiceClient(backend="fsdp", world_size=2, checkpoint_dir=sys.argv[1])
+print(" ".join(str(p.pid) for p in svc.backend.group.processes), flush=True)
+time.sleep(600)
+"""
+
+
+def test_ranks_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the user's process (no close, no atexit) still leaves no rank behind."""
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and _pids_alive(pids) == pids
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _pids_alive(pids) == []
