@@ -366,9 +366,7 @@ def test_ranks_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     import sys
     import time
 
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
