@@ -295,9 +295,8 @@ def test_kill_a_rank(tmp_path: Path) -> None:
 
 
 def test_worker_start_failure_is_one_clear_error(tmp_path: Path) -> None:
-    with socket.socket() as taken:
+    with socket.socket() as taken:  # bound, not listening: rank 0 cannot bind, rank 1 keeps retrying
         taken.bind(("127.0.0.1", 0))
-        taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(WorkerStartError, match="rank 0") as info:
             FsdpBackend(world_size=2, checkpoint_dir=str(tmp_path), master_port=port, start_timeout=120)
