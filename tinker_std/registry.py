@@ -32,6 +32,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "mock": "tinker_std.backends.mock:MockBackend",
     "torch": "tinker_std.backends.torch:TorchBackend",
     "minimal": "tinker_std.backends.minimal:MinimalBackend",
+    "modal": "tinker_std.backends.modal:ModalBackend",
 }
 
 
