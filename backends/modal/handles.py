@@ -156,7 +156,14 @@ class LocalHandle:
             if self._instance is None:
                 from .app import TinkerStdTrainer
 
-                self._instance = TinkerStdTrainer(**self.params)
+                instance = TinkerStdTrainer(**self.params)
+                # A container runs @modal.enter once, before any input; .local() would run it in
+                # every thread that arrives first at once, so enter here, under the lock, with a
+                # cheap first call.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*executing locally.*", category=UserWarning)
+                    instance.get_server_capabilities.local({})
+                self._instance = instance
             return self._instance
 
     def restart(self) -> None:
