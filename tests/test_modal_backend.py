@@ -22,7 +22,7 @@ from tinker_std.errors import BadRequestError, ConflictError, NotFoundError, Req
 
 pytest.importorskip("modal")
 
-from tinker_std.backends.modal import ContainerLostError, ModalBackend  # noqa: E402
+from tinker_std.backends.modal import ContainerLostError, ModalBackend
 
 MODEL = "tiny-llama"
 
@@ -93,7 +93,9 @@ def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClie
     assert tc_m.get_tokenizer().encode("hello world") == tc_t.get_tokenizer().encode("hello world")
 
 
-def test_concurrent_sampling_fans_out_and_matches_sequential(clients: tuple[ts.ServiceClient, ts.ServiceClient]) -> None:
+def test_concurrent_sampling_fans_out_and_matches_sequential(
+    clients: tuple[ts.ServiceClient, ts.ServiceClient],
+) -> None:
     modal_client, _ = clients
     sampler = modal_client.create_sampling_client(base_model=MODEL).result()
     params = [ts.SamplingParams(max_tokens=5, seed=seed) for seed in range(6)]

@@ -33,8 +33,8 @@ from .wire import Payload
 
 __all__ = ["app", "image", "settings", "checkpoints_volume", "models_volume", "TinkerStdTrainer", "deploy"]
 
-_IGNORE = [".git", ".venv", "**/__pycache__", "**/*.egg-info", ".ci-reports", ".mypy_cache", ".ruff_cache",
-           ".pytest_cache", ".hypothesis", "bench/results"]
+_IGNORE = [".git", ".venv", "**/__pycache__", "*.egg-info", "**/*.egg-info", "runs", ".ci-reports", ".mypy_cache",
+           ".ruff_cache", ".pytest_cache", ".hypothesis", "bench/results"]
 
 
 def build_image(settings: ContainerSettings) -> modal.Image:
@@ -177,9 +177,7 @@ def _nothing() -> None:
     return None
 
 
-def deploy(environment_name: str | None = None) -> str:
-    """Deploy the app under ``settings.app_name`` (needs Modal credentials and network); its
-    dashboard URL."""
+def deploy(environment_name: str | None = None) -> None:
+    """Deploy the app under ``settings.app_name`` (needs Modal credentials and network)."""
     with modal.enable_output():
         app.deploy(name=settings.app_name, environment_name=environment_name)
-    return str(app.app_id)

@@ -54,15 +54,25 @@ _OPTIONAL = frozenset(
 )
 
 
+def _env(name: str) -> str | None:
+    return os.environ.get(f"TINKER_STD_MODAL_{name}") or None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
 def offline_from_env() -> bool:
     """``TINKER_STD_MODAL_OFFLINE`` is set to 1/true/yes."""
-    return os.environ.get("TINKER_STD_MODAL_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    return _truthy(_env("OFFLINE"))
 
 
 class ModalBackend(Backend):
     """The torch engine in Modal containers.
 
-    Options: ``gpu`` (Modal GPU type, default ``"H100"``), ``gpu_count`` (default 1), ``region``
+    Options (each not given falls back to ``$TINKER_STD_MODAL_<NAME>``, e.g. ``TINKER_STD_MODAL_GPU``,
+    ``TINKER_STD_MODAL_MODELS`` as a comma-separated list, so CLI recipes configure it too): ``gpu``
+    (Modal GPU type, default ``"H100"``), ``gpu_count`` (default 1), ``region``
     (Modal region, default anywhere), ``app_name`` (the deployed app, default ``"tinker-std"``),
     ``environment_name`` (Modal environment), ``ephemeral`` (run the package's app for the life of
     the client instead of using the deployed one), ``offline`` (no Modal servers: run the class
@@ -93,12 +103,12 @@ class ModalBackend(Backend):
     def __init__(
         self,
         *,
-        gpu: str = "H100",
-        gpu_count: int = 1,
+        gpu: str | None = None,
+        gpu_count: int | None = None,
         region: str | None = None,
-        app_name: str = APP_NAME,
+        app_name: str | None = None,
         environment_name: str | None = None,
-        ephemeral: bool = False,
+        ephemeral: bool | None = None,
         offline: bool | None = None,
         models: Sequence[str] | None = None,
         dtype: str | None = None,
@@ -111,6 +121,14 @@ class ModalBackend(Backend):
         self.offline = offline_from_env() if offline is None else bool(offline)
         if not self.offline:
             require_credentials()
+        gpu = gpu or _env("GPU") or "H100"
+        gpu_count = gpu_count if gpu_count is not None else int(_env("GPU_COUNT") or 1)
+        region = region or _env("REGION")
+        app_name = app_name or _env("APP_NAME") or APP_NAME
+        environment_name = environment_name or _env("ENVIRONMENT")
+        ephemeral = ephemeral if ephemeral is not None else _truthy(_env("EPHEMERAL"))
+        if models is None and _env("MODELS"):
+            models = [name.strip() for name in str(_env("MODELS")).split(",") if name.strip()]
         if gpu_count < 1:
             raise ValueError(f"gpu_count must be >= 1, got {gpu_count}")
         gpu_spec = gpu if gpu_count == 1 else f"{gpu}:{gpu_count}"
@@ -203,7 +221,8 @@ class ModalBackend(Backend):
         known = self._base_of.get(path.training_run_id)
         if known is not None:
             return known
-        result = await self._call(self.default_model, "checkpoint_base_model", {"path": wire.encode_path(path)})
+        base = next(iter(self._handles), self.default_model)  # any container reads the Volume
+        result = await self._call(base, "checkpoint_base_model", {"path": wire.encode_path(path)})
         return str(result["base_model"])
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -219,7 +238,9 @@ class ModalBackend(Backend):
     # -- models and tokenizers ---------------------------------------------------------------------
 
     async def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
-        return wire.decode_capabilities(await self._call(self.default_model, "get_server_capabilities", {}))
+        # Ask a container that is already up, so that listing models does not start another GPU.
+        base = next(iter(self._handles), self.default_model)
+        return wire.decode_capabilities(await self._call(base, "get_server_capabilities", {}))
 
     def get_tokenizer(self, base_model: str) -> Tokenizer:
         """The container's tokenizer, shipped once as files and loaded here with transformers."""
@@ -232,8 +253,8 @@ class ModalBackend(Backend):
             with tempfile.TemporaryDirectory(prefix="tinker-std-modal-tokenizer-") as tmp:
                 for name, data in files.items():
                     (Path(tmp) / Path(name).name).write_bytes(data)
-                tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-            self._tokenizers[base_model] = tokenizer
+                loaded: Tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)  # type: ignore[assignment]
+            self._tokenizers[base_model] = tokenizer = loaded
         return tokenizer
 
     async def _spec_call(self, base_model: str, method: str, payload: Payload) -> ModelSpec:
