@@ -172,3 +172,62 @@ def test_live_ephemeral_app_trains_and_samples() -> None:  # pragma: no cover - 
         assert len(out.sequences) == 2
     finally:
         client.close()
+
+
+_DESCRIBE_WEB = r"""
+import json
+from modal._utils.async_utils import synchronizer
+from tinker_std.backends.modal import web
+
+fn = synchronizer._translate_in(web.http_server)
+build = {n: c.cell_contents for n, c in zip(fn._load.__code__.co_freevars, fn._load.__closure__ or [])}
+print(json.dumps({
+    "app": web.web_app.name,
+    "gpu": fn._spec.gpus,
+    "volumes": sorted(str(p) for p in fn._spec.volumes),
+    "web": build["webhook_config"] is not None and build["webhook_config"].type,
+    "max_containers": build["max_containers"],
+}))
+"""
+
+
+def test_http_endpoint_definition(tmp_path: Path) -> None:
+    """``tinker-std modal serve``'s app: an ASGI web function on a GPU with both Volumes mounted."""
+    import modal  # noqa: F401  (the extra is installed)
+    from modal_proto import api_pb2
+
+    out = subprocess.run([sys.executable, "-c", _DESCRIBE_WEB], env=_isolated_env(tmp_path, TINKER_STD_MODAL_GPU="L4"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    web = json.loads(out.stdout.strip().splitlines()[-1])
+    assert web == {"app": "tinker-std-http", "gpu": "L4", "volumes": ["/checkpoints", "/models"],
+                   "web": api_pb2.WEBHOOK_TYPE_ASGI_APP, "max_containers": 1}
+
+
+def test_http_endpoint_backend_commits_after_every_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint's backend calls the Volume commit after each save (here a counter: offline, the
+    real commit is guarded off)."""
+    monkeypatch.setenv("TINKER_STD_CACHE_DIR", str(tmp_path / "cache"))
+    import tinker_std as ts
+    from tinker_std.backends.modal.service import committing_torch_backend
+
+    commits: list[int] = []
+    backend = committing_torch_backend(lambda: commits.append(1), checkpoint_dir=str(tmp_path), dtype="float32",
+                                       device="cpu")
+    assert backend.capabilities.tolerance == "fp32"
+    with ts.ServiceClient(backend) as service:
+        tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result()
+        assert commits == []
+        tc.save_state("a").result()
+        tc.save_weights_for_sampler("b").result()
+    assert commits == [1, 1]
+
+
+def test_http_endpoint_serves_the_asgi_app_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ASGI app Modal would mount, built through the web function's ``.local()`` path."""
+    pytest.importorskip("tinker_std.server.asgi", reason="tinker_std.server.asgi (the ASGI server) is not here yet")
+    monkeypatch.setenv("TINKER_STD_CHECKPOINT_DIR", str(tmp_path))
+    from tinker_std.backends.modal import web
+
+    asgi = web.http_server.local()
+    assert callable(asgi)

@@ -197,3 +197,23 @@ class ContainerService:
         request = wire.decode_sample_request(payload["request"])
         return wire.encode_sample_response(self._run(self.backend.sample(payload["sampler_id"], request)))
 
+
+
+def committing_torch_backend(after_write: Callable[[], None], **options: Any) -> Any:
+    """A torch backend that calls ``after_write`` (the Volume commit) after every checkpoint it
+    writes, for containers that serve it directly (``web.py``'s HTTP endpoint). Float32 gets
+    ``TorchBackendFP32``'s capabilities, anything else ``TorchBackendBF16``'s (a GPU container)."""
+    from tinker_std.backends.torch import TorchBackendBF16, TorchBackendFP32
+
+    base: type[Any] = TorchBackendFP32 if str(options.get("dtype", "")).endswith("float32") else TorchBackendBF16
+
+    class CommittingTorchBackend(base):  # type: ignore[misc]
+        async def save_state(self, model_id: str, path: Any, overwrite: bool) -> None:
+            await super().save_state(model_id, path, overwrite)
+            after_write()
+
+        async def save_weights_for_sampler(self, model_id: str, path: Any, overwrite: bool) -> None:
+            await super().save_weights_for_sampler(model_id, path, overwrite)
+            after_write()
+
+    return CommittingTorchBackend(**options)
