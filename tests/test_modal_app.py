@@ -86,6 +86,7 @@ def test_default_app_definition(tmp_path: Path) -> None:
     assert "RUN pip install --no-deps /opt/tinker-std" in commands  # this checkout, installed in the image
     assert "ENV HF_HOME=/models/huggingface" in commands
     assert "ENV TINKER_STD_CHECKPOINT_DIR=/checkpoints" in commands
+    assert "ENV TINKER_STD_MODAL_GPU=H100" in commands  # the container's import of app.py sees the same settings
 
 
 def test_settings_choose_gpu_count_region_and_timeouts(tmp_path: Path) -> None:

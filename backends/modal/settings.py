@@ -100,8 +100,10 @@ class ContainerSettings:
         return options
 
     def container_env(self) -> dict[str, str]:
-        """Environment of the container: caches on the models Volume, online hub access."""
+        """Environment of the container: caches on the models Volume, online hub access, and these
+        settings, so that Modal's import of ``app.py`` inside the container defines the same app."""
         return {
+            **self.to_env(),
             "HF_HOME": f"{MODELS_MOUNT}/huggingface",
             "TINKER_STD_CACHE_DIR": f"{MODELS_MOUNT}/tinker-std",
             "HF_HUB_OFFLINE": "0",
