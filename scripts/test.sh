@@ -3,7 +3,7 @@
 # against each in-repo backend (its reports must match the README's compliance matrix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,hf,server
+bash scripts/setup.sh test,hf,server,modal
 # The test models are tiny: one intra-op thread is fastest, and it keeps the OpenMP pools of the test
 # thread and the client's loop thread from spinning against each other on a loaded 2-core machine.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
@@ -17,9 +17,10 @@ fi
 
 reports=.ci-reports
 rm -rf "$reports" && mkdir -p "$reports"
-for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch fsdp}; do
+# modal runs offline: its real Modal class in-process through Modal's .local() path (docs/modal.md).
+for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch fsdp modal}; do
     echo "== conformance suite on backend '$backend'"
-    .venv/bin/python -m tinker_std.conformance --backend "$backend" --report "$reports/$backend.json" -- -q \
+    TINKER_STD_MODAL_OFFLINE=1 .venv/bin/python -m tinker_std.conformance --backend "$backend" --report "$reports/$backend.json" -- -q \
         | tail -n 3
 done
 if [ -n "${CI:-}" ]; then

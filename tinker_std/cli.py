@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     backends = sub.add_parser("backends", help="list the backends that can be named")
     backends.set_defaults(func=_backends)
+    from tinker_std.backends.modal.cli import add_parser as add_modal_parser
+
+    add_modal_parser(sub)  # tinker-std modal deploy ...
     sub.add_parser(
         "conformance",
         help="run the conformance suite against a backend (--backend NAME|module:Class [--report PATH] ...)",

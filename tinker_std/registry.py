@@ -33,6 +33,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "torch": "tinker_std.backends.torch:TorchBackend",
     "minimal": "tinker_std.backends.minimal:MinimalBackend",
     "fsdp": "tinker_std.backends.fsdp:FsdpBackend",
+    "modal": "tinker_std.backends.modal:ModalBackend",
 }
 
 
