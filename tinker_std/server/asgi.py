@@ -71,6 +71,7 @@ def create_app(
     idle_session_s: float | None = None,
     reap_every_s: float = 30.0,
     worker_threads: int = 256,
+    gap_timeout_s: float = 30.0,
 ) -> Starlette:
     """A Starlette app speaking the Tinker wire protocol for ``service``.
 
@@ -89,6 +90,7 @@ def create_app(
         records=records,
         compress_requests=compress_requests,
         idle_session_s=idle_session_s,
+        gap_timeout_s=gap_timeout_s,
     )
     stop = threading.Event()
 
@@ -129,7 +131,7 @@ def create_app(
     )
     app.state.operations = operations
     app.state.tenants = tenants
-    app.add_middleware(_Guard, tenants=tenants, max_body_bytes=max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(_Guard, tenants=tenants, max_body_bytes=max_body_bytes)
     return app
 
 
@@ -175,7 +177,9 @@ class _Guard:
                         "path": scope["path"],
                         "status": outcome["status"],
                         "tenant": tenant,
-                        "bytes_in": int(headers["content-length"]) if headers.get("content-length", "").isdigit() else None,
+                        "bytes_in": int(headers["content-length"])
+                        if headers.get("content-length", "").isdigit()
+                        else None,
                         "bytes_out": outcome["bytes_out"],
                         "ms": round((time.perf_counter() - started) * 1000, 2),
                         "sdk_method": headers.get("x-sdk-method"),

@@ -53,7 +53,7 @@ class TinkerServer:
         port: int = 0,
         api_key: str | None = None,
         sdk_chunk_datums: int | None = None,
-        shutdown_grace_s: float = 5.0,
+        shutdown_grace_s: int = 5,
         **app_options: Any,
     ) -> None:
         self.app = create_app(service, api_key=api_key, sdk_chunk_datums=sdk_chunk_datums, **app_options)

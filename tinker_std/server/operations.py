@@ -142,13 +142,16 @@ class WireService:
         records: ServerRecords | None = None,
         compress_requests: bool = False,
         idle_session_s: float | None = None,
+        gap_timeout_s: float = 30.0,
     ) -> None:
         """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
         ``forward_backward`` request (its default is 1024); each chunk is a request of its own.
         ``records``: where runs and checkpoints are recorded (default: in memory).
         ``compress_requests``: ask the SDK for zstd ``forward_backward`` bodies.
         ``idle_session_s``: sessions without a request or heartbeat for this long are reaped
-        (``reap_idle``) and their models and samplers released."""
+        (``reap_idle``) and their models and samplers released. ``gap_timeout_s``: how long later
+        requests wait for a ``seq_id`` that never arrives (``SeqLane``)."""
+        self.gap_timeout_s = gap_timeout_s
         self.service = service
         self.sdk_chunk_datums = sdk_chunk_datums
         self.records = records or ServerRecords()
@@ -311,7 +314,7 @@ class WireService:
 
         def create() -> dict[str, str]:
             client = self.service.create_lora_training_client(
-                base_model=base_model,  # type: ignore[arg-type]  # validated by the client
+                base_model=base_model,  # validated by the client
                 rank=lora.get("rank", 32),
                 seed=lora.get("seed"),
                 train_mlp=lora.get("train_mlp", True),
@@ -340,7 +343,7 @@ class WireService:
                 model_id.split(":train:")[0],
                 digest,
                 uuid.uuid4().hex,
-                SeqLane(model_id),
+                SeqLane(model_id, self.gap_timeout_s),
             )
             session.models.add(model_id)
         return None
@@ -493,20 +496,20 @@ class WireService:
                 raise ConflictError(f"checkpoint {prior.tinker_path} exists; pass overwrite=True to replace it")
             client = _ready(model)
             if kind == "training":
-                saved = client.save_state(name, overwrite=overwrite).result()
+                saved_path = client.save_state(name, overwrite=overwrite).result().path
             else:
-                saved = client.save_weights_for_sampler(name, overwrite=overwrite).result()
+                saved_path = client.save_weights_for_sampler(name, overwrite=overwrite).result().path
             self.records.add_checkpoint(
                 model.model_id,
                 checkpoint_id,
                 model.tenant,
                 kind,
-                saved.path,
-                size_bytes=self._size_of(saved.path),
+                saved_path,
+                size_bytes=self._size_of(saved_path),
                 expires_at=time.time() + ttl if ttl else None,
                 user_metadata=body.get("user_metadata") if isinstance(body.get("user_metadata"), dict) else None,
             )
-            if prior is not None and prior.backend_path != saved.path:
+            if prior is not None and prior.backend_path != saved_path:
                 self.delete_backend_checkpoint(prior.backend_path)  # the name now points elsewhere
             self.records.touch_run(model.model_id)
             kind_tag = "save_weights" if kind == "training" else "save_weights_for_sampler"
@@ -543,7 +546,7 @@ class WireService:
             return None
         try:
             folder = store.directory(ParsedCheckpointTinkerPath.from_tinker_path(backend_path))
-            return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            return int(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
         except Exception:
             return None
 
@@ -561,7 +564,9 @@ class WireService:
 
     def _get_sampler(self, request: WireRequest, sampler_id: str) -> WireReply:
         sampler = self._sampler(request.tenant, sampler_id)
-        return WireReply.json({"sampler_id": sampler_id, "base_model": sampler.base_model, "model_path": sampler.model_path})
+        return WireReply.json(
+            {"sampler_id": sampler_id, "base_model": sampler.base_model, "model_path": sampler.model_path}
+        )
 
     def _asample(self, request: WireRequest) -> WireReply:
         body = request.json()
@@ -606,7 +611,9 @@ class WireService:
         with self._lock:
             entry = self._futures.get(str(request_id))
         if entry is None or entry.tenant != request.tenant:
-            return WireReply.json({"error": f"NotFoundError: unknown request_id {request_id!r}", "category": "user"}, 404)
+            return WireReply.json(
+                {"error": f"NotFoundError: unknown request_id {request_id!r}", "category": "user"}, 404
+            )
         try:
             result = entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:

@@ -93,9 +93,7 @@ class RestRoutes:
             session = self.service.sessions_of(tenant).get(parts[1])
             if session is None:
                 raise NotFoundError(f"no session {parts[1]!r} on this server")
-            return WireReply.json(
-                {"training_run_ids": sorted(session.models), "sampler_ids": sorted(session.samplers)}
-            )
+            return WireReply.json({"training_run_ids": sorted(session.models), "sampler_ids": sorted(session.samplers)})
         return WireReply.json({"error": f"NotFoundError: unknown endpoint /api/v1/{request.endpoint}"}, 404)
 
     # -- runs -------------------------------------------------------------------------------
@@ -153,7 +151,9 @@ class RestRoutes:
 
     # -- one checkpoint ---------------------------------------------------------------------
 
-    def _checkpoint_action(self, request: WireRequest, run_id: str, checkpoint_id: str, action: str | None) -> WireReply:
+    def _checkpoint_action(
+        self, request: WireRequest, run_id: str, checkpoint_id: str, action: str | None
+    ) -> WireReply:
         from .operations import WireReply
 
         tenant, method = request.tenant, request.method

@@ -86,7 +86,7 @@ def decode_forward_backward(body: bytes | Any) -> ForwardBackwardCall:
     field for what tinker-std cannot represent (image or audio chunks, string loss options,
     unknown dtypes, malformed tensors)."""
     pb = protobuf_module()
-    msg = parse_forward_backward(body) if isinstance(body, bytes | bytearray) else body
+    msg = parse_forward_backward(bytes(body)) if isinstance(body, bytes | bytearray) else body
     try:
         return _decode(pb, msg)
     except BadRequestError:
@@ -120,7 +120,12 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
         kind = chunk.WhichOneof("chunk")
         if kind != "encoded_text":
             raise BadRequestError(f"{field}.model_input.chunks[{j}]", f"{kind} chunks are not supported")
-        chunks.append(EncodedTextChunk(tokens=np.frombuffer(chunk.encoded_text.tokens, dtype="<i4").tolist()))
+        if len(chunk.encoded_text.tokens) % 4:
+            raise BadRequestError(f"{field}.model_input.chunks[{j}].tokens", "must be little-endian int32 values")
+        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")
+        if len(tokens) and int(tokens.min()) < 0:
+            raise BadRequestError(f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative")
+        chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
     inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
     return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
 
