@@ -183,6 +183,7 @@ class _Guard:
                         "bytes_out": outcome["bytes_out"],
                         "ms": round((time.perf_counter() - started) * 1000, 2),
                         "sdk_method": headers.get("x-sdk-method"),
+                        "encoding": headers.get("content-encoding"),
                     }
                 )
             )

@@ -46,6 +46,7 @@ from tinker_std.types import AdamParams, ModelInput, ParsedCheckpointTinkerPath,
 from . import wire
 from .lanes import SeqLane
 from .records import ServerRecords
+from .rest import UNSUPPORTED
 from .tenants import OPEN_TENANT
 
 __all__ = ["WireReply", "WireRequest", "WireService"]
@@ -59,6 +60,10 @@ SEGMENT = {"training": "weights", "sampler": "sampler_weights"}
 
 class ServerShutdown(TinkerError):
     """The server stopped before this request finished."""
+
+
+class ServerUnsupported(TinkerError):
+    """A documented part of the Tinker API that the tinker-std server refuses (docs/server.md)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,7 @@ class WireService:
             "create_sampling_session": self._create_sampling_session,
             "asample": self._asample,
             "retrieve_future": self._retrieve_future,
+            "save_weights_external": self._save_weights_external,
         }
 
     # -- entry point ------------------------------------------------------------------------
@@ -517,6 +523,14 @@ class WireService:
 
         return self._sequenced(request, body.get("model_id"), body.get("seq_id"), save, "json")
 
+    def _save_weights_external(self, request: WireRequest) -> WireReply:
+        body = request.json()
+
+        def refuse(model: _Model) -> None:
+            raise ServerUnsupported(UNSUPPORTED["save_weights_external"])
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
+
     # -- checkpoints on the backend ---------------------------------------------------------
 
     def resolve_checkpoint(self, tenant: str, path: Any, field_name: str) -> str:
@@ -620,6 +634,8 @@ class WireService:
             return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
         except RequestFailedError as exc:
             return WireReply.json({"error": f"RequestFailedError: {exc}", "category": exc.category})
+        except ServerUnsupported as exc:
+            return WireReply.json({"error": f"Unsupported: {exc}", "category": "user"})
         except TinkerError as exc:
             return WireReply.json({"error": f"{type(exc).__name__}: {exc}", "category": "user"})
         except ValidationError as exc:
