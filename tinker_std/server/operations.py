@@ -373,8 +373,13 @@ class WireService:
         return WireReply.json({"request_id": model.request_id, "model_id": model_id})
 
     def _attach(self, model_id: str, client: TrainingClient, user_metadata: Any) -> None:
-        model = self._models[model_id]
-        model.client = client
+        with self._lock:
+            model = self._models.get(model_id)
+            if model is not None:
+                model.client = client
+        if model is None:  # its session was reaped or finished meanwhile
+            client.release()
+            raise NotFoundError(f"the session of model {model_id!r} ended before the model was ready")
         lora = client.spec.lora
         self.records.add_run(
             model_id,
