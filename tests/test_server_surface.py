@@ -274,3 +274,21 @@ def test_every_request_writes_one_structured_access_log_record(
     assert by_path["/api/v1/healthz"]["status"] == 200 and by_path["/api/v1/healthz"]["tenant"] == "default"
     assert by_path["/api/v1/no_such_endpoint"]["status"] == 404
     assert all(isinstance(r["ms"], float) and r["method"] == "POST" for r in records)
+
+
+def test_client_local_methods_need_no_server_support(mock_server: tuple[Any, Any, str]) -> None:
+    server, sdk, base = mock_server
+    rest = sdk.create_rest_client()
+    with pytest.raises(RuntimeError, match="JWT"):
+        rest.whoami().result(timeout=30)  # the SDK decodes a JWT; API keys have none
+    with pytest.raises(tinker.BadRequestError, match="not supported by the tinker-std server"):
+        rest.search_sessions(tinker.types.SessionSearchRequest()).result(timeout=30)
+
+    def loss(logprobs: Any) -> Any:
+        return logprobs.sum(), {}
+
+    handle = sdk.create_custom_loss(loss, {"logprobs": 1}).result(timeout=30)
+    assert handle.loss_id is None  # server-side custom losses are off: a client-local handle
+    sampler = sdk.create_sampling_client(base_model=base).result()
+    again = tinker.SamplingClient.from_sampler_handle(sampler.get_sampler_handle(), api_key=KEY)
+    assert again.get_base_model() == base
