@@ -29,7 +29,7 @@ GAP_S = 1.0  # the server gives up on a seq_id the SDK never sent after this lon
 @pytest.fixture(scope="module", params=["mock", "torch"])
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp(f"robust-{request.param}")
-    with served(request.param, root, gap_timeout_s=GAP_S) as (server, service, base):
+    with served(request.param, root, gap_timeout_s=GAP_S) as (server, _service, base):
         sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
         tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=3).result()
         tc.forward_backward([sdk_datum(tinker, PROBE)], "cross_entropy").result()
@@ -113,7 +113,9 @@ def malformed(draw: Any, live: dict[str, Any]) -> tuple[str, Any]:
         return kind, lambda: tc.forward_backward([sdk_datum(tinker, PROBE)], "cross_entropy", {"clip": value})
     if kind == "image_chunk":
         datum = tinker.Datum(
-            model_input=tinker.ModelInput(chunks=[tinker.types.ImageChunk(data=b"\x89PNG", format="png", expected_tokens=2)]),
+            model_input=tinker.ModelInput(
+                chunks=[tinker.types.ImageChunk(data=b"\x89PNG", format="png", expected_tokens=2)]
+            ),
             loss_fn_inputs={"target_tokens": [1, 2], "weights": [1.0, 1.0]},
         )
         return kind, lambda: tc.forward_backward([datum], "cross_entropy")
@@ -184,7 +186,7 @@ def test_a_malformed_request_fails_alone_and_the_next_request_runs(live: dict[st
 
 
 def test_a_retried_request_answers_its_original_result(tmp_path: Path) -> None:
-    with served("mock", tmp_path) as (server, service, base):
+    with served("mock", tmp_path) as (server, _service, base):
         wire = Wire(server.url)
         model_id = wire.create_model(wire.session(), base)
         body = fb_body(model_id, 1, PROBE)
@@ -203,9 +205,9 @@ def test_a_retried_request_answers_its_original_result(tmp_path: Path) -> None:
         # Applied once: the model equals one forward_backward + one step made in process.
         probe = wire.http.post("forward_backward", content=fb_body(model_id, 3, PROBE, True), headers=proto_headers())
         served_out = wire.result(probe.json()["request_id"]).content
-        from _support import sequence_datum
-
         import tinker_std as ts
+
+        from _support import sequence_datum
 
         with ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "ref")) as ref:
             local = ref.create_lora_training_client(base_model=base, rank=4, seed=0).result()
@@ -222,7 +224,7 @@ def test_a_retried_request_answers_its_original_result(tmp_path: Path) -> None:
 def test_a_model_id_belongs_to_the_session_that_created_it(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("tml-alice alice\ntml-bob bob\n")
-    with served("mock", tmp_path, api_key=None, keys_file=keys) as (server, service, base):
+    with served("mock", tmp_path, api_key=None, keys_file=keys) as (server, _service, base):
         alice, bob = Wire(server.url, "tml-alice"), Wire(server.url, "tml-bob")
         session = alice.session()
         model_id = alice.create_model(session, base)
@@ -238,7 +240,7 @@ def test_a_model_id_belongs_to_the_session_that_created_it(tmp_path: Path) -> No
 
 
 def test_an_undecodable_body_is_refused_without_a_retry_storm(tmp_path: Path) -> None:
-    with served("mock", tmp_path) as (server, service, base):
+    with served("mock", tmp_path) as (server, _service, _base):
         wire = Wire(server.url)
         reply = wire.http.post("forward_backward", content=b"\xff\xff\xff", headers=proto_headers())
         assert reply.status_code == 400 and reply.headers["x-should-retry"] == "false"

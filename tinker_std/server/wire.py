@@ -124,7 +124,9 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
             raise BadRequestError(f"{field}.model_input.chunks[{j}].tokens", "must be little-endian int32 values")
         tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")
         if len(tokens) and int(tokens.min()) < 0:
-            raise BadRequestError(f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative")
+            raise BadRequestError(
+                f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative"
+            )
         chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
     inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
     return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
