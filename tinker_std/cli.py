@@ -158,16 +158,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     options = {"checkpoint_dir": args.checkpoint_dir} if args.checkpoint_dir else {}
     with ts.ServiceClient(backend=args.backend, **options) as service:
-        server = TinkerServer(service, host=args.host, port=args.port, api_key=args.api_key)
+        server = TinkerServer(
+            service,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            keys_file=args.keys_file,
+            max_body_bytes=args.max_body_mb * 1024 * 1024,
+            idle_session_s=args.idle_session_s,
+        )
         models = [m.model_name for m in service.get_server_capabilities().supported_models]
         print(f"tinker-std server on {server.url} (backend {service.backend_name}; models {models})", flush=True)
         print(f"  tinker.ServiceClient(base_url={server.url!r}, api_key='tml-...')", flush=True)
         try:
-            server.serve_forever()
+            server.serve_forever()  # returns after SIGTERM/SIGINT, pending futures failed
         except KeyboardInterrupt:
             pass
-        finally:
-            server.close()
+    print("tinker-std server stopped", flush=True)
     return 0
 
 
@@ -193,7 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", default=None, help="backend name or module:Class (default: the default backend)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="accept only this X-API-Key (default: any key)")
+    serve.add_argument("--api-key", default=None, help="accept this X-API-Key (tenant 'default')")
+    serve.add_argument(
+        "--keys-file",
+        default=None,
+        help="API keys: JSON {key: tenant} or 'KEY TENANT' lines (also env TINKER_STD_API_KEYS)",
+    )
+    serve.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB (default 64; 413 above)")
+    serve.add_argument(
+        "--idle-session-s", type=float, default=900.0, help="reap sessions idle this long, seconds (default 900)"
+    )
     serve.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (backend option)")
     serve.set_defaults(func=_serve)
     backends = sub.add_parser("backends", help="list the backends that can be named")

@@ -158,6 +158,11 @@ class TrainingClient:
         """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
         return self._service.create_sampling_client(model_path=model_path)
 
+    def release(self) -> APIFuture[None]:
+        """Free this model on the backend once every request before this one has run; the client
+        must not be used afterwards (a server uses this when it reaps or replaces a model)."""
+        return self._ordered(lambda b: b.release_model(self.model_id))
+
     # -- information ------------------------------------------------------------------------
 
     def get_info(self) -> GetInfoResponse:

@@ -1,8 +1,10 @@
 """An HTTP server that speaks the Tinker wire protocol (official ``tinker`` SDK 0.38) in front of
 any tinker-std backend: ``TinkerServer(ServiceClient(backend="torch")).start().url`` is a
-``base_url`` for ``tinker.ServiceClient``."""
+``base_url`` for ``tinker.ServiceClient``; ``tinker_std.server.asgi.create_app`` is the ASGI app
+for any other host."""
 
 from .http import TinkerServer
-from .operations import WireReply, WireService
+from .operations import WireReply, WireRequest, WireService
+from .tenants import Tenants
 
-__all__ = ["TinkerServer", "WireReply", "WireService"]
+__all__ = ["Tenants", "TinkerServer", "WireReply", "WireRequest", "WireService"]

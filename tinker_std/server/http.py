@@ -1,29 +1,50 @@
-"""The HTTP transport of the tinker-std server: stdlib ``ThreadingHTTPServer``, one thread per
-request, every ``/api/v1/...`` path handed to ``WireService.call``.
+"""The HTTP transport of the tinker-std server: the ASGI app of ``asgi.py`` on uvicorn.
 
-The SDK authenticates with ``X-API-Key``; with ``api_key`` set the server answers 401 to any other
-key, without it any key is accepted (a local, single-user server)."""
+``TinkerServer(service, ...).start()`` serves from a background thread (tests, notebooks);
+``serve_forever()`` serves from the main thread and stops gracefully on SIGTERM or SIGINT: every
+unfinished future fails at once with ``ServerShutdown`` (so long polls answer), in-flight requests
+get up to ``shutdown_grace_s`` to finish, and ``serve_forever`` returns (the caller then closes
+its ``ServiceClient``; nothing is left running).
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from tinker_std.client.service import ServiceClient
 
-from .operations import WireReply, WireService
+from .asgi import create_app
+from .operations import WireService
 
 __all__ = ["TinkerServer"]
 
-PREFIX = "/api/v1/"
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that fails pending futures first when asked to stop, and does not re-raise the
+    signal after its graceful shutdown (the caller still has its backend to close)."""
+
+    def __init__(self, config: uvicorn.Config, operations: WireService) -> None:
+        super().__init__(config)
+        self.operations = operations
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == 2:  # a second Ctrl-C: stop now
+            self.force_exit = True
+        self.should_exit = True
+        threading.Thread(target=self.operations.close, daemon=True).start()
 
 
 class TinkerServer:
     """Serves ``service`` over the Tinker wire protocol on ``host:port`` (port 0: a free one).
 
-    ``start()`` serves from a background thread; ``serve_forever()`` from this one. ``url`` is the
-    ``base_url`` to give the official SDK."""
+    ``url`` is the ``base_url`` to give the official SDK. The keyword options are
+    ``create_app``'s (keys, records, limits, reaping)."""
 
     def __init__(
         self,
@@ -32,76 +53,56 @@ class TinkerServer:
         port: int = 0,
         api_key: str | None = None,
         sdk_chunk_datums: int | None = None,
+        shutdown_grace_s: int = 5,
+        **app_options: Any,
     ) -> None:
-        self.operations = WireService(service, sdk_chunk_datums)
-        self.api_key = api_key
-        self._http = ThreadingHTTPServer((host, port), _handler(self))
-        self._http.daemon_threads = True
+        self.app = create_app(service, api_key=api_key, sdk_chunk_datums=sdk_chunk_datums, **app_options)
+        self.operations: WireService = self.app.state.operations
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(2048)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,  # the app writes its own structured access log
+            lifespan="on",
+            timeout_graceful_shutdown=shutdown_grace_s,
+            timeout_keep_alive=60,
+        )
+        self._server = _Uvicorn(config, self.operations)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host!s}:{port}"
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
     def start(self) -> TinkerServer:
-        self._thread = threading.Thread(target=self._http.serve_forever, name="tinker-std-server", daemon=True)
+        """Serve from a background thread; returns once the server accepts requests."""
+        self._thread = threading.Thread(target=self.serve_forever, name="tinker-std-server", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the tinker-std server did not start")
+            time.sleep(0.01)
         return self
 
     def serve_forever(self) -> None:
-        self._http.serve_forever()
+        """Serve until ``close()`` or (from the main thread) SIGTERM/SIGINT."""
+        self._server.run(sockets=[self._socket])
 
     def close(self) -> None:
         """Stop serving (the ``ServiceClient`` stays open: its owner closes it)."""
-        self._http.shutdown()
-        self._http.server_close()
+        self._server.handle_exit(15, None)
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=30)
+        self._socket.close()
 
     def __enter__(self) -> TinkerServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _handler(server: TinkerServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self._answer(b"")
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self._answer(self.rfile.read(length) if length else b"")
-
-        def do_PUT(self) -> None:
-            self.do_POST()
-
-        def do_DELETE(self) -> None:
-            self.do_POST()
-
-        def _answer(self, body: bytes) -> None:
-            path = self.path.split("?", 1)[0]
-            if server.api_key is not None and self.headers.get("X-API-Key") != server.api_key:
-                reply = WireReply.json({"error": "invalid X-API-Key"}, 401)
-            elif not path.startswith(PREFIX):
-                reply = WireReply.json({"error": f"unknown path {path}"}, 404)
-            elif (self.headers.get("Content-Encoding") or "identity") != "identity":
-                reply = WireReply.json({"error": "compressed bodies are not supported"}, 415)
-            else:
-                reply = server.operations.call(path[len(PREFIX) :], body)
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            if reply.status >= 400 and reply.status != 404:
-                self.send_header("x-should-retry", "false")
-            self.end_headers()
-            self.wfile.write(reply.body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
-            pass
-
-    return Handler

@@ -36,6 +36,7 @@ from tinker_std.types import (
 __all__ = [
     "ForwardBackwardCall",
     "decode_forward_backward",
+    "parse_forward_backward",
     "encode_forward_backward_output",
     "encode_sample_response",
     "protobuf_module",
@@ -68,15 +69,33 @@ class ForwardBackwardCall:
     forward_only: bool
 
 
-def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
-    """Parse a protobuf ``ForwardBackwardRequest``; ``BadRequestError`` for what tinker-std cannot
-    represent (image or audio chunks, string loss options, unknown dtypes)."""
+def parse_forward_backward(body: bytes) -> Any:
+    """The protobuf ``ForwardBackwardRequest`` in ``body`` (its ``model_id`` and ``seq_id`` are
+    readable before the rest is checked); ``BadRequestError`` if it is not one."""
     pb = protobuf_module()
     msg = pb.ForwardBackwardRequest()
     try:
         msg.ParseFromString(body)
     except Exception as exc:
         raise BadRequestError("body", f"not a ForwardBackwardRequest protobuf: {exc}") from exc
+    return msg
+
+
+def decode_forward_backward(body: bytes | Any) -> ForwardBackwardCall:
+    """Parse (if bytes) and convert a ``ForwardBackwardRequest``; ``BadRequestError`` naming the
+    field for what tinker-std cannot represent (image or audio chunks, string loss options,
+    unknown dtypes, malformed tensors)."""
+    pb = protobuf_module()
+    msg = parse_forward_backward(bytes(body)) if isinstance(body, bytes | bytearray) else body
+    try:
+        return _decode(pb, msg)
+    except BadRequestError:
+        raise
+    except Exception as exc:  # anything the checks below did not foresee is still the request's fault
+        raise BadRequestError("body", f"malformed ForwardBackwardRequest: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(pb: Any, msg: Any) -> ForwardBackwardCall:
     data = [_datum(pb, d, f"data[{i}]") for i, d in enumerate(msg.data)]
     config: dict[str, float] = {}
     for key, value in msg.loss_fn_config_v2.items():
@@ -101,7 +120,14 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
         kind = chunk.WhichOneof("chunk")
         if kind != "encoded_text":
             raise BadRequestError(f"{field}.model_input.chunks[{j}]", f"{kind} chunks are not supported")
-        chunks.append(EncodedTextChunk(tokens=np.frombuffer(chunk.encoded_text.tokens, dtype="<i4").tolist()))
+        if len(chunk.encoded_text.tokens) % 4:
+            raise BadRequestError(f"{field}.model_input.chunks[{j}].tokens", "must be little-endian int32 values")
+        tokens = np.frombuffer(chunk.encoded_text.tokens, dtype="<i4")
+        if len(tokens) and int(tokens.min()) < 0:
+            raise BadRequestError(
+                f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative"
+            )
+        chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
     inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
     return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
 
@@ -112,12 +138,18 @@ def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
         raise BadRequestError(field, f"unsupported dtype {msg.dtype} (float32, int64 or int32)")
     dtype: Literal["float32", "int64"] = "float32" if msg.dtype == pb.DTYPE_FLOAT32 else "int64"
     shape = [int(s) for s in msg.shape]
+    if any(s < 0 for s in shape):
+        raise BadRequestError(field, f"shape {shape} has a negative dimension")
     if msg.WhichOneof("encoding") == "sparse_csr":
         values = np.frombuffer(msg.sparse_csr.values, dtype=numpy_dtypes[msg.dtype])
         rows = np.frombuffer(msg.sparse_csr.crow_indices, dtype="<i8")
         cols = np.frombuffer(msg.sparse_csr.col_indices, dtype="<i8")
         if len(shape) != 2 or len(rows) != shape[0] + 1 or len(cols) != len(values):
             raise BadRequestError(field, "sparse_csr needs a 2-D shape, rows + 1 row pointers and one column per value")
+        if len(rows) and (rows[0] != 0 or rows[-1] != len(values) or bool(np.any(np.diff(rows) < 0))):
+            raise BadRequestError(field, "sparse_csr row pointers must rise from 0 to the number of values")
+        if len(cols) and (int(cols.min()) < 0 or int(cols.max()) >= shape[1]):
+            raise BadRequestError(field, f"sparse_csr column index out of range [0, {shape[1]})")
         dense = np.zeros(shape, dtype=numpy_dtypes[msg.dtype])
         for r in range(shape[0]):
             dense[r, cols[rows[r] : rows[r + 1]]] = values[rows[r] : rows[r + 1]]

@@ -1,0 +1,106 @@
+"""The ``seq_id`` turnstile of one training model.
+
+The SDK numbers the requests of each training client 1, 2, ... and may deliver them in any order
+(it sends the chunks of one call concurrently, the first one last). ``SeqLane`` runs each
+request's *step* once every lower ``seq_id`` has run, one step at a time, on a worker thread of
+its own (so a step may block, e.g. a load into the model). Every admitted ``seq_id`` is consumed
+whatever its step does: a step reports its outcome through its own future, never by raising.
+
+A request sent again with an already admitted ``seq_id`` (the SDK retries a submission whose
+answer was lost) gets the original request id back if its body is the same, so the caller reads
+the original result; a different body under a used ``seq_id`` is a ``ConflictError``.
+
+A ``seq_id`` that never arrives (the SDK reserved it, then failed to encode the request on its
+side, e.g. a token id over int32) would hold every later request forever; once later requests
+have waited ``gap_timeout_s`` for it, the lane gives it up and runs on. If it arrives after all,
+it is refused with ``BadRequestError`` (field ``seq_id``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from tinker_std.errors import BadRequestError, ConflictError
+
+__all__ = ["SeqLane"]
+
+Step = Callable[[], None]
+
+
+class SeqLane:
+    """Runs admitted steps strictly in ``seq_id`` order on one worker thread."""
+
+    def __init__(self, name: str, gap_timeout_s: float = 30.0) -> None:
+        self.name = name
+        self.gap_timeout_s = gap_timeout_s
+        self._gap_since: float | None = None  # when a later request first waited for next_seq
+        self._given_up: set[int] = set()
+        self.next_seq = 1
+        self._waiting: dict[int, Step] = {}
+        self._seen: dict[int, tuple[str, str]] = {}  # seq_id -> (request_id, body digest)
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Step | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._work, name=f"lane-{name}", daemon=True)
+        self._worker.start()
+
+    def admit(self, seq_id: int | None, digest: str, request_id: str, step: Step) -> str:
+        """Queue ``step`` as request ``seq_id`` and answer ``request_id``; for a retry of an
+        admitted request, answer the original request id and drop ``step``. ``seq_id=None``
+        (a request the SDK does not number) runs after everything admitted so far."""
+        with self._lock:
+            if seq_id is None:
+                self._queue.put(step)
+                return request_id
+            if seq_id < 1:
+                raise BadRequestError("seq_id", f"must be >= 1, got {seq_id}")
+            if seq_id in self._given_up:
+                raise BadRequestError(
+                    "seq_id", f"{seq_id} arrived after the server stopped waiting for it ({self.gap_timeout_s} s)"
+                )
+            prior = self._seen.get(seq_id)
+            if prior is not None:
+                if prior[1] == digest:
+                    return prior[0]
+                raise ConflictError(f"seq_id {seq_id} of model {self.name} was already used by a different request")
+            self._seen[seq_id] = (request_id, digest)
+            self._waiting[seq_id] = step
+            self._drain()
+        return request_id
+
+    def _drain(self) -> None:
+        while self.next_seq in self._waiting:
+            self._queue.put(self._waiting.pop(self.next_seq))
+            self.next_seq += 1
+        self._gap_since = (self._gap_since or time.monotonic()) if self._waiting else None
+
+    def _check_gap(self) -> None:
+        with self._lock:
+            if self._gap_since is None or time.monotonic() - self._gap_since < self.gap_timeout_s:
+                return
+            while self.next_seq not in self._waiting:
+                self._given_up.add(self.next_seq)
+                self.next_seq += 1
+            self._gap_since = None
+            self._drain()
+
+    def close(self) -> None:
+        """Stop the worker after the steps already queued."""
+        self._queue.put(None)
+
+    def _work(self) -> None:
+        poll = min(1.0, self.gap_timeout_s / 4)
+        while True:
+            try:
+                step = self._queue.get(timeout=poll)
+            except queue.Empty:
+                self._check_gap()
+                continue
+            if step is None:
+                return
+            try:
+                step()
+            except BaseException:  # a step settles its own future; never let one stop the lane
+                pass
