@@ -28,7 +28,8 @@ the same loop for one request, with its adapter already active):
    the rows of a partial 4-row block differently, so every adapter's group of rows is closed with
    filler rows to a multiple of 4.
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
-   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``).
+   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
+   rule 2 of SMP-20: no sort unless top-k / top-p is set).
 7. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 """
@@ -51,7 +52,9 @@ from tinker_std.errors import BadRequestError
 from tinker_std.sampling_rules import (
     StopRule,
     choose_token,
-    draw_sorted_index,
+    draw_in_id_order,
+    filters_active,
+    kept_count,
     prompt_scores,
     sequence_generator,
     token_budget,
@@ -129,31 +132,32 @@ def choose_tokens(
     logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
 ) -> list[int]:
     """``[choose_token(logits[r], params[r], generators[r]) for r ...]``: the same tokens from the
-    same single uniform draw per row, only faster for CPU ``float64`` logits ``(rows, V)``.
+    same single uniform draw per row, only faster for filtered rows of CPU ``float64`` logits.
 
-    ``choose_token`` walks the probabilities in stable descending order, but its arithmetic (the
-    normalising sum, the cumulative sums, the inverse-CDF search) sees only the sorted *values*,
-    which any sort gives identically; numpy's value sort is several times faster than torch's
-    stable argsort at 50k entries. The token at the chosen position ``i`` is then found in O(V):
-    among the ids whose probability equals the value at ``i``, the ``(i - start)``-th lowest, where
-    ``start`` counts the strictly larger probabilities (the stable order breaks ties by lower id).
-    Greedy rows, rows off the CPU and rows whose probabilities hold NaN go through ``choose_token``.
+    Draw rule 2 (SMP-20) needs the sorted order only to find the tokens top-k / top-p keep, and
+    ``kept_count`` sees only the sorted *values*, which any sort gives identically; numpy's value
+    sort is several times faster than torch's stable argsort at 50k entries. The kept set is then
+    found in O(V): every probability above the value at the cut, plus the lowest ids among those
+    equal to it (the stable order breaks ties by lower id). Rows without filters, greedy rows, rows
+    off the CPU and rows whose probabilities hold NaN go through ``choose_token``.
     """
     return [_choose(row, p, generator) for row, p, generator in zip(logits, params, generators, strict=True)]
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature == 0 or logits.device.type != "cpu":
+    if params.temperature == 0 or not filters_active(params) or logits.device.type != "cpu":
         return choose_token(logits, params, generator)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     ascending = np.sort(probs.numpy())
     if np.isnan(ascending[-1]):  # NaN sorts last
         return choose_token(logits, params, generator)
     descending = torch.from_numpy(ascending).flip(0)  # a fresh tensor, as torch.sort returns
-    index = draw_sorted_index(descending, params, generator)
-    value = descending[index]
-    start = int((probs > value).sum())
-    return int(torch.nonzero(probs == value)[index - start])
+    count = kept_count(descending, params)
+    cut = descending[count - 1]
+    keep = probs > cut
+    ties = torch.nonzero(probs == cut).squeeze(-1)[: count - int(keep.sum())]
+    keep[ties] = True
+    return draw_in_id_order(torch.where(keep, probs, torch.zeros_like(probs)), generator)
 
 
 @dataclass
