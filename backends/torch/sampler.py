@@ -15,7 +15,9 @@ the same loop for one request, with its adapter already active):
 3. Every sequence gets a row: its prompt's cache row, repeated ``num_samples`` times
    (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
    per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
-4. With one adapter in the batch it is activated and, for plain LoRA layers, called directly
+4. On CPU the frozen base weights are computed from oneDNN-packed copies (``packed.py``: about
+   twice as fast at decode batch sizes, probed for the row independence point 5 needs). With one
+   adapter in the batch it is activated and, for plain LoRA layers, called directly
    (``_direct_lora``: the same operations as peft's forward without its per-call bookkeeping);
    with several, ``per_row_adapters`` runs each adapter on its own rows (segments recomputed
    whenever rows are dropped).
@@ -36,6 +38,7 @@ the same loop for one request, with its adapter already active):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import uuid
@@ -61,7 +64,7 @@ from tinker_std.sampling_rules import (
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-from . import adapters
+from . import adapters, packed
 
 __all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
@@ -85,7 +88,7 @@ def sample(
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     job = _Job.start(0, request, spec, None, tokenizer)
-    with torch.inference_mode():
+    with torch.inference_mode(), _packed(model, device):
         return _decode(model, [job], tokenizer, device, None)[0]
 
 
@@ -113,7 +116,7 @@ def sample_batch(
     order = {name: rank for rank, name in enumerate(dict.fromkeys(job.adapter for job in jobs))}
     jobs.sort(key=lambda job: order[job.adapter])  # stable: each adapter's jobs contiguous, in item order
     if jobs:
-        with torch.inference_mode():
+        with torch.inference_mode(), _packed(model, device):
             if len(order) == 1:
                 adapters.activate(model, jobs[0].adapter, trainable=False)
                 with _direct_lora(model, jobs[0].adapter):
@@ -199,6 +202,11 @@ class _Job:
         return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
 
 
+def _packed(model: Any, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """On CPU: the frozen base weights computed from oneDNN-packed copies (``packed.py``)."""
+    return packed.packed_linears(model) if device.type == "cpu" else nullcontext()
+
+
 def _accepts(model: Any, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
@@ -218,27 +226,35 @@ def _round_up(n: int) -> int:
 def _row_attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
-    """A transformers attention function: batch row ``r`` attends alone (a batch of one) over its
-    own positions, from ``_row_state.pads[r]`` on, with ``scaled_dot_product_attention`` (causal
-    over a whole prompt, unmasked for one new token); filler rows (pad ``None``) get zeros. SDPA's
-    work split depends on the batch size, so this is what makes a row's attention independent of
-    the rest of the batch and of its left padding."""
+    """A transformers attention function: batch row ``r`` attends as if alone over its own
+    positions, from ``_row_state.pads[r]`` on, with ``scaled_dot_product_attention`` (causal over a
+    whole prompt, unmasked for one new token); filler rows (pad ``None``) get zeros. SDPA's work
+    split depends on the batch size when it runs on several threads, so there each row is a batch
+    of one; with one intra-op thread, where SDPA computes every (row, head) on its own the same way
+    whatever the batch (measured: bit-equal, prompt and decode shapes), each run of consecutive rows
+    with the same padding is one call. Either way a row's attention is independent of the rest of
+    the batch and of its left padding."""
     _, heads, q_len, _ = query.shape
     if q_len != 1 and q_len != key.shape[2]:
         raise NotImplementedError("row attention runs whole prompts or one new token at a time")
     gqa = heads != key.shape[1]
-    zeros = None
-    rows = []
+    runs: list[tuple[int, int, int | None]] = []  # (start, stop, pad)
+    together = torch.get_num_threads() == 1
     for r, pad in enumerate(_row_state.pads):
+        if together and runs and runs[-1][2] == pad:
+            runs[-1] = (runs[-1][0], r + 1, pad)
+        else:
+            runs.append((r, r + 1, pad))
+    rows = []
+    for start, stop, pad in runs:
         if pad is None:
-            zeros = query.new_zeros((1, q_len, heads, value.shape[-1])) if zeros is None else zeros
-            rows.append(zeros)
+            rows.append(query.new_zeros((stop - start, q_len, heads, value.shape[-1])))
             continue
         first = pad if q_len > 1 else 0
         row = torch.nn.functional.scaled_dot_product_attention(
-            query[r : r + 1, :, first:],
-            key[r : r + 1, :, pad:],
-            value[r : r + 1, :, pad:],
+            query[start:stop, :, first:],
+            key[start:stop, :, pad:],
+            value[start:stop, :, pad:],
             scale=kwargs.get("scaling"),
             is_causal=q_len > 1,
             enable_gqa=gqa,
