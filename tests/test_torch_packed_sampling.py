@@ -14,14 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import test_torch_sample_batch as batch_tests
 import torch
+from test_torch_sample_batch import BIT_EXACT, CPU, alone, assert_same, mixed_items
 
 from tinker_std.backends.torch import packed, sampler
 from tinker_std.types import SampleResponse
 
-from test_torch_sample_batch import BIT_EXACT, CPU, alone, assert_same, mixed_items, setup  # noqa: F401
-
 Setup = tuple[Any, Any, Any]
+setup = batch_tests.setup  # the same fixture: tiny Llama and tiny Qwen3 with two adapters
 
 
 def test_packed_weights_sample_what_the_plain_path_samples(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
