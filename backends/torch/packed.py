@@ -44,7 +44,8 @@ def packable() -> bool:
     if os.environ.get("TINKER_STD_PACKED_SAMPLING", "1") == "0":
         return False
     try:
-        return bool(torch.backends.mkldnn.is_available()) and callable(torch.ops.mkldnn._linear_pointwise)
+        available = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+        return available and callable(torch.ops.mkldnn._linear_pointwise)
     except (AttributeError, RuntimeError):
         return False
 
@@ -125,7 +126,7 @@ def packed_linears(model: Any) -> Iterator[int]:
         for layer in _frozen_linears(model):
             forward = _packed_forward(layer)
             if forward is not None:
-                layer.forward = forward  # type: ignore[method-assign]
+                layer.forward = forward  # type: ignore[method-assign,assignment]
                 layers.append(layer)
     try:
         yield len(layers)
