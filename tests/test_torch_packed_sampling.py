@@ -1,7 +1,7 @@
 """The decode loop's fast paths equal its plain ones.
 
 * oneDNN-packed base weights (``packed.py``) against the plain ``linear`` path
-  (``TINKER_STD_PACKED_SAMPLING=0``): the same seeded tokens and stop reasons, logprobs within the
+  (``TINKER_STD_PACKED_WEIGHTS=0``): the same seeded tokens and stop reasons, logprobs within the
   ``fp32`` class (``atol 1e-4``; two GEMM kernels round differently);
 * with packing, the batch still gives every request bit for bit what it gets alone, on one thread
   (rows of equal padding attend in one SDPA call) and on two (each row attends alone);
@@ -31,7 +31,7 @@ def test_packed_weights_sample_what_the_plain_path_samples(setup: Setup, monkeyp
         assert count > 0, "no layer was packed on this CPU"
     items = mixed_items(tokenizer, spec)
     fast = sampler.sample_batch(model, items, tokenizer, CPU)
-    monkeypatch.setenv("TINKER_STD_PACKED_SAMPLING", "0")
+    monkeypatch.setenv("TINKER_STD_PACKED_WEIGHTS", "0")
     with torch.inference_mode(), packed.packed_linears(model) as count:
         assert count == 0
     plain = sampler.sample_batch(model, items, tokenizer, CPU)

@@ -17,9 +17,14 @@ does so for any number of rows >= 2 on the machines this was measured on, but no
   pieces must agree bit for bit (and agree with ``linear`` within float tolerance); a weight that
   fails is not packed, and its layer keeps MKL's path (which the sampler's 4-row blocks suit).
 
+The training forward uses the same context (``engine.py``, ``_logprobs``): there the larger
+products gain less (10-20% at 512 rows) but they are most of a step, and the backward's input
+gradient ``grad @ W`` runs from a second packed copy, of ``W.T``.
+
 The packed copies are cached on the layers (``_ATTRIBUTE``), rebuilt when a weight changes (its
 version counter) or the thread count changes (the probe's result depends on it), and cost one more
-copy of the packed weights in memory. ``TINKER_STD_PACKED_SAMPLING=0`` turns the whole thing off.
+copy of the frozen weights in memory each (one for sampling, one more once a training backward
+ran). ``TINKER_STD_PACKED_WEIGHTS=0`` turns the whole thing off.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ _HINT = 8
 
 def packable() -> bool:
     """Whether this torch build has the oneDNN ops and packing is not turned off."""
-    if os.environ.get("TINKER_STD_PACKED_SAMPLING", "1") == "0":
+    if os.environ.get("TINKER_STD_PACKED_WEIGHTS", "1") == "0":
         return False
     try:
         available = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
@@ -69,30 +74,62 @@ def _probe(weight: torch.Tensor, bias: torch.Tensor | None, rows: Callable[[torc
     return torch.allclose(pieces, torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 
 
-def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The packed forward of ``layer`` (built or taken from its cache), or ``None`` if it fails the probe."""
-    weight = layer.weight
-    key = (weight.data_ptr(), weight._version, torch.get_num_threads())
-    cached = layer.__dict__.get(_ATTRIBUTE)
+def _packed_rows(layer: torch.nn.Linear, transposed: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``x -> x @ W.T (+ bias)`` (or, ``transposed``, ``g -> g @ W``, the input gradient) from a
+    packed copy of ``layer``'s weight, built or taken from the layer's cache; ``None`` when the
+    packed product fails the probe."""
+    weight = layer.weight.detach()
+    attribute = _ATTRIBUTE + ("_t" if transposed else "")
+    key = (weight.data_ptr(), layer.weight._version, torch.get_num_threads())
+    cached = layer.__dict__.get(attribute)
     if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _HINT)
-        bias = None if layer.bias is None else layer.bias.detach()
-        rows = _product(packed, bias)
-        cached = (key, rows if _probe(weight.detach(), bias, rows) else None)
-        layer.__dict__[_ATTRIBUTE] = cached
-    rows_or_none: Callable[[torch.Tensor], torch.Tensor] | None = cached[1]
-    if rows_or_none is None:
+        matrix = weight.t().contiguous() if transposed else weight
+        bias = None if transposed or layer.bias is None else layer.bias.detach()
+        rows = _product(torch.ops.mkldnn._reorder_linear_weight(matrix, _HINT), bias)
+        cached = (key, rows if _probe(matrix, bias, rows) else None)
+        layer.__dict__[attribute] = cached
+    result: Callable[[torch.Tensor], torch.Tensor] | None = cached[1]
+    return result
+
+
+def _apply(rows: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``rows`` over the last dimension of ``x``; a lone row computed as the first of a pair
+    (oneDNN takes a matrix-vector path for one row, which rounds differently)."""
+    flat = x.reshape(-1, x.shape[-1])
+    result = rows(flat.expand(2, -1).contiguous())[:1] if flat.shape[0] == 1 else rows(flat)
+    return result.reshape(*x.shape[:-1], result.shape[-1])
+
+
+class _FrozenPackedLinear(torch.autograd.Function):
+    """A frozen linear layer from packed weights, differentiable in its input only: the backward
+    is ``grad @ W`` from a packed copy of ``W.T`` (built on the first backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: torch.nn.Linear, rows: Any) -> torch.Tensor:
+        ctx.layer = layer
+        return _apply(rows, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        layer: torch.nn.Linear = ctx.layer
+        transposed = _packed_rows(layer, transposed=True)
+        if transposed is None:
+            return grad @ layer.weight.detach(), None, None
+        return _apply(transposed, grad.contiguous()), None, None
+
+
+def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The packed forward of ``layer``, or ``None`` if its packed product fails the probe."""
+    rows = _packed_rows(layer, transposed=False)
+    if rows is None:
         return None
-    rows = rows_or_none
-    out_features = weight.shape[0]
+    product = rows
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] == 1:  # a lone row takes oneDNN's matrix-vector path: compute it as a pair
-            result = rows(flat.expand(2, -1).contiguous())[:1]
-        else:
-            result = rows(flat)
-        return result.reshape(*x.shape[:-1], out_features)
+        if torch.is_grad_enabled() and x.requires_grad:
+            result: torch.Tensor = _FrozenPackedLinear.apply(x, layer, product)  # type: ignore[no-untyped-call]
+            return result
+        return _apply(product, x)
 
     return forward
 
@@ -119,8 +156,10 @@ def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
 @contextmanager
 def packed_linears(model: Any) -> Iterator[int]:
     """Within: ``model``'s frozen float32 CPU linear layers compute from packed weights (see the
-    module docstring); yields how many layers are packed (0 when ``packable()`` is false). Call
-    under ``torch.inference_mode`` or ``no_grad``: the packed path has no backward."""
+    module docstring); yields how many layers are packed (0 when ``packable()`` is false). Under
+    autograd the layers stay differentiable in their inputs (``_FrozenPackedLinear``: the input
+    gradient from a packed ``W.T``), so a training forward and backward can run within too; their
+    weights get no gradient (they are frozen)."""
     layers: list[torch.nn.Linear] = []
     if packable():
         for layer in _frozen_linears(model):
