@@ -260,7 +260,7 @@ def _row_attention(
             enable_gqa=gqa,
         ).transpose(1, 2)
         rows.append(torch.nn.functional.pad(row, (0, 0, 0, 0, first, 0)) if first else row)
-    return torch.cat(rows).contiguous(), None
+    return (rows[0] if len(rows) == 1 else torch.cat(rows)).contiguous(), None
 
 
 def _supports_row_attention(model: Any) -> bool:
@@ -337,11 +337,25 @@ def _direct_forward(layer: Any, name: str | None) -> Callable[[torch.Tensor], to
 
         return base_only
     lora_a, lora_b, scaling = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
+    linear = torch.nn.functional.linear
+    if type(lora_a) is not torch.nn.Linear or type(lora_b) is not torch.nn.Linear or lora_a.bias is not None:
+        linear_a, linear_b = lora_a, lora_b
+    else:  # the same products as the modules' forward, without two module calls per layer
+        a, b = lora_a.weight, lora_b.weight
+
+        def linear_a(x: torch.Tensor) -> torch.Tensor:
+            return linear(x, a)
+
+        def linear_b(x: torch.Tensor) -> torch.Tensor:
+            return linear(x, b)
+
+    dtype = lora_a.weight.dtype
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = base(x)
-        delta: torch.Tensor = lora_b(lora_a(x.to(lora_a.weight.dtype))) * scaling
-        return (result + delta).to(result.dtype)
+        delta: torch.Tensor = linear_b(linear_a(x if x.dtype == dtype else x.to(dtype))) * scaling
+        out = result + delta
+        return out if out.dtype == result.dtype else out.to(result.dtype)
 
     return forward
 
