@@ -1,11 +1,11 @@
 """Sampling throughput: tinker-std vs ``transformers`` ``generate``, LoRA adapter attached.
 
-Two workloads, temperature 1, no top-k/top-p, no stop (every sample runs to 64 tokens), raw
-logprobs of the sampled tokens returned by both sides:
+Two workloads, temperature 1, no top-k/top-p, no stop (every sample runs to ``--new-tokens``), raw
+logprobs of the sampled tokens returned by both sides (defaults: issue 14's workload):
 
-- one request: one prompt of 32 tokens, 4 samples x 64 new tokens;
-- ``--concurrent N`` requests (default 8; 0 skips it): N different prompts (24..40 tokens), 4
-  samples x 64 new tokens each, submitted at once through ``SamplingClient.sample`` futures (which
+- one request: one prompt of 32 tokens, ``--samples`` (8) samples x ``--new-tokens`` (32) new tokens;
+- ``--concurrent N`` requests (default 8; 0 skips it): N different prompts (24..40 tokens), the
+  same samples x new tokens each, submitted at once through ``SamplingClient.sample`` futures (which
   the torch backend may answer in one batch) vs N sequential ``generate`` calls.
 
 The plain side runs in a child process (``--same-process 1``: in this one, as the other benchmarks
@@ -30,7 +30,7 @@ import torch
 
 import tinker_std as ts
 
-SAMPLES, NEW_TOKENS, PROMPT_LEN, RANK = 4, 64, 32, 16
+SAMPLES, NEW_TOKENS, PROMPT_LEN, RANK = 8, 32, 32, 16  # defaults; --samples / --new-tokens
 
 
 def plain_generate(model: Any, prompt: torch.Tensor, seed: int) -> list[list[float]]:
@@ -59,8 +59,9 @@ def plain_generate(model: Any, prompt: torch.Tensor, seed: int) -> list[list[flo
 _PLAIN: Any = None  # the plain model of a child process
 
 
-def _plain_init(model: str, vocab: int, threads: int) -> None:
-    global _PLAIN
+def _plain_init(model: str, vocab: int, threads: int, samples: int, new_tokens: int) -> None:
+    global _PLAIN, SAMPLES, NEW_TOKENS
+    SAMPLES, NEW_TOKENS = samples, new_tokens
     from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
@@ -85,7 +86,11 @@ def report(title: str, runs: dict[str, Callable[[], object]], tokens: int, warmu
 
 
 def main() -> None:
-    args = c.parse_args(__doc__ or "", warmup=1, steps=3, concurrent=8, same_process=0)
+    global SAMPLES, NEW_TOKENS
+    args = c.parse_args(
+        __doc__ or "", warmup=1, steps=3, concurrent=8, same_process=0, samples=SAMPLES, new_tokens=NEW_TOKENS
+    )
+    SAMPLES, NEW_TOKENS = args.samples, args.new_tokens
     svc = c.open_service(args.backend)
     tc = c.training_client(svc, args.base_model, RANK) if svc else None
     vocab = tc.spec.vocab_size if tc else None
@@ -106,7 +111,10 @@ def main() -> None:
     else:
         spawn = multiprocessing.get_context("spawn")
         child = ProcessPoolExecutor(
-            1, mp_context=spawn, initializer=_plain_init, initargs=(args.model, vocab, args.threads)
+            1,
+            mp_context=spawn,
+            initializer=_plain_init,
+            initargs=(args.model, vocab, args.threads, SAMPLES, NEW_TOKENS),
         )
         child.submit(int).result()  # the model is loaded before any timing
         pool = child

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -266,6 +267,56 @@ def test_seeded_sampling_is_reproducible_per_sequence(
     hot = ts.SamplingParams(temperature=1.0, max_tokens=8, stop=[], seed=1234)
     sequences = sc.sample(_prompt(v), 4, hot).result().sequences
     assert len({tuple(s.tokens) for s in sequences}) > 1, "[SMP-12] distinct sequences must use distinct streams"
+
+
+@pytest.mark.requires("seeded_sampling", "topk_prompt_logprobs")
+@pytest.mark.spec("SMP-20")
+@pytest.mark.parametrize(
+    "params",
+    [
+        ts.SamplingParams(temperature=1.0, max_tokens=1, stop=[], seed=11),
+        ts.SamplingParams(temperature=0.7, max_tokens=1, stop=[], seed=12, top_k=5),
+        ts.SamplingParams(temperature=1.3, max_tokens=1, stop=[], seed=13, top_p=0.8),
+    ],
+    ids=["plain", "top_k", "top_p"],
+)
+def test_seeded_draws_follow_draw_rule_2(
+    conformance_backend: ConformanceBackend, make_training_client: Factory, params: ts.SamplingParams
+) -> None:
+    """The first token of each seeded sequence is the one draw rule 2 picks from the backend's own
+    full distribution (its top-V prompt logprobs at that position). A ``u`` that falls within the
+    tolerance of a CDF boundary could go either way and is not judged."""
+    from tinker_std.sampling_rules import filters_active, kept_count, sequence_generator
+
+    v = conformance_backend.vocab_size
+    sc = _trained_sampler(make_training_client(), v)
+    judged = 0
+    for offset in range(4):
+        prompt = _prompt(v, 5, offset).to_ints()
+        scored = sc.sample(
+            ts.ModelInput.from_ints([*prompt, 0]), 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=v
+        )
+        row = scored.result().topk_prompt_logprobs[len(prompt)]  # type: ignore[index]
+        logp = np.full(v, -np.inf)
+        for token, value in row:
+            logp[token] = value
+        probs = torch.softmax(torch.from_numpy(logp) / params.temperature, 0)
+        if filters_active(params):
+            sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
+            kept = torch.zeros_like(probs)
+            keep = ids[: kept_count(sorted_probs, params)]
+            kept[keep] = probs[keep]
+            probs = kept
+        cdf = torch.cumsum(probs, 0).numpy()
+        sequences = sc.sample(ts.ModelInput.from_ints(prompt), 6, params).result().sequences
+        for j, seq in enumerate(sequences):
+            u = float(torch.rand((), generator=sequence_generator(params.seed, j), dtype=torch.float64)) * cdf[-1]
+            if np.min(np.abs(cdf - u)) < 1e-4:
+                continue
+            want = int(np.searchsorted(cdf, u, side="right"))
+            assert seq.tokens[0] == want, f"[SMP-20] sequence {j}: token {seq.tokens[0]}, draw rule 2 gives {want}"
+            judged += 1
+    assert judged >= 12, f"[SMP-20] only {judged} draws were far enough from a CDF boundary to judge"
 
 
 @pytest.mark.requires("topk_prompt_logprobs")

@@ -11,7 +11,10 @@ lives here, so that two backends given the same logits make the same choices:
   id on ties). Otherwise the distribution is ``softmax(logits / temperature)``, cut to the
   ``top_k`` most probable tokens (ties broken by lower id), renormalised, cut to the shortest
   prefix whose cumulative probability reaches ``top_p`` (at least one token), and sampled by
-  inverse CDF with exactly one uniform draw per token (SMP-10, SMP-11).
+  inverse CDF with exactly one uniform draw per token (SMP-10, SMP-11). The CDF runs over the kept
+  tokens in ascending token-id order (draw rule ``DRAW_RULE`` = 2, SMP-20): with no top-k/top-p
+  filter no sort is needed at all, only one cumulative sum (rule 1, spec 0.1, walked the sorted
+  order, which cost a full-vocabulary sort per token).
 * ``StopRule``: ``None`` -> EOS; ``str | list[str]`` -> the decoded completion contains one of
   them; ``list[int]`` -> the sampled token is one of them; ``[]`` -> none. Explicit stops replace
   EOS, and the token that triggers a stop is kept (SMP-4..SMP-9).
@@ -37,14 +40,20 @@ from .errors import BadRequestError, ContextLengthError
 from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams
 
 __all__ = [
+    "DRAW_RULE",
     "SEED_STRIDE",
     "StopRule",
     "choose_token",
-    "draw_sorted_index",
+    "draw_in_id_order",
+    "filters_active",
+    "kept_count",
     "prompt_scores",
     "sequence_generator",
     "token_budget",
 ]
+
+#: Version of the seeded-draw rule (SMP-20): 2 = inverse CDF over the kept tokens in token-id order.
+DRAW_RULE = 2
 
 #: Multiplier separating the generator seeds of the sequences of one request.
 SEED_STRIDE = 1_000_003
@@ -90,30 +99,53 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     """The next token given last-position ``logits`` (V,), per the module docstring.
 
     ``logits`` may live on any device; the uniform draw comes from ``generator`` (a CPU generator)
-    and the filtering runs in the dtype of ``logits``. Backends that want device-independent draws
+    and the arithmetic runs in the dtype of ``logits``. Backends that want device-independent draws
     pass CPU ``float64`` logits.
     """
     if params.temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)
-    sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
-    return int(ids[draw_sorted_index(sorted_probs, params, generator)])
+    if filters_active(params):
+        sorted_probs, ids = torch.sort(probs, descending=True, stable=True)
+        kept = torch.zeros_like(probs)
+        keep = ids[: kept_count(sorted_probs, params)]
+        kept[keep] = probs[keep]
+        probs = kept
+    return draw_in_id_order(probs, generator)
 
 
-def draw_sorted_index(sorted_probs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """``choose_token``'s draw given the probabilities already sorted descending: the position in
-    that order of the chosen token (top-k, renormalise, top-p, one uniform draw, inverse CDF). Only
-    the sorted values enter the arithmetic, so any sort that gives the same values gives the same
-    position."""
-    if params.top_k != -1:
-        sorted_probs = sorted_probs[: params.top_k]
-    sorted_probs = sorted_probs / sorted_probs.sum()
+def filters_active(params: SamplingParams) -> bool:
+    """Whether top-k or top-p removes any token (then the kept set needs the sorted order)."""
+    return params.top_k != -1 or params.top_p < 1.0
+
+
+def kept_count(sorted_probs: torch.Tensor, params: SamplingParams) -> int:
+    """How many of the probabilities ``sorted_probs`` (sorted descending, lower id first on ties)
+    the filters of SMP-11 keep: the top ``top_k``, then, renormalised, the shortest prefix whose
+    cumulative probability reaches ``top_p`` (at least one). Only the sorted values enter the
+    arithmetic, so any sort that gives the same values gives the same count."""
+    n = sorted_probs.numel() if params.top_k == -1 else min(params.top_k, sorted_probs.numel())
     if params.top_p < 1.0:
-        below = int((torch.cumsum(sorted_probs, 0) < params.top_p).sum())
-        sorted_probs = sorted_probs[: min(below + 1, sorted_probs.numel())]
-    cdf = torch.cumsum(sorted_probs, 0)
+        top = sorted_probs[:n]
+        top = top / top.sum()
+        below = int((torch.cumsum(top, 0) < params.top_p).sum())
+        n = min(below + 1, n)
+    return n
+
+
+def draw_in_id_order(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One draw by inverse CDF over ``probs`` (V,) in token-id order (draw rule 2, SMP-20): with
+    ``cdf = cumsum(probs)`` and ``u`` the next uniform of ``generator`` (in ``probs``' dtype) times
+    ``cdf[-1]``, the lowest id ``i`` with ``cdf[i] > u``. Tokens of probability 0 (filtered out, or
+    underflowed) are never chosen: when rounding makes ``u`` reach ``cdf[-1]``, the highest id of
+    positive probability is."""
+    cdf = torch.cumsum(probs, 0)
     u = torch.rand((), generator=generator, dtype=cdf.dtype).to(cdf.device) * cdf[-1]
-    return min(int(torch.searchsorted(cdf, u, right=True)), cdf.numel() - 1)
+    index = int(torch.searchsorted(cdf, u, right=True))
+    if index >= cdf.numel():
+        positive = torch.nonzero(probs > 0)
+        index = int(positive[-1]) if positive.numel() else cdf.numel() - 1
+    return index
 
 
 def prompt_scores(

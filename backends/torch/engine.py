@@ -53,7 +53,7 @@ from tinker_std.types import (
     SupportedModel,
 )
 
-from . import adapters, sampler, storage
+from . import adapters, packed, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
 from .models import (
@@ -644,7 +644,9 @@ class TorchEngine:
         for i, datum in enumerate(batch):
             ids[i, : lengths[i]] = torch.as_tensor(datum.model_input.to_ints(), dtype=torch.long)
             mask[i, : lengths[i]] = 1
-        logits = base.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False).logits
+        with packed.packed_linears(base.model):  # frozen CPU float32 weights from packed copies (packed.py)
+            logits = base.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+            logits = logits.logits
         out = []
         for i, datum in enumerate(batch):
             targets = datum.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)

@@ -15,7 +15,9 @@ the same loop for one request, with its adapter already active):
 3. Every sequence gets a row: its prompt's cache row, repeated ``num_samples`` times
    (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
    per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
-4. With one adapter in the batch it is activated and, for plain LoRA layers, called directly
+4. On CPU the frozen base weights are computed from oneDNN-packed copies (``packed.py``: about
+   twice as fast at decode batch sizes, probed for the row independence point 5 needs). With one
+   adapter in the batch it is activated and, for plain LoRA layers, called directly
    (``_direct_lora``: the same operations as peft's forward without its per-call bookkeeping);
    with several, ``per_row_adapters`` runs each adapter on its own rows (segments recomputed
    whenever rows are dropped).
@@ -28,13 +30,15 @@ the same loop for one request, with its adapter already active):
    the rows of a partial 4-row block differently, so every adapter's group of rows is closed with
    filler rows to a multiple of 4.
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
-   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``).
+   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
+   rule 2 of SMP-20: no sort unless top-k / top-p is set).
 7. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import uuid
@@ -51,14 +55,16 @@ from tinker_std.errors import BadRequestError
 from tinker_std.sampling_rules import (
     StopRule,
     choose_token,
-    draw_sorted_index,
+    draw_in_id_order,
+    filters_active,
+    kept_count,
     prompt_scores,
     sequence_generator,
     token_budget,
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-from . import adapters
+from . import adapters, packed
 
 __all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
@@ -82,7 +88,7 @@ def sample(
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     job = _Job.start(0, request, spec, None, tokenizer)
-    with torch.inference_mode():
+    with torch.inference_mode(), _packed(model, device):
         return _decode(model, [job], tokenizer, device, None)[0]
 
 
@@ -110,7 +116,7 @@ def sample_batch(
     order = {name: rank for rank, name in enumerate(dict.fromkeys(job.adapter for job in jobs))}
     jobs.sort(key=lambda job: order[job.adapter])  # stable: each adapter's jobs contiguous, in item order
     if jobs:
-        with torch.inference_mode():
+        with torch.inference_mode(), _packed(model, device):
             if len(order) == 1:
                 adapters.activate(model, jobs[0].adapter, trainable=False)
                 with _direct_lora(model, jobs[0].adapter):
@@ -129,31 +135,32 @@ def choose_tokens(
     logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]
 ) -> list[int]:
     """``[choose_token(logits[r], params[r], generators[r]) for r ...]``: the same tokens from the
-    same single uniform draw per row, only faster for CPU ``float64`` logits ``(rows, V)``.
+    same single uniform draw per row, only faster for filtered rows of CPU ``float64`` logits.
 
-    ``choose_token`` walks the probabilities in stable descending order, but its arithmetic (the
-    normalising sum, the cumulative sums, the inverse-CDF search) sees only the sorted *values*,
-    which any sort gives identically; numpy's value sort is several times faster than torch's
-    stable argsort at 50k entries. The token at the chosen position ``i`` is then found in O(V):
-    among the ids whose probability equals the value at ``i``, the ``(i - start)``-th lowest, where
-    ``start`` counts the strictly larger probabilities (the stable order breaks ties by lower id).
-    Greedy rows, rows off the CPU and rows whose probabilities hold NaN go through ``choose_token``.
+    Draw rule 2 (SMP-20) needs the sorted order only to find the tokens top-k / top-p keep, and
+    ``kept_count`` sees only the sorted *values*, which any sort gives identically; numpy's value
+    sort is several times faster than torch's stable argsort at 50k entries. The kept set is then
+    found in O(V): every probability above the value at the cut, plus the lowest ids among those
+    equal to it (the stable order breaks ties by lower id). Rows without filters, greedy rows, rows
+    off the CPU and rows whose probabilities hold NaN go through ``choose_token``.
     """
     return [_choose(row, p, generator) for row, p, generator in zip(logits, params, generators, strict=True)]
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature == 0 or logits.device.type != "cpu":
+    if params.temperature == 0 or not filters_active(params) or logits.device.type != "cpu":
         return choose_token(logits, params, generator)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     ascending = np.sort(probs.numpy())
     if np.isnan(ascending[-1]):  # NaN sorts last
         return choose_token(logits, params, generator)
     descending = torch.from_numpy(ascending).flip(0)  # a fresh tensor, as torch.sort returns
-    index = draw_sorted_index(descending, params, generator)
-    value = descending[index]
-    start = int((probs > value).sum())
-    return int(torch.nonzero(probs == value)[index - start])
+    count = kept_count(descending, params)
+    cut = descending[count - 1]
+    keep = probs > cut
+    ties = torch.nonzero(probs == cut).squeeze(-1)[: count - int(keep.sum())]
+    keep[ties] = True
+    return draw_in_id_order(torch.where(keep, probs, torch.zeros_like(probs)), generator)
 
 
 @dataclass
@@ -195,6 +202,11 @@ class _Job:
         return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
 
 
+def _packed(model: Any, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """On CPU: the frozen base weights computed from oneDNN-packed copies (``packed.py``)."""
+    return packed.packed_linears(model) if device.type == "cpu" else nullcontext()
+
+
 def _accepts(model: Any, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
@@ -214,33 +226,41 @@ def _round_up(n: int) -> int:
 def _row_attention(
     module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, **kwargs: Any
 ) -> tuple[torch.Tensor, None]:
-    """A transformers attention function: batch row ``r`` attends alone (a batch of one) over its
-    own positions, from ``_row_state.pads[r]`` on, with ``scaled_dot_product_attention`` (causal
-    over a whole prompt, unmasked for one new token); filler rows (pad ``None``) get zeros. SDPA's
-    work split depends on the batch size, so this is what makes a row's attention independent of
-    the rest of the batch and of its left padding."""
+    """A transformers attention function: batch row ``r`` attends as if alone over its own
+    positions, from ``_row_state.pads[r]`` on, with ``scaled_dot_product_attention`` (causal over a
+    whole prompt, unmasked for one new token); filler rows (pad ``None``) get zeros. SDPA's work
+    split depends on the batch size when it runs on several threads, so there each row is a batch
+    of one; with one intra-op thread, where SDPA computes every (row, head) on its own the same way
+    whatever the batch (measured: bit-equal, prompt and decode shapes), each run of consecutive rows
+    with the same padding is one call. Either way a row's attention is independent of the rest of
+    the batch and of its left padding."""
     _, heads, q_len, _ = query.shape
     if q_len != 1 and q_len != key.shape[2]:
         raise NotImplementedError("row attention runs whole prompts or one new token at a time")
     gqa = heads != key.shape[1]
-    zeros = None
-    rows = []
+    runs: list[tuple[int, int, int | None]] = []  # (start, stop, pad)
+    together = torch.get_num_threads() == 1
     for r, pad in enumerate(_row_state.pads):
+        if together and runs and runs[-1][2] == pad:
+            runs[-1] = (runs[-1][0], r + 1, pad)
+        else:
+            runs.append((r, r + 1, pad))
+    rows = []
+    for start, stop, pad in runs:
         if pad is None:
-            zeros = query.new_zeros((1, q_len, heads, value.shape[-1])) if zeros is None else zeros
-            rows.append(zeros)
+            rows.append(query.new_zeros((stop - start, q_len, heads, value.shape[-1])))
             continue
         first = pad if q_len > 1 else 0
         row = torch.nn.functional.scaled_dot_product_attention(
-            query[r : r + 1, :, first:],
-            key[r : r + 1, :, pad:],
-            value[r : r + 1, :, pad:],
+            query[start:stop, :, first:],
+            key[start:stop, :, pad:],
+            value[start:stop, :, pad:],
             scale=kwargs.get("scaling"),
             is_causal=q_len > 1,
             enable_gqa=gqa,
         ).transpose(1, 2)
         rows.append(torch.nn.functional.pad(row, (0, 0, 0, 0, first, 0)) if first else row)
-    return torch.cat(rows).contiguous(), None
+    return (rows[0] if len(rows) == 1 else torch.cat(rows)).contiguous(), None
 
 
 def _supports_row_attention(model: Any) -> bool:
@@ -317,11 +337,25 @@ def _direct_forward(layer: Any, name: str | None) -> Callable[[torch.Tensor], to
 
         return base_only
     lora_a, lora_b, scaling = layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
+    linear = torch.nn.functional.linear
+    if type(lora_a) is not torch.nn.Linear or type(lora_b) is not torch.nn.Linear or lora_a.bias is not None:
+        linear_a, linear_b = lora_a, lora_b
+    else:  # the same products as the modules' forward, without two module calls per layer
+        a, b = lora_a.weight, lora_b.weight
+
+        def linear_a(x: torch.Tensor) -> torch.Tensor:
+            return linear(x, a)
+
+        def linear_b(x: torch.Tensor) -> torch.Tensor:
+            return linear(x, b)
+
+    dtype = lora_a.weight.dtype
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         result: torch.Tensor = base(x)
-        delta: torch.Tensor = lora_b(lora_a(x.to(lora_a.weight.dtype))) * scaling
-        return (result + delta).to(result.dtype)
+        delta: torch.Tensor = linear_b(linear_a(x if x.dtype == dtype else x.to(dtype))) * scaling
+        out = result + delta
+        return out if out.dtype == result.dtype else out.to(result.dtype)
 
     return forward
 
