@@ -84,3 +84,26 @@ def test_a_lone_row_is_computed_as_a_pair() -> None:
     assert torch.equal(lone, pair[:1])
     torch.testing.assert_close(lone, torch.nn.functional.linear(x[:1], layer.weight, layer.bias), rtol=1e-4, atol=1e-4)
     assert "forward" not in layer.__dict__  # restored on exit
+
+
+def test_only_the_sampled_adapters_factors_are_packed(setup: Setup) -> None:
+    """The sampler packs the LoRA factors of the adapters it samples (so their products are
+    row-independent too), and no other adapter's."""
+    model, _, _ = setup
+    factors = {
+        name: sum(
+            2
+            for m in model.modules()
+            if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict) and name in m.lora_A
+        )
+        for name in ("a", "b")
+    }
+    with torch.inference_mode():
+        with packed.packed_linears(model) as base:
+            pass
+        with packed.packed_linears(model, {"a"}) as with_a:
+            pass
+        with packed.packed_linears(model, {"a", "b"}) as with_both:
+            pass
+    assert factors["a"] > 0 and factors["b"] > factors["a"]  # b also adapts lm_head
+    assert (with_a, with_both) == (base + factors["a"], base + factors["a"] + factors["b"])

@@ -5,7 +5,7 @@
 a seed, every request's tokens must be exactly those ``sample`` gives for it alone, and its
 sampled logprobs, prompt logprobs and top-k prompt logprobs must agree with ``sample``'s within
 ``atol 1e-4`` (the ``fp32`` class). On x86 CPUs with MKL the loop is batch-invariant by design
-(rows attend alone; matrix products in full 4-row blocks), so there they must be bit-identical.
+(rows attend alone; matrix products from probed, packed weights), so there they must be bit-identical.
 ``choose_tokens`` must draw exactly the token ``choose_token`` draws, row by row.
 """
 
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec
-from tinker_std.backends.torch import adapters, sampler
+from tinker_std.backends.torch import adapters, packed, sampler
 from tinker_std.backends.torch.models import BUILTIN_MODELS, builtin_path, load_causal_lm, load_tokenizer
 from tinker_std.errors import BadRequestError, ContextLengthError
 from tinker_std.sampling_rules import choose_token
@@ -34,8 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL = "tiny-llama"
 CPU = torch.device("cpu")
 ATOL = 1e-4
-#: Where the loop is batch-invariant bit for bit (MKL's float32 GEMM on x86, see sampler._BLOCK).
-BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and torch.backends.mkl.is_available()
+#: Where the loop is batch-invariant bit for bit: x86 CPUs with oneDNN's packed products (packed.py,
+#: sampler point 5); without packing, MKL's GEMM is row-independent on some CPUs only.
+BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and packed.packable()
 
 
 @pytest.fixture(scope="module", params=[MODEL, "tiny-qwen3"])

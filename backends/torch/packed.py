@@ -8,14 +8,18 @@ blocked layout (``torch.ops.mkldnn._reorder_linear_weight``) and, within the con
 layer with ``torch.ops.mkldnn._linear_pointwise`` from it.
 
 The sampler's batch invariance (a row's logits do not depend on the other rows, ``sampler.py``)
-needs every product to compute a row the same way whatever the other rows are. oneDNN's kernel
-does so for any number of rows >= 2 on the machines this was measured on, but not for a single row
-(which takes a matrix-vector path), and that is a property of a kernel, not a promise. So:
+needs every product to compute a row the same way whatever the other rows are. MKL's GEMM does not
+(it picks its kernel by the number of rows; which row counts agree differs by CPU: on an AMD EPYC
+any full block of 4 rows did, on an Intel Xeon with AVX-512 a 576 x 16 LoRA factor needed blocks
+of 16). oneDNN's kernel on a packed weight does so for any number of rows >= 2 on both, but not for
+a single row (which takes a matrix-vector path), and that is a property of a kernel, not a promise.
+So the sampler packs its adapters' LoRA factors as well as the frozen base weights, and:
 
 * a one-row input is computed as the first row of a two-row product (its copy as the second);
 * each packed weight is *probed* when it is built: a random batch computed whole and as 2-row
   pieces must agree bit for bit (and agree with ``linear`` within float tolerance); a weight that
-  fails is not packed, and its layer keeps MKL's path (which the sampler's 4-row blocks suit).
+  fails is not packed, and its layer keeps MKL's path (row-independent within float tolerance only,
+  or bit for bit where the sampler's 4-row blocks suit the CPU).
 
 The training forward uses the same context (``engine.py``, ``_logprobs``): there the larger
 products gain less (10-20% at 512 rows) but they are most of a step, and the backward's input
@@ -30,7 +34,7 @@ ran). ``TINKER_STD_PACKED_WEIGHTS=0`` turns the whole thing off.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -134,19 +138,22 @@ def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Te
     return forward
 
 
-def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
-    """Every ``nn.Linear`` of ``model`` with a frozen float32 CPU weight that is not a LoRA factor."""
-    factors: set[int] = set()
+def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Linear]:
+    """Every ``nn.Linear`` of ``model`` with a frozen float32 weight that is a plain CPU tensor (not
+    a sharded ``DTensor``: FSDP gathers those only inside its own forward) and that is either not a
+    LoRA factor or a factor of one of ``adapters``."""
+    factor_of: dict[int, str] = {}
     for module in model.modules():
         for name in ("lora_A", "lora_B"):
             table = getattr(module, name, None)
             if isinstance(table, torch.nn.ModuleDict):
-                factors.update(id(factor) for factor in table.values())
+                factor_of.update((id(factor), adapter) for adapter, factor in table.items())
     return [
         m
         for m in model.modules()
         if type(m) is torch.nn.Linear
-        and id(m) not in factors
+        and (id(m) not in factor_of or factor_of[id(m)] in adapters)
+        and type(m.weight.data) is torch.Tensor
         and m.weight.dtype == torch.float32
         and m.weight.device.type == "cpu"
         and not m.weight.requires_grad
@@ -154,15 +161,16 @@ def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
 
 
 @contextmanager
-def packed_linears(model: Any) -> Iterator[int]:
-    """Within: ``model``'s frozen float32 CPU linear layers compute from packed weights (see the
-    module docstring); yields how many layers are packed (0 when ``packable()`` is false). Under
-    autograd the layers stay differentiable in their inputs (``_FrozenPackedLinear``: the input
+def packed_linears(model: Any, adapters: Collection[str] = ()) -> Iterator[int]:
+    """Within: ``model``'s frozen float32 CPU linear layers, and the LoRA factors of ``adapters``
+    (the sampler's, so that their products are row-independent too), compute from packed weights
+    (see the module docstring); yields how many layers are packed (0 when ``packable()`` is false).
+    Under autograd the layers stay differentiable in their inputs (``_FrozenPackedLinear``: the input
     gradient from a packed ``W.T``), so a training forward and backward can run within too; their
     weights get no gradient (they are frozen)."""
     layers: list[torch.nn.Linear] = []
     if packable():
-        for layer in _frozen_linears(model):
+        for layer in _frozen_linears(model, adapters):
             forward = _packed_forward(layer)
             if forward is not None:
                 layer.forward = forward  # type: ignore[method-assign,assignment]

@@ -26,9 +26,12 @@ the same loop for one request, with its adapter already active):
    is batched (SMP-12). Two things would break that and are avoided: SDPA splits its work by
    batch size, so each row attends alone over its own positions (``_row_attention``, which also
    makes left padding invisible; other attention implementations and devices other than the CPU
-   fall back to a padding mask and agree within float tolerance only); and the CPU GEMM computes
-   the rows of a partial 4-row block differently, so every adapter's group of rows is closed with
-   filler rows to a multiple of 4.
+   fall back to a padding mask and agree within float tolerance only); and MKL's GEMM computes a
+   row differently depending on how many rows there are, so every product of the frozen base and
+   of the batch's adapters runs from oneDNN-packed weights, probed to be row-independent
+   (``packed.py``). Every adapter's group of rows is also closed with filler rows to a multiple of
+   4, which keeps MKL's path (a weight that fails the probe, or ``TINKER_STD_PACKED_WEIGHTS=0``)
+   bit-exact on CPUs where full 4-row blocks are row-independent (AMD EPYC, not Intel AVX-512).
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
    rule 2 of SMP-20: no sort unless top-k / top-p is set).
@@ -88,7 +91,7 @@ def sample(
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     job = _Job.start(0, request, spec, None, tokenizer)
-    with torch.inference_mode(), _packed(model, device):
+    with torch.inference_mode(), _packed(model, device, _active_adapters(model)):
         return _decode(model, [job], tokenizer, device, None)[0]
 
 
@@ -116,7 +119,7 @@ def sample_batch(
     order = {name: rank for rank, name in enumerate(dict.fromkeys(job.adapter for job in jobs))}
     jobs.sort(key=lambda job: order[job.adapter])  # stable: each adapter's jobs contiguous, in item order
     if jobs:
-        with torch.inference_mode(), _packed(model, device):
+        with torch.inference_mode(), _packed(model, device, list(order)):
             if len(order) == 1:
                 adapters.activate(model, jobs[0].adapter, trainable=False)
                 with _direct_lora(model, jobs[0].adapter):
@@ -202,18 +205,30 @@ class _Job:
         return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
 
 
-def _packed(model: Any, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """On CPU: the frozen base weights computed from oneDNN-packed copies (``packed.py``)."""
-    return packed.packed_linears(model) if device.type == "cpu" else nullcontext()
+def _packed(model: Any, device: torch.device, names: Sequence[str | None]) -> contextlib.AbstractContextManager[Any]:
+    """On CPU: the frozen base weights and the LoRA factors of adapters ``names`` computed from
+    oneDNN-packed copies (``packed.py``)."""
+    adapters = {name for name in names if name is not None}
+    return packed.packed_linears(model, adapters) if device.type == "cpu" else nullcontext()
+
+
+def _active_adapters(model: Any) -> list[str | None]:
+    """The adapters active on ``model``'s LoRA layers (none when adapters are disabled)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            return [] if module.disable_adapters else list(module.active_adapters)
+    return []
 
 
 def _accepts(model: Any, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
 
-#: Rows per block: this CPU float32 GEMM (MKL) computes a row bit-identically in any full block of 4
-#: rows, whatever the other rows and the matrix height; only rows of a partial last block differ.
-#: So every matrix product here gets a multiple of 4 rows (per adapter segment too).
+#: Rows per block: on some CPUs (measured: AMD EPYC) MKL's float32 GEMM computes a row bit-identically
+#: in any full block of 4 rows, whatever the other rows; so every matrix product here gets a multiple
+#: of 4 rows (per adapter segment too) for products that are not packed (see point 5 above).
 _BLOCK = 4
 _ROW_ATTENTION = "tinker_std_rows"
 _row_state = threading.local()
@@ -340,6 +355,8 @@ def _direct_forward(layer: Any, name: str | None) -> Callable[[torch.Tensor], to
     linear = torch.nn.functional.linear
     if type(lora_a) is not torch.nn.Linear or type(lora_b) is not torch.nn.Linear or lora_a.bias is not None:
         linear_a, linear_b = lora_a, lora_b
+    elif "forward" in lora_a.__dict__ and "forward" in lora_b.__dict__:  # packed (``_packed``): plain functions
+        linear_a, linear_b = lora_a.__dict__["forward"], lora_b.__dict__["forward"]
     else:  # the same products as the modules' forward, without two module calls per layer
         a, b = lora_a.weight, lora_b.weight
 
