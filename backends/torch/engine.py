@@ -53,7 +53,7 @@ from tinker_std.types import (
     SupportedModel,
 )
 
-from . import adapters, packed, sampler, storage
+from . import adapters, head, lora_linear, packed, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
 from .models import (
@@ -296,7 +296,7 @@ class TorchEngine:
         saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.params.items()} if backward else {}
 
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
-            return self._logprobs(model.base, batch)
+            return self._logprobs(model.base, batch, [model.adapter] * len(batch))
 
         def run_pass(chunk: Sequence[Datum]) -> ForwardBackwardOutput:
             rows = self.placement.rows(chunk)
@@ -404,7 +404,8 @@ class TorchEngine:
                 torch.set_grad_enabled(bool(training)),
                 adapters.per_row_adapters(base.model, segments, [m.params for m in training]),
             ):
-                logprobs = self._logprobs(base, data)
+                row_adapters = [name for start, stop, name, _ in segments for _ in range(start, stop)]
+                logprobs = self._logprobs(base, data, row_adapters)
                 losses = [
                     compute_loss(
                         job.loss_fn,
@@ -635,22 +636,40 @@ class TorchEngine:
             chunks.append(current)
         return chunks
 
-    def _logprobs(self, base: _Base, batch: Sequence[Datum]) -> list[torch.Tensor]:
+    def _logprobs(self, base: _Base, batch: Sequence[Datum], row_adapters: Sequence[str | None]) -> list[torch.Tensor]:
         """Target logprobs of each datum ((N,) or (N, K), float32 on CPU, differentiable), from
-        one right-padded forward pass with an attention mask."""
+        one right-padded forward pass with an attention mask. ``row_adapters``: the adapter each
+        row goes through (already active, or installed by ``adapters.per_row_adapters``).
+
+        Where ``head.output_head`` splits the model, the decoder's hidden states go through the
+        output layer in row chunks (``head.target_logprobs``: no full-vocabulary logits); else
+        the model's own logits are used (``tinker_std.engine.target_logprobs``). Both give the
+        same numbers within float32 rounding."""
         lengths = [d.model_input.length for d in batch]
         ids = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, datum in enumerate(batch):
             ids[i, : lengths[i]] = torch.as_tensor(datum.model_input.to_ints(), dtype=torch.long)
             mask[i, : lengths[i]] = 1
-        with packed.packed_linears(base.model):  # frozen CPU float32 weights from packed copies (packed.py)
-            logits = base.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-            logits = logits.logits
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
+        split = head.output_head(base.model)
+        single = row_adapters[0] if len(set(row_adapters)) == 1 else None
+        with (
+            packed.packed_linears(base.model),  # frozen CPU float32 weights from packed copies (packed.py)
+            lora_linear.fused_lora_linears(base.model, single),  # one adapter's LoRA layers as fused products
+        ):
+            if split is not None:
+                hidden = split.decoder(**inputs).last_hidden_state
+            else:
+                logits = base.model(**inputs).logits
         out = []
         for i, datum in enumerate(batch):
             targets = datum.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)
-            out.append(target_logprobs(logits[i, : lengths[i]].float(), targets).to("cpu"))
+            if split is not None:
+                lp = head.target_logprobs(split, hidden[i, : lengths[i]], targets, split.lora(row_adapters[i]))
+            else:
+                lp = target_logprobs(logits[i, : lengths[i]].float(), targets)
+            out.append(lp.to("cpu"))
         return out
 
     def _read_adapter(self, path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["packable", "packed_linears"]
+__all__ = ["frozen_products", "packable", "packed_linears"]
 
 _ATTRIBUTE = "_tinker_std_packed"
 #: Rows of the probe batch; the packing hint (oneDNN picks a blocking for this many rows).
@@ -138,6 +138,40 @@ def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Te
     return forward
 
 
+def _is_frozen_cpu_float32(layer: torch.nn.Linear) -> bool:
+    weight = layer.weight
+    return (
+        type(weight.data) is torch.Tensor
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and not weight.requires_grad
+    )
+
+
+def frozen_products(
+    layer: torch.nn.Linear,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
+    """``(x -> x @ W.T + bias, g -> g @ W)`` of a frozen float32 CPU ``layer`` from its packed
+    copies (built or taken from the layer's cache; the one of ``W.T`` on first use), or ``None``
+    when packing is off, the layer does not qualify or its packed forward fails the probe (a
+    packed ``W.T`` that fails falls back to ``g @ W``). Used by ``head.py`` to compute the output
+    layer in row chunks."""
+    if not packable() or not _is_frozen_cpu_float32(layer):
+        return None
+    forward = _packed_rows(layer, transposed=False)
+    if forward is None:
+        return None
+    fwd = forward
+
+    def input_grad(g: torch.Tensor) -> torch.Tensor:
+        transposed = _packed_rows(layer, transposed=True)
+        if transposed is None:
+            return g @ layer.weight.detach()
+        return _apply(transposed, g.contiguous())
+
+    return (lambda x: _apply(fwd, x)), input_grad
+
+
 def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Linear]:
     """Every ``nn.Linear`` of ``model`` with a frozen float32 weight that is a plain CPU tensor (not
     a sharded ``DTensor``: FSDP gathers those only inside its own forward) and that is either not a
@@ -153,10 +187,7 @@ def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Line
         for m in model.modules()
         if type(m) is torch.nn.Linear
         and (id(m) not in factor_of or factor_of[id(m)] in adapters)
-        and type(m.weight.data) is torch.Tensor
-        and m.weight.dtype == torch.float32
-        and m.weight.device.type == "cpu"
-        and not m.weight.requires_grad
+        and _is_frozen_cpu_float32(m)
     ]
 
 

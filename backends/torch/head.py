@@ -1,0 +1,214 @@
+"""Target-token logprobs straight from hidden states, without full-vocabulary logits.
+
+``forward_backward`` needs, per position, ``log_softmax(h @ W.T)`` at a few target tokens only.
+Computing the whole ``(tokens, vocabulary)`` float32 logits, their log-softmax and, in the
+backward, a gradient of the same size costs far more memory traffic than arithmetic (SmolLM2:
+512 x 49,152 floats = 100 MB per tensor, several of them, plus the zero-filled gradients of the
+slices and gathers). ``target_logprobs`` instead takes each datum's rows in chunks of at most
+``CHUNK_ROWS`` and, per chunk, computes the logits, their log-softmax and the gathered targets, then
+drops them: no tensor larger than one chunk's logits exists at once, forward or backward.
+
+The backward needs no second pass over the logits when the output weight is frozen (the usual
+case: LoRA without ``train_unembed``). With ``P`` the softmax of a row and ``g_k`` the upstream
+gradient of its ``K`` target logprobs, the logit gradient is ``sum_k g_k (onehot(t_k) - P)``, so
+the hidden-state gradient is ``sum_k g_k W[t_k] - (sum_k g_k) P @ W``. The forward computes
+``E = P @ W`` per chunk while the chunk's probabilities are at hand (the same multiply-adds as the
+plain backward's ``dlogits @ W``, without the full ``dlogits``) and the backward is a gather and
+an axpy. When a LoRA factor of the output layer is trained (``train_unembed``), its gradient needs
+``P`` itself, so the backward recomputes each chunk's logits instead (one more product).
+
+With ``lora`` (a LoRA on the output layer) the logits are ``h @ W.T + (u @ B.T) * scaling``,
+``u = lora_A(h)``, as peft computes them. The result equals ``tinker_std.engine.target_logprobs``
+on the full logits within float32 rounding (``tests/test_torch_fused_head.py``: the ``fp32``
+class). Soft targets ``(N, K)`` and every loss work unchanged: the output is the same ``(N,)`` or
+``(N, K)`` tensor, differentiable in the hidden states and the LoRA tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import packed
+
+__all__ = ["CHUNK_ROWS", "HeadLora", "OutputHead", "enabled", "output_head", "target_logprobs"]
+
+#: Rows per chunk: one chunk's float32 logits are CHUNK_ROWS x vocabulary x 4 bytes (25 MB for SmolLM2).
+CHUNK_ROWS = 128
+
+#: Causal LMs whose logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scaling).
+FUSABLE_ARCHITECTURES = frozenset(
+    {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}
+)
+
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def enabled() -> bool:
+    """Whether the fused path may be used (``TINKER_STD_FUSED_HEAD=0`` turns it off)."""
+    return os.environ.get("TINKER_STD_FUSED_HEAD", "1") != "0"
+
+
+@dataclass(frozen=True)
+class HeadLora:
+    """A LoRA adapter on the output layer: ``delta = lora_B(lora_A(h)) * scaling``."""
+
+    lora_a: torch.nn.Module
+    lora_b: torch.Tensor
+    scaling: float
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """A model's output layer, split so that its logits can be computed in chunks: the base
+    ``layer`` (an ``nn.Linear`` without bias) and the decoder that yields its input."""
+
+    decoder: torch.nn.Module
+    layer: torch.nn.Linear
+    module: torch.nn.Module  # ``layer`` itself, or the peft LoRA layer wrapping it
+
+    def lora(self, adapter: str | None) -> HeadLora | None:
+        """The LoRA of ``adapter`` on this layer, ``None`` when it has none."""
+        table: Any = getattr(self.module, "lora_A", None)
+        if adapter is None or table is None or adapter not in table:
+            return None
+        module: Any = self.module
+        return HeadLora(table[adapter], module.lora_B[adapter].weight, float(module.scaling[adapter]))
+
+    def products(self, dtype: torch.dtype) -> tuple[Rows, Rows]:
+        """``(x -> x @ W.T, p -> p @ W)``: from packed copies when ``packed`` offers them,
+        else plain matrix products (``p`` cast to the weight's dtype)."""
+        fast = packed.frozen_products(self.layer)
+        if fast is not None:
+            return fast
+        weight = self.layer.weight.detach()
+        return (lambda x: x @ weight.t()), (lambda p: p.to(weight.dtype) @ weight)
+
+
+def output_head(model: Any) -> OutputHead | None:
+    """The split output layer of ``model``, or ``None`` when the fused path does not apply: an
+    architecture not known to compute its logits as plain ``lm_head(hidden)``, an output layer
+    with a bias or a trainable or sharded (FSDP ``DTensor``) weight, or the path turned off."""
+    if not enabled() or type(model).__name__ not in FUSABLE_ARCHITECTURES:
+        return None
+    module = model.get_output_embeddings()
+    decoder = getattr(model, "model", None)
+    layer = getattr(module, "base_layer", module)
+    if not isinstance(layer, torch.nn.Linear) or layer.bias is not None or not isinstance(decoder, torch.nn.Module):
+        return None
+    weight = layer.weight
+    if type(weight.data) is not torch.Tensor or weight.requires_grad:
+        return None
+    return OutputHead(decoder=decoder, layer=layer, module=module)
+
+
+def target_logprobs(
+    head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor, lora: HeadLora | None = None
+) -> torch.Tensor:
+    """``log_softmax(logits).gather(targets)`` in float32 for one datum's hidden states ``(N, H)``
+    and targets ``(N,)`` or ``(N, K)``; differentiable in ``hidden`` and ``lora``'s tensors."""
+    squeeze = targets.dim() == 1
+    index = targets.unsqueeze(-1) if squeeze else targets
+    forward, backward = head.products(head.layer.weight.dtype)
+    low = lora.lora_a(hidden.to(lora.lora_b.dtype)) if lora is not None else None
+    factor = lora.lora_b if lora is not None else None
+    scaling = lora.scaling if lora is not None else 0.0
+    result: torch.Tensor = _ChunkedTargetLogprobs.apply(  # type: ignore[no-untyped-call]
+        hidden, low, factor, index, head.layer.weight.detach(), forward, backward, scaling
+    )
+    return result.squeeze(-1) if squeeze else result
+
+
+def _chunk_logits(
+    forward: Rows, hidden: torch.Tensor, low: torch.Tensor | None, factor: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """Float32 logits of some rows, as peft computes them: base product, plus the LoRA delta."""
+    logits = forward(hidden).float()
+    if low is not None and factor is not None:
+        logits = logits + (low @ factor.t() * scaling).float()
+    return logits
+
+
+class _ChunkedTargetLogprobs(torch.autograd.Function):
+    """See the module docstring. Inputs: hidden ``(N, H)``, LoRA ``low = lora_A(hidden)``
+    ``(N, r)`` and ``factor = lora_B.weight`` ``(V, r)`` (or ``None``), targets ``(N, K)``, the
+    frozen weight ``(V, H)`` and its two products; output: ``(N, K)`` float32 logprobs."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        low: torch.Tensor | None,
+        factor: torch.Tensor | None,
+        targets: torch.Tensor,
+        weight: torch.Tensor,
+        forward: Rows,
+        backward: Rows,
+        scaling: float,
+    ) -> torch.Tensor:
+        needs = ctx.needs_input_grad
+        recompute = bool(needs[2])  # the factor's gradient needs P itself
+        expect = (needs[0] or needs[1]) and not recompute
+        out = hidden.new_empty(targets.shape, dtype=torch.float32)
+        expected = hidden.new_empty(hidden.shape, dtype=torch.float32) if expect else None
+        expected_low = low.new_empty(low.shape, dtype=torch.float32) if expect and low is not None else None
+        for start in range(0, hidden.shape[0], CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, hidden.shape[0])
+            part = slice(start, stop)
+            logits = _chunk_logits(forward, hidden[part], None if low is None else low[part], factor, scaling)
+            logp = torch.log_softmax(logits, dim=-1)
+            del logits
+            out[part] = logp.gather(-1, targets[part])
+            if expected is not None:
+                probs = logp.exp_()
+                expected[part] = backward(probs).float()
+                if expected_low is not None and factor is not None:
+                    expected_low[part] = (probs @ factor.float()) * scaling
+        ctx.save_for_backward(hidden, low, factor, targets, weight, expected, expected_low)
+        ctx.products = (forward, backward)
+        ctx.scaling = scaling
+        ctx.recompute = recompute
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, low, factor, targets, weight, expected, expected_low = ctx.saved_tensors
+        forward, backward = ctx.products
+        scaling: float = ctx.scaling
+        grad = grad.float()
+        total = grad.sum(-1, keepdim=True)  # sum_k g_k per row
+        grad_hidden = grad_low = grad_factor = None
+        if ctx.recompute:
+            grad_hidden = torch.empty_like(hidden, dtype=torch.float32)
+            grad_low = torch.empty_like(low, dtype=torch.float32)
+            grad_factor = torch.zeros_like(factor, dtype=torch.float32)
+            for start in range(0, hidden.shape[0], CHUNK_ROWS):
+                part = slice(start, min(start + CHUNK_ROWS, hidden.shape[0]))
+                logits = _chunk_logits(forward, hidden[part], low[part], factor, scaling)
+                dlogits = torch.softmax(logits, dim=-1).mul_(-total[part])
+                del logits
+                dlogits.scatter_add_(-1, targets[part], grad[part])
+                grad_hidden[part] = backward(dlogits).float()
+                grad_low[part] = (dlogits @ factor.float()) * scaling
+                grad_factor.addmm_(dlogits.t(), low[part].float(), alpha=scaling)
+        else:
+            rows = weight.index_select(0, targets.reshape(-1)).float().view(*targets.shape, -1)
+            grad_hidden = (grad.unsqueeze(-1) * rows).sum(-2) - total * expected
+            if expected_low is not None:
+                low_rows = factor.index_select(0, targets.reshape(-1)).float().view(*targets.shape, -1)
+                grad_low = (grad.unsqueeze(-1) * low_rows).sum(-2) * scaling - total * expected_low
+        needs = ctx.needs_input_grad
+        return (
+            grad_hidden.to(hidden.dtype) if needs[0] else None,
+            grad_low.to(low.dtype) if needs[1] and grad_low is not None else None,
+            grad_factor.to(factor.dtype) if needs[2] and grad_factor is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

@@ -1,0 +1,136 @@
+"""One training adapter's LoRA linear layers as single fused products.
+
+peft computes a LoRA layer as ``base_layer(x) + lora_B(lora_A(x)) * scaling``: the base product,
+the rank-r product, a scaling pass over the ``(tokens, out)`` delta and an addition that
+allocates the output again; the backward repeats the scaling and the sum of the two input
+gradients. ``fused_lora_linears`` replaces, for the duration of a training pass, the forward of
+every peft ``Linear`` whose only active adapter is the one being trained with ``_LoraLinear``:
+
+* forward: ``y = x @ W.T`` (from a packed copy, ``packed.frozen_products``, when available) then
+  ``y += scaling * (x @ A.T) @ B.T`` in place (one ``addmm_``);
+* backward: ``dx = dy @ W`` then ``dx += scaling * (dy @ B) @ A`` in place,
+  ``dA = scaling * (dy @ B).T @ x``, ``dB = scaling * dy.T @ (x @ A.T)``.
+
+Same maths as peft's, rounded differently (the scaling applied to the rank-r factor, not the
+delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_fused_head.py``).
+Layers with dropout, a LoRA variant (DoRA), a bias, several active adapters, merged weights or
+disabled adapters (the multi-tenant ``per_row_adapters`` pass) keep peft's forward.
+``TINKER_STD_FUSED_LORA=0`` turns the fusion off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from . import packed
+
+__all__ = ["enabled", "fused_lora_linears"]
+
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def enabled() -> bool:
+    """Whether fused LoRA layers may be used (``TINKER_STD_FUSED_LORA=0`` turns them off)."""
+    return os.environ.get("TINKER_STD_FUSED_LORA", "1") != "0"
+
+
+def _products(layer: torch.nn.Linear) -> tuple[Rows, Rows]:
+    fast = packed.frozen_products(layer)
+    if fast is not None:
+        return fast
+    weight = layer.weight.detach()
+    return (lambda x: x @ weight.t()), (lambda g: g @ weight)
+
+
+class _LoraLinear(torch.autograd.Function):
+    """``x @ W.T + scaling * (x @ A.T) @ B.T`` for a frozen ``W``; see the module docstring."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, forward: Rows, backward: Rows, scaling: float
+    ) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        low = rows @ a.t()
+        out = forward(rows)
+        out.addmm_(low, b.t(), alpha=scaling)
+        ctx.save_for_backward(rows, low, a, b)
+        ctx.backward_rows = backward
+        ctx.scaling = scaling
+        ctx.shape = x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        rows, low, a, b = ctx.saved_tensors
+        scaling: float = ctx.scaling
+        dy = grad.reshape(-1, grad.shape[-1])
+        dy_b = dy @ b
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.backward_rows(dy)
+            grad_x.addmm_(dy_b, a, alpha=scaling)
+            grad_x = grad_x.view(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            grad_a = torch.mm(dy_b.t(), rows).mul_(scaling)
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.mm(dy.t(), low).mul_(scaling)
+        return grad_x, grad_a, grad_b, None, None, None
+
+
+def _fusable(module: Any, adapter: str) -> bool:
+    base = getattr(module, "base_layer", None)
+    return (
+        type(base) is torch.nn.Linear
+        and base.bias is None
+        and not base.weight.requires_grad
+        and adapter in module.lora_A
+        and not module.disable_adapters
+        and not module.merged
+        and list(module.active_adapters) == [adapter]
+        and adapter not in getattr(module, "lora_variant", {})
+        and isinstance(module.lora_dropout[adapter], torch.nn.Identity)
+        and getattr(module, "fan_in_fan_out", False) is False
+        and module.lora_A[adapter].weight.dtype == base.weight.dtype
+        and module.lora_A[adapter].bias is None
+        and module.lora_B[adapter].bias is None
+    )
+
+
+def _fused_forward(module: Any, adapter: str) -> Callable[..., torch.Tensor]:
+    base: torch.nn.Linear = module.base_layer
+    forward, backward = _products(base)
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    scaling = float(module.scaling[adapter])
+
+    def fused(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or x.dtype != a.dtype:
+            return type(module).forward(module, x, *args, **kwargs)  # type: ignore[no-any-return]
+        result: torch.Tensor = _LoraLinear.apply(x, a, b, forward, backward, scaling)  # type: ignore[no-untyped-call]
+        return result
+
+    return fused
+
+
+@contextmanager
+def fused_lora_linears(model: torch.nn.Module, adapter: str | None) -> Iterator[int]:
+    """Within: every peft LoRA ``Linear`` of ``model`` running ``adapter`` alone computes with
+    ``_LoraLinear`` (see the module docstring); yields how many layers were switched (0 for
+    ``adapter=None`` or when ``enabled()`` is false). Layers are switched back on exit."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    switched: list[Any] = []
+    if adapter is not None and enabled():
+        for module in model.modules():
+            if isinstance(module, LoraLinear) and _fusable(module, adapter):
+                module.forward = _fused_forward(module, adapter)  # type: ignore[method-assign]
+                switched.append(module)
+    try:
+        yield len(switched)
+    finally:
+        for module in switched:
+            module.__dict__.pop("forward", None)
