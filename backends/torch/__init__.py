@@ -8,6 +8,9 @@ Entry point ``tinker_std.backends.torch:TorchBackend``. Needs the ``hf`` extra
 * ``adapters`` -- many named peft LoRA adapters on one base model, activation and isolation;
 * ``sampler`` -- the batched, KV-cached decode loop (semantics from ``tinker_std.sampling_rules``);
 * ``storage`` -- checkpoint files (standard peft adapter folder + AdamW state);
+* ``head`` -- target logprobs from hidden states in row chunks (no full-vocabulary logits);
+* ``lora_linear`` -- the trained adapter's LoRA layers as fused products;
+* ``offload`` -- idle training models' adapter and AdamW state in files;
 * ``engine`` -- ``TorchEngine``, the synchronous core any transport can drive;
 * ``backend`` -- ``TorchBackend``, the asyncio ``tinker_std.backend.Backend`` over the engine.
 """

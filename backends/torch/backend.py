@@ -40,7 +40,7 @@ from tinker_std.types import (
 )
 
 from .batching import BatchingMode
-from .engine import ForwardBackwardJob, TorchEngine, resolve_device, resolve_dtype
+from .engine import DEFAULT_RESIDENT_MODELS, ForwardBackwardJob, TorchEngine, resolve_device, resolve_dtype
 from .scheduler import EngineQueue
 
 __all__ = ["TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
@@ -70,7 +70,10 @@ class TorchBackend(Backend):
     ``get_server_capabilities``; the built-ins ``tiny-llama`` and ``tiny-qwen3`` are always listed,
     ``tiny-llama`` first), ``max_context_length`` (a cap on every model's context length),
     ``batching`` (``"auto"``, ``"batched"`` or ``"serial"``: how concurrent ``forward_backward``
-    requests of several clients run, see ``TorchEngine``). Unknown options raise ``TypeError``.
+    requests of several clients run, see ``TorchEngine``), ``resident_models`` (default
+    ``DEFAULT_RESIDENT_MODELS``: how many idle training models keep their adapter and AdamW state in
+    memory; the others' state waits in files under ``checkpoint_dir``, bit-equal when it comes
+    back; ``None``: all stay in memory). Unknown options raise ``TypeError``.
     The engine is public as ``engine`` (for example
     ``backend.engine.export_merged(model_id, folder)``), the store as ``checkpoint_store``.
     """
@@ -97,6 +100,7 @@ class TorchBackend(Backend):
         models: Sequence[str] | None = None,
         max_context_length: int | None = None,
         batching: BatchingMode = "auto",
+        resident_models: int | None = DEFAULT_RESIDENT_MODELS,
     ) -> None:
         self.checkpoint_store = CheckpointStore(checkpoint_dir)
         self.engine = TorchEngine(
@@ -106,6 +110,7 @@ class TorchBackend(Backend):
             models=models,
             max_context_length=max_context_length,
             batching=batching,
+            resident_models=resident_models,
         )
         self.queue = EngineQueue(
             {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many}

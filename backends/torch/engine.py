@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from tinker_std.types import (
     SupportedModel,
 )
 
-from . import adapters, head, lora_linear, packed, sampler, storage
+from . import adapters, head, lora_linear, offload, packed, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
 from .models import (
@@ -66,12 +67,14 @@ from .models import (
 )
 from .placement import Placement, SingleProcess
 
-__all__ = ["ForwardBackwardJob", "TorchEngine", "resolve_device", "resolve_dtype"]
+__all__ = ["DEFAULT_RESIDENT_MODELS", "ForwardBackwardJob", "TorchEngine", "resolve_device", "resolve_dtype"]
 
 Array = npt.NDArray[np.floating[Any]]
 
 #: Padded tokens (batch x longest datum) per forward pass of ``forward_backward``.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+#: Idle training models whose state ``TorchBackend`` keeps in memory (the rest wait in files).
+DEFAULT_RESIDENT_MODELS = 2
 #: Logit elements (padded tokens x vocabulary) per forward pass: 2**28 float32 logits are 1 GiB.
 MAX_LOGIT_ELEMENTS = 2**28
 
@@ -156,8 +159,12 @@ class TorchEngine:
     runs requests of several clients: ``"auto"`` (measure both paths, use the faster, see
     ``batching.py``), ``"batched"`` (one pass with per-row adapters) or ``"serial"`` (one pass per
     client). ``placement``: where the work runs (default ``SingleProcess``; the FSDP backend passes
-    one per rank, see ``placement.py``). Construction raises ``IncompatibleEnvironmentError`` when the
-    installed transformers and peft cannot work together (``environment.check_hf_stack``).
+    one per rank, see ``placement.py``). ``resident_models``: how many training models keep their
+    adapter and AdamW state in memory when idle; after each ``optim_step`` the least recently used
+    others without an accumulated gradient move to files under the checkpoint directory
+    (``offload.py``) and come back, bit for bit, on their next call (``None``: never). Construction
+    raises ``IncompatibleEnvironmentError`` when the installed transformers and peft cannot work
+    together (``environment.check_hf_stack``).
     """
 
     def __init__(
@@ -172,9 +179,12 @@ class TorchEngine:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batching: BatchingMode = "auto",
         placement: Placement | None = None,
+        resident_models: int | None = None,
     ) -> None:
         if max_context_length is not None and max_context_length < 1:
             raise ValueError("max_context_length must be >= 1")
+        if resident_models is not None and resident_models < 1:
+            raise ValueError("resident_models must be >= 1 (or None: never offload)")
         check_hf_stack()
         self.checkpoint_store = checkpoint_store
         self.device = resolve_device(device)
@@ -191,6 +201,9 @@ class TorchEngine:
         self._models: dict[str, _TrainingModel] = {}
         self._samplers: dict[str, _Sampler] = {}
         self._files_lock = threading.RLock()  # model paths and tokenizers (``tokenizer`` may run concurrently)
+        self.resident_models = resident_models
+        self._recent: OrderedDict[str, None] = OrderedDict()  # training model ids, least recently used first
+        self._idle = offload.IdleStore(checkpoint_store.root / ".offload" / uuid.uuid4().hex)
 
     # -- base models ---------------------------------------------------------------------------
 
@@ -276,6 +289,8 @@ class TorchEngine:
     def release_model(self, model_id: str) -> None:
         """Forget ``model_id`` and delete its adapter; unknown or released ids are a no-op."""
         model = self._models.pop(model_id, None)
+        self._recent.pop(model_id, None)
+        self._idle.discard(model_id)
         if model is not None:
             adapters.delete_adapter(model.base.model, model.adapter)
 
@@ -434,7 +449,9 @@ class TorchEngine:
         """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
         model = self._model(model_id)
         self.placement.reduce_grads(list(model.params.values()))
-        return adamw_step(model.optimizer, params)
+        response = adamw_step(model.optimizer, params)
+        self._offload_idle()
+        return response
 
     def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient, AdamW moments and step, keyed by stable parameter name."""
@@ -589,7 +606,9 @@ class TorchEngine:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        """Drop every model, sampler and base model."""
+        """Drop every model, sampler and base model (and the files of offloaded models)."""
+        self._idle.close()
+        self._recent.clear()
         self._models.clear()
         self._samplers.clear()
         self._bases.clear()
@@ -597,10 +616,25 @@ class TorchEngine:
     # -- helpers -------------------------------------------------------------------------------
 
     def _model(self, model_id: str) -> _TrainingModel:
+        """The training model ``model_id``, its state back in memory if it was offloaded."""
         model = self._models.get(model_id)
         if model is None:
             raise NotFoundError(f"training model {model_id!r} does not exist (or was released)")
+        if model_id in self._idle:
+            self._idle.restore(model_id, model.params, model.optimizer)
+        self._recent[model_id] = None
+        self._recent.move_to_end(model_id)
         return model
+
+    def _offload_idle(self) -> None:
+        """Offload the least recently used models beyond ``resident_models`` that hold no gradient."""
+        if self.resident_models is None:
+            return
+        resident = [m for m in self._recent if m not in self._idle]
+        for model_id in resident[: max(len(resident) - self.resident_models, 0)]:
+            model = self._models[model_id]
+            if all(p.grad is None for p in model.params.values()):
+                self._idle.offload(model_id, model.params, model.optimizer)
 
     @staticmethod
     def _check_lengths(model: _TrainingModel, data: Sequence[Datum]) -> None:
@@ -737,4 +771,5 @@ class TorchEngine:
         self._models[spec.model_id] = _TrainingModel(
             spec=spec, base=base, adapter=adapter, params=params, optimizer=optimizer
         )
+        self._recent[spec.model_id] = None
         return spec
