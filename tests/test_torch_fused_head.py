@@ -6,7 +6,7 @@
   forward (``TINKER_STD_FUSED_LORA=0``).
 
 Tolerance: the ``fp32`` class. Logprobs and losses ``atol 1e-4``; LoRA gradients ``rtol 1e-4``
-with ``atol`` 1e-6 of the tensor's largest entry (the same sums, accumulated in another order).
+with ``atol`` 1e-5 of the tensor's largest entry (the same sums, accumulated in another order).
 Measured differences are about 1e-6 relative. Every built-in loss that consumes logprobs is run,
 with hard ``(N,)`` and soft ``(N, K)`` targets, with and without a LoRA on ``lm_head``
 (``train_unembed``), on ``tiny-llama`` and ``tiny-qwen3``.
@@ -107,7 +107,7 @@ def test_fused_training_pass_equals_the_plain_one(
                 assert np.abs(g).max() > 0, f"{where} {name}"
                 scale = float(np.abs(g).max())
                 np.testing.assert_allclose(
-                    grads_fused[name], g, rtol=1e-4, atol=1e-6 * scale, err_msg=f"{where} {name}"
+                    grads_fused[name], g, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{where} {name}"
                 )
 
 

@@ -696,15 +696,12 @@ class TorchEngine:
                 hidden = split.decoder(**inputs).last_hidden_state
             else:
                 logits = base.model(**inputs).logits
-        out = []
-        for i, datum in enumerate(batch):
-            targets = datum.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device)
-            if split is not None:
-                lp = head.target_logprobs(split, hidden[i, : lengths[i]], targets, split.lora(row_adapters[i]))
-            else:
-                lp = target_logprobs(logits[i, : lengths[i]].float(), targets)
-            out.append(lp.to("cpu"))
-        return out
+        targets = [d.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device) for d in batch]
+        if split is not None:
+            out = head.batch_target_logprobs(split, hidden, lengths, targets, row_adapters)
+        else:
+            out = [target_logprobs(logits[i, : lengths[i]].float(), t) for i, t in enumerate(targets)]
+        return [lp.to("cpu") for lp in out]
 
     def _read_adapter(self, path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:
         try:

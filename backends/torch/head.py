@@ -4,8 +4,9 @@
 Computing the whole ``(tokens, vocabulary)`` float32 logits, their log-softmax and, in the
 backward, a gradient of the same size costs far more memory traffic than arithmetic (SmolLM2:
 512 x 49,152 floats = 100 MB per tensor, several of them, plus the zero-filled gradients of the
-slices and gathers). ``target_logprobs`` instead takes each datum's rows in chunks of at most
-``CHUNK_ROWS`` and, per chunk, computes the logits, their log-softmax and the gathered targets, then
+slices and gathers). ``target_logprobs`` instead takes the rows in chunks of at most
+``CHUNK_ROWS`` (``batch_target_logprobs``: the real positions of a batch's datums joined first)
+and, per chunk, computes the logits, their log-softmax and the gathered targets, then
 drops them: no tensor larger than one chunk's logits exists at once, forward or backward.
 
 The backward needs no second pass over the logits when the output weight is frozen (the usual
@@ -27,7 +28,7 @@ class). Soft targets ``(N, K)`` and every loss work unchanged: the output is the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 
 from . import packed
 
-__all__ = ["CHUNK_ROWS", "HeadLora", "OutputHead", "enabled", "output_head", "target_logprobs"]
+__all__ = ["CHUNK_ROWS", "HeadLora", "OutputHead", "batch_target_logprobs", "enabled", "output_head", "target_logprobs"]
 
 #: Rows per chunk: one chunk's float32 logits are CHUNK_ROWS x vocabulary x 4 bytes (25 MB for SmolLM2).
 CHUNK_ROWS = 128
@@ -121,6 +122,30 @@ def target_logprobs(
         hidden, low, factor, index, head.layer.weight.detach(), forward, backward, scaling
     )
     return result.squeeze(-1) if squeeze else result
+
+
+def batch_target_logprobs(
+    head: OutputHead,
+    hidden: torch.Tensor,
+    lengths: Sequence[int],
+    targets: Sequence[torch.Tensor],
+    adapters: Sequence[str | None],
+) -> list[torch.Tensor]:
+    """``target_logprobs`` of every row of a right-padded batch: row ``i`` has ``lengths[i]``
+    real positions of ``hidden`` ``(B, T, H)``, targets ``targets[i]`` and goes through the head
+    LoRA of ``adapters[i]``. The real positions of all rows that share an adapter and a target
+    width are joined before chunking, so short rows do not each stream the whole output weight."""
+    groups: dict[tuple[str | None, int, int], list[int]] = {}
+    for i, t in enumerate(targets):
+        groups.setdefault((adapters[i], t.dim(), 1 if t.dim() == 1 else t.shape[-1]), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(targets)
+    for (adapter, dim, width), rows in groups.items():
+        states = torch.cat([hidden[i, : lengths[i]] for i in rows])
+        index = torch.cat([targets[i].reshape(-1, width) for i in rows])
+        logprobs = target_logprobs(head, states, index, head.lora(adapter))
+        for i, piece in zip(rows, torch.split(logprobs, [lengths[i] for i in rows]), strict=True):
+            out[i] = piece.squeeze(-1) if dim == 1 else piece
+    return [lp for lp in out if lp is not None]
 
 
 def _chunk_logits(

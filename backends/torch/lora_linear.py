@@ -13,8 +13,9 @@ every peft ``Linear`` whose only active adapter is the one being trained with ``
 
 Same maths as peft's, rounded differently (the scaling applied to the rank-r factor, not the
 delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_fused_head.py``).
-Layers with dropout, a LoRA variant (DoRA), a bias, several active adapters, merged weights or
-disabled adapters (the multi-tenant ``per_row_adapters`` pass) keep peft's forward.
+Layers with dropout, a LoRA variant (DoRA), a bias, a sharded base weight (FSDP), several active
+adapters, merged weights or disabled adapters (the multi-tenant ``per_row_adapters`` pass) keep
+peft's forward.
 ``TINKER_STD_FUSED_LORA=0`` turns the fusion off.
 """
 
@@ -87,6 +88,7 @@ def _fusable(module: Any, adapter: str) -> bool:
     return (
         type(base) is torch.nn.Linear
         and base.bias is None
+        and type(base.weight.data) is torch.Tensor  # not a sharded FSDP ``DTensor`` (gathered in its forward only)
         and not base.weight.requires_grad
         and adapter in module.lora_A
         and not module.disable_adapters
