@@ -80,14 +80,15 @@ class OutputHead:
         module: Any = self.module
         return HeadLora(table[adapter], module.lora_B[adapter].weight, float(module.scaling[adapter]))
 
-    def products(self, dtype: torch.dtype) -> tuple[Rows, Rows]:
-        """``(x -> x @ W.T, p -> p @ W)``: from packed copies when ``packed`` offers them,
-        else plain matrix products (``p`` cast to the weight's dtype)."""
-        fast = packed.frozen_products(self.layer)
-        if fast is not None:
-            return fast
+    def products(self) -> tuple[Rows, Rows]:
+        """``(x -> x @ W.T, p -> p @ W)``. The first from a packed copy when ``packed`` offers
+        one (oneDNN beats MKL there at 128-row chunks), the second always MKL's (``p`` cast to
+        the weight's dtype): with its long inner dimension (the vocabulary) MKL is the faster
+        one (a micro-benchmark on an Intel Xeon, SmolLM2's head, 4 x 128 rows: 195 vs 241 ms)."""
         weight = self.layer.weight.detach()
-        return (lambda x: x @ weight.t()), (lambda p: p.to(weight.dtype) @ weight)
+        fast = packed.frozen_products(self.layer)
+        forward = fast[0] if fast is not None else (lambda x: x @ weight.t())
+        return forward, (lambda p: p.to(weight.dtype) @ weight)
 
 
 def output_head(model: Any) -> OutputHead | None:
@@ -114,7 +115,7 @@ def target_logprobs(
     and targets ``(N,)`` or ``(N, K)``; differentiable in ``hidden`` and ``lora``'s tensors."""
     squeeze = targets.dim() == 1
     index = targets.unsqueeze(-1) if squeeze else targets
-    forward, backward = head.products(head.layer.weight.dtype)
+    forward, backward = head.products()
     low = lora.lora_a(hidden.to(lora.lora_b.dtype)) if lora is not None else None
     factor = lora.lora_b if lora is not None else None
     scaling = lora.scaling if lora is not None else 0.0
