@@ -75,8 +75,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def run_recipe(served: Served, module: str, log_path: Path, **config: Any) -> str:
-    """``python -m module key=value ...`` as a user would run it, with the server's key in the
-    environment; returns its output. Fails with the output's tail if the recipe fails."""
+    """``python -m module key=value ...`` as a user would run it, with the server's address and key
+    in the environment; returns its output. Fails with the output's tail if the recipe fails."""
     proxy = f"http://127.0.0.1:{served.proxy_port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(
@@ -94,8 +94,9 @@ def run_recipe(served: Served, module: str, log_path: Path, **config: Any) -> st
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
     )
+    # No base_url in the config: the SDK takes the server from TINKER_BASE_URL.
     args = {"log_path": str(log_path), "model_name": served.model, "renderer_name": "role_colon"}
-    args.update(base_url=served.url, **{k: str(v) for k, v in config.items()})
+    args.update({k: str(v) for k, v in config.items()})
     cmd = [sys.executable, "-m", module, *(f"{k}={v}" for k, v in args.items())]
     result = subprocess.run(
         cmd, cwd=served.root, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
