@@ -4,9 +4,10 @@ Its own recipes run unchanged, as ``python -m`` subprocesses configured only thr
 line and the environment: the supervised recipe (``recipes/chat_sl/train.py``, which runs
 ``tinker_cookbook.supervised.train.main``) on a local JSONL file of arithmetic chats, then the RL
 recipe (``recipes/math_rl/train.py`` with ``env=arithmetic``, which runs
-``tinker_cookbook.rl.train.main``) starting from the SL run's final checkpoint. The model is the
-torch backend's ``tiny-llama``, named by its local folder (the cookbook loads its tokenizer from
-there); ``role_colon`` is the renderer (the tiny tokenizer has no chat template).
+``tinker_cookbook.rl.train.main``) starting from the SL run's final checkpoint, once on-policy and
+once in its off-policy (async) mode. The model is the torch backend's ``tiny-llama``, named by its
+local folder (the cookbook loads its tokenizer from there); ``role_colon`` is the renderer (the tiny
+tokenizer has no chat template).
 
 Nothing leaves the machine: the hub is off (``HF_HUB_OFFLINE``), and the proxy variables point at a
 bound, non-listening loopback port, so the one outside request the cookbook makes on its own (its
@@ -14,12 +15,13 @@ price list, fetched at start and optional) is refused at once; ``NO_PROXY`` keep
 
 Measured (2-core machine, shared with other jobs; 2026-12-05). The cookbook passes no LoRA seed, so
 the server draws one per run, and RL samples are unseeded: numbers vary a little between runs, and
-the bounds below leave room for that. SL train_mean_nll 6.78 at step 0, epoch means 2.82 / 0.78 /
-0.59 over 3 epochs of 8 steps (other runs: 2.67-2.85 / 0.75-0.84 / 0.59-0.61). RL from that
-checkpoint, 4 steps of 4 groups x 4 samples at lr 1e-3: mean reward -0.031, -0.044, -0.025, -0.013,
-format rate 0.69, 0.56, 0.75, 0.88 (other runs 0.5-0.88; from the base model it is 0: it never ends
-an answer with the stop sequence), grad norms 21.2, 11.1, 16.7, 11.1. About 41 s for the module
-(21 s SL with the server's start, 16 s RL).
+the bounds below leave room for that. SL train_mean_nll 6.78 at step 0, epoch means 2.68 / 0.78 /
+0.58 over 3 epochs of 8 steps (other runs: 2.67-2.85 / 0.75-0.84 / 0.58-0.61). RL from that
+checkpoint, 4 steps of 4 groups x 4 samples at lr 1e-3: mean reward -0.038, -0.025, -0.056, 0.0,
+format rate 0.63, 0.75, 0.44, 1.0 (other runs 0.31-1.0 per step; from the base model it is 0: it
+never ends an answer with the stop sequence), grad norms 15.7, 18.9, 40.8, 0 (the last step's
+groups all had the same reward). About 30 s for the module (10 s SL with the server's start, 8-9 s
+for each RL run); 41 s while other jobs loaded the machine.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def test_cookbook_supervised_recipe_trains_and_its_loss_falls(served: Served, sl
     nll = [float(r["train_mean_nll"]) for r in rows]
     assert all(math.isfinite(x) for x in nll)
     epochs = [sum(nll[i : i + steps_per_epoch]) / steps_per_epoch for i in range(0, len(nll), steps_per_epoch)]
-    # Measured: 6.78 at step 0 (untrained, above ln(384) = 5.95), epoch means 2.82 / 0.78 / 0.59.
+    # Measured: 6.78 at step 0 (untrained, above ln(384) = 5.95), epoch means 2.68 / 0.78 / 0.58.
     assert nll[0] > 5.0, nll
     assert epochs[-1] < 0.5 * epochs[0] and epochs[-1] < 1.2, epochs
     assert max(nll[-steps_per_epoch:]) < nll[0] - 3.0, nll
@@ -212,9 +214,13 @@ def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(se
     # From the SL checkpoint the policy ends answers with the stop sequence at times (the base
     # model never does: format rate 0), so groups have mixed rewards, nonzero advantages, and the
     # importance-sampling steps through the server have a nonzero gradient.
-    # Measured: format rate 0.69, 0.56, 0.75, 0.88; grad norms 21.2, 11.1, 16.7, 11.1.
+    # Measured: format rate 0.63, 0.75, 0.44, 1.0; grad norms 15.7, 18.9, 40.8, 0.
     assert sum(r["env/all/format"] for r in rows) / RL_STEPS > 0.2, [r["env/all/format"] for r in rows]
     assert max(r["grad_norm:max"] for r in rows) > 0.0
+    # On-policy, the logprobs the server's sampler returned with each token equal the training
+    # forward's on the same tokens: the cookbook's own check (half the mean squared difference).
+    # Measured: 1e-13 to 4e-13 (RMS difference under 1e-6).
+    assert all(r["optim/kl_sample_train_v2"] < 1e-8 for r in rows), [r["optim/kl_sample_train_v2"] for r in rows]
 
     saved = checkpoints(log_path)
     assert [c["name"] for c in saved] == ["000002", "000004", "final"]
@@ -223,3 +229,45 @@ def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(se
         assert c["state_path"] in listed and c["sampler_path"] in listed, (c, listed)
     # A new training run on the server, not the SL run continued.
     assert saved[-1]["state_path"].split("/")[2] != start.split("/")[2]
+
+
+def test_cookbook_async_rl_samples_ahead_of_training_through_the_server(served: Served, sl_run: Path) -> None:
+    """The RL recipe's off-policy mode: rollouts of the next step are sampled (from the previous
+    step's sampler) while the server trains, and after each update the cookbook measures the KL
+    between the policies before and after it through ``compute_logprobs``."""
+    log_path = served.root / "rl-async"
+    run_recipe(
+        served,
+        "tinker_cookbook.recipes.math_rl.train",
+        log_path,
+        env="arithmetic",
+        loss_fn="ppo",  # the async loss (AsyncConfig.loss_fn); the recipe's default is stable_reinforce
+        max_steps_off_policy=1,
+        compute_post_kl=True,
+        group_size=RL_GROUP_SIZE,
+        groups_per_batch=RL_GROUPS,
+        max_tokens=12,
+        learning_rate=1e-3,
+        lora_rank=8,
+        max_steps=RL_STEPS,
+        save_every=0,
+        eval_every=0,
+        load_checkpoint_path=checkpoints(sl_run)[-1]["state_path"],
+        behavior_if_log_dir_exists="delete",
+    )
+    rows = [r for r in metrics(log_path) if "env/all/reward/total" in r]
+    assert [r["step"] for r in rows] == list(range(RL_STEPS))
+    # Measured: staleness 0, 1, 1, 1; sample/train KL (v2) 9e-14, 0.076, 0.015, 0.0097; pre/post KL
+    # (v2) 0.114, 0.115, 0.038, 0.024.
+    for r in rows:
+        assert r["env/all/total_episodes"] == RL_GROUPS * RL_GROUP_SIZE
+        assert math.isfinite(r["env/all/reward/total"])
+        assert 0 <= r["async/staleness_min"] <= r["async/staleness_max"] <= 1
+        # Rollouts sampled from the current weights agree with the training forward; those sampled
+        # from the previous step's sampler differ from it by that step's update, which is real.
+        if r["async/staleness_max"] == 0:
+            assert r["optim/kl_sample_train_v2"] < 1e-8, r
+        if r["async/staleness_min"] == 1:
+            assert r["optim/kl_sample_train_v2"] > 1e-6, r
+        assert r["kl_pre_post_v2"] > 1e-6, r  # each update moved the policy the server samples from
+    assert [c["name"] for c in checkpoints(log_path)] == ["000000", "final"]
