@@ -119,7 +119,7 @@ def checkpoints(log_path: Path) -> list[dict[str, Any]]:
 def listed_by_rest(served: Served, tinker_path: str) -> list[str]:
     """The tinker paths that the server's REST listing holds for the run of ``tinker_path``."""
     run_id = tinker_path.removeprefix("tinker://").split("/")[0]
-    rest = tinker.ServiceClient(base_url=served.url, api_key=KEY).create_rest_client()
+    rest = tinker.RestClient(base_url=served.url, api_key=KEY)
     return [c.tinker_path for c in rest.list_checkpoints(run_id).result().checkpoints]
 
 
