@@ -164,9 +164,11 @@ def test_ragged_soft_target_outputs_keep_each_datums_shape(tmp_path: Path) -> No
     per run of equal trailing shapes (a BatchedTensor has one trailing shape), and the SDK's
     logprobs have each datum's own shape and equal the in-process ones exactly (mock backend)."""
     targets = [[[1, 2, 3]] * 4, [[5]] * 2, [[6]] * 3, [[7, 8]] * 2]
-    with ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "a")) as served, TinkerServer(
-        served, api_key=KEY
-    ) as server, ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "b")) as reference:
+    with (
+        ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "a")) as served,
+        TinkerServer(served, api_key=KEY) as server,
+        ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "b")) as reference,
+    ):
         remote = tinker.ServiceClient(base_url=server.url, api_key=KEY)
         tc = remote.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
         local = reference.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()

@@ -54,8 +54,9 @@ PROTOCOL_CAPABILITIES: frozenset[str] = OPTIONAL_CAPABILITIES - {"introspection"
 #: Declared for an unknown server: what the protocol carries and does not depend on the server's
 #: numerics. Replays (``deterministic``) and the seeded draw rule (``seeded_sampling``) are the
 #: server's business, and ``bf16`` is the loosest tolerance class.
-_GENERIC = frozenset({"loss:cispo", "loss:dro", "loss:gspo", "soft_targets", "topk_prompt_logprobs",
-                      "checkpoint_management"})
+_GENERIC = frozenset(
+    {"loss:cispo", "loss:dro", "loss:gspo", "soft_targets", "topk_prompt_logprobs", "checkpoint_management"}
+)
 
 _KEY_PREFIXES = ("tml-", "eyJ")
 
@@ -224,30 +225,34 @@ class TinkerBackend(Backend):
         """The protocol carries no tokenizer; like the SDK, load it here: the served backend's own
         (``serve=``), else the ``tokenizer_id`` a training client's ``get_info`` named (a local
         folder on the tinker-std server), else the model name through ``transformers``."""
-        tokenizer = self._tokenizers.get(base_model)
-        if tokenizer is not None:
-            return tokenizer
+        cached = self._tokenizers.get(base_model)
+        if cached is not None:
+            return cached
+        tokenizer: Tokenizer
         if self._local is not None and self._local.service is not None:
             tokenizer = self._local.service.backend.get_tokenizer(base_model)
         else:
             from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
 
             try:
-                tokenizer = _load_tokenizer_from_model_info(base_model, self._tokenizer_ids.get(base_model))
+                loaded: Any = _load_tokenizer_from_model_info(base_model, self._tokenizer_ids.get(base_model))
+                tokenizer = loaded
             except Exception as exc:
                 raise NotFoundError(f"no tokenizer for base model {base_model!r}: {type(exc).__name__}: {exc}") from exc
         self._tokenizers[base_model] = tokenizer
         return tokenizer
 
     async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
-        client = await self._call(self._sdk.create_lora_training_client(
-            base_model=base_model,
-            rank=lora.rank,
-            seed=lora.seed,
-            train_mlp=lora.train_mlp,
-            train_attn=lora.train_attn,
-            train_unembed=lora.train_unembed,
-        ))
+        client = await self._call(
+            self._sdk.create_lora_training_client(
+                base_model=base_model,
+                rank=lora.rank,
+                seed=lora.seed,
+                train_mlp=lora.train_mlp,
+                train_attn=lora.train_attn,
+                train_unembed=lora.train_unembed,
+            )
+        )
         return await self._model_spec(client, lora)
 
     async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
@@ -336,16 +341,16 @@ class TinkerBackend(Backend):
         client = self._samplers.get(sampler_id)
         if client is None:
             raise NotFoundError(f"no sampler {sampler_id!r} on this backend")
-        response = await self._call(client.sample(
-            prompt=tinker.ModelInput.from_ints(request.prompt),
-            num_samples=request.num_samples,
-            sampling_params=convert.sampling_params_to_sdk(request.sampling_params),
-            include_prompt_logprobs=request.include_prompt_logprobs,
-            topk_prompt_logprobs=request.topk_prompt_logprobs,
-        ))
-        return convert.sample_response_from_sdk(
-            response, request.include_prompt_logprobs, request.topk_prompt_logprobs
+        response = await self._call(
+            client.sample(
+                prompt=tinker.ModelInput.from_ints(request.prompt),
+                num_samples=request.num_samples,
+                sampling_params=convert.sampling_params_to_sdk(request.sampling_params),
+                include_prompt_logprobs=request.include_prompt_logprobs,
+                topk_prompt_logprobs=request.topk_prompt_logprobs,
+            )
         )
+        return convert.sample_response_from_sdk(response, request.include_prompt_logprobs, request.topk_prompt_logprobs)
 
 
 def _mapped(exc: BaseException) -> BaseException:
@@ -360,7 +365,6 @@ def _check_path(saved: str, wanted: ParsedCheckpointTinkerPath) -> None:
             "the training run ids of its tinker:// paths",
             category="server",
         )
-
 
 
 class TinkerMockBackend(TinkerBackend):
@@ -379,4 +383,3 @@ class TinkerTorchBackend(TinkerBackend):
     name: ClassVar[str] = "tinker (torch)"
     capabilities: ClassVar[Capabilities] = Capabilities(optional=PROTOCOL_CAPABILITIES, tolerance="fp32")
     default_serve: ClassVar[str | None] = "torch"
-

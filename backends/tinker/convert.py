@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from tinker_std.types import (
+    TOPK_PAD_LOGPROB,
+    TOPK_PAD_TOKEN,
     AdamParams,
     Checkpoint,
     Datum,
@@ -54,8 +56,9 @@ def datum_to_sdk(datum: Datum) -> Any:
 def tensor_from_sdk(value: Any) -> TensorData:
     """``tinker.TensorData`` as tinker-std's (dense, row-major)."""
     array = np.asarray(value.to_numpy())
-    dtype = "int64" if array.dtype.kind in ("i", "u") else "float32"
-    return TensorData(data=array.reshape(-1).tolist(), dtype=dtype, shape=list(array.shape))
+    if array.dtype.kind in ("i", "u"):
+        return TensorData(data=array.reshape(-1).tolist(), dtype="int64", shape=list(array.shape))
+    return TensorData(data=array.reshape(-1).tolist(), dtype="float32", shape=list(array.shape))
 
 
 def forward_backward_output_from_sdk(output: Any) -> ForwardBackwardOutput:
@@ -94,21 +97,34 @@ def sample_response_from_sdk(response: Any, include_prompt_logprobs: bool, topk:
         for seq in response.sequences
     ]
     prompt = response.prompt_logprobs if include_prompt_logprobs else None
-    top = response.topk_prompt_logprobs if topk else None
     return SampleResponse(
         sequences=sequences,
         prompt_logprobs=None if prompt is None else [_maybe_nan(v) for v in prompt],
-        topk_prompt_logprobs=None
-        if top is None
-        else [None if row is None else [(int(t), float(lp)) for t, lp in row] for row in top],
+        topk_prompt_logprobs=_topk_rows(response.topk_prompt_logprobs_np) if topk else None,
         type="sample",
     )
 
 
+def _topk_rows(topk: Any) -> list[list[tuple[int, float]] | None] | None:
+    """The wire's ``TopkLogprobs`` matrices as rows, keeping the ``(0, -99999.0)`` padding of a row
+    (SMP-17: padded to k when V < k), which the SDK's list view strips; a row that starts with
+    the padding was not computed (``None``, as in the SDK)."""
+    if topk is None:
+        return None
+    ids, logprobs = np.asarray(topk.token_ids), np.asarray(topk.logprobs)
+    rows: list[list[tuple[int, float]] | None] = []
+    for row_ids, row_lps in zip(ids.tolist(), logprobs.tolist(), strict=True):
+        if not row_ids or (row_ids[0] == TOPK_PAD_TOKEN and row_lps[0] == TOPK_PAD_LOGPROB):
+            rows.append(None)
+        else:
+            rows.append([(int(t), float(lp)) for t, lp in zip(row_ids, row_lps, strict=True)])
+    return rows
+
+
 def capabilities_from_sdk(response: Any) -> GetServerCapabilitiesResponse:
-    return GetServerCapabilitiesResponse.model_validate({"supported_models": [
-        m.model_dump(mode="json") for m in response.supported_models
-    ]})
+    return GetServerCapabilitiesResponse.model_validate(
+        {"supported_models": [m.model_dump(mode="json") for m in response.supported_models]}
+    )
 
 
 def checkpoint_from_sdk(checkpoint: Any) -> Checkpoint:

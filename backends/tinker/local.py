@@ -12,15 +12,19 @@ from tinker_std.registry import available_backends
 
 __all__ = ["LocalServer"]
 
+_SELF = "tinker_std.backends.tinker:"  # serving this backend through itself would recurse
+
 
 class LocalServer:
     """A ``TinkerServer`` over ``ServiceClient(backend, **options)``; ``url`` and ``api_key`` reach it."""
 
     def __init__(self, backend: str, options: dict[str, Any]) -> None:
-        known = available_backends()
-        if backend not in known or backend == "tinker" or known[backend].startswith("tinker_std.backends.tinker:"):
-            choices = ", ".join(sorted(n for n, t in known.items() if not t.startswith("tinker_std.backends.tinker:")))
-            raise BadRequestError("serve", f"{backend!r} is not a backend this process can serve; choose one of {choices}")
+        servable = {n for n, target in available_backends().items() if not target.startswith(_SELF)}
+        if backend not in servable:
+            choices = ", ".join(sorted(servable))
+            raise BadRequestError(
+                "serve", f"{backend!r} is not a backend this process can serve; choose one of {choices}"
+            )
         self.backend = backend
         self.options = options
         self.api_key = f"tml-loopback-{secrets.token_hex(16)}"

@@ -170,10 +170,7 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
     for key, value in output.metrics.items():
         msg.metrics[key] = float(value)
     rows = [
-        {
-            name: value.to_numpy().astype("<f4" if value.dtype == "float32" else "<i8")
-            for name, value in out.items()
-        }
+        {name: value.to_numpy().astype("<f4" if value.dtype == "float32" else "<i8") for name, value in out.items()}
         for out in output.loss_fn_outputs
     ]
     runs: list[list[dict[str, np.ndarray]]] = []
