@@ -13,6 +13,7 @@ process and drives it over loopback HTTP, for tests and CI; ``close()`` stops it
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -149,6 +150,7 @@ class TinkerBackend(Backend):
             self._rest = tinker.RestClient(base_url=self.base_url, api_key=self._api_key)
         except Exception as exc:
             raise _mapped(exc) from exc
+        _drop_stale_sockets(self._sdk.holder.get_loop())
         self.checkpoint_store = RemoteCheckpointStore(self._rest)
 
     def _preflight(self, base_url: str) -> None:
@@ -207,7 +209,7 @@ class TinkerBackend(Backend):
         return ModelSpec(
             model_id=client.model_id,
             base_model=base_model,
-            vocab_size=len(tokenizer),  # type: ignore[arg-type]
+            vocab_size=_vocab_size(tokenizer),
             max_context_length=await self._max_context(base_model),
             lora=lora if lora is not None else LoraConfig(rank=int(info.lora_rank or 1)),
         )
@@ -328,7 +330,7 @@ class TinkerBackend(Backend):
         return SamplerSpec(
             sampler_id=sampler_id,
             base_model=base,
-            vocab_size=len(tokenizer),  # type: ignore[arg-type]
+            vocab_size=_vocab_size(tokenizer),
             max_context_length=await self._max_context(base),
         )
 
@@ -351,6 +353,42 @@ class TinkerBackend(Backend):
             )
         )
         return convert.sample_response_from_sdk(response, request.include_prompt_logprobs, request.topk_prompt_logprobs)
+
+
+def _drop_stale_sockets(loop: asyncio.AbstractEventLoop) -> None:
+    """Work around a hang in SDK 0.38 (measured here: a 45 s ``ReadTimeout``, then a retry, in 2 of
+    3 runs of a short session). Each holder the SDK builds fetches its config through a one-off
+    connection pool that it drops without closing. When the garbage collector later finalizes that
+    pool's asyncio transport (from whatever thread it runs on), the socket is closed but its fd
+    stays in the SDK loop's selector; a later connection that gets the same fd number is then
+    "registered" by a no-op modify and never sees its response. So: finalize that garbage now,
+    while no request is in flight, and unregister every fd that is no longer open."""
+    gc.collect()
+
+    async def purge() -> None:
+        selector = getattr(loop, "_selector", None)
+        if selector is None:
+            return
+        for key in list(selector.get_map().values()):
+            try:
+                os.fstat(key.fd)
+            except OSError:
+                loop.remove_reader(key.fd)
+                loop.remove_writer(key.fd)
+
+    asyncio.run_coroutine_threadsafe(purge(), loop).result(timeout=30)
+
+
+def _vocab_size(tokenizer: Tokenizer) -> int:
+    """The vocabulary size, which the protocol does not carry: ``len(tokenizer)`` (Hugging Face and
+    tinker-std tokenizers count every id), else its ``vocab_size``. A tokenizer with neither gives
+    no bound here: the server's own validation then rejects an id outside its vocabulary, with the
+    same ``BadRequestError`` and field, when the request runs."""
+    try:
+        return len(tokenizer)  # type: ignore[arg-type]
+    except TypeError:
+        size = getattr(tokenizer, "vocab_size", None)
+        return size if isinstance(size, int) and size > 0 else 2**31 - 1
 
 
 def _mapped(exc: BaseException) -> BaseException:
