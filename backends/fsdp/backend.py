@@ -29,7 +29,7 @@ from tinker_std.types import LoraConfig, SampleResponse, SupportedModel
 
 from ..torch.backend import _OPTIONAL, TorchBackend
 from ..torch.batching import BatchingMode
-from ..torch.engine import TorchEngine, resolve_device, resolve_dtype
+from ..torch.engine import TorchEngine, precision
 from ..torch.scheduler import EngineQueue
 from .group import RankGroup
 
@@ -107,12 +107,8 @@ class FsdpBackend(TorchBackend):
 
     def __new__(cls, **options: Any) -> FsdpBackend:
         if cls is FsdpBackend:
-            device = resolve_device(options.get("device"))
-            dtype = resolve_dtype(options.get("dtype"), device)
-            if dtype in (torch.bfloat16, torch.float16):
-                cls = FsdpBackendBF16
-            elif device.type != "cpu":
-                cls = FsdpBackendFP32
+            variants = {"bf16": FsdpBackendBF16, "fp32": FsdpBackendFP32}
+            cls = variants.get(precision(options.get("device"), options.get("dtype")), cls)
         return object.__new__(cls)
 
     def __init__(

@@ -40,7 +40,7 @@ from tinker_std.types import (
 )
 
 from .batching import BatchingMode
-from .engine import DEFAULT_RESIDENT_MODELS, ForwardBackwardJob, TorchEngine, resolve_device, resolve_dtype
+from .engine import DEFAULT_RESIDENT_MODELS, ForwardBackwardJob, TorchEngine, precision
 from .scheduler import EngineQueue
 
 __all__ = ["TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
@@ -83,12 +83,8 @@ class TorchBackend(Backend):
 
     def __new__(cls, **options: Any) -> TorchBackend:
         if cls is TorchBackend:
-            device = resolve_device(options.get("device"))
-            dtype = resolve_dtype(options.get("dtype"), device)
-            if dtype in (torch.bfloat16, torch.float16):
-                cls = TorchBackendBF16
-            elif device.type != "cpu":
-                cls = TorchBackendFP32
+            variants = {"bf16": TorchBackendBF16, "fp32": TorchBackendFP32}
+            cls = variants.get(precision(options.get("device"), options.get("dtype")), cls)
         return super().__new__(cls)
 
     def __init__(

@@ -108,6 +108,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
+def precision(device: str | torch.device | None, dtype: str | torch.dtype | None) -> str:
+    """The capability variant a backend on the torch engine declares for these options:
+    ``"bf16"`` (bfloat16 or float16), ``"fp32"`` (float32 off the CPU: fp32 class, no bit-exact
+    replay) or ``"cpu"`` (float32 on the CPU: fp32 class and deterministic)."""
+    resolved = resolve_device(device)
+    if resolve_dtype(dtype, resolved) in (torch.bfloat16, torch.float16):
+        return "bf16"
+    return "cpu" if resolved.type == "cpu" else "fp32"
+
+
 @dataclass
 class _Base:
     """One loaded base model, shared by every adapter on it."""

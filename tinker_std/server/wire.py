@@ -160,24 +160,36 @@ def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
 
 
 def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
-    """``output`` as a protobuf ``ForwardBackwardOutput`` (one ``ArrayRecord`` for all datums)."""
+    """``output`` as a protobuf ``ForwardBackwardOutput``: one ``ArrayRecord`` per run of
+    consecutive datums whose fields have the same trailing shape. A ``BatchedTensor`` carries one
+    trailing shape for all its datums, so ragged outputs (``(N, K)`` logprobs of soft targets
+    with a different ``K`` per datum) go out as several internally rectangular records, which the
+    SDK concatenates in order."""
     pb = protobuf_module()
     msg = pb.ForwardBackwardOutput(loss_fn_output_type=output.loss_fn_output_type)
     for key, value in output.metrics.items():
         msg.metrics[key] = float(value)
-    outputs = output.loss_fn_outputs
-    if outputs:
-        record = msg.loss_fn_outputs.add(type_tag=output.loss_fn_output_type, num_datums=len(outputs))
-        for name in outputs[0]:
-            arrays = [out[name].to_numpy() for out in outputs]
-            floating = outputs[0][name].dtype == "float32"
-            arrays = [a.astype("<f4" if floating else "<i8") for a in arrays]
+    rows = [
+        {name: value.to_numpy().astype("<f4" if value.dtype == "float32" else "<i8") for name, value in out.items()}
+        for out in output.loss_fn_outputs
+    ]
+    runs: list[list[dict[str, np.ndarray]]] = []
+    for row in rows:
+        trailing = {name: a.shape[1:] for name, a in row.items()}
+        if runs and {name: a.shape[1:] for name, a in runs[-1][0].items()} == trailing:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    for run in runs:
+        record = msg.loss_fn_outputs.add(type_tag=output.loss_fn_output_type, num_datums=len(run))
+        for name, first in run[0].items():
+            arrays = [row[name] for row in run]
             offsets = np.cumsum([0] + [a.nbytes for a in arrays]).astype("<i8")
             batched = record.fields[name]
             batched.data = b"".join(a.tobytes() for a in arrays)
             batched.offsets = offsets.tobytes()
-            batched.dtype = pb.DTYPE_FLOAT32 if floating else pb.DTYPE_INT64
-            batched.trailing_shape.extend(list(arrays[0].shape[1:]))
+            batched.dtype = pb.DTYPE_FLOAT32 if first.dtype == np.float32 else pb.DTYPE_INT64
+            batched.trailing_shape.extend(list(first.shape[1:]))
     return bytes(msg.SerializeToString())
 
 

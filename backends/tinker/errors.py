@@ -1,0 +1,124 @@
+"""Errors only the ``tinker`` backend raises, and the mapping of the SDK's errors to tinker-std's.
+
+The tinker-std server reports a failed request as ``"<ErrorType>: <message>"`` (plus ``field`` for a
+``BadRequestError`` answered at once); the SDK raises that as ``RequestFailedError`` (a failed
+future) or ``APIStatusError`` (an HTTP 4xx). ``to_std_error`` turns it back into the error an
+in-process backend raises for the same request: same class, same ``field`` / ``capability``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any
+
+from tinker_std.errors import (
+    BadRequestError,
+    ConflictError,
+    ContextLengthError,
+    NotFoundError,
+    RequestFailedError,
+    TinkerError,
+    Unsupported,
+)
+
+__all__ = [
+    "TinkerSdkMissingError",
+    "TinkerCredentialsError",
+    "TinkerServerUnreachableError",
+    "TinkerAuthenticationError",
+    "require_sdk",
+    "to_std_error",
+]
+
+
+class TinkerSdkMissingError(TinkerError):
+    """The official ``tinker`` SDK is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("the tinker backend needs the official `tinker` SDK: pip install 'tinker-std[server]'")
+
+
+class TinkerCredentialsError(TinkerError):
+    """No usable API key (raised when the backend is constructed, before any request)."""
+
+
+class TinkerServerUnreachableError(TinkerError):
+    """Nothing answers at ``base_url`` (raised by the first call, after one short connection attempt)."""
+
+    def __init__(self, base_url: str, detail: str) -> None:
+        self.base_url = base_url
+        super().__init__(
+            f"no Tinker server answers at {base_url} ({detail}). Start one (`tinker-std serve --backend torch "
+            "--api-key tml-...`), set base_url / TINKER_BASE_URL, or pass serve='mock' to serve one in this process."
+        )
+
+
+class TinkerAuthenticationError(TinkerError):
+    """The server refused the API key (HTTP 401/403)."""
+
+
+def require_sdk() -> None:
+    """``TinkerSdkMissingError`` unless ``tinker`` can be imported."""
+    if importlib.util.find_spec("tinker") is None:
+        raise TinkerSdkMissingError()
+
+
+_FAILED = re.compile(r"^Request failed: (?P<inner>.*) for self\.request_id=.*$", re.DOTALL)
+_TYPED = re.compile(r"^(?P<kind>[A-Za-z_]\w*): (?P<rest>.*)$", re.DOTALL)
+_UNSUPPORTED = re.compile(r"^backend '(?P<backend>.*)' does not declare the optional capability '(?P<cap>[^']*)'$")
+
+
+def _typed(message: str, field: str | None, category: str, request_id: str) -> TinkerError:
+    """The tinker-std error a server message ``"<Type>: <text>"`` names."""
+    match = _TYPED.match(message)
+    kind, rest = (match["kind"], match["rest"]) if match else ("", message)
+    if kind in ("BadRequestError", "ContextLengthError"):
+        cls = ContextLengthError if kind == "ContextLengthError" else BadRequestError
+        if field is not None and rest.startswith(f"{field}: "):
+            return cls(field, rest[len(field) + 2 :])
+        where, sep, problem = rest.partition(": ")
+        return cls(where, problem) if sep else cls(field or "request", rest)
+    if kind == "NotFoundError":
+        return NotFoundError(rest)
+    if kind == "ConflictError":
+        return ConflictError(rest)
+    if kind == "Unsupported":
+        found = _UNSUPPORTED.match(rest)
+        if found:
+            return Unsupported(found["cap"], found["backend"])
+    if kind == "RequestFailedError":
+        return RequestFailedError(rest, request_id=request_id, category=category)
+    return RequestFailedError(message, request_id=request_id, category=category)
+
+
+def to_std_error(exc: BaseException) -> TinkerError | None:
+    """tinker-std's error for an exception the SDK raised; ``None`` when it is not the SDK's."""
+    if isinstance(exc, TinkerError):
+        return exc
+    import tinker
+
+    if isinstance(exc, tinker.RequestFailedError):
+        match = _FAILED.match(exc.message)
+        category = getattr(exc.category, "value", str(exc.category))
+        return _typed(match["inner"] if match else exc.message, None, category, exc.request_id)
+    if isinstance(exc, tinker.APIConnectionError):
+        return TinkerServerUnreachableError(str(exc.request.url.copy_with(path="/")), str(exc))
+    if isinstance(exc, tinker.APIStatusError):
+        body: Any = exc.body
+        message = body.get("error") if isinstance(body, dict) else None
+        field = body.get("field") if isinstance(body, dict) else None
+        if exc.status_code in (401, 403):
+            return TinkerAuthenticationError(f"the server refused the API key (HTTP {exc.status_code}): {message}")
+        if isinstance(message, str):
+            return _typed(message, field if isinstance(field, str) else None, "user", "")
+        if exc.status_code == 404:
+            return NotFoundError(str(exc))
+        if exc.status_code == 409:
+            return ConflictError(str(exc))
+        if exc.status_code == 400:
+            return BadRequestError("request", str(exc))
+        return RequestFailedError(str(exc), category="server")
+    if isinstance(exc, tinker.TinkerError):
+        return RequestFailedError(f"{type(exc).__name__}: {exc}", category="unknown")
+    return None

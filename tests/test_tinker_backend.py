@@ -1,0 +1,390 @@
+"""``backend="tinker"``: tinker-std's client layer on the official ``tinker`` SDK, over real loopback
+HTTP to a tinker-std server (``serve=``), against the same calls made in process.
+
+The scripted session (two training steps of cross-entropy and importance sampling, logprobs, a
+seeded sample, save, load with optimizer, one more step) gives the same numbers through the
+protocol as in process: bit for bit on ``mock`` (the wire carries training outputs as float32
+bytes, as the library returns them, and metrics as doubles; sampling logprobs are float32 on the
+wire, so they are compared after rounding to float32), within the fp32 class on ``torch``
+(tiny-llama; it is 7 s).
+Errors keep their tinker-std class and field across the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import tinker_std as ts
+from tinker_std.backend import SampleRequest
+from tinker_std.registry import load_backend_class
+from tinker_std.types import AdamParams
+
+from _support import sequence_datum
+
+tinker = pytest.importorskip("tinker")
+from tinker.types.request_error_category import RequestErrorCategory  # noqa: E402
+
+from tinker_std.backends.mock import MockBackend  # noqa: E402
+from tinker_std.backends.tinker import (  # noqa: E402
+    PROTOCOL_CAPABILITIES,
+    TinkerAuthenticationError,
+    TinkerBackend,
+    TinkerCredentialsError,
+    TinkerMockBackend,
+    TinkerServerUnreachableError,
+    TinkerTorchBackend,
+)
+from tinker_std.backends.tinker.errors import to_std_error  # noqa: E402
+from tinker_std.server import TinkerServer  # noqa: E402
+
+os.environ["TINKER_TELEMETRY"] = "0"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FP32_ATOL = 1e-4  # per-element atol of the fp32 class (spec TOL-2, TOL-3)
+BATCH = [
+    ([1, 5, 9, 14, 3, 7], [1.0, 1.0, 0.5, 0.0, 2.0]),
+    ([4, 4, 8, 2, 11], [0.0, 1.0, 1.0, 1.0]),
+    ([10, 3, 6], [1.0, -0.5]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINKER_STD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tinker-std-cache"))
+
+
+def _is_datum(tokens: list[int], step: int) -> ts.Datum:
+    n = len(tokens) - 1
+    return ts.Datum(
+        model_input=ts.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": tokens[1:],
+            "logprobs": [-2.0 - 0.1 * i for i in range(n)],
+            "advantages": [0.5 - 0.25 * step + 0.1 * i for i in range(n)],
+        },
+    )
+
+
+def _session(service: ts.ServiceClient, base: str) -> dict[str, Any]:
+    """The scripted session; every number it produces, by name."""
+    out: dict[str, Any] = {}
+    tc = service.create_lora_training_client(base_model=base, rank=4, seed=3).result()
+    for step in range(2):
+        ce = tc.forward_backward([sequence_datum(t, w) for t, w in BATCH], "cross_entropy")
+        is_ = tc.forward_backward([_is_datum(t, step) for t, _ in BATCH], "importance_sampling")
+        opt = tc.optim_step(ts.AdamParams(learning_rate=5e-2, grad_clip_norm=10.0))
+        out[f"ce{step}"] = ce.result()
+        out[f"is{step}"] = is_.result()
+        out[f"opt{step}"] = opt.result().metrics
+    probe = [sequence_datum(t, w) for t, w in BATCH]
+    out["forward"] = tc.forward(probe, "cross_entropy").result()
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    out["sample"] = sampler.sample(
+        ts.ModelInput.from_ints([2, 7, 1, 8]),
+        num_samples=3,
+        sampling_params=ts.SamplingParams(max_tokens=6, seed=11),
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=3,
+    ).result()
+    path = tc.save_state("mid").result().path
+    out["path_tail"] = path.rsplit("/", 2)[1:]
+    resumed = service.create_training_client_from_state_with_optimizer(path).result()
+    resumed.forward_backward(probe, "cross_entropy").result()
+    out["resumed_opt"] = resumed.optim_step(ts.AdamParams(learning_rate=5e-2)).result().metrics
+    out["resumed_forward"] = resumed.forward(probe, "cross_entropy").result()
+    sampler_path = tc.save_weights_for_sampler("s").result().path
+    from_path = service.create_sampling_client(model_path=sampler_path).result()
+    out["compute_logprobs"] = from_path.compute_logprobs(ts.ModelInput.from_ints(BATCH[0][0])).result()
+    return out
+
+
+def _assert_same(got: dict[str, Any], want: dict[str, Any], atol: float) -> None:
+    """``atol == 0``: bit-equal, sampling logprobs after rounding to float32 (the protocol's
+    ``SampleResponse`` carries them as float32 bytes; mock computes them in float64)."""
+
+    def close(a: Any, b: Any, what: str, wire_f32: bool = False) -> None:
+        dtype = np.float32 if wire_f32 else float
+        if atol == 0:
+            np.testing.assert_array_equal(np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype), err_msg=what)
+        else:
+            np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), 0, atol, err_msg=what)
+
+    for key in ("ce0", "is0", "ce1", "is1", "forward", "resumed_forward"):
+        assert got[key].metrics.keys() == want[key].metrics.keys(), key
+        close(got[key].metrics["loss:sum"], want[key].metrics["loss:sum"], key)
+        for g, w in zip(got[key].loss_fn_outputs, want[key].loss_fn_outputs, strict=True):
+            assert g["logprobs"].resolved_shape == w["logprobs"].resolved_shape, key
+            close(g["logprobs"].to_numpy(), w["logprobs"].to_numpy(), key)
+    for key in ("opt0", "opt1", "resumed_opt"):
+        assert got[key].keys() == want[key].keys(), key
+        close([got[key][k] for k in sorted(got[key])], [want[key][k] for k in sorted(want[key])], key)
+    gs, ws = got["sample"], want["sample"]
+    assert [s.tokens for s in gs.sequences] == [s.tokens for s in ws.sequences]
+    assert [s.stop_reason for s in gs.sequences] == [s.stop_reason for s in ws.sequences]
+    for g, w in zip(gs.sequences, ws.sequences, strict=True):
+        close(g.logprobs, w.logprobs, "sampled logprobs", wire_f32=True)
+    assert gs.prompt_logprobs[0] is None and ws.prompt_logprobs[0] is None
+    close(gs.prompt_logprobs[1:], ws.prompt_logprobs[1:], "prompt logprobs", wire_f32=True)
+    assert gs.topk_prompt_logprobs[0] is None and ws.topk_prompt_logprobs[0] is None
+    for g_row, w_row in zip(gs.topk_prompt_logprobs[1:], ws.topk_prompt_logprobs[1:], strict=True):
+        assert [t for t, _ in g_row] == [t for t, _ in w_row]
+        close([lp for _, lp in g_row], [lp for _, lp in w_row], "top-k prompt logprobs", wire_f32=True)
+    assert got["path_tail"] == want["path_tail"] == ["weights", "mid"]
+    assert got["compute_logprobs"][0] is None and want["compute_logprobs"][0] is None
+    close(got["compute_logprobs"][1:], want["compute_logprobs"][1:], "compute_logprobs", wire_f32=True)
+
+
+def _compare(backend: str, tmp_path: Path, atol: float) -> None:
+    with ts.ServiceClient(backend="tinker", serve=backend, checkpoint_dir=str(tmp_path / "served")) as remote:
+        assert isinstance(remote.backend, TinkerBackend)
+        base = remote.get_server_capabilities().supported_models[0].model_name
+        assert base is not None
+        got = _session(remote, base)
+    with ts.ServiceClient(backend=backend, checkpoint_dir=str(tmp_path / "local")) as local:
+        want = _session(local, base)
+    _assert_same(got, want, atol)
+
+
+def test_a_scripted_session_through_the_sdk_equals_in_process_on_mock(tmp_path: Path) -> None:
+    _compare("mock", tmp_path, atol=0.0)
+
+
+def test_a_scripted_session_through_the_sdk_equals_in_process_on_torch(tmp_path: Path) -> None:
+    _compare("torch", tmp_path, atol=FP32_ATOL)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def over_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ts.ServiceClient]:
+    service = ts.ServiceClient(backend="tinker", serve="mock", checkpoint_dir=str(tmp_path_factory.mktemp("tk")))
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ts.ServiceClient]:
+    service = ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path_factory.mktemp("ip")))
+    yield service
+    service.close()
+
+
+def _error(call: Any) -> ts.TinkerError:
+    with pytest.raises(ts.TinkerError) as err:
+        call().result()
+    return err.value
+
+
+def test_server_side_errors_come_back_as_the_same_typed_errors(
+    over_mock: ts.ServiceClient, in_process: ts.ServiceClient
+) -> None:
+    """Errors raised on the server's side of the protocol (the backend's, not the client layer's)
+    reach the caller with the class and message an in-process backend gives."""
+    for service in (over_mock, in_process):
+        tc = service.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+        tc.save_state("taken").result()
+    pairs = [
+        lambda s: s.create_lora_training_client(base_model="no/such-model", rank=4),  # NotFoundError
+        lambda s: s.create_training_client_from_state("tinker://no-run/weights/none"),  # NotFoundError
+        lambda s: s.create_sampling_client(model_path="tinker://no-run/sampler_weights/x"),  # NotFoundError
+    ]
+    for make in pairs:
+        got, want = _error(lambda m=make: m(over_mock)), _error(lambda m=make: m(in_process))  # type: ignore[misc]
+        assert type(got) is type(want), (got, want)
+    remote = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    remote.save_state("taken").result()
+    conflict = _error(lambda: remote.save_state("taken"))
+    assert type(conflict) is ts.ConflictError and "overwrite" in str(conflict)
+    assert remote.save_state("taken", overwrite=True).result().path.endswith("/weights/taken")
+
+
+def test_a_request_the_server_rejects_keeps_its_field(
+    over_mock: ts.ServiceClient, in_process: ts.ServiceClient
+) -> None:
+    """A token id beyond the vocabulary sent straight to the backend (past this side's client
+    layer): the server's client layer rejects it, and the error that comes back over HTTP is the
+    in-process ``BadRequestError`` with the same field. No state changed."""
+    backend = over_mock.backend
+    assert isinstance(backend, TinkerBackend)
+    tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    local = in_process.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    probe = [sequence_datum([1, 2, 3, 4])]
+    before = tc.forward(probe, "cross_entropy").result().metrics
+    bad = [sequence_datum([1, 2, 3]), sequence_datum([1, 9999, 3])]
+    with pytest.raises(ts.BadRequestError) as direct:
+        over_mock._runtime.submit(backend.forward_backward(tc.model_id, bad, "cross_entropy", {}, True)).result()
+    with pytest.raises(ts.BadRequestError) as wanted:
+        local.forward_backward(bad, "cross_entropy")
+    assert direct.value.field == wanted.value.field == "data[1].model_input"
+    assert direct.value.problem == wanted.value.problem
+    with pytest.raises(ts.BadRequestError) as through_client:  # this side's client layer: the same
+        tc.forward_backward(bad, "cross_entropy")
+    assert through_client.value.field == "data[1].model_input"
+    tc.optim_step(ts.AdamParams(learning_rate=0.1)).result()
+    assert tc.forward(probe, "cross_entropy").result().metrics == before
+
+
+def test_a_capability_the_served_backend_lacks_is_unsupported(tmp_path: Path) -> None:
+    """The generic class declares ``topk_prompt_logprobs`` (the protocol carries it); ``minimal``
+    does not: its server's ``Unsupported`` comes back with the capability named."""
+    with ts.ServiceClient(backend="tinker", serve="minimal", checkpoint_dir=str(tmp_path)) as service:
+        sampler = service.create_sampling_client(base_model="minimal/byte-lm").result()
+        with pytest.raises(ts.Unsupported) as err:
+            sampler.sample(
+                ts.ModelInput.from_ints([1, 2, 3]), 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=2
+            ).result()
+        assert err.value.capability == "topk_prompt_logprobs" and err.value.backend == "minimal"
+        out = sampler.sample(ts.ModelInput.from_ints([1, 2, 3]), 2, ts.SamplingParams(max_tokens=3)).result()
+        assert [len(s.tokens) for s in out.sequences] == [3, 3]
+
+
+def test_overwriting_sampler_weights_is_refused_with_the_field(over_mock: ts.ServiceClient) -> None:
+    tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    err = _error(lambda: tc.save_weights_for_sampler("w", overwrite=True))
+    assert isinstance(err, ts.BadRequestError) and err.field == "overwrite"
+
+
+def test_sdk_errors_map_to_tinker_std_errors() -> None:
+    """The mapping on the SDK's own exception classes (as its HTTP layer builds them)."""
+    failed = tinker.RequestFailedError(
+        "Request failed: BadRequestError: adam_params.beta1: Input should be less than 1 for "
+        "self.request_id='abc' and expected type self.model_cls=<class 'tinker.OptimStepResponse'>",
+        request_id="abc",
+        category=RequestErrorCategory.User,
+    )
+    mapped = to_std_error(failed)
+    assert isinstance(mapped, ts.BadRequestError) and mapped.field == "adam_params.beta1"
+    assert mapped.problem == "Input should be less than 1"
+    server = to_std_error(
+        tinker.RequestFailedError(
+            "Request failed: RuntimeError: boom for self.request_id='r'", "r", RequestErrorCategory.Server
+        )
+    )
+    assert isinstance(server, ts.RequestFailedError) and server.category == "server" and "boom" in str(server)
+    request = httpx.Request("POST", "http://127.0.0.1:1/api/v1/create_model")
+    body = {"error": "BadRequestError: lora_config: must be an object", "field": "lora_config", "category": "user"}
+    status = tinker.BadRequestError("bad", response=httpx.Response(400, json=body, request=request), body=body)
+    mapped = to_std_error(status)
+    assert isinstance(mapped, ts.BadRequestError) and (mapped.field, mapped.problem) == (
+        "lora_config",
+        "must be an object",
+    )
+    body = {"error": "NotFoundError: no session 'x' on this server", "category": "user"}
+    missing = tinker.NotFoundError("nf", response=httpx.Response(404, json=body, request=request), body=body)
+    assert isinstance(to_std_error(missing), ts.NotFoundError)
+    denied = tinker.AuthenticationError("no", response=httpx.Response(401, request=request), body=None)
+    assert isinstance(to_std_error(denied), TinkerAuthenticationError)
+    assert to_std_error(ValueError("not the SDK's")) is None
+
+
+# -- no server, no key ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_no_server_fails_at_once_with_a_typed_error() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with ts.ServiceClient(backend="tinker", base_url=url, api_key="tml-nobody") as service:
+        with pytest.raises(TinkerServerUnreachableError) as err:
+            service.get_server_capabilities()
+    assert time.monotonic() - started < 10, "no retries against a missing server"
+    assert url in str(err.value) and "serve=" in str(err.value)
+
+
+def test_no_key_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    with pytest.raises(TinkerCredentialsError, match="TINKER_API_KEY"):
+        ts.ServiceClient(backend="tinker", base_url="http://127.0.0.1:1")
+    with pytest.raises(TinkerCredentialsError, match="tml-"):
+        ts.ServiceClient(backend="tinker", base_url="http://127.0.0.1:1", api_key="sk-not-a-tinker-key")
+    monkeypatch.setenv("TINKER_API_KEY", "tml-from-env")
+    monkeypatch.setenv("TINKER_BASE_URL", "http://127.0.0.1:9")
+    backend = TinkerBackend()
+    assert (backend.base_url, backend._api_key) == ("http://127.0.0.1:9", "tml-from-env")
+
+
+def test_a_wrong_key_is_a_typed_error(tmp_path: Path) -> None:
+    with ts.ServiceClient(backend="mock") as served, TinkerServer(served, api_key="tml-right") as server:
+        with ts.ServiceClient(backend="tinker", base_url=server.url, api_key="tml-wrong") as service:
+            with pytest.raises(TinkerAuthenticationError, match="401"):
+                service.get_server_capabilities()
+
+
+def test_contradictory_options_name_the_field() -> None:
+    for options, field in (
+        ({"serve": "mock", "base_url": "http://127.0.0.1:1"}, "serve"),
+        ({"serve": "no-such-backend"}, "serve"),
+        ({"serve": "tinker"}, "serve"),
+        ({"serve_options": {"a": 1}, "api_key": "tml-x"}, "serve_options"),
+        ({"serve": "mock", "connect_timeout_s": 0}, "connect_timeout_s"),
+    ):
+        with pytest.raises(ts.BadRequestError) as err:
+            TinkerBackend(**options)
+        assert err.value.field == field, options
+
+
+# -- registration and capabilities ---------------------------------------------------------------
+
+
+def test_registered_and_declaring_only_what_the_protocol_carries() -> None:
+    assert load_backend_class("tinker") is TinkerBackend
+    assert "introspection" not in PROTOCOL_CAPABILITIES
+    assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional - {"introspection"}
+    assert TinkerMockBackend.capabilities.tolerance == MockBackend.capabilities.tolerance
+    torch_cls = load_backend_class("torch")
+    assert TinkerTorchBackend.capabilities.optional == torch_cls.capabilities.optional - {"introspection"}
+    assert TinkerTorchBackend.capabilities.tolerance == torch_cls.capabilities.tolerance
+    assert {"introspection", "deterministic", "seeded_sampling"}.isdisjoint(TinkerBackend.capabilities.optional)
+    assert (TinkerMockBackend.name, TinkerTorchBackend.name) == ("tinker (mock)", "tinker (torch)")
+    with ts.ServiceClient(backend=TinkerMockBackend) as service:
+        tc = service.create_lora_training_client(base_model="mock/tiny", rank=4).result()
+        with pytest.raises(ts.Unsupported) as err:
+            tc.read_state()
+        assert err.value.capability == "introspection"
+
+
+def test_checkpoints_are_listed_and_deleted_through_the_rest_api(over_mock: ts.ServiceClient) -> None:
+    tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    first = tc.save_state("one").result().path
+    second = tc.save_weights_for_sampler("two").result().path
+    rest = over_mock.create_rest_client()
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result()] == [first, second]
+    assert tc.model_id in {r.training_run_id for r in rest.list_training_runs().result()}
+    rest.delete_checkpoint_from_tinker_path(first).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result()] == [second]
+    with pytest.raises(ts.NotFoundError):
+        rest.delete_checkpoint_from_tinker_path(first).result()
+
+
+def test_the_backend_level_sample_request_is_carried(over_mock: ts.ServiceClient, in_process: ts.ServiceClient) -> None:
+    """Stop strings, temperature 0 and top-p travel as the SDK's SamplingParams."""
+    params = {"max_tokens": 12, "temperature": 0.0, "stop": ["e"], "top_p": 0.9, "seed": 5}
+    outs = []
+    for service in (over_mock, in_process):
+        sampler = service.create_sampling_client(base_model="mock/tiny").result()
+        request = SampleRequest([104, 101, 108], 2, ts.SamplingParams(**params))  # type: ignore[arg-type]
+        outs.append(sampler.sample(ts.ModelInput.from_ints(request.prompt), 2, request.sampling_params).result())
+    assert [s.tokens for s in outs[0].sequences] == [s.tokens for s in outs[1].sequences]
+    assert [s.stop_reason for s in outs[0].sequences] == [s.stop_reason for s in outs[1].sequences]
+
+
+def test_adam_params_travel_whole() -> None:
+    from tinker_std.backends.tinker.convert import adam_to_sdk
+
+    params = AdamParams(learning_rate=0.3, beta1=0.5, beta2=0.75, eps=1e-6, weight_decay=0.1, grad_clip_norm=2.0)
+    assert adam_to_sdk(params).model_dump() == params.model_dump()
