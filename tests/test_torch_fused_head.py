@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_std.backends.torch import TorchEngine, adapters, head, lora_linear
+from tinker_std.backends.torch import TorchEngine, adapters, head, lora_linear, packed
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
 
@@ -194,3 +194,28 @@ def test_fused_lora_linear_equals_peft() -> None:
     torch.testing.assert_close(y_fused, y_plain, rtol=1e-5, atol=1e-6)
     for name, g in g_plain.items():
         torch.testing.assert_close(g_fused[name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()))
+
+
+def test_a_rows_logprobs_and_gradient_do_not_depend_on_the_other_rows() -> None:
+    """With packed products (row-independent by their probe) a row's results are bit-equal
+    alone and inside a larger batch: the conformance suite's replays rely on it."""
+    layer = torch.nn.Linear(32, 300, bias=False).requires_grad_(False)
+    split = head.OutputHead(decoder=torch.nn.Identity(), layer=layer, module=layer)
+    if packed.frozen_products(layer) is None:
+        pytest.skip("oneDNN packing unavailable or refused on this CPU")
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(40, 32, generator=gen)
+    targets = torch.randint(0, 300, (40,), generator=gen)
+    upstream = torch.randn(40, generator=gen)
+
+    def run(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        x = h[rows].clone().requires_grad_(True)
+        out = head.target_logprobs(split, x, targets[rows])
+        (out * upstream[rows]).sum().backward()  # type: ignore[no-untyped-call]
+        return out.detach(), x.grad  # type: ignore[return-value]
+
+    whole, whole_grad = run(slice(0, 40))
+    for rows in (slice(0, 5), slice(7, 19), slice(33, 40)):
+        part, part_grad = run(rows)
+        assert torch.equal(part, whole[rows])
+        assert torch.equal(part_grad, whole_grad[rows])

@@ -81,14 +81,16 @@ class OutputHead:
         return HeadLora(table[adapter], module.lora_B[adapter].weight, float(module.scaling[adapter]))
 
     def products(self) -> tuple[Rows, Rows]:
-        """``(x -> x @ W.T, p -> p @ W)``. The first from a packed copy when ``packed`` offers
-        one (oneDNN beats MKL there at 128-row chunks), the second always MKL's (``p`` cast to
-        the weight's dtype): with its long inner dimension (the vocabulary) MKL is the faster
-        one (a micro-benchmark on an Intel Xeon, SmolLM2's head, 4 x 128 rows: 195 vs 241 ms)."""
-        weight = self.layer.weight.detach()
+        """``(x -> x @ W.T, p -> p @ W)``: from packed copies when ``packed`` offers them, else
+        plain matrix products (``p`` cast to the weight's dtype). The packed products are probed
+        to compute each row independently of the others, so a datum's logprobs and gradient do
+        not depend on which datums share its chunks (MKL's GEMM is row-dependent on some CPUs;
+        the conformance suite's replays and accumulation checks rely on this)."""
         fast = packed.frozen_products(self.layer)
-        forward = fast[0] if fast is not None else (lambda x: x @ weight.t())
-        return forward, (lambda p: p.to(weight.dtype) @ weight)
+        if fast is not None:
+            return fast
+        weight = self.layer.weight.detach()
+        return (lambda x: x @ weight.t()), (lambda p: p.to(weight.dtype) @ weight)
 
 
 def output_head(model: Any) -> OutputHead | None:
