@@ -10,9 +10,11 @@ from a pipe, a Modal container or an HTTP server. It is not thread-safe: callers
 
 Numerics (spec FB, OPT): ``forward_backward`` batches datums with right padding and an attention
 mask (micro-batches of at most ``max_batch_tokens`` padded tokens, gradients summed), takes
-log-softmax logprobs of the target tokens in float32 (``tinker_std.engine.target_logprobs``) and
+log-softmax logprobs of the target tokens in float32 (from the hidden states in row chunks,
+``head.py``, where the model allows; else ``tinker_std.engine.target_logprobs`` on full logits) and
 evaluates the shared losses (``tinker_std.engine.run_forward_backward``); ``optim_step`` is
-``tinker_std.engine.adamw_step`` over the client's adapter only.
+``tinker_std.engine.adamw_step`` over the client's adapter only, after which idle clients' state
+may move to files (``offload.py``, ``resident_models``).
 """
 
 from __future__ import annotations
