@@ -39,7 +39,10 @@ LOSSES: dict[str, dict[str, float]] = {
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchEngine]:
     cache = tmp_path_factory.getbasetemp() / "tinker-std-cache"
-    eng = TorchEngine(CheckpointStore(tmp_path_factory.mktemp("ckpt")), device="cpu", cache_dir=cache)
+    # batching="serial": the only mode in which the engine uses fused LoRA layers
+    eng = TorchEngine(
+        CheckpointStore(tmp_path_factory.mktemp("ckpt")), device="cpu", cache_dir=cache, batching="serial"
+    )
     yield eng
     eng.close()
 

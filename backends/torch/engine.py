@@ -699,7 +699,10 @@ class TorchEngine:
             mask[i, : lengths[i]] = 1
         inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
         split = head.output_head(base.model)
-        single = row_adapters[0] if len(set(row_adapters)) == 1 else None
+        # Fused LoRA layers round differently from the per-row path of ``forward_backward_many``, so
+        # they are used only where that path never runs (``batching="serial"``): otherwise which
+        # path a request takes (timing-based in "auto") would change its bits.
+        single = row_adapters[0] if len(set(row_adapters)) == 1 and self.path_chooser.mode == "serial" else None
         with (
             packed.packed_linears(base.model),  # frozen CPU float32 weights from packed copies (packed.py)
             lora_linear.fused_lora_linears(base.model, single),  # one adapter's LoRA layers as fused products
