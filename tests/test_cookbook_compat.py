@@ -178,6 +178,19 @@ def test_cookbook_supervised_recipe_trains_and_its_loss_falls(served: Served, sl
         assert c["state_path"] in listed and c["sampler_path"] in listed, (c, listed)
 
 
+#: Settings both RL runs share: the recipe's arithmetic env, small groups, short answers, few steps.
+RL_CONFIG: dict[str, Any] = {
+    "env": "arithmetic",
+    "group_size": RL_GROUP_SIZE,
+    "groups_per_batch": RL_GROUPS,
+    "max_tokens": 12,
+    "learning_rate": 1e-3,
+    "lora_rank": 8,
+    "max_steps": RL_STEPS,
+    "eval_every": 0,
+}
+
+
 def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(served: Served, sl_run: Path) -> None:
     start = checkpoints(sl_run)[-1]["state_path"]
     log_path = served.root / "rl"
@@ -185,18 +198,11 @@ def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(se
         served,
         "tinker_cookbook.recipes.math_rl.train",
         log_path,
-        env="arithmetic",
+        **RL_CONFIG,
         # The recipe's default loss, stable_reinforce, is not in spec v0.1 (its formula is unpublished:
         # spec LOSS-8); importance_sampling is rl.train's own default.
         loss_fn="importance_sampling",
-        group_size=RL_GROUP_SIZE,
-        groups_per_batch=RL_GROUPS,
-        max_tokens=12,
-        learning_rate=1e-3,
-        lora_rank=8,
-        max_steps=RL_STEPS,
         save_every=2,
-        eval_every=0,
         load_checkpoint_path=start,  # create_training_client_from_state on the server
         behavior_if_log_dir_exists="delete",
     )
@@ -240,18 +246,11 @@ def test_cookbook_async_rl_samples_ahead_of_training_through_the_server(served: 
         served,
         "tinker_cookbook.recipes.math_rl.train",
         log_path,
-        env="arithmetic",
+        **RL_CONFIG,
         loss_fn="ppo",  # the async loss (AsyncConfig.loss_fn); the recipe's default is stable_reinforce
         max_steps_off_policy=1,
         compute_post_kl=True,
-        group_size=RL_GROUP_SIZE,
-        groups_per_batch=RL_GROUPS,
-        max_tokens=12,
-        learning_rate=1e-3,
-        lora_rank=8,
-        max_steps=RL_STEPS,
         save_every=0,
-        eval_every=0,
         load_checkpoint_path=checkpoints(sl_run)[-1]["state_path"],
         behavior_if_log_dir_exists="delete",
     )

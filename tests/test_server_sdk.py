@@ -172,32 +172,21 @@ def test_ragged_soft_target_outputs_keep_each_datums_shape(tmp_path: Path) -> No
         remote = tinker.ServiceClient(base_url=server.url, api_key=KEY)
         tc = remote.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
         local = reference.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
-        got = tc.forward(
-            [
-                tinker.Datum(
-                    model_input=tinker.ModelInput.from_ints(list(range(10, 10 + len(t)))),
+
+        def data(types: Any) -> list[Any]:  # the same datums as SDK types (``tinker``) or ours (``ts``)
+            return [
+                types.Datum(
+                    model_input=types.ModelInput.from_ints(list(range(10, 10 + len(t)))),
                     loss_fn_inputs={
-                        "target_tokens": tinker.TensorData.from_numpy(np.asarray(t, dtype=np.int64)),
-                        "weights": tinker.TensorData.from_numpy(np.full(np.shape(t), 0.5, dtype=np.float32)),
+                        "target_tokens": types.TensorData.from_numpy(np.asarray(t, dtype=np.int64)),
+                        "weights": types.TensorData.from_numpy(np.full(np.shape(t), 0.5, dtype=np.float32)),
                     },
                 )
                 for t in targets
-            ],
-            "cross_entropy",
-        ).result()
-        want = local.forward(
-            [
-                ts.Datum(
-                    model_input=ts.ModelInput.from_ints(list(range(10, 10 + len(t)))),
-                    loss_fn_inputs={
-                        "target_tokens": ts.TensorData.from_numpy(np.asarray(t, dtype=np.int64)),
-                        "weights": ts.TensorData.from_numpy(np.full(np.shape(t), 0.5, dtype=np.float32)),
-                    },
-                )
-                for t in targets
-            ],
-            "cross_entropy",
-        ).result()
+            ]
+
+        got = tc.forward(data(tinker), "cross_entropy").result()
+        want = local.forward(data(ts), "cross_entropy").result()
         assert [list(o["logprobs"].shape or []) for o in got.loss_fn_outputs] == [[4, 3], [2, 1], [3, 1], [2, 2]]
         for g, w in zip(got.loss_fn_outputs, want.loss_fn_outputs, strict=True):
             np.testing.assert_array_equal(g["logprobs"].to_numpy(), w["logprobs"].to_numpy())
