@@ -51,6 +51,18 @@ def _rl_batch() -> list[ts.Datum]:
     return data
 
 
+def _group_batch() -> list[ts.Datum]:
+    """Four completions of one prompt, as GRPO samples them: the engine runs the prompt once
+    (``prefix_layout.py``); advantages are zero on the prompt."""
+    prompt = [(7 * j) % 250 + 3 for j in range(12)]
+    data = []
+    for i in range(4):
+        tokens = prompt + [(13 * i + 3 * j) % 250 + 1 for j in range(4 + i % 2)]
+        n, start = len(tokens) - 1, len(prompt) - 1
+        data.append(rl_datum(tokens, [0.0] * start + [0.4 - 0.25 * i] * (n - start), [-3.0] * n))
+    return data
+
+
 def _custom_loss(data: list[ts.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     loss = sum(((lp + 1.0) ** 2).sum() for lp in logprobs)
     assert isinstance(loss, torch.Tensor)
@@ -88,6 +100,11 @@ def _session(svc: ts.ServiceClient) -> dict[str, Any]:
     a.optim_step(ADAM).result()
     ppo = b.forward_backward(_rl_batch(), "ppo").result()
     out["loss/ppo"] = ppo.metrics["loss:sum"]
+    b.optim_step(ADAM).result()
+    group = b.forward_backward(_group_batch(), "importance_sampling").result()
+    out["loss/group"] = group.metrics["loss:sum"]
+    for i, o in enumerate(group.loss_fn_outputs):
+        out[f"lp/group/{i}"] = o["logprobs"].to_numpy()
     b.optim_step(ADAM).result()
     out["weights/a"] = _weights(a)
     out["weights/b"] = _weights(b)

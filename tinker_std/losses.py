@@ -18,7 +18,7 @@ import torch
 
 from .loss_signatures import LOSS_SIGNATURES, LossSignature
 
-__all__ = ["LossSpec", "LOSSES", "compute_loss", "loss_spec"]
+__all__ = ["GRADIENT_GATES", "LossSpec", "LOSSES", "compute_loss", "gradient_positions", "loss_spec"]
 
 Inputs = Mapping[str, torch.Tensor]
 Config = Mapping[str, float]
@@ -120,6 +120,30 @@ LOSSES: Mapping[str, LossSpec] = {
     )
     for name, sig in LOSS_SIGNATURES.items()
 }
+
+
+#: The input whose zeros zero a built-in loss's gradient: where it is 0 at a position (at every one
+#: of the position's K targets), that position's logprobs get no gradient. ``dro``'s penalty
+#: term has a gradient everywhere, so it has no gate.
+GRADIENT_GATES: Mapping[str, str] = {
+    "cross_entropy": "weights",
+    "importance_sampling": "advantages",
+    "ppo": "advantages",
+    "cispo": "advantages",
+    "gspo": "advantages",
+}
+
+
+def gradient_positions(loss_fn: str, inputs: Inputs) -> torch.Tensor | None:
+    """``(N,)`` bool: the positions whose logprobs may get a non-zero gradient from built-in
+    ``loss_fn`` (``False`` only where its gate, ``GRADIENT_GATES``, is zero); ``None`` when every
+    position may (no gate, or the gate input absent). A hint for backends that can skip work for
+    the other positions; a loss's gradient there is exactly zero for finite logprobs."""
+    gate = inputs.get(GRADIENT_GATES.get(loss_fn, ""))
+    if gate is None:
+        return None
+    nonzero = gate != 0
+    return nonzero if nonzero.dim() == 1 else nonzero.any(dim=-1)
 
 
 def loss_spec(name: str) -> LossSpec:

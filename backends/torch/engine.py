@@ -19,6 +19,7 @@ may move to files (``offload.py``, ``resident_models``).
 
 from __future__ import annotations
 
+import os
 import secrets
 import tempfile
 import threading
@@ -44,7 +45,7 @@ from tinker_std.engine import (
     target_logprobs,
 )
 from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
-from tinker_std.losses import compute_loss
+from tinker_std.losses import compute_loss, gradient_positions
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -56,7 +57,7 @@ from tinker_std.types import (
     SupportedModel,
 )
 
-from . import adapters, head, lora_linear, offload, packed, sampler, storage
+from . import adapters, head, lora_linear, offload, packed, prefix_layout, sampler, storage
 from .batching import BatchingMode, PathChooser
 from .environment import check_hf_stack
 from .models import (
@@ -323,7 +324,8 @@ class TorchEngine:
         saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.params.items()} if backward else {}
 
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
-            return self._logprobs(model.base, batch, [model.adapter] * len(batch))
+            hints = [gradient_positions(loss_fn, datum_inputs(d)) for d in batch] if backward else None
+            return self._logprobs(model.base, batch, [model.adapter] * len(batch), hints)
 
         def run_pass(chunk: Sequence[Datum]) -> ForwardBackwardOutput:
             rows = self.placement.rows(chunk)
@@ -432,7 +434,8 @@ class TorchEngine:
                 adapters.per_row_adapters(base.model, segments, [m.params for m in training]),
             ):
                 row_adapters = [name for start, stop, name, _ in segments for _ in range(start, stop)]
-                logprobs = self._logprobs(base, data, row_adapters)
+                hints = [gradient_positions(job.loss_fn, datum_inputs(d)) for job in group for d in job.data]
+                logprobs = self._logprobs(base, data, row_adapters, hints)
                 losses = [
                     compute_loss(
                         job.loss_fn,
@@ -682,22 +685,45 @@ class TorchEngine:
             chunks.append(current)
         return chunks
 
-    def _logprobs(self, base: _Base, batch: Sequence[Datum], row_adapters: Sequence[str | None]) -> list[torch.Tensor]:
+    def _logprobs(
+        self,
+        base: _Base,
+        batch: Sequence[Datum],
+        row_adapters: Sequence[str | None],
+        gradient_rows: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[torch.Tensor]:
         """Target logprobs of each datum ((N,) or (N, K), float32 on CPU, differentiable), from
-        one right-padded forward pass with an attention mask. ``row_adapters``: the adapter each
-        row goes through (already active, or installed by ``adapters.per_row_adapters``).
+        one forward pass. ``row_adapters``: the adapter each row goes through (already active, or
+        installed by ``adapters.per_row_adapters``); ``gradient_rows``: per datum, the positions
+        that may get a gradient (``losses.gradient_positions``; a hint for ``head.py``).
 
-        Where ``head.output_head`` splits the model, the decoder's hidden states go through the
-        output layer in row chunks (``head.target_logprobs``: no full-vocabulary logits); else
-        the model's own logits are used (``tinker_std.engine.target_logprobs``). Both give the
-        same numbers within float32 rounding."""
-        lengths = [d.model_input.length for d in batch]
-        ids = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, datum in enumerate(batch):
-            ids[i, : lengths[i]] = torch.as_tensor(datum.model_input.to_ints(), dtype=torch.long)
-            mask[i, : lengths[i]] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
+        The batch is right-padded with an attention mask, or, when its datums share prefixes
+        (several completions of one prompt) and they all go through one adapter, laid out as
+        prefix trees that run each shared prefix once (``prefix_layout.py``). Where
+        ``head.output_head`` splits the model, the decoder's hidden states go through the output
+        layer in row chunks (``head.batch_target_logprobs``: no full-vocabulary logits); else the
+        model's own logits are used (``tinker_std.engine.target_logprobs``). Every layout and
+        path gives the same numbers within float32 rounding."""
+        sequences = [d.model_input.to_ints() for d in batch]
+        layout = prefix_layout.plan(sequences) if self._shares_prefixes(base.model, row_adapters) else None
+        if layout is not None:
+            additive = base.model.config._attn_implementation == "eager"
+            inputs = {
+                "input_ids": layout.input_ids.to(self.device),
+                "attention_mask": layout.attention_mask(additive, base.model.dtype).to(self.device),
+                "position_ids": layout.position_ids.to(self.device),
+                "use_cache": False,
+            }
+            positions = layout.positions
+        else:
+            width = max(len(s) for s in sequences)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, tokens in enumerate(sequences):
+                ids[i, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
+                mask[i, : len(tokens)] = 1
+            inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
+            positions = [torch.arange(len(s)) + i * width for i, s in enumerate(sequences)]
         split = head.output_head(base.model)
         # Fused LoRA layers round differently from the per-row path of ``forward_backward_many``, so
         # they are used only where that path never runs (``batching="serial"``): otherwise which
@@ -713,10 +739,29 @@ class TorchEngine:
                 logits = base.model(**inputs).logits
         targets = [d.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device) for d in batch]
         if split is not None:
-            out = head.batch_target_logprobs(split, hidden, lengths, targets, row_adapters)
+            states = hidden.reshape(-1, hidden.shape[-1])
+            out = head.batch_target_logprobs(split, states, positions, targets, row_adapters, gradient_rows)
         else:
-            out = [target_logprobs(logits[i, : lengths[i]].float(), t) for i, t in enumerate(targets)]
+            flat = logits.reshape(-1, logits.shape[-1])
+            out = [target_logprobs(flat[p].float(), t) for p, t in zip(positions, targets, strict=True)]
         return [lp.to("cpu") for lp in out]
+
+    @staticmethod
+    def _shares_prefixes(model: Any, row_adapters: Sequence[str | None]) -> bool:
+        """Whether a batch may use ``prefix_layout``: one adapter for every row (the per-row
+        adapters of ``forward_backward_many`` index rows of the plain layout), a decoder known
+        to take a prepared 4D mask with position ids and attend over it as given (no sliding
+        window), with SDPA or eager attention; ``TINKER_STD_SHARED_PREFIX=0`` turns it off."""
+        if os.environ.get("TINKER_STD_SHARED_PREFIX", "1") == "0" or len(set(row_adapters)) != 1:
+            return False
+        config = model.config
+        window = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+        known = any(cls.__name__ in head.FUSABLE_ARCHITECTURES for cls in type(model).__mro__)  # FSDP subclasses
+        return (
+            known
+            and not window
+            and config._attn_implementation in ("sdpa", "eager")
+        )
 
     def _read_adapter(self, path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:
         try:

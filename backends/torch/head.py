@@ -111,10 +111,19 @@ def output_head(model: Any) -> OutputHead | None:
 
 
 def target_logprobs(
-    head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor, lora: HeadLora | None = None
+    head: OutputHead,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    lora: HeadLora | None = None,
+    gradient_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log_softmax(logits).gather(targets)`` in float32 for one datum's hidden states ``(N, H)``
-    and targets ``(N,)`` or ``(N, K)``; differentiable in ``hidden`` and ``lora``'s tensors."""
+    and targets ``(N,)`` or ``(N, K)``; differentiable in ``hidden`` and ``lora``'s tensors.
+
+    ``gradient_rows`` ``(N,)`` bool, a hint: the rows whose logprobs may get a non-zero gradient
+    (the loss's weights or advantages there are not zero). The forward prepares the backward's
+    ``P @ W`` product for those rows only; a row outside the hint that does get a gradient has
+    it computed in the backward instead, so the hint changes the cost, never the result."""
     squeeze = targets.dim() == 1
     index = targets.unsqueeze(-1) if squeeze else targets
     forward, backward = head.products()
@@ -122,32 +131,39 @@ def target_logprobs(
     factor = lora.lora_b if lora is not None else None
     scaling = lora.scaling if lora is not None else 0.0
     result: torch.Tensor = _ChunkedTargetLogprobs.apply(  # type: ignore[no-untyped-call]
-        hidden, low, factor, index, head.layer.weight.detach(), forward, backward, scaling
+        hidden, low, factor, index, head.layer.weight.detach(), forward, backward, scaling, gradient_rows
     )
     return result.squeeze(-1) if squeeze else result
 
 
 def batch_target_logprobs(
     head: OutputHead,
-    hidden: torch.Tensor,
-    lengths: Sequence[int],
+    states: torch.Tensor,
+    positions: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
     adapters: Sequence[str | None],
+    gradient_rows: Sequence[torch.Tensor | None] | None = None,
 ) -> list[torch.Tensor]:
-    """``target_logprobs`` of every row of a right-padded batch: row ``i`` has ``lengths[i]``
-    real positions of ``hidden`` ``(B, T, H)``, targets ``targets[i]`` and goes through the head
-    LoRA of ``adapters[i]``. The real positions of all rows that share an adapter and a target
-    width are joined before chunking, so short rows do not each stream the whole output weight."""
+    """``target_logprobs`` of every datum of a batch: datum ``i``'s hidden states are the rows
+    ``positions[i]`` of ``states`` ``(M, H)``; it has targets ``targets[i]``, goes through the
+    head LoRA of ``adapters[i]`` and has the gradient hint ``gradient_rows[i]`` (``None``: every
+    row). The rows of all datums that share an adapter and a target width are joined before
+    chunking, so short datums do not each stream the whole output weight, and a row that several
+    datums share with the same targets (a shared prefix, ``prefix_layout.py``) is computed once."""
     groups: dict[tuple[str | None, int, int], list[int]] = {}
     for i, t in enumerate(targets):
         groups.setdefault((adapters[i], t.dim(), 1 if t.dim() == 1 else t.shape[-1]), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(targets)
     for (adapter, dim, width), rows in groups.items():
-        states = torch.cat([hidden[i, : lengths[i]] for i in rows])
-        index = torch.cat([targets[i].reshape(-1, width) for i in rows])
-        logprobs = target_logprobs(head, states, index, head.lora(adapter))
-        for i, piece in zip(rows, torch.split(logprobs, [lengths[i] for i in rows]), strict=True):
-            out[i] = piece.squeeze(-1) if dim == 1 else piece
+        keys = torch.cat([torch.cat([positions[i].unsqueeze(-1), targets[i].reshape(-1, width)], dim=-1) for i in rows])
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        hint = None
+        if gradient_rows is not None and all(gradient_rows[i] is not None for i in rows):
+            wanted = torch.cat([gradient_rows[i] for i in rows])  # type: ignore[misc]
+            hint = torch.zeros(len(unique), dtype=torch.bool).index_put_((inverse,), wanted, accumulate=True)
+        logprobs = target_logprobs(head, states[unique[:, 0]], unique[:, 1:], head.lora(adapter), hint)
+        for i, piece in zip(rows, torch.split(inverse, [len(positions[i]) for i in rows]), strict=True):
+            out[i] = logprobs[piece] if dim == 2 else logprobs[piece].squeeze(-1)
     return [lp for lp in out if lp is not None]
 
 
@@ -177,13 +193,18 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
         forward: Rows,
         backward: Rows,
         scaling: float,
+        gradient_rows: torch.Tensor | None,
     ) -> torch.Tensor:
         needs = ctx.needs_input_grad
         recompute = bool(needs[2])  # the factor's gradient needs P itself
         expect = (needs[0] or needs[1]) and not recompute
+        hint = gradient_rows if expect else None
         out = hidden.new_empty(targets.shape, dtype=torch.float32)
-        expected = hidden.new_empty(hidden.shape, dtype=torch.float32) if expect else None
-        expected_low = low.new_empty(low.shape, dtype=torch.float32) if expect and low is not None else None
+        # with a hint, rows left out must hold zeros: the backward scales them by a zero gradient
+        empty = hidden.new_empty if hint is None else hidden.new_zeros
+        expected = empty(hidden.shape, dtype=torch.float32) if expect else None
+        expected_low = empty(low.shape, dtype=torch.float32) if expect and low is not None else None
+        prepared = None if hint is None else torch.zeros_like(hint)
         for start in range(0, hidden.shape[0], CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, hidden.shape[0])
             part = slice(start, stop)
@@ -192,11 +213,19 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
             del logits
             out[part] = logp.gather(-1, targets[part])
             if expected is not None:
-                probs = logp.exp_()
-                expected[part] = backward(probs).float()
-                if expected_low is not None and factor is not None:
-                    expected_low[part] = (probs @ factor.float()) * scaling
-        ctx.save_for_backward(hidden, low, factor, targets, weight, expected, expected_low)
+                rows: slice | torch.Tensor = part
+                if hint is None or prepared is None:
+                    probs = logp.exp_()
+                else:
+                    picked = _at_least_two(torch.nonzero(hint[part]).flatten(), stop - start)
+                    probs = logp[picked].exp_()
+                    rows = picked + start
+                    prepared[rows] = True
+                if len(probs):
+                    expected[rows] = backward(probs).float()
+                    if expected_low is not None and factor is not None:
+                        expected_low[rows] = (probs @ factor.float()) * scaling
+        ctx.save_for_backward(hidden, low, factor, targets, weight, expected, expected_low, prepared)
         ctx.products = (forward, backward)
         ctx.scaling = scaling
         ctx.recompute = recompute
@@ -204,7 +233,7 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, low, factor, targets, weight, expected, expected_low = ctx.saved_tensors
+        hidden, low, factor, targets, weight, expected, expected_low, prepared = ctx.saved_tensors
         forward, backward = ctx.products
         scaling: float = ctx.scaling
         grad = grad.float()
@@ -224,6 +253,8 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
                 grad_low[part] = (dlogits @ factor.float()) * scaling
                 grad_factor.addmm_(dlogits.t(), low[part].float(), alpha=scaling)
         else:
+            if prepared is not None:
+                _complete(ctx, hidden, low, factor, expected, expected_low, (total.squeeze(-1) != 0) & ~prepared)
             rows = weight.index_select(0, targets.reshape(-1)).float().view(*targets.shape, -1)
             grad_hidden = (grad.unsqueeze(-1) * rows).sum(-2) - total * expected
             if expected_low is not None:
@@ -239,4 +270,40 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
+
+
+def _at_least_two(rows: torch.Tensor, available: int) -> torch.Tensor:
+    """Row indices ``rows`` (out of ``available``), with a second one added where there is just
+    one: the packed products are probed to be row-independent for two rows or more, so a row gets
+    the bits it gets in a full chunk."""
+    if len(rows) != 1 or available < 2:
+        return rows
+    other = 1 if int(rows[0]) == 0 else 0
+    return torch.stack([rows[0], rows.new_tensor(other)]).sort().values
+
+
+def _complete(
+    ctx: Any,
+    hidden: torch.Tensor,
+    low: torch.Tensor | None,
+    factor: torch.Tensor | None,
+    expected: torch.Tensor,
+    expected_low: torch.Tensor | None,
+    missing: torch.Tensor,
+) -> None:
+    """Fill ``E = P @ W`` (and its LoRA twin) in place for the ``missing`` rows, which the forward
+    skipped on the strength of the gradient hint but which got a non-zero gradient after all. An
+    extra row computed for ``_at_least_two`` is either prepared already (the same bits) or has a
+    zero gradient (unused)."""
+    rows = _at_least_two(torch.nonzero(missing).flatten(), len(missing))
+    forward, backward = ctx.products
+    for start in range(0, len(rows), CHUNK_ROWS):
+        part = _at_least_two(rows[start : start + CHUNK_ROWS], len(missing))
+        logits = _chunk_logits(forward, hidden[part], None if low is None else low[part], factor, ctx.scaling)
+        probs = torch.log_softmax(logits, dim=-1).exp_()  # as the forward computes them
+        del logits
+        expected[part] = backward(probs).float()
+        if expected_low is not None and factor is not None:
+            expected_low[part] = (probs @ factor.float()) * ctx.scaling
