@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tinker_std as ts
-from tinker_std.backends.torch import TorchBackend, TorchEngine
+from tinker_std.backends.torch import TorchBackend, TorchEngine, packed
 from tinker_std.backends.torch.batching import PathChooser
 from tinker_std.backends.torch.engine import ForwardBackwardJob
 from tinker_std.checkpoints import CheckpointStore
@@ -55,9 +55,11 @@ def tenant_jobs(model_ids: list[str], backward: bool = True) -> list[ForwardBack
 
     ce = [datum(tokens(9)), datum(tokens(17))]
     is_rows = []
-    for n in (12, 5, 7):
-        t = tokens(n)
-        is_rows.append(datum(t, {"logprobs": [-2.0] * (n - 1), "advantages": [0.5] * (n - 1)}))
+    prompt = tokens(10)  # three completions of one prompt: laid out as a prefix tree (prefix_layout.py)
+    for n in (2, 5, 4):
+        t = prompt + tokens(n)
+        m = len(t) - 1
+        is_rows.append(datum(t, {"logprobs": [-2.0] * m, "advantages": [0.0] * 9 + [0.5] * (m - 9)}))
     ppo = [datum(tokens(21), {"logprobs": [-3.0] * 20, "advantages": list(np.linspace(-1, 1, 20))})]
     return [
         ForwardBackwardJob(model_ids[0], ce, "cross_entropy", {}, backward),
@@ -141,6 +143,9 @@ def test_batched_gradients_match_each_clients_own_pass(engines: dict[str, Any]) 
     for job, (out, grads), shared in zip(jobs, alone, together, strict=True):
         assert isinstance(shared, ForwardBackwardOutput)
         assert outputs_close(out, shared) <= ATOL
+        if packed.packable():  # each job's rows keep their layout and shapes: the same bits
+            for x, y in zip(out.loss_fn_outputs, shared.loss_fn_outputs, strict=True):
+                np.testing.assert_array_equal(x["logprobs"].to_numpy(), y["logprobs"].to_numpy())
         state = batched.read_state(job.model_id)
         assert set(state.grads) == set(grads)
         for name, g in grads.items():

@@ -38,7 +38,7 @@ LOSSES: dict[str, dict[str, float]] = {
 }
 
 
-def check_layout(sequences: list[list[int]], layout: prefix_layout.PrefixLayout) -> None:
+def check_layout(sequences: list[list[int]], layout: prefix_layout.RowLayout) -> None:
     _, width = layout.input_ids.shape
     ids, pos = layout.input_ids.reshape(-1), layout.position_ids.reshape(-1)
     assert len(layout.positions) == len(sequences)
@@ -152,7 +152,7 @@ def test_shared_prefix_pass_equals_the_plain_one(
         engine.forward_backward(model_id, groups(base.vocab_size, "cross_entropy", False), "cross_entropy", {}, True)
         engine.optim_step(model_id, AdamParams(learning_rate=1e-2))
     monkeypatch.setattr(base.model.config, "_attn_implementation", attention)
-    assert engine._shares_prefixes(base.model, ["a"])
+    assert engine._shares_prefixes(base.model)
     for loss in LOSSES:
         for soft in (False, True):
             data = groups(base.vocab_size, loss, soft)

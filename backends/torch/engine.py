@@ -325,7 +325,8 @@ class TorchEngine:
 
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
             hints = [gradient_positions(loss_fn, datum_inputs(d)) for d in batch] if backward else None
-            return self._logprobs(model.base, batch, [model.adapter] * len(batch), hints)
+            layout = self._layout(model.base, batch)
+            return self._logprobs(model.base, batch, layout, [model.adapter] * len(batch), hints)
 
         def run_pass(chunk: Sequence[Datum]) -> ForwardBackwardOutput:
             rows = self.placement.rows(chunk)
@@ -420,12 +421,15 @@ class TorchEngine:
         models = [self._models[job.model_id] for job in group]
         base = models[0].base
         data = [d for job in group for d in job.data]
-        segments: list[adapters.Segment] = []
-        row = 0
-        for job, model in zip(group, models, strict=True):
-            longest = max(d.model_input.length for d in job.data)
-            segments.append((row, row + len(job.data), model.adapter, longest))
-            row += len(job.data)
+        # each job's rows laid out as its own pass would lay them out (same shapes, same bits)
+        layout, ranges = prefix_layout.stack([self._layout(base, job.data) for job in group])
+        segments: list[adapters.Segment] = [
+            (start, stop, model.adapter, width) for (start, stop, width), model in zip(ranges, models, strict=True)
+        ]
+        bounds: list[tuple[int, int]] = []
+        for job in group:
+            first = bounds[-1][1] if bounds else 0
+            bounds.append((first, first + len(job.data)))
         training = [m for job, m in zip(group, models, strict=True) if job.backward]
         saved = [{n: None if p.grad is None else p.grad.clone() for n, p in m.params.items()} for m in training]
         try:
@@ -433,9 +437,9 @@ class TorchEngine:
                 torch.set_grad_enabled(bool(training)),
                 adapters.per_row_adapters(base.model, segments, [m.params for m in training]),
             ):
-                row_adapters = [name for start, stop, name, _ in segments for _ in range(start, stop)]
+                datum_adapters = [m.adapter for job, m in zip(group, models, strict=True) for _ in job.data]
                 hints = [gradient_positions(job.loss_fn, datum_inputs(d)) for job in group for d in job.data]
-                logprobs = self._logprobs(base, data, row_adapters, hints)
+                logprobs = self._logprobs(base, data, layout, datum_adapters, hints)
                 losses = [
                     compute_loss(
                         job.loss_fn,
@@ -443,7 +447,7 @@ class TorchEngine:
                         [datum_inputs(d) for d in job.data],
                         job.loss_fn_config,
                     )
-                    for job, (start, stop, _, _) in zip(group, segments, strict=True)
+                    for job, (start, stop) in zip(group, bounds, strict=True)
                 ]
                 to_backward = [
                     loss for job, loss in zip(group, losses, strict=True) if job.backward and loss.requires_grad
@@ -457,7 +461,7 @@ class TorchEngine:
             raise
         return [
             forward_backward_output(logprobs[start:stop], loss)
-            for (start, stop, _, _), loss in zip(segments, losses, strict=True)
+            for (start, stop), loss in zip(bounds, losses, strict=True)
         ]
 
     def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
@@ -685,50 +689,41 @@ class TorchEngine:
             chunks.append(current)
         return chunks
 
+    def _layout(self, base: _Base, batch: Sequence[Datum]) -> prefix_layout.RowLayout:
+        """How one request's datums are laid out as rows: as prefix trees when they share
+        prefixes and the model allows (``_shares_prefixes``), else right-padded."""
+        sequences = [d.model_input.to_ints() for d in batch]
+        shared = prefix_layout.plan(sequences) if self._shares_prefixes(base.model) else None
+        return shared if shared is not None else prefix_layout.plain(sequences)
+
     def _logprobs(
         self,
         base: _Base,
         batch: Sequence[Datum],
-        row_adapters: Sequence[str | None],
+        layout: prefix_layout.RowLayout,
+        datum_adapters: Sequence[str | None],
         gradient_rows: Sequence[torch.Tensor | None] | None = None,
     ) -> list[torch.Tensor]:
         """Target logprobs of each datum ((N,) or (N, K), float32 on CPU, differentiable), from
-        one forward pass. ``row_adapters``: the adapter each row goes through (already active, or
-        installed by ``adapters.per_row_adapters``); ``gradient_rows``: per datum, the positions
+        one forward pass over ``layout`` (``_layout``, or several requests' layouts stacked).
+        ``datum_adapters``: the adapter each datum goes through (already active, or installed
+        per row by ``adapters.per_row_adapters``); ``gradient_rows``: per datum, the positions
         that may get a gradient (``losses.gradient_positions``; a hint for ``head.py``).
 
-        The batch is right-padded with an attention mask, or, when its datums share prefixes
-        (several completions of one prompt) and they all go through one adapter, laid out as
-        prefix trees that run each shared prefix once (``prefix_layout.py``). Where
-        ``head.output_head`` splits the model, the decoder's hidden states go through the output
-        layer in row chunks (``head.batch_target_logprobs``: no full-vocabulary logits); else the
-        model's own logits are used (``tinker_std.engine.target_logprobs``). Every layout and
-        path gives the same numbers within float32 rounding."""
-        sequences = [d.model_input.to_ints() for d in batch]
-        layout = prefix_layout.plan(sequences) if self._shares_prefixes(base.model, row_adapters) else None
-        if layout is not None:
-            additive = base.model.config._attn_implementation == "eager"
-            inputs = {
-                "input_ids": layout.input_ids.to(self.device),
-                "attention_mask": layout.attention_mask(additive, base.model.dtype).to(self.device),
-                "position_ids": layout.position_ids.to(self.device),
-                "use_cache": False,
-            }
-            positions = layout.positions
-        else:
-            width = max(len(s) for s in sequences)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, tokens in enumerate(sequences):
-                ids[i, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
-                mask[i, : len(tokens)] = 1
-            inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), "use_cache": False}
-            positions = [torch.arange(len(s)) + i * width for i, s in enumerate(sequences)]
+        Where ``head.output_head`` splits the model, the decoder's hidden states go through the
+        output layer in row chunks (``head.batch_target_logprobs``: no full-vocabulary logits);
+        else the model's own logits are used (``tinker_std.engine.target_logprobs``). Every layout
+        and path gives the same numbers within float32 rounding."""
+        additive = base.model.config._attn_implementation == "eager"
+        inputs: dict[str, Any] = {
+            k: v.to(self.device) for k, v in layout.decoder_inputs(additive, base.model.dtype).items()
+        }
+        inputs["use_cache"] = False
         split = head.output_head(base.model)
         # Fused LoRA layers round differently from the per-row path of ``forward_backward_many``, so
         # they are used only where that path never runs (``batching="serial"``): otherwise which
         # path a request takes (timing-based in "auto") would change its bits.
-        single = row_adapters[0] if len(set(row_adapters)) == 1 and self.path_chooser.mode == "serial" else None
+        single = datum_adapters[0] if len(set(datum_adapters)) == 1 and self.path_chooser.mode == "serial" else None
         with (
             packed.packed_linears(base.model),  # frozen CPU float32 weights from packed copies (packed.py)
             lora_linear.fused_lora_linears(base.model, single),  # one adapter's LoRA layers as fused products
@@ -738,30 +733,27 @@ class TorchEngine:
             else:
                 logits = base.model(**inputs).logits
         targets = [d.loss_fn_inputs["target_tokens"].to_torch().long().to(self.device) for d in batch]
+        positions = layout.positions
         if split is not None:
             states = hidden.reshape(-1, hidden.shape[-1])
-            out = head.batch_target_logprobs(split, states, positions, targets, row_adapters, gradient_rows)
+            out = head.batch_target_logprobs(split, states, positions, targets, datum_adapters, gradient_rows)
         else:
             flat = logits.reshape(-1, logits.shape[-1])
             out = [target_logprobs(flat[p].float(), t) for p, t in zip(positions, targets, strict=True)]
         return [lp.to("cpu") for lp in out]
 
     @staticmethod
-    def _shares_prefixes(model: Any, row_adapters: Sequence[str | None]) -> bool:
-        """Whether a batch may use ``prefix_layout``: one adapter for every row (the per-row
-        adapters of ``forward_backward_many`` index rows of the plain layout), a decoder known
-        to take a prepared 4D mask with position ids and attend over it as given (no sliding
-        window), with SDPA or eager attention; ``TINKER_STD_SHARED_PREFIX=0`` turns it off."""
-        if os.environ.get("TINKER_STD_SHARED_PREFIX", "1") == "0" or len(set(row_adapters)) != 1:
+    def _shares_prefixes(model: Any) -> bool:
+        """Whether a request's datums may be laid out as prefix trees (``prefix_layout.plan``):
+        a decoder known to take a prepared 4D mask with position ids and attend over it as given
+        (no sliding window), with SDPA or eager attention; ``TINKER_STD_SHARED_PREFIX=0`` turns
+        it off."""
+        if os.environ.get("TINKER_STD_SHARED_PREFIX", "1") == "0":
             return False
         config = model.config
         window = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
         known = any(cls.__name__ in head.FUSABLE_ARCHITECTURES for cls in type(model).__mro__)  # FSDP subclasses
-        return (
-            known
-            and not window
-            and config._attn_implementation in ("sdpa", "eager")
-        )
+        return known and not window and config._attn_implementation in ("sdpa", "eager")
 
     def _read_adapter(self, path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:
         try:

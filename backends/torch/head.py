@@ -214,10 +214,12 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
             out[part] = logp.gather(-1, targets[part])
             if expected is not None:
                 rows: slice | torch.Tensor = part
-                if hint is None or prepared is None:
+                picked = None if hint is None else _at_least_two(torch.nonzero(hint[part]).flatten(), stop - start)
+                if picked is None or prepared is None or len(picked) == stop - start:
                     probs = logp.exp_()
+                    if prepared is not None:
+                        prepared[part] = True
                 else:
-                    picked = _at_least_two(torch.nonzero(hint[part]).flatten(), stop - start)
                     probs = logp[picked].exp_()
                     rows = picked + start
                     prepared[rows] = True

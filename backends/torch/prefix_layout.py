@@ -14,6 +14,11 @@ sum over the sequences that use them, as the index-select backward does.
 
 A row is at most ``max(2 x the longest sequence, MIN_ROW)`` tokens: the mask makes attention cost
 grow with the square of the row length, so long runs are split over several rows.
+
+``plain`` is the usual layout (one right-padded row per sequence) and ``stack`` joins the layouts
+of several requests into one batch, each keeping its own rows and width: the multi-tenant pass
+lays every client's datums out exactly as that client's own pass would, so that its LoRA products
+keep their shapes (``adapters.Segment``) and its results their bits.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MIN_SHARED", "PrefixLayout", "plan"]
+__all__ = ["MIN_SHARED", "RowLayout", "plain", "plan", "stack"]
 
 #: Leading tokens sequences must share to be laid out in one tree.
 MIN_SHARED = 8
@@ -35,26 +40,82 @@ MAX_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
-class PrefixLayout:
-    """A batch laid out as prefix trees.
+class RowLayout:
+    """A batch's rows: ``input_ids`` and ``position_ids`` ``(R, T)``; ``positions[i]`` indexes
+    sequence ``i``'s tokens, in order, in the flattened ``(R * T)`` positions.
 
-    ``input_ids`` and ``position_ids`` are ``(R, T)``; ``allowed`` ``(R, T, T)`` says which key
-    each query attends to (padding positions attend to themselves only, so no row of the mask is
-    empty); ``positions[i]`` indexes sequence ``i``'s tokens, in order, in the flattened
-    ``(R * T)`` positions of the rows."""
+    ``allowed`` ``(R, T, T)`` says which key each query attends to (padding queries attend to
+    themselves only, so no row of the mask is empty), or is ``None`` for plain causal rows whose
+    first ``lengths[r]`` positions are real."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    allowed: torch.Tensor
+    allowed: torch.Tensor | None
+    lengths: list[int]
     positions: list[torch.Tensor]
 
-    def attention_mask(self, additive: bool, dtype: torch.dtype) -> torch.Tensor:
-        """The ``(R, 1, T, T)`` mask a decoder takes as a prepared 4D mask: boolean (``True``
-        attends), or additive in ``dtype`` (0 attends, the dtype's minimum does not)."""
-        mask = self.allowed.unsqueeze(1)
-        if not additive:
-            return mask
-        return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    @property
+    def width(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def decoder_inputs(self, additive: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` and (for trees) ``position_ids`` for a decoder: plain
+        rows get the usual ``(R, T)`` padding mask; trees the prepared ``(R, 1, T, T)`` mask,
+        boolean (``True`` attends) or additive in ``dtype`` (0 attends, the dtype's minimum not)."""
+        if self.allowed is None:
+            mask = (torch.arange(self.width).unsqueeze(0) < torch.tensor(self.lengths).unsqueeze(1)).long()
+            return {"input_ids": self.input_ids, "attention_mask": mask}
+        allowed = self.allowed.unsqueeze(1)
+        if additive:
+            allowed = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        return {"input_ids": self.input_ids, "attention_mask": allowed, "position_ids": self.position_ids}
+
+
+def plain(sequences: Sequence[Sequence[int]]) -> RowLayout:
+    """One right-padded row per sequence."""
+    lengths = [len(s) for s in sequences]
+    width = max(lengths)
+    ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, tokens in enumerate(sequences):
+        ids[i, : lengths[i]] = torch.as_tensor(tokens, dtype=torch.long)
+    positions = [torch.arange(n) + i * width for i, n in enumerate(lengths)]
+    position_ids = torch.arange(width).expand(len(sequences), width).clone()
+    return RowLayout(ids, position_ids, None, lengths, positions)
+
+
+def _causal(lengths: Sequence[int], width: int) -> torch.Tensor:
+    """The ``allowed`` mask of plain rows."""
+    real = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)  # (R, T)
+    causal = torch.ones((width, width), dtype=torch.bool).tril_()
+    allowed = causal & real.unsqueeze(1) & real.unsqueeze(2)
+    return allowed | torch.diag_embed(~real)
+
+
+def stack(layouts: Sequence[RowLayout]) -> tuple[RowLayout, list[tuple[int, int, int]]]:
+    """The layouts' rows in one batch, padded to the widest, and each layout's
+    ``(first row, stop row, width)`` in it. Plain when every layout is plain."""
+    width = max(lay.width for lay in layouts)
+    rows = sum(lay.input_ids.shape[0] for lay in layouts)
+    ids = torch.zeros((rows, width), dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    trees = any(lay.allowed is not None for lay in layouts)
+    allowed = torch.zeros((rows, width, width), dtype=torch.bool) if trees else None
+    lengths: list[int] = []
+    positions: list[torch.Tensor] = []
+    ranges: list[tuple[int, int, int]] = []
+    row = 0
+    for lay in layouts:
+        r, w = lay.input_ids.shape
+        ids[row : row + r, :w] = lay.input_ids
+        position_ids[row : row + r, :w] = lay.position_ids
+        if allowed is not None:
+            allowed[row : row + r] = _causal([0] * r, width)  # padding: each position sees itself
+            allowed[row : row + r, :w, :w] = lay.allowed if lay.allowed is not None else _causal(lay.lengths, w)
+        lengths += lay.lengths
+        positions += [(p // w + row) * width + p % w for p in lay.positions]
+        ranges.append((row, row + r, w))
+        row += r
+    return RowLayout(ids, position_ids, allowed, lengths, positions), ranges
 
 
 @dataclass
@@ -128,7 +189,7 @@ def _runs(order: Sequence[int], seqs: Sequence[np.ndarray], cap: int) -> list[tu
     return runs
 
 
-def plan(sequences: Sequence[Sequence[int]]) -> PrefixLayout | None:
+def plan(sequences: Sequence[Sequence[int]]) -> RowLayout | None:
     """The shared-prefix layout of ``sequences``, or ``None`` when sharing would not save at least
     ``1 - MAX_FRACTION`` of the padded tokens of one right-padded row per sequence."""
     seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
@@ -174,4 +235,5 @@ def plan(sequences: Sequence[Sequence[int]]) -> PrefixLayout | None:
             cols = [torch.arange(offsets[k], offsets[k] + nodes[k].stop - nodes[k].start) for k in reversed(path)]
             flat = torch.cat(cols) if cols else torch.zeros(0, dtype=torch.long)
             positions[i] = flat + r * width
-    return PrefixLayout(input_ids, position_ids, allowed, [p for p in positions if p is not None])
+    lengths = [sum(n.stop - n.start for n in nodes) for nodes, _ in trees]
+    return RowLayout(input_ids, position_ids, allowed, lengths, [p for p in positions if p is not None])
