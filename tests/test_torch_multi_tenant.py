@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tinker_std as ts
-from tinker_std.backends.torch import TorchBackend, TorchEngine, packed
+from tinker_std.backends.torch import TorchBackend, TorchEngine, adapters, packed
 from tinker_std.backends.torch.batching import PathChooser
 from tinker_std.backends.torch.engine import ForwardBackwardJob
 from tinker_std.checkpoints import CheckpointStore
@@ -150,9 +150,27 @@ def test_batched_gradients_match_each_clients_own_pass(engines: dict[str, Any]) 
         assert set(state.grads) == set(grads)
         for name, g in grads.items():
             np.testing.assert_allclose(state.grads[name], g, atol=ATOL, rtol=0)
+            if packed.packable():
+                np.testing.assert_array_equal(state.grads[name], g, err_msg=name)
         batched.optim_step(job.model_id, AdamParams(learning_rate=0.0))
     assert any(name.startswith("lm_head") for name in batched.read_state(ids[1]).weights)
     assert not any("mlp" in name for name in batched.read_state(ids[2]).weights)
+
+
+def test_the_multi_tenant_pass_fuses_each_clients_lora_layers(engines: dict[str, Any]) -> None:
+    """Every LoRA linear of a mixed batch runs ``lora_linear.segment_forward`` (the fused products
+    of a single-client pass), none peft's per-row hook, unless ``TINKER_STD_FUSED_LORA=0``."""
+    engine, ids = engines["batched"]
+    model = engine._bases[MODEL].model
+    segments = [(0, 1, engine._models[ids[0]].adapter, 5), (1, 2, engine._models[ids[2]].adapter, 4)]
+    with adapters.per_row_adapters(model, segments, fused=True):
+        fused = [m for m in model.modules() if "forward" in m.__dict__]
+        hooked = [m for m in model.modules() if m._forward_hooks]
+    # the first client adapts every projection and lm_head (train_unembed's default), the third
+    # attention only: every layer one of them adapts is fused, the others are left alone
+    assert len(fused) == 7 * model.config.num_hidden_layers + 1 and not hooked
+    with adapters.per_row_adapters(model, segments, fused=False):
+        assert not [m for m in model.modules() if "forward" in m.__dict__]
 
 
 def test_a_bad_job_fails_alone_and_changes_nothing(engines: dict[str, Any]) -> None:

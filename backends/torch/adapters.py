@@ -218,27 +218,45 @@ def _segment_delta_hook(state: RowSegments) -> Any:
 
 @contextmanager
 def per_row_adapters(
-    model: torch.nn.Module, segments: Sequence[Segment], trainable: Sequence[dict[str, torch.nn.Parameter]] = ()
+    model: torch.nn.Module,
+    segments: Sequence[Segment],
+    trainable: Sequence[dict[str, torch.nn.Parameter]] = (),
+    fused: bool = False,
 ) -> Iterator[RowSegments]:
     """Run ``model`` on a mixed batch: rows ``start:stop`` of every LoRA layer's input use that
     segment's adapter, other rows none. The parameters in ``trainable`` require grad for the
     duration (rows are independent, so each adapter's gradient comes from its own rows only);
-    every other adapter tensor does not. On exit all adapters are disabled and frozen again, so
-    callers ``activate`` before the next single-adapter pass."""
+    every other adapter tensor does not. With ``fused``, layers that allow it compute each
+    segment as ``lora_linear`` does for one adapter (``lora_linear.segment_forward``: the bits of
+    a single-adapter pass with ``fused_lora_linears``); the others, and all without ``fused``,
+    as peft does. On exit all adapters are disabled and frozen again, so callers ``activate``
+    before the next single-adapter pass."""
     from peft.tuners.lora import LoraLayer
+
+    from . import lora_linear
 
     state = RowSegments(segments)
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     handles = []
+    switched: list[Any] = []
+    hook = _segment_delta_hook(state)
     try:
         for layer in _tuner_layers(model):
             layer.enable_adapters(False)
         for params in trainable:
             for param in params.values():
                 param.requires_grad_(True)
-        handles = [layer.register_forward_hook(_segment_delta_hook(state)) for layer in layers]
+        for layer in layers:
+            forward = lora_linear.segment_forward(layer, state, lambda m, x, out: hook(m, (x,), out)) if fused else None
+            if forward is not None:
+                layer.forward = forward
+                switched.append(layer)
+            else:
+                handles.append(layer.register_forward_hook(hook))
         yield state
     finally:
+        for layer in switched:
+            layer.__dict__.pop("forward", None)
         for handle in handles:
             handle.remove()
         for params in trainable:

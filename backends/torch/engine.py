@@ -435,7 +435,7 @@ class TorchEngine:
         try:
             with (
                 torch.set_grad_enabled(bool(training)),
-                adapters.per_row_adapters(base.model, segments, [m.params for m in training]),
+                adapters.per_row_adapters(base.model, segments, [m.params for m in training], fused=True),
             ):
                 datum_adapters = [m.adapter for job, m in zip(group, models, strict=True) for _ in job.data]
                 hints = [gradient_positions(job.loss_fn, datum_inputs(d)) for job in group for d in job.data]
@@ -720,10 +720,10 @@ class TorchEngine:
         }
         inputs["use_cache"] = False
         split = head.output_head(base.model)
-        # Fused LoRA layers round differently from the per-row path of ``forward_backward_many``, so
-        # they are used only where that path never runs (``batching="serial"``): otherwise which
-        # path a request takes (timing-based in "auto") would change its bits.
-        single = datum_adapters[0] if len(set(datum_adapters)) == 1 and self.path_chooser.mode == "serial" else None
+        # one adapter: its LoRA layers as fused products; the multi-tenant pass computes each
+        # client's rows the same way (``per_row_adapters(fused=True)``), so either path gives a
+        # request the same bits
+        single = datum_adapters[0] if len(set(datum_adapters)) == 1 else None
         with (
             packed.packed_linears(base.model),  # frozen CPU float32 weights from packed copies (packed.py)
             lora_linear.fused_lora_linears(base.model, single),  # one adapter's LoRA layers as fused products

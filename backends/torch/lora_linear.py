@@ -13,10 +13,12 @@ every peft ``Linear`` whose only active adapter is the one being trained with ``
 
 Same maths as peft's, rounded differently (the scaling applied to the rank-r factor, not the
 delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_fused_head.py``).
-Layers with dropout, a LoRA variant (DoRA), a bias, a sharded base weight (FSDP), several active
-adapters, merged weights or disabled adapters (the multi-tenant ``per_row_adapters`` pass) keep
-peft's forward.
-``TINKER_STD_FUSED_LORA=0`` turns the fusion off.
+``segment_forward`` does the same per row segment in the multi-tenant pass
+(``adapters.per_row_adapters``): each segment's rows go through ``_LoraLinear`` with their own
+adapter at the shapes they have in that client's own pass, so a request's bits do not depend on
+which path runs it. Layers with dropout, a LoRA variant (DoRA), a bias, a sharded base weight
+(FSDP), several active adapters or merged weights keep peft's forward.
+``TINKER_STD_FUSED_LORA=0`` turns the fusion off (in both passes).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import packed
 
-__all__ = ["enabled", "fused_lora_linears"]
+if TYPE_CHECKING:
+    from .adapters import RowSegments
+
+__all__ = ["enabled", "fused_lora_linears", "segment_forward"]
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
 
@@ -83,17 +88,19 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None, None, None
 
 
-def _fusable(module: Any, adapter: str) -> bool:
+def _fusable(module: Any, adapter: str, per_row: bool = False) -> bool:
+    """Whether ``module`` can run ``adapter`` as ``_LoraLinear``: active alone, or (``per_row``)
+    installed and selected per row by ``adapters.per_row_adapters`` with all adapters disabled."""
     base = getattr(module, "base_layer", None)
+    selected = per_row or (not module.disable_adapters and list(module.active_adapters) == [adapter])
     return (
-        type(base) is torch.nn.Linear
+        selected
+        and type(base) is torch.nn.Linear
         and base.bias is None
         and type(base.weight.data) is torch.Tensor  # not a sharded FSDP ``DTensor`` (gathered in its forward only)
         and not base.weight.requires_grad
         and adapter in module.lora_A
-        and not module.disable_adapters
         and not module.merged
-        and list(module.active_adapters) == [adapter]
         and adapter not in getattr(module, "lora_variant", {})
         and isinstance(module.lora_dropout[adapter], torch.nn.Identity)
         and getattr(module, "fan_in_fan_out", False) is False
@@ -136,3 +143,38 @@ def fused_lora_linears(model: torch.nn.Module, adapter: str | None) -> Iterator[
     finally:
         for module in switched:
             module.__dict__.pop("forward", None)
+
+
+def segment_forward(
+    module: Any, segments: RowSegments, fallback: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor] | None:
+    """For the multi-tenant pass: a forward of the peft LoRA ``Linear`` ``module`` in which the
+    rows of every segment of ``segments`` (an ``adapters.RowSegments``) run their adapter through
+    ``_LoraLinear`` (or the base layer alone, for a segment whose adapter is not on this layer) at
+    their first ``length`` positions, padding positions giving zeros. ``None`` when an adapter of
+    the segments cannot be fused here or ``enabled()`` is false. ``fallback(module, x, output)``
+    computes the result peft's way from the base output, for calls with extra arguments.
+    ``None`` too when no segment's adapter is on this layer (its output is the base layer's)."""
+    names = {name for _, _, name, _ in segments.segments if name is not None and name in module.lora_A}
+    if not names or not enabled() or not all(_fusable(module, name, per_row=True) for name in names):
+        return None
+    base: torch.nn.Linear = module.base_layer
+    forward, backward = _products(base)
+
+    def per_segment(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or any(x.dtype != module.lora_A[n].weight.dtype for n in names):
+            return fallback(module, x, type(module).forward(module, x, *args, **kwargs))
+        pieces = []
+        for (_, _, name, length), rows in zip(segments.segments, torch.split(x, segments.sizes), strict=True):
+            pad = 0 if length is None or rows.dim() < 3 else rows.shape[1] - length
+            if pad > 0:
+                rows = rows[:, :length]
+            if name is not None and name in module.lora_A:
+                a, b = module.lora_A[name].weight, module.lora_B[name].weight
+                piece = _LoraLinear.apply(rows, a, b, forward, backward, float(module.scaling[name]))  # type: ignore[no-untyped-call]
+            else:
+                piece = base(rows)
+            pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, pad)) if pad > 0 else piece)
+        return torch.cat(pieces)
+
+    return per_segment
