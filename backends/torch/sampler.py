@@ -67,7 +67,7 @@ from tinker_std.sampling_rules import (
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-from . import adapters, packed
+from . import adapters, merged, packed
 
 __all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
@@ -91,8 +91,10 @@ def sample(
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     job = _Job.start(0, request, spec, None, tokenizer)
-    with torch.inference_mode(), _packed(model, device, _active_adapters(model)):
-        return _decode(model, [job], tokenizer, device, None)[0]
+    names = _active_adapters(model)
+    with torch.inference_mode(), _packed(model, device, names):
+        with _merged(model, device, names[:1]) if len(names) <= 1 else nullcontext():
+            return _decode(model, [job], tokenizer, device, None)[0]
 
 
 def sample_batch(
@@ -122,11 +124,14 @@ def sample_batch(
         with torch.inference_mode(), _packed(model, device, list(order)):
             if len(order) == 1:
                 adapters.activate(model, jobs[0].adapter, trainable=False)
-                with _direct_lora(model, jobs[0].adapter):
-                    responses = _decode(model, jobs, tokenizer, device, None)
+                with _merged(model, device, list(order)) as merged_on:
+                    with nullcontext() if merged_on else _direct_lora(model, jobs[0].adapter):
+                        responses = _decode(model, jobs, tokenizer, device, None)
             else:
-                with adapters.per_row_adapters(model, []) as rows:
-                    responses = _decode(model, jobs, tokenizer, device, rows)
+                state = adapters.RowSegments([])
+                with _merged(model, device, list(order), state) as merged_on:
+                    with nullcontext(state) if merged_on else adapters.per_row_adapters(model, []) as rows:
+                        responses = _decode(model, jobs, tokenizer, device, rows)
         for job, response in zip(jobs, responses, strict=True):
             results[job.slot] = response
     answered = [r for r in results if r is not None]
@@ -210,6 +215,16 @@ def _packed(model: Any, device: torch.device, names: Sequence[str | None]) -> co
     oneDNN-packed copies (``packed.py``)."""
     adapters = {name for name in names if name is not None}
     return packed.packed_linears(model, adapters) if device.type == "cpu" else nullcontext()
+
+
+def _merged(
+    model: Any, device: torch.device, names: Sequence[str | None], rows: adapters.RowSegments | None = None
+) -> contextlib.AbstractContextManager[bool]:
+    """On CPU: the LoRA layers compute adapters ``names`` from merged, packed weights
+    (``merged.py``; with ``rows``, each row segment its own adapter's); yields whether they do."""
+    if device.type != "cpu":
+        return nullcontext(False)
+    return merged.merged_lora_linears(model, names, None if rows is None else (lambda: rows.segments))
 
 
 def _active_adapters(model: Any) -> list[str | None]:
