@@ -189,7 +189,7 @@ def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Line
     factor_of: dict[int, str] = {}
     for module in model.modules():
         for name in ("lora_A", "lora_B"):
-            table = getattr(module, name, None)
+            table = module._modules.get(name)  # not ``getattr``: a missing module attribute raises, slowly
             if isinstance(table, torch.nn.ModuleDict):
                 factor_of.update((id(factor), adapter) for adapter, factor in table.items())
     return [

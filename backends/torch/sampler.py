@@ -123,8 +123,9 @@ def sample_batch(
     if jobs:
         with torch.inference_mode(), _packed(model, device, list(order)):
             if len(order) == 1:
-                adapters.activate(model, jobs[0].adapter, trainable=False)
                 with _merged(model, device, list(order)) as merged_on:
+                    if not merged_on:  # the merged layers do not look at which adapter is active
+                        adapters.activate(model, jobs[0].adapter, trainable=False)
                     with nullcontext() if merged_on else _direct_lora(model, jobs[0].adapter):
                         responses = _decode(model, jobs, tokenizer, device, None)
             else:
