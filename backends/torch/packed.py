@@ -13,7 +13,8 @@ needs every product to compute a row the same way whatever the other rows are. M
 any full block of 4 rows did, on an Intel Xeon with AVX-512 a 576 x 16 LoRA factor needed blocks
 of 16). oneDNN's kernel on a packed weight does so for any number of rows >= 2 on both, but not for
 a single row (which takes a matrix-vector path), and that is a property of a kernel, not a promise.
-So the sampler packs its adapters' LoRA factors as well as the frozen base weights, and:
+So the sampler computes its adapters from packed merged weights (``merged.py``; where merging is
+off, it packs their LoRA factors as well as the frozen base weights), and:
 
 * a one-row input is computed as the first row of a two-row product (its copy as the second);
 * each packed weight is *probed* when it is built: a random batch computed whole and as 2-row

@@ -16,11 +16,16 @@ the same loop for one request, with its adapter already active):
    (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
    per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
 4. On CPU the frozen base weights are computed from oneDNN-packed copies (``packed.py``: about
-   twice as fast at decode batch sizes, probed for the row independence point 5 needs). With one
-   adapter in the batch it is activated and, for plain LoRA layers, called directly
-   (``_direct_lora``: the same operations as peft's forward without its per-call bookkeeping);
-   with several, ``per_row_adapters`` runs each adapter on its own rows (segments recomputed
-   whenever rows are dropped).
+   twice as fast at decode batch sizes, probed for the row independence point 5 needs), and each
+   sampled adapter's LoRA layers from its own merged, packed copy ``W + scaling * B @ A``
+   (``merged.py``: one product per layer instead of three plus peft's bookkeeping; cached per
+   adapter), always, whether the batch holds one adapter or several; with several, each layer runs
+   one product per run of rows of the same adapter (segments recomputed whenever rows are
+   dropped). Where merging does not apply (``TINKER_STD_MERGED_LORA=0``, packing off, other
+   devices, LoRA layers other than plain ``Linear``) the unmerged path runs: with one adapter it is
+   activated and, for plain LoRA layers, called directly (``_direct_lora``: the same operations as
+   peft's forward without its per-call bookkeeping); with several, ``per_row_adapters`` runs each
+   adapter on its own rows.
 5. Batch invariance: a row's logits are bit-identical to those of the same request alone (and of
    the same sequence under another ``num_samples``), so seeded outputs do not depend on what else
    is batched (SMP-12). Two things would break that and are avoided: SDPA splits its work by
@@ -28,10 +33,11 @@ the same loop for one request, with its adapter already active):
    makes left padding invisible; other attention implementations and devices other than the CPU
    fall back to a padding mask and agree within float tolerance only); and MKL's GEMM computes a
    row differently depending on how many rows there are, so every product of the frozen base and
-   of the batch's adapters runs from oneDNN-packed weights, probed to be row-independent
-   (``packed.py``). Every adapter's group of rows is also closed with filler rows to a multiple of
-   4, which keeps MKL's path (a weight that fails the probe, or ``TINKER_STD_PACKED_WEIGHTS=0``)
-   bit-exact on CPUs where full 4-row blocks are row-independent (AMD EPYC, not Intel AVX-512).
+   of the batch's adapters (merged, or on the unmerged path their factors) runs from oneDNN-packed
+   weights, probed to be row-independent (``packed.py``). Every adapter's group of rows is also
+   closed with filler rows to a multiple of 4, which keeps MKL's path (a weight that fails the
+   probe, or ``TINKER_STD_PACKED_WEIGHTS=0``) bit-exact on CPUs where full 4-row blocks are
+   row-independent (AMD EPYC, not Intel AVX-512).
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
    rule 2 of SMP-20: no sort unless top-k / top-p is set).
