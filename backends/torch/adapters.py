@@ -30,6 +30,7 @@ import torch
 
 from tinker_std.types import LoraConfig
 
+from . import merged
 from .models import quiet_transformers
 
 __all__ = [
@@ -132,7 +133,9 @@ def activate(model: torch.nn.Module, name: str | None, trainable: bool) -> None:
 
 
 def delete_adapter(model: Any, name: str) -> None:
-    """Remove adapter ``name`` from every layer (a no-op for an unknown name)."""
+    """Remove adapter ``name`` from every layer (a no-op for an unknown name), and its merged
+    sampling weights (``merged.py``)."""
+    merged.forget(model, name)
     if name in getattr(model, "peft_config", {}):
         with quiet_transformers():
             model.delete_adapter(name)

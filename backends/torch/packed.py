@@ -13,7 +13,8 @@ needs every product to compute a row the same way whatever the other rows are. M
 any full block of 4 rows did, on an Intel Xeon with AVX-512 a 576 x 16 LoRA factor needed blocks
 of 16). oneDNN's kernel on a packed weight does so for any number of rows >= 2 on both, but not for
 a single row (which takes a matrix-vector path), and that is a property of a kernel, not a promise.
-So the sampler packs its adapters' LoRA factors as well as the frozen base weights, and:
+So the sampler computes its adapters from packed merged weights (``merged.py``; where merging is
+off, it packs their LoRA factors as well as the frozen base weights), and:
 
 * a one-row input is computed as the first row of a two-row product (its copy as the second);
 * each packed weight is *probed* when it is built: a random batch computed whole and as 2-row
@@ -40,7 +41,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["frozen_products", "packable", "packed_linears"]
+__all__ = ["apply_rows", "frozen_products", "packable", "packed_linears", "packed_product"]
 
 _ATTRIBUTE = "_tinker_std_packed"
 #: Rows of the probe batch; the packing hint (oneDNN picks a blocking for this many rows).
@@ -78,6 +79,16 @@ def _probe(weight: torch.Tensor, bias: torch.Tensor | None, rows: Callable[[torc
     return torch.allclose(pieces, torch.nn.functional.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 
 
+def packed_product(
+    weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``x -> x @ weight.T (+ bias)`` for 2-d ``x`` of at least 2 rows (``apply_rows`` takes any
+    shape) from a new packed copy of the float32 CPU ``weight``, or ``None`` when that product fails
+    the probe. Nothing is cached (``merged.py`` keeps its own)."""
+    rows = _product(torch.ops.mkldnn._reorder_linear_weight(weight, _HINT), bias)
+    return rows if _probe(weight, bias, rows) else None
+
+
 def _packed_rows(layer: torch.nn.Linear, transposed: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``x -> x @ W.T (+ bias)`` (or, ``transposed``, ``g -> g @ W``, the input gradient) from a
     packed copy of ``layer``'s weight, built or taken from the layer's cache; ``None`` when the
@@ -96,7 +107,7 @@ def _packed_rows(layer: torch.nn.Linear, transposed: bool) -> Callable[[torch.Te
     return result
 
 
-def _apply(rows: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def apply_rows(rows: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``rows`` over the last dimension of ``x``; a lone row computed as the first of a pair
     (oneDNN takes a matrix-vector path for one row, which rounds differently)."""
     flat = x.reshape(-1, x.shape[-1])
@@ -111,7 +122,7 @@ class _FrozenPackedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: torch.nn.Linear, rows: Any) -> torch.Tensor:
         ctx.layer = layer
-        return _apply(rows, x)
+        return apply_rows(rows, x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
@@ -119,7 +130,7 @@ class _FrozenPackedLinear(torch.autograd.Function):
         transposed = _packed_rows(layer, transposed=True)
         if transposed is None:
             return grad @ layer.weight.detach(), None, None
-        return _apply(transposed, grad.contiguous()), None, None
+        return apply_rows(transposed, grad.contiguous()), None, None
 
 
 def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -133,7 +144,7 @@ def _packed_forward(layer: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Te
         if torch.is_grad_enabled() and x.requires_grad:
             result: torch.Tensor = _FrozenPackedLinear.apply(x, layer, product)  # type: ignore[no-untyped-call]
             return result
-        return _apply(product, x)
+        return apply_rows(product, x)
 
     return forward
 
@@ -167,9 +178,9 @@ def frozen_products(
         transposed = _packed_rows(layer, transposed=True)
         if transposed is None:
             return g @ layer.weight.detach()
-        return _apply(transposed, g.contiguous())
+        return apply_rows(transposed, g.contiguous())
 
-    return (lambda x: _apply(fwd, x)), input_grad
+    return (lambda x: apply_rows(fwd, x)), input_grad
 
 
 def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Linear]:
@@ -179,7 +190,7 @@ def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Line
     factor_of: dict[int, str] = {}
     for module in model.modules():
         for name in ("lora_A", "lora_B"):
-            table = getattr(module, name, None)
+            table = module._modules.get(name)  # not ``getattr``: a missing module attribute raises, slowly
             if isinstance(table, torch.nn.ModuleDict):
                 factor_of.update((id(factor), adapter) for adapter, factor in table.items())
     return [

@@ -16,11 +16,16 @@ the same loop for one request, with its adapter already active):
    (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
    per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
 4. On CPU the frozen base weights are computed from oneDNN-packed copies (``packed.py``: about
-   twice as fast at decode batch sizes, probed for the row independence point 5 needs). With one
-   adapter in the batch it is activated and, for plain LoRA layers, called directly
-   (``_direct_lora``: the same operations as peft's forward without its per-call bookkeeping);
-   with several, ``per_row_adapters`` runs each adapter on its own rows (segments recomputed
-   whenever rows are dropped).
+   twice as fast at decode batch sizes, probed for the row independence point 5 needs), and each
+   sampled adapter's LoRA layers from its own merged, packed copy ``W + scaling * B @ A``
+   (``merged.py``: one product per layer instead of three plus peft's bookkeeping; cached per
+   adapter), always, whether the batch holds one adapter or several; with several, each layer runs
+   one product per run of rows of the same adapter (segments recomputed whenever rows are
+   dropped). Where merging does not apply (``TINKER_STD_MERGED_LORA=0``, packing off, other
+   devices, LoRA layers other than plain ``Linear``) the unmerged path runs: with one adapter it is
+   activated and, for plain LoRA layers, called directly (``_direct_lora``: the same operations as
+   peft's forward without its per-call bookkeeping); with several, ``per_row_adapters`` runs each
+   adapter on its own rows.
 5. Batch invariance: a row's logits are bit-identical to those of the same request alone (and of
    the same sequence under another ``num_samples``), so seeded outputs do not depend on what else
    is batched (SMP-12). Two things would break that and are avoided: SDPA splits its work by
@@ -28,10 +33,11 @@ the same loop for one request, with its adapter already active):
    makes left padding invisible; other attention implementations and devices other than the CPU
    fall back to a padding mask and agree within float tolerance only); and MKL's GEMM computes a
    row differently depending on how many rows there are, so every product of the frozen base and
-   of the batch's adapters runs from oneDNN-packed weights, probed to be row-independent
-   (``packed.py``). Every adapter's group of rows is also closed with filler rows to a multiple of
-   4, which keeps MKL's path (a weight that fails the probe, or ``TINKER_STD_PACKED_WEIGHTS=0``)
-   bit-exact on CPUs where full 4-row blocks are row-independent (AMD EPYC, not Intel AVX-512).
+   of the batch's adapters (merged, or on the unmerged path their factors) runs from oneDNN-packed
+   weights, probed to be row-independent (``packed.py``). Every adapter's group of rows is also
+   closed with filler rows to a multiple of 4, which keeps MKL's path (a weight that fails the
+   probe, or ``TINKER_STD_PACKED_WEIGHTS=0``) bit-exact on CPUs where full 4-row blocks are
+   row-independent (AMD EPYC, not Intel AVX-512).
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
    rule 2 of SMP-20: no sort unless top-k / top-p is set).
@@ -67,7 +73,7 @@ from tinker_std.sampling_rules import (
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-from . import adapters, packed
+from . import adapters, merged, packed
 
 __all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
@@ -91,8 +97,10 @@ def sample(
     ``BadRequestError`` (field ``prompt``) for an empty prompt or a token id outside the vocabulary;
     ``ContextLengthError`` when ``prompt + max_tokens`` does not fit (SMP-2)."""
     job = _Job.start(0, request, spec, None, tokenizer)
-    with torch.inference_mode(), _packed(model, device, _active_adapters(model)):
-        return _decode(model, [job], tokenizer, device, None)[0]
+    names = _active_adapters(model)
+    with torch.inference_mode(), _packed(model, device, names):
+        with _merged(model, device, names[:1]) if len(names) <= 1 else nullcontext():
+            return _decode(model, [job], tokenizer, device, None)[0]
 
 
 def sample_batch(
@@ -121,12 +129,16 @@ def sample_batch(
     if jobs:
         with torch.inference_mode(), _packed(model, device, list(order)):
             if len(order) == 1:
-                adapters.activate(model, jobs[0].adapter, trainable=False)
-                with _direct_lora(model, jobs[0].adapter):
-                    responses = _decode(model, jobs, tokenizer, device, None)
+                with _merged(model, device, list(order)) as merged_on:
+                    if not merged_on:  # the merged layers do not look at which adapter is active
+                        adapters.activate(model, jobs[0].adapter, trainable=False)
+                    with nullcontext() if merged_on else _direct_lora(model, jobs[0].adapter):
+                        responses = _decode(model, jobs, tokenizer, device, None)
             else:
-                with adapters.per_row_adapters(model, []) as rows:
-                    responses = _decode(model, jobs, tokenizer, device, rows)
+                state = adapters.RowSegments([])
+                with _merged(model, device, list(order), state) as merged_on:
+                    with nullcontext(state) if merged_on else adapters.per_row_adapters(model, []) as rows:
+                        responses = _decode(model, jobs, tokenizer, device, rows)
         for job, response in zip(jobs, responses, strict=True):
             results[job.slot] = response
     answered = [r for r in results if r is not None]
@@ -210,6 +222,16 @@ def _packed(model: Any, device: torch.device, names: Sequence[str | None]) -> co
     oneDNN-packed copies (``packed.py``)."""
     adapters = {name for name in names if name is not None}
     return packed.packed_linears(model, adapters) if device.type == "cpu" else nullcontext()
+
+
+def _merged(
+    model: Any, device: torch.device, names: Sequence[str | None], rows: adapters.RowSegments | None = None
+) -> contextlib.AbstractContextManager[bool]:
+    """On CPU: the LoRA layers compute adapters ``names`` from merged, packed weights
+    (``merged.py``; with ``rows``, each row segment its own adapter's); yields whether they do."""
+    if device.type != "cpu":
+        return nullcontext(False)
+    return merged.merged_lora_linears(model, names, None if rows is None else (lambda: rows.segments))
 
 
 def _active_adapters(model: Any) -> list[str | None]:

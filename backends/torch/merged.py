@@ -1,0 +1,269 @@
+"""Sampled adapters merged into their own oneDNN-packed weights, for the decode loop.
+
+peft computes a LoRA layer as ``base(x) + lora_B(lora_A(x)) * scaling``: per layer and decode step
+one base product, two rank-r products, a scaling and an addition, each a separate call (about 14
+calls per decode step and transformer layer, 420 for SmolLM2, plus peft's per-call bookkeeping).
+For sampling the adapters are frozen, so ``merged_lora_linears`` computes each sampled adapter's
+LoRA layers from a merged copy instead, ``W' = W + scaling * B @ A`` (``B @ A`` and the sum in
+float64, rounded once to float32), packed and probed like the frozen base weights (``packed.py``):
+one row-independent product per layer, no factor products at all.
+
+Contract (what the sampler's batch invariance needs):
+
+* a row's output depends only on the row and on its adapter's merged weight: every product is a
+  probed, packed one (row-independent for any number of rows), and in a batch that mixes adapters
+  each layer runs one product per run of rows of the same adapter (``adapters.RowSegments``),
+  so a row gives the same bits whatever else is in the batch and however the rows are grouped;
+* the merged weights are used whenever packing is on (also for a batch of one adapter), never only
+  in some batches;
+* rebuilding a merged weight gives the same bits (the same float64 operations on the same
+  tensors, with the same thread count: the thread count is part of the cache key, as in
+  ``packed.py``);
+* a (layer, adapter) whose merged product fails the probe is computed as ``base(x) +
+  lora_B(lora_A(x)) * scaling`` from the layer's modules (the factors packed by the sampler where
+  they pass the probe), which depends on the weights and the thread count only, so it is the same
+  in every batch too;
+* rows of no adapter (``None``), or of an adapter a layer does not have, use the layer's base.
+
+Logprobs differ from the unmerged computation by float rounding only (about 1e-7 relative).
+
+Memory: one packed copy of every adapted layer per cached adapter (SmolLM2-135M, attention + MLP:
+about 0.42 GB; with ``lm_head`` 0.11 GB more). The cache lives on the model, keyed per adapter by
+the thread count and the data pointers and version counters of every base weight and factor, so a
+changed adapter is rebuilt on its next use; it keeps the ``capacity()`` most recently sampled
+adapters (``TINKER_STD_MERGED_ADAPTERS``, default 2) besides those of the batch being decoded,
+which are always all built. ``forget`` drops an adapter (``adapters.delete_adapter`` calls it).
+``TINKER_STD_MERGED_LORA=0`` (or ``TINKER_STD_PACKED_WEIGHTS=0``) turns merging off; the sampler
+then computes the factors separately, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import packed
+
+__all__ = ["capacity", "cached_adapters", "enabled", "forget", "merged_lora_linears"]
+
+Rows = Callable[[torch.Tensor], torch.Tensor]
+#: ``(start, stop, adapter, length)`` batch segments, as ``adapters.Segment``.
+Segments = Callable[[], Sequence[tuple[int, int, str | None, int | None]]]
+
+_CACHE = "_tinker_std_merged"
+
+
+def enabled() -> bool:
+    """Whether sampling uses merged weights: packing is available and on, and
+    ``TINKER_STD_MERGED_LORA`` is not ``0``."""
+    return os.environ.get("TINKER_STD_MERGED_LORA", "1") != "0" and packed.packable()
+
+
+def capacity() -> int:
+    """How many adapters' merged weights stay cached besides the batch's own
+    (``TINKER_STD_MERGED_ADAPTERS``, default 2)."""
+    return max(0, int(os.environ.get("TINKER_STD_MERGED_ADAPTERS", "2")))
+
+
+@dataclass
+class _Entry:
+    """One adapter's merged products: ``products[id(layer)]`` (``None``: failed the probe)."""
+
+    key: tuple[Any, ...]
+    products: dict[int, Rows | None]
+
+
+def _cache(model: Any) -> OrderedDict[str, _Entry]:
+    cache: OrderedDict[str, _Entry] | None = model.__dict__.get(_CACHE)
+    if cache is None:
+        cache = OrderedDict()
+        model.__dict__[_CACHE] = cache  # in ``__dict__``: not a module attribute
+    return cache
+
+
+def cached_adapters(model: Any) -> list[str]:
+    """The adapters whose merged weights are cached on ``model``, least recently used first."""
+    return list(_cache(model))
+
+
+def forget(model: Any, name: str) -> None:
+    """Drop adapter ``name``'s merged weights (a no-op when none are cached)."""
+    _cache(model).pop(name, None)
+
+
+def _lora_layers(model: Any) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def _mergeable(layer: Any, names: Collection[str]) -> bool:
+    """A plain peft LoRA ``Linear`` over a frozen float32 CPU ``nn.Linear``, unmerged, whose
+    adapters among ``names`` have no dropout, variant or factor bias."""
+    from peft.tuners.lora import Linear
+
+    base = getattr(layer, "base_layer", None)
+    if not (isinstance(layer, Linear) and type(base) is torch.nn.Linear and not layer.merged):
+        return False
+    weight = base.weight
+    if not (
+        type(weight.data) is torch.Tensor
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and not weight.requires_grad
+        and getattr(layer, "fan_in_fan_out", False) is False
+    ):
+        return False
+    for name in names:
+        if name not in layer.lora_A:
+            continue
+        a, b = layer.lora_A[name], layer.lora_B[name]
+        if (
+            name in getattr(layer, "lora_variant", {})
+            or not isinstance(layer.lora_dropout[name], torch.nn.Identity)
+            or type(a) is not torch.nn.Linear
+            or type(b) is not torch.nn.Linear
+            or a.bias is not None
+            or b.bias is not None
+            or a.weight.dtype != torch.float32
+            or b.weight.dtype != torch.float32
+        ):
+            return False
+    return True
+
+
+def _key(layers: Sequence[Any], name: str) -> tuple[Any, ...]:
+    parts: list[Any] = [torch.get_num_threads()]
+    for layer in layers:
+        weight, a, b = layer.base_layer.weight, layer.lora_A[name].weight, layer.lora_B[name].weight
+        parts.append(
+            (id(layer), weight.data_ptr(), weight._version, a.data_ptr(), a._version, b.data_ptr(), b._version)
+        )
+        parts.append(float(layer.scaling[name]))
+    return tuple(parts)
+
+
+def _merge(layer: Any, name: str) -> Rows | None:
+    """The packed, probed product of ``W + scaling * B @ A`` (``None``: failed the probe)."""
+    base: torch.nn.Linear = layer.base_layer
+    a = layer.lora_A[name].weight.detach().to(torch.float64)
+    b = layer.lora_B[name].weight.detach().to(torch.float64)
+    weight = base.weight.detach()
+    merged = (weight.to(torch.float64) + float(layer.scaling[name]) * (b @ a)).to(torch.float32)
+    bias = None if base.bias is None else base.bias.detach()
+    return packed.packed_product(merged, bias)
+
+
+def _entries(model: Any, layers: Sequence[Any], names: Collection[str]) -> dict[str, _Entry]:
+    """The (built or cached) merged products of every adapter in ``names``; the cache then holds
+    those and at most ``capacity()`` others, the most recently used."""
+    cache = _cache(model)
+    entries: dict[str, _Entry] = {}
+    for name in names:
+        own = [layer for layer in layers if name in layer.lora_A]
+        key = _key(own, name)
+        entry = cache.get(name)
+        if entry is None or entry.key != key:
+            cache.pop(name, None)
+            entry = _Entry(key, {id(layer): _merge(layer, name) for layer in own})
+        cache[name] = entry
+        cache.move_to_end(name)
+        entries[name] = entry
+    while len(cache) > len(entries) + capacity():
+        stale = next(name for name in cache if name not in entries)
+        del cache[stale]
+    return entries
+
+
+def _unmerged(layer: Any, name: str) -> Rows:
+    """``base(x) + lora_B(lora_A(x)) * scaling``, peft's operations, from the layer's modules."""
+    base, lora_a, lora_b, scaling = layer.base_layer, layer.lora_A[name], layer.lora_B[name], layer.scaling[name]
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = base(x) + lora_b(lora_a(x)) * scaling
+        return result
+
+    return rows
+
+
+def _products(layer: Any, entries: dict[str, _Entry]) -> dict[str | None, Rows]:
+    """Each adapter's product for ``layer`` (key ``None``: the base, for rows of no adapter)."""
+    base = layer.base_layer
+
+    def base_rows(x: torch.Tensor) -> torch.Tensor:  # a function: a module assigned to ``forward`` would register
+        result: torch.Tensor = base(x)
+        return result
+
+    products: dict[str | None, Rows] = {None: base_rows}
+    for name, entry in entries.items():
+        if name not in layer.lora_A:
+            products[name] = base_rows
+            continue
+        merged = entry.products[id(layer)]
+        if merged is None:
+            products[name] = _unmerged(layer, name)
+        else:
+            products[name] = _applied(merged)
+    return products
+
+
+def _applied(rows: Rows) -> Rows:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return packed.apply_rows(rows, x)
+
+    return forward
+
+
+def _forward(products: dict[str | None, Rows], name: str | None, segments: Segments | None) -> Rows:
+    """The layer's forward: with ``segments`` (a mixed batch) one product per run of consecutive
+    rows whose adapters share one, joined with ``cat``; without, ``name``'s product on every row."""
+    if segments is None:
+        return products[name]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        runs: list[tuple[int, int, Rows]] = []
+        for start, stop, adapter, _ in segments():
+            product = products[adapter]
+            if runs and runs[-1][2] is product:
+                runs[-1] = (runs[-1][0], stop, product)
+            else:
+                runs.append((start, stop, product))
+        if len(runs) == 1:
+            return runs[0][2](x)
+        return torch.cat([product(x[start:stop]) for start, stop, product in runs])
+
+    return forward
+
+
+@contextmanager
+def merged_lora_linears(model: Any, names: Collection[str | None], segments: Segments | None = None) -> Iterator[bool]:
+    """Within: every peft LoRA layer of ``model`` computes the sampled adapters ``names`` from
+    merged, packed weights (see the module docstring). ``segments``: for a batch mixing adapters,
+    a function giving the current ``(start, stop, adapter, length)`` row segments (read on every
+    call, so the decode loop may change them between steps); ``None``: every row uses the one
+    adapter in ``names`` (or the base when that is ``None``). Yields whether the layers were
+    switched: ``False`` (nothing changed) when merging is off (``enabled``) or some LoRA layer or
+    adapter is not a plain, unmerged float32 CPU LoRA ``Linear``. Call within
+    ``packed.packed_linears`` (the base layers then compute from their packed copies too)."""
+    adapters = {name for name in names if name is not None}
+    if segments is None and len(set(names)) > 1:
+        raise ValueError("several adapters need segments")
+    layers = _lora_layers(model)
+    if not enabled() or not all(_mergeable(layer, adapters) for layer in layers):
+        yield False
+        return
+    entries = _entries(model, layers, adapters)
+    single = next(iter(names), None) if segments is None else None
+    try:
+        for layer in layers:
+            layer.forward = _forward(_products(layer, entries), single, segments)
+        yield True
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
