@@ -271,3 +271,46 @@ def test_choose_tokens_falls_back_on_nan() -> None:
     params = SamplingParams(temperature=1.0)
     got = sampler.choose_tokens(logits, [params], [torch.Generator().manual_seed(1)])
     assert got == [choose_token(logits[0], params, torch.Generator().manual_seed(1))]
+
+
+def test_the_in_place_cache_equals_transformers_dynamic_cache(
+    setup: tuple[Any, Any, SamplerSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kv_cache.growing_cache`` changes how keys and values are stored, not what the loop
+    computes: the same requests decoded with transformers' ``DynamicCache`` give the same tokens
+    and bit-identical logprobs (one request alone, and a batch that drops rows as they stop)."""
+    from transformers.cache_utils import DynamicCache
+
+    from tinker_std.backends.torch import kv_cache
+
+    model, tokenizer, spec = setup
+    items = [
+        sampler.SampleItem(request([5, 9, 14, 2, 33, 7], n=3, max_tokens=9, seed=4, temperature=1.0), spec, "a"),
+        sampler.SampleItem(request([8, 1, 4], n=2, max_tokens=4, seed=5, temperature=0.8), spec, "b"),
+        sampler.SampleItem(request(list(range(3, 20)), n=1, max_tokens=12, seed=6), spec, None),
+    ]
+
+    def run() -> list[SampleResponse]:
+        with torch.no_grad():
+            batch = sampler.sample_batch(model, items, tokenizer, CPU)
+        out = [alone(setup, items[0])]
+        for response in batch:
+            assert isinstance(response, SampleResponse)
+            out.append(response)
+        return out
+
+    grown = run()
+    calls: list[int] = []
+
+    def dynamic(layers: int, reserve: int) -> DynamicCache:
+        calls.append(reserve)
+        return DynamicCache()
+
+    monkeypatch.setattr(kv_cache, "growing_cache", dynamic)
+    plain = run()
+    if sampler._supports_row_attention(model):
+        assert calls, "the decode loop did not use the in-place cache"
+    for k, (got, want) in enumerate(zip(grown, plain, strict=True)):
+        for g, w in zip(got.sequences, want.sequences, strict=True):
+            assert g.tokens == w.tokens, f"response {k}"
+            assert g.logprobs == w.logprobs, f"response {k}"

@@ -30,7 +30,7 @@ import torch
 
 from tinker_std.types import LoraConfig
 
-from . import merged
+from . import merged, module_walk
 from .models import quiet_transformers
 
 __all__ = [
@@ -83,7 +83,7 @@ def peft_config(lora: LoraConfig, base_model: str | None = None) -> Any:
 def _tuner_layers(model: torch.nn.Module) -> list[Any]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    return [module for module in module_walk.modules(model) if isinstance(module, BaseTunerLayer)]
 
 
 def add_adapter(model: Any, name: str, lora: LoraConfig, seed: int | None) -> dict[str, torch.nn.Parameter]:
@@ -94,7 +94,10 @@ def add_adapter(model: Any, name: str, lora: LoraConfig, seed: int | None) -> di
     config = peft_config(lora, getattr(model, "name_or_path", None))
     with torch.random.fork_rng(devices=[]), quiet_transformers():
         torch.manual_seed(seed if seed is not None else secrets.randbits(63))
-        model.add_adapter(config, adapter_name=name)
+        try:
+            model.add_adapter(config, adapter_name=name)
+        finally:
+            module_walk.changed(model)
     cast_adapter_dtype(model, name, autocast_adapter_dtype=True)
     params = adapter_params(model, name)
     if not params:
@@ -137,8 +140,11 @@ def delete_adapter(model: Any, name: str) -> None:
     sampling weights (``merged.py``)."""
     merged.forget(model, name)
     if name in getattr(model, "peft_config", {}):
-        with quiet_transformers():
-            model.delete_adapter(name)
+        try:
+            with quiet_transformers():
+                model.delete_adapter(name)
+        finally:
+            module_walk.changed(model)
 
 
 def peft_key(stable_name: str) -> str:

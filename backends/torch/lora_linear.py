@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import packed
+from . import module_walk, packed
 
 if TYPE_CHECKING:
     from .adapters import RowSegments
@@ -134,7 +134,7 @@ def fused_lora_linears(model: torch.nn.Module, adapter: str | None) -> Iterator[
 
     switched: list[Any] = []
     if adapter is not None and enabled():
-        for module in model.modules():
+        for module in module_walk.modules(model):
             if isinstance(module, LoraLinear) and _fusable(module, adapter):
                 module.forward = _fused_forward(module, adapter)  # type: ignore[method-assign]
                 switched.append(module)

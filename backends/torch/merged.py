@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from . import packed
+from . import module_walk, packed
 
 __all__ = ["capacity", "cached_adapters", "enabled", "forget", "merged_lora_linears"]
 
@@ -100,7 +100,7 @@ def forget(model: Any, name: str) -> None:
 def _lora_layers(model: Any) -> list[Any]:
     from peft.tuners.lora import LoraLayer
 
-    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return [m for m in module_walk.modules(model) if isinstance(m, LoraLayer)]
 
 
 def _mergeable(layer: Any, names: Collection[str]) -> bool:

@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from . import module_walk
+
 __all__ = ["apply_rows", "frozen_products", "packable", "packed_linears", "packed_product"]
 
 _ATTRIBUTE = "_tinker_std_packed"
@@ -188,14 +190,15 @@ def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Line
     a sharded ``DTensor``: FSDP gathers those only inside its own forward) and that is either not a
     LoRA factor or a factor of one of ``adapters``."""
     factor_of: dict[int, str] = {}
-    for module in model.modules():
+    every = module_walk.modules(model)
+    for module in every:
         for name in ("lora_A", "lora_B"):
             table = module._modules.get(name)  # not ``getattr``: a missing module attribute raises, slowly
             if isinstance(table, torch.nn.ModuleDict):
                 factor_of.update((id(factor), adapter) for adapter, factor in table.items())
     return [
         m
-        for m in model.modules()
+        for m in every
         if type(m) is torch.nn.Linear
         and (id(m) not in factor_of or factor_of[id(m)] in adapters)
         and _is_frozen_cpu_float32(m)

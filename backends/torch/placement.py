@@ -86,4 +86,3 @@ class Placement:
 
 class SingleProcess(Placement):
     """Everything in this process (the torch backend)."""
-

@@ -41,7 +41,9 @@ the same loop for one request, with its adapter already active):
 6. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row (``choose_tokens``; draw
    rule 2 of SMP-20: no sort unless top-k / top-p is set).
-7. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
+7. The key/value cache grows in place (``kv_cache.py``) where rows attend alone, instead of by
+   one concatenation per layer and step.
+8. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 """
 
@@ -73,7 +75,7 @@ from tinker_std.sampling_rules import (
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
-from . import adapters, merged, packed
+from . import adapters, kv_cache, merged, module_walk, packed
 
 __all__ = ["SampleItem", "choose_tokens", "sample", "sample_batch"]
 
@@ -238,7 +240,7 @@ def _active_adapters(model: Any) -> list[str | None]:
     """The adapters active on ``model``'s LoRA layers (none when adapters are disabled)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():
+    for module in module_walk.modules(model):
         if isinstance(module, BaseTunerLayer):
             return [] if module.disable_adapters else list(module.active_adapters)
     return []
@@ -468,6 +470,9 @@ def _run(
         _row_state.pads = list(pads)
     elif max(pads) > 0:
         kwargs["attention_mask"] = attention
+    if alone:  # plain full-attention layers (``_supports_row_attention``): a cache that grows in place
+        layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        kwargs["past_key_values"] = kv_cache.growing_cache(layers, max(job.max_tokens for job in jobs))
     if rows is not None:
         rows.segments = _segments([job.adapter for job in jobs])
     out = model(input_ids=ids.to(device), **kwargs)
