@@ -18,7 +18,7 @@ import test_torch_sample_batch as batch_tests
 import torch
 from test_torch_sample_batch import BIT_EXACT, CPU, alone, assert_same, mixed_items
 
-from tinker_std.backends.torch import merged, sampler
+from tinker_std.backends.torch import merged, packed, sampler
 from tinker_std.types import SampleResponse
 
 Setup = tuple[Any, Any, Any]
@@ -124,7 +124,7 @@ def test_refused_merged_products_fall_back_and_stay_invariant(setup: Setup, monk
     items = mixed_items(tokenizer, spec)
     with_merged = _responses(sampler.sample_batch(model, items, tokenizer, CPU))
     _forget_all(model)
-    monkeypatch.setattr(merged.packed, "packed_product", lambda weight, bias=None: None)
+    monkeypatch.setattr(merged.packed, "packed_product", lambda weight, bias=None, like=None: None)
     try:
         want = [alone(setup, item) for item in items]
         got = _responses(sampler.sample_batch(model, items, tokenizer, CPU))
@@ -135,3 +135,27 @@ def test_refused_merged_products_fall_back_and_stay_invariant(setup: Setup, monk
     for i, (g, w, m) in enumerate(zip(got, want, with_merged, strict=True)):
         assert_same(g, w, f"item {i} fallback batched vs alone", exact=BIT_EXACT)
         assert_same(g, m, f"item {i} fallback vs merged", exact=False)
+
+
+@pytest.mark.skipif(not packed.packable(), reason="no oneDNN packed products here")
+def test_a_merged_copy_reuses_its_base_layers_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``packed_product(like=layer)`` skips the probe only where ``layer`` (same shape, frozen)
+    passed it; the product is the same either way."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 40, bias=False).requires_grad_(False)
+    weight = layer.weight.detach() + 0.01 * torch.randn(40, 48)
+    probes: list[int] = []
+    real = packed._probe
+    monkeypatch.setattr(packed, "_probe", lambda *args: probes.append(1) or real(*args))
+    probed = packed.packed_product(weight)
+    assert probed is not None and len(probes) == 1
+    packed.frozen_products(layer)  # the base layer's own copy, probed once
+    probes.clear()
+    reused = packed.packed_product(weight, like=layer)
+    assert reused is not None and not probes
+    x = torch.randn(6, 48)
+    assert torch.equal(reused(x), probed(x))
+    other = torch.nn.Linear(48, 32, bias=False).requires_grad_(False)
+    packed.frozen_products(other)
+    probes.clear()
+    assert packed.packed_product(weight, like=other) is not None and len(probes) == 1  # shape differs: probed

@@ -82,12 +82,26 @@ def _probe(weight: torch.Tensor, bias: torch.Tensor | None, rows: Callable[[torc
 
 
 def packed_product(
-    weight: torch.Tensor, bias: torch.Tensor | None = None
+    weight: torch.Tensor, bias: torch.Tensor | None = None, like: torch.nn.Linear | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``x -> x @ weight.T (+ bias)`` for 2-d ``x`` of at least 2 rows (``apply_rows`` takes any
     shape) from a new packed copy of the float32 CPU ``weight``, or ``None`` when that product fails
-    the probe. Nothing is cached (``merged.py`` keeps its own)."""
+    the probe. Nothing is cached (``merged.py`` keeps its own).
+
+    ``like``: a frozen layer with a weight of the same shape (and a bias where ``bias`` is given)
+    whose own packed product passed the probe at the current thread count; the new product is
+    then not probed again. oneDNN picks its kernel from shapes, dtype and threads, not values, so
+    row independence carries over; probing reads the weight about ten times, most of the cost of
+    a new packed copy."""
     rows = _product(torch.ops.mkldnn._reorder_linear_weight(weight, _HINT), bias)
+    if (
+        like is not None
+        and like.weight.shape == weight.shape
+        and (like.bias is None) == (bias is None)
+        and _is_frozen_cpu_float32(like)
+        and _packed_rows(like, transposed=False) is not None
+    ):
+        return rows
     return rows if _probe(weight, bias, rows) else None
 
 
