@@ -9,7 +9,8 @@ from a pipe, a Modal container or an HTTP server. It is not thread-safe: callers
 (``tokenizer`` and ``supported_models`` may be called concurrently with one running call).
 
 Numerics (spec FB, OPT): ``forward_backward`` batches datums with right padding and an attention
-mask (micro-batches of at most ``max_batch_tokens`` padded tokens, gradients summed), takes
+mask, or as prefix trees when they share prefixes (``prefix_layout.py``; micro-batches of at most
+``max_batch_tokens`` padded tokens, gradients summed), takes
 log-softmax logprobs of the target tokens in float32 (from the hidden states in row chunks,
 ``head.py``, where the model allows; else ``tinker_std.engine.target_logprobs`` on full logits) and
 evaluates the shared losses (``tinker_std.engine.run_forward_backward``); ``optim_step`` is
