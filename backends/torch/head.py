@@ -16,7 +16,10 @@ the hidden-state gradient is ``sum_k g_k W[t_k] - (sum_k g_k) P @ W``. The forwa
 ``E = P @ W`` per chunk while the chunk's probabilities are at hand (the same multiply-adds as the
 plain backward's ``dlogits @ W``, without the full ``dlogits``) and the backward is a gather and
 an axpy. When a LoRA factor of the output layer is trained (``train_unembed``), its gradient needs
-``P`` itself, so the backward recomputes each chunk's logits instead (one more product).
+``P`` itself, so the backward recomputes each chunk's logits instead (one more product). ``E`` is
+prepared only for the rows a gradient hint names (``losses.gradient_positions``: the prompt rows
+of an RL datum get none); a row the hint left out that gets a gradient all the same is completed
+in the backward, so the hint changes the cost only.
 
 With ``lora`` (a LoRA on the output layer) the logits are ``h @ W.T + (u @ B.T) * scaling``,
 ``u = lora_A(h)``, as peft computes them. The result equals ``tinker_std.engine.target_logprobs``
