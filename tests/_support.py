@@ -69,3 +69,28 @@ def assert_states_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
 
 def logprobs_of(out: ts.ForwardBackwardOutput) -> list[np.ndarray]:
     return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs]
+
+
+#: Every built-in loss that consumes logprobs, with the config the training-path tests use.
+LOSS_CONFIGS: dict[str, dict[str, float]] = {
+    "cross_entropy": {},
+    "importance_sampling": {},
+    "ppo": {},
+    "cispo": {},
+    "dro": {"beta": 0.1},
+    "gspo": {},
+}
+
+
+def engine_pass(
+    engine: Any, model_id: str, data: list[ts.Datum], loss: str, env: dict[str, str], monkeypatch: Any
+) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
+    """One ``forward_backward`` of a ``TorchEngine`` under the environment ``env``: the datums'
+    logprobs, the loss and the accumulated gradients; the gradient is then cleared (an
+    ``optim_step`` with learning rate 0, so the weights do not move)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = engine.forward_backward(model_id, data, loss, LOSS_CONFIGS[loss], True)
+    grads = {k: v.copy() for k, v in engine.read_state(model_id).grads.items()}
+    engine.optim_step(model_id, ts.AdamParams(learning_rate=0.0))
+    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs], out.metrics["loss:sum"], grads

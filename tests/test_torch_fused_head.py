@@ -25,15 +25,10 @@ from tinker_std.backends.torch import TorchEngine, adapters, head, lora_linear, 
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
 
+from _support import LOSS_CONFIGS as LOSSES
+from _support import engine_pass
+
 MODELS = ("tiny-llama", "tiny-qwen3")
-LOSSES: dict[str, dict[str, float]] = {
-    "cross_entropy": {},
-    "importance_sampling": {},
-    "ppo": {},
-    "cispo": {},
-    "dro": {"beta": 0.1},
-    "gspo": {},
-}
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +67,10 @@ def batch(engine: TorchEngine, model: str, loss: str, soft: bool) -> list[Datum]
 def run(
     engine: TorchEngine, model_id: str, data: list[Datum], loss: str, fused: bool, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
-    monkeypatch.setenv("TINKER_STD_FUSED_HEAD", "1" if fused else "0")
-    monkeypatch.setenv("TINKER_STD_FUSED_LORA", "1" if fused else "0")
-    out = engine.forward_backward(model_id, data, loss, LOSSES[loss], True)
-    grads = {k: v.copy() for k, v in engine.read_state(model_id).grads.items()}
-    engine.optim_step(model_id, AdamParams(learning_rate=0.0))  # clears the gradient, weights unchanged
-    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs], out.metrics["loss:sum"], grads
+    flag = "1" if fused else "0"
+    return engine_pass(
+        engine, model_id, data, loss, {"TINKER_STD_FUSED_HEAD": flag, "TINKER_STD_FUSED_LORA": flag}, monkeypatch
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -28,14 +28,8 @@ from tinker_std.checkpoints import CheckpointStore
 from tinker_std.losses import gradient_positions
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
 
-LOSSES: dict[str, dict[str, float]] = {
-    "cross_entropy": {},
-    "importance_sampling": {},
-    "ppo": {},
-    "cispo": {},
-    "dro": {"beta": 0.1},
-    "gspo": {},
-}
+from _support import LOSS_CONFIGS as LOSSES
+from _support import engine_pass
 
 
 def check_layout(sequences: list[list[int]], layout: prefix_layout.RowLayout) -> None:
@@ -133,11 +127,7 @@ def groups(vocab: int, loss: str, soft: bool) -> list[Datum]:
 def run(
     engine: TorchEngine, model_id: str, data: list[Datum], loss: str, shared: bool, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
-    monkeypatch.setenv("TINKER_STD_SHARED_PREFIX", "1" if shared else "0")
-    out = engine.forward_backward(model_id, data, loss, LOSSES[loss], True)
-    grads = {k: v.copy() for k, v in engine.read_state(model_id).grads.items()}
-    engine.optim_step(model_id, AdamParams(learning_rate=0.0))  # clears the gradient, weights unchanged
-    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs], out.metrics["loss:sum"], grads
+    return engine_pass(engine, model_id, data, loss, {"TINKER_STD_SHARED_PREFIX": "1" if shared else "0"}, monkeypatch)
 
 
 @pytest.mark.parametrize(
