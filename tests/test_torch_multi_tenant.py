@@ -280,3 +280,29 @@ def test_service_clients_train_concurrently_with_auto_batching(tmp_path: Path, c
     for curve in losses:
         assert curve[-1] < curve[0] - 1.0, curve
     svc.close()
+
+
+def test_groups_are_budgeted_by_their_stacked_layout(cache_dir: Path, tmp_path: Path) -> None:
+    """A job laid out as a wide prefix tree pads the rows of the jobs it shares a pass with to its
+    width: the group's size is counted on the stacked layout, not on the datums' lengths."""
+    engine = TorchEngine(CheckpointStore(tmp_path), device="cpu", cache_dir=cache_dir, max_batch_tokens=1000)
+    try:
+        a, b = (engine.create_model(MODEL, LoraConfig(rank=2, seed=s)).model_id for s in (0, 1))
+        rng = np.random.default_rng(3)
+        prompt = [int(t) for t in rng.integers(3, 200, size=30)]
+        tree = [datum(prompt + [int(t) for t in rng.integers(3, 200, size=20)]) for _ in range(4)]
+        short = [datum([int(t) for t in rng.integers(3, 200, size=13)]) for _ in range(10)]
+        jobs = [
+            ForwardBackwardJob(a, tree, "cross_entropy", {}, True),
+            ForwardBackwardJob(b, short, "cross_entropy", {}, True),
+        ]
+        layouts: dict[int, Any] = {}
+        # by lengths 14 x 49 = 686 tokens would fit; stacked, 11 rows x the tree's width do not
+        assert 14 * 49 <= 1000
+        assert not engine._joins(jobs, [0], 1, layouts)
+        assert layouts[0].allowed is not None and layouts[0].input_ids.shape[0] == 1
+        assert (1 + len(short)) * layouts[0].width > 1000
+        both = [ForwardBackwardJob(b, short[:3], "cross_entropy", {}, True)]
+        assert engine._joins([jobs[0], *both], [0], 1, {})  # 4 rows x 109 fit
+    finally:
+        engine.close()

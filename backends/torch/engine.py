@@ -364,6 +364,7 @@ class TorchEngine:
         """
         results: list[ForwardBackwardOutput | Exception | None] = [None] * len(jobs)
         groups: list[list[int]] = []
+        layouts: dict[int, prefix_layout.RowLayout] = {}  # each job's own layout, made once
         for i, job in enumerate(jobs):
             try:
                 model = self._model(job.model_id)
@@ -371,26 +372,36 @@ class TorchEngine:
             except Exception as exc:  # reported in this job's slot
                 results[i] = exc
                 continue
-            if groups and self._joins(jobs, groups[-1], i):
+            if groups and self._joins(jobs, groups[-1], i, layouts):
                 groups[-1].append(i)
             else:
                 groups.append([i])
         for group in groups:
-            for i, result in zip(group, self._run_group([jobs[i] for i in group]), strict=True):
+            outputs = self._run_group([jobs[i] for i in group], [layouts.get(i) for i in group])
+            for i, result in zip(group, outputs, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
-    def _joins(self, jobs: Sequence[ForwardBackwardJob], group: list[int], i: int) -> bool:
+    def _joins(
+        self, jobs: Sequence[ForwardBackwardJob], group: list[int], i: int, layouts: dict[int, prefix_layout.RowLayout]
+    ) -> bool:
         """Whether job ``i`` may share one pass with ``group``: another training model on the same
-        base, and the padded batch stays within the token and logit budgets."""
+        base, and the stacked batch (each job's own layout, padded to the widest) stays within the
+        token and logit budgets. Fills ``layouts`` for the jobs it looks at."""
         model = self._models[jobs[i].model_id]
         members = [self._models[jobs[j].model_id] for j in group]
         if model.base is not members[0].base or any(m is model for m in members):
             return False
-        data = [d for j in [*group, i] for d in jobs[j].data]
-        return len(data) * max(d.model_input.length for d in data) <= self._token_budget(model.base.vocab_size)
+        for j in [*group, i]:
+            if j not in layouts:
+                layouts[j] = self._layout(model.base, jobs[j].data)
+        blocks = [layouts[j].input_ids.shape for j in [*group, i]]
+        padded = sum(rows for rows, _ in blocks) * max(width for _, width in blocks)
+        return padded <= self._token_budget(model.base.vocab_size)
 
-    def _run_group(self, group: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput | Exception]:
+    def _run_group(
+        self, group: Sequence[ForwardBackwardJob], layouts: Sequence[prefix_layout.RowLayout | None]
+    ) -> list[ForwardBackwardOutput | Exception]:
         data = [d for job in group for d in job.data]
         tokens = sum(d.model_input.length for d in data)
         padded = len(data) * max(d.model_input.length for d in data)
@@ -398,7 +409,13 @@ class TorchEngine:
         start = time.perf_counter()
         if path == "batched":
             try:
-                batched = self._forward_backward_batched(group)
+                batched = self._forward_backward_batched(
+                    group,
+                    [
+                        self._layout(self._models[job.model_id].base, job.data) if layout is None else layout
+                        for job, layout in zip(group, layouts, strict=True)
+                    ],
+                )
             except Exception:  # e.g. a loss that rejects its inputs: one at a time names the culprit
                 path = "serial"
             else:
@@ -415,15 +432,18 @@ class TorchEngine:
         self.path_chooser.record(len(group), padded, "serial", (time.perf_counter() - start) / tokens)
         return outputs
 
-    def _forward_backward_batched(self, group: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput]:
-        """One forward (and backward) pass over the rows of every job, each job's rows through its
-        own adapter. Rows are independent, so each job's logprobs, loss and gradient are those of
-        its own pass. On failure every adapter's accumulated gradient is restored."""
+    def _forward_backward_batched(
+        self, group: Sequence[ForwardBackwardJob], layouts: Sequence[prefix_layout.RowLayout]
+    ) -> list[ForwardBackwardOutput]:
+        """One forward (and backward) pass over the rows of every job (``layouts``: each job's own,
+        ``_layout``), each job's rows through its own adapter. Rows are independent, so each job's
+        logprobs, loss and gradient are those of its own pass. On failure every adapter's
+        accumulated gradient is restored."""
         models = [self._models[job.model_id] for job in group]
         base = models[0].base
         data = [d for job in group for d in job.data]
-        # each job's rows laid out as its own pass would lay them out (same shapes, same bits)
-        layout, ranges = prefix_layout.stack([self._layout(base, job.data) for job in group])
+        # each job's rows laid out as its own pass lays them out (``layouts``: same shapes, same bits)
+        layout, ranges = prefix_layout.stack(layouts)
         segments: list[adapters.Segment] = [
             (start, stop, model.adapter, width) for (start, stop, width), model in zip(ranges, models, strict=True)
         ]
