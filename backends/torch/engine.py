@@ -459,16 +459,14 @@ class TorchEngine:
                 adapters.per_row_adapters(base.model, segments, [m.params for m in training], fused=True),
             ):
                 datum_adapters = [m.adapter for job, m in zip(group, models, strict=True) for _ in job.data]
-                hints = [gradient_positions(job.loss_fn, datum_inputs(d)) for job in group for d in job.data]
+                inputs = [[datum_inputs(d) for d in job.data] for job in group]
+                hints = [
+                    gradient_positions(job.loss_fn, one) for job, ins in zip(group, inputs, strict=True) for one in ins
+                ]
                 logprobs = self._logprobs(base, data, layout, datum_adapters, hints)
                 losses = [
-                    compute_loss(
-                        job.loss_fn,
-                        logprobs[start:stop],
-                        [datum_inputs(d) for d in job.data],
-                        job.loss_fn_config,
-                    )
-                    for job, (start, stop) in zip(group, bounds, strict=True)
+                    compute_loss(job.loss_fn, logprobs[start:stop], ins, job.loss_fn_config)
+                    for job, ins, (start, stop) in zip(group, inputs, bounds, strict=True)
                 ]
                 to_backward = [
                     loss for job, loss in zip(group, losses, strict=True) if job.backward and loss.requires_grad
