@@ -1,0 +1,37 @@
+"""Mutants: broken providers, one spec statement broken each, that the conformance suite must catch.
+
+Every module of this package (one per spec area: ``loss.py``, ``ordering.py``, ...) exports
+``MUTANTS: list[Mutant]``. ``tests/test_mutation.py`` runs the conformance tests named in each
+mutant's ``selection`` against its ``backend`` and requires the run to fail with the report marking
+``statement`` as ``fail``; the unmutated base backend must pass the same selection. A mutant that
+survives is a hole in the suite (issue 19, deliverable 3).
+
+The package folder (``tests/``) is put on ``PYTHONPATH`` of the suite's subprocess, so a mutant's
+``backend`` is named ``mutants.<module>:<Class>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Mutant"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One broken provider.
+
+    ``backend``: ``mutants.<module>:<Class>`` (a ``Backend`` subclass, usually of ``MockBackend``).
+    ``statement``: the MUST statement it breaks; the report must mark it ``fail``.
+    ``selection``: the conformance tests (``--pyargs`` node ids such as
+    ``tinker_std.conformance.test_training::test_x``) that must catch it.
+    ``base``: the unmutated backend the selection must pass (``mock`` unless the mutant derives from
+    another backend).
+    ``also``: other statements the mutant legitimately breaks (allowed to fail too, not required).
+    """
+
+    backend: str
+    statement: str
+    selection: tuple[str, ...]
+    base: str = "mock"
+    also: frozenset[str] = frozenset()
