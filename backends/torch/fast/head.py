@@ -23,7 +23,7 @@ in the backward, so the hint changes the cost only.
 
 With ``lora`` (a LoRA on the output layer) the logits are ``h @ W.T + (u @ B.T) * scaling``,
 ``u = lora_A(h)``, as peft computes them. The result equals ``tinker_std.training_math.target_logprobs``
-on the full logits within float32 rounding (``tests/test_torch_fused_head.py``: the ``fp32``
+on the full logits within float32 rounding (``tests/test_torch_head.py``: the ``fp32``
 class). Soft targets ``(N, K)`` and every loss work unchanged: the output is the same ``(N,)`` or
 ``(N, K)`` tensor, differentiable in the hidden states and the LoRA tensors.
 """

@@ -12,7 +12,7 @@ every peft ``Linear`` whose only active adapter is the one being trained with ``
   ``dA = scaling * (dy @ B).T @ x``, ``dB = scaling * dy.T @ (x @ A.T)``.
 
 Same maths as peft's, rounded differently (the scaling applied to the rank-r factor, not the
-delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_fused_head.py``).
+delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_head.py``).
 ``segment_forward`` does the same per row segment in the multi-tenant pass
 (``per_row.per_row_adapters``): each segment's rows go through ``_LoraLinear`` with their own
 adapter at the shapes they have in that client's own pass, so a request's bits do not depend on

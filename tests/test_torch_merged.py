@@ -15,9 +15,9 @@ import dataclasses
 from typing import Any
 
 import pytest
-import test_torch_sample_batch as batch_tests
+import test_torch_sampler as batch_tests
 import torch
-from test_torch_sample_batch import BIT_EXACT, CPU, SETTINGS, alone, assert_same, mixed_items
+from test_torch_sampler import BIT_EXACT, CPU, SETTINGS, alone, assert_same, mixed_items
 
 from tinker_std.backends.torch import sampler
 from tinker_std.backends.torch.fast import merged, packed
