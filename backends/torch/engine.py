@@ -1,21 +1,21 @@
 """``TorchEngine``: the synchronous core of the torch backend, independent of any transport.
 
 The engine holds ONE Hugging Face base model per base-model name and any number of LoRA adapters
-on it (``adapters.py``): one per training model (with its own ``torch.optim.AdamW``) and one per
-sampler that has adapter weights (a frozen copy). Its methods mirror the ``Backend`` contract but
-are plain synchronous calls with no asyncio and no threads of their own, so the same engine can be
-driven by ``TorchBackend`` (one worker thread under a lock), an FSDP rank process reading commands
-from a pipe, a Modal container or an HTTP server. It is not thread-safe: callers serialise calls
-(``tokenizer`` and ``supported_models`` may be called concurrently with one running call).
+on it (``adapters.py``; what it holds: ``holdings.py``): one per training model (with its own
+``torch.optim.AdamW``) and one per sampler that has adapter weights (a frozen copy). Its methods
+are the ``Engine`` protocol (``engine_protocol.py``), mirroring the ``Backend`` contract as plain
+synchronous calls with no asyncio and no threads of their own, so the same engine can be driven
+by ``TorchBackend`` (one worker thread), an FSDP rank process reading commands from a pipe, or a
+Modal container. It is not thread-safe: callers serialise calls (``tokenizer`` and
+``supported_models`` may be called concurrently with one running call).
 
-Numerics (spec FB, OPT): ``forward_backward`` batches datums with right padding and an attention
-mask, or as prefix trees when they share prefixes (``prefix_layout.py``; micro-batches of at most
-``max_batch_tokens`` padded tokens, gradients summed), takes
-log-softmax logprobs of the target tokens in float32 (from the hidden states in row chunks,
-``head.py``, where the model allows; else ``tinker_std.training_math.target_logprobs`` on full logits) and
-evaluates the shared losses (``tinker_std.training_math.run_forward_backward``); ``optim_step`` is
-``tinker_std.training_math.adamw_step`` over the client's adapter only, after which idle clients' state
-may move to files (``offload.py``, ``resident_models``).
+Numerics (spec FB, OPT): ``forward_backward`` runs micro-batches of at most ``max_batch_tokens``
+padded tokens through ``forward_pass.py`` (float32 log-softmax logprobs of the target tokens,
+gradients summed) and evaluates the shared losses (``tinker_std.training_math.run_forward_backward``);
+several clients' requests may share one pass (``multi_tenant.py``); ``optim_step`` is
+``tinker_std.training_math.adamw_step`` over the client's adapter only, after which idle clients'
+state may move to files (``offload.py``, ``resident_models``). Sampling: ``sampler.py``. Which
+fast paths it takes: ``settings.py`` and ``fast/README.md``.
 """
 
 from __future__ import annotations
