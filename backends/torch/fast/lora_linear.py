@@ -84,7 +84,7 @@ class _LoraLinear(torch.autograd.Function):
 
 def _fusable(module: Any, adapter: str, per_row: bool = False) -> bool:
     """Whether ``module`` can run ``adapter`` as ``_LoraLinear``: active alone, or (``per_row``)
-    installed and selected per row by ``adapters.per_row_adapters`` with all adapters disabled."""
+    installed and selected per row by ``per_row.per_row_adapters`` with all adapters disabled."""
     base = getattr(module, "base_layer", None)
     selected = per_row or (not module.disable_adapters and list(module.active_adapters) == [adapter])
     return (
@@ -142,7 +142,7 @@ def segment_forward(
     module: Any, segments: RowSegments, fallback: Callable[..., torch.Tensor], packing: bool
 ) -> Callable[..., torch.Tensor] | None:
     """For the multi-tenant pass: a forward of the peft LoRA ``Linear`` ``module`` in which the
-    rows of every segment of ``segments`` (an ``adapters.RowSegments``) run their adapter through
+    rows of every segment of ``segments`` (a ``row_segments.RowSegments``) run their adapter through
     ``_LoraLinear`` (or the base layer alone, for a segment whose adapter is not on this layer) at
     their first ``length`` positions, padding positions giving zeros. ``None`` when an adapter of
     the segments cannot be fused here. ``packing`` as for ``fused_lora_linears``. ``fallback(module, x, output)``

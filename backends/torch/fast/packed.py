@@ -22,7 +22,7 @@ off, it packs their LoRA factors as well as the frozen base weights), and:
   fails is not packed, and its layer keeps MKL's path (row-independent within float tolerance only,
   or bit for bit where the sampler's 4-row blocks suit the CPU).
 
-The training forward uses the same context (``engine.py``, ``_logprobs``): there the larger
+The training forward uses the same context (``forward_pass.py``, ``ForwardPass.logprobs``): there the larger
 products gain less (10-20% at 512 rows) but they are most of a step, and the backward's input
 gradient ``grad @ W`` runs from a second packed copy, of ``W.T``.
 
