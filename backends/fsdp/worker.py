@@ -72,10 +72,10 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
         import torch
         import torch.distributed as dist
 
-        from tinker_std.backends.torch.engine import TorchEngine
-        from tinker_std.backends.torch.precision import resolve_device
         from tinker_std.checkpoints import CheckpointStore
 
+        from ..torch.engine import TorchEngine
+        from ..torch.precision import resolve_device
         from .placement import FsdpPlacement
 
         torch.set_num_threads(int(init.get("threads") or 1))
