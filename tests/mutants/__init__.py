@@ -28,6 +28,8 @@ class Mutant:
     ``base``: the unmutated backend the selection must pass (``mock`` unless the mutant derives from
     another backend).
     ``also``: other statements the mutant legitimately breaks (allowed to fail too, not required).
+    ``slow``: run only in the slow tier (``-m slow``); the default tier runs the rest, a
+    representative subset that keeps it fast.
     """
 
     backend: str
@@ -35,3 +37,4 @@ class Mutant:
     selection: tuple[str, ...]
     base: str = "mock"
     also: frozenset[str] = frozenset()
+    slow: bool = False
