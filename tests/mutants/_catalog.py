@@ -23,6 +23,7 @@ __all__ = [
     "SPEC_DIR",
     "EXEMPT_FILE",
     "REPORT_FILE",
+    "statement_key",
     "all_mutants",
     "must_statements",
     "exemptions",
@@ -40,6 +41,12 @@ REPORT_FILE = REPO / ".ci-reports" / "mutation.json"
 #: ``- **PREFIX-N** [LEVEL, tags...] text``: the level and the tags (capability, tinker-std, unverified).
 _STATEMENT = re.compile(r"^- \*\*([A-Z]+-\d+)\*\* \[(MUST|SHOULD|MAY)([^\]]*)\]")
 _EXEMPT_LINE = re.compile(r"^([A-Z]+-\d+)\s+(\S.*)$")
+
+
+def statement_key(statement: str) -> tuple[str, int]:
+    """Sort key: ``FB-2`` before ``FB-10``."""
+    prefix, _, number = statement.partition("-")
+    return prefix, int(number) if number.isdigit() else 0
 
 
 def all_mutants() -> list[Mutant]:
@@ -88,12 +95,12 @@ def exemptions(path: Path = EXEMPT_FILE) -> dict[str, str]:
 def coverage(mutants: Iterable[Mutant], musts: Mapping[str, str], exempt: Mapping[str, str]) -> dict[str, Any]:
     """Which MUST statements have a mutant, which are exempt (with reasons), which have neither."""
     targeted = {m.statement for m in mutants}
-    with_mutant = sorted(s for s in musts if s in targeted)
+    with_mutant = sorted((s for s in musts if s in targeted), key=statement_key)
     return {
         "must_statements": len(musts),
         "with_mutant": len(with_mutant),
-        "exempt": {s: exempt[s] for s in sorted(exempt) if s in musts},
-        "missing": sorted(s for s in musts if s not in targeted and s not in exempt),
+        "exempt": {s: exempt[s] for s in sorted(exempt, key=statement_key) if s in musts},
+        "missing": sorted((s for s in musts if s not in targeted and s not in exempt), key=statement_key),
         "statements_with_mutant": with_mutant,
     }
 
