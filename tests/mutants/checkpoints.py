@@ -245,26 +245,27 @@ class ExpiringCheckpointMock(PatchingMock):
         replace(ts.TrainingClient, "save_weights_for_sampler", make)
 
 
-def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = ()) -> Mutant:
+def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.checkpoints:{cls.__name__}",
         statement=statement,
         selection=tuple(t if t.startswith("tinker_std.") else T + t for t in tests),
         also=frozenset(also),
+        slow=slow,
     )
 
 
 MUTANTS = [
-    _m(SamplerPathUnderWeightsMock, "CKPT-1", "test_checkpoint_paths"),
+    _m(SamplerPathUnderWeightsMock, "CKPT-1", "test_checkpoint_paths", slow=True),
     _m(LiveCheckpointMock, "CKPT-2", "test_a_checkpoint_never_changes_after_it_is_written", also=("SMP-16",)),
-    _m(AlwaysOverwriteMock, "CKPT-3", "test_overwrite_rules_and_immutability"),
+    _m(AlwaysOverwriteMock, "CKPT-3", "test_overwrite_rules_and_immutability", slow=True),
     _m(KeepsMomentsMock, "CKPT-4", "test_loading_without_optimizer_starts_a_fresh_optimizer"),
     _m(ForgetfulOptimizerMock, "CKPT-5", "test_resuming_with_optimizer_reproduces_the_run", also=("OPT-8",)),
-    _m(DefaultLoraOnLoadMock, "CKPT-6", "test_checkpoint_paths"),
-    _m(PrivateCheckpointDirMock, "CKPT-7", "test_a_checkpoint_loads_in_a_new_service_client"),
-    _m(MissingIsBadRequestMock, "CKPT-8", "test_load_errors"),
+    _m(DefaultLoraOnLoadMock, "CKPT-6", "test_checkpoint_paths", slow=True),
+    _m(PrivateCheckpointDirMock, "CKPT-7", "test_a_checkpoint_loads_in_a_new_service_client", slow=True),
+    _m(MissingIsBadRequestMock, "CKPT-8", "test_load_errors", slow=True),
     _m(LoadFollowsOverwriteMock, "CKPT-9", "test_overwrite_rules_and_immutability"),
-    _m(SavesIntoSourceRunMock, "CKPT-10", "test_checkpoint_paths"),
-    _m(SnapshotWritesCheckpointMock, "CKPT-12", "test_a_snapshot_sampler_writes_no_checkpoint"),
-    _m(ExpiringCheckpointMock, "CKPT-13", "test_ttl_and_user_metadata_are_accepted_and_ignored"),
+    _m(SavesIntoSourceRunMock, "CKPT-10", "test_checkpoint_paths", slow=True),
+    _m(SnapshotWritesCheckpointMock, "CKPT-12", "test_a_snapshot_sampler_writes_no_checkpoint", slow=True),
+    _m(ExpiringCheckpointMock, "CKPT-13", "test_ttl_and_user_metadata_are_accepted_and_ignored", slow=True),
 ]

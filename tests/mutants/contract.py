@@ -212,26 +212,27 @@ class AcceptsUndeclaredLossMock(PatchingMock):
         replace(validation, "_resolve_loss", make)
 
 
-def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = ()) -> Mutant:
+def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.contract:{cls.__name__}",
         statement=statement,
         selection=tuple(t if t.startswith("tinker_std.") else T + t for t in tests),
         also=frozenset(also),
+        slow=slow,
     )
 
 
 MUTANTS = [
-    _m(MutableCapabilitiesMock, "BE-1", "test_the_class_declares_name_capabilities_and_tolerance"),
-    _m(PositionalOptionsMock, "BE-2", LAYER + "test_the_backend_implements_the_contract_signatures"),
+    _m(MutableCapabilitiesMock, "BE-1", "test_the_class_declares_name_capabilities_and_tolerance", slow=True),
+    _m(PositionalOptionsMock, "BE-2", LAYER + "test_the_backend_implements_the_contract_signatures", slow=True),
     _m(OverlappingLaneMock, "BE-3", LAYER + "test_the_backend_sees_one_call_per_model_at_a_time_in_order"),
     _m(SwappedClipConfigMock, "BE-4", LAYER + "test_the_backend_receives_only_declared_config_keys"),
     _m(WrappedTinkerErrorMock, "BE-5", LAYER + "test_backend_exceptions_become_typed_errors"),
-    _m(UnlistedBackendsMock, "BE-7", "test_the_registry_finds_and_validates_the_class"),
-    _m(IgnoresEnvironmentBackendMock, "BE-8", "test_service_client_uses_the_environment_backend"),
-    _m(LaxValidationMock, "BE-9", "test_the_registry_finds_and_validates_the_class"),
+    _m(UnlistedBackendsMock, "BE-7", "test_the_registry_finds_and_validates_the_class", slow=True),
+    _m(IgnoresEnvironmentBackendMock, "BE-8", "test_service_client_uses_the_environment_backend", slow=True),
+    _m(LaxValidationMock, "BE-9", "test_the_registry_finds_and_validates_the_class", slow=True),
     _m(RefusesPpoMock, "CAP-1", "test_every_required_feature_works"),
-    _m(UnknownCapabilityMock, "CAP-2", "test_the_class_declares_name_capabilities_and_tolerance"),
+    _m(UnknownCapabilityMock, "CAP-2", "test_the_class_declares_name_capabilities_and_tolerance", slow=True),
     _m(DeclaredButRefusedMock, "CAP-3", "test_every_declared_capability_is_honoured"),
     _m(AcceptsUndeclaredLossMock, "CAP-4", ERRORS + "test_a_backend_without_optional_capabilities_refuses_them"),
 ]

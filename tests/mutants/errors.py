@@ -115,20 +115,21 @@ class UnchainedFailureMock(PatchingMock):
         replace(ts.ServiceClient, "_submit", make)
 
 
-def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = ()) -> Mutant:
+def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.errors:{cls.__name__}",
         statement=statement,
         selection=tuple(t if t.startswith("tinker_std.") else T + t for t in tests),
         also=frozenset(also),
+        slow=slow,
     )
 
 
 MUTANTS = [
-    _m(UnsupportedWithoutBackendMock, "ERR-1", "test_a_backend_without_optional_capabilities_refuses_them"),
+    _m(UnsupportedWithoutBackendMock, "ERR-1", "test_a_backend_without_optional_capabilities_refuses_them", slow=True),
     _m(AcceptsNonFiniteMock, "ERR-2", "test_each_kind_of_invalid_request_is_refused", also=("LOSS-13",)),
     _m(ProblemOnlyMessageMock, "ERR-3", "test_each_kind_of_invalid_request_is_refused"),
-    _m(PlainContextErrorMock, "ERR-4", "test_each_kind_of_invalid_request_is_refused"),
+    _m(PlainContextErrorMock, "ERR-4", "test_each_kind_of_invalid_request_is_refused", slow=True),
     _m(
         UnchainedFailureMock,
         "ERR-5",

@@ -270,16 +270,16 @@ def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow:
 
 
 MUTANTS = [
-    _m(BlockingCallsMock, "ORD-1", "test_calls_return_at_once"),
+    _m(BlockingCallsMock, "ORD-1", "test_calls_return_at_once", slow=True),
     _m(DeferredStepMock, "ORD-2", "test_each_request_sees_the_earlier_ones_and_no_later_one"),
     _m(ShuffledLaneMock, "ORD-3", "test_pipelined_submission_equals_sequential", also=("ORD-2",)),
-    _m(FailedSaveClearsGradientMock, "ORD-4", "test_a_failed_request_changes_nothing_and_blocks_nothing"),
+    _m(FailedSaveClearsGradientMock, "ORD-4", "test_a_failed_request_changes_nothing_and_blocks_nothing", slow=True),
     _m(LateValidationMock, "ORD-5", "test_validation_errors_come_from_the_call"),
-    _m(CancellingTimeoutMock, "ORD-6", "test_futures_block_time_out_and_await"),
+    _m(CancellingTimeoutMock, "ORD-6", "test_futures_block_time_out_and_await", slow=True),
     _m(SingleAwaitTwinsMock, "ORD-7", "test_async_twins"),
-    _m(FutureOfClientMock, "ORD-8", "test_async_twins"),
-    _m(FutureOfSampleMock, "ORD-9", "test_async_twins"),
-    _m(UnguardedResultMock, "ORD-10", "test_result_on_the_clients_own_loop_raises"),
+    _m(FutureOfClientMock, "ORD-8", "test_async_twins", slow=True),
+    _m(FutureOfSampleMock, "ORD-9", "test_async_twins", slow=True),
+    _m(UnguardedResultMock, "ORD-10", "test_result_on_the_clients_own_loop_raises", slow=True),
     _m(SplitCustomLossMock, "ORD-11", "test_a_custom_loss_holds_one_position"),
     _m(LiveSamplerMock, "ORD-13", "test_a_snapshot_sampler_captures_its_position", also=("SMP-14",)),
 ]
