@@ -263,8 +263,6 @@ def test_a_checkpoint_loads_in_a_new_service_client(
     training_client: Factory,
     service_factory: Callable[..., ts.ServiceClient],
 ) -> None:
-    if not conformance_backend.accepts_checkpoint_dir:
-        pytest.skip(f"backend {conformance_backend.name} takes no checkpoint_dir option")
     v = conformance_backend.vocab_size
     probe = probe_batch(v)
     tc = training_client()

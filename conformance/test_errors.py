@@ -218,7 +218,10 @@ def test_the_backend_refuses_what_it_does_not_declare(
     capability: str, conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient
 ) -> None:
     if conformance_backend.supports(capability):
-        pytest.skip(f"capability {capability} is declared by backend {conformance_backend.name} (tested positively)")
+        pytest.skip(
+            f"not applicable: capability {capability} is declared by backend {conformance_backend.name} "
+            "(tested positively)"
+        )
     tc = training_client()
     _check_refused(
         capability,
