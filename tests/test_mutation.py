@@ -14,19 +14,24 @@ statements, with a mutant, killed) are written to ``.ci-reports/mutation.json``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mutants import Mutant
 from mutants._catalog import all_mutants, coverage, exemptions, must_statements, write_figures
-from mutants._runner import FAST_OPTIONS, run_suite
+from mutants._forkserver import ForkServer
+from mutants._runner import FAST_OPTIONS, run_suite, suite_env
 
 MUTANTS = all_mutants()
 BY_BACKEND = {m.backend: m for m in MUTANTS}
@@ -74,6 +79,20 @@ def _killed(mutant: Mutant, run: Run) -> tuple[bool, str]:
     return True, "killed"
 
 
+@contextlib.contextmanager
+def _fork_server() -> Iterator[ForkServer | None]:
+    """A fork server for the runs (``None``, i.e. a fresh interpreter per run, where ``fork`` is
+    unavailable or ``TINKER_STD_MUTATION_FORK=0``)."""
+    if not hasattr(os, "fork") or os.environ.get("TINKER_STD_MUTATION_FORK") == "0":
+        yield None
+        return
+    server = ForkServer({**os.environ, **suite_env(Path(tempfile.gettempdir()))})
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """backend -> its run: every selected mutant over its selection, and each of their base
@@ -85,18 +104,18 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         jobs[f"base:{base}"] = (base, tuple(union))
     root = tmp_path_factory.mktemp("mutation")
 
-    def run(key: str) -> tuple[str, Run]:
+    def run(key: str, server: ForkServer | None) -> tuple[str, Run]:
         backend, selection = jobs[key]
         start = time.monotonic()
         folder = root / re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-        proc, report = run_suite(backend, folder, selection, *FAST_OPTIONS)
+        proc, report = run_suite(backend, folder, selection, *FAST_OPTIONS, server=server)
         return key, Run(proc, report, time.monotonic() - start)
 
     start = time.monotonic()
     # the longest selections first, so that the pool does not end on one big run
     order = sorted(jobs, key=lambda k: -len(jobs[k][1]))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        done = dict(pool.map(run, order))
+    with _fork_server() as server, ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        done = dict(pool.map(lambda key: run(key, server), order))
     results = {}
     for m in chosen:
         killed, why = _killed(m, done[m.backend])
