@@ -5,8 +5,10 @@ its selection of conformance tests, with the report marking its statement ``fail
 unmutated base backend must pass the union of the selections. Every MUST statement of the spec has
 a mutant or a written exemption in ``tests/mutants/EXEMPT``.
 
-Each run is a subprocess over a few conformance tests with three Hypothesis examples and no
-shrinking; the runs of a session start together in a pool of ``os.cpu_count()`` threads. Mutants
+Each run is a process of its own over a few conformance tests with three Hypothesis examples and no
+shrinking, forked from a server that has imported torch and the suite once
+(``mutants._forkserver``); the runs of a session start together in a pool of ``os.cpu_count()``
+threads. Mutants
 marked ``slow`` run only in the slow tier; the default tier runs the rest. The figures (MUST
 statements, with a mutant, killed) are written to ``.ci-reports/mutation.json``
 (``python -m tests.mutation_score`` prints them).
