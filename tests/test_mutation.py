@@ -188,3 +188,13 @@ def test_every_must_statement_has_a_mutant_or_a_written_exemption() -> None:
         f"{len(figures['missing'])} MUST statements have neither a mutant in tests/mutants/ nor an entry in "
         f"tests/mutants/EXEMPT: {figures['missing']}"
     )
+
+
+def test_the_exemption_file_is_parsed_strictly(tmp_path: Path) -> None:
+    good = tmp_path / "EXEMPT"
+    good.write_text("# comment\n\nORD-14  It grants a freedom, not a behaviour.\n", encoding="utf-8")
+    assert exemptions(good) == {"ORD-14": "It grants a freedom, not a behaviour."}
+    for bad in ("ORD-14\n", "ord-14  reason here\n", "ORD-14  a b c d\nORD-14  a b c d\n"):
+        good.write_text(bad, encoding="utf-8")
+        with pytest.raises(ValueError):
+            exemptions(good)

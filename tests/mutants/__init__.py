@@ -7,7 +7,12 @@ mutant's ``selection`` against its ``backend`` and requires the run to fail with
 survives is a hole in the suite (issue 19, deliverable 3).
 
 The package folder (``tests/``) is put on ``PYTHONPATH`` of the suite's subprocess, so a mutant's
-``backend`` is named ``mutants.<module>:<Class>``.
+``backend`` is named ``mutants.<module>:<Class>``. A mutant of the client layer (futures, ordering,
+validation, error conversion) subclasses ``mutants._mock.PatchingMock`` and replaces one library
+function in its ``patch()``, which the ``-p mutants._runner`` plugin applies before collection.
+A MUST statement that cannot have a mutant gets a line in ``EXEMPT`` with the reason. Run one by
+hand: ``PYTHONPATH=tests .venv/bin/python -m pytest -q -p no:cacheprovider -p mutants._runner
+--pyargs <selection> --tinker-backend mutants.<module>:<Class> --tinker-report r.json``.
 """
 
 from __future__ import annotations
