@@ -171,7 +171,7 @@ def test_the_checker_sees_circles_and_resolves_imports(tmp_path: Path) -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [("a", "b", "c")]
     graph = import_graph()
-    assert "tinker_std.server.wire" in graph["tinker_std.server.futures"]  # from . import wire
+    assert "tinker_std.server.protobuf" in graph["tinker_std.server.futures"]  # from . import protobuf
     assert "tinker_std.errors" in graph["tinker_std.server.failures"]  # absolute
     assert "tinker_std.client.session" in graph["tinker_std.client.training"]  # relative
     assert "tinker_std.errors" in graph["tinker_std.backends.fsdp.wire"]
