@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinker_std as ts
+from tinker_std.conformance.adamw import AdamState, check_adamw_step
 from tinker_std.conformance.helpers import ADAM, forward_logprobs, metric_keys_ok, probe_batch, state_arrays
 from tinker_std.conformance.plugin import ConformanceBackend
-from tinker_std.conformance.reference import adamw_reference
 from tinker_std.conformance.strategies import adam_params, batches, ce_datums, conformance_settings
 from tinker_std.conformance.tolerances import assert_close, assert_replay
 
@@ -25,15 +25,21 @@ def _split(state: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.requires("introspection")
-@pytest.mark.spec("OPT-1", "OPT-2", "OPT-3", "OPT-4", "OPT-5", "OPT-6", "OPT-7", "FB-5")
+@pytest.mark.spec("OPT-1", "OPT-2", "OPT-3", "OPT-4", "OPT-6", "OPT-7", "FB-5", "TOL-5")
 def test_optim_step_is_torch_adamw_after_global_norm_clipping(
     conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
+    """Each step, read from ``read_state`` before and after, is ``torch.optim.AdamW`` in float64
+    after global-norm clipping, within the class's ``atol`` plus the allowance TOL-5 derives from
+    the computation (``conformance.adamw``); a mismatch that a known-wrong AdamW explains is
+    reported against the statement that variant breaks."""
     v = conformance_backend.vocab_size
 
     @given(
         steps=st.lists(
-            st.tuples(st.one_of(st.none(), batches(ce_datums(v), max_size=2)), adam_params()), min_size=1, max_size=3
+            st.tuples(st.one_of(st.none(), batches(ce_datums(v, weights="given"), max_size=2)), adam_params()),
+            min_size=1,
+            max_size=3,
         )
     )
     @conformance_settings
@@ -42,34 +48,12 @@ def test_optim_step_is_torch_adamw_after_global_norm_clipping(
         for data, params in steps:
             if data is not None:
                 tc.forward_backward(data, "cross_entropy")
-            before = state_arrays(tc)
+            before = AdamState.of(tc.read_state().result())
             response = tc.optim_step(params).result()
-            after = state_arrays(tc)
-            want = adamw_reference(
-                _split(before, "weights"),
-                _split(before, "grads"),
-                _split(before, "exp_avg"),
-                _split(before, "exp_avg_sq"),
-                int(before["step"]),
-                params,
-            )
-            assert int(after["step"]) == want.step, f"[OPT-1] step {int(after['step'])}, expected {want.step}"
-            for kind, expected in (
-                ("weights", want.weights),
-                ("exp_avg", want.exp_avg),
-                ("exp_avg_sq", want.exp_avg_sq),
-            ):
-                got = _split(after, kind)
-                assert set(got) == set(expected), f"[OPT-1] parameter names changed: {sorted(set(got) ^ set(expected))}"
-                for name, value in expected.items():
-                    assert_close(got[name], value, "token", "OPT-3", what=f"{kind} of {name} with {params!r}")
-            for name, g in _split(after, "grads").items():
-                assert np.all(g == 0), f"[FB-5] gradient of {name} not cleared by optim_step"
+            after = AdamState.of(tc.read_state().result())
             metrics = response.metrics or {}
-            assert "grad_norm:max" in metrics and "step:max" in metrics, f"[OPT-6] metrics {sorted(metrics)}"
             assert not metric_keys_ok(metrics), f"[OPT-6] bad metric keys {metric_keys_ok(metrics)}"
-            assert_close(metrics["grad_norm:max"], want.grad_norm, "sum", "OPT-6", what="grad_norm:max")
-            assert metrics["step:max"] == want.step, f"[OPT-6] step:max {metrics['step:max']} != {want.step}"
+            check_adamw_step(before, after, params, metrics)
 
     check()
 
