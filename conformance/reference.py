@@ -35,6 +35,8 @@ __all__ = [
     "adamw_reference",
     "kept_tokens",
     "draw_rule_2",
+    "SEED_STRIDE",
+    "sequence_uniforms",
 ]
 
 #: Config defaults of LOSS-4..LOSS-7 (the table of 03-losses.md).
@@ -166,3 +168,14 @@ def draw_rule_2(
     if index >= cdf.numel():
         index = int(torch.nonzero(probs > 0)[-1])
     return index, float(torch.min(torch.abs(cdf.to(torch.float64) - float(x))))
+
+
+#: SMP-20: sequence ``j`` of a request with seed ``s`` draws from ``torch.Generator().manual_seed((s * SEED_STRIDE + j) mod 2**63)``.
+SEED_STRIDE = 1_000_003
+
+
+def sequence_uniforms(seed: int, j: int, count: int, dtype: torch.dtype = torch.float64) -> list[float]:
+    """The first ``count`` uniforms of sequence ``j``'s generator (SMP-20), drawn one per token as
+    ``torch.rand((), generator, dtype=dtype)``."""
+    gen = torch.Generator().manual_seed((seed * SEED_STRIDE + j) % 2**63)
+    return [float(torch.rand((), generator=gen, dtype=dtype)) for _ in range(count)]

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 import tinker_std as ts
 from tinker_std.conformance.adamw import AdamState, check_adamw_step
 from tinker_std.conformance.helpers import ADAM, forward_logprobs, metric_keys_ok, probe_batch, state_arrays
+from tinker_std.conformance.lora_probe import PROBE_LR, FirstStep, c_allowance, first_step, probe_params
 from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.sampling_stats import next_token_logprobs
 from tinker_std.conformance.strategies import adam_params, batches, ce_datums, conformance_settings
 from tinker_std.conformance.tolerances import assert_close, assert_replay
 
@@ -135,3 +137,60 @@ def test_the_optimizer_is_adamw(conformance_backend: ConformanceBackend, trainin
         assert err.value.field == "optim_params", f"[OPT-9] field {err.value.field!r}"
     response = tc.optim_step(adam_params=ts.AdamParams(learning_rate=1e-3)).result()  # the SDK's legacy keyword
     assert (response.metrics or {}).get("step:max") == 1, "[OPT-9] optim_step(adam_params=...) must work"
+
+
+def _probe_setup(backend: ConformanceBackend, sampler: ts.SamplingClient) -> tuple[list[int], int, list[int]]:
+    """A prompt, a target (the third most likely next token) and four likely other tokens."""
+    v = backend.vocab_size
+    prompt = [(13 * i + 5) % v for i in range(5)]
+    logprobs = next_token_logprobs(sampler, prompt, v, backend.capabilities, "OPT-5")
+    ranked = [int(t) for t in np.argsort(-logprobs, kind="stable")[:5]]
+    return prompt, ranked[2], [ranked[0], ranked[1], ranked[3], ranked[4]]
+
+
+@pytest.mark.spec("OPT-5", "OPT-3", "OPT-7", "OPT-2")
+def test_each_step_uses_exactly_the_hyperparameters_passed_with_it(
+    conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient
+) -> None:
+    """Black-box, every backend: the first-step probe (``conformance.lora_probe``) reads the exact
+    size ``c`` of a first AdamW step of an unembedding-only adapter from outputs. Against the step
+    ``c`` of ``probe_params()`` on a fresh client (same seed, so the same ``A``, LORA-3):
+
+    * ``learning_rate = 0.05`` instead of 0.1 moves by ``c / 2`` (OPT-5: the lr passed, no schedule);
+    * ``weight_decay = 3`` moves by ``(1 − 0.1·3)·c`` (OPT-2: decoupled decay of ``A``);
+    * after an empty ``lr = 0`` step, a step with betas ``(0.9, 0.5)`` moves by
+      ``c·sqrt(1.5)/1.9`` (OPT-7: the empty step counts; OPT-3: bias corrections of ``t = 2``;
+      OPT-5: the betas passed). Ratio 1 means corrections with ``t − 1`` or a counter left at 1.
+    Each comparison allows the measurement error of ``c`` (``c_allowance``); the probe is exact."""
+    prompt, target, others = _probe_setup(conformance_backend, base_sampler)
+
+    def run(*steps: ts.AdamParams) -> FirstStep:
+        return first_step(training_client, prompt, target, others, rank=4, seed=21, steps=steps)
+
+    base = run(probe_params())
+    assert np.isfinite(base.c) and base.c > 0, f"[OPT-3] the first AdamW step moved the logits by c = {base.c}"
+    error = c_allowance(base.c, base.before)
+    for observed, factor, statement, what in (
+        (run(probe_params(learning_rate=PROBE_LR / 2)), 0.5, "OPT-5", "learning_rate halved"),
+        (run(probe_params(weight_decay=3.0)), 1 - PROBE_LR * 3.0, "OPT-2", "weight_decay 3 (decoupled: A scaled by 0.7)"),
+    ):
+        assert abs(observed.c - factor * base.c) <= error * (1 + factor) + c_allowance(observed.c, observed.before), (
+            f"[{statement}] {what}: the first step moved the logits by {observed.c:.6g}, expected "
+            f"{factor:g} x {base.c:.6g} = {factor * base.c:.6g}"
+        )
+    later = run(probe_params(learning_rate=0.0), probe_params(beta1=0.9, beta2=0.5))
+    kappa = float(np.sqrt(1.5) / 1.9)
+    if abs(later.c - kappa * base.c) > error * (1 + kappa) + c_allowance(later.c, later.before):
+        ratio = later.c / base.c
+        diagnosis = (
+            "[OPT-3] [OPT-7] ratio 1: bias corrections of t = 1 at the second step (t - 1 used, or the empty step "
+            "not counted)"
+            if abs(ratio - 1) < 0.02
+            else "[OPT-5] the ratio fits the default betas (0.9, 0.95), not those passed"
+            if abs(ratio - float(np.sqrt(1.95) / 1.9)) < 0.02
+            else "[OPT-3] the step does not follow AdamW's bias-corrected update"
+        )
+        raise AssertionError(
+            f"{diagnosis}: a step at t = 2 with betas (0.9, 0.5) moved the logits by {later.c:.6g}, expected "
+            f"sqrt(1.5)/1.9 x {base.c:.6g} = {kappa * base.c:.6g} (ratio {ratio:.4f})"
+        )
