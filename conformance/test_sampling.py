@@ -462,7 +462,7 @@ def test_a_fresh_adapter_behaves_like_the_base_model(
         base = _floats(base_sampler.compute_logprobs(prompt).result())
         fwd = forward_logprobs(tc, [datum])[0]
         # across APIs (float32 forward vs compute_logprobs floats): within tolerance; same API: a replay
-        assert_close(fwd, base[1:], "token", "SMP-18", what="fresh adapter forward vs base compute_logprobs")
+        assert_close(fwd, base[1:], "token", "LORA-2", what="fresh adapter (B = 0) forward vs base compute_logprobs")
         assert_replay(forward_logprobs(other, [datum])[0], fwd, "token", "SMP-18", what="fresh adapters, other seed")
         assert_replay(
             _floats(snapshot.compute_logprobs(prompt).result())[1:],
