@@ -216,9 +216,7 @@ def adamw_allowance(
 
 
 def _within(got: Mapping[str, Array], want: Mapping[str, Array], slack: Mapping[str, Array], atol: float) -> bool:
-    return all(
-        np.all(np.isfinite(got[n]) & (np.abs(got[n] - want[n]) <= atol + slack[n])) for n in want if n in got
-    )
+    return all(np.all(np.isfinite(got[n]) & (np.abs(got[n] - want[n]) <= atol + slack[n])) for n in want if n in got)
 
 
 _DIAGNOSES = (
@@ -283,4 +281,3 @@ def check_adamw_step(
         raise AssertionError(f"[OPT-6] grad_norm:max {norm!r}, expected the pre-clipping norm {want.grad_norm!r}")
     if metrics["step:max"] != want.step:
         raise AssertionError(f"[OPT-6] step:max {metrics['step:max']} != {want.step}")
-

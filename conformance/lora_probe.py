@@ -3,14 +3,14 @@
 Take a fresh client that adapts only the output projection (``train_unembed`` alone, LORA-4),
 so the hidden state ``h`` feeding ``lm_head`` never changes, and one datum whose only weighted
 position (weight 1, every other weight 0) predicts target ``t``. Its gradient for ``B`` is
-``G_B = s·δ·(A h)ᵀ`` with ``s = alpha / rank`` (LORA-1), ``δ = softmax(y) − e_t``, and ``G_A = 0``
+``G_B = s·δ·(A h)ᵀ`` with ``s = alpha / rank`` (LORA-1), ``δ = softmax(y) - e_t``, and ``G_A = 0``
 because ``B = 0`` (LORA-2). AdamW's first update of an element with gradient ``g`` is
 ``lr·g / (|g| + eps)``, i.e. ``lr·sign(g)`` for ``eps = 1e-12``; weight decay ``λ`` multiplies ``A``
-by ``1 − lr·λ`` (OPT-2). So the logits move by exactly::
+by ``1 - lr·λ`` (OPT-2). So the logits move by exactly::
 
-    Δy_o = −c·sign(δ_o),  c = lr·(1 − lr·λ)·s·Σ_k |(A h)_k|
+    Δy_o = -c·sign(δ_o),  c = lr·(1 - lr·λ)·s·Σ_k |(A h)_k|
 
-every non-target logit by ``−c`` and the target's by ``+c``: the change of the returned logprob of
+every non-target logit by ``-c`` and the target's by ``+c``: the change of the returned logprob of
 ``t`` minus that of any other token is ``2c``, and all non-target tokens change alike. Nothing
 here is approximate (no linearisation): the probe reads ``c`` from outputs on every backend.
 
@@ -19,7 +19,7 @@ here is approximate (no linearisation): the probe reads ``c`` from outputs on ev
   ``alpha·E|a·h|`` at every rank; ``alpha`` in place of ``alpha / rank`` multiplies it by ``rank``.
 * OPT-3/OPT-5/OPT-7: a step at ``t = 2`` (after an empty step with ``lr = 0``) with betas
   ``(β1, β2)`` moves by ``c·sqrt(1 + β2) / (1 + β1)`` (bias corrections of ``t = 2``).
-* OPT-2: decoupled decay scales ``c`` by ``1 − lr·λ``.
+* OPT-2: decoupled decay scales ``c`` by ``1 - lr·λ``.
 """
 
 from __future__ import annotations

@@ -170,7 +170,8 @@ def draw_rule_2(
     return index, float(torch.min(torch.abs(cdf.to(torch.float64) - float(x))))
 
 
-#: SMP-20: sequence ``j`` of a request with seed ``s`` draws from ``torch.Generator().manual_seed((s * SEED_STRIDE + j) mod 2**63)``.
+#: SMP-20: sequence ``j`` of a request with seed ``s`` draws from
+#: ``torch.Generator().manual_seed((s * SEED_STRIDE + j) mod 2**63)``.
 SEED_STRIDE = 1_000_003
 
 

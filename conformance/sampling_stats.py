@@ -6,8 +6,8 @@ returned logprob is within the class's per-element tolerance ``a_i = atol + rtol
 one the backend samples from (SMP-3, SMP-16), so the probability of a set ``S`` of kept tokens
 under ``softmax(lp / T)`` restricted to the kept set ``K`` lies in the exact interval::
 
-    lo(S) = Σ_S e^{(lp_i − a_i)/T} / (Σ_S e^{(lp_i − a_i)/T} + Σ_{K∖S} e^{(lp_j + a_j)/T})
-    hi(S) = Σ_S e^{(lp_i + a_i)/T} / (Σ_S e^{(lp_i + a_i)/T} + Σ_{K∖S} e^{(lp_j − a_j)/T})
+    lo(S) = Σ_S e^{(lp_i - a_i)/T} / (Σ_S e^{(lp_i - a_i)/T} + Σ_{K \\ S} e^{(lp_j + a_j)/T})
+    hi(S) = Σ_S e^{(lp_i + a_i)/T} / (Σ_S e^{(lp_i + a_i)/T} + Σ_{K \\ S} e^{(lp_j - a_j)/T})
 
 (``p(S)`` increases with every ``lp_i``, ``i ∈ S``, and decreases with the others). The kept set
 is split into tokens kept under every distribution within tolerance, tokens removed under every
@@ -18,10 +18,10 @@ away from ties and cumulative boundaries where it can, so that the uncertain set
 One ``sample`` call of ``n`` sequences gives the counts ``c_S`` of each category ``S`` (up to
 ``MAX_SINGLES`` most probable kept tokens one by one, the rest of ``K`` together). Under a correct
 backend ``c_S ~ Binomial(n, p)`` with ``p ∈ [lo, hi]``, and the Chernoff bound gives, for
-``c/n > hi``, ``P(c_S ≥ c) ≤ exp(−n·KL(c/n ‖ hi))`` (and symmetrically below ``lo``). A category
-fails only when that bound is ``<= α_call / (2·#categories)``; by the union bound one call fails
-a correct backend with probability at most ``α_call``, and the suite makes at most
-``MAX_CALLS`` such calls per run, each with ``α_call = FALSE_FAILURE_PER_RUN / MAX_CALLS``: at most
+``c/n > hi``, ``P(c_S ≥ c) ≤ exp(-n·KL(c/n ‖ hi))`` (and symmetrically below ``lo``). A category
+fails only when that bound is ``<= alpha_call / (2·#categories)``; by the union bound one call fails
+a correct backend with probability at most ``alpha_call``, and the suite makes at most
+``MAX_CALLS`` such calls per run, each with ``alpha_call = FALSE_FAILURE_PER_RUN / MAX_CALLS``: at most
 ``1e-6`` per run in total, whatever the backend's distribution.
 """
 
@@ -34,11 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 import tinker_std as ts
 
-from .reference import kept_tokens
 from .tolerances import ToleranceClass, resolve
 
 __all__ = [
@@ -93,7 +91,7 @@ def next_token_logprobs(
 
 def chernoff_tail(n: int, count: int, p: float) -> float:
     """Upper bound on ``P(Bin(n, p) >= count)`` (when ``count/n > p``) or ``P(Bin(n, p) <= count)``
-    (when ``count/n < p``): ``exp(−n·KL(count/n ‖ p))``; 1 when ``count/n`` is on ``p``'s side."""
+    (when ``count/n < p``): ``exp(-n·KL(count/n ‖ p))``; 1 when ``count/n`` is on ``p``'s side."""
     q = count / n
     if q == p or (q < p and count >= n) or (q > p and count <= 0):
         return 1.0
@@ -122,7 +120,7 @@ def _allowance(logprobs: Array, cls: ToleranceClass) -> Array:
 
 
 def _set_bounds(lp: Array, a: Array, members: Sequence[int], others: Sequence[int], t: float) -> tuple[float, float]:
-    """``[lo, hi]`` of ``p(members)`` against ``members ∪ others`` at temperature ``t`` (module docstring)."""
+    """``[lo, hi]`` of ``p(members)`` against ``members  +  others`` at temperature ``t`` (module docstring)."""
     shift = float(np.max(lp[list(members) + list(others)]))
 
     def mass(ids: Sequence[int], sign: float) -> float:
@@ -268,6 +266,8 @@ def choose_scenarios(logprobs: Array, tolerance: str | ToleranceClass | None = N
     clean_n = [n for n, p in cuts.items() if clean(ts.SamplingParams(temperature=0.8, top_p=p, **base))]
     top_p = cuts[max(clean_n, key=lambda n: sorted_t[0.8][n - 1]) if clean_n else 3]
     out.append(
-        DrawCheck(ts.SamplingParams(temperature=0.8, top_p=top_p, **base), "SMP-11", f"temperature 0.8, top_p {top_p:.4f}")
+        DrawCheck(
+            ts.SamplingParams(temperature=0.8, top_p=top_p, **base), "SMP-11", f"temperature 0.8, top_p {top_p:.4f}"
+        )
     )
     return out

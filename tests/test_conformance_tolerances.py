@@ -43,9 +43,13 @@ def _state(params: list[torch.nn.Parameter], grads: list[torch.Tensor], opt: tor
     return AdamState(
         weights={f"p{i}": f(p) for i, p in enumerate(params)},
         grads={f"p{i}": f(g) for i, g in enumerate(grads)},
-        exp_avg={f"p{i}": f(s.get("exp_avg", torch.zeros_like(p))) for i, (p, s) in enumerate(zip(params, states))},
+        exp_avg={
+            f"p{i}": f(s.get("exp_avg", torch.zeros_like(p)))
+            for i, (p, s) in enumerate(zip(params, states, strict=True))
+        },
         exp_avg_sq={
-            f"p{i}": f(s.get("exp_avg_sq", torch.zeros_like(p))) for i, (p, s) in enumerate(zip(params, states))
+            f"p{i}": f(s.get("exp_avg_sq", torch.zeros_like(p)))
+            for i, (p, s) in enumerate(zip(params, states, strict=True))
         },
         step=max((int(s["step"]) for s in states if "step" in s), default=0),
     )
