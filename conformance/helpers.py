@@ -29,15 +29,19 @@ __all__ = [
 
 Array = npt.NDArray[Any]
 
-#: A step that visibly moves a LoRA adapter.
-ADAM = ts.AdamParams(learning_rate=1e-2)
+#: A step that visibly moves a LoRA adapter; every field explicit, so a server whose defaults
+#: differ fails only the test of the defaults (issue 19, deliverable 5).
+ADAM = ts.AdamParams(learning_rate=1e-2, beta1=0.9, beta2=0.95, eps=1e-12, weight_decay=0.0, grad_clip_norm=0.0)
 
 
-def sequence_datum(tokens: Sequence[int], weights: Sequence[float] | None = None) -> ts.Datum:
-    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1)."""
+def sequence_datum(
+    tokens: Sequence[int], weights: Sequence[float] | None = None, *, omit_weights: bool = False
+) -> ts.Datum:
+    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1). ``weights`` default to ones,
+    sent explicitly; ``omit_weights=True`` leaves them out (only for the test of their default)."""
     inputs: dict[str, Any] = {"target_tokens": [int(t) for t in tokens[1:]]}
-    if weights is not None:
-        inputs["weights"] = [float(w) for w in weights]
+    if not omit_weights:
+        inputs["weights"] = [float(w) for w in weights] if weights is not None else [1.0] * (len(tokens) - 1)
     return ts.Datum(model_input=ts.ModelInput.from_ints([int(t) for t in tokens[:-1]]), loss_fn_inputs=inputs)
 
 

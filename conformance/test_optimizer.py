@@ -71,7 +71,7 @@ def test_learning_rate_zero_leaves_the_weights_unchanged(
     tc.forward_backward(probe, "cross_entropy")
     before = forward_logprobs(tc, probe)
     state = state_arrays(tc) if conformance_backend.supports("introspection") else None
-    response = tc.optim_step(ts.AdamParams(learning_rate=0.0, weight_decay=0.5)).result()
+    response = tc.optim_step(ADAM.model_copy(update={"learning_rate": 0.0, "weight_decay": 0.5})).result()
     assert (response.metrics or {}).get("step:max") == 2, "[OPT-6] step:max must count the lr=0 step"
     for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), before, strict=True)):
         assert_replay(x, y, "token", "OPT-3", what=f"probe {i} after an lr=0 step")
@@ -114,9 +114,9 @@ def test_a_clip_norm_above_the_gradient_norm_changes_nothing(
     norms = []
     for tc, clip in ((plain, 0.0), (clipped, 1e9), (tight, 1e-4)):
         tc.forward_backward(probe, "cross_entropy")
-        norms.append(tc.optim_step(ts.AdamParams(learning_rate=1e-2, grad_clip_norm=clip)).result().metrics or {})
+        norms.append(tc.optim_step(ADAM.model_copy(update={"grad_clip_norm": clip})).result().metrics or {})
         tc.forward_backward(probe, "cross_entropy")
-        tc.optim_step(ts.AdamParams(learning_rate=1e-2, grad_clip_norm=clip))
+        tc.optim_step(ADAM.model_copy(update={"grad_clip_norm": clip}))
     for i, (x, y) in enumerate(zip(forward_logprobs(clipped, probe), forward_logprobs(plain, probe), strict=True)):
         assert_replay(x, y, "token", "OPT-4", what=f"probe {i}: clip norm far above the gradient norm")
     assert norms[0]["grad_norm:max"] == norms[2]["grad_norm:max"] > 1e-4, "[OPT-6] grad_norm:max is before clipping"
@@ -135,7 +135,9 @@ def test_the_optimizer_is_adamw(conformance_backend: ConformanceBackend, trainin
         with pytest.raises(ts.BadRequestError) as err:
             tc.optim_step(bad).result()  # type: ignore[arg-type]
         assert err.value.field == "optim_params", f"[OPT-9] field {err.value.field!r}"
-    response = tc.optim_step(adam_params=ts.AdamParams(learning_rate=1e-3)).result()  # the SDK's legacy keyword
+    response = tc.optim_step(
+        adam_params=ADAM.model_copy(update={"learning_rate": 1e-3})
+    ).result()  # the SDK's legacy keyword
     assert (response.metrics or {}).get("step:max") == 1, "[OPT-9] optim_step(adam_params=...) must work"
 
 

@@ -208,7 +208,7 @@ def test_eos_stops_by_default_and_only_by_default(
     sc = None
     for _ in range(60):
         tc.forward_backward([datum], "cross_entropy")
-        tc.optim_step(ts.AdamParams(learning_rate=5e-2))
+        tc.optim_step(ADAM.model_copy(update={"learning_rate": 5e-2}))
         sc = tc.save_weights_and_get_sampling_client().result()
         if sc.sample(prompt, 1, ts.SamplingParams(temperature=0.0, max_tokens=1, stop=[])).result().sequences[
             0
