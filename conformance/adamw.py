@@ -14,7 +14,7 @@
   (clipping skipped, coupled or missing weight decay, bias correction with ``t - 1``, step counter
   not advanced), the message says so and names OPT-4, OPT-2, OPT-3 or OPT-7.
 
-Nothing here uses ``tinker_std.engine``: a slip there is caught too.
+Nothing here uses ``tinker_std.training_math``: a slip there is caught too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Mutants of spec 04 (OPT): broken AdamW steps on the mock backend, one statement each.
 
-Each is a ``MockBackend`` subclass whose ``optim_step`` differs from ``tinker_std.engine.adamw_step``
+Each is a ``MockBackend`` subclass whose ``optim_step`` differs from ``tinker_std.training_math.adamw_step``
 in one way. The hand-written step (``_step``) follows torch's single-tensor AdamW, so the
 unmutated variant equals the mock's step.
 """
