@@ -300,3 +300,14 @@ def test_a_draw_check_names_its_statement() -> None:
     check = DrawCheck(SamplingParams(temperature=1.0, max_tokens=1, stop=[]), "SMP-10", "uniform draws")
     with pytest.raises(AssertionError, match=r"\[SMP-10\] uniform draws: token 0"):
         check_draws([0, 1, 2, 3] * 500, returned, check, "fp32")
+
+
+@given(n=st.integers(1, 60), p=st.floats(0.0, 1.0), count=st.integers(0, 60))
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+def test_the_chernoff_bound_is_an_upper_bound_of_the_exact_binomial_tail(n: int, p: float, count: int) -> None:
+    from tinker_std.conformance.sampling_stats import chernoff_tail
+
+    count = min(count, n)
+    pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+    exact = sum(pmf[count:]) if count / n > p else sum(pmf[: count + 1]) if count / n < p else 1.0
+    assert chernoff_tail(n, count, p) >= exact - 1e-12
