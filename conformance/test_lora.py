@@ -104,7 +104,7 @@ def test_each_selected_family_is_trained(
     """Black-box: a client adapting only attention, or only the MLP, is moved by a step (its
     family was adapted and is trainable)."""
     prompt, target, others = _probe_setup(conformance_backend, base_sampler)
-    probe = [sequence_datum([*prompt, token]) for token in (target, *others)]
+    probe = [sequence_datum([*prompt, token], explicit=True) for token in (target, *others)]
     for flags in ({"train_mlp": False, "train_unembed": False}, {"train_attn": False, "train_unembed": False}):
         tc = training_client(rank=4, seed=9, **flags)
         before = forward_logprobs(tc, probe)
@@ -154,7 +154,7 @@ def test_the_first_steps_effect_does_not_depend_on_the_rank(
 def test_the_seed_makes_initialisation_reproducible(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
+    probe = probe_batch(conformance_backend.vocab_size, explicit=True)
     clients = [training_client(seed=11), training_client(seed=11), training_client(seed=12)]
     if conformance_backend.supports("introspection"):
         w = [_weights(tc) for tc in clients]
@@ -202,7 +202,7 @@ def test_trained_families_select_the_adapted_modules(
 @pytest.mark.requires("introspection")
 @pytest.mark.spec("LORA-9")  # failures name LORA-4
 def test_unselected_families_never_change(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
+    probe = probe_batch(conformance_backend.vocab_size, explicit=True)
     only_unembed = training_client(rank=4, train_attn=False, train_mlp=False)
     before = _weights(only_unembed)
     only_unembed.forward_backward(probe, "cross_entropy")
@@ -234,10 +234,13 @@ def test_requests_run_together_with_other_clients_match_a_run_alone(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    short = [sequence_datum([(3 * i + 1) % v for i in range(5)]), sequence_datum([(7 * i + 2) % v for i in range(8)])]
+    short = [
+        sequence_datum([(3 * i + 1) % v for i in range(5)], explicit=True),
+        sequence_datum([(7 * i + 2) % v for i in range(8)], explicit=True),
+    ]
     rl = [rl_datum([(5 * i + 4) % v for i in range(7)], [0.5 - 0.2 * i for i in range(6)], [-2.5] * 6)]
-    longer = [sequence_datum([(11 * i + 5) % v for i in range(23)]) for _ in range(3)]
-    probe = probe_batch(v)
+    longer = [sequence_datum([(11 * i + 5) % v for i in range(23)], explicit=True) for _ in range(3)]
+    probe = probe_batch(v, explicit=True)
     introspection = conformance_backend.supports("introspection")
 
     def rounds(tc: ts.TrainingClient, others: list[ts.TrainingClient]) -> list[ts.ForwardBackwardOutput]:

@@ -64,7 +64,7 @@ def test_optim_step_is_torch_adamw_after_global_norm_clipping(
 def test_learning_rate_zero_leaves_the_weights_unchanged(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
+    probe = probe_batch(conformance_backend.vocab_size, explicit=True)
     tc = training_client()
     tc.forward_backward(probe, "cross_entropy")
     tc.optim_step(ADAM)
@@ -86,7 +86,7 @@ def test_learning_rate_zero_leaves_the_weights_unchanged(
 def test_a_step_without_gradient_still_counts(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
+    probe = probe_batch(conformance_backend.vocab_size, explicit=True)
     tc = training_client()
     before = forward_logprobs(tc, probe)
     first = tc.optim_step(ADAM).result().metrics or {}
@@ -109,7 +109,7 @@ def test_a_step_without_gradient_still_counts(
 def test_a_clip_norm_above_the_gradient_norm_changes_nothing(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
+    probe = probe_batch(conformance_backend.vocab_size, explicit=True)
     plain, clipped, tight = training_client(), training_client(), training_client()
     norms = []
     for tc, clip in ((plain, 0.0), (clipped, 1e9), (tight, 1e-4)):

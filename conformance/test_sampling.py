@@ -32,7 +32,7 @@ N_DRAWS = 2000
 
 
 def _trained_sampler(tc: ts.TrainingClient, v: int) -> ts.SamplingClient:
-    tc.forward_backward(probe_batch(v), "cross_entropy")
+    tc.forward_backward(probe_batch(v, explicit=True), "cross_entropy")
     tc.optim_step(ADAM)
     return tc.save_weights_and_get_sampling_client().result()
 
@@ -113,7 +113,7 @@ def test_compute_logprobs_agrees_with_forward(
         lps = sc.compute_logprobs(prompt).result()
         assert len(lps) == len(seq) and lps[0] is None, f"[SMP-16] {len(lps)} entries, first {lps[0]!r}"
         assert all(x is not None for x in lps[1:]), "[SMP-16] only entry 0 may be None"
-        expected = forward_logprobs(tc, [sequence_datum(seq)])[0]
+        expected = forward_logprobs(tc, [sequence_datum(seq, explicit=True)])[0]
         assert_close(_floats(lps[1:]), expected, "token", "SMP-16", what="compute_logprobs[1:] vs forward")
         response = sc.sample(prompt, 1, ts.SamplingParams(max_tokens=1), include_prompt_logprobs=True).result()
         assert response.prompt_logprobs is not None and len(response.prompt_logprobs) == len(seq), "[SMP-13] length"
@@ -428,12 +428,12 @@ def test_top_k_prompt_logprobs(conformance_backend: ConformanceBackend, base_sam
 @pytest.mark.spec("SMP-14", "ORD-13")
 def test_a_snapshot_sampler_does_not_move(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
     v = conformance_backend.vocab_size
-    probe = probe_batch(v)
+    probe = probe_batch(v, explicit=True)
     seq = [*probe[0].model_input.to_ints(), probe[0].loss_fn_inputs["target_tokens"].to_numpy().tolist()[-1]]
     tc = training_client()
     tc.forward_backward(probe, "cross_entropy")
     tc.optim_step(ADAM)
-    at_snapshot = tc.forward([sequence_datum(seq)])
+    at_snapshot = tc.forward([sequence_datum(seq, explicit=True)])
     snapshot = tc.save_weights_and_get_sampling_client()  # captured here, whatever runs later
     later = [tc.forward_backward(probe, "cross_entropy"), tc.optim_step(ADAM), tc.optim_step(ADAM)]
     sc = snapshot.result()
@@ -458,7 +458,7 @@ def test_a_fresh_adapter_behaves_like_the_base_model(
     v = backend.vocab_size
     tc, other = training_client(seed=123), training_client(seed=456, rank=8)
     snapshot = tc.save_weights_and_get_sampling_client().result()
-    for datum in probe_batch(v):
+    for datum in probe_batch(v, explicit=True):
         seq = [*datum.model_input.to_ints(), datum.loss_fn_inputs["target_tokens"].to_numpy().tolist()[-1]]
         prompt = ts.ModelInput.from_ints(seq)
         base = _floats(base_sampler.compute_logprobs(prompt).result())
