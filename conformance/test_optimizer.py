@@ -105,7 +105,7 @@ def test_a_step_without_gradient_still_counts(
     )
 
 
-@pytest.mark.spec("OPT-4")
+@pytest.mark.spec("OPT-4", "OPT-6")
 def test_a_clip_norm_above_the_gradient_norm_changes_nothing(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
