@@ -90,7 +90,9 @@ def test_a_step_without_gradient_still_counts(
     tc = training_client()
     before = forward_logprobs(tc, probe)
     first = tc.optim_step(ADAM).result().metrics or {}
-    assert first.get("step:max") == 1, f"[OPT-7] step:max after one empty step: {first.get('step:max')}"
+    assert first.get("step:max") == 1, (
+        f"[OPT-1] a new client starts at t = 0 (OPT-7: an empty step counts): step:max {first.get('step:max')}"
+    )
     assert first.get("grad_norm:max") == 0.0, f"[OPT-6] grad_norm:max with no gradient: {first.get('grad_norm:max')}"
     for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), before, strict=True)):
         assert_replay(x, y, "token", "OPT-7", what=f"probe {i}: an empty first step must not move the weights (m = 0)")

@@ -28,6 +28,7 @@ __all__ = [
     "StepCounterStuckMock",
     "DefaultBetasMock",
     "ClippedNormReportedMock",
+    "NewClientStartsAtStepFiveMock",
 ]
 
 CLIP_EPS = 1e-6
@@ -59,7 +60,8 @@ class _HandWrittenAdamW(MockBackend):
             for p, g in zip(tensors, grads, strict=True):
                 state = model.optimizer.state.setdefault(p, {})
                 if not state:
-                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                    start = 5.0 if self.variant == "start_at_5" else 0.0
+                    state.update(step=torch.tensor(start), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
                 t = float(state["step"]) + 1
                 state["step"] = torch.tensor(1.0 if self.variant == "stuck_step" else t)
                 if self.variant == "coupled_decay":
@@ -144,6 +146,13 @@ class ClippedNormReportedMock(_HandWrittenAdamW):
     variant: ClassVar[str] = "clipped_norm"
 
 
+class NewClientStartsAtStepFiveMock(_HandWrittenAdamW):
+    """OPT-1: a new client's step counter starts at 5, not 0 (its first step has t = 6)."""
+
+    name: ClassVar[str] = "mock-starts-at-step-5"
+    variant: ClassVar[str] = "start_at_5"
+
+
 class _Correct(_HandWrittenAdamW):
     """The hand-written step unmutated (a base for the selection check)."""
 
@@ -168,4 +177,5 @@ MUTANTS: list[Mutant] = [
     Mutant("mutants.optimizer:StepCounterStuckMock", "OPT-7", (_ADAMW, _PROBE), also=frozenset({"OPT-3", "OPT-6"})),
     Mutant("mutants.optimizer:DefaultBetasMock", "OPT-5", (_PROBE,), also=frozenset({"OPT-3"})),
     Mutant("mutants.optimizer:ClippedNormReportedMock", "OPT-6", (_ADAMW, _CLIP), also=frozenset({"OPT-4"})),
+    Mutant("mutants.optimizer:NewClientStartsAtStepFiveMock", "OPT-1", (_EMPTY,), also=frozenset({"OPT-6", "OPT-7"})),
 ]
