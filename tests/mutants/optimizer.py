@@ -172,7 +172,10 @@ MUTANTS: list[Mutant] = [
     Mutant("mutants.optimizer:ClippingIgnoredMock", "OPT-4", (_ADAMW, _CLIP), also=frozenset({"OPT-3", "OPT-6"})),
     Mutant("mutants.optimizer:PerTensorClippingMock", "OPT-4", (_ADAMW,), also=frozenset({"OPT-3"})),
     Mutant(
-        "mutants.optimizer:EmptyStepSkippedMock", "OPT-7", (_ADAMW, _EMPTY, _PROBE), also=frozenset({"OPT-3", "OPT-6"})
+        "mutants.optimizer:EmptyStepSkippedMock",
+        "OPT-7",
+        (_ADAMW, _EMPTY, _PROBE),
+        also=frozenset({"OPT-1", "OPT-3", "OPT-6"}),
     ),
     Mutant("mutants.optimizer:StepCounterStuckMock", "OPT-7", (_ADAMW, _PROBE), also=frozenset({"OPT-3", "OPT-6"})),
     Mutant("mutants.optimizer:DefaultBetasMock", "OPT-5", (_PROBE,), also=frozenset({"OPT-3"})),
