@@ -46,7 +46,11 @@ def _run(backend: str, selection: tuple[str, ...], tmp_path: Path) -> tuple[subp
 def _failed_statements(report: Any) -> list[str]:
     statements = report.get("statements", {})
     items = statements.items() if isinstance(statements, dict) else ((s.get("id"), s) for s in statements)
-    return sorted(str(sid) for sid, entry in items if isinstance(entry, dict) and entry.get("result", entry.get("status")) == "fail")
+    return sorted(
+        str(sid)
+        for sid, entry in items
+        if isinstance(entry, dict) and entry.get("result", entry.get("status")) == "fail"
+    )
 
 
 def _assert_passes(backend: str, selection: tuple[str, ...], tmp_path: Path) -> None:

@@ -127,8 +127,7 @@ class IndependentBackend(Backend):
                 if backward:
                     loss.backward()  # .grad accumulates: a sum over datums and calls (FB-4)
                 total += float(loss.detach().double())
-                values = lp.detach().numpy().astype(np.float32)
-                outputs.append({"logprobs": TensorData(data=values.reshape(-1).tolist(), dtype="float32", shape=list(values.shape))})
+                outputs.append({"logprobs": TensorData.from_numpy(lp.detach().numpy().astype(np.float32))})
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics={"loss:sum": total})
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:

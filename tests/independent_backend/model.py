@@ -2,7 +2,7 @@
 
 Written from the spec only (spec/08-lora.md for the adapter): every adapted linear layer computes
 ``y = x·Wᵀ + (alpha / rank)·x·Aᵀ·Bᵀ`` with ``alpha = 32`` (LORA-1); a fresh adapter has ``B = 0``
-and ``A ~ U(−1/√in, 1/√in)`` element-wise (LORA-2), drawn here with ``torch.rand`` from a generator
+and ``A ~ U(-1/√in, 1/√in)`` element-wise (LORA-2), drawn here with ``torch.rand`` from a generator
 seeded by ``LoraConfig.seed`` (LORA-3). ``train_attn`` adapts q/k/v/o of every layer,
 ``train_mlp`` gate/up/down, ``train_unembed`` the output projection, which is tied to the input
 embedding in this model (LORA-4: only the output side is adapted).
