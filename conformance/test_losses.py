@@ -86,13 +86,31 @@ def test_loss_sum_is_the_formula_of_the_returned_logprobs(
             assert "loss:sum" in metrics, "[FB-7] loss:sum missing"
             assert not metric_keys_ok(metrics), f"[FB-7] bad metric keys {metric_keys_ok(metrics)}"
         expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, config)
-        assert_close(out.metrics["loss:sum"], expected, "sum", "FB-2", what=f"{loss_fn} loss:sum", slack=slack)
+        _assert_loss_sum(out.metrics["loss:sum"], expected, slack, data, loss_fn)
         # forward returns what forward_backward returns at the same position (weights did not move)
         for i, (a, b) in enumerate(zip(logprobs_of(out_fb), logprobs_of(out), strict=True)):
             assert_replay(a, b, "token", "FB-1", what=f"forward vs forward_backward logprobs, datum {i}")
         assert_replay(out_fb.metrics["loss:sum"], out.metrics["loss:sum"], "sum", "FB-1", what="loss:sum")
 
     check()
+
+
+def _assert_loss_sum(actual: float, expected: float, slack: float, data: list[ts.Datum], loss_fn: str) -> None:
+    """``loss:sum`` equals the loss formula of the returned logprobs (FB-2 and the loss's own
+    statement); a value that is the formula divided by the number of target positions or of datums
+    is reported as the reduction bug it is (LOSS-1)."""
+    statement = LOSS_STATEMENT[loss_fn][0]
+    try:
+        assert_close(actual, expected, "sum", statement, what=f"[FB-2] {loss_fn} loss:sum vs its formula", slack=slack)
+    except AssertionError:
+        positions = sum(int(np.prod(d.loss_fn_inputs["target_tokens"].resolved_shape)) for d in data)
+        for count, what in ((positions, "target positions"), (len(data), "datums")):
+            if count > 1 and abs(actual - expected / count) <= 1e-4 + 1e-4 * abs(expected / count) + slack:
+                raise AssertionError(
+                    f"[LOSS-1] {loss_fn} loss:sum {actual!r} is the formula {expected!r} divided by the "
+                    f"{count} {what}: a mean, not a sum"
+                ) from None
+        raise
 
 
 @pytest.mark.parametrize("loss_fn", LOSSES)
@@ -240,6 +258,124 @@ def test_zero_weights_or_advantages_give_no_gradient(
         else:
             assert_replay(a, b, "token", "LOSS-14", what=f"probe {i}: step after a zero-{loss_fn} batch vs none")
     assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "the step did not move weights"
+
+
+#: The config defaults of the table in 03-losses.md, written out here so that the check does not
+#: read them from the library under test.
+SPEC_DEFAULTS: dict[str, dict[str, float]] = {
+    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
+    "dro": {"beta": 0.05},
+    "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
+}
+
+#: Ratios r = exp(lp - q) each loss is probed at: on both sides of every default bound (ppo:
+#: 0.8 / 1.2 and the common 0.9 / 1.1; cispo: 0 / 4; dro: large |lp - q|), and for gspo the
+#: per-datum sequence ratios around 0.9997 / 1.0004.
+PROBE_RATIOS: dict[str, list[float]] = {
+    "ppo": [0.75, 0.85, 0.95, 1.05, 1.15, 1.25],
+    "cispo": [0.5, 0.9, 1.1, 1.5, 3.0, 5.0],
+    "dro": [0.14, 0.5, 0.9, 1.1, 2.0, 7.0],
+    "gspo": [0.9995, 0.99985, 1.0001, 1.00035, 1.0005, 1.002],
+    "importance_sampling": [0.5, 0.9, 1.0, 1.1, 2.0, 3.0],
+}
+
+
+def _ratio_probe(tc: ts.TrainingClient, loss_fn: str, v: int, advantage: float = 2.0) -> list[ts.Datum]:
+    """Datums whose ratios ``r`` (gspo: sequence ratios) take the values of ``PROBE_RATIOS``, each
+    under a positive and a negative advantage: ``q`` is set from the client's current logprobs."""
+    ratios = PROBE_RATIOS[loss_fn]
+    n = 2 * len(ratios)
+    rows = [[(13 * i + 5 * k + 1) % v for i in range(n + 1)] for k in range(len(ratios) if loss_fn == "gspo" else 1)]
+    base = [
+        ts.Datum(model_input=ts.ModelInput.from_ints(r[:-1]), loss_fn_inputs={"target_tokens": r[1:]}) for r in rows
+    ]
+    current = forward_logprobs(tc, base)
+    out = []
+    for k, (d, lp) in enumerate(zip(base, current, strict=True)):
+        r = np.full(n, ratios[k]) if loss_fn == "gspo" else np.array(ratios * 2)
+        q = (lp.astype(np.float64) - np.log(r)).astype(np.float32)
+        adv = np.array([advantage] * (n // 2) + [-advantage] * (n // 2), np.float32)
+        out.append(
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"], "logprobs": q, "advantages": adv},
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("loss_fn", [p for p in LOSSES if p.id in SPEC_DEFAULTS])
+@pytest.mark.spec("LOSS-11")
+def test_config_defaults(loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    """Without ``loss_fn_config`` a loss uses the defaults of the table; a partial config takes the
+    defaults for the keys it leaves out (LOSS-11). The ratios straddle every default bound."""
+    tc = _trained(training_client, conformance_backend)
+    statement = LOSS_STATEMENT[loss_fn][0]
+    data = _ratio_probe(tc, loss_fn, conformance_backend.vocab_size, 100.0 if loss_fn == "gspo" else 2.0)
+    defaults = SPEC_DEFAULTS[loss_fn]
+    out = tc.forward(data, loss_fn).result()  # no config: the defaults are what is under test
+    expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, defaults)
+    assert_close(
+        out.metrics["loss:sum"], expected, "sum", statement, what=f"{loss_fn} default config {defaults}", slack=slack
+    )
+    first = next(iter(defaults))
+    partial = {first: 0.5 * defaults[first] + 0.25}
+    out = tc.forward(data, loss_fn, partial).result()
+    expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, {**defaults, **partial})
+    assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-11", what=f"partial config {partial}", slack=slack)
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.spec("LOSS-14", "FB-3", "FB-11")
+def test_gradient_is_the_gradient_of_the_formula(
+    loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    """A built-in loss's gradient equals autograd's gradient of the spec formula (with ``sg`` terms
+    constant), applied through ``forward_backward_custom`` (FB-11): compared directly with
+    ``introspection``, else through one AdamW step with ``lr = 10, eps = 1e3``, whose update is then
+    ``≈ g / 100`` element-wise (``lr·g / (|g| + eps)``) instead of Adam's scale-free ``sign(g)``."""
+    v = conformance_backend.vocab_size
+    builtin, custom = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
+    if loss_fn == "cross_entropy":
+        rng = np.random.default_rng(1)
+        data = [
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={
+                    **d.loss_fn_inputs,
+                    "weights": rng.uniform(-1, 2, d.model_input.length).astype(np.float32),
+                },
+            )
+            for d in probe_batch(v)
+        ]
+    else:
+        data = _ratio_probe(builtin, loss_fn, v, 1.0)
+    config = {"ppo": {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}}.get(loss_fn)
+
+    def formula(d: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return reference_loss(loss_fn, lps, d, config), {}
+
+    builtin.forward_backward(data, loss_fn, config).result()
+    custom.forward_backward_custom(data, formula).result()
+    if conformance_backend.supports("introspection"):
+        gb, gc = _grads(builtin), _grads(custom)
+        scale = max(1.0, *(float(np.abs(g).max()) for g in gc.values()))
+        for key in gc:
+            assert_close(
+                gb[key],
+                gc[key],
+                "token",
+                "LOSS-14",
+                what=f"{key}: {loss_fn} gradient vs the formula's",
+                slack=1e-6 * scale,
+            )
+    step = ts.AdamParams(learning_rate=10.0, eps=1e3, beta1=0.9, beta2=0.95)  # update = 1e-2 * g (1 + O(|g| / eps))
+    builtin.optim_step(step).result()
+    custom.optim_step(step).result()
+    probe = probe_batch(v)
+    for i, (a, b) in enumerate(zip(forward_logprobs(builtin, probe), forward_logprobs(custom, probe), strict=True)):
+        assert_close(a, b, "token", "LOSS-14", what=f"probe {i} after a gradient-sized step: {loss_fn} vs its formula")
 
 
 @pytest.mark.requires("soft_targets")

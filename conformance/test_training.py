@@ -53,7 +53,7 @@ def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend,
     for _ in range(2):
         again = tc.forward(a + b, "cross_entropy").result()
         for i, (x, y) in enumerate(zip(logprobs_of(again), logprobs_of(first), strict=True)):
-            assert_replay(x, y, "token", "FB-1", what=f"repeated forward, datum {i}")
+            assert_replay(x, y, "token", "TOL-4", what=f"[FB-1] repeated forward, datum {i}")
     for loss_fn in ("importance_sampling", "ppo"):
         tc.forward([_rl(d) for d in a], loss_fn).result()
     assert_mapping_close(
@@ -75,6 +75,33 @@ def _rl(d: ts.Datum) -> ts.Datum:
             "logprobs": [-3.0] * n,
         },
     )
+
+
+@pytest.mark.spec("ALN-1", "ALN-2")
+def test_position_i_is_scored_against_target_i(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    """``forward``'s logprob at position ``i`` is ``log p(target_tokens[i] | x[0..i])``: the same
+    number the client's snapshot sampler gives for that token after that prefix (SMP-16 makes the
+    two paths agree), for the shifted sequence and for targets unrelated to ``x[i + 1]``."""
+    v = conformance_backend.vocab_size
+    tc = training_client()
+    tc.forward_backward(probe_batch(v), "cross_entropy")
+    tc.optim_step(ADAM).result()
+    sampler = tc.save_weights_and_get_sampling_client()
+    seq = [(29 * i + 11) % v for i in range(7)]
+    shifted = forward_logprobs(tc, [sequence_datum(seq)])[0]
+    scored = sampler.compute_logprobs(ts.ModelInput.from_ints(seq)).result()
+    expected = np.array([np.nan if x is None else x for x in scored[1:]])
+    assert_close(shifted, expected, "token", "ALN-1", what="forward(s[:-1] -> s[1:]) vs compute_logprobs(s)[1:]")
+    x = seq[:4]
+    targets = [(7 * t + 3) % v for t in x]  # not x[i + 1]
+    datum = ts.Datum(model_input=ts.ModelInput.from_ints(x), loss_fn_inputs={"target_tokens": targets})
+    got = forward_logprobs(tc, [datum])[0]
+    for i, target in enumerate(targets):
+        last = sampler.compute_logprobs(ts.ModelInput.from_ints([*x[: i + 1], target])).result()[-1]
+        assert last is not None
+        assert_close(got[i], last, "token", "ALN-1", what=f"position {i} scored against target {target}")
 
 
 @pytest.mark.spec("FB-3")

@@ -106,8 +106,20 @@ class IndependentBackend(Backend):
 
     # -- training ------------------------------------------------------------------------------
 
+    # The three numeric seams (one method each, so that tests/mutants can break exactly one).
+
+    def _logits(self, tokens: list[int], adapter: Adapter | None) -> torch.Tensor:
+        """Logits (T, V) of ``tokens`` under ``adapter`` in the compute dtype."""
+        return logits_of(tokens, adapter, self.dtype)
+
+    def _datum_loss(
+        self, loss_fn: str, lp: torch.Tensor, inputs: Mapping[str, TensorData], config: Mapping[str, float]
+    ) -> torch.Tensor:
+        """One datum's loss (LOSS-2..LOSS-7); the call's loss is the sum over datums (LOSS-1)."""
+        return datum_loss(loss_fn, lp, inputs, config)
+
     def _target_logprobs(self, datum: Datum, adapter: Adapter) -> torch.Tensor:
-        logits = logits_of(datum.model_input.to_ints(), adapter, self.dtype)
+        logits = self._logits(datum.model_input.to_ints(), adapter)
         logp = F.log_softmax(logits.float(), dim=-1)  # (N, V), float32 whatever the compute dtype
         targets = torch.as_tensor(datum.loss_fn_inputs["target_tokens"].to_numpy(), dtype=torch.long)
         if targets.ndim == 1:
@@ -123,7 +135,7 @@ class IndependentBackend(Backend):
         with torch.set_grad_enabled(backward):
             for datum in data:  # one pass per datum: outputs never depend on the batch (FB-6)
                 lp = self._target_logprobs(datum, model.adapter)
-                loss = datum_loss(loss_fn, lp, datum.loss_fn_inputs, loss_fn_config)
+                loss = self._datum_loss(loss_fn, lp, datum.loss_fn_inputs, loss_fn_config)
                 if backward:
                     loss.backward()  # .grad accumulates: a sum over datums and calls (FB-4)
                 total += float(loss.detach().double())
@@ -229,7 +241,7 @@ class IndependentBackend(Backend):
         with torch.no_grad():
 
             def logits_fn(tokens: list[int]) -> torch.Tensor:
-                return logits_of(tokens, adapter, self.dtype)
+                return self._logits(tokens, adapter)
 
             sequences = [generate(logits_fn, prompt, params, max_tokens, j) for j in range(request.num_samples)]
             lps, tops = None, None

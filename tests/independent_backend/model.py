@@ -122,9 +122,9 @@ def _rms(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-5) * gain
 
 
-def logits_of(tokens: Sequence[int], adapter: Adapter | None, dtype: torch.dtype) -> torch.Tensor:
+def logits_of(tokens: Sequence[int], adapter: Adapter | None, dtype: torch.dtype, causal: bool = True) -> torch.Tensor:
     """Logits (T, V) in ``dtype``; row ``t`` predicts the token after ``tokens[t]`` and sees only
-    ``tokens[0..t]`` (causal mask, ALN-2)."""
+    ``tokens[0..t]`` (causal mask, ALN-2; ``causal=False`` exists for a mutant)."""
     w = base_weights(dtype)
 
     def linear(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ def logits_of(tokens: Sequence[int], adapter: Adapter | None, dtype: torch.dtype
 
     n = len(tokens)
     x = w["embed"][torch.as_tensor(list(tokens), dtype=torch.long)] + w["pos"][:n]
-    mask = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1)
+    mask = torch.ones(n, n, dtype=torch.bool).triu(diagonal=1 if causal else n)
     head = D_MODEL // N_HEADS
     for layer in range(N_LAYERS):
         p = f"layers.{layer}"
