@@ -392,6 +392,19 @@ def test_soft_targets(conformance_backend: ConformanceBackend, make_training_cli
             assert o["logprobs"].resolved_shape == d.loss_fn_inputs["target_tokens"].resolved_shape, f"[LOSS-12] {i}"
         expected, slack = loss_with_slack("cross_entropy", logprobs_of(out), data)
         assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-2", what="(N, K) loss:sum", slack=slack)
+        # column k holds log p(target_tokens[i, k] | x[0..i]): what the (N,) datum of that column gets
+        columns = [
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"].to_numpy()[:, k]},
+            )
+            for d in data
+            for k in range(d.loss_fn_inputs["target_tokens"].resolved_shape[1])
+        ]
+        flat = iter(forward_logprobs(tc, columns))
+        for i, lp in enumerate(logprobs_of(out)):
+            for k in range(lp.shape[1]):
+                assert_close(lp[:, k], next(flat), "token", "LOSS-12", what=f"datum {i} column {k} vs its (N,) datum")
         # K = 1 equals plain (N,) cross-entropy
         n = plain.model_input.length
         column = {"target_tokens": plain.loss_fn_inputs["target_tokens"].to_numpy().reshape(n, 1)}
