@@ -88,7 +88,7 @@ def test_position_i_is_scored_against_target_i(
     tc = training_client()
     tc.forward_backward(probe_batch(v), "cross_entropy")
     tc.optim_step(ADAM).result()
-    sampler = tc.save_weights_and_get_sampling_client()
+    sampler = tc.save_weights_and_get_sampling_client().result()
     seq = [(29 * i + 11) % v for i in range(7)]
     shifted = forward_logprobs(tc, [sequence_datum(seq)])[0]
     scored = sampler.compute_logprobs(ts.ModelInput.from_ints(seq)).result()

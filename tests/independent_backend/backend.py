@@ -137,7 +137,7 @@ class IndependentBackend(Backend):
                 lp = self._target_logprobs(datum, model.adapter)
                 loss = self._datum_loss(loss_fn, lp, datum.loss_fn_inputs, loss_fn_config)
                 if backward:
-                    loss.backward()  # .grad accumulates: a sum over datums and calls (FB-4)
+                    loss.backward()  # type: ignore[no-untyped-call]  # .grad accumulates: a sum over datums and calls (FB-4)
                 total += float(loss.detach().double())
                 outputs.append({"logprobs": TensorData.from_numpy(lp.detach().numpy().astype(np.float32))})
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics={"loss:sum": total})

@@ -264,7 +264,7 @@ class _CustomLossMutant(IndependentBackend):
 
         if not getattr(custom_loss.run_custom_loss, "_mutant", False):
             original, broken = _custom_loss_variant(self.kind)
-            broken._mutant = True  # type: ignore[attr-defined]
+            broken._mutant = True
             replace_everywhere(original, broken)
 
 

@@ -111,8 +111,8 @@ def _loss_names_reordered() -> None:
     from tinker_std.types import training
 
     names = ("cross_entropy", "ppo", "importance_sampling", "cispo", "dro", "gspo")
-    ts.types.LOSS_FN_TYPES = names  # type: ignore[misc]
-    training.LOSS_FN_TYPES = names  # type: ignore[misc]
+    ts.types.LOSS_FN_TYPES = names
+    training.LOSS_FN_TYPES = names
 
 
 def _checkpoint_kinds_swapped() -> None:
