@@ -24,6 +24,7 @@ from independent_backend.losses import _bounds, _clip, _input, _ratio_terms, dat
 from tinker_std.types import TensorData
 
 from . import Mutant
+from ._patch import replace_everywhere
 
 BASE = "independent_backend:IndependentBackend"
 LOSSES_MODULE = "tinker_std.conformance.test_losses"
@@ -351,4 +352,79 @@ MUTANTS: list[Mutant] = [
     _m(WrongCispoDefaults, "LOSS-5", defaults("cispo"), also=("LOSS-11",)),
     _m(WrongDroDefaults, "LOSS-6", defaults("dro"), also=("LOSS-11",)),
     _m(WrongGspoDefaults, "LOSS-7", defaults("gspo"), also=("LOSS-11",)),
+]
+
+
+# -- client layer: request validation (LOSS-8, LOSS-10, LOSS-13) ----------------------------------
+
+MALFORMED = "tinker_std.conformance.test_errors::test_malformed_training_requests_are_typed_and_change_nothing"
+
+
+class UnknownLossAccepted(IndependentBackend):
+    """LOSS-8: an unknown ``loss_fn`` is not refused by validation (the provider fails at run time)."""
+
+    name: ClassVar[str] = "mutant-unknown-loss"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from tinker_std.client import validation
+
+        original = validation._resolve_loss
+        if not getattr(original, "_mutant", False):
+
+            def resolve(loss_fn: Any, caps: Any, backend: str) -> Any:
+                try:
+                    return original(loss_fn, caps, backend)
+                except Exception:
+                    return original("cross_entropy", caps, backend)
+
+            resolve._mutant = True  # type: ignore[attr-defined]
+            replace_everywhere(original, resolve)
+
+
+class ExtraInputsAccepted(IndependentBackend):
+    """LOSS-10: inputs outside a loss's table are accepted (and ignored) instead of refused."""
+
+    name: ClassVar[str] = "mutant-extra-inputs"
+    ALL_INPUTS: ClassVar[tuple[str, ...]] = (
+        "weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold", "sequence_ratio_mask",
+    )  # fmt: skip
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from tinker_std import loss_signatures
+
+        table = loss_signatures.LOSS_SIGNATURES
+        for name, sig in list(table.items()):
+            optional = tuple(k for k in self.ALL_INPUTS if k not in sig.required_inputs)
+            table[name] = dataclasses.replace(sig, optional_inputs=optional)  # type: ignore[index]
+
+    def _datum_loss(self, loss_fn: str, lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+        keep = {"cross_entropy": ("target_tokens", "weights")}.get(loss_fn)
+        return datum_loss(loss_fn, lp, {k: v for k, v in inputs.items() if keep is None or k in keep}, config)
+
+
+class NonFiniteAccepted(IndependentBackend):
+    """LOSS-13: NaN or infinite ``weights`` / ``advantages`` / ``logprobs`` are not refused."""
+
+    name: ClassVar[str] = "mutant-non-finite"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from tinker_std.client import validation
+
+        original = validation._check_input
+        if not getattr(original, "_mutant", False):
+
+            def check(field: str, tensor: Any, dtype: str, shape: list[int], finite: bool) -> None:
+                original(field, tensor, dtype, shape, False)
+
+            check._mutant = True  # type: ignore[attr-defined]
+            replace_everywhere(original, check)
+
+
+MUTANTS += [
+    _m(UnknownLossAccepted, "LOSS-8", MALFORMED),
+    _m(ExtraInputsAccepted, "LOSS-10", MALFORMED),
+    _m(NonFiniteAccepted, "LOSS-13", MALFORMED),
 ]

@@ -336,3 +336,83 @@ MUTANTS: list[Mutant] = [
         *(_l("test_a_failing_custom_loss_fails_its_future_only", c) for c in ("raises",)),
     ),
 ]
+
+
+# -- client layer: request validation (ALN-3..ALN-5, FB-8) -----------------------------------------
+
+ERRORS = "tinker_std.conformance.test_errors"
+MALFORMED = f"{ERRORS}::test_malformed_training_requests_are_typed_and_change_nothing"
+
+
+class _ValidationMutant(IndependentBackend):
+    """Replaces one validation function of ``tinker_std.client.validation`` with ``wrap(original)``."""
+
+    function: ClassVar[str] = ""
+
+    @staticmethod
+    def wrap(original: Any) -> Any:
+        raise NotImplementedError
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from tinker_std.client import validation
+
+        original = getattr(validation, self.function)
+        if not getattr(original, "_mutant", False):
+            broken = self.wrap(original)
+            broken._mutant = True
+            replace_everywhere(original, broken)
+
+
+class ContextLengthUnchecked(_ValidationMutant):
+    """ALN-5: ``N > max_context_length`` is not refused (the provider then fails at run time)."""
+
+    name: ClassVar[str] = "mutant-context-unchecked"
+    function: ClassVar[str] = "_check_tokens"
+
+    @staticmethod
+    def wrap(original: Any) -> Any:
+        return lambda field, tokens, vocab_size, max_len: original(field, tokens, vocab_size, 10**9)
+
+
+class VocabularyUnchecked(_ValidationMutant):
+    """ALN-4: token ids ``>= V`` are not refused."""
+
+    name: ClassVar[str] = "mutant-vocab-unchecked"
+    function: ClassVar[str] = "_check_tokens"
+
+    @staticmethod
+    def wrap(original: Any) -> Any:
+        return lambda field, tokens, vocab_size, max_len: original(field, tokens, 10**9, max_len)
+
+
+class ShapesUnchecked(_ValidationMutant):
+    """ALN-3: ``loss_fn_inputs`` shapes and dtypes are not checked (finiteness still is)."""
+
+    name: ClassVar[str] = "mutant-shapes-unchecked"
+    function: ClassVar[str] = "_check_input"
+
+    @staticmethod
+    def wrap(original: Any) -> Any:
+        return lambda field, tensor, dtype, shape, finite: original(
+            field, tensor, tensor.dtype, tensor.resolved_shape, finite
+        )
+
+
+class EmptyDataAccepted(_ValidationMutant):
+    """FB-8: an empty ``data`` list reaches the provider instead of a ``BadRequestError``."""
+
+    name: ClassVar[str] = "mutant-empty-data"
+    function: ClassVar[str] = "_check_data_list"
+
+    @staticmethod
+    def wrap(original: Any) -> Any:
+        return lambda data: [] if isinstance(data, list) and not data else original(data)
+
+
+MUTANTS += [
+    _m(ContextLengthUnchecked, "ALN-5", MALFORMED),
+    _m(VocabularyUnchecked, "ALN-4", MALFORMED),
+    _m(ShapesUnchecked, "ALN-3", MALFORMED),
+    _m(EmptyDataAccepted, "FB-8", MALFORMED),
+]
