@@ -117,6 +117,7 @@ def test_token_inputs() -> None:
 @pytest.mark.spec("TYP-5", "TYP-6")
 def test_tensor_data() -> None:
     td = ts.TensorData(data=[0.1, 2.0, 3.0, 4.0, 5.0, 6.0], dtype="float32", shape=[2, 3])
+    assert td.resolved_shape == [2, 3], f"[TYP-5] resolved_shape {td.resolved_shape}, given shape [2, 3]"
     arr = td.to_numpy()
     assert arr.dtype == np.float32 and arr.shape == (2, 3), f"[TYP-6] to_numpy gives {arr.dtype} {arr.shape}"
     assert td.data[0] == float(np.float32(0.1)), "[TYP-5] float32 data is rounded at construction"
@@ -164,6 +165,17 @@ def test_output_types() -> None:
     seq = ts.SampledSequence(stop_reason="length", tokens=[1], logprobs=[-0.5])
     assert seq.sequence_id == "" and ts.SampleResponse(sequences=[seq]).prompt_logprobs is None, "[TYP-13]"
     _refused("TYP-13", "stop_reason 'eos'", lambda: ts.SampledSequence(stop_reason="eos", tokens=[1], logprobs=[-0.5]))
+
+
+@pytest.mark.spec("TYP-14")
+def test_information_types() -> None:
+    model = ts.SupportedModel(model_name="m", max_context_length=8)
+    assert (model.trainable, model.sampleable) == (True, True), f"[TYP-14] SupportedModel defaults {model}"
+    info = ts.GetInfoResponse(
+        model_data=ts.ModelData(arch="a", model_name="m", tokenizer_id="t"), model_id="id", lora_rank=4, model_name="m"
+    )
+    assert info.optimizer_config == ts.AdamOptimizerConfig() and info.is_lora is True, f"[TYP-14] defaults {info}"
+    assert info.optimizer_config.type == "adamw", f"[TYP-14] optimizer_config {info.optimizer_config}"
 
 
 @pytest.mark.spec("TYP-15")

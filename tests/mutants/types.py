@@ -128,6 +128,18 @@ def _info_field_missing() -> None:
     ts.GetInfoResponse.model_rebuild(force=True)
 
 
+def _resolved_shape_flat() -> None:
+    import tinker_std as ts
+
+    ts.TensorData.resolved_shape = property(lambda self: [len(self.data)])  # type: ignore[method-assign, assignment]
+
+
+def _trainable_default() -> None:
+    import tinker_std as ts
+
+    _set_default(ts.SupportedModel, "trainable", False)
+
+
 #: class name -> (statement, test, what the patch breaks, patch)
 _PATCHES: dict[str, tuple[str, str, str, Callable[[], None]]] = {
     "AdamBeta2Default": ("TYP-9", "test_constraint_violations_name_the_field", "AdamParams.beta2 = 0.999", _adam_beta2),
@@ -172,6 +184,13 @@ _PATCHES: dict[str, tuple[str, str, str, Callable[[], None]]] = {
         "test_checkpoint_paths_parse",
         "weights parse as sampler",
         _checkpoint_kinds_swapped,
+    ),
+    "ResolvedShapeFlat": ("TYP-5", "test_tensor_data", "resolved_shape ignores shape", _resolved_shape_flat),
+    "TrainableDefault": (
+        "TYP-14",
+        "test_information_types",
+        "SupportedModel.trainable defaults to False",
+        _trainable_default,
     ),
     "InfoFieldMissing": (
         "TYP-1",
