@@ -18,6 +18,16 @@ def _loc(exc: pytest.ExceptionInfo[ValidationError]) -> list[str]:
     return [".".join(str(p) for p in err["loc"]) for err in exc.value.errors()]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _provider_loaded(request: pytest.FixtureRequest) -> None:
+    """Check the types as the provider's process has them: import the provider first (without
+    constructing it), since a provider package that brings its own or modified types (TYP: a
+    library guarantee, spec/01-types.md) does so on import."""
+    from tinker_std.conformance.plugin import backend_class_for_report
+
+    backend_class_for_report(request.config)
+
+
 def _refused(
     statement: str,
     what: str,
