@@ -339,6 +339,50 @@ def _ratio_probe(tc: ts.TrainingClient, loss_fn: str, v: int, advantage: float =
     return out
 
 
+@pytest.mark.spec("LOSS-8", "LOSS-10", "LOSS-11", "LOSS-13")
+def test_malformed_loss_requests_are_refused(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    """One explicit case per rule: the request fails with ``BadRequestError`` naming the field."""
+    tc = training_client()
+    ce = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3]})
+    rl = {"target_tokens": [2, 3], "advantages": [1.0, -1.0], "logprobs": [-1.0, -2.0]}
+
+    def refused(statement: str, data: list[ts.Datum], loss_fn: str, config: Any, field: str, what: str) -> None:
+        try:
+            tc.forward_backward(data, loss_fn, config).result()
+        except ts.TinkerError as exc:
+            assert isinstance(exc, ts.BadRequestError), f"[{statement}] {what}: {type(exc).__name__} ({exc})"
+            assert exc.field == field, f"[{statement}] {what}: field {exc.field!r}, expected {field!r}"
+            return
+        raise AssertionError(f"[{statement}] {what} was accepted")
+
+    def with_inputs(**inputs: Any) -> list[ts.Datum]:
+        return [ts.Datum(model_input=ce.model_input, loss_fn_inputs=inputs)]
+
+    for name in ("mse", "stable_reinforce_x", "CROSS_ENTROPY"):
+        refused("LOSS-8", [ce], name, None, "loss_fn", f"loss_fn {name!r}")
+    missing = {k: v for k, v in rl.items() if k != "advantages"}
+    field = "data[0].loss_fn_inputs.advantages"
+    refused("LOSS-10", with_inputs(**missing), "importance_sampling", None, field, "missing advantages")
+    extra = {"target_tokens": [2, 3], "advantages": [1.0, 1.0]}
+    refused("LOSS-10", with_inputs(**extra), "cross_entropy", None, field, "advantages given to cross_entropy")
+    refused("LOSS-11", [ce], "cross_entropy", {"beta": 0.1}, "loss_fn_config.beta", "a config key cross_entropy lacks")
+    bad_value = {"clip_low_threshold": float("nan")}
+    datums = with_inputs(**rl)
+    refused("LOSS-11", datums, "ppo", bad_value, "loss_fn_config.clip_low_threshold", "a NaN config value")
+    field = "data[0].loss_fn_inputs.weights"
+    refused(
+        "LOSS-13",
+        with_inputs(target_tokens=[2, 3], weights=[1.0, float("nan")]),
+        "cross_entropy",
+        None,
+        field,
+        "NaN weight",
+    )
+    infinite = {**rl, "advantages": [float("inf"), 1.0]}
+    field = "data[0].loss_fn_inputs.advantages"
+    refused("LOSS-13", with_inputs(**infinite), "importance_sampling", None, field, "infinite advantage")
+
+
 @pytest.mark.parametrize("loss_fn", [p for p in LOSSES if p.id in SPEC_DEFAULTS])
 @pytest.mark.spec("LOSS-11")
 def test_config_defaults(loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory) -> None:

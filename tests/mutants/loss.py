@@ -357,7 +357,7 @@ MUTANTS: list[Mutant] = [
 
 # -- client layer: request validation (LOSS-8, LOSS-10, LOSS-13) ----------------------------------
 
-MALFORMED = "tinker_std.conformance.test_errors::test_malformed_training_requests_are_typed_and_change_nothing"
+MALFORMED = f"{LOSSES_MODULE}::test_malformed_loss_requests_are_refused"
 
 
 class UnknownLossAccepted(IndependentBackend):

@@ -340,8 +340,7 @@ MUTANTS: list[Mutant] = [
 
 # -- client layer: request validation (ALN-3..ALN-5, FB-8) -----------------------------------------
 
-ERRORS = "tinker_std.conformance.test_errors"
-MALFORMED = f"{ERRORS}::test_malformed_training_requests_are_typed_and_change_nothing"
+MALFORMED = f"{TRAINING}::test_malformed_data_is_refused"
 
 
 class _ValidationMutant(IndependentBackend):
