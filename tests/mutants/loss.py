@@ -8,7 +8,9 @@ rather than from the bit-exact mock means each bug must show beyond the ``fp32``
 Config defaults (LOSS-4..LOSS-7's defaults, LOSS-11) are filled in by the client layer before a
 backend sees a config (BE-4), so a provider whose defaults differ is one that ships its own
 client (as a server reached through the ``tinker`` backend does): those mutants patch the
-default table of ``tinker_std.loss_signatures`` in the suite's process when they are imported.
+default table of ``tinker_std.loss_signatures`` in the suite's process when they are constructed.
+Request validation (LOSS-8, LOSS-10, LOSS-13) is the client layer's too; its mutants replace one
+validation function (``mutants._patch``).
 """
 
 from __future__ import annotations

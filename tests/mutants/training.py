@@ -2,8 +2,9 @@
 
 Backend-side bugs are the independent float32 provider (``tests/independent_backend``) with one
 seam broken. Statements the shared client layer keeps for every backend (chunk merging FB-9,
-custom losses FB-10..FB-13) are broken by replacing one client-library function when the mutant
-is constructed (``mutants._patch``): a provider breaks them only by shipping its own client.
+custom losses FB-10..FB-13, request validation ALN-3..ALN-5 and FB-8) are broken by replacing one
+client-library function when the mutant is constructed (``mutants._patch``): a provider breaks
+them only by shipping its own client (as a server reached through the ``tinker`` backend does).
 """
 
 from __future__ import annotations
