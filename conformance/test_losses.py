@@ -1,8 +1,7 @@
-"""Loss functions: values, shapes, reductions, gradients and custom losses (spec LOSS, FB-2, FB-6..FB-13)."""
+"""Loss functions: values, shapes, reductions, defaults, gradients, validation (spec LOSS, FB-2, FB-6)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,53 +12,33 @@ from hypothesis import strategies as st
 
 import tinker_std as ts
 from tinker_std.conformance.helpers import (
-    ADAM,
     forward_logprobs,
     logprobs_of,
     metric_keys_ok,
     probe_batch,
-    state_arrays,
+)
+from tinker_std.conformance.loss_checks import (
+    LOSS_STATEMENT,
+    LOSSES,
+    SPEC_DEFAULTS,
+    Factory,
+    assert_same_gradient,
+    grads,
+    ratio_probe,
+    scaled,
+    trained,
 )
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.reference import loss_with_slack, reference_loss
 from tinker_std.conformance.strategies import (
-    ALL_LOSSES,
     batches,
     ce_datums,
     conformance_settings,
     loss_configs,
     loss_datums,
-    rl_datums,
     soft_target_datums,
 )
 from tinker_std.conformance.tolerances import assert_close, assert_replay
-
-LOSS_STATEMENT = {
-    "cross_entropy": ("LOSS-2", "LOSS-15"),
-    "importance_sampling": ("LOSS-3",),
-    "ppo": ("LOSS-4", "LOSS-9"),
-    "cispo": ("LOSS-5", "LOSS-9"),
-    "dro": ("LOSS-6",),
-    "gspo": ("LOSS-7", "LOSS-9"),
-}
-LOSSES = [
-    pytest.param(name, marks=[pytest.mark.requires(f"loss:{name}"), pytest.mark.spec(*LOSS_STATEMENT[name])], id=name)
-    for name in ALL_LOSSES
-]
-
-Factory = Callable[..., ts.TrainingClient]
-
-
-def _trained(make: Factory, backend: ConformanceBackend) -> ts.TrainingClient:
-    """A client one step away from its base model, so adapters are non-trivial."""
-    tc = make()
-    tc.forward_backward(probe_batch(backend.vocab_size), "cross_entropy")
-    tc.optim_step(ADAM).result()
-    return tc
-
-
-def _grads(tc: ts.TrainingClient) -> dict[str, np.ndarray]:
-    return {k: v for k, v in state_arrays(tc).items() if k.startswith("grads/")}
 
 
 @pytest.mark.parametrize("loss_fn", LOSSES)
@@ -68,7 +47,7 @@ def test_loss_sum_is_the_formula_of_the_returned_logprobs(
     loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(loss_datums(loss_fn, v)), config=loss_configs(loss_fn))
     @conformance_settings
@@ -119,7 +98,7 @@ def test_a_duplicated_datum_doubles_its_contribution(
     loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(loss_datums(loss_fn, v), max_size=3))
     @conformance_settings
@@ -135,53 +114,18 @@ def test_a_duplicated_datum_doubles_its_contribution(
     check()
 
 
-#: An AdamW step whose update is ``lr·g / (|g| + eps) ≈ g / 100`` element-wise for ``|g| << eps``:
-#: with ``eps`` this large the first step is linear in the gradient instead of Adam's scale-free
-#: ``sign(g)``, so comparing the weights after it (through ``forward``) compares gradients black-box.
-GRADIENT_STEP = ts.AdamParams(learning_rate=10.0, eps=1e3, beta1=0.9, beta2=0.95)
-
-
-def _assert_same_gradient(
-    a: ts.TrainingClient, b: ts.TrainingClient, backend: ConformanceBackend, statement: str, what: str
-) -> None:
-    """``a`` and ``b`` (same weights) hold the same accumulated gradient: compared directly with
-    ``introspection``, and black-box through one ``GRADIENT_STEP`` on each."""
-    if backend.supports("introspection"):
-        ga, gb = _grads(a), _grads(b)
-        scale = max(1.0, *(float(np.abs(g).max()) for g in gb.values()))
-        for key in gb:
-            assert_close(ga[key], gb[key], "token", statement, what=f"{what}: {key}", slack=1e-6 * scale)
-    a.optim_step(GRADIENT_STEP)
-    b.optim_step(GRADIENT_STEP)
-    probe = probe_batch(backend.vocab_size)
-    for i, (x, y) in enumerate(zip(forward_logprobs(a, probe), forward_logprobs(b, probe), strict=True)):
-        assert_close(x, y, "token", statement, what=f"{what}: probe {i} after a gradient-sized step")
-
-
-def _scaled(data: list[ts.Datum], scale: float) -> list[ts.Datum]:
-    """``data`` with cross-entropy weights multiplied by ``scale`` (ones where absent)."""
-    out = []
-    for d in data:
-        n = d.model_input.length
-        w = d.loss_fn_inputs["weights"].to_numpy() if "weights" in d.loss_fn_inputs else np.ones(n, np.float32)
-        out.append(
-            ts.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": w * np.float32(scale)})
-        )
-    return out
-
-
 @pytest.mark.spec("FB-6", "FB-3", "LOSS-1")
 def test_a_duplicated_datum_doubles_its_gradient(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
     """``forward_backward(A + A)`` leaves the gradient of ``forward_backward(A with weights 2w)``."""
     data = probe_batch(conformance_backend.vocab_size)[:2]
-    twice, doubled = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
+    twice, doubled = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
     twice.forward_backward(data + data, "cross_entropy").result()
-    doubled.forward_backward(_scaled(data, 2.0), "cross_entropy").result()
+    doubled.forward_backward(scaled(data, 2.0), "cross_entropy").result()
     if conformance_backend.supports("introspection"):
-        assert any(np.abs(g).max() > 0 for g in _grads(twice).values()), "[FB-3] forward_backward produced no gradient"
-    _assert_same_gradient(twice, doubled, conformance_backend, "FB-6", "A+A vs A with weights 2w")
+        assert any(np.abs(g).max() > 0 for g in grads(twice).values()), "[FB-3] forward_backward produced no gradient"
+    assert_same_gradient(twice, doubled, conformance_backend, "FB-6", "A+A vs A with weights 2w")
 
 
 @pytest.mark.spec("FB-6")
@@ -189,7 +133,7 @@ def test_a_datums_outputs_do_not_depend_on_the_rest_of_the_batch(
     conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(
         datum=ce_datums(v),
@@ -215,7 +159,7 @@ def test_a_positions_logprob_ignores_later_tokens(
     conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(datum=ce_datums(v, weights="none"), cut=st.integers(1, 12), data=st.data())
     @conformance_settings
@@ -271,17 +215,17 @@ def _zero_datums(loss_fn: str, tc: ts.TrainingClient, backend: ConformanceBacken
 def test_zero_weights_or_advantages_give_no_gradient(
     loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    tc = _trained(training_client, conformance_backend)
+    tc = trained(training_client, conformance_backend)
     probe = probe_batch(conformance_backend.vocab_size)
     data = _zero_datums(loss_fn, tc, conformance_backend)
     before = forward_logprobs(tc, probe)
     tc.forward_backward(data, loss_fn).result()
     if conformance_backend.supports("introspection"):
-        for key, g in _grads(tc).items():
+        for key, g in grads(tc).items():
             assert_close(g, np.zeros_like(g), "token", "LOSS-14", what=f"{key} after a zero-{loss_fn} batch")
     # an AdamW step with a zero gradient and fresh moments... the moments are not fresh here (one step
     # already taken), so step on a client with lr > 0 and compare with a twin that had no batch at all
-    twin = _trained(training_client, conformance_backend)
+    twin = trained(training_client, conformance_backend)
     params = ts.AdamParams(learning_rate=1e-2, eps=1.0 if loss_fn == "dro" else 1e-12)
     tc.optim_step(params).result()
     twin.optim_step(params).result()
@@ -292,51 +236,6 @@ def test_zero_weights_or_advantages_give_no_gradient(
         else:
             assert_replay(a, b, "token", "LOSS-14", what=f"probe {i}: step after a zero-{loss_fn} batch vs none")
     assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "the step did not move weights"
-
-
-#: The config defaults of the table in 03-losses.md, written out here so that the check does not
-#: read them from the library under test.
-SPEC_DEFAULTS: dict[str, dict[str, float]] = {
-    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
-    "dro": {"beta": 0.05},
-    "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
-}
-
-#: Ratios r = exp(lp - q) each loss is probed at: on both sides of every default bound (ppo:
-#: 0.8 / 1.2 and the common 0.9 / 1.1; cispo: 0 / 4; dro: large |lp - q|), and for gspo the
-#: per-datum sequence ratios around 0.9997 / 1.0004.
-PROBE_RATIOS: dict[str, list[float]] = {
-    "ppo": [0.75, 0.85, 0.95, 1.05, 1.15, 1.25],
-    "cispo": [0.5, 0.9, 1.1, 1.5, 3.0, 5.0],
-    "dro": [0.14, 0.5, 0.9, 1.1, 2.0, 7.0],
-    "gspo": [0.9995, 0.99985, 1.0001, 1.00035, 1.0005, 1.002],
-    "importance_sampling": [0.5, 0.9, 1.0, 1.1, 2.0, 3.0],
-}
-
-
-def _ratio_probe(tc: ts.TrainingClient, loss_fn: str, v: int, advantage: float = 2.0) -> list[ts.Datum]:
-    """Datums whose ratios ``r`` (gspo: sequence ratios) take the values of ``PROBE_RATIOS``, each
-    under a positive and a negative advantage: ``q`` is set from the client's current logprobs."""
-    ratios = PROBE_RATIOS[loss_fn]
-    n = 2 * len(ratios)
-    rows = [[(13 * i + 5 * k + 1) % v for i in range(n + 1)] for k in range(len(ratios) if loss_fn == "gspo" else 1)]
-    base = [
-        ts.Datum(model_input=ts.ModelInput.from_ints(r[:-1]), loss_fn_inputs={"target_tokens": r[1:]}) for r in rows
-    ]
-    current = forward_logprobs(tc, base)
-    out = []
-    for k, (d, lp) in enumerate(zip(base, current, strict=True)):
-        r = np.full(n, ratios[k]) if loss_fn == "gspo" else np.array(ratios * 2)
-        q = (lp.astype(np.float64) - np.log(r)).astype(np.float32)
-        adv = np.array([advantage] * (n // 2) + [-advantage] * (n // 2), np.float32)
-        out.append(
-            ts.Datum(
-                model_input=d.model_input,
-                loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"], "logprobs": q, "advantages": adv},
-            )
-        )
-    return out
 
 
 @pytest.mark.spec("LOSS-8", "LOSS-10", "LOSS-11", "LOSS-13")
@@ -388,9 +287,9 @@ def test_malformed_loss_requests_are_refused(conformance_backend: ConformanceBac
 def test_config_defaults(loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory) -> None:
     """Without ``loss_fn_config`` a loss uses the defaults of the table; a partial config takes the
     defaults for the keys it leaves out (LOSS-11). The ratios straddle every default bound."""
-    tc = _trained(training_client, conformance_backend)
+    tc = trained(training_client, conformance_backend)
     statement = LOSS_STATEMENT[loss_fn][0]
-    data = _ratio_probe(tc, loss_fn, conformance_backend.vocab_size, 100.0 if loss_fn == "gspo" else 2.0)
+    data = ratio_probe(tc, loss_fn, conformance_backend.vocab_size, 100.0 if loss_fn == "gspo" else 2.0)
     defaults = SPEC_DEFAULTS[loss_fn]
     out = tc.forward(data, loss_fn).result()  # no config: the defaults are what is under test
     expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, defaults)
@@ -413,7 +312,7 @@ def test_gradient_is_the_gradient_of_the_formula(
     constant), applied through ``forward_backward_custom`` (FB-11): compared directly with
     ``introspection`` and through one ``GRADIENT_STEP``."""
     v = conformance_backend.vocab_size
-    builtin, custom = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
+    builtin, custom = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
     if loss_fn == "cross_entropy":
         rng = np.random.default_rng(1)
         data = [
@@ -427,7 +326,7 @@ def test_gradient_is_the_gradient_of_the_formula(
             for d in probe_batch(v)
         ]
     else:
-        data = _ratio_probe(builtin, loss_fn, v, 1.0)
+        data = ratio_probe(builtin, loss_fn, v, 1.0)
     config = {"ppo": {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}}.get(loss_fn)
 
     def formula(d: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -435,14 +334,14 @@ def test_gradient_is_the_gradient_of_the_formula(
 
     builtin.forward_backward(data, loss_fn, config).result()
     custom.forward_backward_custom(data, formula).result()
-    _assert_same_gradient(builtin, custom, conformance_backend, "LOSS-14", f"{loss_fn} gradient vs its formula's")
+    assert_same_gradient(builtin, custom, conformance_backend, "LOSS-14", f"{loss_fn} gradient vs its formula's")
 
 
 @pytest.mark.requires("soft_targets")
 @pytest.mark.spec("LOSS-12")
 def test_soft_targets(conformance_backend: ConformanceBackend, make_training_client: Factory) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(soft_target_datums(v), max_size=3), plain=ce_datums(v))
     @conformance_settings
@@ -511,7 +410,7 @@ def _rl_version(d: ts.Datum) -> ts.Datum:
 def test_per_position_clip_bounds_override_the_config(
     loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    tc = _trained(training_client, conformance_backend)
+    tc = trained(training_client, conformance_backend)
     base = [_rl_version(d) for d in probe_batch(conformance_backend.vocab_size)]
     lo, hi = 0.95, 1.02
     with_tensors = [
@@ -550,138 +449,13 @@ def test_cross_entropy_gradient_is_linear_in_real_weights(
         )
         for d in probe
     ]
-    doubled, twice = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
-    doubled.forward_backward(_scaled(weighted, 2.0), "cross_entropy").result()
+    doubled, twice = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
+    doubled.forward_backward(scaled(weighted, 2.0), "cross_entropy").result()
     twice.forward_backward(weighted + weighted, "cross_entropy").result()
-    _assert_same_gradient(doubled, twice, conformance_backend, "LOSS-15", "weights 2w vs w twice")
+    assert_same_gradient(doubled, twice, conformance_backend, "LOSS-15", "weights 2w vs w twice")
     cancelled, untouched = (
-        _trained(training_client, conformance_backend),
-        _trained(training_client, conformance_backend),
+        trained(training_client, conformance_backend),
+        trained(training_client, conformance_backend),
     )
-    cancelled.forward_backward(weighted + _scaled(weighted, -1.0), "cross_entropy").result()
-    _assert_same_gradient(cancelled, untouched, conformance_backend, "LOSS-15", "weights w and -w vs no batch")
-
-
-# -- custom losses ------------------------------------------------------------------------------
-
-
-def _custom_ce(
-    calls: list[Any],
-) -> Callable[[list[ts.Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
-    def fn(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        calls.append((data, lps))
-        loss = reference_loss("cross_entropy", lps, data)
-        return loss, {"tokens:sum": float(sum(lp.numel() for lp in lps)), "loss:sum": -1.0}
-
-    return fn
-
-
-@pytest.mark.spec("FB-10", "FB-11", "FB-12", "ORD-11")
-def test_custom_cross_entropy_equals_the_builtin(
-    conformance_backend: ConformanceBackend, make_training_client: Factory
-) -> None:
-    v = conformance_backend.vocab_size
-    introspection = conformance_backend.supports("introspection")
-    probe = probe_batch(v)
-
-    @given(data=batches(ce_datums(v, weights="given"), max_size=3))
-    @conformance_settings
-    def check(data: list[ts.Datum]) -> None:
-        builtin, custom = make_training_client(), make_training_client()
-        calls: list[Any] = []
-        out_b = builtin.forward_backward(data, "cross_entropy").result()
-        out_c = custom.forward_backward_custom(data, _custom_ce(calls)).result()
-        assert len(calls) == 1, f"[FB-10] loss_fn called {len(calls)} times"
-        seen_data, seen_lps = calls[0]
-        assert seen_data == data, "[FB-10] loss_fn must receive the original data"
-        for lp, d in zip(seen_lps, data, strict=True):
-            assert lp.dtype == torch.float32 and lp.requires_grad, "[FB-10] logprobs must be float32 leaves"
-            assert list(lp.shape) == d.loss_fn_inputs["target_tokens"].resolved_shape, "[FB-10] logprob shape"
-        expected, slack = loss_with_slack("cross_entropy", logprobs_of(out_b), data)
-        assert_close(out_c.metrics["loss:sum"], expected, "sum", "FB-12", what="custom loss:sum", slack=slack)
-        assert_close(
-            out_c.metrics["surrogate_loss:sum"],
-            out_b.metrics["loss:sum"],
-            "sum",
-            "FB-12",
-            what="surrogate_loss:sum",
-            slack=slack,
-        )
-        assert out_c.metrics.get("tokens:sum") == sum(d.model_input.length for d in data), "[FB-12] user metric lost"
-        for i, (a, b) in enumerate(zip(logprobs_of(out_c), logprobs_of(out_b), strict=True)):
-            assert_close(a, b, "token", "FB-12", what=f"loss_fn_outputs of datum {i}")
-        if introspection:
-            gb, gc = _grads(builtin), _grads(custom)
-            for key in gb:
-                assert_close(gc[key], gb[key], "token", "FB-11", what=f"{key}: custom vs built-in gradient")
-        builtin.optim_step(ADAM)
-        custom.optim_step(ADAM)
-        for i, (a, b) in enumerate(zip(forward_logprobs(custom, probe), forward_logprobs(builtin, probe), strict=True)):
-            assert_close(a, b, "token", "FB-11", what=f"probe {i} after a step: custom vs built-in")
-
-    check()
-
-
-@pytest.mark.spec("FB-11")
-def test_custom_importance_sampling_gradient_equals_the_builtin(
-    conformance_backend: ConformanceBackend, make_training_client: Factory
-) -> None:
-    v = conformance_backend.vocab_size
-
-    def custom_is(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return reference_loss("importance_sampling", lps, data), {}
-
-    @given(data=batches(rl_datums(v), max_size=3))
-    @conformance_settings
-    def check(data: list[ts.Datum]) -> None:
-        builtin, custom = make_training_client(), make_training_client()
-        builtin.forward_backward(data, "importance_sampling").result()
-        custom.forward_backward_custom(data, custom_is).result()
-        # the surrogate weights are float32 (FB-11): _assert_same_gradient allows their rounding
-        _assert_same_gradient(custom, builtin, conformance_backend, "FB-11", "custom vs built-in importance_sampling")
-
-    check()
-
-
-@pytest.mark.requires("soft_targets")
-@pytest.mark.spec("LOSS-12")
-def test_custom_loss_accepts_soft_targets(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
-    tc = training_client()
-    tokens = [1, 2, 3]
-    datum = ts.Datum(
-        model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": np.array([[1, 2]] * 3)}
-    )
-    out = tc.forward_backward_custom([datum], lambda d, lps: (-sum(lp.sum() for lp in lps), {})).result()
-    shape = out.loss_fn_outputs[0]["logprobs"].resolved_shape
-    assert shape == [3, 2], f"[LOSS-12] forward_backward_custom with (N, K) targets: logprobs shape {shape}"
-
-
-BROKEN_LOSSES: dict[str, Callable[[list[ts.Datum], list[torch.Tensor]], Any]] = {
-    "raises": lambda d, lps: (_ for _ in ()).throw(ValueError("boom")),
-    "returns a float": lambda d, lps: (1.0, {}),
-    "returns a bare tensor": lambda d, lps: sum(lp.sum() for lp in lps),
-    "bad metric key": lambda d, lps: (sum(lp.sum() for lp in lps), {"no_colon": 1.0}),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BROKEN_LOSSES))
-@pytest.mark.spec("FB-13", "ORD-4", "ERR-5")
-def test_a_failing_custom_loss_fails_its_future_only(
-    case: str, conformance_backend: ConformanceBackend, training_client: Factory
-) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
-    tc, twin = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
-    bad = tc.forward_backward_custom(probe, BROKEN_LOSSES[case])  # type: ignore[arg-type]
-    later = tc.forward_backward(probe, "cross_entropy")
-    with pytest.raises(ts.RequestFailedError) as info:
-        bad.result()
-    assert info.value.category == "user", f"[FB-13] category {info.value.category!r}"
-    assert info.value.__cause__ is not None, "[FB-13] the original exception must be chained as __cause__"
-    if case == "raises":
-        assert isinstance(info.value.__cause__, ValueError), "[FB-13] __cause__ is not the raised exception"
-    later.result()
-    twin.forward_backward(probe, "cross_entropy").result()
-    tc.optim_step(ADAM)
-    twin.optim_step(ADAM)
-    for i, (a, b) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(twin, probe), strict=True)):
-        assert_replay(a, b, "token", "FB-13", what=f"probe {i}: the failed call must accumulate no gradient")
+    cancelled.forward_backward(weighted + scaled(weighted, -1.0), "cross_entropy").result()
+    assert_same_gradient(cancelled, untouched, conformance_backend, "LOSS-15", "weights w and -w vs no batch")

@@ -26,6 +26,7 @@ from ._patch import replace_everywhere
 BASE = "independent_backend:IndependentBackend"
 TRAINING = "tinker_std.conformance.test_training"
 LOSSES = "tinker_std.conformance.test_losses"
+CUSTOM = "tinker_std.conformance.test_custom_losses"
 
 
 class AlignmentOffByOne(IndependentBackend):
@@ -328,13 +329,13 @@ MUTANTS: list[Mutant] = [
     _m(NoisyReplays, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
     _m(FalselyDeterministic, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
     _m(ChunkSumNotSummed, "FB-9", _t("test_chunk_size_one_equals_one_call")),
-    _m(CustomLossWrongSign, "FB-11", _l("test_custom_cross_entropy_equals_the_builtin")),
-    _m(CustomLossStrippedData, "FB-10", _l("test_custom_cross_entropy_equals_the_builtin")),
-    _m(CustomLossMetricsLost, "FB-12", _l("test_custom_cross_entropy_equals_the_builtin")),
+    _m(CustomLossWrongSign, "FB-11", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
+    _m(CustomLossStrippedData, "FB-10", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
+    _m(CustomLossMetricsLost, "FB-12", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
     _m(
         CustomLossFailureAccumulates,
         "FB-13",
-        *(_l("test_a_failing_custom_loss_fails_its_future_only", c) for c in ("raises",)),
+        *(f"{CUSTOM}::test_a_failing_custom_loss_fails_its_future_only[{c}]" for c in ("raises",)),
     ),
 ]
 
