@@ -18,7 +18,7 @@ from independent_backend import IndependentBackend
 from independent_backend.model import Adapter, logits_of
 
 from tinker_std.capabilities import Capabilities
-from tinker_std.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse
+from tinker_std.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse, TensorData
 
 from . import Mutant
 from ._patch import replace_everywhere
@@ -224,8 +224,23 @@ def _custom_loss_variant(kind: str) -> Any:
     original = custom_loss.run_custom_loss
 
     async def broken(data: list[Datum], fn: Any, run_ce: Any) -> ForwardBackwardOutput:
-        if kind == "sign":  # FB-11: surrogate weights +dL/dlp
-            return await original(data, lambda d, lps: _negated(fn(d, lps)), run_ce)
+        if kind == "sign":  # FB-11: the surrogate phase gets weights +dL/dlp (values reported as usual)
+
+            async def run_ce_negated(chunk: list[Datum], backward: bool) -> ForwardBackwardOutput:
+                if backward:
+                    chunk = [
+                        Datum(
+                            model_input=d.model_input,
+                            loss_fn_inputs={
+                                **d.loss_fn_inputs,
+                                "weights": TensorData.from_numpy(-d.loss_fn_inputs["weights"].to_numpy()),
+                            },
+                        )
+                        for d in chunk
+                    ]
+                return await run_ce(chunk, backward)
+
+            return await original(data, fn, run_ce_negated)
         if kind == "stripped":  # FB-10: loss_fn sees target_tokens only
             stripped = [
                 Datum(model_input=d.model_input, loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"]})
@@ -252,11 +267,6 @@ def _custom_loss_variant(kind: str) -> Any:
     return original, broken
 
 
-def _negated(result: Any) -> Any:
-    loss, metrics = result
-    return -loss, metrics
-
-
 class _CustomLossMutant(IndependentBackend):
     kind: ClassVar[str] = ""
 
@@ -271,7 +281,8 @@ class _CustomLossMutant(IndependentBackend):
 
 
 class CustomLossWrongSign(_CustomLossMutant):
-    """FB-11: the surrogate cross-entropy gets weights ``+dL/dlp``: the gradient points uphill."""
+    """FB-11: the surrogate cross-entropy gets weights ``+dL/dlp``: the gradient points uphill
+    (``surrogate_loss:sum`` then has the wrong sign too, FB-12)."""
 
     name: ClassVar[str] = "mutant-custom-wrong-sign"
     kind: ClassVar[str] = "sign"
@@ -329,7 +340,7 @@ MUTANTS: list[Mutant] = [
     _m(NoisyReplays, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
     _m(FalselyDeterministic, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
     _m(ChunkSumNotSummed, "FB-9", _t("test_chunk_size_one_equals_one_call")),
-    _m(CustomLossWrongSign, "FB-11", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
+    _m(CustomLossWrongSign, "FB-11", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin", also=("FB-12",)),
     _m(CustomLossStrippedData, "FB-10", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
     _m(CustomLossMetricsLost, "FB-12", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
     _m(
