@@ -375,6 +375,14 @@ def test_soft_targets(conformance_backend: ConformanceBackend, make_training_cli
         assert_close(out_k1.metrics["loss:sum"], out_plain.metrics["loss:sum"], "sum", "LOSS-12", what="K=1 loss")
 
     check()
+    # and one fixed datum with three distinct columns, whatever Hypothesis drew
+    tokens = [(11 * i + 4) % v for i in range(5)]
+    targets = np.array([[(t + 1) % v, (t + 7) % v, (3 * t + 2) % v] for t in tokens], np.int64)
+    soft = ts.Datum(model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": targets})
+    lp = logprobs_of(tc.forward([soft], "cross_entropy").result())[0]
+    for k in range(3):
+        column = ts.Datum(model_input=soft.model_input, loss_fn_inputs={"target_tokens": targets[:, k]})
+        assert_close(lp[:, k], forward_logprobs(tc, [column])[0], "token", "LOSS-12", what=f"fixed datum, column {k}")
 
 
 @pytest.mark.spec("FB-7", "TYP-8")
