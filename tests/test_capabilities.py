@@ -44,9 +44,7 @@ DECLARED = [
 
 
 @pytest.mark.parametrize(("cls", "name", "optional", "tolerance"), DECLARED, ids=[c[0].__name__ for c in DECLARED])
-def test_each_precision_class_declares_its_table_row(
-    cls: type, name: str, optional: set[str], tolerance: str
-) -> None:
+def test_each_precision_class_declares_its_table_row(cls: type, name: str, optional: set[str], tolerance: str) -> None:
     assert cls.name == name  # type: ignore[attr-defined]
     assert cls.capabilities == Capabilities(optional=frozenset(optional), tolerance=tolerance)  # type: ignore[attr-defined]
 

@@ -161,9 +161,7 @@ def torch_inputs(d: Datum) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def run(
-    loss: str, batch: list[Datum], config: Mapping[str, Any] | None
-) -> tuple[float, list[np.ndarray]]:
+def run(loss: str, batch: list[Datum], config: Mapping[str, Any] | None) -> tuple[float, list[np.ndarray]]:
     lps = [torch.tensor(d["lp"], dtype=torch.float64, requires_grad=True) for d in batch]
     value = compute_loss(loss, lps, [torch_inputs(d) for d in batch], config)
     value.backward()
