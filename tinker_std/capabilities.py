@@ -12,7 +12,7 @@ ToleranceClass = Literal["mock", "fp32", "bf16"]
 #: Loss functions every backend MUST implement.
 REQUIRED_LOSSES: frozenset[str] = frozenset({"cross_entropy", "importance_sampling", "ppo"})
 #: Loss functions a backend MAY implement; each is declared as the capability ``loss:<name>``.
-OPTIONAL_LOSSES: frozenset[str] = frozenset({"cispo", "dro", "gspo"})
+OPTIONAL_LOSSES: frozenset[str] = frozenset({"cispo", "dro", "gspo", "stable_reinforce"})
 
 #: Every optional capability name (spec CAP-2).
 OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(

@@ -52,6 +52,7 @@ _OPTIONAL = frozenset(
         "loss:cispo",
         "loss:dro",
         "loss:gspo",
+        "loss:stable_reinforce",
         "soft_targets",
         "introspection",
         "seeded_sampling",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import uuid
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backend import SampleRequest, SamplerSpec, Tokenizer
+from ..errors import BadRequestError
 from ..futures import APIFuture
-from ..types import ModelInput, SampleResponse, SamplingParams
+from ..types import ModelInput, SampleResponse, SamplingParams, TensorData
 from .validation import validate_sample
 
 if TYPE_CHECKING:
@@ -20,12 +22,16 @@ __all__ = ["SamplingClient"]
 class SamplingClient:
     """Samples from one set of weights. Sampling requests are independent and may run concurrently.
 
+    Every returned sequence carries a ``sequence_id`` unique to this ``ServiceClient`` (SMP-20).
+    With ``record_stability_info`` every sample is recorded for ``stable_reinforce`` (SMP-21).
+
     When the object is garbage collected, the backend is told it may free the sampler (SMP-19), so
     a loop that takes a fresh snapshot sampler every step does not accumulate adapter copies."""
 
-    def __init__(self, service: ServiceClient, spec: SamplerSpec) -> None:
+    def __init__(self, service: ServiceClient, spec: SamplerSpec, record_stability_info: bool = False) -> None:
         self._service = service
         self.spec = spec
+        self.record_stability_info = bool(record_stability_info)
         weakref.finalize(self, service._release_sampler, spec.sampler_id)
 
     @property
@@ -39,9 +45,18 @@ class SamplingClient:
         sampling_params: SamplingParams,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
     ) -> APIFuture[SampleResponse]:
-        """Sample ``num_samples`` completions of ``prompt``; returns a future at once."""
+        """Sample ``num_samples`` completions of ``prompt``; returns a future at once.
+
+        ``prompt_logprobs_last_n`` scores only the last N prompt positions (SMP-22);
+        ``topk_sample_logprobs``, ``target_prompt_logprobs`` and ``prompt_alt_tokens_k`` are not
+        part of spec v0.2 and any non-default value is a ``BadRequestError`` naming it (SMP-23)."""
         service = self._service
+        _refuse_sampling_extras(topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k)
         tokens, params = validate_sample(
             prompt,
             num_samples,
@@ -51,23 +66,35 @@ class SamplingClient:
             service.capabilities,
             service.backend_name,
         )
+        last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
         request = SampleRequest(tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs)
-        return service._submit(lambda backend: backend.sample(self.spec.sampler_id, request))
+        records = service.stability_records if self.record_stability_info else None
 
-    async def sample_async(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
-    ) -> SampleResponse:
+        async def run() -> SampleResponse:
+            response = await service.backend.sample(self.spec.sampler_id, request)
+            response = _with_sequence_ids(response)
+            if last_n is not None:
+                response = _keep_last(response, last_n)
+            if records is not None:
+                records.record(tokens, response.sequences)
+            return response
+
+        return service._submit(lambda backend: run())
+
+    async def sample_async(self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams, **kwargs: Any) -> SampleResponse:
         """Like ``sample`` but resolves to the response itself."""
-        return await self.sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs)
+        return await self.sample(prompt, num_samples, sampling_params, **kwargs)
 
-    def compute_logprobs(self, prompt: ModelInput) -> APIFuture[list[float | None]]:
-        """``log p(prompt[i] | prompt[:i])`` for every position; entry 0 is ``None`` (SMP-10)."""
-        inner = self.sample(prompt, 1, SamplingParams(max_tokens=1), include_prompt_logprobs=True)
+    def compute_logprobs(self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None) -> APIFuture[list[float | None]]:
+        """``log p(prompt[i] | prompt[:i])`` for every position; entry 0 is ``None`` (SMP-10); with
+        ``prompt_logprobs_last_n`` only the last N entries are scored (SMP-22)."""
+        inner = self.sample(
+            prompt,
+            1,
+            SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
 
         async def extract() -> list[float | None]:
             response = await inner
@@ -76,11 +103,51 @@ class SamplingClient:
 
         return self._service._submit(lambda backend: extract())
 
-    async def compute_logprobs_async(self, prompt: ModelInput) -> list[float | None]:
-        return await self.compute_logprobs(prompt)
+    async def compute_logprobs_async(self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None) -> list[float | None]:
+        return await self.compute_logprobs(prompt, prompt_logprobs_last_n)
 
     def get_tokenizer(self) -> Tokenizer:
         return self._service._backend.get_tokenizer(self.spec.base_model)
 
     def get_base_model(self) -> str:
         return self.spec.base_model
+
+
+def _refuse_sampling_extras(topk_sample_logprobs: Any, target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
+    """SMP-23: the SDK's sampling extras that spec v0.2 does not define are refused, never ignored."""
+    if topk_sample_logprobs not in (0, None):
+        raise BadRequestError("topk_sample_logprobs", "top-k logprobs of sampled tokens are not part of tinker-std spec v0.2")
+    if target_prompt_logprobs is not None:
+        raise BadRequestError("target_prompt_logprobs", "logprobs of chosen prompt targets are not part of tinker-std spec v0.2")
+    if prompt_alt_tokens_k not in (0, None):
+        raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of tinker-std spec v0.2")
+
+
+def _check_last_n(last_n: Any, prompt_len: int, include_prompt_logprobs: bool, topk: int) -> int | None:
+    if last_n is None:
+        return None
+    if isinstance(last_n, bool) or not isinstance(last_n, int) or not 1 <= last_n <= prompt_len - 1:
+        raise BadRequestError(
+            "prompt_logprobs_last_n", f"must be an int in [1, len(prompt) - 1 = {prompt_len - 1}], got {last_n!r}"
+        )
+    if not include_prompt_logprobs and topk <= 0:
+        raise BadRequestError("prompt_logprobs_last_n", "needs include_prompt_logprobs=True or topk_prompt_logprobs > 0")
+    return last_n
+
+
+def _with_sequence_ids(response: SampleResponse) -> SampleResponse:
+    """Give every sequence a fresh id unless the backend named it (SMP-20)."""
+    sequences = [s if s.sequence_id else s.model_copy(update={"sequence_id": f"seq-{uuid.uuid4().hex}"}) for s in response.sequences]
+    return response.model_copy(update={"sequences": sequences})
+
+
+def _keep_last(response: SampleResponse, last_n: int) -> SampleResponse:
+    """Entries before the last ``last_n`` prompt positions become ``None`` (SMP-22)."""
+    update: dict[str, Any] = {}
+    if response.prompt_logprobs is not None:
+        cut = len(response.prompt_logprobs) - last_n
+        update["prompt_logprobs"] = [None] * cut + list(response.prompt_logprobs[cut:])
+    if response.topk_prompt_logprobs is not None:
+        cut = len(response.topk_prompt_logprobs) - last_n
+        update["topk_prompt_logprobs"] = [None] * cut + list(response.topk_prompt_logprobs[cut:])
+    return response.model_copy(update=update)

@@ -16,6 +16,7 @@ from ..capabilities import Capabilities
 from ..errors import BadRequestError, RequestFailedError, TinkerError, Unsupported
 from ..futures import APIFuture
 from ..registry import create_backend
+from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .rest import RestClient
 from .runtime import EventLoopThread
@@ -65,6 +66,8 @@ class ServiceClient:
         self.max_chunk_datums = max_chunk_datums
         self._runtime = EventLoopThread(name=f"tinker-std-{self._backend.name}")
         self._started: asyncio.Task[None] | None = None
+        #: Sequences sampled with ``record_stability_info=True`` (SMP-21), for ``stable_reinforce``.
+        self.stability_records = StabilityRecords()
         # A script that never calls close() still shuts its backend down before the interpreter
         # finalises: otherwise torch work on the daemon loop thread can abort the process at exit.
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -195,17 +198,30 @@ class ServiceClient:
     # -- sampling clients -------------------------------------------------------------------
 
     def create_sampling_client(
-        self, model_path: str | None = None, base_model: str | None = None
+        self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
     ) -> APIFuture[SamplingClient]:
-        """A sampler over saved weights (``model_path``) or the plain ``base_model``."""
-        if (model_path is None) == (base_model is None):
-            raise BadRequestError("model_path", "give exactly one of model_path and base_model")
+        """A sampler over saved weights (``model_path``) or the plain ``base_model`` (SMP-15).
+
+        Given both, ``model_path`` is sampled and ``base_model`` must name the checkpoint's base
+        model (else ``BadRequestError`` on ``base_model``). ``record_stability_info`` records every
+        sample for ``stable_reinforce`` (SMP-21)."""
+        if model_path is None and base_model is None:
+            raise BadRequestError("model_path", "give model_path or base_model")
+        if base_model is not None and (not isinstance(base_model, str) or not base_model):
+            raise BadRequestError("base_model", "must be a non-empty model name")
         parsed = _parse_path(model_path, "model_path") if model_path is not None else None
+        record = _flag(record_stability_info, "record_stability_info")
 
         async def run(backend: Backend) -> SamplingClient:
-            if parsed is not None:
-                return SamplingClient(self, await backend.create_sampler(model_path=parsed))
-            return SamplingClient(self, await backend.create_sampler(base_model=base_model))
+            if parsed is None:
+                return SamplingClient(self, await backend.create_sampler(base_model=base_model), record)
+            spec = await backend.create_sampler(model_path=parsed)
+            if base_model is not None and spec.base_model != base_model:
+                await backend.release_sampler(spec.sampler_id)
+                raise BadRequestError(
+                    "base_model", f"{parsed.tinker_path} was trained on {spec.base_model!r}, not {base_model!r}"
+                )
+            return SamplingClient(self, spec, record)
 
         return self._submit(run)
 
@@ -231,9 +247,17 @@ class ServiceClient:
         return await self.create_training_client_from_state_with_optimizer(path, **kwargs)
 
     async def create_sampling_client_async(
-        self, model_path: str | None = None, base_model: str | None = None
+        self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
     ) -> SamplingClient:
-        return await self.create_sampling_client(model_path=model_path, base_model=base_model)
+        return await self.create_sampling_client(
+            model_path=model_path, base_model=base_model, record_stability_info=record_stability_info
+        )
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequestError(name, f"must be a bool, got {value!r}")
+    return value
 
 
 def _close_at_exit(ref: weakref.ref[ServiceClient]) -> None:
