@@ -17,6 +17,7 @@ CAP2_NAMES = frozenset(
         "loss:cispo",
         "loss:dro",
         "loss:gspo",
+        "loss:stable_reinforce",
         "soft_targets",
         "introspection",
         "deterministic",

@@ -4,6 +4,7 @@ from .checkpoint import Checkpoint, CheckpointType, ParsedCheckpointTinkerPath, 
 from .datum import LOSS_INPUT_DTYPES, Datum
 from .info import GetInfoResponse, GetServerCapabilitiesResponse, ModelData, SupportedModel
 from .model_input import EncodedTextChunk, ModelInput
+from .provenance import PromptProvenanceSpan, ProvenanceSpan, ProvenanceSpans, SampledProvenanceSpan
 from .sampling import (
     TOPK_PAD_LOGPROB,
     TOPK_PAD_TOKEN,
@@ -46,6 +47,10 @@ __all__ = [
     "ModelInput",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PromptProvenanceSpan",
+    "ProvenanceSpan",
+    "ProvenanceSpans",
+    "SampledProvenanceSpan",
     "SampleResponse",
     "SampledSequence",
     "SamplingParams",
