@@ -54,7 +54,7 @@ from .types import (
     TrainingRun,
 )
 
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 __version__ = "0.1.0"
 
 __all__ = [
