@@ -149,7 +149,12 @@ def test_stable_reinforce_refuses_provenance_it_cannot_check(
             "data[0].model_input_spans[0].sequence_id",
         ),
         "beyond the prompt": (
-            variant(model_input_spans=[P(sequence_id=sid, offset=1, length=len(prompt)), S(sequence_id=sid, length=n_in - len(prompt))]),
+            variant(
+                model_input_spans=[
+                    P(sequence_id=sid, offset=1, length=len(prompt)),
+                    S(sequence_id=sid, length=n_in - len(prompt)),
+                ]
+            ),
             "data[0].model_input_spans[0]",
         ),
         "input token differs": (
@@ -162,19 +167,43 @@ def test_stable_reinforce_refuses_provenance_it_cannot_check(
             "data[0].model_input_spans[0]",
         ),
         "sampled target differs": (
-            variant(loss_fn_inputs={**inputs, "target_tokens": ts.TensorData(data=[*inputs["target_tokens"].data[:-1], (seq.tokens[-1] + 1) % v], dtype="int64")}),
+            variant(
+                loss_fn_inputs={
+                    **inputs,
+                    "target_tokens": ts.TensorData(
+                        data=[*inputs["target_tokens"].data[:-1], (seq.tokens[-1] + 1) % v], dtype="int64"
+                    ),
+                }
+            ),
             "data[0].loss_fn_input_spans[1]",
         ),
         "advantage on a prompt position": (
-            variant(loss_fn_inputs={**inputs, "advantages": ts.TensorData(data=[0.5] + inputs["advantages"].data[1:], dtype="float32")}),
+            variant(
+                loss_fn_inputs={
+                    **inputs,
+                    "advantages": ts.TensorData(data=[0.5, *inputs["advantages"].data[1:]], dtype="float32"),
+                }
+            ),
             "data[0].loss_fn_inputs.advantages",
         ),
         "drifted logprobs": (
-            variant(loss_fn_inputs={**inputs, "logprobs": ts.TensorData(data=inputs["logprobs"].data[:-1] + [inputs["logprobs"].data[-1] - 0.01], dtype="float32")}),
+            variant(
+                loss_fn_inputs={
+                    **inputs,
+                    "logprobs": ts.TensorData(
+                        data=[*inputs["logprobs"].data[:-1], inputs["logprobs"].data[-1] - 0.01], dtype="float32"
+                    ),
+                }
+            ),
             "data[0].loss_fn_inputs.logprobs",
         ),
         "spans do not tile": (
-            variant(loss_fn_input_spans=[P(sequence_id=sid, offset=1, length=len(prompt) - 2), S(sequence_id=sid, length=n_out - len(prompt) + 1)]),
+            variant(
+                loss_fn_input_spans=[
+                    P(sequence_id=sid, offset=1, length=len(prompt) - 2),
+                    S(sequence_id=sid, length=n_out - len(prompt) + 1),
+                ]
+            ),
             "data[0].loss_fn_input_spans",
         ),
     }
@@ -182,7 +211,9 @@ def test_stable_reinforce_refuses_provenance_it_cannot_check(
     for name, (datum, field) in cases.items():
         with pytest.raises(ts.BadRequestError) as err:  # raised by the call itself: nothing was queued
             tc.forward_backward([datum], "stable_reinforce")
-        assert err.value.field == field, f"[LOSS-18] {name}: field {err.value.field!r}, expected {field!r} ({err.value})"
+        assert err.value.field == field, (
+            f"[LOSS-18] {name}: field {err.value.field!r}, expected {field!r} ({err.value})"
+        )
     after = tc.forward([good], "stable_reinforce").result().metrics["loss:sum"]
     assert before == after, "[LOSS-18] a refused request changed state"
 
@@ -232,7 +263,9 @@ def test_gspo_without_a_mask_takes_the_ratio_over_the_sampled_positions(
     config = {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0}
     a = tc.forward(plain, "gspo", config).result()
     b = tc.forward(masked, "gspo", config).result()
-    assert_close(a.metrics["loss:sum"], b.metrics["loss:sum"], "sum", "LOSS-7", what="no mask vs the sampled-token mask")
+    assert_close(
+        a.metrics["loss:sum"], b.metrics["loss:sum"], "sum", "LOSS-7", what="no mask vs the sampled-token mask"
+    )
     # a real gradient: the loss is -sum(s*A) with s the sequence ratio over the sampled tokens, |s*A| ~ |A|
     lps = [np.asarray(o["logprobs"].tolist()) for o in a.loss_fn_outputs]
     expected = 0.0

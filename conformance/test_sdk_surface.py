@@ -30,9 +30,9 @@ def test_prompt_logprobs_last_n_scores_only_the_tail(
         sampled = base_sampler.sample(
             prompt, 1, ts.SamplingParams(max_tokens=1), include_prompt_logprobs=True, prompt_logprobs_last_n=n
         ).result()
-        assert sampled.prompt_logprobs is not None and sampled.prompt_logprobs[: len(full) - n] == [None] * (len(full) - n), (
-            f"[SDK-4] sample(prompt_logprobs_last_n={n}) {sampled.prompt_logprobs}"
-        )
+        assert sampled.prompt_logprobs is not None and sampled.prompt_logprobs[: len(full) - n] == [None] * (
+            len(full) - n
+        ), f"[SDK-4] sample(prompt_logprobs_last_n={n}) {sampled.prompt_logprobs}"
     params = ts.SamplingParams(max_tokens=1)
     bad: list[tuple[Callable[[], Any], str]] = [
         (lambda: base_sampler.compute_logprobs(prompt, prompt_logprobs_last_n=0), "0"),
@@ -51,7 +51,10 @@ class _NotAdam:
 
 @pytest.mark.spec("SDK-5", "SDK-1", "ORD-5")
 def test_sdk_features_outside_the_spec_are_refused_by_name(
-    conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient, service: ts.ServiceClient
+    conformance_backend: ConformanceBackend,
+    training_client: Factory,
+    base_sampler: ts.SamplingClient,
+    service: ts.ServiceClient,
 ) -> None:
     v = conformance_backend.vocab_size
     prompt = ts.ModelInput.from_ints([1 % v, 7 % v, 42 % v])
@@ -68,7 +71,9 @@ def test_sdk_features_outside_the_spec_are_refused_by_name(
         "kind": lambda: tc.save_weights_and_get_sampling_client(kind="inflight"),
         "record_stability_info": lambda: tc.save_weights_and_get_sampling_client(record_stability_info="yes"),  # type: ignore[arg-type]
         "optimizer": lambda: service.create_lora_training_client(
-            base_model=conformance_backend.base_model, rank=4, optimizer=_NotAdam()  # type: ignore[arg-type]
+            base_model=conformance_backend.base_model,
+            rank=4,
+            optimizer=_NotAdam(),  # type: ignore[arg-type]
         ),
     }
     for name, call in refused.items():
@@ -94,7 +99,10 @@ def test_a_sampler_from_a_checkpoint_may_name_its_base_model(
     alone = service.create_sampling_client(model_path=path).result()
     both = service.create_sampling_client(model_path=path, base_model=conformance_backend.base_model).result()
     assert_close(
-        both.compute_logprobs(prompt).result()[1:], alone.compute_logprobs(prompt).result()[1:], "token", "SMP-15",
+        both.compute_logprobs(prompt).result()[1:],
+        alone.compute_logprobs(prompt).result()[1:],
+        "token",
+        "SMP-15",
         what="model_path with its base model named samples the checkpoint",
     )
     with pytest.raises(ts.BadRequestError) as err:

@@ -43,7 +43,9 @@ LOSS_SIGNATURES: Mapping[str, LossSignature] = {
         ),
         # LOSS-16: the client layer resolves the datum's provenance and hands the backend
         # target_tokens, advantages, the recorded logprobs and sampled_mask (tinker_std.stability).
-        LossSignature("stable_reinforce", ("target_tokens", "advantages"), ("logprobs",), {"kl_coeff": 0.0, "ratio_cap": 2.0}),
+        LossSignature(
+            "stable_reinforce", ("target_tokens", "advantages"), ("logprobs",), {"kl_coeff": 0.0, "ratio_cap": 2.0}
+        ),
     )
 }
 

@@ -91,7 +91,8 @@ def gspo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
     """Sequence-level ratio PPO (LOSS-7).
 
     With M the positions whose ``sequence_ratio_mask`` is non-zero (when the mask is absent: the
-    positions that carry a sampled token, ``A != 0`` or ``q != 0``; decisions.md #16): ``log s = mean_{t in M}(sg(lp_t) - q_t)`` (0 when M is empty),
+    positions that carry a sampled token, ``A != 0`` or ``q != 0``; decisions.md #16):
+    ``log s = mean_{t in M}(sg(lp_t) - q_t)`` (0 when M is empty),
     ``s_t = exp(log s + lp_t - sg(lp_t))`` and the loss is
     ``-sum_t min(s_t * A_t, clip(s_t, lo, hi) * A_t)`` over all positions.
     """

@@ -1,4 +1,4 @@
-"""Stability records and provenance resolution for ``stable_reinforce`` (spec LOSS-16..LOSS-19, SMP-21).
+"""Stability records and provenance resolution for ``stable_reinforce`` (spec LOSS-16..LOSS-19, SDK-3).
 
 A sampler created with ``record_stability_info=True`` records, for every sequence it returns, the
 request's prompt tokens, the sampled tokens and the sampler's own logprob of each sampled token
@@ -74,7 +74,9 @@ class StabilityRecords:
                 logprobs = tuple(float(v) for v in (seq.logprobs or []))
                 if len(logprobs) != len(seq.tokens):
                     raise ValueError(f"sequence {seq.sequence_id!r} has no logprob per sampled token to record")
-                self._entries[seq.sequence_id] = _Entry(RecordedSequence(tuple(prompt), tuple(seq.tokens), logprobs), now)
+                self._entries[seq.sequence_id] = _Entry(
+                    RecordedSequence(tuple(prompt), tuple(seq.tokens), logprobs), now
+                )
 
     def get(self, sequence_id: str) -> RecordedSequence | None:
         """The recorded sequence (its expiry restarts), or ``None`` if unknown or expired."""
@@ -111,7 +113,8 @@ def check_span_tiling(i: int, datum: Datum) -> None:
         total = sum(span.length for span in spans)
         if total != expected:
             raise BadRequestError(
-                f"data[{i}].{name}", f"the spans cover {total} positions but the field has {expected}; they must tile it"
+                f"data[{i}].{name}",
+                f"the spans cover {total} positions but the field has {expected}; they must tile it",
             )
 
 
@@ -155,7 +158,9 @@ def resolve_stable_reinforce(i: int, datum: Datum, records: StabilityRecords) ->
         )
     check_span_tiling(i, datum)
     tokens = datum.model_input.to_ints()
-    for pos, (j, sampled, seq, k) in enumerate(_claimed(f"{prefix}.model_input_spans", datum.model_input_spans, records)):
+    for pos, (j, sampled, seq, k) in enumerate(
+        _claimed(f"{prefix}.model_input_spans", datum.model_input_spans, records)
+    ):
         recorded = (seq.tokens if sampled else seq.prompt)[k]
         if tokens[pos] != recorded:
             raise BadRequestError(
@@ -169,7 +174,9 @@ def resolve_stable_reinforce(i: int, datum: Datum, records: StabilityRecords) ->
     given = inputs["logprobs"].to_numpy().astype(np.float64) if "logprobs" in inputs else None
     q = np.zeros(n, dtype=np.float64)
     mask = np.zeros(n, dtype=np.float64)
-    for pos, (j, sampled, seq, k) in enumerate(_claimed(f"{prefix}.loss_fn_input_spans", datum.loss_fn_input_spans, records)):
+    for pos, (j, sampled, seq, k) in enumerate(
+        _claimed(f"{prefix}.loss_fn_input_spans", datum.loss_fn_input_spans, records)
+    ):
         if not sampled:
             continue
         if int(targets[pos]) != seq.tokens[k]:

@@ -22,8 +22,8 @@ __all__ = ["SamplingClient"]
 class SamplingClient:
     """Samples from one set of weights. Sampling requests are independent and may run concurrently.
 
-    Every returned sequence carries a ``sequence_id`` unique to this ``ServiceClient`` (SMP-20).
-    With ``record_stability_info`` every sample is recorded for ``stable_reinforce`` (SMP-21).
+    Every returned sequence carries a ``sequence_id`` unique to this ``ServiceClient`` (SDK-2).
+    With ``record_stability_info`` every sample is recorded for ``stable_reinforce`` (SDK-3).
 
     When the object is garbage collected, the backend is told it may free the sampler (SMP-19), so
     a loop that takes a fresh snapshot sampler every step does not accumulate adapter copies."""
@@ -52,9 +52,9 @@ class SamplingClient:
     ) -> APIFuture[SampleResponse]:
         """Sample ``num_samples`` completions of ``prompt``; returns a future at once.
 
-        ``prompt_logprobs_last_n`` scores only the last N prompt positions (SMP-22);
+        ``prompt_logprobs_last_n`` scores only the last N prompt positions (SDK-4);
         ``topk_sample_logprobs``, ``target_prompt_logprobs`` and ``prompt_alt_tokens_k`` are not
-        part of spec v0.2 and any non-default value is a ``BadRequestError`` naming it (SMP-23)."""
+        part of spec v0.2 and any non-default value is a ``BadRequestError`` naming it (SDK-5)."""
         service = self._service
         _refuse_sampling_extras(topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k)
         tokens, params = validate_sample(
@@ -81,13 +81,17 @@ class SamplingClient:
 
         return service._submit(lambda backend: run())
 
-    async def sample_async(self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams, **kwargs: Any) -> SampleResponse:
+    async def sample_async(
+        self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams, **kwargs: Any
+    ) -> SampleResponse:
         """Like ``sample`` but resolves to the response itself."""
         return await self.sample(prompt, num_samples, sampling_params, **kwargs)
 
-    def compute_logprobs(self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None) -> APIFuture[list[float | None]]:
+    def compute_logprobs(
+        self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> APIFuture[list[float | None]]:
         """``log p(prompt[i] | prompt[:i])`` for every position; entry 0 is ``None`` (SMP-10); with
-        ``prompt_logprobs_last_n`` only the last N entries are scored (SMP-22)."""
+        ``prompt_logprobs_last_n`` only the last N entries are scored (SDK-4)."""
         inner = self.sample(
             prompt,
             1,
@@ -103,7 +107,9 @@ class SamplingClient:
 
         return self._service._submit(lambda backend: extract())
 
-    async def compute_logprobs_async(self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None) -> list[float | None]:
+    async def compute_logprobs_async(
+        self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> list[float | None]:
         return await self.compute_logprobs(prompt, prompt_logprobs_last_n)
 
     def get_tokenizer(self) -> Tokenizer:
@@ -114,11 +120,15 @@ class SamplingClient:
 
 
 def _refuse_sampling_extras(topk_sample_logprobs: Any, target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
-    """SMP-23: the SDK's sampling extras that spec v0.2 does not define are refused, never ignored."""
+    """SDK-5: the SDK's sampling extras that spec v0.2 does not define are refused, never ignored."""
     if topk_sample_logprobs not in (0, None):
-        raise BadRequestError("topk_sample_logprobs", "top-k logprobs of sampled tokens are not part of tinker-std spec v0.2")
+        raise BadRequestError(
+            "topk_sample_logprobs", "top-k logprobs of sampled tokens are not part of tinker-std spec v0.2"
+        )
     if target_prompt_logprobs is not None:
-        raise BadRequestError("target_prompt_logprobs", "logprobs of chosen prompt targets are not part of tinker-std spec v0.2")
+        raise BadRequestError(
+            "target_prompt_logprobs", "logprobs of chosen prompt targets are not part of tinker-std spec v0.2"
+        )
     if prompt_alt_tokens_k not in (0, None):
         raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of tinker-std spec v0.2")
 
@@ -131,18 +141,23 @@ def _check_last_n(last_n: Any, prompt_len: int, include_prompt_logprobs: bool, t
             "prompt_logprobs_last_n", f"must be an int in [1, len(prompt) - 1 = {prompt_len - 1}], got {last_n!r}"
         )
     if not include_prompt_logprobs and topk <= 0:
-        raise BadRequestError("prompt_logprobs_last_n", "needs include_prompt_logprobs=True or topk_prompt_logprobs > 0")
+        raise BadRequestError(
+            "prompt_logprobs_last_n", "needs include_prompt_logprobs=True or topk_prompt_logprobs > 0"
+        )
     return last_n
 
 
 def _with_sequence_ids(response: SampleResponse) -> SampleResponse:
-    """Give every sequence a fresh id unless the backend named it (SMP-20)."""
-    sequences = [s if s.sequence_id else s.model_copy(update={"sequence_id": f"seq-{uuid.uuid4().hex}"}) for s in response.sequences]
+    """Give every sequence a fresh id unless the backend named it (SDK-2)."""
+    sequences = [
+        s if s.sequence_id else s.model_copy(update={"sequence_id": f"seq-{uuid.uuid4().hex}"})
+        for s in response.sequences
+    ]
     return response.model_copy(update={"sequences": sequences})
 
 
 def _keep_last(response: SampleResponse, last_n: int) -> SampleResponse:
-    """Entries before the last ``last_n`` prompt positions become ``None`` (SMP-22)."""
+    """Entries before the last ``last_n`` prompt positions become ``None`` (SDK-4)."""
     update: dict[str, Any] = {}
     if response.prompt_logprobs is not None:
         cut = len(response.prompt_logprobs) - last_n

@@ -66,7 +66,7 @@ class ServiceClient:
         self.max_chunk_datums = max_chunk_datums
         self._runtime = EventLoopThread(name=f"tinker-std-{self._backend.name}")
         self._started: asyncio.Task[None] | None = None
-        #: Sequences sampled with ``record_stability_info=True`` (SMP-21), for ``stable_reinforce``.
+        #: Sequences sampled with ``record_stability_info=True`` (SDK-3), for ``stable_reinforce``.
         self.stability_records = StabilityRecords()
         # A script that never calls close() still shuts its backend down before the interpreter
         # finalises: otherwise torch work on the daemon loop thread can abort the process at exit.
@@ -204,7 +204,7 @@ class ServiceClient:
 
         Given both, ``model_path`` is sampled and ``base_model`` must name the checkpoint's base
         model (else ``BadRequestError`` on ``base_model``). ``record_stability_info`` records every
-        sample for ``stable_reinforce`` (SMP-21)."""
+        sample for ``stable_reinforce`` (SDK-3)."""
         if model_path is None and base_model is None:
             raise BadRequestError("model_path", "give model_path or base_model")
         if base_model is not None and (not isinstance(base_model, str) or not base_model):

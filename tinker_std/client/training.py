@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
+from ..stability import check_span_tiling, resolve_stable_reinforce
 from ..types import (
     AdamParams,
     Datum,
@@ -19,7 +20,6 @@ from ..types import (
     SaveWeightsForSamplerResponse,
     SaveWeightsResponse,
 )
-from ..stability import check_span_tiling, resolve_stable_reinforce
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
 from .ordering import RequestLane
@@ -162,11 +162,11 @@ class TrainingClient:
         self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
     ) -> APIFuture[SamplingClient]:
         """A sampler over a snapshot of the current weights (SMP-14); ``name`` is deprecated in the
-        SDK and has no effect there either. ``kind="inflight"`` is not part of spec v0.2: a
-        ``BadRequestError`` on ``kind`` (SMP-24). ``record_stability_info``: SMP-21."""
+        SDK and has no effect there either. ``kind="inflight"`` is not part of spec 0.2: a
+        ``BadRequestError`` on ``kind`` (SDK-5). ``record_stability_info``: SDK-3."""
         if kind != "snapshot":
             raise BadRequestError(
-                "kind", f"only 'snapshot' samplers are part of tinker-std spec v0.2 (inflight samplers are not), got {kind!r}"
+                "kind", f"only 'snapshot' samplers are part of tinker-std spec 0.2 (not inflight ones), got {kind!r}"
             )
         if not isinstance(record_stability_info, bool):
             raise BadRequestError("record_stability_info", f"must be a bool, got {record_stability_info!r}")
@@ -243,7 +243,9 @@ class TrainingClient:
     ) -> SamplingClient:
         return await self.save_weights_and_get_sampling_client(name, record_stability_info, kind)
 
-    async def create_sampling_client_async(self, model_path: str, record_stability_info: bool = False) -> SamplingClient:
+    async def create_sampling_client_async(
+        self, model_path: str, record_stability_info: bool = False
+    ) -> SamplingClient:
         return await self.create_sampling_client(model_path, record_stability_info)
 
     async def get_info_async(self) -> GetInfoResponse:

@@ -69,7 +69,9 @@ class Datum(RequestModel):
     @model_validator(mode="after")
     def _spans_come_in_pairs(self) -> Datum:
         if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
-            raise ValueError("provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither")
+            raise ValueError(
+                "provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither"
+            )
         return self
 
     def with_provenance(self, model_input: ProvenanceSpans, loss_fn_inputs: ProvenanceSpans) -> Datum:
@@ -79,7 +81,9 @@ class Datum(RequestModel):
         targets = self.loss_fn_inputs.get("target_tokens")
         if targets is not None:
             _check_tiling("loss_fn_inputs", loss_fn_inputs, targets.resolved_shape[0])
-        return self.model_copy(update={"model_input_spans": list(model_input), "loss_fn_input_spans": list(loss_fn_inputs)})
+        return self.model_copy(
+            update={"model_input_spans": list(model_input), "loss_fn_input_spans": list(loss_fn_inputs)}
+        )
 
     @field_validator("loss_fn_inputs", mode="before")
     @classmethod
