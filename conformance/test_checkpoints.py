@@ -225,15 +225,15 @@ def test_listing_and_deleting_checkpoints(
     tc.save_weights_and_get_sampling_client("ignored-name").result()  # writes no checkpoint (CKPT-12)
     second = tc.save_weights_for_sampler("list-b", ttl_seconds=1).result().path
     run = ts.ParsedCheckpointTinkerPath.from_tinker_path(first).training_run_id
-    listed = rest.list_checkpoints(run).result()
+    listed = rest.list_checkpoints(run).result().checkpoints
     assert [c.tinker_path for c in listed] == [first, second], f"[CKPT-11] listing {[c.tinker_path for c in listed]}"
     assert [c.checkpoint_type for c in listed] == ["training", "sampler"], "[CKPT-11] checkpoint types"
-    runs = rest.list_training_runs().result()
+    runs = rest.list_training_runs().result().training_runs
     assert run in {r.training_run_id for r in runs}, "[CKPT-11] the run is not listed"
     time.sleep(1.2)  # past the ttl: v0.1 checkpoints never expire (CKPT-13)
     service.create_training_client_from_state(first).result()
     rest.delete_checkpoint_from_tinker_path(first).result()
-    assert [c.tinker_path for c in rest.list_checkpoints(run).result()] == [second], "[CKPT-11] delete"
+    assert [c.tinker_path for c in rest.list_checkpoints(run).result().checkpoints] == [second], "[CKPT-11] delete"
     with pytest.raises(ts.NotFoundError):
         rest.delete_checkpoint_from_tinker_path(first).result()
     with pytest.raises(ts.NotFoundError):

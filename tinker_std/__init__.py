@@ -28,7 +28,9 @@ from .types import (
     AdamOptimizerConfig,
     AdamParams,
     Checkpoint,
+    CheckpointsListResponse,
     CheckpointType,
+    Cursor,
     Datum,
     EncodedTextChunk,
     ForwardBackwardOutput,
@@ -52,6 +54,7 @@ from .types import (
     SupportedModel,
     TensorData,
     TrainingRun,
+    TrainingRunsResponse,
 )
 
 SPEC_VERSION = "0.2"
@@ -71,6 +74,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointStore",
     "CheckpointType",
+    "CheckpointsListResponse",
+    "Cursor",
     "ConflictError",
     "ContextLengthError",
     "Datum",
@@ -107,6 +112,7 @@ __all__ = [
     "Tokenizer",
     "TrainingClient",
     "TrainingRun",
+    "TrainingRunsResponse",
     "Unsupported",
     "types",
 ]

@@ -11,6 +11,7 @@ from ..backend import SampleRequest, SamplerSpec, Tokenizer
 from ..errors import BadRequestError
 from ..futures import APIFuture
 from ..types import ModelInput, SampleResponse, SamplingParams, TensorData
+from .sampler_handles import SamplerOrigin, decode_handle, encode_handle, release, retain
 from .validation import validate_sample
 
 if TYPE_CHECKING:
@@ -28,11 +29,38 @@ class SamplingClient:
     When the object is garbage collected, the backend is told it may free the sampler (SMP-19), so
     a loop that takes a fresh snapshot sampler every step does not accumulate adapter copies."""
 
-    def __init__(self, service: ServiceClient, spec: SamplerSpec, record_stability_info: bool = False) -> None:
+    def __init__(
+        self,
+        service: ServiceClient,
+        spec: SamplerSpec,
+        record_stability_info: bool = False,
+        origin: SamplerOrigin | None = None,
+    ) -> None:
         self._service = service
         self.spec = spec
         self.record_stability_info = bool(record_stability_info)
-        weakref.finalize(self, service._release_sampler, spec.sampler_id)
+        self.origin = origin or SamplerOrigin()
+        retain(service, spec, self.origin)
+        weakref.finalize(self, release, service, spec.sampler_id)
+
+    # -- handles (tinker 0.38): pass a sampler to another process --------------------------------
+
+    def get_sampler_handle(self) -> str:
+        """A string naming this sampler, for ``from_sampler_handle`` here or in another process
+        (``tinker_std.client.sampler_handles``); it carries no weights and no credentials."""
+        return encode_handle(self)
+
+    @staticmethod
+    def from_sampler_handle(handle: str, *, api_key: str | None = None) -> SamplingClient:
+        """A client of the sampler behind ``handle``. ``api_key`` is for hosted services: an
+        in-process backend takes none, so a key is a ``BadRequestError`` naming it."""
+        if api_key is not None:
+            raise BadRequestError("api_key", "an in-process backend takes no API key")
+        return decode_handle(handle)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickle as its handle: another process gets a client of the same weights."""
+        return (decode_handle, (encode_handle(self),))
 
     @property
     def sampler_id(self) -> str:

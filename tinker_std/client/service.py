@@ -20,6 +20,7 @@ from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .rest import RestClient
 from .runtime import EventLoopThread
+from .sampler_handles import SamplerOrigin
 from .sampling import SamplingClient
 from .training import TrainingClient
 
@@ -214,14 +215,15 @@ class ServiceClient:
 
         async def run(backend: Backend) -> SamplingClient:
             if parsed is None:
-                return SamplingClient(self, await backend.create_sampler(base_model=base_model), record)
+                spec = await backend.create_sampler(base_model=base_model)
+                return SamplingClient(self, spec, record, SamplerOrigin(base_model=base_model))
             spec = await backend.create_sampler(model_path=parsed)
             if base_model is not None and spec.base_model != base_model:
                 await backend.release_sampler(spec.sampler_id)
                 raise BadRequestError(
                     "base_model", f"{parsed.tinker_path} was trained on {spec.base_model!r}, not {base_model!r}"
                 )
-            return SamplingClient(self, spec, record)
+            return SamplingClient(self, spec, record, SamplerOrigin(model_path=parsed.tinker_path))
 
         return self._submit(run)
 

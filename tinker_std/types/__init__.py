@@ -1,6 +1,14 @@
 """Wire types of tinker-std, field-compatible with ``tinker.types`` (0.38) where shared."""
 
-from .checkpoint import Checkpoint, CheckpointType, ParsedCheckpointTinkerPath, TrainingRun
+from .checkpoint import (
+    Checkpoint,
+    CheckpointsListResponse,
+    CheckpointType,
+    Cursor,
+    ParsedCheckpointTinkerPath,
+    TrainingRun,
+    TrainingRunsResponse,
+)
 from .datum import LOSS_INPUT_DTYPES, Datum
 from .info import GetInfoResponse, GetServerCapabilitiesResponse, ModelData, SupportedModel
 from .model_input import EncodedTextChunk, ModelInput
@@ -33,6 +41,8 @@ __all__ = [
     "AdamParams",
     "Checkpoint",
     "CheckpointType",
+    "CheckpointsListResponse",
+    "Cursor",
     "Datum",
     "EncodedTextChunk",
     "ForwardBackwardOutput",
@@ -63,4 +73,5 @@ __all__ = [
     "TensorData",
     "TensorDtype",
     "TrainingRun",
+    "TrainingRunsResponse",
 ]
