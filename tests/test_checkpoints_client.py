@@ -96,7 +96,8 @@ def test_rest_client_lists_and_deletes(tmp_path: Path) -> None:
             ("sampler_weights/b", "sampler"),
         }
         rest.delete_checkpoint_from_tinker_path(f"tinker://{tc.model_id}/weights/a").result()
-        assert [c.checkpoint_id for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == ["sampler_weights/b"]
+        left = rest.list_checkpoints(tc.model_id).result().checkpoints
+        assert [c.checkpoint_id for c in left] == ["sampler_weights/b"]
         with pytest.raises(ts.NotFoundError):
             rest.delete_checkpoint(tc.model_id, "weights/a").result()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -127,7 +128,7 @@ def _densify(values: dict[str, Any]) -> list[Any]:
     crow, col = [int(x) for x in crow], [int(x) for x in col]
     if len(crow) != rows + 1 or crow[0] != 0 or crow[-1] != len(listed) or len(col) != len(listed):
         raise ValueError("sparse_crow_indices must rise from 0 to the number of values, one per row plus one")
-    if any(b < a for a, b in zip(crow, crow[1:], strict=False)) or any(not 0 <= c < cols for c in col):
+    if any(b < a for a, b in itertools.pairwise(crow)) or any(not 0 <= c < cols for c in col):
         raise ValueError(f"sparse CSR indices out of order or outside [0, {cols})")
     dense: list[Any] = [0] * (rows * cols)
     for r in range(rows):
