@@ -1,6 +1,6 @@
 """Reference computations the suite checks backends against, written from the spec text.
 
-They deliberately do not reuse ``tinker_std.losses`` or ``tinker_std.engine`` (which a backend
+They deliberately do not reuse ``tinker_std.losses`` or ``tinker_std.training_math`` (which a backend
 may use), so a slip there is caught too. Everything is float64 torch.
 
 * ``reference_loss``: the six loss formulas of 03-losses.md (LOSS-2..LOSS-7, LOSS-9 overrides).
@@ -40,6 +40,7 @@ DEFAULT_CONFIGS: Mapping[str, Mapping[str, float]] = {
     "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
     "dro": {"beta": 0.05},
     "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
+    "stable_reinforce": {"kl_coeff": 0.0, "ratio_cap": 2.0},
 }
 #: Added to the global norm in the clipping coefficient (OPT-4).
 CLIP_EPS = 1e-6
