@@ -22,6 +22,7 @@ TORCH = {
     "loss:cispo",
     "loss:dro",
     "loss:gspo",
+    "loss:stable_reinforce",
     "soft_targets",
     "introspection",
     "seeded_sampling",

@@ -55,7 +55,7 @@ FIELDS: dict[str, FieldRule] = {
     "ClientConfigRequest.sdk_version": FieldRule(
         "descriptive", "the SDK's version; every version gets the same config"
     ),
-    "CreateSessionRequest.tags": _e("recorded on the session: RestClient.get_session / list_sessions return them"),
+    "CreateSessionRequest.tags": FieldRule("descriptive", "labels for the hosted console and session search (refused); kept on the session"),
     "CreateSessionRequest.user_metadata": _e("recorded on the session: RestClient.get_session returns it"),
     "CreateSessionRequest.display_name": _e("recorded on the session: RestClient.get_session returns it"),
     "CreateSessionRequest.sdk_version": FieldRule("descriptive", "the SDK's version, shown in the access log"),
@@ -267,3 +267,33 @@ FIELDS: dict[str, FieldRule] = {
 
 #: The request types walked (every ``tinker.types`` class with a field in ``FIELDS``).
 REQUEST_TYPES: tuple[str, ...] = tuple(sorted({key.split(".", 1)[0] for key in FIELDS}))
+
+#: Public SDK 0.38 client methods (``*_async`` twins counted with their method) that the server
+#: refuses, with why (docs/server.md); every other method is served.
+SERVER_REFUSED_METHODS: dict[str, str] = {
+    "TrainingClient.save_weights_external": "no external weight store",
+    "RestClient.get_external_weights_urls": "no external weight store",
+    "ServiceClient.copy_weights": "no projects to copy between",
+    "RestClient.copy_weights": "no projects to copy between",
+    "RestClient.assign_session_project": "no projects",
+    "RestClient.export_session_trace": "no traces",
+    "RestClient.search_sessions": "no session search",
+    "RestClient.get_current_checkpoint_storage_usage": "hosted-service accounting",
+    "RestClient.get_audit_log": "hosted-service accounting",
+    "RestClient.get_billing_usage": "hosted-service accounting",
+    "ServiceClient.create_custom_loss": "server-side custom losses: the SDK computes the loss on the client instead",
+    "RestClient.whoami": "answered by the SDK from a JWT; the server uses API keys",
+}
+#: Methods that never reach a server (client-local in the SDK).
+CLIENT_LOCAL_METHODS: frozenset[str] = frozenset(
+    {
+        "ServiceClient.get_console_url",
+        "ServiceClient.get_telemetry",
+        "TrainingClient.get_console_url",
+        "TrainingClient.get_telemetry",
+        "SamplingClient.get_telemetry",
+        "SamplingClient.on_queue_state_change",
+        "SamplingClient.create",
+        "RestClient.get_telemetry",
+    }
+)

@@ -1,0 +1,467 @@
+"""Nothing silently ignored (issue 22, spec SDK-1), enforced over the real SDK and HTTP.
+
+1. The request types of ``tinker.types`` (SDK 0.38) are walked: every field of every type the SDK
+   sends (``*Request``, ``*Params``, ``*OptimizerConfig``, ``*Chunk``, ``*ProvenanceSpan`` and the
+   nested ``Datum``, ``ModelInput``, ``TensorData``, ``LoraConfig``, ``ForwardBackwardInput``) must
+   be classified in ``tinker_std.sdk_surface.FIELDS``, so a field a new SDK release adds fails here
+   until someone decides what it does.
+2. Against a running server on the mock backend, every ``refused`` field is sent non-default
+   through the SDK (or as the SDK's own JSON where no client method takes it) and must come back
+   as a typed error naming it; every ``effect`` field either has a probe here that sends it
+   non-default and checks its effect, or names the spec statement whose conformance test checks it
+   (the conformance suite runs through this server in CI: ``tinker (mock)``, ``tinker (torch)``).
+3. ``docs/server.md`` holds the table ``scripts/sdk-surface.py`` renders from the classification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from server_support import KEY, Wire, sdk_datum, served
+from tinker_std.conformance.spec_index import load_statements
+from tinker_std.sdk_surface import FIELDS, FieldRule
+
+tinker = pytest.importorskip("tinker")
+types = tinker.types
+ROOT = Path(__file__).resolve().parents[1]
+
+WALKED_SUFFIXES = ("Request", "Params", "OptimizerConfig", "Chunk", "ProvenanceSpan")
+WALKED_NAMES = ("Datum", "ModelInput", "TensorData", "LoraConfig", "ForwardBackwardInput")
+
+
+def sdk_request_fields() -> set[str]:
+    """``Type.field`` for every field of every request type of the installed SDK."""
+    found: set[str] = set()
+    for name, obj in vars(types).items():
+        if not inspect.isclass(obj) or not (name.endswith(WALKED_SUFFIXES) or name in WALKED_NAMES):
+            continue
+        if issubclass(obj, pydantic.BaseModel):
+            found |= {f"{name}.{f}" for f in obj.model_fields}
+        elif dataclasses.is_dataclass(obj):
+            found |= {f"{name}.{f.name}" for f in dataclasses.fields(obj) if not f.name.startswith("_")}
+    return found
+
+
+def test_every_field_of_every_sdk_request_type_is_classified() -> None:
+    walked = sdk_request_fields()
+    assert len(walked) > 150, f"the walk found only {len(walked)} fields: is tinker.types what it was?"
+    unclassified = sorted(walked - set(FIELDS))
+    assert not unclassified, f"SDK request fields with no rule in tinker_std/sdk_surface.py: {unclassified}"
+    stale = sorted(set(FIELDS) - walked)
+    assert not stale, f"rules for fields the SDK no longer has: {stale}"
+
+
+def test_fixed_fields_admit_only_their_literal() -> None:
+    for key, rule in FIELDS.items():
+        if rule.status != "fixed":
+            continue
+        type_name, field = key.split(".")
+        cls = getattr(types, type_name)
+        annotation = cls.model_fields[field].annotation
+        assert typing.get_origin(annotation) is typing.Literal and len(typing.get_args(annotation)) == 1, key
+        with pytest.raises(pydantic.ValidationError):
+            cls.model_validate({**_minimal(type_name), field: "something-else"})
+
+
+def _minimal(type_name: str) -> dict[str, Any]:
+    """Required fields of a few SDK types, for the literal check above."""
+    cls = getattr(types, type_name)
+    values: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        if info.is_required():
+            values[name] = {"model_id": "m", "session_id": "s", "path": "p", "tokens": [1], "optim_params": {}}.get(
+                name, 0
+            )
+    return values
+
+
+def test_every_rule_says_why_and_cites_a_statement_that_exists() -> None:
+    statements = load_statements(ROOT / "spec")
+    for key, rule in FIELDS.items():
+        assert rule.why, key
+        if rule.spec:
+            assert rule.spec in statements, f"{key} cites {rule.spec}, which the spec does not define"
+
+
+def test_effect_rules_without_a_probe_name_a_statement_a_conformance_test_checks() -> None:
+    cited = importlib.import_module("test_spec_coverage").cited_ids()
+    for key, rule in FIELDS.items():
+        if rule.status == "effect" and key not in PROBED:
+            assert rule.spec, f"{key}: an effect rule needs a probe in this file or a spec statement"
+            assert rule.spec in cited, f"{key}: no conformance test cites {rule.spec}"
+
+
+def test_docs_list_every_sdk_item_with_its_rule() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sdk-surface.py"), "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- probes against a running server -----------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    sdk: Any
+    wire: Wire
+    base: str
+    url: str
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
+    with served("mock", tmp_path_factory.mktemp("fields")) as (server, _service, base):
+        yield Ctx(tinker.ServiceClient(base_url=server.url, api_key=KEY), Wire(server.url), base, server.url)
+
+
+PROMPT = [1, 7, 42, 99, 3]
+
+
+def _training(ctx: Ctx, **kwargs: Any) -> Any:
+    return ctx.sdk.create_lora_training_client(base_model=ctx.base, rank=4, seed=0, **kwargs).result()
+
+
+def _error_text(call: Callable[[], Any]) -> str:
+    try:
+        result = call()
+        if hasattr(result, "result"):
+            result.result()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    raise AssertionError("the call succeeded; it must be refused")
+
+
+def _refused(call: Callable[[], Any], *names: str) -> None:
+    text = _error_text(call)
+    assert "Error" in text or "Unsupported" in text, text
+    for name in names:
+        assert name in text, f"the refusal does not name {name!r}: {text}"
+
+
+def _raw_refused(reply: Any, *names: str, wire: Wire | None = None) -> None:
+    body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {}
+    if reply.status_code == 200 and "request_id" in body and wire is not None:
+        body = wire.result(body["request_id"]).json()
+    text = str(body.get("error", "")) + " " + str(body.get("field", ""))
+    assert body.get("error"), f"not refused: {reply.status_code} {body}"
+    for name in names:
+        assert name in text, f"the refusal does not name {name!r}: {body}"
+
+
+def _sampler(ctx: Ctx, record: bool = False) -> tuple[Any, Any]:
+    tc = _training(ctx)
+    return tc, tc.save_weights_and_get_sampling_client(record_stability_info=record).result()
+
+
+def probe_sample_extras(ctx: Ctx) -> None:
+    _, sc = _sampler(ctx)
+    prompt, params = types.ModelInput.from_ints(PROMPT), types.SamplingParams(max_tokens=2)
+    _refused(lambda: sc.sample(prompt, 1, params, topk_sample_logprobs=2), "topk_sample_logprobs")
+    target = types.TensorData(data=[1, 2, 3, 4], dtype="int64", shape=[4, 1])
+    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=target), "target_prompt_logprobs")
+    _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=2), "prompt_alt_tokens_k")
+
+
+def probe_sample_without_session(ctx: Ctx) -> None:
+    _, sc = _sampler(ctx)
+    body = {
+        "sampling_session_id": sc._sampling_session_id,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": PROMPT}]},
+        "sampling_params": {"max_tokens": 1},
+    }
+    for name, value in (("base_model", ctx.base), ("model_path", "tinker://x/sampler_weights/y")):
+        _raw_refused(ctx.wire.post("asample", {**body, name: value}), name, wire=ctx.wire)
+
+
+def probe_prompt_logprobs_last_n(ctx: Ctx) -> None:
+    _, sc = _sampler(ctx)
+    prompt = types.ModelInput.from_ints(PROMPT)
+    full = sc.compute_logprobs(prompt).result()
+    tail = sc.compute_logprobs(prompt, prompt_logprobs_last_n=2).result()
+    assert tail[:3] == [None, None, None] and tail[3:] == pytest.approx(full[3:], abs=1e-6), (tail, full)
+    _refused(lambda: sc.compute_logprobs(prompt, prompt_logprobs_last_n=9), "prompt_logprobs_last_n")
+
+
+def _cookbook_datum(prompt: list[int], seq: Any, advantage: float) -> Any:
+    full = prompt + list(seq.tokens)
+    pad = len(prompt) - 1
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(full[:-1]),
+        loss_fn_inputs={
+            "target_tokens": full[1:],
+            "logprobs": [0.0] * pad + list(seq.logprobs),
+            "advantages": [0.0] * pad + [advantage] * len(seq.tokens),
+        },
+    )
+    sid = seq.sequence_id
+    return datum.with_provenance(
+        model_input=[
+            types.PromptProvenanceSpan(sequence_id=sid, length=len(prompt)),
+            types.SampledProvenanceSpan(sequence_id=sid, length=len(seq.tokens) - 1),
+        ],
+        loss_fn_inputs=[
+            types.PromptProvenanceSpan(sequence_id=sid, offset=1, length=pad),
+            types.SampledProvenanceSpan(sequence_id=sid, length=len(seq.tokens)),
+        ],
+    )
+
+
+def probe_stable_reinforce_provenance(ctx: Ctx) -> None:
+    tc, sc = _sampler(ctx, record=True)
+    params = types.SamplingParams(max_tokens=4, seed=2, stop=[])
+    seqs = sc.sample(types.ModelInput.from_ints(PROMPT), 2, params).result().sequences
+    data = [_cookbook_datum(PROMPT, s, a) for s, a in zip(seqs, (1.0, -1.0), strict=True)]
+    out = tc.forward_backward(data, "stable_reinforce").result()
+    expected = sum(-a * sum(s.logprobs) for s, a in zip(seqs, (1.0, -1.0), strict=True))
+    assert out.metrics["loss:sum"] == pytest.approx(expected, abs=1e-4), "on-policy stable_reinforce is REINFORCE"
+    # a sampler without record_stability_info records nothing: the same datum is refused by name
+    _, plain = _sampler(ctx)
+    unrecorded = plain.sample(types.ModelInput.from_ints(PROMPT), 1, params).result().sequences[0]
+    _refused(lambda: tc.forward_backward([_cookbook_datum(PROMPT, unrecorded, 1.0)], "stable_reinforce"), "sequence_id")
+    # offsets and lengths are read: a shifted prompt run names its span
+    bad = dataclasses.replace(
+        data[0],
+        model_input_spans=[
+            types.PromptProvenanceSpan(sequence_id=seqs[0].sequence_id, offset=1, length=len(PROMPT)),
+            *data[0].model_input_spans[1:],
+        ],
+    )
+    _refused(lambda: tc.forward_backward([bad], "stable_reinforce"), "model_input_spans[0]")
+    untiled = dataclasses.replace(data[0], loss_fn_input_spans=data[0].loss_fn_input_spans[:1])
+    _refused(lambda: tc.forward_backward([untiled], "importance_sampling"), "loss_fn_input_spans")
+
+
+def probe_inflight(ctx: Ctx) -> None:
+    tc = _training(ctx)
+    _refused(lambda: tc.save_weights_and_get_sampling_client(kind="inflight"), "kind")
+
+
+def probe_dimuon(ctx: Ctx) -> None:
+    _refused(lambda: _training(ctx, optimizer=types.DimuonOptimizerConfig()), "optimizer_config")
+    tc = _training(ctx)
+    _refused(lambda: tc.optim_step(types.DimuonParams(learning_rate=1e-3)), "optimizer_params")
+
+
+def probe_load_weights_refusals(ctx: Ctx) -> None:
+    tc = _training(ctx)
+    path = tc.save_state("lw").result().path
+    session = ctx.wire.session()
+    base = {"session_id": session, "model_seq_id": 0, "path": path, "optimizer": False}
+    _raw_refused(ctx.wire.post("load_weights", {**base, "weights_access_token": "tok"}), "weights_access_token", wire=ctx.wire)
+    dimuon = {"type": "dimuon", "version": "v1"}
+    _raw_refused(
+        ctx.wire.post("load_weights", {**base, "model_seq_id": 1, "optimizer_config": dimuon}),
+        "optimizer_config",
+        wire=ctx.wire,
+    )
+
+
+def probe_project(ctx: Ctx) -> None:
+    reply = ctx.wire.post("create_session", {"tags": [], "sdk_version": "0.38.0", "project_id": "proj-1"})
+    _raw_refused(reply, "project_id")
+
+
+def probe_session_metadata(ctx: Ctx) -> None:
+    sdk = tinker.ServiceClient(base_url=ctx.url, api_key=KEY, user_metadata={"team": "a"}, display_name="probe")
+    tc = sdk.create_lora_training_client(base_model=ctx.base, rank=4).result()
+    session_id = tc.model_id.split(":train:")[0]
+    info = sdk.create_rest_client().get_session(session_id).result()
+    assert info.user_metadata == {"team": "a"} and info.display_name == "probe", info
+
+
+def probe_chunks(ctx: Ctx) -> None:
+    tc = _training(ctx)
+    image = types.ImageChunk(data=b"\x89PNG", format="png", expected_tokens=4)
+    datum = types.Datum(
+        model_input=types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]), image]),
+        loss_fn_inputs={"target_tokens": [2, 3, 4, 5, 6, 7], "weights": [1.0] * 6},
+    )
+    _refused(lambda: tc.forward_backward([datum], "cross_entropy"), "chunks[1]")
+    pointer = types.ImageAssetPointerChunk(format="png", location="s3://x", expected_tokens=2)
+    datum = types.Datum(
+        model_input=types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]), pointer]),
+        loss_fn_inputs={"target_tokens": [2, 3, 4, 5], "weights": [1.0] * 4},
+    )
+    _refused(lambda: tc.forward_backward([datum], "cross_entropy"), "chunks[1]")
+    dmel = {"type": "dmel", "dmel": "AAAA"}
+    body = {
+        "sampling_session_id": _sampler(ctx)[1]._sampling_session_id,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": PROMPT}, dmel]},
+        "sampling_params": {"max_tokens": 1},
+    }
+    _raw_refused(ctx.wire.post("asample", body), "chunks[1]", wire=ctx.wire)
+
+
+ENDPOINT_OF = {
+    "CopyWeightsRequest": "copy_weights",
+    "CreateCustomLossRequest": "create_custom_loss",
+    "FuturesRetrieveRequest": "retrieve_futures",
+    "GetBillingUsageRequest": "billing/usage/events",
+    "GetCurrentCheckpointStorageUsageRequest": "billing/usage/checkpoints/current",
+    "JoinSamplingSessionRequest": "join_sampling_session",
+    "SessionSearchRequest": "sessions/search",
+}
+
+
+def probe_refused_endpoints(ctx: Ctx) -> None:
+    for type_name, endpoint in ENDPOINT_OF.items():
+        reply = ctx.wire.post(endpoint, {})
+        assert reply.status_code == 400 and "Unsupported" in reply.json()["error"], (type_name, reply.text)
+    tc = _training(ctx)
+    _refused(lambda: tc.save_weights_external("ext"), "save_weights_external")
+    reply = ctx.wire.post("unload_model", {"model_id": tc.model_id})
+    assert reply.status_code == 404, reply.text
+
+
+def probe_checkpoint_metadata_and_ttl(ctx: Ctx) -> None:
+    tc = _training(ctx)
+    state = tc.save_state("ttl", ttl_seconds=3600, user_metadata={"k": "state"}).result().path
+    weights = tc.save_weights_for_sampler("ttl-s", ttl_seconds=3600, user_metadata={"k": "sampler"}).result().path
+    listed = {c.tinker_path: c for c in ctx.sdk.create_rest_client().list_checkpoints(tc.model_id).result().checkpoints}
+    assert listed[state].expires_at is not None and listed[weights].expires_at is not None
+    assert listed[state].user_metadata == {"k": "state"} and listed[weights].user_metadata == {"k": "sampler"}
+
+
+def probe_run_metadata_and_ids(ctx: Ctx) -> None:
+    tc = _training(ctx, user_metadata={"task": "walk"})
+    session_id, seq = tc.model_id.split(":train:")
+    assert seq.isdigit() and session_id.startswith("session-"), tc.model_id
+    rest = ctx.sdk.create_rest_client()
+    assert rest.get_training_run(tc.model_id).result().user_metadata == {"task": "walk"}
+    path = tc.save_state("meta").result().path
+    loaded = ctx.sdk.create_training_client_from_state(path, user_metadata={"task": "loaded"}).result()
+    assert rest.get_training_run(loaded.model_id).result().user_metadata == {"task": "loaded"}
+
+
+def probe_routing(ctx: Ctx) -> None:
+    session = ctx.wire.session()
+    unknown = "session-nope:train:0"
+    for endpoint, body in (
+        ("get_info", {"model_id": unknown}),
+        ("forward_backward", None),
+        ("optim_step", {"model_id": unknown, "seq_id": 0, "adam_params": {"learning_rate": 1e-3}}),
+        ("save_weights", {"model_id": unknown, "path": "x", "seq_id": 0}),
+        ("save_weights_for_sampler", {"model_id": unknown, "path": "x", "seq_id": 0}),
+        ("load_weights", {"model_id": unknown, "path": "tinker://a/weights/b", "seq_id": 0}),
+        ("create_model", {"session_id": "session-nope", "model_seq_id": 0, "base_model": ctx.base}),
+        ("create_sampling_session", {"session_id": "session-nope", "sampling_session_seq_id": 0, "base_model": ctx.base}),
+        ("asample", {"sampling_session_id": "sampler-nope", "prompt": {"chunks": []}, "sampling_params": {}}),
+        ("retrieve_future", {"request_id": "no-such-request"}),
+    ):
+        if body is None:
+            continue  # the protobuf forward_backward is routed by the same lookup (test_server_robust)
+        reply = ctx.wire.post(endpoint, body)
+        assert reply.status_code == 404 and "NotFoundError" in reply.json()["error"], (endpoint, reply.text)
+    assert ctx.wire.post("session_heartbeat", {"session_id": "session-nope"}).status_code == 410
+    assert ctx.wire.post("session_heartbeat", {"session_id": session}).status_code == 200
+
+
+PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
+    "sample extras": (
+        probe_sample_extras,
+        ("SampleRequest.topk_sample_logprobs", "SampleRequest.target_prompt_logprobs", "SampleRequest.prompt_alt_tokens_k"),
+    ),
+    "sample without session": (probe_sample_without_session, ("SampleRequest.base_model", "SampleRequest.model_path")),
+    "prompt_logprobs_last_n": (probe_prompt_logprobs_last_n, ("SampleRequest.prompt_logprobs_last_n",)),
+    "stable_reinforce provenance": (
+        probe_stable_reinforce_provenance,
+        (
+            "SampleRequest.record_stability_info",
+            "Datum.model_input_spans",
+            "Datum.loss_fn_input_spans",
+            *(f"{t}.{f}" for t in ("PromptProvenanceSpan", "SampledProvenanceSpan") for f in ("sequence_id", "offset", "length")),
+        ),
+    ),
+    "inflight": (probe_inflight, ("SaveWeightsForSamplerRequest.kind",)),
+    "dimuon": (
+        probe_dimuon,
+        (
+            "CreateModelRequest.optimizer_config",
+            *(k for k in FIELDS if k.startswith(("DimuonOptimizerConfig.", "DimuonParams."))),
+        ),
+    ),
+    "load_weights refusals": (
+        probe_load_weights_refusals,
+        ("LoadWeightsRequest.weights_access_token", "LoadWeightsRequest.optimizer_config"),
+    ),
+    "project": (probe_project, ("CreateSessionRequest.project_id",)),
+    "session metadata": (probe_session_metadata, ("CreateSessionRequest.user_metadata", "CreateSessionRequest.display_name")),
+    "chunks": (
+        probe_chunks,
+        tuple(k for k in FIELDS if k.startswith(("ImageChunk.", "ImageAssetPointerChunk.", "DmelChunk."))),
+    ),
+    "refused endpoints": (
+        probe_refused_endpoints,
+        tuple(k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest"))
+        + ("UnloadModelRequest.model_id",),
+    ),
+    "checkpoint ttl": (
+        probe_checkpoint_metadata_and_ttl,
+        (
+            "SaveWeightsRequest.ttl_seconds",
+            "SaveWeightsForSamplerRequest.ttl_seconds",
+            "SaveWeightsRequest.user_metadata",
+            "SaveWeightsForSamplerRequest.user_metadata",
+        ),
+    ),
+    "run metadata and ids": (
+        probe_run_metadata_and_ids,
+        (
+            "CreateModelRequest.user_metadata",
+            "CreateModelRequest.model_seq_id",
+            "LoadWeightsRequest.user_metadata",
+            "LoadWeightsRequest.model_seq_id",
+        ),
+    ),
+    "routing": (
+        probe_routing,
+        (
+            "FutureRetrieveRequest.request_id",
+            "GetInfoRequest.model_id",
+            "CreateModelRequest.session_id",
+            "CreateSamplingSessionRequest.session_id",
+            "SampleRequest.sampling_session_id",
+            "SessionHeartbeatRequest.session_id",
+            "OptimStepRequest.model_id",
+            "SaveWeightsRequest.model_id",
+            "SaveWeightsForSamplerRequest.model_id",
+            "LoadWeightsRequest.model_id",
+        ),
+    ),
+}
+PROBED: dict[str, str] = {field: name for name, (_, fields) in PROBES.items() for field in fields}
+
+
+def test_every_refused_field_has_a_probe() -> None:
+    missing = sorted(k for k, rule in FIELDS.items() if rule.status == "refused" and k not in PROBED)
+    assert not missing, f"refused fields no probe sends: {missing}"
+    unknown = sorted(set(PROBED) - set(FIELDS))
+    assert not unknown, f"probes for fields that are not classified: {unknown}"
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_probe(name: str, ctx: Ctx) -> None:
+    probe, fields = PROBES[name]
+    rules: list[FieldRule] = [FIELDS[f] for f in fields]
+    assert rules
+    probe(ctx)
+
+
+def test_sdk_datum_helper_still_matches(ctx: Ctx) -> None:
+    """The plain path still trains (the probes above refuse; this one must not)."""
+    tc = _training(ctx)
+    out = tc.forward_backward([sdk_datum(tinker, [1, 5, 9, 14])], "cross_entropy").result()
+    assert out.metrics["loss:sum"] > 0
