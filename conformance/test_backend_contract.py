@@ -23,6 +23,7 @@ CAP2_NAMES = frozenset(
         "deterministic",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "checkpoint_management",
     }
 )

@@ -45,6 +45,42 @@ def test_prompt_logprobs_last_n_scores_only_the_tail(
         assert err.value.field == "prompt_logprobs_last_n", f"[SDK-4] {what}: field {err.value.field!r}"
 
 
+@pytest.mark.requires("topk_sample_logprobs")
+@pytest.mark.spec("SDK-6", "SMP-3")
+def test_topk_sample_logprobs_are_the_raw_distribution_each_token_was_drawn_from(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = [1 % v, 7 % v, 42 % v, 99 % v]
+    k = 3
+    for params in (
+        ts.SamplingParams(max_tokens=3, temperature=0.0, stop=[]),
+        ts.SamplingParams(max_tokens=3, seed=4, stop=[]),
+    ):
+        out = base_sampler.sample(ts.ModelInput.from_ints(prompt), 2, params, topk_sample_logprobs=k).result()
+        for seq in out.sequences:
+            assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens), (
+                "[SDK-6] one row per token"
+            )
+            for t, row in enumerate(seq.topk_logprobs):
+                assert row is not None and len(row) == k, f"[SDK-6] row {t}: {row}"
+                values = [lp for _, lp in row]
+                assert values == sorted(values, reverse=True), f"[SDK-6] row {t} not sorted: {row}"
+                context = prompt + seq.tokens[:t]
+                for token, lp in row:  # each pair is the raw logprob of that token after the context
+                    ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*context, token])).result()[-1]
+                    assert_close(lp, ref, "token", "SDK-6", what=f"top-k logprob of {token} at sampled position {t}")
+                if params.temperature == 0.0:
+                    assert row[0][0] == seq.tokens[t], "[SDK-6] greedy: the sampled token is the top-1 pair"
+    plain = base_sampler.sample(ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=2)).result()
+    assert plain.sequences[0].topk_logprobs is None, "[SDK-6] not asked for: None"
+    with pytest.raises(ts.BadRequestError) as err:
+        base_sampler.sample(
+            ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=2), topk_sample_logprobs=-1
+        )
+    assert err.value.field == "topk_sample_logprobs", f"[SDK-6] field {err.value.field!r}"
+
+
 class _NotAdam:
     """Stands for an optimizer config tinker-std does not implement (e.g. the SDK's Dimuon)."""
 
@@ -63,7 +99,6 @@ def test_sdk_features_outside_the_spec_are_refused_by_name(
     probe = probe_batch(v)
     before = tc.forward(probe).result().metrics
     refused: dict[str, Callable[[], Any]] = {
-        "topk_sample_logprobs": lambda: base_sampler.sample(prompt, 1, params, topk_sample_logprobs=2),
         "target_prompt_logprobs": lambda: base_sampler.sample(
             prompt, 1, params, target_prompt_logprobs=ts.TensorData(data=[1, 2], dtype="int64", shape=[2, 1])
         ),

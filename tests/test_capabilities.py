@@ -27,9 +27,10 @@ TORCH = {
     "introspection",
     "seeded_sampling",
     "topk_prompt_logprobs",
+    "topk_sample_logprobs",
     "checkpoint_management",
 }
-MODAL = TORCH - {"checkpoint_management"}
+MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs"}  # the modal wire does not carry it
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

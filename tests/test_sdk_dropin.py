@@ -212,7 +212,6 @@ def test_every_tinker_std_argument_with_no_effect_is_refused_by_name(service: ti
     prompt = types.ModelInput.from_ints(PROMPT)
     params = types.SamplingParams(max_tokens=2)
     calls = {
-        "topk_sample_logprobs": lambda: sampler.sample(prompt, 1, params, topk_sample_logprobs=1),
         "prompt_alt_tokens_k": lambda: sampler.sample(prompt, 1, params, prompt_alt_tokens_k=2),
         "target_prompt_logprobs": lambda: sampler.sample(
             prompt, 1, params, target_prompt_logprobs=types.TensorData(data=[1] * 4, dtype="int64", shape=[4, 1])

@@ -169,7 +169,8 @@ def _sampler(ctx: Ctx, record: bool = False) -> tuple[Any, Any]:
 def probe_sample_extras(ctx: Ctx) -> None:
     _, sc = _sampler(ctx)
     prompt, params = types.ModelInput.from_ints(PROMPT), types.SamplingParams(max_tokens=2)
-    _refused(lambda: sc.sample(prompt, 1, params, topk_sample_logprobs=2), "topk_sample_logprobs")
+    seq = sc.sample(prompt, 1, params, topk_sample_logprobs=2).result().sequences[0]
+    assert seq.topk_logprobs is not None and [len(row) for row in seq.topk_logprobs] == [2] * len(seq.tokens), seq
     target = types.TensorData(data=[1, 2, 3, 4], dtype="int64", shape=[4, 1])
     _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=target), "target_prompt_logprobs")
     _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=2), "prompt_alt_tokens_k")
@@ -372,7 +373,11 @@ def probe_routing(ctx: Ctx) -> None:
 PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
     "sample extras": (
         probe_sample_extras,
-        ("SampleRequest.topk_sample_logprobs", "SampleRequest.target_prompt_logprobs", "SampleRequest.prompt_alt_tokens_k"),
+        (
+            "SampleRequest.topk_sample_logprobs",
+            "SampleRequest.target_prompt_logprobs",
+            "SampleRequest.prompt_alt_tokens_k",
+        ),
     ),
     "sample without session": (probe_sample_without_session, ("SampleRequest.base_model", "SampleRequest.model_path")),
     "prompt_logprobs_last_n": (probe_prompt_logprobs_last_n, ("SampleRequest.prompt_logprobs_last_n",)),

@@ -42,6 +42,7 @@ OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
         "deterministic",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "soft_targets",
         "checkpoint_management",
     }

@@ -61,6 +61,7 @@ TORCH_OPTIONAL_CAPABILITIES = frozenset(
         "introspection",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "checkpoint_management",
     }
 )

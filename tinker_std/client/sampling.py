@@ -8,7 +8,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..backend import SampleRequest, SamplerSpec, Tokenizer
-from ..errors import BadRequestError
+from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
 from ..types import ModelInput, SampleResponse, SamplingParams, TensorData
 from .sampler_handles import SamplerOrigin, decode_handle, encode_handle, release, retain
@@ -81,10 +81,13 @@ class SamplingClient:
         """Sample ``num_samples`` completions of ``prompt``; returns a future at once.
 
         ``prompt_logprobs_last_n`` scores only the last N prompt positions (SDK-4);
-        ``topk_sample_logprobs``, ``target_prompt_logprobs`` and ``prompt_alt_tokens_k`` are not
-        part of spec v0.2 and any non-default value is a ``BadRequestError`` naming it (SDK-5)."""
+        ``topk_sample_logprobs = k`` returns each sampled position's top-k raw logprobs
+        (capability ``topk_sample_logprobs``, SDK-6); ``target_prompt_logprobs`` and
+        ``prompt_alt_tokens_k`` are not part of spec 0.2 and any non-default value is a
+        ``BadRequestError`` naming it (SDK-5)."""
         service = self._service
-        _refuse_sampling_extras(topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k)
+        _refuse_sampling_extras(target_prompt_logprobs, prompt_alt_tokens_k)
+        topk_sample = _check_topk_sample(topk_sample_logprobs, service)
         tokens, params = validate_sample(
             prompt,
             num_samples,
@@ -95,7 +98,9 @@ class SamplingClient:
             service.backend_name,
         )
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
-        request = SampleRequest(tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs)
+        request = SampleRequest(
+            tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs, topk_sample
+        )
         records = service.stability_records if self.record_stability_info else None
 
         async def run() -> SampleResponse:
@@ -147,12 +152,18 @@ class SamplingClient:
         return self.spec.base_model
 
 
-def _refuse_sampling_extras(topk_sample_logprobs: Any, target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
-    """SDK-5: the SDK's sampling extras that spec v0.2 does not define are refused, never ignored."""
-    if topk_sample_logprobs not in (0, None):
-        raise BadRequestError(
-            "topk_sample_logprobs", "top-k logprobs of sampled tokens are not part of tinker-std spec v0.2"
-        )
+def _check_topk_sample(value: Any, service: ServiceClient) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError("topk_sample_logprobs", f"must be an int >= 0, got {value!r}")
+    if value > 0 and not service.capabilities.supports("topk_sample_logprobs"):
+        raise Unsupported("topk_sample_logprobs", service.backend_name)
+    return value
+
+
+def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
+    """SDK-5: the SDK's sampling extras that spec 0.2 does not define are refused, never ignored."""
     if target_prompt_logprobs is not None:
         raise BadRequestError(
             "target_prompt_logprobs", "logprobs of chosen prompt targets are not part of tinker-std spec v0.2"
