@@ -138,7 +138,9 @@ def _undeclared_requests(v: int) -> dict[str, Callable[[ts.TrainingClient, ts.Sa
             prompt, 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=2
         ),
         "introspection": lambda tc, sc: tc.read_state(),
-        "topk_sample_logprobs": lambda tc, sc: sc.sample(prompt, 1, ts.SamplingParams(max_tokens=1), topk_sample_logprobs=2),
+        "topk_sample_logprobs": lambda tc, sc: sc.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), topk_sample_logprobs=2
+        ),
     }
 
 

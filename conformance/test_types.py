@@ -125,7 +125,15 @@ def test_output_types() -> None:
     with pytest.raises(ValidationError):
         ts.ForwardBackwardOutput(loss_fn_outputs=[], metrics={"loss": 1.0})
     assert ts.ForwardBackwardOutput(loss_fn_outputs=[], metrics={}).loss_fn_output_type == "TensorData"
-    assert ts.types.LOSS_FN_TYPES == ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce")
+    assert ts.types.LOSS_FN_TYPES == (
+        "cross_entropy",
+        "importance_sampling",
+        "ppo",
+        "cispo",
+        "dro",
+        "gspo",
+        "stable_reinforce",
+    )
     assert set(typing.get_args(ts.LossFnType)) == set(ts.types.LOSS_FN_TYPES), "[TYP-11]"
     seq = ts.SampledSequence(stop_reason="length", tokens=[1], logprobs=[-0.5])
     assert seq.sequence_id == "" and ts.SampleResponse(sequences=[seq]).prompt_logprobs is None, "[TYP-13]"

@@ -41,7 +41,11 @@ def methods() -> list[tuple[str, str, bool]]:
                 continue
             key = f"{cls_name}.{name}"
             server = (
-                "client-local" if key in CLIENT_LOCAL_METHODS else "refused" if key in SERVER_REFUSED_METHODS else "served"
+                "client-local"
+                if key in CLIENT_LOCAL_METHODS
+                else "refused"
+                if key in SERVER_REFUSED_METHODS
+                else "served"
             )
             rows.append((key, server, hasattr(ours, name)))
     return rows
@@ -62,7 +66,14 @@ def counts() -> str:
 
 
 def render() -> str:
-    lines = [BEGIN, "", counts(), "", "| SDK 0.38 request field | rule | what it does, or why refused | spec |", "| --- | --- | --- | --- |"]
+    lines = [
+        BEGIN,
+        "",
+        counts(),
+        "",
+        "| SDK 0.38 request field | rule | what it does, or why refused | spec |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, rule in sorted(FIELDS.items()):
         lines.append(f"| `{key}` | {rule.status} | {rule.why} | {rule.spec} |")
     lines += ["", "| SDK 0.38 client method | server | in process (`tinker_std`) |", "| --- | --- | --- |"]

@@ -29,9 +29,10 @@ from typing import Any
 import pydantic
 import pytest
 
-from server_support import KEY, Wire, sdk_datum, served
 from tinker_std.conformance.spec_index import load_statements
 from tinker_std.sdk_surface import FIELDS, FieldRule
+
+from server_support import KEY, Wire, sdk_datum, served
 
 tinker = pytest.importorskip("tinker")
 types = tinker.types
@@ -261,7 +262,9 @@ def probe_load_weights_refusals(ctx: Ctx) -> None:
     path = tc.save_state("lw").result().path
     session = ctx.wire.session()
     base = {"session_id": session, "model_seq_id": 0, "path": path, "optimizer": False}
-    _raw_refused(ctx.wire.post("load_weights", {**base, "weights_access_token": "tok"}), "weights_access_token", wire=ctx.wire)
+    _raw_refused(
+        ctx.wire.post("load_weights", {**base, "weights_access_token": "tok"}), "weights_access_token", wire=ctx.wire
+    )
     dimuon = {"type": "dimuon", "version": "v1"}
     _raw_refused(
         ctx.wire.post("load_weights", {**base, "model_seq_id": 1, "optimizer_config": dimuon}),
@@ -358,7 +361,10 @@ def probe_routing(ctx: Ctx) -> None:
         ("save_weights_for_sampler", {"model_id": unknown, "path": "x", "seq_id": 0}),
         ("load_weights", {"model_id": unknown, "path": "tinker://a/weights/b", "seq_id": 0}),
         ("create_model", {"session_id": "session-nope", "model_seq_id": 0, "base_model": ctx.base}),
-        ("create_sampling_session", {"session_id": "session-nope", "sampling_session_seq_id": 0, "base_model": ctx.base}),
+        (
+            "create_sampling_session",
+            {"session_id": "session-nope", "sampling_session_seq_id": 0, "base_model": ctx.base},
+        ),
         ("asample", {"sampling_session_id": "sampler-nope", "prompt": {"chunks": []}, "sampling_params": {}}),
         ("retrieve_future", {"request_id": "no-such-request"}),
     ):
@@ -387,7 +393,11 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
             "SampleRequest.record_stability_info",
             "Datum.model_input_spans",
             "Datum.loss_fn_input_spans",
-            *(f"{t}.{f}" for t in ("PromptProvenanceSpan", "SampledProvenanceSpan") for f in ("sequence_id", "offset", "length")),
+            *(
+                f"{t}.{f}"
+                for t in ("PromptProvenanceSpan", "SampledProvenanceSpan")
+                for f in ("sequence_id", "offset", "length")
+            ),
         ),
     ),
     "inflight": (probe_inflight, ("SaveWeightsForSamplerRequest.kind",)),
@@ -403,15 +413,19 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
         ("LoadWeightsRequest.weights_access_token", "LoadWeightsRequest.optimizer_config"),
     ),
     "project": (probe_project, ("CreateSessionRequest.project_id",)),
-    "session metadata": (probe_session_metadata, ("CreateSessionRequest.user_metadata", "CreateSessionRequest.display_name")),
+    "session metadata": (
+        probe_session_metadata,
+        ("CreateSessionRequest.user_metadata", "CreateSessionRequest.display_name"),
+    ),
     "chunks": (
         probe_chunks,
         tuple(k for k in FIELDS if k.startswith(("ImageChunk.", "ImageAssetPointerChunk.", "DmelChunk."))),
     ),
     "refused endpoints": (
         probe_refused_endpoints,
-        tuple(k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest"))
-        + ("UnloadModelRequest.model_id",),
+        tuple(
+            k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest")
+        ),
     ),
     "checkpoint ttl": (
         probe_checkpoint_metadata_and_ttl,

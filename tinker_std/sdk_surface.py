@@ -55,7 +55,9 @@ FIELDS: dict[str, FieldRule] = {
     "ClientConfigRequest.sdk_version": FieldRule(
         "descriptive", "the SDK's version; every version gets the same config"
     ),
-    "CreateSessionRequest.tags": FieldRule("descriptive", "labels for the hosted console and session search (refused); kept on the session"),
+    "CreateSessionRequest.tags": FieldRule(
+        "descriptive", "labels for the hosted console and session search (refused); kept on the session"
+    ),
     "CreateSessionRequest.user_metadata": _e("recorded on the session: RestClient.get_session returns it"),
     "CreateSessionRequest.display_name": _e("recorded on the session: RestClient.get_session returns it"),
     "CreateSessionRequest.sdk_version": FieldRule("descriptive", "the SDK's version, shown in the access log"),
