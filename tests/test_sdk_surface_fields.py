@@ -32,7 +32,7 @@ import pytest
 from tinker_std.conformance.spec_index import load_statements
 from tinker_std.sdk_surface import FIELDS, FieldRule
 
-from server_support import KEY, Wire, sdk_datum, served
+from server_support import KEY, Wire, fb_body, proto_headers, sdk_datum, served
 
 tinker = pytest.importorskip("tinker")
 types = tinker.types
@@ -299,7 +299,7 @@ def probe_chunks(ctx: Ctx) -> None:
         model_input=types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]), pointer]),
         loss_fn_inputs={"target_tokens": [2, 3, 4, 5], "weights": [1.0] * 4},
     )
-    _refused(lambda: tc.forward_backward([datum], "cross_entropy"), "chunks[1]")
+    _refused(lambda: tc.forward_backward([datum], "cross_entropy"), "ImageAssetPointerChunk")  # the SDK refuses it
     dmel = {"type": "dmel", "dmel": "AAAA"}
     body = {
         "sampling_session_id": _sampler(ctx)[1]._sampling_session_id,
@@ -368,8 +368,12 @@ def probe_routing(ctx: Ctx) -> None:
         ("asample", {"sampling_session_id": "sampler-nope", "prompt": {"chunks": []}, "sampling_params": {}}),
         ("retrieve_future", {"request_id": "no-such-request"}),
     ):
-        if body is None:
-            continue  # the protobuf forward_backward is routed by the same lookup (test_server_robust)
+        if body is None:  # forward and forward_backward: the SDK's protobuf body
+            for forward_only in (False, True):
+                raw = fb_body(unknown, 0, [1, 2, 3], forward_only=forward_only)
+                reply = ctx.wire.http.post(endpoint, content=raw, headers=proto_headers())
+                assert reply.status_code == 404 and "NotFoundError" in reply.json()["error"], reply.text
+            continue
         reply = ctx.wire.post(endpoint, body)
         assert reply.status_code == 404 and "NotFoundError" in reply.json()["error"], (endpoint, reply.text)
     assert ctx.wire.post("session_heartbeat", {"session_id": "session-nope"}).status_code == 410
@@ -458,6 +462,8 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
             "SaveWeightsRequest.model_id",
             "SaveWeightsForSamplerRequest.model_id",
             "LoadWeightsRequest.model_id",
+            "ForwardBackwardRequest.model_id",
+            "ForwardRequest.model_id",
         ),
     ),
 }

@@ -98,7 +98,7 @@ FIELDS: dict[str, FieldRule] = {
     "LoraConfig.train_mlp": _e("adapts the MLP layers", "LORA-1"),
     "LoraConfig.train_attn": _e("adapts the attention layers", "LORA-1"),
     "LoadWeightsRequest.model_id": _e("load_state into this model, at its seq_id", "CKPT-4"),
-    "LoadWeightsRequest.seq_id": _e(ORDER),
+    "LoadWeightsRequest.seq_id": _e(ORDER, "ORD-1"),
     "LoadWeightsRequest.session_id": _e("create a model from a checkpoint in this session", "CKPT-4"),
     "LoadWeightsRequest.model_seq_id": _e("the created model's id, as for create_model"),
     "LoadWeightsRequest.base_model": _e(
@@ -119,10 +119,10 @@ FIELDS: dict[str, FieldRule] = {
     # -- forward / backward ---------------------------------------------------------------------
     "ForwardBackwardRequest.forward_backward_input": _e("the data, loss and config", "FB-2"),
     "ForwardBackwardRequest.model_id": _e(ROUTING),
-    "ForwardBackwardRequest.seq_id": _e(ORDER),
+    "ForwardBackwardRequest.seq_id": _e(ORDER, "ORD-1"),
     "ForwardRequest.forward_input": _e("the data, loss and config", "FB-1"),
     "ForwardRequest.model_id": _e(ROUTING),
-    "ForwardRequest.seq_id": _e(ORDER),
+    "ForwardRequest.seq_id": _e(ORDER, "ORD-1"),
     "ForwardBackwardInput.data": _e("the datums", "FB-2"),
     "ForwardBackwardInput.loss_fn": _e("the built-in loss; 'custom' and unknown names are BadRequestError", "LOSS-8"),
     "ForwardBackwardInput.loss_fn_config": _e(
@@ -145,10 +145,12 @@ FIELDS: dict[str, FieldRule] = {
     "ImageChunk.format": _r("image chunks are not supported", "SDK-1"),
     "ImageChunk.expected_tokens": _r("image chunks are not supported", "SDK-1"),
     "ImageChunk.type": _r("image chunks are not supported", "SDK-1"),
-    "ImageAssetPointerChunk.format": _r("image chunks are not supported", "SDK-1"),
-    "ImageAssetPointerChunk.location": _r("image chunks are not supported", "SDK-1"),
-    "ImageAssetPointerChunk.expected_tokens": _r("image chunks are not supported", "SDK-1"),
-    "ImageAssetPointerChunk.type": _r("image chunks are not supported", "SDK-1"),
+    "ImageAssetPointerChunk.format": _r(
+        "the SDK 0.38 cannot send image pointers (ValueError naming the type)", "SDK-1"
+    ),
+    "ImageAssetPointerChunk.location": _r("the SDK 0.38 cannot send image pointers", "SDK-1"),
+    "ImageAssetPointerChunk.expected_tokens": _r("the SDK 0.38 cannot send image pointers", "SDK-1"),
+    "ImageAssetPointerChunk.type": _r("the SDK 0.38 cannot send image pointers", "SDK-1"),
     "DmelChunk.dmel": _r("audio (dmel) chunks are not supported: BadRequestError naming the chunk", "SDK-1"),
     "DmelChunk.type": _r("audio (dmel) chunks are not supported", "SDK-1"),
     "TensorData.dtype": _e("float32 or int64 (int32 widened)", "TYP-4"),
@@ -160,7 +162,7 @@ FIELDS: dict[str, FieldRule] = {
         "AdamParams: one AdamW step; DimuonParams is a BadRequestError naming optimizer_params", "OPT-9"
     ),
     "OptimStepRequest.model_id": _e(ROUTING),
-    "OptimStepRequest.seq_id": _e(ORDER),
+    "OptimStepRequest.seq_id": _e(ORDER, "ORD-1"),
     "OptimStepRequest.type": FIXED,
     "AdamParams.learning_rate": _e("AdamW learning rate", "OPT-1"),
     "AdamParams.beta1": _e("AdamW beta1", "OPT-1"),
@@ -178,7 +180,7 @@ FIELDS: dict[str, FieldRule] = {
     # -- checkpoints ----------------------------------------------------------------------------
     "SaveWeightsRequest.model_id": _e(ROUTING),
     "SaveWeightsRequest.path": _e("the checkpoint name", "CKPT-1"),
-    "SaveWeightsRequest.seq_id": _e(ORDER),
+    "SaveWeightsRequest.seq_id": _e(ORDER, "ORD-1"),
     "SaveWeightsRequest.ttl_seconds": _e(
         "the server deletes the checkpoint when it expires (RestClient shows expires_at)"
     ),
@@ -191,7 +193,7 @@ FIELDS: dict[str, FieldRule] = {
         "descriptive", "the SDK's counter for the snapshot sampler it asks for; the server names samplers itself"
     ),
     "SaveWeightsForSamplerRequest.kind": _r("only 'snapshot': kind='inflight' is a BadRequestError naming kind"),
-    "SaveWeightsForSamplerRequest.seq_id": _e(ORDER),
+    "SaveWeightsForSamplerRequest.seq_id": _e(ORDER, "ORD-1"),
     "SaveWeightsForSamplerRequest.ttl_seconds": _e("the server deletes the checkpoint when it expires"),
     "SaveWeightsForSamplerRequest.user_metadata": _e("recorded on the checkpoint (RestClient listings)"),
     "SaveWeightsForSamplerRequest.type": FIXED,
