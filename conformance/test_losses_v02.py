@@ -275,3 +275,11 @@ def test_gspo_without_a_mask_takes_the_ratio_over_the_sampled_positions(
         s = float(np.exp(np.mean((lp - q)[pad:])))
         expected += float(-np.sum(np.minimum(s * adv, np.clip(s, 0.5, 2.0) * adv)))
     assert_close(a.metrics["loss:sum"], expected, "sum", "LOSS-7", what="sequence ratio over the sampled tokens")
+    # ... and the same, real, gradient: twin clients, one step each, equal gradient norms
+    norms = []
+    for data in (plain, masked):
+        twin = training_client(seed=11)
+        twin.forward_backward(data, "gspo", config).result()
+        norms.append(twin.optim_step(ADAM).result().metrics["grad_norm:max"])
+    assert norms[0] > 1e-3, f"[LOSS-7] no gradient from the cookbook's gspo datums: {norms}"
+    assert_close(norms[0], norms[1], "sum", "LOSS-7", what="gradient norm without the mask vs with it")
