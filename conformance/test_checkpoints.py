@@ -221,16 +221,23 @@ def test_listing_and_deleting_checkpoints(
 ) -> None:
     rest = service.create_rest_client()
     tc = training_client()
-    first = tc.save_state("list-a", ttl_seconds=1).result().path
+    for refused in (
+        lambda: tc.save_state("ttl", ttl_seconds=1),
+        lambda: tc.save_weights_for_sampler("ttl", ttl_seconds=1),
+    ):
+        with pytest.raises(ts.BadRequestError) as err:
+            refused()
+        assert err.value.field == "ttl_seconds", f"[CKPT-13] field {err.value.field!r}"
+    first = tc.save_state("list-a").result().path
     tc.save_weights_and_get_sampling_client("ignored-name").result()  # writes no checkpoint (CKPT-12)
-    second = tc.save_weights_for_sampler("list-b", ttl_seconds=1).result().path
+    second = tc.save_weights_for_sampler("list-b").result().path
     run = ts.ParsedCheckpointTinkerPath.from_tinker_path(first).training_run_id
     listed = rest.list_checkpoints(run).result().checkpoints
     assert [c.tinker_path for c in listed] == [first, second], f"[CKPT-11] listing {[c.tinker_path for c in listed]}"
     assert [c.checkpoint_type for c in listed] == ["training", "sampler"], "[CKPT-11] checkpoint types"
     runs = rest.list_training_runs().result().training_runs
     assert run in {r.training_run_id for r in runs}, "[CKPT-11] the run is not listed"
-    time.sleep(1.2)  # past the ttl: v0.1 checkpoints never expire (CKPT-13)
+    time.sleep(1.2)  # checkpoints never expire in process (CKPT-13)
     service.create_training_client_from_state(first).result()
     rest.delete_checkpoint_from_tinker_path(first).result()
     assert [c.tinker_path for c in rest.list_checkpoints(run).result().checkpoints] == [second], "[CKPT-11] delete"

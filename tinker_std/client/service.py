@@ -150,7 +150,9 @@ class ServiceClient:
         user_metadata: dict[str, str] | None = None,
         optimizer: AdamOptimizerConfig | None = None,
     ) -> APIFuture[TrainingClient]:
-        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9)."""
+        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9).
+        ``user_metadata`` is refused in process (CKPT-13)."""
+        _refuse_metadata(user_metadata)
         if not isinstance(base_model, str) or not base_model:
             raise BadRequestError("base_model", "must be a non-empty model name")
         if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
@@ -171,6 +173,7 @@ class ServiceClient:
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4)."""
+        _refuse_metadata(user_metadata)
         return self._load(_parse_path(path), base_model, with_optimizer=False)
 
     def _load(
@@ -191,6 +194,7 @@ class ServiceClient:
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5)."""
+        _refuse_metadata(user_metadata)
         parsed = _parse_path(path)
         if parsed.checkpoint_type != "training":
             raise BadRequestError("path", f"{path} holds no optimizer state; use a tinker://<run>/weights/<name> path")
@@ -253,6 +257,14 @@ class ServiceClient:
     ) -> SamplingClient:
         return await self.create_sampling_client(
             model_path=model_path, base_model=base_model, record_stability_info=record_stability_info
+        )
+
+
+def _refuse_metadata(user_metadata: Any) -> None:
+    """CKPT-13 / SDK-1: in process a run is known from its checkpoints and keeps no metadata."""
+    if user_metadata is not None:
+        raise BadRequestError(
+            "user_metadata", "in process, runs keep no metadata; the tinker-std server records it (RestClient)"
         )
 
 

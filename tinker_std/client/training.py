@@ -137,7 +137,9 @@ class TrainingClient:
     def save_state(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsResponse]:
-        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1)."""
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("weights", name)
 
         async def run(backend: Backend) -> SaveWeightsResponse:
@@ -149,7 +151,9 @@ class TrainingClient:
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2)."""
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("sampler_weights", name)
 
         async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
@@ -250,3 +254,11 @@ class TrainingClient:
 
     async def get_info_async(self) -> GetInfoResponse:
         return self.get_info()
+
+
+def _refuse_ttl(ttl_seconds: Any) -> None:
+    """CKPT-13 / SDK-1: nothing in process would expire a checkpoint, so a TTL is refused by name."""
+    if ttl_seconds is not None:
+        raise BadRequestError(
+            "ttl_seconds", "in-process checkpoints never expire; checkpoint TTLs are kept by the tinker-std server"
+        )

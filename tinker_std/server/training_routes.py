@@ -97,8 +97,7 @@ class TrainingRoutes:
                 train_mlp=lora.get("train_mlp", True),
                 train_attn=lora.get("train_attn", True),
                 train_unembed=lora.get("train_unembed", True),
-                user_metadata=body.get("user_metadata"),
-            ).result()
+            ).result()  # user_metadata: recorded by the server on the run (_attach), not in process
             self._attach(model_id, client, body.get("user_metadata"))
             return {"model_id": model_id, "type": "create_model"}
 
