@@ -350,6 +350,17 @@ def probe_run_metadata_and_ids(ctx: Ctx) -> None:
     assert rest.get_training_run(loaded.model_id).result().user_metadata == {"task": "loaded"}
 
 
+def probe_teacher_sampler(ctx: Ctx) -> None:
+    """tinker-cookbook's on-policy distillation: create_sampling_client(base_model=..., model_path=...)."""
+    tc = _training(ctx)
+    path = tc.save_weights_for_sampler("teacher").result().path
+    prompt = types.ModelInput.from_ints(PROMPT)
+    alone = ctx.sdk.create_sampling_client(model_path=path).result().compute_logprobs(prompt).result()
+    both = ctx.sdk.create_sampling_client(model_path=path, base_model=ctx.base).result()
+    assert both.compute_logprobs(prompt).result() == alone
+    _refused(lambda: ctx.sdk.create_sampling_client(model_path=path, base_model="other/model"), "base_model")
+
+
 def probe_routing(ctx: Ctx) -> None:
     session = ctx.wire.session()
     unknown = "session-nope:train:0"
@@ -448,6 +459,10 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
             "LoadWeightsRequest.user_metadata",
             "LoadWeightsRequest.model_seq_id",
         ),
+    ),
+    "teacher sampler": (
+        probe_teacher_sampler,
+        ("CreateSamplingSessionRequest.base_model", "CreateSamplingSessionRequest.model_path"),
     ),
     "routing": (
         probe_routing,
