@@ -71,7 +71,7 @@ def _train(client: ts.ServiceClient, steps: int) -> tuple[ts.TrainingClient, lis
 
 def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClient, ts.ServiceClient]) -> None:
     modal_client, torch_client = clients
-    assert isinstance(modal_client._backend, ModalBackend)
+    assert isinstance(modal_client.backend, ModalBackend)
     tc_m, losses_m = _train(modal_client, 3)
     tc_t, losses_t = _train(torch_client, 3)
     assert losses_m == losses_t
@@ -160,7 +160,7 @@ def test_lost_container_fails_clearly_and_training_resumes_from_the_checkpoint(t
         tc, _ = _train(client, 2)
         path = tc.save_state("step2").result().path
         expected = tc.forward(DATA, "cross_entropy").result().metrics["loss:sum"]
-        backend = client._backend
+        backend = client.backend
         assert isinstance(backend, ModalBackend)
         backend.handle(MODEL).restart()  # the container is preempted / scaled down
         with pytest.raises(ContainerLostError) as lost:

@@ -222,7 +222,7 @@ def test_a_request_the_server_rejects_keeps_its_field(
     before = tc.forward(probe, "cross_entropy").result().metrics
     bad = [sequence_datum([1, 2, 3]), sequence_datum([1, 9999, 3])]
     with pytest.raises(ts.BadRequestError) as direct:
-        over_mock._runtime.submit(backend.forward_backward(tc.model_id, bad, "cross_entropy", {}, True)).result()
+        over_mock.session.runtime.submit(backend.forward_backward(tc.model_id, bad, "cross_entropy", {}, True)).result()
     with pytest.raises(ts.BadRequestError) as wanted:
         local.forward_backward(bad, "cross_entropy")
     assert direct.value.field == wanted.value.field == "data[1].model_input"

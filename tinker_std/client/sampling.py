@@ -5,19 +5,67 @@ from __future__ import annotations
 import math
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..backend import SampleRequest, SamplerSpec, Tokenizer
+from ..backend import Backend, SampleRequest, SamplerSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
 from ..types import ModelInput, SampleResponse, SamplingParams, TensorData
-from .sampler_handles import SamplerOrigin, decode_handle, encode_handle, release, retain
-from .validation import validate_sample
+from .sampler_handles import SamplerOrigin, encode_handle, live_sampler, parse_handle, release, retain, session_for
+from .session import BackendSession
+from .validation import validate_checkpoint_path, validate_sample
 
-if TYPE_CHECKING:
-    from .service import ServiceClient
+__all__ = ["SamplingClient", "create_sampling_client"]
 
-__all__ = ["SamplingClient"]
+
+def create_sampling_client(
+    session: BackendSession,
+    model_path: str | None = None,
+    base_model: str | None = None,
+    record_stability_info: bool = False,
+) -> APIFuture[SamplingClient]:
+    """A sampler of ``session``'s backend over saved weights (``model_path``) or the plain
+    ``base_model`` (SMP-15); neither is a ``BadRequestError``, before any request.
+
+    Given both, ``model_path`` is sampled and ``base_model`` must name the checkpoint's base
+    model (else ``BadRequestError`` on ``base_model``). ``record_stability_info`` records every
+    sample for ``stable_reinforce`` (SDK-3)."""
+    if model_path is None and base_model is None:
+        raise BadRequestError("model_path", "give model_path or base_model")
+    if base_model is not None and (not isinstance(base_model, str) or not base_model):
+        raise BadRequestError("base_model", "must be a non-empty model name")
+    parsed = validate_checkpoint_path(model_path, "model_path") if model_path is not None else None
+    if not isinstance(record_stability_info, bool):
+        raise BadRequestError("record_stability_info", f"must be a bool, got {record_stability_info!r}")
+    record = record_stability_info
+
+    async def run(backend: Backend) -> SamplingClient:
+        if parsed is None:
+            spec = await backend.create_sampler(base_model=base_model)
+            return SamplingClient(session, spec, record, SamplerOrigin(base_model=base_model))
+        spec = await backend.create_sampler(model_path=parsed)
+        if base_model is not None and spec.base_model != base_model:
+            await backend.release_sampler(spec.sampler_id)
+            raise BadRequestError(
+                "base_model", f"{parsed.tinker_path} was trained on {spec.base_model!r}, not {base_model!r}"
+            )
+        return SamplingClient(session, spec, record, SamplerOrigin(model_path=parsed.tinker_path))
+
+    return session.submit(run)
+
+
+def client_from_handle(handle: str) -> SamplingClient:
+    """A client of the sampler behind ``handle`` (``sampler_handles``): the same sampler in the
+    process that made it, else a new sampler over the same checkpoint or base model."""
+    parsed = parse_handle(handle)
+    live = live_sampler(parsed)
+    if live is not None:
+        session, spec, origin = live
+        return SamplingClient(session, spec, parsed.record_stability_info, origin)
+    origin = parsed.origin
+    return create_sampling_client(
+        session_for(parsed), origin.model_path, origin.base_model, parsed.record_stability_info
+    ).result()
 
 
 class SamplingClient:
@@ -31,24 +79,24 @@ class SamplingClient:
 
     def __init__(
         self,
-        service: ServiceClient,
+        session: BackendSession,
         spec: SamplerSpec,
         record_stability_info: bool = False,
         origin: SamplerOrigin | None = None,
     ) -> None:
-        self._service = service
+        self.session = session
         self.spec = spec
         self.record_stability_info = bool(record_stability_info)
         self.origin = origin or SamplerOrigin()
-        retain(service, spec, self.origin)
-        weakref.finalize(self, release, service, spec.sampler_id)
+        retain(session, spec, self.origin)
+        weakref.finalize(self, release, session, spec.sampler_id)
 
     # -- handles (tinker 0.38): pass a sampler to another process --------------------------------
 
     def get_sampler_handle(self) -> str:
         """A string naming this sampler, for ``from_sampler_handle`` here or in another process
         (``tinker_std.client.sampler_handles``); it carries no weights and no credentials."""
-        return encode_handle(self)
+        return encode_handle(self.session, self.spec, self.origin, self.record_stability_info)
 
     @staticmethod
     def from_sampler_handle(handle: str, *, api_key: str | None = None) -> SamplingClient:
@@ -56,11 +104,11 @@ class SamplingClient:
         in-process backend takes none, so a key is a ``BadRequestError`` naming it."""
         if api_key is not None:
             raise BadRequestError("api_key", "an in-process backend takes no API key")
-        return decode_handle(handle)
+        return client_from_handle(handle)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         """Pickle as its handle: another process gets a client of the same weights."""
-        return (decode_handle, (encode_handle(self),))
+        return (client_from_handle, (self.get_sampler_handle(),))
 
     @property
     def sampler_id(self) -> str:
@@ -85,26 +133,26 @@ class SamplingClient:
         (capability ``topk_sample_logprobs``, SDK-6); ``target_prompt_logprobs`` and
         ``prompt_alt_tokens_k`` are not part of spec 0.2 and any non-default value is a
         ``BadRequestError`` naming it (SDK-5)."""
-        service = self._service
+        session = self.session
         _refuse_sampling_extras(target_prompt_logprobs, prompt_alt_tokens_k)
-        topk_sample = _check_topk_sample(topk_sample_logprobs, service)
+        topk_sample = _check_topk_sample(topk_sample_logprobs, session)
         tokens, params = validate_sample(
             prompt,
             num_samples,
             sampling_params,
             topk_prompt_logprobs,
             self.spec,
-            service.capabilities,
-            service.backend_name,
+            session.capabilities,
+            session.backend_name,
         )
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
         request = SampleRequest(
             tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs, topk_sample
         )
-        records = service.stability_records if self.record_stability_info else None
+        records = session.stability_records if self.record_stability_info else None
 
-        async def run() -> SampleResponse:
-            response = await service.backend.sample(self.spec.sampler_id, request)
+        async def run(backend: Backend) -> SampleResponse:
+            response = await backend.sample(self.spec.sampler_id, request)
             response = _with_sequence_ids(response)
             if last_n is not None:
                 response = _keep_last(response, last_n)
@@ -112,7 +160,7 @@ class SamplingClient:
                 records.record(tokens, response.sequences)
             return response
 
-        return service._submit(lambda backend: run())
+        return session.submit(run)
 
     async def sample_async(
         self, prompt: ModelInput, num_samples: int, sampling_params: SamplingParams, **kwargs: Any
@@ -138,7 +186,7 @@ class SamplingClient:
             values = response.prompt_logprobs or []
             return [None if v is None or math.isnan(v) else v for v in values]
 
-        return self._service._submit(lambda backend: extract())
+        return self.session.submit(lambda backend: extract())
 
     async def compute_logprobs_async(
         self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
@@ -146,19 +194,19 @@ class SamplingClient:
         return await self.compute_logprobs(prompt, prompt_logprobs_last_n)
 
     def get_tokenizer(self) -> Tokenizer:
-        return self._service._backend.get_tokenizer(self.spec.base_model)
+        return self.session.backend.get_tokenizer(self.spec.base_model)
 
     def get_base_model(self) -> str:
         return self.spec.base_model
 
 
-def _check_topk_sample(value: Any, service: ServiceClient) -> int:
+def _check_topk_sample(value: Any, session: BackendSession) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequestError("topk_sample_logprobs", f"must be an int >= 0, got {value!r}")
-    if value > 0 and not service.capabilities.supports("topk_sample_logprobs"):
-        raise Unsupported("topk_sample_logprobs", service.backend_name)
+    if value > 0 and not session.capabilities.supports("topk_sample_logprobs"):
+        raise Unsupported("topk_sample_logprobs", session.backend_name)
     return value
 
 

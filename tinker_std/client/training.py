@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
@@ -23,16 +23,14 @@ from ..types import (
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
 from .ordering import RequestLane
-from .sampling import SamplingClient
+from .sampling import SamplingClient, create_sampling_client
+from .session import BackendSession
 from .validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_custom_loss_data,
     validate_forward_backward,
 )
-
-if TYPE_CHECKING:
-    from .service import ServiceClient
 
 __all__ = ["TrainingClient"]
 
@@ -47,8 +45,8 @@ class TrainingClient:
     futures are awaited in (ORD-1); a failed request fails only its own future (ORD-4).
     """
 
-    def __init__(self, service: ServiceClient, spec: ModelSpec) -> None:
-        self._service = service
+    def __init__(self, session: BackendSession, spec: ModelSpec) -> None:
+        self.session = session
         self.spec = spec
         self._lane = RequestLane()
 
@@ -60,13 +58,12 @@ class TrainingClient:
 
     def _ordered(self, operation: Callable[[Backend], Awaitable[T]]) -> APIFuture[T]:
         ticket = self._lane.reserve()
-        backend = self._service._backend
-        return self._service._submit(lambda _: self._lane.run(ticket, lambda: operation(backend)))
+        return self.session.submit(lambda backend: self._lane.run(ticket, lambda: operation(backend)))
 
     async def _chunked(
         self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
     ) -> ForwardBackwardOutput:
-        chunks = split_chunks(data, self._service.max_chunk_datums)
+        chunks = split_chunks(data, self.session.max_chunk_datums)
         outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
         return merge_outputs(outputs, [len(c) for c in chunks])
 
@@ -74,7 +71,7 @@ class TrainingClient:
         """LOSS-17: spans must tile their fields for every loss; ``stable_reinforce`` checks them
         against the recorded samples and reads the recorded logprobs (``tinker_std.stability``)."""
         if loss_fn == "stable_reinforce":
-            records = self._service.stability_records
+            records = self.session.stability_records
             return [resolve_stable_reinforce(i, d, records) for i, d in enumerate(datums)]
         for i, datum in enumerate(datums):
             check_span_tiling(i, datum)
@@ -90,9 +87,9 @@ class TrainingClient:
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` without changing any state (FB-1)."""
-        svc = self._service
+        session = self.session
         datums, config = validate_forward_backward(
-            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+            data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
         datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=False))
@@ -101,17 +98,17 @@ class TrainingClient:
         self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
-        svc = self._service
+        session = self.session
         datums, config = validate_forward_backward(
-            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+            data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
         datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=True))
 
     def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
         """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
-        svc = self._service
-        datums = validate_custom_loss_data(data, self.spec, svc.capabilities, svc.backend_name)
+        session = self.session
+        datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
 
         def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
             def run_ce(chunk: list[Datum], backward: bool) -> Awaitable[ForwardBackwardOutput]:
@@ -177,13 +174,13 @@ class TrainingClient:
 
         async def run(backend: Backend) -> SamplingClient:
             spec = await backend.create_sampler(model_id=self.model_id)
-            return SamplingClient(self._service, spec, record_stability_info)
+            return SamplingClient(self.session, spec, record_stability_info)
 
         return self._ordered(run)
 
     def create_sampling_client(self, model_path: str, record_stability_info: bool = False) -> APIFuture[SamplingClient]:
         """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
-        return self._service.create_sampling_client(model_path=model_path, record_stability_info=record_stability_info)
+        return create_sampling_client(self.session, model_path=model_path, record_stability_info=record_stability_info)
 
     def release(self) -> APIFuture[None]:
         """Free this model on the backend once every request before this one has run; the client
@@ -203,13 +200,13 @@ class TrainingClient:
         )
 
     def get_tokenizer(self) -> Tokenizer:
-        return self._service._backend.get_tokenizer(self.spec.base_model)
+        return self.session.backend.get_tokenizer(self.spec.base_model)
 
     def read_state(self) -> APIFuture[AdapterState]:
         """Adapter weights, accumulated gradient and AdamW state at this point in the order
         (capability ``introspection``)."""
-        if not self._service.capabilities.supports("introspection"):
-            raise Unsupported("introspection", self._service.backend_name)
+        if not self.session.capabilities.supports("introspection"):
+            raise Unsupported("introspection", self.session.backend_name)
         return self._ordered(lambda b: b.read_state(self.model_id))
 
     # -- async twins: coroutines resolving to the future (double-await style) -----------------

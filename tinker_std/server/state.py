@@ -124,15 +124,23 @@ class ServerState:
             return {sid: s for sid, s in self._sessions.items() if s.tenant == tenant}
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Release every session idle for ``idle_session_s``; the ids reaped."""
+        """Release every session idle for ``idle_session_s``; the ids reaped. A session with a
+        model still being created is not idle (its creator waits for it, however long it takes)."""
         if self.idle_session_s is None:
             return []
         now = time.monotonic() if now is None else now
         with self._lock:
-            idle = [sid for sid, s in self._sessions.items() if now - s.last_seen >= self.idle_session_s]
+            idle = [
+                sid
+                for sid, s in self._sessions.items()
+                if now - s.last_seen >= self.idle_session_s and not self._creating(s)
+            ]
         for session_id in idle:
             self.release_session(session_id)
         return idle
+
+    def _creating(self, session: Session) -> bool:
+        return any(self._models[m].client is None for m in session.models if m in self._models)
 
     def release_session(self, session_id: str) -> None:
         """Forget a session, release its models' clients and close their lanes."""

@@ -28,7 +28,7 @@ from tinker_std.errors import BadRequestError, ConflictError
 from tinker_std.futures import APIFuture
 from tinker_std.types import AdamParams
 
-from . import wire
+from . import protobuf
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
 from .futures import FutureStore, ResultKind, chain
@@ -201,10 +201,10 @@ class TrainingRoutes:
     # -- training steps ---------------------------------------------------------------------
 
     def forward_backward(self, request: WireRequest) -> WireReply:
-        msg = wire.parse_forward_backward(request.body)
+        msg = protobuf.parse_forward_backward(request.body)
 
         def run(model: TrainingModel) -> APIFuture[Any]:
-            call = wire.decode_forward_backward(msg)
+            call = protobuf.decode_forward_backward(msg)
             client = model.ready()
             method = client.forward if call.forward_only else client.forward_backward
             # span ids name this tenant's recorded samples only (sdk_fields.record_sample)
