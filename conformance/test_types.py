@@ -169,7 +169,7 @@ def test_output_types() -> None:
     out = ts.ForwardBackwardOutput(loss_fn_outputs=[], metrics={"loss:sum": 2.0})
     assert out.loss_fn_output_type == "TensorData", f"[TYP-8] loss_fn_output_type default {out.loss_fn_output_type!r}"
     assert not hasattr(out, "loss"), "[TYP-8] ForwardBackwardOutput has no `loss` attribute"
-    names = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo")
+    names = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo", "stable_reinforce")
     assert ts.types.LOSS_FN_TYPES == names, f"[TYP-11] LOSS_FN_TYPES {ts.types.LOSS_FN_TYPES}"
     assert set(typing.get_args(ts.LossFnType)) == set(ts.types.LOSS_FN_TYPES), "[TYP-11]"
     seq = ts.SampledSequence(stop_reason="length", tokens=[1], logprobs=[-0.5])

@@ -22,13 +22,15 @@ TORCH = {
     "loss:cispo",
     "loss:dro",
     "loss:gspo",
+    "loss:stable_reinforce",
     "soft_targets",
     "introspection",
     "seeded_sampling",
     "topk_prompt_logprobs",
+    "topk_sample_logprobs",
     "checkpoint_management",
 }
-MODAL = TORCH - {"checkpoint_management"}
+MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs"}  # the modal wire does not carry it
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

@@ -47,7 +47,7 @@ def test_sigkill_at_every_step_of_an_overwrite_keeps_old_or_new(tmp_path: Path) 
 
         svc = ts.ServiceClient(backend="mock", checkpoint_dir=str(root))
         run_id = ts.ParsedCheckpointTinkerPath.from_tinker_path(path).training_run_id
-        listed = svc.create_rest_client().list_checkpoints(run_id).result()
+        listed = svc.create_rest_client().list_checkpoints(run_id).result().checkpoints
         assert [c.tinker_path for c in listed] == [path], f"kill point {kill_at}: listed {listed}"
         tc = svc.create_training_client_from_state_with_optimizer(path).result()
         loss = float(tc.forward([_probe()], "cross_entropy").result().metrics["loss:sum"])

@@ -72,8 +72,8 @@ def _gspo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
     _, q, adv = _ratio_terms(lp, inputs)
     if "sequence_ratio_mask" in inputs:
         selected = _input(inputs, "sequence_ratio_mask", lp) != 0
-    else:
-        selected = torch.ones_like(lp, dtype=torch.bool)
+    else:  # spec 0.2 LOSS-7: the positions that carry a sampled token
+        selected = (adv != 0) | (q != 0)
     const = lp.detach()
     count = int(selected.sum())
     log_s = (const - q)[selected].sum() / count if count else torch.zeros((), dtype=lp.dtype)
