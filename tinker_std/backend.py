@@ -82,6 +82,8 @@ class SampleRequest:
     sampling_params: SamplingParams
     include_prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    #: k > 0: each sequence's ``topk_logprobs`` (capability ``topk_sample_logprobs``, SDK-6)
+    topk_sample_logprobs: int = 0
 
 
 @dataclass(frozen=True)
