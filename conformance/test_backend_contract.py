@@ -23,11 +23,13 @@ CAP2_NAMES = frozenset(
         "loss:cispo",
         "loss:dro",
         "loss:gspo",
+        "loss:stable_reinforce",
         "soft_targets",
         "introspection",
         "deterministic",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "checkpoint_management",
     }
 )
@@ -179,6 +181,14 @@ def _declared_requests(
         rows = out.topk_prompt_logprobs or []
         assert len(rows) == 3 and rows[1] is not None and len(rows[1]) == 2, f"[CAP-3] topk_prompt_logprobs: {rows}"
 
+    def topk_sample() -> None:
+        params = ts.SamplingParams(max_tokens=2, seed=None, stop=None, temperature=1.0, top_k=-1, top_p=1.0)
+        out = sc.sample(prompt, 1, params, topk_sample_logprobs=2).result(timeout=120)
+        rows = out.sequences[0].topk_logprobs or []
+        assert len(rows) == len(out.sequences[0].tokens) and all(r is not None and len(r) == 2 for r in rows), (
+            f"[CAP-3] topk_sample_logprobs: {rows}"
+        )
+
     return {
         "loss:cispo": lambda: tc.forward(rl, "cispo").result(timeout=120),
         "loss:dro": lambda: tc.forward(rl, "dro").result(timeout=120),
@@ -188,6 +198,7 @@ def _declared_requests(
         "deterministic": deterministic,
         "seeded_sampling": seeded,
         "topk_prompt_logprobs": topk,
+        "topk_sample_logprobs": topk_sample,
         "checkpoint_management": lambda: service.create_rest_client().list_training_runs().result(timeout=120),
     }
 

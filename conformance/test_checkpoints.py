@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -280,19 +280,17 @@ def test_listing_and_deleting_checkpoints(
 ) -> None:
     rest = service.create_rest_client()
     tc = training_client()
-    first = tc.save_state("list-a", ttl_seconds=1).result().path
-    tc.save_weights_and_get_sampling_client("ignored-name").result()  # writes no checkpoint
-    second = tc.save_weights_for_sampler("list-b", ttl_seconds=1).result().path
+    first = tc.save_state("list-a").result().path
+    tc.save_weights_and_get_sampling_client("ignored-name").result()  # writes no checkpoint (CKPT-12)
+    second = tc.save_weights_for_sampler("list-b").result().path
     run = ts.ParsedCheckpointTinkerPath.from_tinker_path(first).training_run_id
-    listed = rest.list_checkpoints(run).result()
+    listed = rest.list_checkpoints(run).result().checkpoints
     assert [c.tinker_path for c in listed] == [first, second], f"[CKPT-11] listing {[c.tinker_path for c in listed]}"
     assert [c.checkpoint_type for c in listed] == ["training", "sampler"], "[CKPT-11] checkpoint types"
-    runs = rest.list_training_runs().result()
+    runs = rest.list_training_runs().result().training_runs
     assert run in {r.training_run_id for r in runs}, "[CKPT-11] the run is not listed"
-    time.sleep(1.2)  # past the ttl: v0.1 checkpoints never expire
-    assert [c.tinker_path for c in rest.list_checkpoints(run).result()] == [first, second], "[CKPT-11] after ttl"
     rest.delete_checkpoint_from_tinker_path(first).result()
-    assert [c.tinker_path for c in rest.list_checkpoints(run).result()] == [second], "[CKPT-11] delete"
+    assert [c.tinker_path for c in rest.list_checkpoints(run).result().checkpoints] == [second], "[CKPT-11] delete"
     _expect_error(ts.NotFoundError, "CKPT-11", "deleting twice", lambda: rest.delete_checkpoint_from_tinker_path(first))
     _expect_error(
         ts.NotFoundError,
@@ -351,28 +349,67 @@ def test_a_snapshot_sampler_writes_no_checkpoint(
 
 
 @pytest.mark.spec("CKPT-13")
-def test_ttl_and_user_metadata_are_accepted_and_ignored(
+def test_ttl_and_user_metadata_are_refused_by_name_in_process(
     conformance_backend: ConformanceBackend, service: ts.ServiceClient
 ) -> None:
-    backend = conformance_backend
-    try:
-        tc = service.create_lora_training_client(backend.base_model, rank=4, seed=0, user_metadata={"k": "v"}).result()
+    """In process nothing would apply a TTL or keep metadata, so a value other than ``None`` is a
+    ``BadRequestError`` naming it, raised by the call itself, before any state changes."""
+    base_model = conformance_backend.base_model
+    _refused_by_call(
+        "create_lora_training_client(user_metadata=...)",
+        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata={"k": "v"}),
+        "user_metadata",
+    )
+    tc = _load(
+        "CKPT-13",
+        "user_metadata=None",
+        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata=None),
+    )
+    for save in (tc.save_state, tc.save_weights_for_sampler):
+        _refused_by_call(
+            f"{save.__name__}(ttl_seconds=1)", lambda save=save: save("ckpt-13", ttl_seconds=1), "ttl_seconds"
+        )
+    try:  # the refused saves wrote nothing: the name is still free
+        paths = [
+            tc.save_state("ckpt-13", ttl_seconds=None, overwrite=False).result().path,
+            tc.save_weights_for_sampler("ckpt-13", ttl_seconds=None, overwrite=False).result().path,
+        ]
     except ts.TinkerError as exc:
-        raise AssertionError(f"[CKPT-13] user_metadata must be accepted: {exc}") from exc
-    paths = [
-        tc.save_state("ckpt-13", ttl_seconds=1, overwrite=False).result().path,
-        tc.save_weights_for_sampler("ckpt-13", ttl_seconds=1, overwrite=False).result().path,
-    ]
-    time.sleep(1.5)  # past the ttl: v0.1 checkpoints never expire
+        raise AssertionError(f"[CKPT-13] saving with ttl_seconds=None after the refusals: {exc}") from exc
     for path in paths:
+        _refused_by_call(
+            f"create_training_client_from_state({path}, user_metadata=...)",
+            lambda path=path: service.create_training_client_from_state(path, None, {"k": "v"}),
+            "user_metadata",
+        )
         loaded = _load(
             "CKPT-13",
-            f"{path} after its ttl",
-            lambda path=path: service.create_training_client_from_state(path, None, {"k": "v"}),
+            f"{path} with user_metadata=None",
+            lambda path=path: service.create_training_client_from_state(path, user_metadata=None),
         )
         assert loaded.get_info().lora_rank == 4, "[CKPT-13] loaded client"
+    _refused_by_call(
+        "create_training_client_from_state_with_optimizer(user_metadata=...)",
+        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata={"k": "v"}),
+        "user_metadata",
+    )
     _load(
         "CKPT-13",
-        f"{paths[0]} with optimizer, after its ttl",
-        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata={"k": "v"}),
+        f"{paths[0]} with optimizer, user_metadata=None",
+        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata=None),
     )
+
+
+def _refused_by_call(what: str, call: Callable[[], Any], field: str) -> None:
+    """``call`` itself (not its future) raises a ``BadRequestError`` naming ``field`` (CKPT-13)."""
+    try:
+        result = call()
+    except ts.BadRequestError as exc:
+        assert exc.field == field, f"[CKPT-13] {what}: field {exc.field!r}, expected {field!r}"
+        return
+    except ts.TinkerError as exc:
+        raise AssertionError(f"[CKPT-13] {what}: expected BadRequestError, got {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, ts.APIFuture):
+        with contextlib.suppress(ts.TinkerError):
+            result.result(timeout=120)
+    raise AssertionError(f"[CKPT-13] {what}: accepted; expected a BadRequestError naming {field!r} from the call")

@@ -106,7 +106,7 @@ def test_error_classes_and_messages(conformance_backend: ConformanceBackend, tra
     assert codes == (400, 404, 409), f"[ERR-1] status codes {codes}"
     tc = training_client()
     with pytest.raises(ts.BadRequestError) as err:
-        tc.forward_backward([sequence_datum([1, 2, 3])], "stable_reinforce")
+        tc.forward_backward([sequence_datum([1, 2, 3])], "mse")
     for name in ts.types.LOSS_FN_TYPES:
         assert name in str(err.value), f"[LOSS-8] the message must list {name}: {err.value}"
 
@@ -133,11 +133,15 @@ def _undeclared_requests(v: int) -> dict[str, Callable[[ts.TrainingClient, ts.Sa
         "loss:cispo": lambda tc, sc: tc.forward_backward([rl], "cispo"),
         "loss:dro": lambda tc, sc: tc.forward([rl], "dro"),
         "loss:gspo": lambda tc, sc: tc.forward_backward([rl], "gspo"),
+        "loss:stable_reinforce": lambda tc, sc: tc.forward_backward([rl], "stable_reinforce"),
         "soft_targets": lambda tc, sc: tc.forward_backward([soft], "cross_entropy"),
         "topk_prompt_logprobs": lambda tc, sc: sc.sample(
             prompt, 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=2
         ),
         "introspection": lambda tc, sc: tc.read_state(),
+        "topk_sample_logprobs": lambda tc, sc: sc.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), topk_sample_logprobs=2
+        ),
     }
 
 

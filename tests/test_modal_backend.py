@@ -87,8 +87,11 @@ def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClie
     outs = []
     for tc in (tc_m, tc_t):
         sampler = tc.save_weights_and_get_sampling_client().result()
-        outs.append(sampler.sample(prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True,
-                                   topk_prompt_logprobs=2).result())
+        outs.append(
+            sampler.sample(
+                prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True, topk_prompt_logprobs=2
+            ).result()
+        )
     assert _without_ids(outs[0]) == _without_ids(outs[1])
     assert tc_m.get_tokenizer().encode("hello world") == tc_t.get_tokenizer().encode("hello world")
 
@@ -140,8 +143,14 @@ def test_engine_errors_raised_in_the_container_keep_their_type(tmp_path: Path) -
     backend = ModalBackend(offline=True, checkpoint_dir=str(tmp_path))
     try:
         envelope = backend.handle(MODEL).forward_backward.remote(
-            {"model_id": "torch-000000000000", "data": [], "loss_fn": "cross_entropy", "loss_fn_config": {},
-             "backward": True})
+            {
+                "model_id": "torch-000000000000",
+                "data": [],
+                "loss_fn": "cross_entropy",
+                "loss_fn_config": {},
+                "backward": True,
+            }
+        )
         assert envelope["error"]["type"] == "NotFoundError"
         backend._base_of["torch-000000000000"] = MODEL
         with pytest.raises(NotFoundError, match="torch-000000000000"):

@@ -35,7 +35,14 @@ from typing import Any
 import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
-from tinker_std.sampling_rules import StopRule, choose_tokens, prompt_scores, sequence_generator, token_budget
+from tinker_std.sampling_rules import (
+    StopRule,
+    choose_tokens,
+    prompt_scores,
+    sequence_generator,
+    token_budget,
+    top_logprobs,
+)
 from tinker_std.types import SampledSequence, SampleResponse, StopReason
 
 from .fast import kv_cache
@@ -68,6 +75,8 @@ class DecodeJob:
     tokens: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)
     reasons: list[StopReason] = field(default_factory=list)
+    #: per sequence, the top-k raw logprobs of each sampled position (``topk_sample_logprobs``, SDK-6)
+    tops: list[list[list[tuple[int, float]] | None]] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -87,6 +96,7 @@ class DecodeJob:
             tokens=[[] for _ in range(n)],
             logprobs=[[] for _ in range(n)],
             reasons=["length"] * n,
+            tops=[[] for _ in range(n)],
         )
 
     @property
@@ -264,6 +274,8 @@ def _take_tokens(
         job = jobs[b]
         job.tokens[j].append(chosen[r])
         job.logprobs[j].append(float(chosen_lps[r]))
+        if job.request.topk_sample_logprobs > 0:
+            job.tops[j].append(top_logprobs(raw[r : r + 1], job.request.topk_sample_logprobs)[0])
         if job.stop.reached(job.tokens[j], tokenizer):
             job.reasons[j] = "stop"
         elif len(job.tokens[j]) < job.max_tokens:
@@ -292,9 +304,16 @@ def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> 
     """Each job's response: its sequences, prompt logprobs and top-k prompt logprobs."""
     responses = []
     for job, (lps, tops) in zip(jobs, scores, strict=True):
+        want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
-            SampledSequence(stop_reason=reason, tokens=tokens, logprobs=logprobs, sequence_id=uuid.uuid4().hex)
-            for tokens, logprobs, reason in zip(job.tokens, job.logprobs, job.reasons, strict=True)
+            SampledSequence(
+                stop_reason=reason,
+                tokens=tokens,
+                logprobs=logprobs,
+                sequence_id=uuid.uuid4().hex,
+                topk_logprobs=tops if want_tops else None,
+            )
+            for tokens, logprobs, reason, tops in zip(job.tokens, job.logprobs, job.reasons, job.tops, strict=True)
         ]
         responses.append(
             SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")

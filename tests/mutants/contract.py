@@ -13,6 +13,7 @@ from tinker_std.backends.mock import MockBackend
 from tinker_std.capabilities import OPTIONAL_CAPABILITIES, Capabilities
 from tinker_std.client import validation
 from tinker_std.client.ordering import RequestLane
+from tinker_std.client.session import BackendSession
 from tinker_std.types import Datum, ForwardBackwardOutput
 
 from . import Mutant
@@ -95,7 +96,7 @@ class WrappedTinkerErrorMock(PatchingMock):
     @classmethod
     def patch(cls) -> None:
         def make(original: Any) -> Any:
-            def _submit(self: ts.ServiceClient, operation: Any) -> Any:
+            def submit(self: BackendSession, operation: Any) -> Any:
                 async def wrapped(backend: Any) -> Any:
                     try:
                         return await operation(backend)
@@ -106,9 +107,9 @@ class WrappedTinkerErrorMock(PatchingMock):
 
                 return original(self, wrapped)
 
-            return _submit
+            return submit
 
-        replace(ts.ServiceClient, "_submit", make)
+        replace(BackendSession, "submit", make)
 
 
 class UnlistedBackendsMock(PatchingMock):

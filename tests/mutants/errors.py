@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import tinker_std as ts
 from tinker_std import errors as errors_module
 from tinker_std.client import validation
+from tinker_std.client.session import BackendSession
 
 from . import Mutant
 from ._mock import PatchingMock, replace
@@ -99,7 +100,7 @@ class UnchainedFailureMock(PatchingMock):
     @classmethod
     def patch(cls) -> None:
         def make(original: Any) -> Any:
-            def _submit(self: ts.ServiceClient, operation: Any) -> Any:
+            def submit(self: BackendSession, operation: Any) -> Any:
                 async def unchained(backend: Any) -> Any:
                     try:
                         return await operation(backend)
@@ -110,9 +111,9 @@ class UnchainedFailureMock(PatchingMock):
 
                 return original(self, unchained)
 
-            return _submit
+            return submit
 
-        replace(ts.ServiceClient, "_submit", make)
+        replace(BackendSession, "submit", make)
 
 
 def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:

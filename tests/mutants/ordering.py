@@ -119,7 +119,7 @@ class LateValidationMock(PatchingMock):
                     async def fail(_: Any) -> Any:
                         raise error
 
-                    return self._service._submit(fail)
+                    return self.session.submit(fail)
 
             return call
 
@@ -222,7 +222,7 @@ class SplitCustomLossMock(PatchingMock):
     def patch(cls) -> None:
         def make(original: Any) -> Any:
             def forward_backward_custom(self: ts.TrainingClient, data: list[Datum], loss_fn: Any) -> Any:
-                svc = self._service
+                svc = self.session
                 datums = training_module.validate_custom_loss_data(data, self.spec, svc.capabilities, svc.backend_name)
 
                 async def run_ce(chunk: list[Datum], backward: bool) -> ForwardBackwardOutput:
@@ -232,7 +232,7 @@ class SplitCustomLossMock(PatchingMock):
                 async def run(_: Any) -> ForwardBackwardOutput:
                     return await training_module.run_custom_loss(datums, loss_fn, run_ce)
 
-                return svc._submit(run)
+                return svc.submit(run)
 
             return forward_backward_custom
 

@@ -14,17 +14,15 @@ from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
 from ..registry import create_backend
+from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
-from .session import BackendSession
+from .session import DEFAULT_MAX_CHUNK_DATUMS, BackendSession
 from .training import TrainingClient
 from .validation import validate_checkpoint_path
 
 __all__ = ["ServiceClient", "DEFAULT_MAX_CHUNK_DATUMS"]
-
-#: Datums per backend call when one forward/forward_backward is split (as in the tinker SDK).
-DEFAULT_MAX_CHUNK_DATUMS = 1024
 
 
 def _bad_request(exc: ValidationError, prefix: str = "") -> BadRequestError:
@@ -75,6 +73,11 @@ class ServiceClient:
     def max_chunk_datums(self) -> int:
         return self.session.max_chunk_datums
 
+    @property
+    def stability_records(self) -> StabilityRecords:
+        """The samples recorded with ``record_stability_info=True`` (SDK-3; the session's)."""
+        return self.session.stability_records
+
     def close(self) -> None:
         """Close the backend and stop the event loop."""
         self.session.close()
@@ -106,7 +109,9 @@ class ServiceClient:
         user_metadata: dict[str, str] | None = None,
         optimizer: AdamOptimizerConfig | None = None,
     ) -> APIFuture[TrainingClient]:
-        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9)."""
+        """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9).
+        ``user_metadata`` is refused in process (CKPT-13)."""
+        _refuse_metadata(user_metadata)
         if not isinstance(base_model, str) or not base_model:
             raise BadRequestError("base_model", "must be a non-empty model name")
         if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
@@ -127,6 +132,7 @@ class ServiceClient:
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4)."""
+        _refuse_metadata(user_metadata)
         return self._load(validate_checkpoint_path(path), base_model, with_optimizer=False)
 
     def _load(
@@ -147,6 +153,7 @@ class ServiceClient:
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[TrainingClient]:
         """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5)."""
+        _refuse_metadata(user_metadata)
         parsed = validate_checkpoint_path(path)
         if parsed.checkpoint_type != "training":
             raise BadRequestError("path", f"{path} holds no optimizer state; use a tinker://<run>/weights/<name> path")
@@ -155,10 +162,11 @@ class ServiceClient:
     # -- sampling clients -------------------------------------------------------------------
 
     def create_sampling_client(
-        self, model_path: str | None = None, base_model: str | None = None
+        self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
     ) -> APIFuture[SamplingClient]:
-        """A sampler over saved weights (``model_path``) or the plain ``base_model``."""
-        return create_sampling_client(self.session, model_path, base_model)
+        """A sampler over saved weights (``model_path``) or the plain ``base_model`` (SMP-15;
+        ``sampling.create_sampling_client``); ``record_stability_info``: SDK-3."""
+        return create_sampling_client(self.session, model_path, base_model, record_stability_info)
 
     # -- checkpoint management --------------------------------------------------------------
 
@@ -182,9 +190,19 @@ class ServiceClient:
         return await self.create_training_client_from_state_with_optimizer(path, **kwargs)
 
     async def create_sampling_client_async(
-        self, model_path: str | None = None, base_model: str | None = None
+        self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
     ) -> SamplingClient:
-        return await self.create_sampling_client(model_path=model_path, base_model=base_model)
+        return await self.create_sampling_client(
+            model_path=model_path, base_model=base_model, record_stability_info=record_stability_info
+        )
+
+
+def _refuse_metadata(user_metadata: Any) -> None:
+    """CKPT-13 / SDK-1: in process a run is known from its checkpoints and keeps no metadata."""
+    if user_metadata is not None:
+        raise BadRequestError(
+            "user_metadata", "in process, runs keep no metadata; the tinker-std server records it (RestClient)"
+        )
 
 
 def _close_at_exit(ref: weakref.ref[ServiceClient]) -> None:

@@ -1,9 +1,10 @@
 """``BackendSession``: what every client of one ``ServiceClient`` shares (spec BE, ORD).
 
 One backend instance, the background event loop it runs on (``EventLoopThread``), its start
-(once, before the first operation), and the chunk size of the client layer. ``ServiceClient``
-creates the session; ``TrainingClient`` and ``SamplingClient`` hold it and reach the backend only
-through it, so none of them depends on another's internals.
+(once, before the first operation), the chunk size of the client layer, and the samples recorded
+for ``stable_reinforce`` (``stability_records``, SDK-3). ``ServiceClient`` creates the session;
+``TrainingClient`` and ``SamplingClient`` hold it and reach the backend only through it, so none
+of them depends on another's internals.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import RequestFailedError, TinkerError
 from ..futures import APIFuture
+from ..stability import StabilityRecords
 from .runtime import EventLoopThread
 
-__all__ = ["BackendSession"]
+__all__ = ["BackendSession", "DEFAULT_MAX_CHUNK_DATUMS"]
 
 T = TypeVar("T")
+
+#: Datums per backend call when one forward/forward_backward is split (as in the tinker SDK).
+DEFAULT_MAX_CHUNK_DATUMS = 1024
 
 
 class BackendSession:
@@ -29,11 +34,13 @@ class BackendSession:
     ``max_chunk_datums``: the most datums per backend call when the client layer splits one
     forward/forward_backward (FB-9)."""
 
-    def __init__(self, backend: Backend, max_chunk_datums: int) -> None:
+    def __init__(self, backend: Backend, max_chunk_datums: int = DEFAULT_MAX_CHUNK_DATUMS) -> None:
         self.backend = backend
         self.max_chunk_datums = max_chunk_datums
         self.runtime = EventLoopThread(name=f"tinker-std-{backend.name}")
         self._started: asyncio.Task[None] | None = None
+        #: Sequences sampled with ``record_stability_info=True`` (SDK-3), read by ``stable_reinforce``.
+        self.stability_records = StabilityRecords()
 
     @property
     def backend_name(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
+from ..stability import check_span_tiling, resolve_stable_reinforce
 from ..types import (
     AdamParams,
     Datum,
@@ -66,6 +67,16 @@ class TrainingClient:
         outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
         return merge_outputs(outputs, [len(c) for c in chunks])
 
+    def _resolve_provenance(self, datums: list[Datum], loss_fn: str) -> list[Datum]:
+        """LOSS-17: spans must tile their fields for every loss; ``stable_reinforce`` checks them
+        against the recorded samples and reads the recorded logprobs (``tinker_std.stability``)."""
+        if loss_fn == "stable_reinforce":
+            records = self.session.stability_records
+            return [resolve_stable_reinforce(i, d, records) for i, d in enumerate(datums)]
+        for i, datum in enumerate(datums):
+            check_span_tiling(i, datum)
+        return datums
+
     def _checkpoint_path(self, kind: str, name: str) -> ParsedCheckpointTinkerPath:
         validate_checkpoint_name(name)
         return ParsedCheckpointTinkerPath.build(self.model_id, "training" if kind == "weights" else "sampler", name)
@@ -80,6 +91,7 @@ class TrainingClient:
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
+        datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=False))
 
     def forward_backward(
@@ -90,6 +102,7 @@ class TrainingClient:
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
+        datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=True))
 
     def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
@@ -121,7 +134,9 @@ class TrainingClient:
     def save_state(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsResponse]:
-        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1)."""
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("weights", name)
 
         async def run(backend: Backend) -> SaveWeightsResponse:
@@ -133,7 +148,9 @@ class TrainingClient:
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2)."""
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("sampler_weights", name)
 
         async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
@@ -142,18 +159,28 @@ class TrainingClient:
 
         return self._ordered(run)
 
-    def save_weights_and_get_sampling_client(self, name: str | None = None) -> APIFuture[SamplingClient]:
-        """A sampler over a snapshot of the current weights; ``name`` is ignored (SMP-14)."""
+    def save_weights_and_get_sampling_client(
+        self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> APIFuture[SamplingClient]:
+        """A sampler over a snapshot of the current weights (SMP-14); ``name`` is deprecated in the
+        SDK and has no effect there either. ``kind="inflight"`` is not part of spec 0.2: a
+        ``BadRequestError`` on ``kind`` (SDK-5). ``record_stability_info``: SDK-3."""
+        if kind != "snapshot":
+            raise BadRequestError(
+                "kind", f"only 'snapshot' samplers are part of tinker-std spec 0.2 (not inflight ones), got {kind!r}"
+            )
+        if not isinstance(record_stability_info, bool):
+            raise BadRequestError("record_stability_info", f"must be a bool, got {record_stability_info!r}")
 
         async def run(backend: Backend) -> SamplingClient:
             spec = await backend.create_sampler(model_id=self.model_id)
-            return SamplingClient(self.session, spec)
+            return SamplingClient(self.session, spec, record_stability_info)
 
         return self._ordered(run)
 
-    def create_sampling_client(self, model_path: str) -> APIFuture[SamplingClient]:
+    def create_sampling_client(self, model_path: str, record_stability_info: bool = False) -> APIFuture[SamplingClient]:
         """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
-        return create_sampling_client(self.session, model_path=model_path)
+        return create_sampling_client(self.session, model_path=model_path, record_stability_info=record_stability_info)
 
     def release(self) -> APIFuture[None]:
         """Free this model on the backend once every request before this one has run; the client
@@ -212,11 +239,23 @@ class TrainingClient:
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         return self.save_weights_for_sampler(name, **kwargs)
 
-    async def save_weights_and_get_sampling_client_async(self, name: str | None = None) -> SamplingClient:
-        return await self.save_weights_and_get_sampling_client(name)
+    async def save_weights_and_get_sampling_client_async(
+        self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> SamplingClient:
+        return await self.save_weights_and_get_sampling_client(name, record_stability_info, kind)
 
-    async def create_sampling_client_async(self, model_path: str) -> SamplingClient:
-        return await self.create_sampling_client(model_path)
+    async def create_sampling_client_async(
+        self, model_path: str, record_stability_info: bool = False
+    ) -> SamplingClient:
+        return await self.create_sampling_client(model_path, record_stability_info)
 
     async def get_info_async(self) -> GetInfoResponse:
         return self.get_info()
+
+
+def _refuse_ttl(ttl_seconds: Any) -> None:
+    """CKPT-13 / SDK-1: nothing in process would expire a checkpoint, so a TTL is refused by name."""
+    if ttl_seconds is not None:
+        raise BadRequestError(
+            "ttl_seconds", "in-process checkpoints never expire; checkpoint TTLs are kept by the tinker-std server"
+        )

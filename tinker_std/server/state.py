@@ -30,6 +30,10 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     models: set[str] = field(default_factory=set)
     samplers: set[str] = field(default_factory=set)
+    #: what the SDK's ``CreateSessionRequest`` said about the session (``RestClient.get_session``)
+    user_metadata: dict[str, str] | None = None
+    display_name: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,10 +79,18 @@ class ServerState:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def create_session(self, tenant: str) -> str:
+    def create_session(
+        self,
+        tenant: str,
+        user_metadata: dict[str, str] | None = None,
+        display_name: str | None = None,
+        tags: list[str] | None = None,
+    ) -> str:
         session_id = f"session-{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._sessions[session_id] = Session(tenant)
+            self._sessions[session_id] = Session(
+                tenant, user_metadata=user_metadata, display_name=display_name, tags=list(tags or [])
+            )
         return session_id
 
     def session(self, tenant: str, session_id: Any) -> Session:
