@@ -7,15 +7,28 @@ serving a second ``ServiceClient`` of the same backend. One training step = forw
 tokens, 4 samples x 32 new tokens. Prints step seconds, sampled tokens per second, and the ratios
 SDK-over-HTTP / in-process (target <= 1.2 for a SmolLM2 step).
 
-    python bench/server_overhead.py --model smollm2 [--warmup 1 --steps 4]
+Then a per-request breakdown of the SDK step (``--breakdown-steps`` more SDK steps), from the
+server's own ``/metrics`` (tinker_std/server/metrics.py): HTTP requests per step by endpoint and
+the server's time in each (arrival to end of answer; ``retrieve_future`` includes its long poll,
+which overlaps the engine), next to the in-process step (the engine's share) and the cost of one
+trivial request (``get_server_capabilities``) by raw HTTP and through the SDK. Measurement only.
+
+    python bench/server_overhead.py --model smollm2 [--warmup 1 --steps 4 --breakdown-steps 8]
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import statistics
+import time
 from collections.abc import Callable
+from typing import Any
 
 import common as c
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 import tinker_std as ts
 from tinker_std.server import TinkerServer
@@ -28,7 +41,7 @@ def main() -> None:
     os.environ.setdefault("TINKER_TELEMETRY", "0")
     import tinker
 
-    args = c.parse_args(__doc__ or "", warmup=1, steps=4)
+    args = c.parse_args(__doc__ or "", warmup=1, steps=4, breakdown_steps=8)
     local_svc = c.open_service(args.backend)
     served_svc = c.open_service(args.backend)
     assert local_svc is not None and served_svc is not None
@@ -72,6 +85,7 @@ def main() -> None:
         for name, t in times.items():
             print(f"step {name:>10}: {c.summary(t)}")
         print(f"step ratio sdk-http / in-process: {c.ratio(times['sdk-http'], times['in-process'])}; target <= 1.2")
+        breakdown(server.url, sdk, sdk_step, times["in-process"], args.breakdown_steps)
 
         local_sampler = local.save_weights_and_get_sampling_client().result()
         remote_sampler = remote.save_weights_and_get_sampling_client().result()
@@ -91,6 +105,114 @@ def main() -> None:
         print(f"sampling time ratio sdk-http / in-process: {c.ratio(stimes['sdk-http'], stimes['in-process'])}")
     local_svc.close()
     served_svc.close()
+
+
+def server_time(url: str) -> dict[str, tuple[float, float]]:
+    """endpoint -> (requests, seconds) so far, from the server's latency histogram."""
+    reply = httpx.get(url + "/metrics", headers={"X-API-Key": KEY}, timeout=30)
+    reply.raise_for_status()
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            if sample.name in ("tinker_std_request_duration_seconds_count", "tinker_std_request_duration_seconds_sum"):
+                slot = out.setdefault(sample.labels["endpoint"], [0.0, 0.0])
+                slot[0 if sample.name.endswith("_count") else 1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+class _Arrivals(logging.Handler):
+    """(endpoint, start, end) of each request, from the server's access log (wall clock)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.spans: list[tuple[str, float, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = json.loads(record.getMessage())
+        path = str(entry["path"]).removeprefix("/api/v1/")
+        self.spans.append((path, record.created - entry["ms"] / 1e3, record.created))
+
+
+def timeline(sdk_step: Callable[[], None], steps: int) -> None:
+    """Per SDK step: time before the first request reaches the server (client encoding, event-loop
+    hop, connect), time with a request on the server, time between requests with none on the
+    server (client decode, polling, hops), time after the last answer; and one step's sequence."""
+    log = logging.getLogger("tinker_std.server.access")
+    arrivals, level, propagate = _Arrivals(), log.level, log.propagate
+    log.addHandler(arrivals)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    parts: list[tuple[float, float, float, float, float]] = []
+    sequences: list[list[str]] = []
+    try:
+        for _ in range(steps):
+            arrivals.spans.clear()
+            t0 = time.time()
+            sdk_step()
+            t1 = time.time()
+            spans = sorted(s for s in arrivals.spans if s[1] >= t0 - 0.001 and s[0] != "metrics")
+            if not spans:
+                continue
+            busy, cursor = 0.0, spans[0][1]
+            for _, start, end in spans:  # union of the server's intervals
+                start = max(start, cursor)
+                if end > start:
+                    busy += end - start
+                    cursor = end
+            before, after = spans[0][1] - t0, t1 - max(e for _, _, e in spans)
+            between = (t1 - t0) - before - after - busy
+            parts.append((t1 - t0, before, busy, between, after))
+            sequences.append(
+                [f"{name} +{(a - t0) * 1e3:.1f}..{(b - t0) * 1e3:.1f}" for name, a, b in spans]
+                + [f"done +{(t1 - t0) * 1e3:.1f}"]
+            )
+    finally:
+        log.removeHandler(arrivals)
+        log.setLevel(level)
+        log.propagate = propagate
+    if not parts:
+        return
+    med = [statistics.median(p[i] for p in parts) * 1e3 for i in range(5)]
+    print(
+        f"  timeline (medians of {len(parts)} steps, ms): wall {med[0]:.1f} = before the first request "
+        f"{med[1]:.1f} + a request on the server {med[2]:.1f} + none on the server between requests "
+        f"{med[3]:.1f} + after the last answer {med[4]:.1f}"
+    )
+    middle = sorted(range(len(parts)), key=lambda i: parts[i][0])[len(parts) // 2]
+    print("  one step (ms from the call): " + "; ".join(sequences[middle]))
+
+
+def breakdown(url: str, sdk: Any, sdk_step: Callable[[], None], engine: list[float], steps: int) -> None:
+    """Print where an SDK step's time goes (module docstring)."""
+    if steps <= 0:
+        return
+    before = server_time(url)
+    walls = [c.seconds(sdk_step) for _ in range(steps)]
+    after = server_time(url)
+    wall, engine_s = statistics.median(walls), statistics.median(engine)
+    print(f"# breakdown over {steps} SDK steps (median wall {wall * 1e3:.1f} ms, in-process {engine_s * 1e3:.1f} ms)")
+    for endpoint in sorted(after):
+        n = after[endpoint][0] - before.get(endpoint, (0.0, 0.0))[0]
+        t = after[endpoint][1] - before.get(endpoint, (0.0, 0.0))[1]
+        if n > 0:
+            print(
+                f"  {endpoint:>18}: {n / steps:.2f} requests/step, server {t / steps * 1e3:7.1f} ms/step "
+                f"({t / n * 1e3:.1f} ms/request)"
+            )
+    raw = httpx.Client(base_url=url + "/api/v1/", headers={"X-API-Key": KEY}, timeout=30)
+    healthz = [c.seconds(lambda: raw.get("healthz").raise_for_status()) for _ in range(20)]
+    caps_http = [c.seconds(lambda: raw.get("get_server_capabilities").raise_for_status()) for _ in range(20)]
+    caps_sdk = [c.seconds(sdk.get_server_capabilities) for _ in range(20)]
+    raw.close()
+    print(
+        f"  trivial requests (medians of 20): healthz by raw httpx {statistics.median(healthz) * 1e3:.1f} ms; "
+        f"get_server_capabilities raw {statistics.median(caps_http) * 1e3:.1f} ms, "
+        f"SDK {statistics.median(caps_sdk) * 1e3:.1f} ms"
+    )
+    timeline(sdk_step, steps)
+    print(f"  SDK step minus in-process step: {(wall - engine_s) * 1e3:.1f} ms")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  load average {load} on {os.cpu_count()} CPUs at {time.strftime('%H:%M')}")
 
 
 if __name__ == "__main__":

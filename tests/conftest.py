@@ -17,3 +17,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sdk_sessions_end_with_their_server() -> Iterator[None]:
+    """Every official-SDK client is closed when the in-process server it talks to closes, so no
+    heartbeat outlives its server (tests/sdk_sessions.py)."""
+    from sdk_sessions import install_for_session
+
+    undo = install_for_session()
+    yield
+    undo()

@@ -1,19 +1,16 @@
-"""Cookbook building blocks: renderers, weights, alignment, schedules, data order, the PNG writer."""
+"""Cookbook building blocks: renderers, weights, alignment, schedules, data order (plots: test_cookbook_plotting.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 import random
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tinker_std.backends.mock import ByteTokenizer
-from tinker_std.cookbook import common, plotting, renderers
+from tinker_std.cookbook import common, renderers
 
 TOK = ByteTokenizer()
 SMOLLM2 = Path.home() / ".cache" / "tinker-std" / "models" / "SmolLM2-135M-Instruct"
@@ -133,33 +130,3 @@ def test_demo_datasets_are_shipped_and_load() -> None:
     assert all({"prompt", "chosen", "rejected"} <= r.keys() for r in common.load_jsonl("demo:preferences"))
     with pytest.raises(FileNotFoundError, match="shipped"):
         common.load_jsonl("demo:nope")
-
-
-def read_png(path: Path) -> tuple[int, int, bytes]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, size = 8, b"", (0, 0)
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        if kind == b"IHDR":
-            size = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    return size[0], size[1], zlib.decompress(idat)
-
-
-def test_builtin_png_writer_draws_one_panel_per_metric(tmp_path: Path) -> None:
-    rows = [{"step": s, "loss": 5.0 / (s + 1), **({"eval_nll": 4.0 - s / 10} if s % 3 == 0 else {})} for s in range(10)]
-    assert set(plotting.series(rows)) == {"loss", "eval_nll"}
-    assert len(plotting.series(rows)["eval_nll"]) == 4
-    path = plotting.write_curves(rows, tmp_path / "curves.png", engine="builtin")
-    width, height, raw = read_png(path)
-    assert (width, height) == (2 * 360, 220)
-    assert len(raw) == height * (1 + 3 * width)
-    line_pixels = raw.count(bytes((31, 119, 180)))
-    assert line_pixels > 200  # the curves were drawn, not just the background
-    assert math.isclose(len(raw), height * (3 * width + 1))

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sdk_sessions import end_sessions
 from server_support import KEY, Wire, fb_body, proto_headers, sdk_datum, served
 
 tinker = pytest.importorskip("tinker")
@@ -30,12 +31,16 @@ def server_process(checkpoint_dir: Path) -> Iterator[tuple[subprocess.Popen[str]
     command = [sys.executable, "-m", "tinker_std.cli", "serve", "--backend", "mock", "--port", "0"]
     command += ["--api-key", KEY, "--checkpoint-dir", str(checkpoint_dir)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = None
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("tinker-std server on http://"), line
-        yield proc, line.split()[3]
+        url = line.split()[3]
+        yield proc, url
     finally:
+        if url is not None:
+            end_sessions(url, server_alive=proc.poll() is None)  # no heartbeat to a stopped server
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)

@@ -34,6 +34,7 @@ from tinker_std.client.service import ServiceClient
 
 from .failures import MAPPED, error_reply, not_found_reply
 from .messages import Endpoint, WireReply, WireRequest
+from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
 from .operations import WireService
 from .records import ServerRecords
@@ -118,6 +119,7 @@ def create_app(
     )
     app.state.operations = operations
     app.state.tenants = tenants
+    install_metrics(app)
     return app
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,6 +50,8 @@ class FutureStore:
         self._lock = threading.Lock()
         self._entries: dict[str, Pending] = {}
         self._closing = False
+        #: called with each stored request, under no lock (``metrics.ServerMetrics`` counts tokens)
+        self.observers: list[Callable[[Pending], None]] = []
 
     def store(self, future: Future[Any], kind: ResultKind, tenant: str, request_id: str | None = None) -> str:
         """Keep ``future`` under ``request_id`` (default: a new id); the id."""
@@ -56,7 +59,9 @@ class FutureStore:
         with self._lock:
             if self._closing and not future.done():
                 future.set_exception(ServerShutdown("the server is shutting down"))
-            self._entries[request_id] = Pending(future, kind, tenant)
+            entry = self._entries[request_id] = Pending(future, kind, tenant)
+        for observe in self.observers:
+            observe(entry)
         return request_id
 
     def forget(self, request_id: str) -> None:

@@ -70,6 +70,11 @@ class SeqLane:
             self._drain()
         return request_id
 
+    def depth(self) -> int:
+        """Requests admitted and not yet started: queued, or waiting for a lower ``seq_id``."""
+        with self._lock:
+            return len(self._waiting) + self._queue.qsize()
+
     def _drain(self) -> None:
         while self.next_seq in self._waiting:
             self._queue.put(self._waiting.pop(self.next_seq))

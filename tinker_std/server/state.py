@@ -237,6 +237,12 @@ class ServerState:
 
     # -- shutdown ---------------------------------------------------------------------------
 
+    def lane_depths(self) -> dict[str, int]:
+        """Each training model's queue depth (``SeqLane.depth``), by model id."""
+        with self._lock:
+            models = list(self._models.values())
+        return {model.model_id: model.lane.depth() for model in models}
+
     def close(self) -> None:
         """Stop every model's lane after the steps already queued."""
         with self._lock:
