@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
+from tinker_std.backend import AdapterState, Backend, GradientSnapshot, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
@@ -154,6 +154,15 @@ class MockBackend(Backend):
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         return adamw_step(self._model(model_id).optimizer, params)
+
+    async def gradient_snapshot(self, model_id: str) -> GradientSnapshot:
+        """Copies of the adapter's ``.grad`` tensors (``None`` where no gradient is pending)."""
+        return {n: None if p.grad is None else p.grad.clone() for n, p in self._model(model_id).adapter.params.items()}
+
+    async def restore_gradient(self, model_id: str, snapshot: GradientSnapshot) -> None:
+        assert isinstance(snapshot, dict)
+        for name, p in self._model(model_id).adapter.params.items():
+            p.grad = snapshot[name]
 
     async def read_state(self, model_id: str) -> AdapterState:
         model = self._model(model_id)

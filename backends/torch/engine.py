@@ -217,6 +217,7 @@ class TorchEngine:
         self._files_lock = threading.RLock()  # model paths and tokenizers (``tokenizer`` may run concurrently)
         self.resident_models = resident_models
         self._recent: OrderedDict[str, None] = OrderedDict()  # training model ids, least recently used first
+        self._grad_snapshots: dict[str, dict[str, torch.Tensor | None]] = {}  # gradient_snapshot's copies
         self._idle = offload.IdleStore(checkpoint_store.root / ".offload" / uuid.uuid4().hex)
 
     # -- base models ---------------------------------------------------------------------------
@@ -304,6 +305,7 @@ class TorchEngine:
         """Forget ``model_id`` and delete its adapter; unknown or released ids are a no-op."""
         model = self._models.pop(model_id, None)
         self._recent.pop(model_id, None)
+        self._grad_snapshots.pop(model_id, None)
         self._idle.discard(model_id)
         if model is not None:
             adapters.delete_adapter(model.base.model, model.adapter)
@@ -486,10 +488,27 @@ class TorchEngine:
     def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
         model = self._model(model_id)
+        self._grad_snapshots.pop(model_id, None)
         self.placement.reduce_grads(list(model.params.values()))
         response = adamw_step(model.optimizer, params)
         self._offload_idle()
         return response
+
+    def gradient_snapshot(self, model_id: str) -> str:
+        """Copy the client's accumulated gradient (FB-14) and keep the copy here, on this rank (so
+        under FSDP every rank keeps its own partial gradient); the handle is the model id. At
+        most one copy per model: the next snapshot, an ``optim_step`` or a release drops it."""
+        params = self._model(model_id).params
+        self._grad_snapshots[model_id] = {n: None if p.grad is None else p.grad.clone() for n, p in params.items()}
+        return model_id
+
+    def restore_gradient(self, model_id: str, snapshot: str) -> None:
+        """Put back the copy ``gradient_snapshot`` made (on each parameter's current device, which
+        offloading may have changed since)."""
+        saved = self._grad_snapshots.pop(snapshot)
+        for name, p in self._model(model_id).params.items():
+            grad = saved[name]
+            p.grad = None if grad is None else grad.to(p.device)
 
     def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient, AdamW moments and step, keyed by stable parameter name."""

@@ -65,8 +65,21 @@ class TrainingClient:
     async def _chunked(
         self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
     ) -> ForwardBackwardOutput:
+        """One call, all or nothing (FB-14): with ``backward`` and several chunks, the gradient is
+        snapshotted first and restored if any chunk fails; a backend that cannot snapshot gets
+        the whole call as one ``forward_backward``."""
         chunks = split_chunks(data, self._service.max_chunk_datums)
-        outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+        snapshot = None
+        if backward and len(chunks) > 1:
+            snapshot = await backend.gradient_snapshot(self.model_id)
+            if snapshot is None:
+                chunks = [data]
+        try:
+            outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+        except BaseException:
+            if snapshot is not None:
+                await backend.restore_gradient(self.model_id, snapshot)
+            raise
         return merge_outputs(outputs, [len(c) for c in chunks])
 
     def _checkpoint_path(self, kind: str, name: str) -> ParsedCheckpointTinkerPath:
