@@ -238,3 +238,47 @@ def test_listing_and_deleting_checkpoints(
         rest.delete_checkpoint_from_tinker_path(first).result()
     with pytest.raises(ts.NotFoundError):
         service.create_training_client_from_state(first).result()
+
+
+# -- checkpoints you can trust (issue 21; CKPT-14, CKPT-16, CKPT-17) -------------------------------
+
+
+@pytest.mark.spec("CKPT-14", "CKPT-16")
+def test_a_damaged_checkpoint_is_refused_as_corrupt(
+    conformance_backend: ConformanceBackend,
+    training_client: Factory,
+    service: ts.ServiceClient,
+    _conformance_options: dict[str, object],
+) -> None:
+    root = _conformance_options.get("checkpoint_dir")
+    if not conformance_backend.accepts_checkpoint_dir or root is None:
+        pytest.skip(f"not applicable: backend {conformance_backend.name} takes no checkpoint_dir option")
+    from pathlib import Path
+
+    tc = training_client()
+    _train(tc, conformance_backend.vocab_size, 1)
+    path = tc.save_state("to-damage").result().path
+    parsed = ts.ParsedCheckpointTinkerPath.from_tinker_path(path)
+    folder = (Path(str(root)) / parsed.training_run_id / parsed.checkpoint_id).resolve()
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != "checkpoint.json")
+    assert files, f"[CKPT-14] no checkpoint files under the checkpoint_dir for {path}"
+    biggest = max(files, key=lambda f: f.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])  # truncated, as by a crash
+    with pytest.raises(ts.CorruptCheckpointError) as info:
+        service.create_training_client_from_state_with_optimizer(path).result()
+    assert info.value.path == path, f"[CKPT-14] error names {info.value.path!r}, not {path}"
+    assert str(root) not in str(info.value), f"[CKPT-16] the error reveals a file-system path: {info.value}"
+
+
+@pytest.mark.spec("CKPT-17", "CKPT-16")
+def test_checkpoint_names_are_bounded(
+    conformance_backend: ConformanceBackend, training_client: Factory, _conformance_options: dict[str, object]
+) -> None:
+    tc = training_client()
+    for bad in ("n" * 5000, "n" * 201, "a/b", ".hidden"):
+        with pytest.raises(ts.BadRequestError) as info:
+            tc.save_state(bad)
+        assert info.value.field == "name", f"[CKPT-17] {bad[:12]!r}: field {info.value.field!r}"
+        root = _conformance_options.get("checkpoint_dir")
+        assert root is None or str(root) not in str(info.value), f"[CKPT-16] path revealed: {info.value}"
+    tc.save_weights_for_sampler("n" * 200).result()

@@ -33,7 +33,16 @@ from .types import (
     SamplingParams,
 )
 
-__all__ = ["Backend", "GradientSnapshot", "ModelSpec", "SamplerSpec", "AdapterState", "Tokenizer", "SampleRequest", "new_model_id"]
+__all__ = [
+    "Backend",
+    "GradientSnapshot",
+    "ModelSpec",
+    "SamplerSpec",
+    "AdapterState",
+    "Tokenizer",
+    "SampleRequest",
+    "new_model_id",
+]
 
 
 def new_model_id(prefix: str) -> str:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .loss_signatures import LOSS_SIGNATURES, LossSignature
 from .errors import NonFiniteError
+from .loss_signatures import LOSS_SIGNATURES, LossSignature
 
 __all__ = ["GRADIENT_GATES", "LossSpec", "LOSSES", "compute_loss", "gradient_positions", "loss_spec"]
 

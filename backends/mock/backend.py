@@ -23,7 +23,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, Backend, GradientSnapshot, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
+from tinker_std.backend import (
+    AdapterState,
+    Backend,
+    GradientSnapshot,
+    ModelSpec,
+    SampleRequest,
+    SamplerSpec,
+    Tokenizer,
+    new_model_id,
+)
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
