@@ -19,6 +19,7 @@ from .errors import (
     ContextLengthError,
     CorruptCheckpointError,
     IncompatibleEnvironmentError,
+    LimitExceededError,
     NonFiniteError,
     NotFoundError,
     RequestFailedError,
@@ -27,6 +28,7 @@ from .errors import (
     Unsupported,
 )
 from .futures import APIFuture
+from .limits import Limits
 from .types import (
     AdamOptimizerConfig,
     AdamParams,
@@ -80,6 +82,8 @@ __all__ = [
     "ForwardBackwardOutput",
     "GetInfoResponse",
     "GetServerCapabilitiesResponse",
+    "LimitExceededError",
+    "Limits",
     "LoraConfig",
     "LossFnType",
     "ModelData",

@@ -21,6 +21,7 @@ __all__ = [
     "NonFiniteError",
     "CorruptCheckpointError",
     "StorageFullError",
+    "LimitExceededError",
 ]
 
 
@@ -129,3 +130,8 @@ class StorageFullError(TinkerError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"no space left to save {path}; the previous checkpoint under this name is unchanged")
+
+
+class LimitExceededError(BadRequestError):
+    """A request exceeds a documented limit (spec LIM): too many datums, samples or tokens, a LoRA
+    rank too large, a body too big. ``field`` names what to reduce; nothing changed."""

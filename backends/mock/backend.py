@@ -37,6 +37,7 @@ from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.errors import BadRequestError, ContextLengthError, NotFoundError
+from tinker_std.limits import check_rank_for_width
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -108,7 +109,9 @@ class MockBackend(Backend):
         return ByteTokenizer(name_or_path=base_model)
 
     async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
-        adapter = LoraAdapter.fresh(lora, model_config(base_model))
+        config = model_config(base_model)
+        check_rank_for_width(lora.rank, config.d_model, base_model)
+        adapter = LoraAdapter.fresh(lora, config)
         return self._register(base_model, adapter, None)
 
     async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:

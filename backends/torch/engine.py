@@ -46,6 +46,7 @@ from tinker_std.engine import (
     target_logprobs,
 )
 from tinker_std.errors import BadRequestError, ConflictError, ContextLengthError, NotFoundError
+from tinker_std.limits import check_rank_for_width
 from tinker_std.losses import compute_loss, gradient_positions
 from tinker_std.types import (
     AdamParams,
@@ -281,6 +282,7 @@ class TorchEngine:
     def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
         """A new training model: a fresh adapter (seeded by ``lora.seed``) and a fresh AdamW."""
         base = self._base(base_model)
+        check_rank_for_width(lora.rank, int(base.model.config.hidden_size), base_model)
         return self._register(base, lora, lora.seed, None, None)
 
     def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:

@@ -51,6 +51,8 @@ class SamplingClient:
             service.capabilities,
             service.backend_name,
         )
+        room = self.spec.max_context_length - len(tokens)
+        service.limits.check_sample(num_samples, room if params.max_tokens is None else params.max_tokens)
         request = SampleRequest(tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs)
         return service._submit(lambda backend: backend.sample(self.spec.sampler_id, request))
 

@@ -15,6 +15,7 @@ from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, RequestFailedError, TinkerError, Unsupported
 from ..futures import APIFuture
+from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .rest import RestClient
@@ -57,12 +58,16 @@ class ServiceClient:
         backend: str | Backend | type[Backend] | None = None,
         *,
         max_chunk_datums: int = DEFAULT_MAX_CHUNK_DATUMS,
+        limits: Limits = DEFAULT_LIMITS,
         **backend_options: Any,
     ) -> None:
         if max_chunk_datums < 1:
             raise BadRequestError("max_chunk_datums", "must be >= 1")
+        if not isinstance(limits, Limits):
+            raise BadRequestError("limits", f"must be tinker_std.Limits, got {type(limits).__name__}")
         self._backend = create_backend(backend, backend_options)
         self.max_chunk_datums = max_chunk_datums
+        self.limits = limits  # LIM-1..LIM-3, checked before a request is queued
         self._runtime = EventLoopThread(name=f"tinker-std-{self._backend.name}")
         self._started: asyncio.Task[None] | None = None
         # A script that never calls close() still shuts its backend down before the interpreter
@@ -151,6 +156,7 @@ class ServiceClient:
             raise BadRequestError("base_model", "must be a non-empty model name")
         if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
             raise BadRequestError("optimizer", f"only AdamOptimizerConfig is supported, got {type(optimizer).__name__}")
+        self.limits.check_rank(rank)
         try:
             lora = LoraConfig(
                 rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn, train_unembed=train_unembed

@@ -93,6 +93,7 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` without changing any state (FB-1)."""
         svc = self._service
+        svc.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
         )
@@ -103,6 +104,7 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
         svc = self._service
+        svc.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
         )
@@ -111,6 +113,7 @@ class TrainingClient:
     def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
         """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
         svc = self._service
+        svc.limits.check_datums(len(data) if isinstance(data, list) else 0)
         datums = validate_custom_loss_data(data, self.spec, svc.capabilities, svc.backend_name)
 
         def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
