@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tinker_std as ts
-from tinker_std.engine import adamw_step
+from tinker_std.training_math import adamw_step
 
 ADAM = ts.AdamParams(learning_rate=1e-2)
 

@@ -72,7 +72,8 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
         import torch
         import torch.distributed as dist
 
-        from tinker_std.backends.torch.engine import TorchEngine, resolve_device
+        from tinker_std.backends.torch.engine import TorchEngine
+        from tinker_std.backends.torch.precision import resolve_device
         from tinker_std.checkpoints import CheckpointStore
 
         from .placement import FsdpPlacement
