@@ -44,7 +44,7 @@ def _burn(until: float) -> None:
             x ^= i * i
 
 
-def _client(url: str, index: int, seconds: float, ready: Any, go: Any, out: Any) -> None:
+def _client(url: str, index: int, seconds: float, burst: int, ready: Any, go: Any, out: Any) -> None:
     os.environ["TINKER_TELEMETRY"] = "0"
     import warnings
 
@@ -101,6 +101,11 @@ def _client(url: str, index: int, seconds: float, ready: Any, go: Any, out: Any)
                     "sample",
                     lambda s=sampler, p=params, q=prompt: s.sample(q, num_samples=4, sampling_params=p).result(),
                 )
+                if burst:  # an RL batch: many sample requests in flight while the trainer saves again
+                    futures = [sampler.sample(prompt, num_samples=4, sampling_params=params) for _ in range(burst)]
+                    snap = timed("save_during_burst", lambda: resolved(tc.save_weights_and_get_sampling_client()))
+                    timed("sample_burst", lambda fs=futures: [f.result() for f in fs])
+                    del snap
             if step % 3 == 0:
                 timed("save_state", lambda s=step: tc.save_state(f"step-{s}").result())
             step += 1
@@ -115,6 +120,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=90.0)
     parser.add_argument("--burners", type=int, default=2)
     parser.add_argument("--stall-s", type=float, default=30.0)
+    parser.add_argument("--sample-burst", type=int, default=0, help="sample requests in flight per step")
     parser.add_argument("--checkpoint-dir", default=None)
     args = parser.parse_args()
 
@@ -141,7 +147,8 @@ def main() -> int:
         ready: Any = ctx.Queue()
         go = ctx.Event()
         clients = [
-            ctx.Process(target=_client, args=(url, i, args.seconds, ready, go, out)) for i in range(args.clients)
+            ctx.Process(target=_client, args=(url, i, args.seconds, args.sample_burst, ready, go, out))
+            for i in range(args.clients)
         ]
         for p in clients:
             p.start()
