@@ -87,6 +87,7 @@ def create_app(
         compress_requests=compress_requests,
         idle_session_s=idle_session_s,
         gap_timeout_s=gap_timeout_s,
+        max_body_bytes=max_body_bytes,
     )
     stop = threading.Event()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +55,27 @@ class WireReply:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> WireReply:
-        return cls(status, JSON, json.dumps(value).encode())
+        """``value`` as strict JSON: a NaN or infinite number (which ``json.dumps`` would write as
+        the non-JSON ``NaN``/``Infinity`` the SDK cannot parse) is written as ``null`` (FB-15)."""
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except ValueError:
+            text = json.dumps(_finite(value), allow_nan=False)
+        return cls(status, JSON, text.encode())
 
     @classmethod
     def protobuf(cls, body: bytes) -> WireReply:
         return cls(200, PROTOBUF, body)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

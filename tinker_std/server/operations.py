@@ -49,6 +49,7 @@ class WireService:
         compress_requests: bool = False,
         idle_session_s: float | None = None,
         gap_timeout_s: float = 30.0,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
         ``forward_backward`` request (its default is 1024); each chunk is a request of its own.
@@ -56,13 +57,14 @@ class WireService:
         ``compress_requests``: ask the SDK for zstd ``forward_backward`` bodies.
         ``idle_session_s``: sessions without a request or heartbeat for this long are reaped
         (``reap``) and their models and samplers released. ``gap_timeout_s``: how long later
-        requests wait for a ``seq_id`` that never arrives (``SeqLane``)."""
+        requests wait for a ``seq_id`` that never arrives (``SeqLane``). ``max_body_bytes``: the
+        transport's body limit, which the SDK is told to keep its chunks under."""
         self.service = service
         self.records = records or ServerRecords()
         self.state = ServerState(idle_session_s, gap_timeout_s)
         self.futures = FutureStore()
         self.checkpoints = CheckpointFiles(service, self.records)
-        self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests)
+        self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
         self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints)
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)

@@ -1,0 +1,99 @@
+"""Reliability of the server under real use, through the official SDK 0.38 and raw wire calls on
+loopback (issue 21): all-or-nothing calls (FB-14), finite or refused (FB-15, OPT-10), bounded
+resources (LIM), retries matched on what identifies the operation, long polls that never starve
+other requests, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tinker_std as ts
+from tinker_std.server import TinkerServer
+
+from server_support import KEY, served
+
+tinker = pytest.importorskip("tinker")
+os.environ["TINKER_TELEMETRY"] = "0"
+
+
+def sdk_datum(tokens: list[int], weights: list[float] | None = None) -> Any:
+    return tinker.Datum(
+        model_input=tinker.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights or [1.0] * (len(tokens) - 1)},
+    )
+
+
+PROBE = [[1, 5, 9, 14, 3, 7], [4, 4, 8, 2, 11]]
+ADAM = {"learning_rate": 1e-2}
+
+
+@pytest.fixture
+def mock_server(tmp_path: Path) -> Iterator[tuple[TinkerServer, ts.ServiceClient, str]]:
+    with served("mock", tmp_path) as triple:
+        yield triple
+
+
+def _logprobs(tc: Any) -> list[np.ndarray]:
+    out = tc.forward([sdk_datum(t) for t in PROBE], "cross_entropy").result()
+    return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs]
+
+
+def test_an_sdk_call_with_one_bad_datum_leaves_no_gradient(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    """The issue's reproduction: ``forward_backward([good]*1024 + [bad_token_datum])``, which the
+    SDK used to send as two requests (its default chunk is 1024 datums) of which the first was
+    applied. The server now advertises chunks as large as its per-call limit (FB-14)."""
+    server, _, base = mock_server
+    sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+    tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=0).result()
+    twin = sdk.create_lora_training_client(base_model=base, rank=4, seed=0).result()
+    good = sdk_datum([1, 5, 9, 14, 3, 7])
+    bad = sdk_datum([1, 5, 9, 10**6, 3, 7])  # a token id over the vocabulary: refused by validation
+    for c in (tc, twin):
+        c.forward_backward([sdk_datum(PROBE[1])], "cross_entropy").result()
+    with pytest.raises(Exception, match="BadRequestError") as info:
+        tc.forward_backward([good] * 1024 + [bad], "cross_entropy").result()
+    assert "data[1024]" in str(info.value)
+    started = time.monotonic()
+    for c in (tc, twin):
+        c.optim_step(tinker.AdamParams(**ADAM)).result()
+    assert time.monotonic() - started < 20, "the next request waited for a seq_id gap"
+    for x, y in zip(_logprobs(tc), _logprobs(twin), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg="FB-14: the failed call left a gradient behind")
+
+
+def test_non_finite_losses_are_refused_and_no_reply_carries_nan(
+    mock_server: tuple[TinkerServer, Any, str],
+) -> None:
+    """The issue: a NaN/inf loss was accepted, the ``optim_step`` reply carried a bare ``NaN``
+    (``JSONDecodeError`` in the SDK) and the adapter was poisoned (FB-15, OPT-10)."""
+    server, _, base = mock_server
+    sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+    tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=0).result()
+    before = _logprobs(tc)
+    overflowing = tinker.Datum(
+        model_input=tinker.ModelInput.from_ints([1, 5, 9, 14, 3]),
+        loss_fn_inputs={"target_tokens": [5, 9, 14, 3, 7], "advantages": [1.0] * 5, "logprobs": [-1e4] * 5},
+    )
+    with pytest.raises(Exception, match="NonFiniteError"):
+        tc.forward_backward([overflowing], "importance_sampling").result()
+    step = tc.optim_step(tinker.AdamParams(**ADAM)).result()
+    assert all(np.isfinite(v) for v in step.metrics.values()), step.metrics
+    for x, y in zip(_logprobs(tc), before, strict=True):
+        np.testing.assert_array_equal(x, y)  # nothing was accumulated: with m = 0 the step moved nothing
+
+
+def test_json_replies_never_carry_non_json_numbers() -> None:
+    from tinker_std.server.messages import WireReply
+
+    reply = WireReply.json({"metrics": {"loss:sum": float("nan"), "x": [1.0, float("inf")]}, "ok": 2})
+    import json
+
+    assert json.loads(reply.body) == {"metrics": {"loss:sum": None, "x": [1.0, None]}, "ok": 2}
+    assert b"NaN" not in reply.body and b"Infinity" not in reply.body
