@@ -6,6 +6,7 @@ other requests, clean shutdown."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import tinker_std as ts
 from tinker_std.server import TinkerServer
 
-from server_support import KEY, served
+from server_support import KEY, Wire, fb_body, proto_headers, served
 
 tinker = pytest.importorskip("tinker")
 os.environ["TINKER_TELEMETRY"] = "0"
@@ -97,3 +98,30 @@ def test_json_replies_never_carry_non_json_numbers() -> None:
 
     assert json.loads(reply.body) == {"metrics": {"loss:sum": None, "x": [1.0, None]}, "ok": 2}
     assert b"NaN" not in reply.body and b"Infinity" not in reply.body
+
+
+def test_long_polls_hold_no_worker_thread(tmp_path: Path) -> None:
+    """The issue's unanswered ``save_weights_for_sampler``: every ``retrieve_future`` long poll used
+    to hold one of the server's worker threads for up to 20 s, so with as many polls waiting as
+    threads (an RL batch of sample requests) any other request queued for a thread, unanswered,
+    past the SDK's timeout. Here 4 threads and 6 polls on futures that cannot finish (seq_id gap):
+    another request must still be answered at once."""
+
+    with served("mock", tmp_path, worker_threads=4, gap_timeout_s=60) as (server, _, base):
+        wire = Wire(server.url)
+        model = wire.create_model(wire.session(), base)
+        waiting = []
+        for seq in range(2, 8):  # seq_id 1 never comes: all of these wait
+            reply = wire.http.post("forward_backward", content=fb_body(model, seq, [1, 2, 3]), headers=proto_headers())
+            waiting.append(reply.json()["request_id"])
+        polls = [threading.Thread(target=wire.post, args=("retrieve_future", {"request_id": r})) for r in waiting]
+        for t in polls:
+            t.start()
+        time.sleep(1.0)  # every poll is in
+        started = time.monotonic()
+        reply = wire.post("create_session", {"tags": [], "sdk_version": "0.38.0"})
+        elapsed = time.monotonic() - started
+        assert reply.status_code == 200
+        assert elapsed < 5, f"a request waited {elapsed:.1f} s behind long polls for a worker thread"
+        for t in polls:
+            t.join(timeout=60)

@@ -137,6 +137,8 @@ def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
             tenant=request.scope["state"]["tenant"],
             params={name: str(value) for name, value in request.path_params.items()},
         )
+        if endpoint.async_handler is not None:
+            return _response(await endpoint.async_handler(wire_request))
         return _response(await run_in_threadpool(endpoint.handler, wire_request))
 
     return Route(PREFIX + endpoint.path, handle, methods=list(endpoint.methods))

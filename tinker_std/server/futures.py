@@ -11,12 +11,15 @@ for a future stored after it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel
 
 from . import wire
@@ -68,17 +71,57 @@ class FutureStore:
         with self._lock:
             return list(self._entries.values())
 
-    def retrieve(self, request: WireRequest) -> WireReply:
-        """The ``retrieve_future`` endpoint: the result of ``request_id`` once it is there."""
-        request_id = request.json().get("request_id")
+    def _entry(self, request: WireRequest) -> tuple[str, Pending | None]:
+        request_id = str(request.json().get("request_id"))
         with self._lock:
-            entry = self._entries.get(str(request_id))
+            entry = self._entries.get(request_id)
         if entry is None or entry.tenant != request.tenant:
+            return request_id, None
+        return request_id, entry
+
+    def retrieve(self, request: WireRequest) -> WireReply:
+        """The ``retrieve_future`` endpoint, waiting on the calling thread (in-process use)."""
+        request_id, entry = self._entry(request)
+        if entry is None:
             return not_found_reply(f"unknown request_id {request_id!r}")
         try:
-            result = entry.future.result(timeout=LONG_POLL_S)
+            entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:
-            return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+            return _try_again(request_id)
+        except Exception:
+            pass
+        return self._answer(entry)
+
+    async def retrieve_async(self, request: WireRequest) -> WireReply:
+        """The ``retrieve_future`` endpoint as the server runs it: the long poll waits on the event
+        loop, holding no worker thread (a thread per waiting poll starved every other request of
+        threads under load: the issue's unanswered ``save_weights_for_sampler``); only encoding the
+        finished result runs on a worker thread."""
+        request_id, entry = self._entry(request)
+        if entry is None:
+            return not_found_reply(f"unknown request_id {request_id!r}")
+        if not entry.future.done():
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+
+            def settle() -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            def wake(_: Future[Any]) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(settle)
+
+            entry.future.add_done_callback(wake)
+            await asyncio.wait([woken], timeout=LONG_POLL_S)
+            if not entry.future.done():
+                return _try_again(request_id)
+        return await anyio.to_thread.run_sync(self._answer, entry)
+
+    def _answer(self, entry: Pending) -> WireReply:
+        """The reply for a finished ``entry``: its result encoded, or its failure."""
+        try:
+            result = entry.future.result(timeout=0)
         except Exception as exc:
             return failure_reply(exc)
         if entry.kind == "forward_backward":
@@ -98,6 +141,10 @@ class FutureStore:
                     future.set_exception(ServerShutdown("the server is shutting down"))
                 except Exception:  # settled meanwhile
                     pass
+
+
+def _try_again(request_id: str) -> WireReply:
+    return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
 
 
 def chain(source: Future[Any], target: Future[Any]) -> None:

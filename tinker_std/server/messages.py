@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "PROTOBUF",
     "RPC_METHODS",
     "Endpoint",
+    "AsyncHandler",
     "Handler",
     "WireReply",
     "WireRequest",
@@ -107,15 +108,22 @@ class WireRequest:
 
 
 Handler = Callable[[WireRequest], WireReply]
+#: A handler that waits without holding a worker thread (the ``retrieve_future`` long poll).
+AsyncHandler = Callable[[WireRequest], Awaitable[WireReply]]
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One declared route: ``path`` under ``/api/v1/``, the ``methods`` it answers, its handler."""
+    """One declared route: ``path`` under ``/api/v1/``, the ``methods`` it answers, its handler.
+
+    ``handler`` runs on a worker thread; an endpoint that waits (a long poll) gives
+    ``async_handler`` instead, which the transport awaits on its event loop, so waiting requests
+    never occupy the worker threads every other request needs."""
 
     path: str
     handler: Handler
     methods: tuple[str, ...] = RPC_METHODS
+    async_handler: AsyncHandler | None = None
 
 
 def body_digest(body: bytes) -> str:

@@ -76,7 +76,7 @@ class WireService:
             *self.sessions.endpoints(),
             *self.training.endpoints(),
             *self.sampling.endpoints(),
-            Endpoint("retrieve_future", self.futures.retrieve),
+            Endpoint("retrieve_future", self.futures.retrieve, async_handler=self.futures.retrieve_async),
             *refusal_endpoints(),
             *self.rest.endpoints(),
         ]
