@@ -125,3 +125,20 @@ def test_long_polls_hold_no_worker_thread(tmp_path: Path) -> None:
         assert elapsed < 5, f"a request waited {elapsed:.1f} s behind long polls for a worker thread"
         for t in polls:
             t.join(timeout=60)
+
+
+def test_a_resent_unnamed_save_is_the_same_operation(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    """The issue: the SDK resends an unnamed ``save_weights_for_sampler`` with a new
+    ``sampling_session_seq_id`` each attempt, and the server, hashing the whole body, refused the
+    resend with ``ConflictError: seq_id 1 ... already used by a different request``."""
+    server, _, base = mock_server
+    wire = Wire(server.url)
+    model = wire.create_model(wire.session(), base)
+    first = {"model_id": model, "seq_id": 1, "sampling_session_seq_id": 0, "type": "save_weights_for_sampler"}
+    original = wire.post("save_weights_for_sampler", first)
+    resent = wire.post("save_weights_for_sampler", {**first, "sampling_session_seq_id": 1})
+    assert original.status_code == 200 and resent.status_code == 200, resent.text
+    assert resent.json()["request_id"] == original.json()["request_id"]
+    assert "sampling_session_id" in wire.result(resent.json()["request_id"]).json()
+    other = wire.post("save_weights_for_sampler", {**first, "path": "named", "sampling_session_seq_id": 2})
+    assert other.status_code == 409, "a different operation under a used seq_id is still a conflict"

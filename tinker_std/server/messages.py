@@ -35,6 +35,7 @@ __all__ = [
     "WireReply",
     "WireRequest",
     "body_digest",
+    "operation_digest",
     "field_error",
     "require_int",
 ]
@@ -127,8 +128,29 @@ class Endpoint:
 
 
 def body_digest(body: bytes) -> str:
-    """What identifies a retried request: the SHA-256 of its body."""
+    """The SHA-256 of a request body."""
     return hashlib.sha256(body).hexdigest()
+
+
+#: Body fields the SDK changes each time it resends the same operation (it draws a new
+#: ``sampling_session_seq_id`` per attempt of an unnamed ``save_weights_for_sampler``).
+VOLATILE_FIELDS = frozenset({"sampling_session_seq_id"})
+
+
+def operation_digest(request: WireRequest) -> str:
+    """What identifies an operation across the SDK's resends: the SHA-256 of its body without the
+    ``VOLATILE_FIELDS`` (a JSON body, canonically re-encoded), or of the raw body (protobuf, which
+    the SDK resends byte for byte)."""
+    if request.body[:1] != b"{":
+        return body_digest(request.body)
+    try:
+        value = json.loads(request.body)
+    except ValueError:
+        return body_digest(request.body)
+    if not isinstance(value, dict):
+        return body_digest(request.body)
+    stable = {k: v for k, v in value.items() if k not in VOLATILE_FIELDS}
+    return body_digest(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
 
 
 def require_int(value: Any, name: str) -> int:

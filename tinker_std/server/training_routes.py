@@ -32,7 +32,7 @@ from . import wire
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
 from .futures import FutureStore, ResultKind, chain
-from .messages import Endpoint, WireReply, WireRequest, body_digest, field_error, require_int
+from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
 from .refusals import UNSUPPORTED
 from .state import ServerState, TrainingModel
@@ -83,7 +83,7 @@ class TrainingRoutes:
         if not isinstance(lora, dict):
             raise BadRequestError("lora_config", "must be an object")
         base_model = body.get("base_model")
-        original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+        original = self.state.claim_model(model_id, request.tenant, operation_digest(request), session)
         if original is not None:
             return WireReply.json({"request_id": original, "model_id": model_id})
 
@@ -136,7 +136,7 @@ class TrainingRoutes:
         if "session_id" in body:  # create-via-load (ServiceClient.create_training_client_from_state*)
             session = self.state.session(request.tenant, body["session_id"])
             model_id = f"{body['session_id']}:train:{require_int(body.get('model_seq_id'), 'model_seq_id')}"
-            original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+            original = self.state.claim_model(model_id, request.tenant, operation_digest(request), session)
             if original is not None:
                 return WireReply.json({"request_id": original, "model_id": model_id})
 
@@ -307,7 +307,7 @@ class TrainingRoutes:
                 answer.set_result(outcome)
 
         self.futures.store(answer, kind, request.tenant, request_id)
-        answered = model.lane.admit(seq, body_digest(request.body), request_id, step)
+        answered = model.lane.admit(seq, operation_digest(request), request_id, step)
         if answered != request_id:
             self.futures.forget(request_id)
         if kind == "json":
