@@ -142,3 +142,38 @@ def test_a_resent_unnamed_save_is_the_same_operation(mock_server: tuple[TinkerSe
     assert "sampling_session_id" in wire.result(resent.json()["request_id"]).json()
     other = wire.post("save_weights_for_sampler", {**first, "path": "named", "sampling_session_seq_id": 2})
     assert other.status_code == 409, "a different operation under a used seq_id is still a conflict"
+
+
+def test_requests_during_shutdown_get_a_typed_retryable_error(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    """The issue: an ``optim_step`` arriving during SIGTERM shutdown got a 500 (``sqlite3.
+    ProgrammingError: Cannot operate on a closed database``). Now 503 ``ServerShutdown`` with
+    ``x-should-retry: true`` (the SDK backs off and resends, e.g. to the restarted server)."""
+    server, _, base = mock_server
+    wire = Wire(server.url)
+    model = wire.create_model(wire.session(), base)
+    server.operations.close()  # what SIGTERM does first
+    for endpoint, body in [
+        ("optim_step", {"model_id": model, "seq_id": 1, "adam_params": ADAM}),
+        ("create_session", {"tags": []}),
+        ("retrieve_future", {"request_id": "nope"}),
+    ]:
+        reply = wire.post(endpoint, body)
+        assert reply.status_code == 503, (endpoint, reply.status_code, reply.text)
+        assert reply.json()["error"].startswith("ServerShutdown") and reply.headers["x-should-retry"] == "true"
+
+
+def test_a_future_failed_at_shutdown_is_not_settled_twice(caplog: pytest.LogCaptureFixture) -> None:
+    """The issue: on mock, ``operations.settle`` set an already failed future (``InvalidStateError``)."""
+    from concurrent.futures import Future
+
+    from tinker_std.server.failures import ServerShutdown
+    from tinker_std.server.futures import chain
+
+    work: Future[Any] = Future()
+    answer: Future[Any] = Future()
+    chain(work, answer)
+    answer.set_exception(ServerShutdown("the server is shutting down"))  # close() got there first
+    with caplog.at_level("ERROR"):
+        work.set_result({"ok": True})  # the work finishes afterwards
+    assert "InvalidStateError" not in caplog.text and "exception calling callback" not in caplog.text
+    assert isinstance(answer.exception(), ServerShutdown)

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from tinker_std.client.service import ServiceClient
 
-from .failures import MAPPED, error_reply, not_found_reply
+from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
 from .messages import Endpoint, WireReply, WireRequest
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
 from .operations import WireService
@@ -108,7 +108,7 @@ def create_app(
             operations.close()
 
     app = Starlette(
-        routes=[_route(endpoint, max_body_bytes) for endpoint in operations.endpoints()],
+        routes=[_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()],
         middleware=[
             Middleware(AccessLog),
             Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),
@@ -122,7 +122,7 @@ def create_app(
     return app
 
 
-def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
+def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> Route:
     """A Starlette route that reads the body and runs ``endpoint``'s handler on a worker thread."""
 
     async def handle(request: Request) -> Response:
@@ -137,9 +137,16 @@ def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
             tenant=request.scope["state"]["tenant"],
             params={name: str(value) for name, value in request.path_params.items()},
         )
-        if endpoint.async_handler is not None:
-            return _response(await endpoint.async_handler(wire_request))
-        return _response(await run_in_threadpool(endpoint.handler, wire_request))
+        if operations.closing:  # a request arriving during shutdown: typed, retryable (503)
+            return _response(error_reply(ServerShutdown("the server is shutting down; retry")))
+        try:
+            if endpoint.async_handler is not None:
+                return _response(await endpoint.async_handler(wire_request))
+            return _response(await run_in_threadpool(endpoint.handler, wire_request))
+        except Exception:
+            if operations.closing:  # e.g. the records closed under it: not a 500
+                return _response(error_reply(ServerShutdown("the server shut down while answering; retry")))
+            raise
 
     return Route(PREFIX + endpoint.path, handle, methods=list(endpoint.methods))
 
@@ -192,6 +199,8 @@ def _json_response(status: int, error: str) -> Response:
 
 def _response(reply: WireReply) -> Response:
     headers = {}
-    if reply.status >= 400 and reply.status not in (404, 408):
+    if reply.status in (429, 503):  # back-pressure and shutdown: the SDK backs off and resends
+        headers["x-should-retry"] = "true"
+    elif reply.status >= 400 and reply.status not in (404, 408):
         headers["x-should-retry"] = "false"
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from . import wire
 from .failures import ServerShutdown, failure_reply, not_found_reply
 from .messages import WireReply, WireRequest
 
-__all__ = ["LONG_POLL_S", "FutureStore", "Pending", "ResultKind", "chain"]
+__all__ = ["LONG_POLL_S", "FutureStore", "Pending", "ResultKind", "chain", "settle_exception", "settle_result"]
 
 #: How long ``retrieve_future`` waits for a result before answering ``try_again`` (the SDK's
 #: own HTTP timeout is 45 s).
@@ -57,8 +57,8 @@ class FutureStore:
         """Keep ``future`` under ``request_id`` (default: a new id); the id."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
-            if self._closing and not future.done():
-                future.set_exception(ServerShutdown("the server is shutting down"))
+            if self._closing:
+                settle_exception(future, ServerShutdown("the server is shutting down"))
             self._entries[request_id] = Pending(future, kind, tenant)
         return request_id
 
@@ -136,11 +136,7 @@ class FutureStore:
             self._closing = True
             pending = [p.future for p in self._entries.values()]
         for future in pending:
-            if not future.done():
-                try:
-                    future.set_exception(ServerShutdown("the server is shutting down"))
-                except Exception:  # settled meanwhile
-                    pass
+            settle_exception(future, ServerShutdown("the server is shutting down"))
 
 
 def _try_again(request_id: str) -> WireReply:
@@ -153,8 +149,21 @@ def chain(source: Future[Any], target: Future[Any]) -> None:
     def settle(done: Future[Any]) -> None:
         error = done.exception()
         if error is not None:
-            target.set_exception(error)
+            settle_exception(target, error)
         else:
-            target.set_result(done.result())
+            settle_result(target, done.result())
 
     source.add_done_callback(settle)
+
+
+def settle_result(future: Future[Any], value: Any) -> None:
+    """Set ``future``'s result unless it is already settled (``close`` fails every unfinished
+    future at shutdown, racing the work that would settle it: the first outcome stands)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(value)
+
+
+def settle_exception(future: Future[Any], error: BaseException) -> None:
+    """Fail ``future`` unless it is already settled (see ``settle_result``)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(error)

@@ -68,6 +68,7 @@ class WireService:
         self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints)
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)
+        self.closing = False
 
     def endpoints(self) -> list[Endpoint]:
         """Every route of the API, in matching order (the refusals before the REST routes whose
@@ -88,7 +89,9 @@ class WireService:
 
     def close(self) -> None:
         """Fail every unfinished future with ``ServerShutdown`` (their long polls answer at once),
-        stop the models' lanes, close the records."""
+        stop the models' lanes, close the records. From the first moment of ``close`` on, every
+        request is answered with ``ServerShutdown`` (503, retryable), never a 500."""
+        self.closing = True
         self.futures.close()
         self.state.close()
         self.records.close()

@@ -17,7 +17,7 @@ from tinker_std.errors import BadRequestError
 from tinker_std.types import ModelInput, SamplingParams
 
 from .checkpoint_files import CheckpointFiles
-from .futures import FutureStore, chain
+from .futures import FutureStore, chain, settle_exception
 from .messages import Endpoint, WireReply, WireRequest, field_error, require_int
 from .state import ServerState
 
@@ -92,7 +92,7 @@ class SamplingRoutes:
             )
             chain(future.future(), answer)
         except Exception as exc:  # a rejected sample fails its own future, like a training request
-            answer.set_exception(exc)
+            settle_exception(answer, exc)
         request_id = self.futures.store(answer, "sample", request.tenant)
         ids = [f"{request_id}-{j}" for j in range(num_samples)]
         return WireReply.json({"request_id": request_id, "sample_sequence_ids": ids})

@@ -31,7 +31,7 @@ from tinker_std.types import AdamParams
 from . import wire
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
-from .futures import FutureStore, ResultKind, chain
+from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
 from .refusals import UNSUPPORTED
@@ -109,10 +109,10 @@ class TrainingRoutes:
 
         def run() -> None:
             try:
-                future.set_result(work())
+                settle_result(future, work())
             except BaseException as exc:
                 self.state.forget_model(model_id)
-                future.set_exception(exc)
+                settle_exception(future, exc)
 
         self.futures.store(future, "json", model.tenant, model.request_id)
         threading.Thread(target=run, daemon=True).start()
@@ -299,12 +299,12 @@ class TrainingRoutes:
             try:
                 outcome = run(model)
             except Exception as exc:
-                answer.set_exception(exc)
+                settle_exception(answer, exc)
                 return
             if isinstance(outcome, APIFuture):
                 chain(outcome.future(), answer)
             else:
-                answer.set_result(outcome)
+                settle_result(answer, outcome)
 
         self.futures.store(answer, kind, request.tenant, request_id)
         answered = model.lane.admit(seq, operation_digest(request), request_id, step)
