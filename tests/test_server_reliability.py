@@ -177,3 +177,24 @@ def test_a_future_failed_at_shutdown_is_not_settled_twice(caplog: pytest.LogCapt
         work.set_result({"ok": True})  # the work finishes afterwards
     assert "InvalidStateError" not in caplog.text and "exception calling callback" not in caplog.text
     assert isinstance(answer.exception(), ServerShutdown)
+
+
+def test_a_declared_shape_is_checked_before_allocation(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    """The issue: a ``sparse_csr`` ``weights`` of shape ``[1, 2**28]`` with no values made the server
+    allocate ~3 GB for 14 s before a ``MemoryError``. Now a typed refusal naming the field, at once."""
+    server, _, base = mock_server
+    sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+    tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=0).result()
+    datum = tinker.Datum(
+        model_input=tinker.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": tinker.TensorData(data=[2, 3, 4], dtype="int64", shape=[3]),
+            "weights": tinker.TensorData(
+                data=[], dtype="float32", shape=[1, 2**28], sparse_crow_indices=[0, 0], sparse_col_indices=[]
+            ),
+        },
+    )
+    started = time.monotonic()
+    with pytest.raises(Exception, match="LimitExceededError: data\\[0\\].loss_fn_inputs.weights"):
+        tc.forward_backward([datum], "cross_entropy").result()
+    assert time.monotonic() - started < 10
