@@ -195,6 +195,6 @@ def test_a_declared_shape_is_checked_before_allocation(mock_server: tuple[Tinker
         },
     )
     started = time.monotonic()
-    with pytest.raises(Exception, match="LimitExceededError: data\\[0\\].loss_fn_inputs.weights"):
+    with pytest.raises(Exception, match=r"LimitExceededError: data\[0\]\.loss_fn_inputs\.weights"):
         tc.forward_backward([datum], "cross_entropy").result()
     assert time.monotonic() - started < 10
