@@ -198,3 +198,21 @@ def test_a_declared_shape_is_checked_before_allocation(mock_server: tuple[Tinker
     with pytest.raises(Exception, match=r"LimitExceededError: data\[0\]\.loss_fn_inputs\.weights"):
         tc.forward_backward([datum], "cross_entropy").result()
     assert time.monotonic() - started < 10
+
+
+def test_a_raw_optim_step_without_seq_id_is_refused_not_applied_twice(
+    mock_server: tuple[TinkerServer, Any, str],
+) -> None:
+    """The issue: a raw ``optim_step`` without ``seq_id`` sent twice was applied twice (a resend
+    cannot be told from a new step). Decision: a request that changes the model needs a ``seq_id``
+    (the SDK always sends one); only a forward may come without."""
+    server, _, base = mock_server
+    wire = Wire(server.url)
+    model = wire.create_model(wire.session(), base)
+    for _ in range(2):
+        reply = wire.post("optim_step", {"model_id": model, "adam_params": ADAM})
+        assert reply.status_code == 400 and reply.json()["field"] == "seq_id", reply.text
+    step = {"model_id": model, "seq_id": 1, "adam_params": ADAM}
+    first, again = wire.post("optim_step", step).json(), wire.post("optim_step", step).json()
+    assert first["request_id"] == again["request_id"]  # with a seq_id, a resend is the same step
+    assert wire.result(first["request_id"]).json()["metrics"]["step:max"] == 1.0

@@ -204,7 +204,7 @@ class TrainingRoutes:
             method = client.forward if call.forward_only else client.forward_backward
             return method(call.data, call.loss_fn, call.loss_fn_config)
 
-        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward")
+        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward", idempotent=msg.forward_only)
 
     def optim_step(self, request: WireRequest) -> WireReply:
         body = request.json()
@@ -285,12 +285,22 @@ class TrainingRoutes:
     # -- ordering ---------------------------------------------------------------------------
 
     def _sequenced(
-        self, request: WireRequest, model_id: Any, seq_id: Any, run: Callable[[TrainingModel], Any], kind: ResultKind
+        self,
+        request: WireRequest,
+        model_id: Any,
+        seq_id: Any,
+        run: Callable[[TrainingModel], Any],
+        kind: ResultKind,
+        idempotent: bool = False,
     ) -> WireReply:
         """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
         ``seq_id``; whatever it raises or returns (a value or an ``APIFuture``) settles this
-        request's future. A retry of an admitted request answers its original request id."""
+        request's future. A retry of an admitted request answers its original request id. Only an
+        ``idempotent`` request (one that changes nothing) may come without a ``seq_id``."""
         model = self.state.model(request.tenant, model_id)
+        if seq_id is None and not idempotent:
+            # without a seq_id a resend cannot be told from a new request: it would apply twice
+            raise BadRequestError("seq_id", "required for a request that changes the model (the SDK always sends it)")
         seq = None if seq_id is None else require_int(seq_id, "seq_id")
         answer: Future[Any] = Future()
         request_id = uuid.uuid4().hex
