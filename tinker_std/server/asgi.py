@@ -33,6 +33,7 @@ from starlette.routing import Route
 from tinker_std.client.service import ServiceClient
 
 from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
+from .futures import DEFAULT_MAX_QUEUED_PER_TENANT
 from .messages import Endpoint, WireReply, WireRequest
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
 from .operations import WireService
@@ -68,6 +69,7 @@ def create_app(
     reap_every_s: float = 30.0,
     worker_threads: int = 256,
     gap_timeout_s: float = 30.0,
+    max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT,
 ) -> Starlette:
     """A Starlette app speaking the Tinker wire protocol for ``service``.
 
@@ -88,6 +90,7 @@ def create_app(
         idle_session_s=idle_session_s,
         gap_timeout_s=gap_timeout_s,
         max_body_bytes=max_body_bytes,
+        max_queued_per_tenant=max_queued_per_tenant,
     )
     stop = threading.Event()
 

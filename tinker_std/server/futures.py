@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from collections import Counter
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 from pydantic import BaseModel
+
+from tinker_std.errors import TinkerError
 
 from . import wire
 from .failures import ServerShutdown, failure_reply, not_found_reply
@@ -45,21 +48,65 @@ class Pending:
     tenant: str
 
 
-class FutureStore:
-    """Request id -> ``Pending``, with the long poll that answers ``retrieve_future``."""
+#: Default of ``FutureStore.max_queued_per_tenant`` (LIM-6).
+DEFAULT_MAX_QUEUED_PER_TENANT = 2048
 
-    def __init__(self) -> None:
+
+class TenantQueueFull(TinkerError):
+    """A tenant has ``max_queued_per_tenant`` unfinished requests: the new one is refused before it
+    is admitted (HTTP 429, retryable: the SDK backs off and resends it, LIM-6)."""
+
+    status_code = 429
+    retryable = True
+
+
+class FutureStore:
+    """Request id -> ``Pending``, with the long poll that answers ``retrieve_future``, and each
+    tenant's count of unfinished requests (its quota, LIM-6)."""
+
+    def __init__(self, max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Pending] = {}
         self._closing = False
+        self.max_queued_per_tenant = max_queued_per_tenant
+        self._queued: Counter[str] = Counter()
+
+    def check_capacity(self, tenant: str) -> None:
+        """``TenantQueueFull`` when ``tenant`` already has its quota of unfinished requests
+        (called before a request is admitted, so a refused one changes nothing)."""
+        with self._lock:
+            queued = self._queued[tenant]
+        if queued >= self.max_queued_per_tenant:
+            raise TenantQueueFull(
+                f"{queued} requests of this key are unfinished (limit {self.max_queued_per_tenant}); "
+                "retry after some complete"
+            )
+
+    def paused(self, tenant: str) -> bool:
+        """Whether ``tenant`` is at its quota (``retrieve_future`` then says ``paused_capacity``)."""
+        with self._lock:
+            return self._queued[tenant] >= self.max_queued_per_tenant
 
     def store(self, future: Future[Any], kind: ResultKind, tenant: str, request_id: str | None = None) -> str:
-        """Keep ``future`` under ``request_id`` (default: a new id); the id."""
+        """Keep ``future`` under ``request_id`` (default: a new id); the id. It counts against
+        ``tenant``'s quota until it finishes."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
             if self._closing:
                 settle_exception(future, ServerShutdown("the server is shutting down"))
             self._entries[request_id] = Pending(future, kind, tenant)
+            if not future.done():
+                self._queued[tenant] += 1
+                counted = True
+            else:
+                counted = False
+        if counted:
+
+            def done(_: Future[Any]) -> None:
+                with self._lock:
+                    self._queued[tenant] -= 1
+
+            future.add_done_callback(done)
         return request_id
 
     def forget(self, request_id: str) -> None:
@@ -87,7 +134,7 @@ class FutureStore:
         try:
             entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:
-            return _try_again(request_id)
+            return _try_again(request_id, self.paused(entry.tenant))
         except Exception:
             pass
         return self._answer(entry)
@@ -115,7 +162,7 @@ class FutureStore:
             entry.future.add_done_callback(wake)
             await asyncio.wait([woken], timeout=LONG_POLL_S)
             if not entry.future.done():
-                return _try_again(request_id)
+                return _try_again(request_id, self.paused(entry.tenant))
         return await anyio.to_thread.run_sync(self._answer, entry)
 
     def _answer(self, entry: Pending) -> WireReply:
@@ -139,8 +186,19 @@ class FutureStore:
             settle_exception(future, ServerShutdown("the server is shutting down"))
 
 
-def _try_again(request_id: str) -> WireReply:
-    return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+def _try_again(request_id: str, paused: bool = False) -> WireReply:
+    """Not finished yet; ``queue_state`` says whether the tenant is at its quota (the SDK logs
+    non-``active`` states as paused and keeps polling)."""
+    if not paused:
+        return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+    return WireReply.json(
+        {
+            "type": "try_again",
+            "request_id": request_id,
+            "queue_state": "paused_capacity",
+            "queue_state_reason": "this key has its quota of unfinished requests; new ones get 429 until some finish",
+        }
+    )
 
 
 def chain(source: Future[Any], target: Future[Any]) -> None:

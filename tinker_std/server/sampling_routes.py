@@ -67,6 +67,7 @@ class SamplingRoutes:
         num_samples = body.get("num_samples", 1)
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= 1024:
             raise BadRequestError("num_samples", f"must be an integer in [1, 1024], got {num_samples!r}")
+        self.futures.check_capacity(request.tenant)  # 429 before any work (LIM-6)
         answer: Future[Any] = Future()
         try:
             chunks = (body.get("prompt") or {}).get("chunks")

@@ -302,6 +302,8 @@ class TrainingRoutes:
             # without a seq_id a resend cannot be told from a new request: it would apply twice
             raise BadRequestError("seq_id", "required for a request that changes the model (the SDK always sends it)")
         seq = None if seq_id is None else require_int(seq_id, "seq_id")
+        if seq != model.lane.next_seq:  # the request the lane waits for is never refused: it unblocks the rest
+            self.futures.check_capacity(request.tenant)
         answer: Future[Any] = Future()
         request_id = uuid.uuid4().hex
 
