@@ -128,9 +128,16 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     ckpt = args.checkpoint_dir or f"/tmp/tinker-std-stress-{os.getpid()}"
     env = {**os.environ, "TINKER_TELEMETRY": "0", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cli = Path(sys.executable).with_name("tinker-std")
+    access = Path(ckpt + ".access.log")
+    launcher = (
+        "import logging, sys; from tinker_std.cli import main; "
+        f"h = logging.FileHandler({str(access)!r}); "
+        "lg = logging.getLogger('tinker_std.server.access'); lg.addHandler(h); lg.setLevel(logging.INFO); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    serve = ["serve", "--backend", args.backend, "--port", str(port), "--api-key", KEY, "--checkpoint-dir", ckpt]
     server = subprocess.Popen(
-        [str(cli), "serve", "--backend", args.backend, "--port", str(port), "--api-key", KEY, "--checkpoint-dir", ckpt],
+        [sys.executable, "-c", launcher, *serve],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -178,6 +185,15 @@ def main() -> int:
     stalls = [(kind, round(s, 1), err) for kind, s, err in calls if s > args.stall_s]
     errors = Counter(err.split(":")[0] for _, _, err in calls if err)
     examples = sorted({err for _, _, err in calls if err})[:5]
+    # the server's own view: how long each HTTP request took to answer (its access log)
+    answer_ms: dict[str, float] = defaultdict(float)
+    slow_answers = 0
+    if access.exists():
+        for line in access.read_text().splitlines():
+            record = json.loads(line)
+            path = record["path"].removeprefix("/api/v1/")
+            answer_ms[path] = max(answer_ms[path], float(record["ms"]))
+            slow_answers += path != "retrieve_future" and float(record["ms"]) > 5000
     summary = {
         "backend": args.backend,
         "clients": args.clients,
@@ -188,9 +204,11 @@ def main() -> int:
         "stalls": stalls,
         "errors": dict(errors),
         "error_examples": examples,
+        "server_slowest_answer_ms": {k: round(v) for k, v in sorted(answer_ms.items())},
+        "server_answers_over_5s_excluding_long_polls": slow_answers,
     }
     print(json.dumps(summary, indent=1))
-    return 0 if not stalls and not errors else 1
+    return 0 if not stalls and not errors and not slow_answers else 1
 
 
 if __name__ == "__main__":

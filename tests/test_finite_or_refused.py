@@ -116,3 +116,14 @@ def test_torch_overflowing_cross_entropy_weights_are_refused(torch_service: ts.S
     tc.forward_backward(probe, "cross_entropy").result()  # the adapter still trains, finitely
     tc.optim_step(ADAM).result()
     assert _finite_forward(tc, probe)
+
+
+def test_typed_errors_survive_pickling() -> None:
+    """fsdp ranks send a job's error back inside a pickled result list: a ``NonFiniteError``
+    (``BadRequestError(field, problem)``) used to fail to unpickle (``TypeError: missing 'problem'``)
+    and reached the user as a server ``RequestFailedError``."""
+    import pickle
+
+    for error in (ts.NonFiniteError("loss_fn_inputs", "inf"), ts.CorruptCheckpointError("tinker://r/weights/n", "x")):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error)

@@ -75,6 +75,12 @@ class TinkerError(Exception):
             "attributes": {k: v for k, v in vars(self).items() if _plain(v)},
         }
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle through the payload: the default (``cls(*args)``) fails for every error whose
+        constructor takes other arguments than its message (``BadRequestError(field, problem)``),
+        e.g. a ``NonFiniteError`` raised on an fsdp rank and sent back in a result list."""
+        return (TinkerError.from_payload, (self.to_payload(),))
+
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> TinkerError:
         """The error ``to_payload`` encoded: an instance of the most specific of its classes that
