@@ -40,6 +40,7 @@ DEFAULT_CONFIGS: Mapping[str, Mapping[str, float]] = {
     "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
     "dro": {"beta": 0.05},
     "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
+    "stable_reinforce": {"kl_coeff": 0.0, "ratio_cap": 2.0},
 }
 #: Added to the global norm in the clipping coefficient (OPT-4).
 CLIP_EPS = 1e-6
@@ -85,7 +86,7 @@ def _datum_loss(loss_fn: str, lp: torch.Tensor, datum: Datum, config: Mapping[st
         return -(lp * adv - 0.5 * config["beta"] * (lp - q) ** 2).sum()
     if loss_fn == "gspo":
         mask = _t(datum, "sequence_ratio_mask")
-        selected = torch.ones_like(lp, dtype=torch.bool) if mask is None else mask != 0
+        selected = ((adv != 0) | (q != 0)) if mask is None else mask != 0  # LOSS-7: sampled positions
         count = int(selected.sum())
         log_s = ((lp.detach() - q)[selected]).sum() / count if count else lp.new_zeros(())
         s = torch.exp(log_s + lp - lp.detach())

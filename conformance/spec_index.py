@@ -15,7 +15,9 @@ from pathlib import Path
 
 __all__ = ["Statement", "STATEMENT_RE", "ID_RE", "spec_dir", "load_statements"]
 
-STATEMENT_RE = re.compile(r"^- \*\*([A-Z]+-\d+)\*\* \[(MUST|SHOULD|MAY)(?:, capability `([^`]+)`)?\]")
+STATEMENT_RE = re.compile(
+    r"^- \*\*([A-Z]+-\d+)\*\* \[(MUST|SHOULD|MAY)(?:, capability `([^`]+)`)?(?:, tinker-std)?(?:, unverified)?\]"
+)
 ID_RE = re.compile(r"^[A-Z]+-\d+$")
 
 

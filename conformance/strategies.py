@@ -283,7 +283,7 @@ def _bad_training(draw: st.DrawFn, vocab_size: int, max_context_length: int) -> 
     if kind == "not a datum":
         return req(fb([*good, {"model_input": tokens}]), p, "FB-8")
     if kind == "unknown loss":
-        name = draw(st.sampled_from(["stable_reinforce", "custom", "mse", "CROSS_ENTROPY", ""]))
+        name = draw(st.sampled_from(["stable-reinforce", "custom", "mse", "CROSS_ENTROPY", ""]))
         return req(fb([*good, _datum(tokens, target_tokens=targets)], name), "loss_fn", "LOSS-8")
     if kind == "missing target_tokens":
         return req(fb([*good, _datum(tokens, weights=[1.0] * n)]), f"{p}.loss_fn_inputs.target_tokens", "LOSS-10")

@@ -413,8 +413,8 @@ def test_creating_samplers_and_clients_for_unknown_models(
 ) -> None:
     with pytest.raises(ts.BadRequestError):
         service.create_sampling_client().result()
-    with pytest.raises(ts.BadRequestError):
-        service.create_sampling_client(model_path="tinker://r/weights/x", base_model=conformance_backend.base_model)
+    with pytest.raises(ts.NotFoundError):  # both given: model_path is loaded (SMP-15, spec 0.2)
+        service.create_sampling_client(model_path="tinker://r/weights/x", base_model=conformance_backend.base_model).result()  # noqa: E501
     with pytest.raises(ts.NotFoundError):
         service.create_sampling_client(base_model="no-such/model-xyz").result()
     with pytest.raises(ts.NotFoundError) as err:

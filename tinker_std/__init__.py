@@ -33,7 +33,9 @@ from .types import (
     AdamOptimizerConfig,
     AdamParams,
     Checkpoint,
+    CheckpointsListResponse,
     CheckpointType,
+    Cursor,
     Datum,
     EncodedTextChunk,
     ForwardBackwardOutput,
@@ -46,6 +48,8 @@ from .types import (
     ModelInput,
     OptimStepResponse,
     ParsedCheckpointTinkerPath,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
     SampledSequence,
     SampleResponse,
     SamplingParams,
@@ -55,9 +59,10 @@ from .types import (
     SupportedModel,
     TensorData,
     TrainingRun,
+    TrainingRunsResponse,
 )
 
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 __version__ = "0.1.0"
 
 __all__ = [
@@ -74,6 +79,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointStore",
     "CheckpointType",
+    "CheckpointsListResponse",
+    "Cursor",
     "ConflictError",
     "ContextLengthError",
     "CorruptCheckpointError",
@@ -94,6 +101,8 @@ __all__ = [
     "NotFoundError",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PromptProvenanceSpan",
+    "SampledProvenanceSpan",
     "RequestFailedError",
     "RestClient",
     "SampleRequest",
@@ -113,6 +122,7 @@ __all__ = [
     "Tokenizer",
     "TrainingClient",
     "TrainingRun",
+    "TrainingRunsResponse",
     "Unsupported",
     "types",
 ]

@@ -91,6 +91,8 @@ class SampleRequest:
     sampling_params: SamplingParams
     include_prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    #: k > 0: each sequence's ``topk_logprobs`` (capability ``topk_sample_logprobs``, SDK-6)
+    topk_sample_logprobs: int = 0
 
 
 #: What ``Backend.gradient_snapshot`` returns: opaque to everyone but the backend that made it.
