@@ -40,7 +40,7 @@ def _logprobs(tc: ts.TrainingClient) -> list[np.ndarray]:
 
 
 def _files(service: ts.ServiceClient, path: str) -> list[Path]:
-    store: CheckpointStore = service._backend.checkpoint_store  # type: ignore[attr-defined]
+    store: CheckpointStore = service.backend.checkpoint_store  # type: ignore[attr-defined]
     folder = store.directory(ParsedCheckpointTinkerPath.from_tinker_path(path))
     return sorted(f for f in folder.iterdir() if f.is_file() and f.name != METADATA_FILE)
 
@@ -78,7 +78,7 @@ def test_a_damaged_checkpoint_fails_to_load_as_corrupt_naming_it(
 def test_an_intact_checkpoint_round_trips_with_its_digest(service: ts.ServiceClient) -> None:
     tc = _trained(service)
     path = tc.save_state("ok").result().path
-    store: CheckpointStore = service._backend.checkpoint_store  # type: ignore[attr-defined]
+    store: CheckpointStore = service.backend.checkpoint_store  # type: ignore[attr-defined]
     meta = store.read_metadata(ParsedCheckpointTinkerPath.from_tinker_path(path))
     files = meta["content_digest"]["files"]
     assert sorted(files) == sorted(f.name for f in _files(service, path)) and files
