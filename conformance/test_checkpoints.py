@@ -457,3 +457,48 @@ def test_checkpoint_names_are_bounded(
         root = _conformance_options.get("checkpoint_dir")
         assert root is None or str(root) not in str(info.value), f"[CKPT-16] path revealed: {info.value}"
     tc.save_weights_for_sampler("n" * 200).result()
+
+
+@pytest.mark.spec("CKPT-15")
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(
+    conformance_backend: ConformanceBackend,
+    service_factory: Callable[..., ts.ServiceClient],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    if not conformance_backend.accepts_checkpoint_dir:
+        pytest.skip(f"not applicable: backend {conformance_backend.name} takes no checkpoint_dir option")
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("not applicable here: filling a file system needs root to mount a small tmpfs")
+    mount = tmp_path_factory.mktemp("full") / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"not applicable here: cannot mount a tmpfs ({done.stderr.decode().strip()})")
+    try:
+        service = service_factory(checkpoint_dir=str(mount))
+        tc = service.create_lora_training_client(base_model=conformance_backend.base_model, rank=4, seed=0).result()
+        v = conformance_backend.vocab_size
+        probe = probe_batch(v)
+        _train(tc, v, 1)
+        path = tc.save_state("keep").result().path
+        saved = forward_logprobs(tc, probe)
+        _train(tc, v, 1, offset=5)
+        with open(mount / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        with pytest.raises(ts.StorageFullError) as info:
+            tc.save_state("keep", overwrite=True).result()
+        assert str(mount) not in str(info.value), f"[CKPT-16] path revealed: {info.value}"
+        (mount / "filler").unlink()
+        loaded = service.create_training_client_from_state(path).result()
+        _assert_same_lps(forward_logprobs(loaded, probe), saved, "CKPT-15", "the previous checkpoint after ENOSPC")
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
