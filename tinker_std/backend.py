@@ -33,7 +33,16 @@ from .types import (
     SamplingParams,
 )
 
-__all__ = ["Backend", "ModelSpec", "SamplerSpec", "AdapterState", "Tokenizer", "SampleRequest", "new_model_id"]
+__all__ = [
+    "Backend",
+    "GradientSnapshot",
+    "ModelSpec",
+    "SamplerSpec",
+    "AdapterState",
+    "Tokenizer",
+    "SampleRequest",
+    "new_model_id",
+]
 
 
 def new_model_id(prefix: str) -> str:
@@ -84,6 +93,10 @@ class SampleRequest:
     topk_prompt_logprobs: int = 0
     #: k > 0: each sequence's ``topk_logprobs`` (capability ``topk_sample_logprobs``, SDK-6)
     topk_sample_logprobs: int = 0
+
+
+#: What ``Backend.gradient_snapshot`` returns: opaque to everyone but the backend that made it.
+GradientSnapshot = object
 
 
 @dataclass(frozen=True)
@@ -187,3 +200,17 @@ class Backend(ABC):
     async def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient and optimizer state (capability ``introspection``)."""
         raise Unsupported("introspection", self.name)
+
+    async def gradient_snapshot(self, model_id: str) -> GradientSnapshot | None:
+        """A copy of ``model_id``'s accumulated gradient that ``restore_gradient`` can put back, so
+        the client layer can run one call as several ``forward_backward`` chunks and still undo
+        the whole call when a chunk fails (FB-14). Optional: the default ``None`` says the backend
+        cannot copy its gradient, and the client layer then sends each call as one
+        ``forward_backward``, which must itself leave the gradient unchanged when it fails."""
+        return None
+
+    async def restore_gradient(self, model_id: str, snapshot: GradientSnapshot) -> None:
+        """Make ``model_id``'s accumulated gradient what it was when ``snapshot`` was taken.
+        Called only with a snapshot this backend returned for this model, before its next
+        ``optim_step``."""
+        raise Unsupported("gradient_snapshot", self.name)

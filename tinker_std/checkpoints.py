@@ -9,15 +9,26 @@ instant the name resolves to the old checkpoint or to the new one, whole, whatev
 (Checkpoint names cannot start with a dot, so ``.versions`` and temporary links never collide with
 one. A checkpoint folder written by tinker-std before 0.1.1, a plain folder under the name, is moved
 into ``.versions`` when first overwritten; only that one move is not atomic.)
+
+Integrity (CKPT-14..CKPT-16): ``checkpoint.json`` records the sha256 and size of every file of the
+checkpoint (``content_digest``), and ``read_metadata`` (which every load goes through) verifies
+them, so a damaged or truncated checkpoint is a ``CorruptCheckpointError`` naming its ``tinker://``
+path. Running out of space while saving is a ``StorageFullError`` and leaves the previous version
+intact; no error names a file-system path. Staging folders are named after the host and process
+that made them, and those of processes no longer alive are removed when a store is opened.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import ConflictError, NotFoundError
+from .errors import (
+    ConflictError,
+    CorruptCheckpointError,
+    NotFoundError,
+    RequestFailedError,
+    StorageFullError,
+    TinkerError,
+)
 from .types import Checkpoint, ParsedCheckpointTinkerPath, TrainingRun
 from .types.checkpoint import KIND_OF_SEGMENT
 
@@ -33,6 +51,37 @@ __all__ = ["CheckpointStore", "default_checkpoint_dir", "METADATA_FILE"]
 
 METADATA_FILE = "checkpoint.json"
 VERSIONS_DIR = ".versions"
+TMP_DIR = ".tmp"
+DIGEST_KEY = "content_digest"
+#: Staging folders of another host (or of a live process whose pid was reused) this old are removed.
+STALE_STAGING_S = 24 * 3600.0
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def content_digest(folder: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under ``folder`` but the metadata file, by relative path."""
+    files: dict[str, dict[str, Any]] = {}
+    for file in sorted(f for f in folder.rglob("*") if f.is_file() and f.name != METADATA_FILE):
+        sha = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+        files[file.relative_to(folder).as_posix()] = {"sha256": sha.hexdigest(), "size": file.stat().st_size}
+    return files
+
+
+def _staging_prefix() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_checkpoint_dir() -> Path:
@@ -46,6 +95,28 @@ class CheckpointStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_checkpoint_dir()
+        self.clean_staging()
+
+    def clean_staging(self) -> list[str]:
+        """Remove staging folders left in ``.tmp`` by killed saves: those of this host whose
+        process is gone, and any older than ``STALE_STAGING_S``. Returns the names removed."""
+        tmp_root = self.root / TMP_DIR
+        if not tmp_root.is_dir():
+            return []
+        host = socket.gethostname()
+        removed = []
+        for entry in tmp_root.iterdir():
+            match = re.fullmatch(r"(.+)-(\d+)-[^-]+", entry.name)
+            try:
+                age = time.time() - entry.lstat().st_mtime
+            except OSError:
+                continue
+            dead = match is not None and match[1] == host and not _pid_alive(int(match[2]))
+            unowned = match is None or match[1] != host
+            if dead or (unowned and age > STALE_STAGING_S) or age > STALE_STAGING_S * 7:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
 
     def link(self, path: ParsedCheckpointTinkerPath) -> Path:
         """Where the name of ``path`` lives: a link to its current version folder."""
@@ -70,23 +141,61 @@ class CheckpointStore:
     def writing(self, path: ParsedCheckpointTinkerPath, overwrite: bool, metadata: dict[str, Any]) -> Iterator[Path]:
         """Yield a temporary folder to write into; on success it atomically becomes ``path``."""
         self.check_writable(path, overwrite)
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=tmp_root))
+        staging: Path | None = None
         try:
+            tmp_root = self.root / TMP_DIR
+            tmp_root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=tmp_root, prefix=_staging_prefix()))
             yield staging
             record = {
                 **metadata,
                 "tinker_path": path.tinker_path,
                 "checkpoint_type": path.checkpoint_type,
                 "time": datetime.now(UTC).isoformat(),
+                DIGEST_KEY: {"algorithm": "sha256", "files": content_digest(staging)},
             }
-            (staging / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+            with open(staging / METADATA_FILE, "w") as fh:
+                fh.write(json.dumps(record, indent=2, sort_keys=True))
+                fh.flush()
+                os.fsync(fh.fileno())
             self.check_writable(path, overwrite)
             self._commit(staging, self.link(path))
+        except TinkerError:
+            raise
+        except Exception as exc:
+            # CKPT-15/16: typed, and never a file-system path (OSError texts name one)
+            if self._out_of_space(exc):
+                raise StorageFullError(path.tinker_path) from None
+            if not isinstance(exc, OSError):
+                raise  # the backend's own error, as it raised it
+            raise RequestFailedError(
+                f"could not save {path.tinker_path}: {self.scrub(exc)}", category="server"
+            ) from None
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _out_of_space(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (or what caused it: ``torch.save`` wraps the OSError in a RuntimeError
+        without errno) comes from a full file system or quota."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.errno in _FULL:
+                return True
+            seen = seen.__cause__ or seen.__context__
+        try:
+            return shutil.disk_usage(self.root).free < 1 << 20
+        except OSError:
+            return False
+
+    def scrub(self, exc: BaseException) -> str:
+        """``exc``'s type and message with file-system paths taken out (CKPT-16)."""
+        if isinstance(exc, OSError) and exc.errno:
+            return f"{type(exc).__name__}: {os.strerror(exc.errno)}"
+        text = str(exc)
+        for root in sorted({str(self.root.resolve()), str(self.root)}, key=len, reverse=True):
+            text = text.replace(root, "<checkpoint_dir>")
+        return f"{type(exc).__name__}: {text}"
 
     @staticmethod
     def _commit(staging: Path, link: Path) -> None:
@@ -111,12 +220,43 @@ class CheckpointStore:
             if leftover.fullmatch(stale.name):
                 stale.unlink(missing_ok=True)
 
-    def read_metadata(self, path: ParsedCheckpointTinkerPath) -> dict[str, Any]:
-        """The metadata written with ``path``; ``NotFoundError`` when there is no such checkpoint."""
-        file = self.directory(path) / METADATA_FILE
+    def read_metadata(self, path: ParsedCheckpointTinkerPath, verify: bool = True) -> dict[str, Any]:
+        """The metadata written with ``path``; ``NotFoundError`` when there is no such checkpoint.
+
+        With ``verify`` (what every load does) the files are checked against the recorded digest
+        first: ``CorruptCheckpointError`` naming ``path`` when one is missing, truncated or
+        changed, or the metadata itself is unreadable (CKPT-14). Checkpoints written before
+        digests existed carry none and are not checked."""
+        folder = self.directory(path)
+        file = folder / METADATA_FILE
         if not file.is_file():
-            raise NotFoundError(f"no checkpoint at {path.tinker_path} (looked in {file.parent})")
-        data: dict[str, Any] = json.loads(file.read_text())
+            raise NotFoundError(f"no checkpoint at {path.tinker_path}")
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpointError(
+                path.tinker_path, f"its metadata is unreadable ({type(exc).__name__})"
+            ) from None
+        if not isinstance(data, dict):
+            raise CorruptCheckpointError(path.tinker_path, "its metadata is not an object")
+        recorded = data.get(DIGEST_KEY)
+        if verify and isinstance(recorded, dict):
+            try:
+                actual = content_digest(folder)
+            except OSError as exc:
+                raise CorruptCheckpointError(
+                    path.tinker_path, f"a file is unreadable ({os.strerror(exc.errno or 0)})"
+                ) from None
+            for name, want in sorted(recorded.get("files", {}).items()):
+                got = actual.get(name)
+                if got is None:
+                    raise CorruptCheckpointError(path.tinker_path, f"file {name} is missing")
+                if got["size"] != want.get("size"):
+                    raise CorruptCheckpointError(
+                        path.tinker_path, f"file {name} has {got['size']} bytes, {want.get('size')} were written"
+                    )
+                if got["sha256"] != want.get("sha256"):
+                    raise CorruptCheckpointError(path.tinker_path, f"file {name} does not match its sha256 digest")
         return data
 
     def list_training_runs(self) -> list[TrainingRun]:
@@ -125,7 +265,9 @@ class CheckpointStore:
             checkpoints = self.list_checkpoints(run_dir.name)
             if not checkpoints:
                 continue
-            meta = self.read_metadata(ParsedCheckpointTinkerPath.from_tinker_path(checkpoints[-1].tinker_path))
+            meta = self.read_metadata(
+                ParsedCheckpointTinkerPath.from_tinker_path(checkpoints[-1].tinker_path), verify=False
+            )
             runs.append(
                 TrainingRun(
                     training_run_id=run_dir.name,

@@ -28,6 +28,10 @@ __all__ = [
     "Unsupported",
     "BackendValidationError",
     "IncompatibleEnvironmentError",
+    "NonFiniteError",
+    "CorruptCheckpointError",
+    "StorageFullError",
+    "LimitExceededError",
 ]
 
 
@@ -70,6 +74,12 @@ class TinkerError(Exception):
             "retryable": self.retryable,
             "attributes": {k: v for k, v in vars(self).items() if _plain(v)},
         }
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle through the payload: the default (``cls(*args)``) fails for every error whose
+        constructor takes other arguments than its message (``BadRequestError(field, problem)``),
+        e.g. a ``NonFiniteError`` raised on an fsdp rank and sent back in a result list."""
+        return (TinkerError.from_payload, (self.to_payload(),))
 
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> TinkerError:
@@ -160,6 +170,44 @@ class IncompatibleEnvironmentError(TinkerError):
         self.installed = installed
         self.fix = fix
         super().__init__(f"{problem} Fix: {fix}")
+
+
+class NonFiniteError(BadRequestError):
+    """A loss or a gradient norm is not finite (NaN, or an overflow of the backend's float type).
+
+    Raised before the request changed any state (FB-15, OPT-10): a ``forward``/``forward_backward``
+    whose loss is not finite accumulates nothing; an ``optim_step`` whose gradient norm is not
+    finite leaves weights and AdamW moments untouched and discards the accumulated gradient.
+    """
+
+
+class CorruptCheckpointError(TinkerError):
+    """A checkpoint's files do not match the digest written with it (damaged or truncated).
+
+    ``path`` is the ``tinker://`` path of the checkpoint (never a file-system path, CKPT-14).
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"checkpoint {path} is corrupt: {problem}")
+
+
+class StorageFullError(TinkerError):
+    """The checkpoint store ran out of space (ENOSPC) or quota while saving; the previous checkpoint
+    under that name, if any, is intact (CKPT-15). Retryable once space is freed."""
+
+    status_code = 507
+    retryable = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"no space left to save {path}; the previous checkpoint under this name is unchanged")
+
+
+class LimitExceededError(BadRequestError):
+    """A request exceeds a documented limit (spec LIM): too many datums, samples or tokens, a LoRA
+    rank too large, a body too big. ``field`` names what to reduce; nothing changed."""
 
 
 TinkerError._classes[_key(TinkerError)] = TinkerError

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import NonFiniteError
 from .loss_signatures import LOSS_SIGNATURES, LossSignature
 
 __all__ = ["GRADIENT_GATES", "LossSpec", "LOSSES", "compute_loss", "gradient_positions", "loss_spec"]
@@ -193,13 +194,25 @@ def compute_loss(
     inputs: Sequence[Inputs],
     config: Mapping[str, float | str] | None = None,
 ) -> torch.Tensor:
-    """Sum of the per-datum loss over all datums; differentiable in ``logprobs``."""
+    """Sum of the per-datum loss over all datums; differentiable in ``logprobs``.
+
+    ``NonFiniteError`` when a datum's loss is NaN or infinite (its inputs overflow the float type,
+    e.g. ``weights`` of 3.4e38 or an importance ratio ``exp(1e4)``): raised before any backward
+    pass, so nothing is accumulated (FB-15)."""
     spec = LOSSES[loss_fn]
     cfg = resolved_config(spec, config)
     total: torch.Tensor | None = None
-    for lp, datum_inputs in zip(logprobs, inputs, strict=True):
+    for i, (lp, datum_inputs) in enumerate(zip(logprobs, inputs, strict=True)):
         value = spec.fn(lp, datum_inputs, cfg)
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise NonFiniteError(
+                "loss_fn_inputs",
+                f"the {loss_fn} loss of datum {i} of this batch is {float(value.detach())}: its loss_fn_inputs "
+                f"overflow {str(value.dtype).removeprefix('torch.')} (use smaller weights/advantages)",
+            )
         total = value if total is None else total + value
     if total is None:
         raise ValueError("compute_loss needs at least one datum")
+    if not bool(torch.isfinite(total.detach()).all()):
+        raise NonFiniteError("loss_fn_inputs", f"the {loss_fn} loss summed over the batch overflows: {float(total)}")
     return total

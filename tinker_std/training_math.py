@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from .errors import NonFiniteError
 from .losses import compute_loss
 from .types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse, TensorData
 
@@ -74,13 +75,22 @@ def adamw_step(optimizer: torch.optim.AdamW, params: AdamParams) -> OptimStepRes
 
     Missing gradients count as zero (OPT-7). The global gradient norm is clipped first when
     ``grad_clip_norm > 0`` (OPT-4), then ``torch.optim.AdamW`` applies decoupled weight decay and the
-    moment update (OPT-1..OPT-3). Gradients are cleared afterwards (FB-5).
+    moment update (OPT-1..OPT-3). Gradients are cleared afterwards (FB-5). A non-finite gradient
+    norm is refused with ``NonFiniteError`` before anything changes, and the gradient discarded (OPT-10).
     """
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     for p in trainable:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in trainable]))
+    if not bool(torch.isfinite(norm)):
+        # OPT-10: refuse before touching weights, moments or the step count; the gradient is unusable
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(
+            "gradient",
+            f"the accumulated gradient's global norm is {float(norm)} (overflow or NaN); the step was not "
+            "applied (weights and optimizer state unchanged) and the gradient was discarded",
+        )
     if params.grad_clip_norm > 0:
         coef = torch.clamp(params.grad_clip_norm / (norm + CLIP_EPS), max=1.0)
         for p in trainable:

@@ -92,6 +92,14 @@ class RankEngine:
         state: AdapterState = self.group.call("read_state", model_id)
         return state
 
+    def gradient_snapshot(self, model_id: str) -> str:
+        """Every rank keeps a copy of its own partial gradient (FB-14)."""
+        handle: str = self.group.call("gradient_snapshot", model_id)
+        return handle
+
+    def restore_gradient(self, model_id: str, snapshot: str) -> None:
+        self.group.call("restore_gradient", model_id, snapshot)
+
     def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         self.group.call("save_state", model_id, path, overwrite)
 

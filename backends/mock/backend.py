@@ -23,10 +23,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
+from tinker_std.backend import (
+    AdapterState,
+    Backend,
+    GradientSnapshot,
+    ModelSpec,
+    SampleRequest,
+    SamplerSpec,
+    Tokenizer,
+    new_model_id,
+)
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError, ContextLengthError, NotFoundError
+from tinker_std.limits import check_rank_for_width
 from tinker_std.training_math import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.types import (
     AdamParams,
@@ -99,7 +109,9 @@ class MockBackend(Backend):
         return ByteTokenizer(name_or_path=base_model)
 
     async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
-        adapter = LoraAdapter.fresh(lora, model_config(base_model))
+        config = model_config(base_model)
+        check_rank_for_width(lora.rank, config.d_model, base_model)
+        adapter = LoraAdapter.fresh(lora, config)
         return self._register(base_model, adapter, None)
 
     async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
@@ -154,6 +166,15 @@ class MockBackend(Backend):
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         return adamw_step(self._model(model_id).optimizer, params)
+
+    async def gradient_snapshot(self, model_id: str) -> GradientSnapshot:
+        """Copies of the adapter's ``.grad`` tensors (``None`` where no gradient is pending)."""
+        return {n: None if p.grad is None else p.grad.clone() for n, p in self._model(model_id).adapter.params.items()}
+
+    async def restore_gradient(self, model_id: str, snapshot: GradientSnapshot) -> None:
+        assert isinstance(snapshot, dict)
+        for name, p in self._model(model_id).adapter.params.items():
+            p.grad = snapshot[name]
 
     async def read_state(self, model_id: str) -> AdapterState:
         model = self._model(model_id)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.backend import AdapterState, Backend, GradientSnapshot, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.capabilities import Precision, PrecisionVariants
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import (
@@ -183,6 +183,13 @@ class TorchBackend(PrecisionVariants, Backend):
 
     async def read_state(self, model_id: str) -> AdapterState:
         return await self._run(self.engine.read_state, model_id)
+
+    async def gradient_snapshot(self, model_id: str) -> GradientSnapshot:
+        return await self._run(self.engine.gradient_snapshot, model_id)
+
+    async def restore_gradient(self, model_id: str, snapshot: GradientSnapshot) -> None:
+        assert isinstance(snapshot, str)
+        await self._run(self.engine.restore_gradient, model_id, snapshot)
 
     # -- checkpoints ---------------------------------------------------------------------------
 

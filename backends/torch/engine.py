@@ -34,6 +34,7 @@ from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSp
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.client.chunking import merge_outputs
 from tinker_std.errors import BadRequestError, NotFoundError
+from tinker_std.limits import check_rank_for_width
 from tinker_std.losses import gradient_positions
 from tinker_std.training_math import adamw_step, datum_inputs, run_forward_backward
 from tinker_std.types import (
@@ -123,6 +124,7 @@ class TorchEngine:
         self._samplers: dict[str, Sampler] = {}
         idle = offload.IdleStore(checkpoint_store.root / ".offload" / uuid.uuid4().hex)
         self.training = TrainingModels(idle, resident_models)
+        self._grad_snapshots: dict[str, dict[str, torch.Tensor | None]] = {}  # gradient_snapshot's copies
         self.multi_tenant = MultiTenant(
             self.passes,
             self.path_chooser,
@@ -159,6 +161,7 @@ class TorchEngine:
     def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
         """A new training model: a fresh adapter (seeded by ``lora.seed``) and a fresh AdamW."""
         base = self.bases.get(base_model)
+        check_rank_for_width(lora.rank, int(base.model.config.hidden_size), base_model)
         return self._register(base, lora, lora.seed, None, None)
 
     def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
@@ -182,6 +185,7 @@ class TorchEngine:
     def release_model(self, model_id: str) -> None:
         """Forget ``model_id`` and delete its adapter; unknown or released ids are a no-op."""
         model = self.training.pop(model_id)
+        self._grad_snapshots.pop(model_id, None)
         if model is not None:
             adapters.delete_adapter(model.base.model, model.adapter)
 
@@ -233,10 +237,27 @@ class TorchEngine:
     def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         """One AdamW step over the client's adapter (OPT-1..OPT-7); clears its gradient."""
         model = self._model(model_id)
+        self._grad_snapshots.pop(model_id, None)
         self.placement.reduce_grads(list(model.params.values()))
         response = adamw_step(model.optimizer, params)
         self.training.offload_idle()
         return response
+
+    def gradient_snapshot(self, model_id: str) -> str:
+        """Copy the client's accumulated gradient (FB-14) and keep the copy here, on this rank (so
+        under FSDP every rank keeps its own partial gradient); the handle is the model id. At
+        most one copy per model: the next snapshot, an ``optim_step`` or a release drops it."""
+        params = self._model(model_id).params
+        self._grad_snapshots[model_id] = {n: None if p.grad is None else p.grad.clone() for n, p in params.items()}
+        return model_id
+
+    def restore_gradient(self, model_id: str, snapshot: str) -> None:
+        """Put back the copy ``gradient_snapshot`` made (on each parameter's current device, which
+        offloading may have changed since)."""
+        saved = self._grad_snapshots.pop(snapshot)
+        for name, p in self._model(model_id).params.items():
+            grad = saved[name]
+            p.grad = None if grad is None else grad.to(p.device)
 
     def read_state(self, model_id: str) -> AdapterState:
         """Weights, accumulated gradient, AdamW moments and step, keyed by stable parameter name."""

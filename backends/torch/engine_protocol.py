@@ -87,6 +87,14 @@ class Engine(Protocol):
         """Weights, gradients and optimizer moments (``introspection``)."""
         ...
 
+    def gradient_snapshot(self, model_id: str) -> str:
+        """Keep a copy of the accumulated gradient (on every rank); returns its handle (FB-14)."""
+        ...
+
+    def restore_gradient(self, model_id: str, snapshot: str) -> None:
+        """Put back the copy ``gradient_snapshot`` kept."""
+        ...
+
     def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         """Adapter and optimizer state under ``path``."""
         ...

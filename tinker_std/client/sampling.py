@@ -145,6 +145,8 @@ class SamplingClient:
             session.capabilities,
             session.backend_name,
         )
+        room = self.spec.max_context_length - len(tokens)
+        session.limits.check_sample(num_samples, room if params.max_tokens is None else params.max_tokens)
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
         request = SampleRequest(
             tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs, topk_sample

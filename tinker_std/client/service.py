@@ -13,6 +13,7 @@ from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
+from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
@@ -48,11 +49,14 @@ class ServiceClient:
         backend: str | Backend | type[Backend] | None = None,
         *,
         max_chunk_datums: int = DEFAULT_MAX_CHUNK_DATUMS,
+        limits: Limits = DEFAULT_LIMITS,
         **backend_options: Any,
     ) -> None:
         if max_chunk_datums < 1:
             raise BadRequestError("max_chunk_datums", "must be >= 1")
-        self.session = BackendSession(create_backend(backend, backend_options), max_chunk_datums)
+        if not isinstance(limits, Limits):
+            raise BadRequestError("limits", f"must be tinker_std.Limits, got {type(limits).__name__}")
+        self.session = BackendSession(create_backend(backend, backend_options), max_chunk_datums, limits)
         # A script that never calls close() still shuts its backend down before the interpreter
         # finalises: otherwise torch work on the daemon loop thread can abort the process at exit.
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -72,6 +76,11 @@ class ServiceClient:
     @property
     def max_chunk_datums(self) -> int:
         return self.session.max_chunk_datums
+
+    @property
+    def limits(self) -> Limits:
+        """The request limits checked before anything is queued (LIM-1..LIM-3)."""
+        return self.session.limits
 
     @property
     def stability_records(self) -> StabilityRecords:
@@ -116,6 +125,7 @@ class ServiceClient:
             raise BadRequestError("base_model", "must be a non-empty model name")
         if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
             raise BadRequestError("optimizer", f"only AdamOptimizerConfig is supported, got {type(optimizer).__name__}")
+        self.limits.check_rank(rank)
         try:
             lora = LoraConfig(
                 rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn, train_unembed=train_unembed

@@ -17,6 +17,7 @@ from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import RequestFailedError, TinkerError
 from ..futures import APIFuture
+from ..limits import DEFAULT_LIMITS, Limits
 from ..stability import StabilityRecords
 from .runtime import EventLoopThread
 
@@ -32,11 +33,14 @@ class BackendSession:
     """One started-on-demand ``backend`` on its own event loop thread.
 
     ``max_chunk_datums``: the most datums per backend call when the client layer splits one
-    forward/forward_backward (FB-9)."""
+    forward/forward_backward (FB-9). ``limits``: the request limits (spec LIM)."""
 
-    def __init__(self, backend: Backend, max_chunk_datums: int = DEFAULT_MAX_CHUNK_DATUMS) -> None:
+    def __init__(
+        self, backend: Backend, max_chunk_datums: int = DEFAULT_MAX_CHUNK_DATUMS, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.backend = backend
         self.max_chunk_datums = max_chunk_datums
+        self.limits = limits  # LIM-1..LIM-3, checked before a request is queued
         self.runtime = EventLoopThread(name=f"tinker-std-{backend.name}")
         self._started: asyncio.Task[None] | None = None
         #: Sequences sampled with ``record_stability_info=True`` (SDK-3), read by ``stable_reinforce``.

@@ -63,8 +63,21 @@ class TrainingClient:
     async def _chunked(
         self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
     ) -> ForwardBackwardOutput:
+        """One call, all or nothing (FB-14): with ``backward`` and several chunks, the gradient is
+        snapshotted first and restored if any chunk fails; a backend that cannot snapshot gets
+        the whole call as one ``forward_backward``."""
         chunks = split_chunks(data, self.session.max_chunk_datums)
-        outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+        snapshot = None
+        if backward and len(chunks) > 1:
+            snapshot = await backend.gradient_snapshot(self.model_id)
+            if snapshot is None:
+                chunks = [data]
+        try:
+            outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+        except BaseException:
+            if snapshot is not None:
+                await backend.restore_gradient(self.model_id, snapshot)
+            raise
         return merge_outputs(outputs, [len(c) for c in chunks])
 
     def _resolve_provenance(self, datums: list[Datum], loss_fn: str) -> list[Datum]:
@@ -88,6 +101,7 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` without changing any state (FB-1)."""
         session = self.session
+        session.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
@@ -99,6 +113,7 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
         session = self.session
+        session.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
             data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
@@ -108,6 +123,7 @@ class TrainingClient:
     def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
         """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
         session = self.session
+        session.limits.check_datums(len(data) if isinstance(data, list) else 0)
         datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
 
         def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:

@@ -32,7 +32,8 @@ from starlette.routing import Route
 
 from tinker_std.client.service import ServiceClient
 
-from .failures import MAPPED, error_reply, not_found_reply
+from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
+from .futures import DEFAULT_MAX_QUEUED_PER_TENANT
 from .messages import Endpoint, WireReply, WireRequest
 from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
@@ -69,6 +70,7 @@ def create_app(
     reap_every_s: float = 30.0,
     worker_threads: int = 256,
     gap_timeout_s: float = 30.0,
+    max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT,
 ) -> Starlette:
     """A Starlette app speaking the Tinker wire protocol for ``service``.
 
@@ -88,6 +90,8 @@ def create_app(
         compress_requests=compress_requests,
         idle_session_s=idle_session_s,
         gap_timeout_s=gap_timeout_s,
+        max_body_bytes=max_body_bytes,
+        max_queued_per_tenant=max_queued_per_tenant,
     )
     stop = threading.Event()
 
@@ -108,7 +112,7 @@ def create_app(
             operations.close()
 
     app = Starlette(
-        routes=[_route(endpoint, max_body_bytes) for endpoint in operations.endpoints()],
+        routes=[_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()],
         middleware=[
             Middleware(AccessLog),
             Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),
@@ -123,7 +127,7 @@ def create_app(
     return app
 
 
-def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
+def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> Route:
     """A Starlette route that reads the body and runs ``endpoint``'s handler on a worker thread."""
 
     async def handle(request: Request) -> Response:
@@ -138,7 +142,16 @@ def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
             tenant=request.scope["state"]["tenant"],
             params={name: str(value) for name, value in request.path_params.items()},
         )
-        return _response(await run_in_threadpool(endpoint.handler, wire_request))
+        if operations.closing:  # a request arriving during shutdown: typed, retryable (503)
+            return _response(error_reply(ServerShutdown("the server is shutting down; retry")))
+        try:
+            if endpoint.async_handler is not None:
+                return _response(await endpoint.async_handler(wire_request))
+            return _response(await run_in_threadpool(endpoint.handler, wire_request))
+        except Exception:
+            if operations.closing:  # e.g. the records closed under it: not a 500
+                return _response(error_reply(ServerShutdown("the server shut down while answering; retry")))
+            raise
 
     return Route(PREFIX + endpoint.path, handle, methods=list(endpoint.methods))
 
@@ -191,6 +204,8 @@ def _json_response(status: int, error: str) -> Response:
 
 def _response(reply: WireReply) -> Response:
     headers = {}
-    if reply.status >= 400 and reply.status not in (404, 408):
+    if reply.status in (429, 503):  # back-pressure and shutdown: the SDK backs off and resends
+        headers["x-should-retry"] = "true"
+    elif reply.status >= 400 and reply.status not in (404, 408):
         headers["x-should-retry"] = "false"
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)

@@ -11,20 +11,26 @@ for a future stored after it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 from pydantic import BaseModel
+
+from tinker_std.errors import TinkerError
 
 from . import protobuf
 from .failures import ServerShutdown, failure_reply, not_found_reply
 from .messages import WireReply, WireRequest
 
-__all__ = ["LONG_POLL_S", "FutureStore", "Pending", "ResultKind", "chain"]
+__all__ = ["LONG_POLL_S", "FutureStore", "Pending", "ResultKind", "chain", "settle_exception", "settle_result"]
 
 #: How long ``retrieve_future`` waits for a result before answering ``try_again`` (the SDK's
 #: own HTTP timeout is 45 s).
@@ -43,25 +49,69 @@ class Pending:
     tenant: str
 
 
-class FutureStore:
-    """Request id -> ``Pending``, with the long poll that answers ``retrieve_future``."""
+#: Default of ``FutureStore.max_queued_per_tenant`` (LIM-6).
+DEFAULT_MAX_QUEUED_PER_TENANT = 2048
 
-    def __init__(self) -> None:
+
+class TenantQueueFull(TinkerError):
+    """A tenant has ``max_queued_per_tenant`` unfinished requests: the new one is refused before it
+    is admitted (HTTP 429, retryable: the SDK backs off and resends it, LIM-6)."""
+
+    status_code = 429
+    retryable = True
+
+
+class FutureStore:
+    """Request id -> ``Pending``, with the long poll that answers ``retrieve_future``, and each
+    tenant's count of unfinished requests (its quota, LIM-6)."""
+
+    def __init__(self, max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Pending] = {}
         self._closing = False
         #: called with each stored request, under no lock (``metrics.ServerMetrics`` counts tokens)
         self.observers: list[Callable[[Pending], None]] = []
+        self.max_queued_per_tenant = max_queued_per_tenant
+        self._queued: Counter[str] = Counter()
+
+    def check_capacity(self, tenant: str) -> None:
+        """``TenantQueueFull`` when ``tenant`` already has its quota of unfinished requests
+        (called before a request is admitted, so a refused one changes nothing)."""
+        with self._lock:
+            queued = self._queued[tenant]
+        if queued >= self.max_queued_per_tenant:
+            raise TenantQueueFull(
+                f"{queued} requests of this key are unfinished (limit {self.max_queued_per_tenant}); "
+                "retry after some complete"
+            )
+
+    def paused(self, tenant: str) -> bool:
+        """Whether ``tenant`` is at its quota (``retrieve_future`` then says ``paused_capacity``)."""
+        with self._lock:
+            return self._queued[tenant] >= self.max_queued_per_tenant
 
     def store(self, future: Future[Any], kind: ResultKind, tenant: str, request_id: str | None = None) -> str:
-        """Keep ``future`` under ``request_id`` (default: a new id); the id."""
+        """Keep ``future`` under ``request_id`` (default: a new id); the id. It counts against
+        ``tenant``'s quota until it finishes."""
         request_id = request_id or uuid.uuid4().hex
         with self._lock:
-            if self._closing and not future.done():
-                future.set_exception(ServerShutdown("the server is shutting down"))
+            if self._closing:
+                settle_exception(future, ServerShutdown("the server is shutting down"))
             entry = self._entries[request_id] = Pending(future, kind, tenant)
+            if not future.done():
+                self._queued[tenant] += 1
+                counted = True
+            else:
+                counted = False
         for observe in self.observers:
             observe(entry)
+        if counted:
+
+            def done(_: Future[Any]) -> None:
+                with self._lock:
+                    self._queued[tenant] -= 1
+
+            future.add_done_callback(done)
         return request_id
 
     def forget(self, request_id: str) -> None:
@@ -73,17 +123,57 @@ class FutureStore:
         with self._lock:
             return list(self._entries.values())
 
-    def retrieve(self, request: WireRequest) -> WireReply:
-        """The ``retrieve_future`` endpoint: the result of ``request_id`` once it is there."""
-        request_id = request.json().get("request_id")
+    def _entry(self, request: WireRequest) -> tuple[str, Pending | None]:
+        request_id = str(request.json().get("request_id"))
         with self._lock:
-            entry = self._entries.get(str(request_id))
+            entry = self._entries.get(request_id)
         if entry is None or entry.tenant != request.tenant:
+            return request_id, None
+        return request_id, entry
+
+    def retrieve(self, request: WireRequest) -> WireReply:
+        """The ``retrieve_future`` endpoint, waiting on the calling thread (in-process use)."""
+        request_id, entry = self._entry(request)
+        if entry is None:
             return not_found_reply(f"unknown request_id {request_id!r}")
         try:
-            result = entry.future.result(timeout=LONG_POLL_S)
+            entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:
-            return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+            return _try_again(request_id, self.paused(entry.tenant))
+        except Exception:
+            pass
+        return self._answer(entry)
+
+    async def retrieve_async(self, request: WireRequest) -> WireReply:
+        """The ``retrieve_future`` endpoint as the server runs it: the long poll waits on the event
+        loop, holding no worker thread (a thread per waiting poll starved every other request of
+        threads under load: the issue's unanswered ``save_weights_for_sampler``); only encoding the
+        finished result runs on a worker thread."""
+        request_id, entry = self._entry(request)
+        if entry is None:
+            return not_found_reply(f"unknown request_id {request_id!r}")
+        if not entry.future.done():
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[None] = loop.create_future()
+
+            def settle() -> None:
+                if not woken.done():
+                    woken.set_result(None)
+
+            def wake(_: Future[Any]) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(settle)
+
+            entry.future.add_done_callback(wake)
+            await asyncio.wait([woken], timeout=LONG_POLL_S)
+            if not entry.future.done():
+                return _try_again(request_id, self.paused(entry.tenant))
+        return await anyio.to_thread.run_sync(self._answer, entry)
+
+    def _answer(self, entry: Pending) -> WireReply:
+        """The reply for a finished ``entry``: its result encoded, or its failure."""
+        try:
+            result = entry.future.result(timeout=0)
         except Exception as exc:
             return failure_reply(exc)
         if entry.kind == "forward_backward":
@@ -98,11 +188,22 @@ class FutureStore:
             self._closing = True
             pending = [p.future for p in self._entries.values()]
         for future in pending:
-            if not future.done():
-                try:
-                    future.set_exception(ServerShutdown("the server is shutting down"))
-                except Exception:  # settled meanwhile
-                    pass
+            settle_exception(future, ServerShutdown("the server is shutting down"))
+
+
+def _try_again(request_id: str, paused: bool = False) -> WireReply:
+    """Not finished yet; ``queue_state`` says whether the tenant is at its quota (the SDK logs
+    non-``active`` states as paused and keeps polling)."""
+    if not paused:
+        return WireReply.json({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+    return WireReply.json(
+        {
+            "type": "try_again",
+            "request_id": request_id,
+            "queue_state": "paused_capacity",
+            "queue_state_reason": "this key has its quota of unfinished requests; new ones get 429 until some finish",
+        }
+    )
 
 
 def chain(source: Future[Any], target: Future[Any]) -> None:
@@ -111,8 +212,21 @@ def chain(source: Future[Any], target: Future[Any]) -> None:
     def settle(done: Future[Any]) -> None:
         error = done.exception()
         if error is not None:
-            target.set_exception(error)
+            settle_exception(target, error)
         else:
-            target.set_result(done.result())
+            settle_result(target, done.result())
 
     source.add_done_callback(settle)
+
+
+def settle_result(future: Future[Any], value: Any) -> None:
+    """Set ``future``'s result unless it is already settled (``close`` fails every unfinished
+    future at shutdown, racing the work that would settle it: the first outcome stands)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(value)
+
+
+def settle_exception(future: Future[Any], error: BaseException) -> None:
+    """Fail ``future`` unless it is already settled (see ``settle_result``)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(error)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,12 @@ __all__ = [
     "PROTOBUF",
     "RPC_METHODS",
     "Endpoint",
+    "AsyncHandler",
     "Handler",
     "WireReply",
     "WireRequest",
     "body_digest",
+    "operation_digest",
     "field_error",
     "require_int",
 ]
@@ -54,11 +57,27 @@ class WireReply:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> WireReply:
-        return cls(status, JSON, json.dumps(value).encode())
+        """``value`` as strict JSON: a NaN or infinite number (which ``json.dumps`` would write as
+        the non-JSON ``NaN``/``Infinity`` the SDK cannot parse) is written as ``null`` (FB-15)."""
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except ValueError:
+            text = json.dumps(_finite(value), allow_nan=False)
+        return cls(status, JSON, text.encode())
 
     @classmethod
     def protobuf(cls, body: bytes) -> WireReply:
         return cls(200, PROTOBUF, body)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -90,20 +109,48 @@ class WireRequest:
 
 
 Handler = Callable[[WireRequest], WireReply]
+#: A handler that waits without holding a worker thread (the ``retrieve_future`` long poll).
+AsyncHandler = Callable[[WireRequest], Awaitable[WireReply]]
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One declared route: ``path`` under ``/api/v1/``, the ``methods`` it answers, its handler."""
+    """One declared route: ``path`` under ``/api/v1/``, the ``methods`` it answers, its handler.
+
+    ``handler`` runs on a worker thread; an endpoint that waits (a long poll) gives
+    ``async_handler`` instead, which the transport awaits on its event loop, so waiting requests
+    never occupy the worker threads every other request needs."""
 
     path: str
     handler: Handler
     methods: tuple[str, ...] = RPC_METHODS
+    async_handler: AsyncHandler | None = None
 
 
 def body_digest(body: bytes) -> str:
-    """What identifies a retried request: the SHA-256 of its body."""
+    """The SHA-256 of a request body."""
     return hashlib.sha256(body).hexdigest()
+
+
+#: Body fields the SDK changes each time it resends the same operation (it draws a new
+#: ``sampling_session_seq_id`` per attempt of an unnamed ``save_weights_for_sampler``).
+VOLATILE_FIELDS = frozenset({"sampling_session_seq_id"})
+
+
+def operation_digest(request: WireRequest) -> str:
+    """What identifies an operation across the SDK's resends: the SHA-256 of its body without the
+    ``VOLATILE_FIELDS`` (a JSON body, canonically re-encoded), or of the raw body (protobuf, which
+    the SDK resends byte for byte)."""
+    if request.body[:1] != b"{":
+        return body_digest(request.body)
+    try:
+        value = json.loads(request.body)
+    except ValueError:
+        return body_digest(request.body)
+    if not isinstance(value, dict):
+        return body_digest(request.body)
+    stable = {k: v for k, v in value.items() if k not in VOLATILE_FIELDS}
+    return body_digest(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
 
 
 def require_int(value: Any, name: str) -> int:

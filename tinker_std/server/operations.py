@@ -25,7 +25,7 @@ from __future__ import annotations
 from tinker_std.client.service import ServiceClient
 
 from .checkpoint_files import CheckpointFiles
-from .futures import FutureStore
+from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
 from .refusals import refusal_endpoints
@@ -49,6 +49,8 @@ class WireService:
         compress_requests: bool = False,
         idle_session_s: float | None = None,
         gap_timeout_s: float = 30.0,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT,
     ) -> None:
         """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
         ``forward_backward`` request (its default is 1024); each chunk is a request of its own.
@@ -56,16 +58,19 @@ class WireService:
         ``compress_requests``: ask the SDK for zstd ``forward_backward`` bodies.
         ``idle_session_s``: sessions without a request or heartbeat for this long are reaped
         (``reap``) and their models and samplers released. ``gap_timeout_s``: how long later
-        requests wait for a ``seq_id`` that never arrives (``SeqLane``)."""
+        requests wait for a ``seq_id`` that never arrives (``SeqLane``). ``max_body_bytes``: the
+        transport's body limit, which the SDK is told to keep its chunks under.
+        ``max_queued_per_tenant``: each key's quota of unfinished requests (LIM-6)."""
         self.service = service
         self.records = records or ServerRecords()
         self.state = ServerState(idle_session_s, gap_timeout_s)
-        self.futures = FutureStore()
+        self.futures = FutureStore(max_queued_per_tenant)
         self.checkpoints = CheckpointFiles(service, self.records)
-        self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests)
+        self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
         self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints)
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)
+        self.closing = False
 
     def endpoints(self) -> list[Endpoint]:
         """Every route of the API, in matching order (the refusals before the REST routes whose
@@ -74,7 +79,7 @@ class WireService:
             *self.sessions.endpoints(),
             *self.training.endpoints(),
             *self.sampling.endpoints(),
-            Endpoint("retrieve_future", self.futures.retrieve),
+            Endpoint("retrieve_future", self.futures.retrieve, async_handler=self.futures.retrieve_async),
             *refusal_endpoints(),
             *self.rest.endpoints(),
         ]
@@ -86,7 +91,9 @@ class WireService:
 
     def close(self) -> None:
         """Fail every unfinished future with ``ServerShutdown`` (their long polls answer at once),
-        stop the models' lanes, close the records."""
+        stop the models' lanes, close the records. From the first moment of ``close`` on, every
+        request is answered with ``ServerShutdown`` (503, retryable), never a 500."""
+        self.closing = True
         self.futures.close()
         self.state.close()
         self.records.close()

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tinker_std.errors import BadRequestError
+from tinker_std.errors import BadRequestError, LimitExceededError
 from tinker_std.types import (
     Datum,
     EncodedTextChunk,
@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 TOPK_PAD = (0, -99999.0)
+#: Most values one loss input may declare (its dense size; LIM-4).
+MAX_TENSOR_ELEMENTS = 2**24
+#: ... and per token of its datum (an ``(N, K)`` soft-target input has ``K`` per token).
+MAX_VALUES_PER_TOKEN = 4096
 
 
 def protobuf_module() -> Any:
@@ -130,7 +134,10 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
                 f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative"
             )
         chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
-    inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
+    length = sum(len(c.tokens) for c in chunks)
+    inputs = {
+        name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}", length) for name, t in msg.loss_fn_inputs.items()
+    }
     model_spans = decode_spans(msg.model_input_spans, f"{field}.model_input_spans")
     loss_spans = decode_spans(msg.loss_fn_input_spans, f"{field}.loss_fn_input_spans")
     if (model_spans is None) != (loss_spans is None):
@@ -143,7 +150,10 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
     )
 
 
-def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
+def _tensor(pb: Any, msg: Any, field: str, length: int) -> TensorData:
+    """One loss input of a datum of ``length`` tokens. A declared shape is checked against the
+    datum before anything is allocated (LIM-4): a ``sparse_csr`` tensor is expanded to its dense
+    shape, so ``[1, 2**28]`` with no values would otherwise allocate 1 GiB from a few bytes."""
     numpy_dtypes = {pb.DTYPE_FLOAT32: "<f4", pb.DTYPE_INT64: "<i8", pb.DTYPE_INT32: "<i4"}
     if msg.dtype not in numpy_dtypes:
         raise BadRequestError(field, f"unsupported dtype {msg.dtype} (float32, int64 or int32)")
@@ -151,6 +161,13 @@ def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
     shape = [int(s) for s in msg.shape]
     if any(s < 0 for s in shape):
         raise BadRequestError(field, f"shape {shape} has a negative dimension")
+    bound = min(MAX_TENSOR_ELEMENTS, max(length, 1) * MAX_VALUES_PER_TOKEN)
+    if math.prod(shape) > bound:
+        raise LimitExceededError(
+            field,
+            f"shape {shape} declares {math.prod(shape)} values; a loss input of a {length}-token datum holds at "
+            f"most {bound} ({MAX_VALUES_PER_TOKEN} per token, {MAX_TENSOR_ELEMENTS} in all)",
+        )
     if msg.WhichOneof("encoding") == "sparse_csr":
         values = np.frombuffer(msg.sparse_csr.values, dtype=numpy_dtypes[msg.dtype])
         rows = np.frombuffer(msg.sparse_csr.crow_indices, dtype="<i8")

@@ -18,7 +18,7 @@ from tinker_std.errors import BadRequestError
 from tinker_std.types import ModelInput, SamplingParams
 
 from .checkpoint_files import CheckpointFiles
-from .futures import FutureStore, chain
+from .futures import FutureStore, chain, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, require_int
 from .sdk_fields import record_sample, sample_options
 from .state import ServerState
@@ -69,6 +69,7 @@ class SamplingRoutes:
         num_samples = body.get("num_samples", 1)
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= 1024:
             raise BadRequestError("num_samples", f"must be an integer in [1, 1024], got {num_samples!r}")
+        self.futures.check_capacity(request.tenant)  # 429 before any work (LIM-6)
         answer: Future[Any] = Future()
         request_id = uuid.uuid4().hex
         ids = [f"{request_id}-{j}" for j in range(num_samples)]
@@ -102,7 +103,7 @@ class SamplingRoutes:
             else:
                 chain(future.future(), answer)
         except Exception as exc:  # a rejected sample fails its own future, like a training request
-            answer.set_exception(exc)
+            settle_exception(answer, exc)
         self.futures.store(answer, "sample", request.tenant, request_id)
         return WireReply.json({"request_id": request_id, "sample_sequence_ids": ids})
 
@@ -117,9 +118,9 @@ class SamplingRoutes:
             except Exception as exc:
                 error = exc
         if error is not None:
-            answer.set_exception(error)
+            settle_exception(answer, error)
         else:
-            answer.set_result(done.result())
+            settle_result(answer, done.result())
 
 
 def _chunk_tokens(chunk: Any, index: int) -> list[int]:

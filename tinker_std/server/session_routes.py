@@ -3,8 +3,6 @@ their heartbeats, telemetry, health and capabilities."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tinker_std.client.service import ServiceClient
 from tinker_std.errors import BadRequestError
 
@@ -24,14 +22,19 @@ class SessionRoutes:
         state: ServerState,
         sdk_chunk_datums: int | None = None,
         compress_requests: bool = False,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
-        ``forward_backward`` request (its default is 1024). ``compress_requests``: ask the SDK
-        for zstd ``forward_backward`` bodies."""
+        ``forward_backward`` request; by default the server's own per-call limit, so that one SDK
+        call within the limits is one request, validated and applied whole (FB-14).
+        ``compress_requests``: ask the SDK for zstd ``forward_backward`` bodies.
+        ``max_body_bytes``: the largest request body the server reads; the SDK is told to keep its
+        chunks (by its own estimate) at half of it."""
         self.service = service
         self.state = state
         self.sdk_chunk_datums = sdk_chunk_datums
         self.compress_requests = compress_requests
+        self.max_body_bytes = max_body_bytes
 
     def endpoints(self) -> list[Endpoint]:
         return [
@@ -46,11 +49,15 @@ class SessionRoutes:
         ]
 
     def client_config(self, request: WireRequest) -> WireReply:
-        # The SDK's defaults, except plain httpx.
-        flags: dict[str, Any] = {"use_pyqwest_transport": False, "proto_compress_fwdbwd": self.compress_requests}
-        if self.sdk_chunk_datums is not None:
-            flags["fwdbwd_max_chunk_len"] = self.sdk_chunk_datums
-        return WireReply.json(flags)
+        # The SDK's defaults, except plain httpx and chunks as large as the server's limits (FB-14).
+        return WireReply.json(
+            {
+                "use_pyqwest_transport": False,
+                "proto_compress_fwdbwd": self.compress_requests,
+                "fwdbwd_max_chunk_len": self.sdk_chunk_datums or self.service.limits.max_datums_per_call,
+                "fwdbwd_max_chunk_bytes_count": self.max_body_bytes // 2,
+            }
+        )
 
     def create_session(self, request: WireRequest) -> WireReply:
         body = request.json()

@@ -31,8 +31,8 @@ from tinker_std.types import AdamParams
 from . import protobuf
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
-from .futures import FutureStore, ResultKind, chain
-from .messages import Endpoint, WireReply, WireRequest, body_digest, field_error, require_int
+from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
+from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
 from .refusals import UNSUPPORTED
 from .sdk_fields import check_optimizer_config, check_sampler_kind, check_weights_access_token, scoped_datums
@@ -85,7 +85,7 @@ class TrainingRoutes:
             raise BadRequestError("lora_config", "must be an object")
         check_optimizer_config(body.get("optimizer_config"))
         base_model = body.get("base_model")
-        original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+        original = self.state.claim_model(model_id, request.tenant, operation_digest(request), session)
         if original is not None:
             return WireReply.json({"request_id": original, "model_id": model_id})
 
@@ -110,10 +110,10 @@ class TrainingRoutes:
 
         def run() -> None:
             try:
-                future.set_result(work())
+                settle_result(future, work())
             except BaseException as exc:
                 self.state.forget_model(model_id)
-                future.set_exception(exc)
+                settle_exception(future, exc)
 
         self.futures.store(future, "json", model.tenant, model.request_id)
         threading.Thread(target=run, daemon=True).start()
@@ -139,7 +139,7 @@ class TrainingRoutes:
             check_weights_access_token(body.get("weights_access_token"))
             session = self.state.session(request.tenant, body["session_id"])
             model_id = f"{body['session_id']}:train:{require_int(body.get('model_seq_id'), 'model_seq_id')}"
-            original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+            original = self.state.claim_model(model_id, request.tenant, operation_digest(request), session)
             if original is not None:
                 return WireReply.json({"request_id": original, "model_id": model_id})
 
@@ -210,7 +210,7 @@ class TrainingRoutes:
             # span ids name this tenant's recorded samples only (sdk_fields.record_sample)
             return method(scoped_datums(call.data, model.tenant), call.loss_fn, call.loss_fn_config)
 
-        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward")
+        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward", idempotent=msg.forward_only)
 
     def optim_step(self, request: WireRequest) -> WireReply:
         body = request.json()
@@ -297,13 +297,25 @@ class TrainingRoutes:
     # -- ordering ---------------------------------------------------------------------------
 
     def _sequenced(
-        self, request: WireRequest, model_id: Any, seq_id: Any, run: Callable[[TrainingModel], Any], kind: ResultKind
+        self,
+        request: WireRequest,
+        model_id: Any,
+        seq_id: Any,
+        run: Callable[[TrainingModel], Any],
+        kind: ResultKind,
+        idempotent: bool = False,
     ) -> WireReply:
         """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
         ``seq_id``; whatever it raises or returns (a value or an ``APIFuture``) settles this
-        request's future. A retry of an admitted request answers its original request id."""
+        request's future. A retry of an admitted request answers its original request id. Only an
+        ``idempotent`` request (one that changes nothing) may come without a ``seq_id``."""
         model = self.state.model(request.tenant, model_id)
+        if seq_id is None and not idempotent:
+            # without a seq_id a resend cannot be told from a new request: it would apply twice
+            raise BadRequestError("seq_id", "required for a request that changes the model (the SDK always sends it)")
         seq = None if seq_id is None else require_int(seq_id, "seq_id")
+        if seq != model.lane.next_seq:  # the request the lane waits for is never refused: it unblocks the rest
+            self.futures.check_capacity(request.tenant)
         answer: Future[Any] = Future()
         request_id = uuid.uuid4().hex
 
@@ -311,15 +323,15 @@ class TrainingRoutes:
             try:
                 outcome = run(model)
             except Exception as exc:
-                answer.set_exception(exc)
+                settle_exception(answer, exc)
                 return
             if isinstance(outcome, APIFuture):
                 chain(outcome.future(), answer)
             else:
-                answer.set_result(outcome)
+                settle_result(answer, outcome)
 
         self.futures.store(answer, kind, request.tenant, request_id)
-        answered = model.lane.admit(seq, body_digest(request.body), request_id, step)
+        answered = model.lane.admit(seq, operation_digest(request), request_id, step)
         if answered != request_id:
             self.futures.forget(request_id)
         if kind == "json":

@@ -31,8 +31,16 @@ SEGMENT_OF_KIND: dict[CheckpointType, str] = {v: k for k, v in KIND_OF_SEGMENT.i
 _NAME = re.compile(r"^[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*\Z")  # \Z: "$" would also match before a trailing "\n"
 
 
+#: Longest run id or checkpoint name (CKPT-17): a file name of at most 255 bytes must hold it plus
+#: the checkpoint store's version suffix.
+MAX_NAME_LENGTH = 200
+
+
 def check_name(name: str, what: str) -> None:
-    """Raise ValueError unless ``name`` is a valid run id or checkpoint name (no ``/``, not ``.``/``..``)."""
+    """Raise ValueError unless ``name`` is a valid run id or checkpoint name (no ``/``, not ``.``/``..``,
+    at most ``MAX_NAME_LENGTH`` characters)."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
     if not name or not _NAME.match(name) or name in (".", ".."):
         raise ValueError(
             f"{what} {name!r} is not valid: use letters, digits and . _ : - (no '/', not empty, not starting with '.')"

@@ -1,0 +1,50 @@
+"""Bounded resources in the client layer and backends (issue 21 item 4; spec LIM-1..LIM-3).
+
+The issue's reproductions: ``create_lora_training_client(rank=2**31)`` failed with a raw allocator
+error; ``rank=4096`` was accepted on a 64-wide model; ``sample(num_samples=1024, max_tokens=250)``
+was accepted and occupied the backend for minutes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tinker_std as ts
+
+
+@pytest.fixture
+def mock(tmp_path: Path) -> Iterator[ts.ServiceClient]:
+    service = ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path))
+    yield service
+    service.close()
+
+
+def test_huge_rank_is_refused_typed(mock: ts.ServiceClient) -> None:
+    with pytest.raises(ts.LimitExceededError) as info:
+        mock.create_lora_training_client(base_model="mock/tiny", rank=2**31).result()
+    assert info.value.field == "rank" and "512" in str(info.value)
+
+
+def test_rank_above_the_model_width_is_refused(mock: ts.ServiceClient) -> None:
+    with pytest.raises(ts.LimitExceededError) as info:
+        mock.create_lora_training_client(base_model="mock/tiny", rank=33).result()  # mock/tiny is 32 wide
+    assert info.value.field == "rank" and "width 32" in str(info.value)
+    assert mock.create_lora_training_client(base_model="mock/tiny", rank=32).result().get_info().lora_rank == 32
+
+
+def test_the_issues_sample_request_is_refused(mock: ts.ServiceClient) -> None:
+    sampler = mock.create_sampling_client(base_model="mock/tiny").result()
+    prompt = ts.ModelInput.from_ints([1, 2, 3])
+    with pytest.raises(ts.LimitExceededError) as info:
+        sampler.sample(prompt, 1024, ts.SamplingParams(max_tokens=250))
+    assert info.value.field == "num_samples"
+
+
+def test_torch_rank_above_the_model_width_is_refused(tmp_path: Path) -> None:
+    wide_cap = ts.Limits(max_lora_rank=2**20)  # only the width check stands between 4096 and allocation
+    with ts.ServiceClient(backend="torch", checkpoint_dir=str(tmp_path), limits=wide_cap) as service:
+        with pytest.raises(ts.LimitExceededError) as info:
+            service.create_lora_training_client(base_model="tiny-llama", rank=4096).result()
+        assert info.value.field == "rank" and "width" in str(info.value)
