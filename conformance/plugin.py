@@ -50,6 +50,7 @@ import pytest
 if TYPE_CHECKING:
     from tinker_std import Backend, Capabilities, SamplingClient, ServiceClient, TrainingClient
 
+    from .report import RunContext
     from .tolerances import ToleranceClass
 
 __all__ = [
@@ -112,11 +113,16 @@ class _State:
     report_path: str | None
     skip_file: str | None = None
     skip_entries: dict[str, int] = field(default_factory=dict)  # entry -> line number
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # entry -> its written justification
     skip_unmatched: list[str] = field(default_factory=list)
     backend_cls: type[Backend] | None = None
+    options: dict[str, Any] | None = None  # constructor options from --tinker-backend-config
+    declared: Capabilities | None = None  # the class's declaration for those options
     resolved: ConformanceBackend | None = None
     load_error: str | None = None
     extra_clients: list[ServiceClient] = field(default_factory=list)
+    selected: int = 0  # conformance tests left after deselection
+    complete: bool = False  # every test module collected, none deselected
 
 
 # -- options, markers, configuration ------------------------------------------------------------
@@ -165,11 +171,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if state.skip_file:
         state.skip_entries = read_skip_file(state.skip_file)
+        state.skip_reasons = read_skip_reasons(state.skip_file)
     config.stash[_STATE_KEY] = state
     if state.report_path:
         from .report import Reporter
 
-        config.pluginmanager.register(Reporter(config, state.report_path), "tinker_std_conformance_reporter")
+        reporter = Reporter(config, state.report_path, lambda: run_context(config))
+        config.pluginmanager.register(reporter, "tinker_std_conformance_reporter")
 
 
 def _state(config: pytest.Config) -> _State:
@@ -198,19 +206,33 @@ def spec_ids(item: pytest.Item) -> list[str]:
     return ids
 
 
-def read_skip_file(path: str) -> dict[str, int]:
-    """The entries of a skip file, in file order, with their line numbers: one entry per line,
-    ``#`` to the end of a line is a comment."""
+def _skip_lines(path: str) -> Iterator[tuple[int, str, str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise pytest.UsageError(f"--tinker-skip-file {path}: {exc}") from exc
-    entries: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.split("#", 1)[0].strip()
-        if entry:
-            entries.setdefault(entry, number)
+        entry, _, comment = line.partition("#")
+        if entry.strip():
+            yield number, entry.strip(), comment.strip()
+
+
+def read_skip_file(path: str) -> dict[str, int]:
+    """The entries of a skip file, in file order, with their line numbers: one entry per line,
+    ``#`` to the end of a line is a comment."""
+    entries: dict[str, int] = {}
+    for number, entry, _ in _skip_lines(path):
+        entries.setdefault(entry, number)
     return entries
+
+
+def read_skip_reasons(path: str) -> dict[str, str]:
+    """``entry -> justification``: the comment on an entry's own line is the written reason of the
+    known failure it records (the report and the verdict quote it; ``""`` when there is none)."""
+    reasons: dict[str, str] = {}
+    for _, entry, comment in _skip_lines(path):
+        reasons.setdefault(entry, comment)
+    return reasons
 
 
 def skip_entry_matches(entry: str, nodeid: str, statements: list[str], path: str | None = None) -> bool:
@@ -239,10 +261,14 @@ def skip_entry_matches(entry: str, nodeid: str, statements: list[str], path: str
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = _state(config)
     matched: set[str] = set()
-    for item in items:
-        if not is_conformance_item(item):
-            continue
+    ours = [item for item in items if is_conformance_item(item)]
+    if ours:
+        _load(state)  # a backend that cannot load stops the session here, with one message
+    modules = {Path(str(getattr(item, "path", ""))).resolve().name for item in ours}
+    state.complete = {p.name for p in PACKAGE_DIR.glob("test_*.py")} <= modules
+    for item in ours:
         ids = spec_ids(item)
+        item.user_properties.append(("tinker_std_conformance", True))
         for sid in ids:
             item.user_properties.append(("spec", sid))
         for entry in state.skip_entries:
@@ -255,18 +281,50 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         warnings.warn_explicit(TinkerSkipFileWarning(message), None, str(state.skip_file), state.skip_entries[entry])
 
 
-def _backend_class(state: _State) -> type[Backend]:
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items and any(is_conformance_item(item) for item in items):
+        _state(items[0].config).complete = False
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    state.selected = sum(1 for item in session.items if is_conformance_item(item))
+
+
+def declared_capabilities(cls: type[Backend], options: dict[str, Any]) -> Capabilities:
+    """What ``cls`` constructed with ``options`` declares: ``cls.capabilities_for(options)`` when the
+    class defines it (a backend whose declaration depends on its options, such as ``tinker``), else
+    the class attribute ``cls.capabilities``."""
+    hook = getattr(cls, "capabilities_for", None)
+    return hook(options) if callable(hook) else cls.capabilities
+
+
+def _load(state: _State) -> type[Backend]:
+    """Load the backend class and its options once; any problem becomes one ``UsageError``."""
     if state.backend_cls is None:
         if state.load_error is not None:
             raise pytest.UsageError(state.load_error)
         from tinker_std.registry import load_backend_class
 
         try:
-            state.backend_cls = load_backend_class(state.backend_spec)
+            cls = load_backend_class(state.backend_spec)
+            options = _read_options(state.config_file)
+            declared = declared_capabilities(cls, options)
         except Exception as exc:
-            state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {exc}"
-            raise pytest.UsageError(state.load_error) from exc
+            state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {type(exc).__name__}: {exc}"
+            raise pytest.UsageError(state.load_error) from None
+        state.backend_cls, state.options, state.declared = cls, options, declared
     return state.backend_cls
+
+
+def _backend_class(state: _State) -> type[Backend]:
+    return _load(state)
+
+
+def _declared(state: _State) -> Capabilities:
+    _load(state)
+    assert state.declared is not None
+    return state.declared
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -275,13 +333,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     required = [cap for mark in item.iter_markers("requires") for cap in mark.args]
     if required:
-        cls = _backend_class(_state(item.config))
+        state = _state(item.config)
+        declared = _declared(state)
         for capability in required:
-            if not cls.capabilities.supports(capability):
-                pytest.skip(f"capability {capability} not declared by backend {cls.name}")
+            if not declared.supports(capability):
+                pytest.skip(f"capability {capability} not declared by backend {_backend_class(state).name}")
     entry = item.stash.get(_SKIP_KEY, None)
     if entry is not None:
-        pytest.skip(f"{SKIP_FILE_REASON} ({entry})")
+        reason = _state(item.config).skip_reasons.get(entry) or "no reason given"
+        pytest.skip(f"{SKIP_FILE_REASON} ({entry}): {reason}")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -301,9 +361,9 @@ def _read_options(path: str | None) -> dict[str, Any]:
     try:
         options = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise pytest.UsageError(f"--tinker-backend-config {path}: {exc}") from exc
+        raise ValueError(f"--tinker-backend-config {path}: {exc}") from exc
     if not isinstance(options, dict):
-        raise pytest.UsageError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
+        raise ValueError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
     return options
 
 
@@ -311,7 +371,7 @@ def _read_options(path: str | None) -> dict[str, Any]:
 def _conformance_options(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = _state(request.config)
     cls = _backend_class(state)
-    options = _read_options(state.config_file)
+    options = dict(state.options or {})
     if "checkpoint_dir" not in options and _accepts_option(cls, "checkpoint_dir"):
         options["checkpoint_dir"] = str(tmp_path_factory.mktemp("tinker-checkpoints"))
     return options
@@ -357,7 +417,12 @@ def conformance_backend(
 
     state = _state(request.config)
     cls = _backend_class(state)
-    caps = cls.capabilities
+    caps = service.capabilities
+    if caps != _declared(state):
+        raise pytest.UsageError(
+            f"backend {cls.name} declares {caps} once constructed, but {_declared(state)} for its options "
+            "(capabilities_for must agree with the constructed backend)"
+        )
     served = service.get_server_capabilities().supported_models
     names = [m.model_name for m in served if m.model_name]
     base_model = state.base_model or (names[0] if names else None)
@@ -415,28 +480,48 @@ def base_sampler(service: ServiceClient, conformance_backend: ConformanceBackend
     return service.create_sampling_client(base_model=conformance_backend.base_model).result()
 
 
+def run_context(config: pytest.Config) -> RunContext:
+    """What the report needs from this plugin (``report.RunContext``)."""
+    from .report import RunContext
+
+    state = _state(config)
+    cls = state.backend_cls
+    declared = state.declared
+    backend: dict[str, Any] = {"spec": state.backend_spec, "name": None, "class": None, "module": None}
+    backend["base_model"] = state.resolved.base_model if state.resolved is not None else state.base_model
+    if cls is not None and declared is not None:
+        backend.update(
+            name=cls.name,
+            **{"class": f"{cls.__module__}:{cls.__qualname__}"},
+            module=cls.__module__,
+            capabilities=sorted(declared.optional),
+            tolerance_class=declared.tolerance,
+        )
+    return RunContext(
+        backend=backend,
+        skip_file=skip_file_info(config),
+        max_examples=MAX_EXAMPLES,
+        hypothesis_seed=config.getoption("hypothesis_seed", None),
+        complete=state.complete,
+        args=[str(a) for a in config.invocation_params.args],
+        selected=state.selected,
+        load_error=state.load_error,
+    )
+
+
 def resolved_backend(config: pytest.Config) -> ConformanceBackend | None:
     """The backend the fixtures resolved in this session (``None`` when no conformance test ran)."""
     return _state(config).resolved
 
 
-def backend_class_for_report(config: pytest.Config) -> type[Backend] | None:
-    """The backend class, loaded if needed; ``None`` when it cannot be loaded."""
-    try:
-        return _backend_class(_state(config))
-    except pytest.UsageError:
-        return None
-
-
-def report_options(config: pytest.Config) -> tuple[str, str | None]:
-    """``(backend spec, base model option)`` as given on the command line (or defaulted)."""
-    state = _state(config)
-    return state.backend_spec, state.base_model
-
-
 def skip_file_info(config: pytest.Config) -> dict[str, Any] | None:
-    """``{path, entries, unmatched}`` of ``--tinker-skip-file``, or ``None`` when none was given."""
+    """``{path, entries[{entry, line, reason, matched}], unmatched}`` of ``--tinker-skip-file``, or
+    ``None`` when none was given."""
     state = _state(config)
     if not state.skip_file:
         return None
-    return {"path": state.skip_file, "entries": list(state.skip_entries), "unmatched": list(state.skip_unmatched)}
+    entries = [
+        {"entry": e, "line": line, "reason": state.skip_reasons.get(e, ""), "matched": e not in state.skip_unmatched}
+        for e, line in state.skip_entries.items()
+    ]
+    return {"path": state.skip_file, "entries": entries, "unmatched": list(state.skip_unmatched)}
