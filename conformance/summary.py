@@ -80,7 +80,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         if entry.get("capability"):
             level += f" (`{entry['capability']}`)"
         note = _cell("; ".join(entry.get("messages") or []))
-        return f"| {sid} | {level} | {entry.get('origin') or '?'} | {entry['result']} | {len(entry['tests'])} | {note} |"
+        return f"| {sid} | {level} | {entry.get('origin') or '?'} | {entry['result']} | {len(entry.get('tests') or [])} | {note} |"
 
     open_items = [(sid, e) for sid, e in statements.items() if e["result"] not in ("pass", "not-applicable")]
     lines += ["", "## Statements that did not pass", ""]
@@ -98,14 +98,14 @@ def format_table(data: Mapping[str, Any]) -> str:
     statements = data.get("statements") or {}
     rows = [("statement", "level", "origin", "result", "tests")]
     for sid, entry in statements.items():
-        if entry["tests"] or entry["result"] != "not-run":
+        if entry.get("tests") or entry["result"] != "not-run":
             rows.append(
                 (sid, str(entry.get("level") or "?"), str(entry.get("origin") or "?"), entry["result"],
-                 str(len(entry["tests"])))
+                 str(len(entry.get("tests") or [])))
             )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    not_run = [sid for sid, e in statements.items() if e["result"] == "not-run" and not e["tests"]]
+    not_run = [sid for sid, e in statements.items() if e["result"] == "not-run" and not e.get("tests")]
     if not_run:
         lines.append(f"not run ({len(not_run)}): " + ", ".join(not_run))
     lines += [

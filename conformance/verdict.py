@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .spec_index import Statement
 
@@ -84,6 +84,8 @@ class TestResult:
     ``attribution``: ``"message"`` (named in the failure message), ``"cited"`` (the message named
     none) or ``None`` (not failed). ``reason``: the skip reason or known-failure justification.
     """
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, despite its name
 
     nodeid: str
     statements: list[str]

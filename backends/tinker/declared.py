@@ -60,9 +60,14 @@ def _tolerance(value: object, source: str) -> ToleranceClass:
 def _served(serve: str) -> Capabilities | None:
     from tinker_std.registry import available_backends, load_backend_class
 
-    if serve not in available_backends():
+    if serve not in available_backends() and ":" not in serve:
         return None  # LocalServer refuses it with a BadRequestError naming serve
-    cls = load_backend_class(serve)
+    try:
+        cls = load_backend_class(serve)
+    except Exception:
+        return None  # the same
+    if not hasattr(cls, "capabilities"):
+        return None
     return Capabilities(optional=cls.capabilities.optional & PROTOCOL_CAPABILITIES, tolerance=cls.capabilities.tolerance)
 
 
