@@ -9,15 +9,22 @@ Options (all inert unless given; only the conformance tests read them):
 ``--tinker-backend``         backend name or ``module:Class`` (default ``$TINKER_STD_BACKEND``, else ``mock``)
 ``--tinker-backend-config``  JSON file with the backend's constructor options
 ``--tinker-base-model``      base model to test (default: the backend's first supported model)
-``--tinker-report``          write a per-statement JSON report there, and a sibling ``.md``
+``--tinker-report``          write the report there (JSON, ``report.REPORT_FORMAT``), and a sibling ``.md``
 ``--tinker-max-examples``    Hypothesis examples per property test (default 10)
-``--tinker-skip-file``       text file of tests to skip, one entry per line (``#`` starts a comment): a
-                             test node id or a prefix of one (``test_sampling.py::test_x``, matched at
-                             ``::``/``[``/``/`` boundaries, with or without leading folders) or a statement
-                             id (``SMP-12``: every test citing it). Skipped tests get the reason ``listed in
-                             skip file`` (unless a capability they need is undeclared, which is checked
-                             first); statements only they cover are reported ``skipped-by-user``. An entry
-                             that matches no collected test gives a ``TinkerSkipFileWarning``.
+``--tinker-skip-file``       known failures, one entry per line (``#`` starts a comment; the comment on
+                             an entry's own line is its written justification): a test node id or a
+                             prefix of one (``test_sampling.py::test_x``, matched at ``::``/``[``/``/``
+                             boundaries, with or without leading folders) or a statement id (``SMP-12``:
+                             every test citing it). Listed tests are skipped with the reason ``listed in
+                             skip file (ENTRY): JUSTIFICATION`` (unless a capability they need is
+                             undeclared, which is checked first); the report shows their statements as
+                             ``known-failure`` with it. An entry that matches no collected test gives a
+                             ``TinkerSkipFileWarning``.
+
+The backend class (and its ``--tinker-backend-config`` options) is loaded once, after collection,
+when a conformance test was collected; a backend that cannot be loaded stops the session with one
+``UsageError`` (exit status 4) and no report. A class whose declaration depends on its options
+(``tinker``) defines ``capabilities_for(options)``, which ``requires`` reads.
 
 Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (copied to
 ``item.user_properties`` as ``("spec", id)`` pairs, so they reach ``--junitxml``), and
@@ -72,7 +79,7 @@ MAX_EXAMPLES = 10
 DEFAULT_RANK = 4
 DEFAULT_SEED = 0
 
-#: Skip reason of the tests a ``--tinker-skip-file`` lists (the report keys ``skipped-by-user`` on it).
+#: Skip reason of the tests a ``--tinker-skip-file`` lists (the report keys ``known-failure`` on it).
 SKIP_FILE_REASON = "listed in skip file"
 
 _STATE_KEY = pytest.StashKey["_State"]()

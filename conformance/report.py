@@ -162,7 +162,8 @@ class Reporter:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.path.is_file():
-            terminalreporter.write_line(f"tinker-std conformance report: {self.path} (+ {self.path.with_suffix('.md')})")
+            markdown = self.path.with_suffix(".md")
+            terminalreporter.write_line(f"tinker-std conformance report: {self.path} (+ {markdown})")
 
 
 def build_report(tests: list[TestResult], context: RunContext) -> dict[str, Any]:
@@ -190,7 +191,8 @@ def build_report(tests: list[TestResult], context: RunContext) -> dict[str, Any]
     orphans = [t.nodeid for t in tests if t.outcome == "failed" and not t.attributed]
     if orphans:  # a failing test that cites and names no statement still withholds the verdict
         detail = "tests failed that cite and name no statement"
-        outcome["reasons"].append({"kind": "unattributed-failure", "statements": [], "tests": orphans, "detail": detail})
+        reason = {"kind": "unattributed-failure", "statements": [], "tests": orphans, "detail": detail}
+        outcome["reasons"].append(reason)
         if outcome["conformant"]:
             outcome["conformant"] = False
             outcome["text"] = f"not conformant to {outcome['target']}: {detail} ({', '.join(orphans[:4])})"

@@ -80,7 +80,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         if entry.get("capability"):
             level += f" (`{entry['capability']}`)"
         note = _cell("; ".join(entry.get("messages") or []))
-        return f"| {sid} | {level} | {entry.get('origin') or '?'} | {entry['result']} | {len(entry.get('tests') or [])} | {note} |"
+        tests = len(entry.get("tests") or [])
+        return f"| {sid} | {level} | {entry.get('origin') or '?'} | {entry['result']} | {tests} | {note} |"
 
     open_items = [(sid, e) for sid, e in statements.items() if e["result"] not in ("pass", "not-applicable")]
     lines += ["", "## Statements that did not pass", ""]

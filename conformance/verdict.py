@@ -176,6 +176,14 @@ def statement_results(
     return out
 
 
+def _reason_text(reason: Mapping[str, Any]) -> str:
+    ids: list[str] = reason["statements"]
+    if not ids:
+        return str(reason["detail"])
+    shown = ", ".join(ids[:8]) + ("..." if len(ids) > 8 else "")
+    return f"{reason['detail']} ({len(ids)}: {shown})"
+
+
 def required(statement: Statement, declared: frozenset[str]) -> bool:
     """Whether the verdict requires ``statement`` of a backend declaring ``declared``."""
     if statement.capability:
@@ -236,9 +244,5 @@ def verdict(
     conformant = not reasons
     text = ("conformant to " if conformant else "not conformant to ") + target
     if not conformant:
-        text += ": " + "; ".join(
-            f"{r['detail']}" + (f" ({len(r['statements'])}: {', '.join(r['statements'][:8])}" if r["statements"] else "")
-            + ("..." if len(r["statements"]) > 8 else "") + (")" if r["statements"] else "")
-            for r in reasons
-        )  # fmt: skip
+        text += ": " + "; ".join(_reason_text(r) for r in reasons)
     return {"conformant": conformant, "text": text, "target": target, "reasons": reasons}

@@ -29,7 +29,9 @@ REPORT = {
 
 def test_render_counts_results_per_provider_and_prefix() -> None:
     text = render([("acme", REPORT)])
-    assert "| acme | `demo` | demo-backend 1.2 | 0.1 `0123456789ab` | no | fp32 | `introspection` | 1 | 1 | 0 | 1 | 1 | 0 |" in text
+    row = "| acme | `demo` | demo-backend 1.2 | 0.1 `0123456789ab` | no | fp32 | `introspection` "
+    row += "| 1 | 1 | 0 | 1 | 1 | 0 |"
+    assert row in text
     assert "| FB | 1/3 (1 FAIL, 1 unverified) |" in text
     assert "| SMP | 0/1 (1 not declared) |" in text
     assert "| FB-2 | MUST | FAIL |" in text

@@ -15,6 +15,7 @@ from tinker_std.backends.minimal import MODEL_NAME, MinimalBackend
 from tinker_std.conformance.plugin import read_skip_file, skip_entry_matches
 from tinker_std.registry import load_backend_class
 
+
 def test_the_whole_suite_passes_with_undeclared_statements_skipped(tmp_path: Path) -> None:
     """Every test passes or is skipped for a capability ``minimal`` does not declare; the statements of
     those capabilities read ``skipped-not-declared``, and a MUST statement whose tests all need one
@@ -124,7 +125,8 @@ def test_a_skip_file_skips_tests_reports_them_and_warns_about_strays(tmp_path: P
     entries = report["skip_file"]["entries"]
     assert report["skip_file"]["path"] == str(skip_file) and report["skip_file"]["unmatched"] == unmatched
     assert [e["entry"] for e in entries] == ["SMP-14", refuses, "SMP-12", *unmatched]
-    assert entries[0] == {"entry": "SMP-14", "line": 2, "reason": "a statement id: every test citing it", "matched": True}
+    reason = "a statement id: every test citing it"
+    assert entries[0] == {"entry": "SMP-14", "line": 2, "reason": reason, "matched": True}
     assert entries[3]["reason"] == "" and not entries[3]["matched"]
     results = {sid: entry["result"] for sid, entry in report["statements"].items()}
     assert results["SMP-14"] == results["ORD-13"] == "known-failure"

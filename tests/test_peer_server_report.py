@@ -2,8 +2,8 @@
 tests through the ``tinker`` backend (the official SDK over HTTP) against a peer server, declared by
 a ``--backend-config`` file (docs/server.md, "The tinker backend").
 
-The peer is a tinker-std server (served on 127.0.0.1 by the suite's process) whose engine is broken in one way: it reports
-``loss:sum`` as a mean over the call's tokens instead of a sum (FB-2). The same conformance tests
+The peer is a tinker-std server (served on 127.0.0.1 by the suite's process) whose engine is broken
+in one way: it reports ``loss:sum`` as a mean over the call's tokens instead of a sum (FB-2). The same conformance tests
 run against an unbroken peer (the plain mock) must pass, so whatever fails on the broken one is its
 bug, not the HTTP path. The report must then blame the broken statement only (failures attributed
 by the ``[ID]`` their messages name), keep the statements merely cited by a failing test

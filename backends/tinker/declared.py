@@ -68,7 +68,8 @@ def _served(serve: str) -> Capabilities | None:
         return None  # the same
     if not hasattr(cls, "capabilities"):
         return None
-    return Capabilities(optional=cls.capabilities.optional & PROTOCOL_CAPABILITIES, tolerance=cls.capabilities.tolerance)
+    declared: Capabilities = cls.capabilities
+    return Capabilities(optional=declared.optional & PROTOCOL_CAPABILITIES, tolerance=declared.tolerance)
 
 
 def declared_capabilities(options: Mapping[str, Any], default: Capabilities, serve: str | None) -> Capabilities:

@@ -1,5 +1,6 @@
 """``serve=NAME``: a tinker-std server on 127.0.0.1 (a free port) in this process, over backend NAME
-(a registered name or ``module:Class``, but not the ``tinker`` backend itself), for tests and CI. Its API key is random, so nothing else on the machine can use it."""
+(a registered name or ``module:Class``, but not the ``tinker`` backend itself), for tests and CI.
+Its API key is random, so nothing else on the machine can use it."""
 
 from __future__ import annotations
 
