@@ -31,7 +31,7 @@ def main() -> None:
         data = c.datums(c.random_tokens(2, 129, spec.vocab_size))
         engine.forward_backward(spec.model_id, data, "cross_entropy", {}, True)
         engine.optim_step(spec.model_id, c.ADAM)
-        model = engine._models[spec.model_id]
+        model = engine.training.models[spec.model_id]
         store = offload.IdleStore(Path(root) / "idle")
         nbytes = sum(p.numel() * p.element_size() for p in model.params.values()) * 3
         out, back = [], []

@@ -1,6 +1,6 @@
 """Reference computations the suite checks backends against, written from the spec text.
 
-They deliberately do not reuse ``tinker_std.losses`` or ``tinker_std.engine`` (which a backend
+They deliberately do not reuse ``tinker_std.losses`` or ``tinker_std.training_math`` (which a backend
 may use), so a slip there is caught too. Everything is float64 torch.
 
 * ``reference_loss``: the six loss formulas of 03-losses.md (LOSS-2..LOSS-7, LOSS-9 overrides).

@@ -35,7 +35,7 @@ TESTS = [
     "tests/test_torch_backend.py",
     "tests/test_torch_checkpoints.py",
     "tests/test_torch_multi_tenant.py",
-    "tests/test_torch_sample_batch.py",
+    "tests/test_torch_sampler.py",
     "tests/test_torch_sampling.py",
     "tests/test_torch_training.py",
     "tests/test_cookbook_torch.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,28 @@ LOSS_CONFIGS: dict[str, dict[str, float]] = {
 
 
 def engine_pass(
-    engine: Any, model_id: str, data: list[ts.Datum], loss: str, env: dict[str, str], monkeypatch: Any
+    engine: Any, model_id: str, data: list[ts.Datum], loss: str, switches: dict[str, bool]
 ) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
-    """One ``forward_backward`` of a ``TorchEngine`` under the environment ``env``: the datums'
-    logprobs, the loss and the accumulated gradients; the gradient is then cleared (an
-    ``optim_step`` with learning rate 0, so the weights do not move)."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    out = engine.forward_backward(model_id, data, loss, LOSS_CONFIGS[loss], True)
+    """One ``forward_backward`` of a ``TorchEngine`` with the fast-path ``switches`` (fields of its
+    ``TorchSettings``) set for that call: the datums' logprobs, the loss and the accumulated
+    gradients; the gradient is then cleared (an ``optim_step`` with learning rate 0, so the weights
+    do not move)."""
+    before = engine.settings
+    engine.settings = dataclasses.replace(before, **switches)
+    try:
+        out = engine.forward_backward(model_id, data, loss, LOSS_CONFIGS[loss], True)
+    finally:
+        engine.settings = before
     grads = {k: v.copy() for k, v in engine.read_state(model_id).grads.items()}
     engine.optim_step(model_id, ts.AdamParams(learning_rate=0.0))
     return [o["logprobs"].to_numpy() for o in out.loss_fn_outputs], out.metrics["loss:sum"], grads
+
+
+def sample_one(engine: Any, sampler_id: str, request: SampleRequest) -> ts.SampleResponse:
+    """One request through ``TorchEngine.sample_many``, the path every backend call takes: its
+    response, or the error it got raised here."""
+    (answer,) = engine.sample_many([(sampler_id, request)])
+    if isinstance(answer, Exception):
+        raise answer
+    assert isinstance(answer, ts.SampleResponse), repr(answer)
+    return answer

@@ -19,6 +19,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tinker_std.conformance.reference import DEFAULT_CONFIGS
 from tinker_std.losses import LOSSES, compute_loss
 from tinker_std.types import LOSS_FN_TYPES
 
@@ -39,14 +40,8 @@ BOUNDARY_MARGIN = 1e-4
 
 HYPOTHESIS = settings(max_examples=30, deadline=None)
 
-DEFAULTS: dict[str, dict[str, float]] = {
-    "cross_entropy": {},
-    "importance_sampling": {},
-    "ppo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
-    "dro": {"beta": 0.05},
-    "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
-}
+#: The spec's config defaults (03-losses.md), as the conformance oracle holds them: one table.
+DEFAULTS = DEFAULT_CONFIGS
 CUSTOM: dict[str, dict[str, float]] = {
     "cross_entropy": {},
     "importance_sampling": {},

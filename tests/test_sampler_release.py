@@ -50,7 +50,7 @@ def test_an_rl_style_loop_does_not_accumulate_snapshot_samplers(
         assert kept.sampler_id in samplers
         assert len(kept.sample(prompt, 1, ts.SamplingParams(max_tokens=2, seed=0)).result().sequences) == 1
         if backend == "torch":
-            model = impl.engine._bases[base].model  # type: ignore[attr-defined]
+            model = impl.engine.bases.loaded[base].model  # type: ignore[attr-defined]
             adapters = [name for name in model.peft_config if name.startswith("s_")]
             assert len(adapters) == 1, adapters  # only ``kept``'s copy is left
         # A request in flight when the last reference goes away still completes.

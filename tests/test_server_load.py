@@ -61,7 +61,7 @@ def test_sixteen_concurrent_sdk_clients_get_exactly_their_in_process_results(tmp
     with served("mock", tmp_path) as (server, _, base):
         with ThreadPoolExecutor(CLIENTS) as pool:
             remote = list(pool.map(lambda c: run_remote(server.url, base, c), range(CLIENTS)))
-        failed = [p for p in server.operations._futures.values() if p.future.exception() is not None]
+        failed = [p for p in server.operations.futures.pending() if p.future.exception() is not None]
         assert failed == []
     with ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path / "ref")) as local:
         for client in range(CLIENTS):

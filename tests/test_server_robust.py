@@ -200,7 +200,7 @@ def test_a_retried_request_answers_its_original_result(tmp_path: Path) -> None:
         assert one["request_id"] == two["request_id"]
         assert wire.result(one["request_id"]).json() == wire.result(two["request_id"]).json()
         clash = wire.post("optim_step", {**step, "adam_params": {"learning_rate": 0.5}})
-        assert clash.status_code == 400 and "ConflictError" in clash.json()["error"]
+        assert clash.status_code == 409 and "ConflictError" in clash.json()["error"]
 
         # Applied once: the model equals one forward_backward + one step made in process.
         probe = wire.http.post("forward_backward", content=fb_body(model_id, 3, PROBE, True), headers=proto_headers())
@@ -232,7 +232,7 @@ def test_a_model_id_belongs_to_the_session_that_created_it(tmp_path: Path) -> No
         stolen = bob.post("create_model", body)
         assert stolen.status_code == 404  # bob cannot even see alice's session
         twin = alice.post("create_model", body)  # same tenant, a different request for the same id
-        assert twin.status_code == 400 and "ConflictError" in twin.json()["error"]
+        assert twin.status_code == 409 and "ConflictError" in twin.json()["error"]
         # alice's model still answers, in order
         reply = alice.http.post("forward_backward", content=fb_body(model_id, 1, PROBE, True), headers=proto_headers())
         assert alice.result(reply.json()["request_id"]).status_code == 200

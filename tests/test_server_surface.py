@@ -80,7 +80,7 @@ def test_rest_client_lists_reads_and_deletes_runs_and_checkpoints(mock_server: t
     rest.set_checkpoint_ttl_from_tinker_path(weights, 3600).result()
     ttl = next(c for c in rest.list_checkpoints(tc.model_id).result().checkpoints if c.tinker_path == weights)
     assert ttl.expires_at is not None and 3500 < ttl.expires_at.timestamp() - time.time() <= 3600
-    assert server.operations.rest.delete_expired(now=time.time() + 3601) == 1  # what the reaper does
+    assert server.operations.checkpoints.delete_expired(now=time.time() + 3601) == 1  # what the reaper does
     assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [state]
     with pytest.raises(Exception, match="NotFoundError"):
         sdk.create_sampling_client(model_path=weights).result()

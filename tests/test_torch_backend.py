@@ -107,7 +107,7 @@ def test_unknown_models_and_local_paths(tmp_path: Path) -> None:
     datum = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs={"target_tokens": [2, 3, 4]})
     listed.forward_backward(spec.model_id, [datum], "cross_entropy", {}, True)
     listed.optim_step(spec.model_id, ts.AdamParams(learning_rate=1e-2))
-    embed = listed._base(str(local)).model.get_input_embeddings().weight
+    embed = listed.bases.get(str(local)).model.get_input_embeddings().weight
     assert not embed.requires_grad
 
 

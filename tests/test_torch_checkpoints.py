@@ -23,6 +23,8 @@ from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError, ConflictError, NotFoundError
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput, ParsedCheckpointTinkerPath
 
+from _support import sample_one
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODEL = "tiny-llama"
@@ -206,7 +208,7 @@ def test_sampler_from_checkpoint_and_snapshot_serve_fixed_weights(engine: TorchE
                             include_prompt_logprobs=True)
 
     def scores(sampler_id: str) -> np.ndarray:
-        lps = engine.sample(sampler_id, request).prompt_logprobs
+        lps = sample_one(engine, sampler_id, request).prompt_logprobs
         assert lps is not None
         return np.array(lps[1:], dtype=np.float64)
 

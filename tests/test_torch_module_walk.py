@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinker_std.backends.torch import TorchEngine, module_walk
+from tinker_std.backends.torch import TorchEngine
+from tinker_std.backends.torch.fast import module_walk
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import LoraConfig
 
@@ -17,7 +18,7 @@ def test_the_cached_walk_follows_adapter_changes(tmp_path: Path, tmp_path_factor
     engine = TorchEngine(CheckpointStore(tmp_path / "ckpt"), device="cpu", cache_dir=cache)
     try:
         first = engine.create_model("tiny-llama", LoraConfig(rank=2, seed=0)).model_id
-        model = engine._bases["tiny-llama"].model
+        model = engine.bases.loaded["tiny-llama"].model
         walked = module_walk.modules(model)
         assert walked == list(model.modules())
         assert module_walk.modules(model) is walked  # cached while nothing changes

@@ -20,9 +20,10 @@ import pytest
 import torch
 
 import tinker_std as ts
-from tinker_std.backends.torch import TorchBackend, TorchEngine, adapters, packed
+from tinker_std.backends.torch import TorchBackend, TorchEngine
 from tinker_std.backends.torch.batching import PathChooser
-from tinker_std.backends.torch.engine import ForwardBackwardJob
+from tinker_std.backends.torch.engine_protocol import ForwardBackwardJob
+from tinker_std.backends.torch.fast import packed, per_row
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import ContextLengthError, NotFoundError
 from tinker_std.types import AdamParams, Datum, ForwardBackwardOutput, LoraConfig, ModelInput
@@ -80,7 +81,7 @@ def make_engine(cache_dir: Path, tmp: Path, batching: Any) -> tuple[TorchEngine,
     for model_id in ids:
         with torch.no_grad():
             gen = torch.Generator().manual_seed(7)
-            for name, p in engine._models[model_id].params.items():
+            for name, p in engine.training.models[model_id].params.items():
                 if name.endswith("lora_B"):
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     return engine, ids
@@ -140,17 +141,18 @@ def test_batched_gradients_match_each_clients_own_pass(engines: dict[str, Any]) 
         alone.append((out, batched.read_state(job.model_id).grads))
         batched.optim_step(job.model_id, AdamParams(learning_rate=0.0))  # clears the gradient only
     together = batched.forward_backward_many(jobs)
+    packs = packed.available() and batched.settings.packed_weights
     for job, (out, grads), shared in zip(jobs, alone, together, strict=True):
         assert isinstance(shared, ForwardBackwardOutput)
         assert outputs_close(out, shared) <= ATOL
-        if packed.packable():  # each job's rows keep their layout and shapes: the same bits
+        if packs:  # each job's rows keep their layout and shapes: the same bits
             for x, y in zip(out.loss_fn_outputs, shared.loss_fn_outputs, strict=True):
                 np.testing.assert_array_equal(x["logprobs"].to_numpy(), y["logprobs"].to_numpy())
         state = batched.read_state(job.model_id)
         assert set(state.grads) == set(grads)
         for name, g in grads.items():
             np.testing.assert_allclose(state.grads[name], g, atol=ATOL, rtol=0)
-            if packed.packable():
+            if packs:
                 np.testing.assert_array_equal(state.grads[name], g, err_msg=name)
         batched.optim_step(job.model_id, AdamParams(learning_rate=0.0))
     assert any(name.startswith("lm_head") for name in batched.read_state(ids[1]).weights)
@@ -159,17 +161,17 @@ def test_batched_gradients_match_each_clients_own_pass(engines: dict[str, Any]) 
 
 def test_the_multi_tenant_pass_fuses_each_clients_lora_layers(engines: dict[str, Any]) -> None:
     """Every LoRA linear of a mixed batch runs ``lora_linear.segment_forward`` (the fused products
-    of a single-client pass), none peft's per-row hook, unless ``TINKER_STD_FUSED_LORA=0``."""
+    of a single-client pass), none peft's per-row hook (with ``fused``: ``TorchSettings.fused_lora``)."""
     engine, ids = engines["batched"]
-    model = engine._bases[MODEL].model
-    segments = [(0, 1, engine._models[ids[0]].adapter, 5), (1, 2, engine._models[ids[2]].adapter, 4)]
-    with adapters.per_row_adapters(model, segments, fused=True):
+    model = engine.bases.loaded[MODEL].model
+    segments = [(0, 1, engine.training.models[ids[0]].adapter, 5), (1, 2, engine.training.models[ids[2]].adapter, 4)]
+    with per_row.per_row_adapters(model, segments, fused=True):
         fused = [m for m in model.modules() if "forward" in m.__dict__]
         hooked = [m for m in model.modules() if m._forward_hooks]
     # the first client adapts every projection and lm_head (train_unembed's default), the third
     # attention only: every layer one of them adapts is fused, the others are left alone
     assert len(fused) == 7 * model.config.num_hidden_layers + 1 and not hooked
-    with adapters.per_row_adapters(model, segments, fused=False):
+    with per_row.per_row_adapters(model, segments, fused=False):
         assert not [m for m in model.modules() if "forward" in m.__dict__]
 
 
@@ -299,10 +301,10 @@ def test_groups_are_budgeted_by_their_stacked_layout(cache_dir: Path, tmp_path: 
         layouts: dict[int, Any] = {}
         # by lengths 14 x 49 = 686 tokens would fit; stacked, 11 rows x the tree's width do not
         assert 14 * 49 <= 1000
-        assert not engine._joins(jobs, [0], 1, layouts)
+        assert not engine.multi_tenant.joins(jobs, [0], 1, layouts)
         assert layouts[0].allowed is not None and layouts[0].input_ids.shape[0] == 1
         assert (1 + len(short)) * layouts[0].width > 1000
         both = [ForwardBackwardJob(b, short[:3], "cross_entropy", {}, True)]
-        assert engine._joins([jobs[0], *both], [0], 1, {})  # 4 rows x 109 fit
+        assert engine.multi_tenant.joins([jobs[0], *both], [0], 1, {})  # 4 rows x 109 fit
     finally:
         engine.close()

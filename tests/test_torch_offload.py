@@ -17,6 +17,8 @@ from tinker_std.backends.torch import TorchEngine, offload
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput, ParsedCheckpointTinkerPath, SamplingParams
 
+from _support import sample_one
+
 MODEL = "tiny-llama"
 ADAM = AdamParams(learning_rate=1e-2)
 
@@ -59,7 +61,7 @@ def session(engine: TorchEngine, root: Path) -> list[Any]:
         num_samples=2,
         sampling_params=SamplingParams(max_tokens=6, temperature=1.0, seed=4),
     )
-    seen.append([s.tokens for s in engine.sample(sampler.sampler_id, request).sequences])
+    seen.append([s.tokens for s in sample_one(engine, sampler.sampler_id, request).sequences])
     return seen
 
 
@@ -85,13 +87,13 @@ def test_offloaded_models_compute_bit_for_bit_what_resident_ones_do(tmp_path: Pa
         root = tmp_path / f"resident-{resident}"
         engine = TorchEngine(CheckpointStore(root), device="cpu", resident_models=resident)
         calls = []
-        original = engine._idle.offload
+        original = engine.training.idle.offload
 
         def counting(key: str, *args: Any, original: Any = original, calls: list[str] = calls) -> None:
             calls.append(key)
             original(key, *args)
 
-        engine._idle.offload = counting  # type: ignore[method-assign]
+        engine.training.idle.offload = counting  # type: ignore[method-assign]
         results.append(session(engine, root))
         offloads.append(len(calls))
         engine.close()
@@ -108,7 +110,7 @@ def test_offloaded_state_is_empty_in_memory_and_exact_on_return(tmp_path: Path) 
     before = engine.read_state(a)
     engine.forward_backward(b, batch(engine, 1), "cross_entropy", {}, True)
     engine.optim_step(b, ADAM)  # a is now the least recently used idle model
-    model = engine._models[a]
+    model = engine.training.models[a]
     assert all(p.numel() == 0 for p in model.params.values())
     assert all(t.numel() == 0 for s in model.optimizer.state.values() for t in s.values())
     files = list((tmp_path / ".offload").rglob("*.bin"))
@@ -127,7 +129,7 @@ def test_a_model_with_a_pending_gradient_stays_in_memory(tmp_path: Path) -> None
     engine.forward_backward(a, batch(engine, 0), "cross_entropy", {}, True)  # gradient pending
     engine.forward_backward(b, batch(engine, 1), "cross_entropy", {}, True)
     engine.optim_step(b, ADAM)
-    assert all(p.numel() > 0 for p in engine._models[a].params.values())
+    assert all(p.numel() > 0 for p in engine.training.models[a].params.values())
     engine.close()
 
 

@@ -1,7 +1,7 @@
 """The decode loop's fast paths equal its plain ones.
 
 * oneDNN-packed base weights (``packed.py``) against the plain ``linear`` path
-  (``TINKER_STD_PACKED_WEIGHTS=0``): the same seeded tokens and stop reasons, logprobs within the
+  (``TorchSettings.packed_weights`` off): the same seeded tokens and stop reasons, logprobs within the
   ``fp32`` class (``atol 1e-4``; two GEMM kernels round differently);
 * with packing, the batch still gives every request bit for bit what it gets alone, on one thread
   (rows of equal padding attend in one SDPA call) and on two (each row attends alone);
@@ -11,30 +11,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
-import test_torch_sample_batch as batch_tests
+import test_torch_sampler as batch_tests
 import torch
-from test_torch_sample_batch import BIT_EXACT, CPU, alone, assert_same, mixed_items
+from test_torch_sampler import BIT_EXACT, CPU, SETTINGS, alone, assert_same, mixed_items
 
-from tinker_std.backends.torch import packed, sampler
+from tinker_std.backends.torch import sampler
+from tinker_std.backends.torch.fast import packed
 from tinker_std.types import SampleResponse
 
 Setup = tuple[Any, Any, Any]
 setup = batch_tests.setup  # the same fixture: tiny Llama and tiny Qwen3 with two adapters
 
 
-def test_packed_weights_sample_what_the_plain_path_samples(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packed_weights_sample_what_the_plain_path_samples(setup: Setup) -> None:
     model, tokenizer, spec = setup
     with torch.inference_mode(), packed.packed_linears(model) as count:
         assert count > 0, "no layer was packed on this CPU"
     items = mixed_items(tokenizer, spec)
-    fast = sampler.sample_batch(model, items, tokenizer, CPU)
-    monkeypatch.setenv("TINKER_STD_PACKED_WEIGHTS", "0")
-    with torch.inference_mode(), packed.packed_linears(model) as count:
+    fast = sampler.sample_batch(model, items, tokenizer, CPU, dataclasses.replace(SETTINGS, packed_weights=True))
+    with torch.inference_mode(), packed.packed_linears(model, enabled=False) as count:
         assert count == 0
-    plain = sampler.sample_batch(model, items, tokenizer, CPU)
+    plain = sampler.sample_batch(model, items, tokenizer, CPU, dataclasses.replace(SETTINGS, packed_weights=False))
     for i, (f, p) in enumerate(zip(fast, plain, strict=True)):
         assert isinstance(f, SampleResponse) and isinstance(p, SampleResponse), i
         assert_same(f, p, f"item {i} packed vs plain", exact=False)
@@ -48,7 +49,7 @@ def test_packed_batch_is_still_invariant(setup: Setup, threads: int) -> None:
     try:
         items = mixed_items(tokenizer, spec)[:5]
         want = [alone(setup, item) for item in items]
-        got = sampler.sample_batch(model, items, tokenizer, CPU)
+        got = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
     finally:
         torch.set_num_threads(before)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):

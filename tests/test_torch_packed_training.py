@@ -1,16 +1,18 @@
 """The training forward and backward through oneDNN-packed frozen weights (``packed.py``) equal the
-plain ``linear`` path (``TINKER_STD_PACKED_WEIGHTS=0``) within the ``fp32`` class: logprobs
+plain ``linear`` path (``TorchSettings.packed_weights`` off) within the ``fp32`` class: logprobs
 ``atol 1e-4``, LoRA gradients ``rtol 1e-4`` (two GEMM kernels round differently)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from tinker_std.backends.torch import TorchEngine, packed
+from tinker_std.backends.torch import TorchEngine
+from tinker_std.backends.torch.fast import packed
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
 
@@ -43,10 +45,10 @@ def test_packed_training_matches_the_plain_path(engine: TorchEngine, monkeypatch
         engine.optim_step(model_id, AdamParams(learning_rate=1e-2))
     fast = engine.forward_backward(model_id, batch, "cross_entropy", {}, True)
     grads_fast = {k: v.copy() for k, v in engine.read_state(model_id).grads.items()}
-    base = engine._bases[MODEL].model
+    base = engine.bases.loaded[MODEL].model
     assert any(packed._ATTRIBUTE + "_t" in m.__dict__ for m in base.modules()), "the backward used no packed weight"
 
-    monkeypatch.setenv("TINKER_STD_PACKED_WEIGHTS", "0")
+    monkeypatch.setattr(engine, "settings", dataclasses.replace(engine.settings, packed_weights=False))
     plain = engine.forward_backward(model_id, batch, "cross_entropy", {}, True)
     total = engine.read_state(model_id).grads
     for f, p in zip(fast.loss_fn_outputs, plain.loss_fn_outputs, strict=True):

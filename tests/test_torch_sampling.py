@@ -21,6 +21,7 @@ from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError, ContextLengthError
 from tinker_std.types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, AdamParams, Datum, LoraConfig, ModelInput
 
+from _support import sample_one
 from _support import sample_request as request
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,15 +69,15 @@ def test_seeded_sampling_is_reproducible_and_per_sequence(
     _, sampler_id = trained
     prompt = tokenizer.encode("Once upon a time")
     params = {"max_tokens": 12, "stop": [], "seed": 1234, "temperature": 1.0}
-    four = engine.sample(sampler_id, request(prompt, 4, **params)).sequences
-    again = engine.sample(sampler_id, request(prompt, 4, **params)).sequences
-    one = engine.sample(sampler_id, request(prompt, 1, **params)).sequences
+    four = sample_one(engine, sampler_id, request(prompt, 4, **params)).sequences
+    again = sample_one(engine, sampler_id, request(prompt, 4, **params)).sequences
+    one = sample_one(engine, sampler_id, request(prompt, 1, **params)).sequences
     for a, b in zip(four, again, strict=True):
         assert a.tokens == b.tokens and a.logprobs == b.logprobs
     assert one[0].tokens == four[0].tokens
     np.testing.assert_allclose(one[0].logprobs, four[0].logprobs or [], rtol=0, atol=1e-5)
     assert len({tuple(s.tokens) for s in four}) == 4, "distinct sequences draw from distinct streams"
-    other = engine.sample(sampler_id, request(prompt, 4, **{**params, "seed": 99})).sequences
+    other = sample_one(engine, sampler_id, request(prompt, 4, **{**params, "seed": 99})).sequences
     assert [s.tokens for s in other] != [s.tokens for s in four]
 
 
@@ -85,14 +86,15 @@ def test_greedy_is_the_argmax_of_the_forward_logits(
 ) -> None:
     model_id, sampler_id = trained
     prompt = tokenizer.encode("The cat sat on")
-    seqs = engine.sample(sampler_id, request(prompt, 2, max_tokens=10, stop=[], temperature=0.0, top_k=3)).sequences
+    greedy = request(prompt, 2, max_tokens=10, stop=[], temperature=0.0, top_k=3)
+    seqs = sample_one(engine, sampler_id, greedy).sequences
     assert seqs[0].tokens == seqs[1].tokens and seqs[0].stop_reason == "length" and len(seqs[0].tokens) == 10
     import torch
 
     from tinker_std.backends.torch.adapters import activate
 
-    base = engine._base(MODEL)
-    activate(base.model, engine._models[model_id].adapter, trainable=False)
+    base = engine.bases.get(MODEL)
+    activate(base.model, engine.training.models[model_id].adapter, trainable=False)
     with torch.no_grad():
         logits = base.model(torch.tensor([prompt + seqs[0].tokens])).logits[0]
     argmax = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
@@ -114,7 +116,7 @@ def test_sampled_logprobs_are_raw_forward_logprobs(
     model_id, sampler_id = trained
     prompt = tokenizer.encode("Paris is")
     worst = 0.0
-    for seq in engine.sample(sampler_id, request(prompt, 3, max_tokens=16, stop=[], seed=5, **params)).sequences:
+    for seq in sample_one(engine, sampler_id, request(prompt, 3, max_tokens=16, stop=[], seed=5, **params)).sequences:
         assert seq.logprobs is not None and len(seq.logprobs) == len(seq.tokens) == 16
         want = forward_logprobs(engine, model_id, prompt + seq.tokens)[len(prompt) - 1 :]
         worst = max(worst, float(np.abs(np.array(seq.logprobs) - want).max()))
@@ -127,32 +129,32 @@ def test_stops(engine: TorchEngine, trained: tuple[str, str], tokenizer: Any) ->
     hello = tokenizer.encode("Hello, world!")
     greedy = {"temperature": 0.0, "max_tokens": 5}
     # the adapter learned to end "Hello, world!" with EOS: the default stop
-    (seq,) = engine.sample(sampler_id, request(hello, **greedy)).sequences
+    (seq,) = sample_one(engine, sampler_id, request(hello, **greedy)).sequences
     assert seq.tokens == [eos] and seq.stop_reason == "stop"
-    (seq,) = engine.sample(sampler_id, request(hello, **{**greedy, "max_tokens": 1})).sequences
+    (seq,) = sample_one(engine, sampler_id, request(hello, **{**greedy, "max_tokens": 1})).sequences
     assert seq.tokens == [eos] and seq.stop_reason == "stop", "a stop at max_tokens is still a stop"
     # stop=[] disables EOS; an explicit list replaces it
-    (seq,) = engine.sample(sampler_id, request(hello, **greedy, stop=[])).sequences
+    (seq,) = sample_one(engine, sampler_id, request(hello, **greedy, stop=[])).sequences
     assert seq.tokens[0] == eos and len(seq.tokens) == 5 and seq.stop_reason == "length"
     run = seq.tokens
-    (seq,) = engine.sample(sampler_id, request(hello, **greedy, stop=[run[2]])).sequences
+    (seq,) = sample_one(engine, sampler_id, request(hello, **greedy, stop=[run[2]])).sequences
     assert seq.tokens == run[: run.index(run[2]) + 1] and seq.stop_reason == "stop"
     # stop strings: stop after the first token whose decoded completion contains the string
     prompt = tokenizer.encode("The quick")
-    (long_run,) = engine.sample(sampler_id, request(prompt, temperature=0.0, max_tokens=12, stop=[])).sequences
+    (long_run,) = sample_one(engine, sampler_id, request(prompt, temperature=0.0, max_tokens=12, stop=[])).sequences
     text = tokenizer.decode(long_run.tokens)
     needle = text[len(text) // 2 : len(text) // 2 + 2]
     assert needle.strip(), f"pick a visible stop string from {text!r}"
     expected = next(n for n in range(1, 13) if needle in tokenizer.decode(long_run.tokens[:n]))
     for stop in (needle, [needle, "never-there"]):
-        (seq,) = engine.sample(sampler_id, request(prompt, temperature=0.0, max_tokens=12, stop=stop)).sequences
+        (seq,) = sample_one(engine, sampler_id, request(prompt, temperature=0.0, max_tokens=12, stop=stop)).sequences
         assert seq.tokens == long_run.tokens[:expected] and seq.stop_reason == "stop"
 
 
 def test_prompt_logprobs_and_topk(engine: TorchEngine, trained: tuple[str, str], tokenizer: Any) -> None:
     model_id, sampler_id = trained
     prompt = tokenizer.encode("The quick brown fox")
-    response = engine.sample(sampler_id, request(prompt, max_tokens=1, include=True, topk=4))
+    response = sample_one(engine, sampler_id, request(prompt, max_tokens=1, include=True, topk=4))
     lps, tops = response.prompt_logprobs, response.topk_prompt_logprobs
     assert lps is not None and tops is not None and len(lps) == len(tops) == len(prompt)
     assert lps[0] is None and tops[0] is None
@@ -165,10 +167,10 @@ def test_prompt_logprobs_and_topk(engine: TorchEngine, trained: tuple[str, str],
         if prompt[i] in [t for t, _ in row]:
             assert dict(row)[prompt[i]] == pytest.approx(lps[i], abs=1e-6)
         assert row[0][1] >= (lps[i] or 0.0) - 1e-6
-    plain = engine.sample(sampler_id, request(prompt, max_tokens=1))
+    plain = sample_one(engine, sampler_id, request(prompt, max_tokens=1))
     assert plain.prompt_logprobs is None and plain.topk_prompt_logprobs is None
-    v = engine._base(MODEL).vocab_size
-    wide = engine.sample(sampler_id, request(prompt[:2], max_tokens=1, topk=v + 3)).topk_prompt_logprobs
+    v = engine.bases.get(MODEL).vocab_size
+    wide = sample_one(engine, sampler_id, request(prompt[:2], max_tokens=1, topk=v + 3)).topk_prompt_logprobs
     assert wide is not None and wide[1] is not None and len(wide[1]) == v + 3
     assert wide[1][v:] == [(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)] * 3
     assert sorted(t for t, _ in wide[1][:v]) == list(range(v))
@@ -180,7 +182,7 @@ def test_a_fresh_adapter_samples_like_the_base_model(engine: TorchEngine, tokeni
     base = engine.create_sampler(base_model=MODEL).sampler_id
     prompt = tokenizer.encode("Monday, Tuesday")
     req = request(prompt, 3, include=True, topk=2, max_tokens=8, stop=[], seed=7, temperature=1.0)
-    a, b = engine.sample(snapshot, req), engine.sample(base, req)
+    a, b = sample_one(engine, snapshot, req), sample_one(engine, base, req)
     assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
     assert [s.logprobs for s in a.sequences] == [s.logprobs for s in b.sequences]
     assert a.prompt_logprobs == b.prompt_logprobs and a.topk_prompt_logprobs == b.topk_prompt_logprobs
@@ -188,18 +190,18 @@ def test_a_fresh_adapter_samples_like_the_base_model(engine: TorchEngine, tokeni
 
 def test_request_checks(engine: TorchEngine, trained: tuple[str, str]) -> None:
     _, sampler_id = trained
-    v = engine._base(MODEL).vocab_size
+    v = engine.bases.get(MODEL).vocab_size
     with pytest.raises(ContextLengthError) as info:
-        engine.sample(sampler_id, request([5] * 256))
+        sample_one(engine, sampler_id, request([5] * 256))
     assert info.value.field == "prompt"
     with pytest.raises(ContextLengthError) as info:
-        engine.sample(sampler_id, request([5] * 250, max_tokens=7))
+        sample_one(engine, sampler_id, request([5] * 250, max_tokens=7))
     assert info.value.field == "sampling_params.max_tokens"
-    seq = engine.sample(sampler_id, request([5] * 250, max_tokens=6, stop=[])).sequences[0]
+    seq = sample_one(engine, sampler_id, request([5] * 250, max_tokens=6, stop=[])).sequences[0]
     assert len(seq.tokens) == 6
     for prompt in ([], [5, v]):
         with pytest.raises(BadRequestError) as info:
-            engine.sample(sampler_id, request(prompt))
+            sample_one(engine, sampler_id, request(prompt))
         assert info.value.field == "prompt"
 
 
@@ -208,5 +210,5 @@ def test_builtin_models_listed_and_qwen3_samples(engine: TorchEngine, tmp_path: 
     assert names[:2] == ["tiny-llama", "tiny-qwen3"]
     sampler_id = engine.create_sampler(base_model="tiny-qwen3").sampler_id
     tok = engine.tokenizer("tiny-qwen3")
-    seqs = engine.sample(sampler_id, request(tok.encode("Hello"), 2, max_tokens=5, stop=[], seed=0)).sequences
+    seqs = sample_one(engine, sampler_id, request(tok.encode("Hello"), 2, max_tokens=5, stop=[], seed=0)).sequences
     assert [len(s.tokens) for s in seqs] == [5, 5]

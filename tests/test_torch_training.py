@@ -181,7 +181,7 @@ def test_micro_batches_give_the_whole_batch_result(
         out = eng.forward_backward(model_id, data, "cross_entropy", {}, True)
         results.append((out, eng.read_state(model_id)))
     (whole, whole_state), (micro, micro_state) = results
-    assert len(small._micro_batches(data, 384)) > 1
+    assert len(small.passes.micro_batches(data, 384)) > 1
     for a, b in zip(whole.loss_fn_outputs, micro.loss_fn_outputs, strict=True):
         np.testing.assert_allclose(a["logprobs"].to_numpy(), b["logprobs"].to_numpy(), rtol=0, atol=1e-4)
     assert abs(whole.metrics["loss:sum"] - micro.metrics["loss:sum"]) <= 1e-4 * abs(whole.metrics["loss:sum"])

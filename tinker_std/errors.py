@@ -4,11 +4,21 @@ Names follow the official ``tinker`` SDK so that ported ``except`` clauses keep 
 ``BadRequestError``, ``NotFoundError``, ``ConflictError``, ``RequestFailedError`` and their
 common base ``TinkerError``. ``Unsupported`` is tinker-std's own: a backend was asked for an
 optional capability it does not declare.
+
+Every error carries its HTTP ``status_code`` (spec ERR-1: 400, 404, 409 for the classes named
+there; 400 for any other typed error, 500 for a failure of the server side) and whether the same
+request may succeed later (``retryable``). It crosses a process or network boundary as plain data
+(``None``, bools, numbers, strings, lists, str-keyed dicts) with ``to_payload()`` and is rebuilt,
+same class and attributes, with ``TinkerError.from_payload()``; ``error_payload`` encodes any
+exception (one that is not a ``TinkerError`` as a server-side ``RequestFailedError``).
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 __all__ = [
+    "error_payload",
     "TinkerError",
     "BadRequestError",
     "ContextLengthError",
@@ -21,8 +31,58 @@ __all__ = [
 ]
 
 
+def _key(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
 class TinkerError(Exception):
     """Base class of every error raised by tinker-std."""
+
+    status_code: ClassVar[int] = 400
+    retryable: ClassVar[bool] = False
+    #: ``"module:qualname"`` -> class, for every subclass defined so far (``from_payload``)
+    _classes: ClassVar[dict[str, type[TinkerError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        TinkerError._classes[_key(cls)] = cls
+
+    def to_payload(self) -> dict[str, Any]:
+        """This error as plain data: ``type`` (class name), ``classes`` (``"module:qualname"`` of
+        the class and its ``TinkerError`` ancestors, most specific first), ``message``,
+        ``status_code``, ``retryable`` and ``attributes`` (the instance's plain attributes, e.g.
+        ``field`` and ``problem`` of a ``BadRequestError``)."""
+        return {
+            "type": type(self).__name__,
+            "classes": [_key(c) for c in type(self).__mro__ if isinstance(c, type) and issubclass(c, TinkerError)],
+            "message": str(self),
+            "status_code": self.status_code,
+            "retryable": self.retryable,
+            "attributes": {k: v for k, v in vars(self).items() if _plain(v)},
+        }
+
+    @staticmethod
+    def from_payload(payload: dict[str, Any]) -> TinkerError:
+        """The error ``to_payload`` encoded: an instance of the most specific of its classes that
+        is defined in this process (at least ``TinkerError``), with its message and attributes.
+        No constructor runs and nothing is imported."""
+        found = next((TinkerError._classes[k] for k in payload.get("classes", ()) if k in TinkerError._classes), None)
+        cls = found or TinkerError
+        error = cls.__new__(cls)
+        Exception.__init__(error, payload["message"])
+        for name, value in dict(payload.get("attributes") or {}).items():
+            setattr(error, name, value)
+        return error
 
 
 class BadRequestError(TinkerError):
@@ -63,6 +123,8 @@ class RequestFailedError(TinkerError):
     failed, ``"unknown"`` otherwise. The original exception is chained as ``__cause__``.
     """
 
+    status_code = 500
+
     def __init__(self, message: str, *, request_id: str = "", category: str = "unknown") -> None:
         self.request_id = request_id
         self.category = category
@@ -81,6 +143,8 @@ class Unsupported(TinkerError):
 class BackendValidationError(TinkerError):
     """A backend class does not satisfy the backend contract (raised at registration)."""
 
+    status_code = 500
+
 
 class IncompatibleEnvironmentError(TinkerError):
     """The installed packages cannot run a backend (raised when the backend starts, before any request).
@@ -89,8 +153,21 @@ class IncompatibleEnvironmentError(TinkerError):
     absent); ``fix`` is a command that installs a working set.
     """
 
+    status_code = 500
+
     def __init__(self, problem: str, *, installed: dict[str, str], fix: str) -> None:
         self.problem = problem
         self.installed = installed
         self.fix = fix
         super().__init__(f"{problem} Fix: {fix}")
+
+
+TinkerError._classes[_key(TinkerError)] = TinkerError
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """``exc.to_payload()`` for a ``TinkerError``; any other exception as a ``RequestFailedError``
+    of category ``server`` whose message names the original type."""
+    if isinstance(exc, TinkerError):
+        return exc.to_payload()
+    return RequestFailedError(f"{type(exc).__name__}: {exc}", category="server").to_payload()

@@ -1,7 +1,8 @@
 """Backend registry: names -> backend classes (spec BE-8..BE-10).
 
-Names resolve through a built-in table, then the ``tinker_std.backends`` entry-point group;
-a ``module:Class`` string or a class/instance is accepted directly.
+Every backend, built-in or third-party, is registered one way: an entry point in the
+``tinker_std.backends`` group (the built-ins' are in tinker-std's own ``pyproject.toml``). Names
+resolve through that group; a ``module:Class`` string or a class/instance is accepted directly.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from .capabilities import Capabilities
 from .errors import BackendValidationError, NotFoundError
 
 __all__ = [
-    "BUILTIN_BACKENDS",
+    "BUILTIN_PACKAGE",
     "ENTRY_POINT_GROUP",
+    "builtin_backends",
     "available_backends",
     "load_backend_class",
     "create_backend",
@@ -28,14 +30,13 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "tinker_std.backends"
-BUILTIN_BACKENDS: dict[str, str] = {
-    "mock": "tinker_std.backends.mock:MockBackend",
-    "torch": "tinker_std.backends.torch:TorchBackend",
-    "minimal": "tinker_std.backends.minimal:MinimalBackend",
-    "fsdp": "tinker_std.backends.fsdp:FsdpBackend",
-    "modal": "tinker_std.backends.modal:ModalBackend",
-    "tinker": "tinker_std.backends.tinker:TinkerBackend",
-}
+#: Where the built-in backends live: their entry points (``pyproject.toml``) point into this package.
+BUILTIN_PACKAGE = "tinker_std.backends."
+
+
+def builtin_backends() -> dict[str, str]:
+    """The built-in backends' names -> ``module:Class``, from their entry points."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.value.startswith(BUILTIN_PACKAGE)}
 
 
 def default_backend_name() -> str:
@@ -49,8 +50,8 @@ def default_backend_name() -> str:
 
 
 def available_backends() -> dict[str, str]:
-    """Every known backend name -> ``module:Class``."""
-    found = dict(BUILTIN_BACKENDS)
+    """Every known backend name -> ``module:Class``: the built-ins first, then the others' entry points."""
+    found = builtin_backends()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.value)
     return found

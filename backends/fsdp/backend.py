@@ -1,8 +1,9 @@
 """``FsdpBackend``: the torch backend's engine, sharded over ``torch.distributed`` ranks with FSDP2.
 
 The user's process holds the coordinator: ``FsdpBackend`` is ``TorchBackend`` (same queue, same
-method bodies) whose ``engine`` is a ``RankEngine``, a stand-in that forwards every engine call to
-all ranks of a ``RankGroup`` and returns rank 0's answer. Each rank runs the real ``TorchEngine``
+method bodies) constructed with ``engine=RankEngine(...)``, an implementation of the torch
+``Engine`` protocol that forwards every engine call to all ranks of a ``RankGroup`` and returns
+rank 0's answer. Each rank runs the real ``TorchEngine``
 with an ``FsdpPlacement`` (``placement.py``). Because the queue hands the engine one call at a
 time, in arrival order, every rank executes the same calls in the same order.
 
@@ -18,43 +19,47 @@ import dataclasses
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from tinker_std.backend import ModelSpec, SampleRequest, Tokenizer
-from tinker_std.capabilities import Capabilities
+from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.capabilities import Precision
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.types import LoraConfig, SampleResponse, SupportedModel
+from tinker_std.types import (
+    AdamParams,
+    ForwardBackwardOutput,
+    LoraConfig,
+    OptimStepResponse,
+    ParsedCheckpointTinkerPath,
+    SampleResponse,
+    SupportedModel,
+)
 
-from ..torch.backend import _OPTIONAL, TorchBackend
+from ..torch.backend import TorchBackend
 from ..torch.batching import BatchingMode
-from ..torch.engine import TorchEngine, precision
-from ..torch.scheduler import EngineQueue
+from ..torch.engine import TorchEngine
+from ..torch.engine_protocol import ForwardBackwardJob
+from ..torch.precision import precision_of
 from .group import RankGroup
 
 __all__ = ["FsdpBackend", "FsdpBackendBF16", "FsdpBackendFP32", "RankEngine"]
 
 
 class RankEngine:
-    """The ``TorchEngine`` interface that ``TorchBackend`` uses, executed on every rank.
+    """The torch ``Engine`` (``backends/torch/engine_protocol.py``) executed on every rank: each
+    call goes to all ranks of ``group`` and rank 0's answer comes back.
 
-    Metadata calls (``tokenizer``, ``supported_models``) are answered by a local engine that never
-    loads weights."""
+    Metadata calls (``tokenizer``, ``supported_models``) are answered by ``local``, an engine that
+    never loads weights. ``precision``: what the ranks compute in (``precision_of`` their options)."""
 
-    def __init__(self, group: RankGroup, local: TorchEngine) -> None:
+    def __init__(
+        self, group: RankGroup, local: TorchEngine, checkpoint_store: CheckpointStore, precision: Precision
+    ) -> None:
         self.group = group
         self.local = local
-
-    def __getattr__(self, method: str) -> Any:
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self.group.call(method, *args, **kwargs)
-
-        call.__name__ = method
-        return call
+        self.checkpoint_store = checkpoint_store
+        self.precision: Precision = precision
 
     def supported_models(self) -> list[SupportedModel]:
         return self.local.supported_models()
@@ -67,6 +72,46 @@ class RankEngine:
             lora = lora.model_copy(update={"seed": secrets.randbits(63)})
         spec: ModelSpec = self.group.call("create_model", base_model, lora)
         return spec
+
+    def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
+        spec: ModelSpec = self.group.call("load_model", path, with_optimizer)
+        return spec
+
+    def release_model(self, model_id: str) -> None:
+        self.group.call("release_model", model_id)
+
+    def forward_backward_many(self, jobs: Sequence[ForwardBackwardJob]) -> list[ForwardBackwardOutput | Exception]:
+        results: list[ForwardBackwardOutput | Exception] = self.group.call("forward_backward_many", jobs)
+        return results
+
+    def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
+        response: OptimStepResponse = self.group.call("optim_step", model_id, params)
+        return response
+
+    def read_state(self, model_id: str) -> AdapterState:
+        state: AdapterState = self.group.call("read_state", model_id)
+        return state
+
+    def save_state(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        self.group.call("save_state", model_id, path, overwrite)
+
+    def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
+        self.group.call("save_weights_for_sampler", model_id, path, overwrite)
+
+    def create_sampler(
+        self,
+        *,
+        base_model: str | None = None,
+        model_path: ParsedCheckpointTinkerPath | None = None,
+        model_id: str | None = None,
+    ) -> SamplerSpec:
+        spec: SamplerSpec = self.group.call(
+            "create_sampler", base_model=base_model, model_path=model_path, model_id=model_id
+        )
+        return spec
+
+    def release_sampler(self, sampler_id: str) -> None:
+        self.group.call("release_sampler", sampler_id)
 
     def sample_many(self, items: Sequence[tuple[str, SampleRequest]]) -> list[SampleResponse | Exception]:
         seeded = []
@@ -88,8 +133,9 @@ class RankEngine:
         self.group.close()
 
 
-class FsdpBackend(TorchBackend):
-    """``TorchBackend`` over ``world_size`` ranks (see the module doc and ``docs/fsdp.md``).
+class FsdpBackend(TorchBackend, family=True):
+    """``TorchBackend`` serving a ``RankEngine`` over ``world_size`` ranks (see the module doc and
+    ``docs/fsdp.md``).
 
     Options: those of ``TorchBackend`` (``checkpoint_dir``, ``device``, ``dtype``, ``models``,
     ``max_context_length``; ``batching`` is accepted and ignored: ranks run one pass per client),
@@ -103,13 +149,6 @@ class FsdpBackend(TorchBackend):
     """
 
     name: ClassVar[str] = "fsdp"
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL | {"deterministic"}, tolerance="fp32")
-
-    def __new__(cls, **options: Any) -> FsdpBackend:
-        if cls is FsdpBackend:
-            variants = {"bf16": FsdpBackendBF16, "fp32": FsdpBackendFP32}
-            cls = variants.get(precision(options.get("device"), options.get("dtype")), cls)
-        return object.__new__(cls)
 
     def __init__(
         self,
@@ -132,8 +171,8 @@ class FsdpBackend(TorchBackend):
             raise ValueError(f"world_size must be a positive int, got {world_size!r}")
         if attach is not None and authkey is None:
             raise ValueError("attach needs authkey: the hex key the externally launched ranks present")
-        self.checkpoint_store = CheckpointStore(checkpoint_dir)
-        local = TorchEngine(self.checkpoint_store, device="cpu", models=models, max_context_length=max_context_length)
+        store = CheckpointStore(checkpoint_dir)
+        local = TorchEngine(store, device="cpu", models=models, max_context_length=max_context_length)
         engine_options = {
             "device": None if device is None else str(device),
             "dtype": None if dtype is None else str(dtype),
@@ -142,7 +181,7 @@ class FsdpBackend(TorchBackend):
         }
         init = {
             "options": engine_options,
-            "checkpoint_dir": str(self.checkpoint_store.root.resolve()),
+            "checkpoint_dir": str(store.root.resolve()),
             "token": secrets.token_hex(6),
             "threads": threads,
             "timeout": timeout,
@@ -151,19 +190,12 @@ class FsdpBackend(TorchBackend):
         self.group = RankGroup(
             world_size, init, attach=attach, authkey=authkey, start_timeout=start_timeout, master_port=master_port
         )
-        self.engine = RankEngine(self.group, local)  # type: ignore[assignment]
-        self.queue = EngineQueue(
-            {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many}
-        )
+        super().__init__(engine=RankEngine(self.group, local, store, precision_of(device, dtype)))
 
 
-class FsdpBackendFP32(FsdpBackend):
+class FsdpBackendFP32(FsdpBackend, precision="fp32"):
     """``FsdpBackend`` in float32 off CPU: tolerance class ``fp32``, no bit-exact replay promise."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="fp32")
 
-
-class FsdpBackendBF16(FsdpBackend):
+class FsdpBackendBF16(FsdpBackend, precision="bf16"):
     """``FsdpBackend`` in bfloat16 or float16 (the GPU default): tolerance class ``bf16``."""
-
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="bf16")

@@ -5,8 +5,9 @@ What it changes in ``TorchEngine`` (see ``backends/torch/placement.py`` for the 
 * **Base model**: every decoder layer and then the Hugging Face model itself (the root: its
   embeddings, final norm and LM head, tied or not) become FSDP2 units (``fully_shard`` on a 1-D
   device mesh over all ranks), so each rank holds about 1/N of the frozen base. The root is the
-  inner model, not a ``PeftModel`` wrapper: its pre-forward hook is what unshards the embedding,
-  so sampling works too (``/work/shared/reference/backends-and-tools.md`` section 4).
+  inner model, not a ``PeftModel`` wrapper: its pre-forward hook is what unshards the embedding
+  (FSDP2 gathers a unit's parameters in that unit's own pre-forward hook), so sampling, which
+  calls the inner model directly, works too.
 * **LoRA adapters** are added AFTER sharding, at any time, as plain (replicated) tensors that FSDP
   does not manage. They are a tiny fraction of the model; keeping them whole on every rank means
   adapters can be created and released at any time, AdamW runs the same on every rank, and the
@@ -36,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from tinker_std.checkpoints import CheckpointStore
+from tinker_std.client.chunking import merge_outputs
 from tinker_std.types import Datum, ForwardBackwardOutput, ParsedCheckpointTinkerPath
 
 from ..torch import storage
@@ -114,11 +116,7 @@ class FsdpPlacement(Placement):
         parts: list[ForwardBackwardOutput | None] = [None] * self.world_size
         dist.all_gather_object(parts, local)
         present = [p for p in parts if p is not None]
-        return ForwardBackwardOutput(
-            loss_fn_output_type="TensorData",
-            loss_fn_outputs=[o for p in present for o in p.loss_fn_outputs],
-            metrics={"loss:sum": float(sum(p.metrics["loss:sum"] for p in present))},
-        )
+        return merge_outputs(present, [len(p.loss_fn_outputs) for p in present])
 
     # -- gradients --------------------------------------------------------------------------------
 

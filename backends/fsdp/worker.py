@@ -72,9 +72,10 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
         import torch
         import torch.distributed as dist
 
-        from tinker_std.backends.torch.engine import TorchEngine, resolve_device
         from tinker_std.checkpoints import CheckpointStore
 
+        from ..torch.engine import TorchEngine
+        from ..torch.precision import resolve_device
         from .placement import FsdpPlacement
 
         torch.set_num_threads(int(init.get("threads") or 1))
@@ -97,7 +98,7 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
             placement=placement,
         )
         for name in init.get("preload") or []:
-            engine._base(name)
+            engine.bases.get(name)
     except BaseException as exc:
         conn.send(("failed", pack(exc, rank)))
         raise
@@ -131,7 +132,7 @@ def _parameter_bytes(engine: Any) -> dict[str, dict[str, int]]:
 
     return {
         name: {"base": local_parameter_bytes(b.model), "adapters": local_parameter_bytes(b.model, adapters=True)}
-        for name, b in engine._bases.items()
+        for name, b in engine.bases.loaded.items()
     }
 
 

@@ -14,7 +14,7 @@ chunking of large batches, and custom losses. What is left, and lives in this fi
 1. a model: ``forward(tokens, adapter) -> logits``, here a tiny one-block transformer of its own
    over a byte vocabulary, with LoRA on every linear layer (spec 08-lora.md);
 2. the engine calls of ``tinker_std.backend.Backend``, almost all of them a few lines thanks to
-   ``tinker_std.engine`` (every loss, backward, outputs, AdamW) and
+   ``tinker_std.training_math`` (every loss, backward, outputs, AdamW) and
    ``tinker_std.checkpoints.CheckpointStore`` (atomic checkpoint folders);
 3. a sampler: a plain decode loop that recomputes the whole sequence for every token (no KV
    cache; slow but obviously right), using the shared rules of ``tinker_std.sampling_rules`` for
@@ -40,9 +40,9 @@ import torch
 from tinker_std.backend import Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.errors import BadRequestError, NotFoundError
 from tinker_std.sampling_rules import StopRule, choose_token, prompt_scores, sequence_generator, token_budget
+from tinker_std.training_math import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -221,7 +221,7 @@ class MinimalBackend(Backend):
     """
 
     name: ClassVar[str] = "minimal"
-    # Optional capabilities. Declared: what costs nothing here, since tinker_std.engine evaluates
+    # Optional capabilities. Declared: what costs nothing here, since tinker_std.training_math evaluates
     # every loss and gathers (N, K) targets and CheckpointStore lists and deletes checkpoints.
     # Not declared: introspection (it needs read_state) and deterministic (a promise about the
     # hardware). seeded_sampling and topk_prompt_logprobs would be nearly free too (the shared

@@ -1,7 +1,7 @@
 """``MockBackend``: the in-process reference backend, and the worked example of writing one.
 
 It serves tiny float64 causal LMs (``model.py``) with a byte tokenizer (``tokenizer.py``), trains
-LoRA adapters (``lora.py``) with the shared loss and AdamW code of ``tinker_std.engine``, samples
+LoRA adapters (``lora.py``) with the shared loss and AdamW code of ``tinker_std.training_math``, samples
 with a KV-cached decode loop (``sampler.py``) and stores checkpoints through
 ``tinker_std.checkpoints.CheckpointStore`` (``storage.py``). Everything is deterministic and
 starts instantly, so it backs the conformance suite and fast tests. It declares every optional
@@ -26,8 +26,8 @@ import torch
 from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.engine import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.errors import BadRequestError, ContextLengthError, NotFoundError
+from tinker_std.training_math import adamw_step, run_forward_backward, target_logprobs
 from tinker_std.types import (
     AdamParams,
     Datum,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
-from tinker_std.capabilities import Capabilities
+from tinker_std.capabilities import Precision, PrecisionVariants
 from tinker_std.errors import NotFoundError, RequestFailedError, TinkerError
 from tinker_std.types import (
     AdamParams,
@@ -39,19 +39,18 @@ from tinker_std.types import (
     SampleResponse,
 )
 
+from ..torch.backend import TORCH_OPTIONAL_CAPABILITIES
 from . import wire
 from .errors import ContainerLostError, require_credentials, require_modal
 from .handles import DeployedApp, EphemeralApp, HandleFactory, LocalApp
 from .settings import APP_NAME, CHECKPOINT_MOUNT
 from .wire import Payload
 
-__all__ = ["ModalBackend", "ModalBackendFP32", "ModalBackendBF16", "offline_from_env"]
+__all__ = ["MODAL_OPTIONAL_CAPABILITIES", "ModalBackend", "ModalBackendFP32", "ModalBackendBF16", "offline_from_env"]
 
 #: As ``torch`` declares, less ``checkpoint_management``: the checkpoints live on a Modal Volume,
 #: listed and downloaded with Modal's tools (docs/modal.md), not through a local store.
-_OPTIONAL = frozenset(
-    {"loss:cispo", "loss:dro", "loss:gspo", "soft_targets", "introspection", "seeded_sampling", "topk_prompt_logprobs"}
-)
+MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {"checkpoint_management"}
 
 
 def _env(name: str) -> str | None:
@@ -67,7 +66,7 @@ def offline_from_env() -> bool:
     return _truthy(_env("OFFLINE"))
 
 
-class ModalBackend(Backend):
+class ModalBackend(PrecisionVariants, Backend):
     """The torch engine in Modal containers.
 
     Options (each not given falls back to ``$TINKER_STD_MODAL_<NAME>``, e.g. ``TINKER_STD_MODAL_GPU``,
@@ -90,15 +89,16 @@ class ModalBackend(Backend):
     """
 
     name: ClassVar[str] = "modal"
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL | {"deterministic"}, tolerance="fp32")
+    optional_capabilities: ClassVar[frozenset[str]] = MODAL_OPTIONAL_CAPABILITIES
 
-    def __new__(cls, **options: Any) -> ModalBackend:
-        if cls is ModalBackend:
-            offline = options.get("offline")
-            if not (offline_from_env() if offline is None else offline):
-                dtype = str(options.get("dtype") or "bfloat16").replace("torch.", "")
-                cls = ModalBackendFP32 if dtype == "float32" else ModalBackendBF16
-        return super().__new__(cls)
+    @classmethod
+    def precision_for(cls, options: Mapping[str, Any]) -> Precision:
+        """Offline: the CPU (``cpu``); on Modal GPUs ``fp32`` for ``dtype="float32"``, else ``bf16``."""
+        offline = options.get("offline")
+        if offline_from_env() if offline is None else offline:
+            return "cpu"
+        dtype = str(options.get("dtype") or "bfloat16").replace("torch.", "")
+        return "fp32" if dtype == "float32" else "bf16"
 
     def __init__(
         self,
@@ -356,13 +356,9 @@ class ModalBackend(Backend):
         return wire.decode_sample_response(result)
 
 
-class ModalBackendFP32(ModalBackend):
+class ModalBackendFP32(ModalBackend, precision="fp32"):
     """``ModalBackend`` on GPUs in float32: tolerance class ``fp32``, no bit-exact replay promise."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="fp32")
 
-
-class ModalBackendBF16(ModalBackend):
+class ModalBackendBF16(ModalBackend, precision="bf16"):
     """``ModalBackend`` on GPUs in bfloat16 (the default there): tolerance class ``bf16``."""
-
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="bf16")

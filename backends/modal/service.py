@@ -79,7 +79,7 @@ class ContainerService:
         unknown = set(engine_options) - _ENGINE_OPTIONS
         if unknown:
             raise TypeError(f"unknown engine options {sorted(unknown)}; known: {sorted(_ENGINE_OPTIONS)}")
-        from tinker_std.backends.torch import TorchBackend
+        from ..torch import TorchBackend
 
         self.instance_id = uuid.uuid4().hex[:12]
         self.base_model = base_model
@@ -203,7 +203,7 @@ def committing_torch_backend(after_write: Callable[[], None], **options: Any) ->
     """A torch backend that calls ``after_write`` (the Volume commit) after every checkpoint it
     writes, for containers that serve it directly (``web.py``'s HTTP endpoint). Float32 gets
     ``TorchBackendFP32``'s capabilities, anything else ``TorchBackendBF16``'s (a GPU container)."""
-    from tinker_std.backends.torch import TorchBackendBF16, TorchBackendFP32
+    from ..torch import TorchBackendBF16, TorchBackendFP32
 
     base: type[Any] = TorchBackendFP32 if str(options.get("dtype", "")).endswith("float32") else TorchBackendBF16
 

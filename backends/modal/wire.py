@@ -10,7 +10,7 @@ Arrays travel as ``{"dtype", "shape", "data"}`` with little-endian ``data`` byte
 token ids as int32 (int64 when an id does not fit), ``TensorData`` in its own dtype, and floats
 that are not tensors (logprobs) as float32 when that is lossless, float64 otherwise. ``None``
 inside a float array (``prompt_logprobs[0]``) is NaN plus a mask. Errors cross as
-``{"type", ...fields}`` and are rebuilt as the same ``tinker_std.errors`` class.
+``TinkerError.to_payload()`` and are rebuilt as the same ``tinker_std.errors`` class.
 """
 
 from __future__ import annotations
@@ -23,16 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec
-from tinker_std.errors import (
-    BadRequestError,
-    ConflictError,
-    ContextLengthError,
-    IncompatibleEnvironmentError,
-    NotFoundError,
-    RequestFailedError,
-    TinkerError,
-    Unsupported,
-)
+from tinker_std.errors import TinkerError, error_payload
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -382,43 +373,12 @@ def decode_sample_response(payload: Payload) -> SampleResponse:
 
 
 def encode_error(exc: BaseException) -> Payload:
-    """A raised exception as plain data. tinker-std's typed errors keep their class and fields;
-    anything else becomes a ``RequestFailedError`` (category ``server``) naming the original type."""
-    if isinstance(exc, BadRequestError):
-        kind = "ContextLengthError" if isinstance(exc, ContextLengthError) else "BadRequestError"
-        return {"type": kind, "field": exc.field, "problem": exc.problem}
-    if isinstance(exc, Unsupported):
-        return {"type": "Unsupported", "capability": exc.capability, "backend": exc.backend}
-    if isinstance(exc, IncompatibleEnvironmentError):
-        return {"type": "IncompatibleEnvironmentError", "problem": exc.problem, "installed": exc.installed,
-                "fix": exc.fix}
-    if isinstance(exc, RequestFailedError):
-        return {"type": "RequestFailedError", "message": str(exc), "request_id": exc.request_id,
-                "category": exc.category}
-    for cls in (NotFoundError, ConflictError):
-        if isinstance(exc, cls):
-            return {"type": cls.__name__, "message": str(exc)}
-    if isinstance(exc, TinkerError):
-        return {"type": "TinkerError", "message": str(exc)}
-    return {"type": "RequestFailedError", "message": f"{type(exc).__name__}: {exc}", "request_id": "",
-            "category": "server"}
+    """A raised exception as plain data (``tinker_std.errors.error_payload``): tinker-std's typed
+    errors keep their class and fields; anything else becomes a ``RequestFailedError`` (category
+    ``server``) naming the original type."""
+    return error_payload(exc)
 
 
 def decode_error(payload: Payload) -> TinkerError:
     """The typed error ``encode_error`` encoded."""
-    kind = payload["type"]
-    if kind in ("BadRequestError", "ContextLengthError"):
-        cls = ContextLengthError if kind == "ContextLengthError" else BadRequestError
-        return cls(payload["field"], payload["problem"])
-    if kind == "Unsupported":
-        return Unsupported(payload["capability"], payload["backend"])
-    if kind == "IncompatibleEnvironmentError":
-        return IncompatibleEnvironmentError(payload["problem"], installed=dict(payload["installed"]),
-                                            fix=payload["fix"])
-    if kind == "RequestFailedError":
-        return RequestFailedError(payload["message"], request_id=payload["request_id"], category=payload["category"])
-    if kind == "NotFoundError":
-        return NotFoundError(payload["message"])
-    if kind == "ConflictError":
-        return ConflictError(payload["message"])
-    return TinkerError(payload["message"])
+    return TinkerError.from_payload(payload)

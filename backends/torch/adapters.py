@@ -22,15 +22,13 @@ of a standard peft ``adapter_model.safetensors``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from tinker_std.types import LoraConfig
 
-from . import merged, module_walk
+from .fast import merged, module_walk
 from .models import quiet_transformers
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "from_peft_key",
     "peft_config",
     "peft_key",
-    "RowSegments",
     "target_modules",
 ]
 
@@ -78,12 +75,6 @@ def peft_config(lora: LoraConfig, base_model: str | None = None) -> Any:
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_model,
     )
-
-
-def _tuner_layers(model: torch.nn.Module) -> list[Any]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [module for module in module_walk.modules(model) if isinstance(module, BaseTunerLayer)]
 
 
 def add_adapter(model: Any, name: str, lora: LoraConfig, seed: int | None) -> dict[str, torch.nn.Parameter]:
@@ -127,7 +118,7 @@ def activate(model: torch.nn.Module, name: str | None, trainable: bool) -> None:
 
     With ``trainable`` its tensors require grad; every other adapter's tensors never do.
     """
-    for layer in _tuner_layers(model):
+    for layer in module_walk.tuner_layers(model):
         if name is None:
             layer.enable_adapters(False)
         else:
@@ -157,117 +148,3 @@ def from_peft_key(key: str) -> str:
     if not (key.startswith(_PEFT_PREFIX) and key.endswith((".lora_A.weight", ".lora_B.weight"))):
         raise ValueError(f"{key!r} is not a LoRA weight key of a peft adapter file")
     return key[len(_PEFT_PREFIX) : -len(".weight")]
-
-
-#: ``(start, stop, adapter, length)``: batch rows ``start:stop`` go through ``adapter`` (``None``: no
-#: adapter) at their first ``length`` positions (``None``: all). Positions past ``length`` are padding
-#: for those rows; leaving them out keeps the adapter's matrix products the shapes they have when
-#: the rows run alone, so the results are the same bit for bit, not just within rounding.
-Segment = tuple[int, int, str | None, int | None]
-
-
-class RowSegments:
-    """Per-row adapter selection for a mixed batch: which adapter each contiguous run of batch
-    rows uses. Installed on a model with ``per_row_adapters``; ``segments`` may be replaced
-    between forward passes (the decode loop drops finished rows). Segments must tile the batch:
-    the first starts at row 0 and each starts where the previous one stops."""
-
-    def __init__(self, segments: Sequence[Segment]) -> None:
-        self.segments = list(segments)
-
-    @property
-    def segments(self) -> list[Segment]:
-        return self._segments
-
-    @segments.setter
-    def segments(self, segments: Sequence[Segment]) -> None:
-        row = 0
-        for start, stop, _, _ in segments:
-            if start != row or stop < start:
-                raise ValueError(f"segments must tile the batch in order; got {list(segments)}")
-            row = stop
-        self._segments = list(segments)
-        self.sizes = [stop - start for start, stop, _, _ in segments]
-
-
-def _segment_delta_hook(state: RowSegments) -> Any:
-    """A forward hook for one peft LoRA ``Linear`` whose adapters are disabled (so its output is
-    ``base_layer(x)``): adds ``lora_B(lora_A(x[rows])) * scaling`` of each segment's adapter to
-    those rows. Same operations, in the same order, as peft's single-adapter forward.
-
-    The per-segment deltas are joined with one ``cat`` (whose backward is a cheap split) rather than
-    written into slices of the output, which would zero-fill a full-size gradient per segment."""
-
-    def hook(module: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        if not any(name is not None and name in module.lora_A for _, _, name, _ in state.segments):
-            return output
-        x = inputs[0]
-        pieces: list[torch.Tensor | None] = []
-        dtype: torch.dtype | None = None
-        for (_, _, name, length), rows in zip(state.segments, x.split(state.sizes), strict=True):
-            if name is None or name not in module.lora_A:
-                pieces.append(None)
-                continue
-            lora_a, lora_b = module.lora_A[name], module.lora_B[name]
-            dtype = lora_a.weight.dtype
-            pad = 0 if length is None or rows.dim() < 3 else rows.shape[1] - length
-            if pad > 0:
-                rows = rows[:, :length]
-            delta = lora_b(lora_a(rows.to(dtype))) * module.scaling[name]
-            pieces.append(torch.nn.functional.pad(delta, (0, 0, 0, pad)) if pad > 0 else delta)
-        assert dtype is not None
-        full = [
-            piece if piece is not None else output.new_zeros((size, *output.shape[1:]), dtype=dtype)
-            for piece, size in zip(pieces, state.sizes, strict=True)
-        ]
-        return (output + torch.cat(full)).to(output.dtype)
-
-    return hook
-
-
-@contextmanager
-def per_row_adapters(
-    model: torch.nn.Module,
-    segments: Sequence[Segment],
-    trainable: Sequence[dict[str, torch.nn.Parameter]] = (),
-    fused: bool = False,
-) -> Iterator[RowSegments]:
-    """Run ``model`` on a mixed batch: rows ``start:stop`` of every LoRA layer's input use that
-    segment's adapter, other rows none. The parameters in ``trainable`` require grad for the
-    duration (rows are independent, so each adapter's gradient comes from its own rows only);
-    every other adapter tensor does not. With ``fused``, layers that allow it compute each
-    segment as ``lora_linear`` does for one adapter (``lora_linear.segment_forward``: the bits of
-    a single-adapter pass with ``fused_lora_linears``); the others, and all without ``fused``,
-    as peft does. On exit all adapters are disabled and frozen again, so callers ``activate``
-    before the next single-adapter pass."""
-    from peft.tuners.lora import LoraLayer
-
-    from . import lora_linear
-
-    state = RowSegments(segments)
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    handles = []
-    switched: list[Any] = []
-    hook = _segment_delta_hook(state)
-    try:
-        for layer in _tuner_layers(model):
-            layer.enable_adapters(False)
-        for params in trainable:
-            for param in params.values():
-                param.requires_grad_(True)
-        for layer in layers:
-            forward = lora_linear.segment_forward(layer, state, lambda m, x, out: hook(m, (x,), out)) if fused else None
-            if forward is not None:
-                layer.forward = forward
-                switched.append(layer)
-            else:
-                handles.append(layer.register_forward_hook(hook))
-        yield state
-    finally:
-        for layer in switched:
-            layer.__dict__.pop("forward", None)
-        for handle in handles:
-            handle.remove()
-        for params in trainable:
-            for param in params.values():
-                param.requires_grad_(False)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
-from tinker_std.capabilities import Capabilities
+from tinker_std.capabilities import Precision, PrecisionVariants
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import (
     AdamParams,
@@ -40,14 +40,18 @@ from tinker_std.types import (
 )
 
 from .batching import BatchingMode
-from .engine import DEFAULT_RESIDENT_MODELS, ForwardBackwardJob, TorchEngine, precision
+from .engine import DEFAULT_RESIDENT_MODELS, TorchEngine
+from .engine_protocol import Engine, ForwardBackwardJob
+from .precision import precision_of
 from .scheduler import EngineQueue
 
-__all__ = ["TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
+__all__ = ["TORCH_OPTIONAL_CAPABILITIES", "TorchBackend", "TorchBackendBF16", "TorchBackendFP32"]
 
 T = TypeVar("T")
 
-_OPTIONAL = frozenset(
+#: The optional capabilities every backend on the torch engine declares at every precision
+#: (float32 on the CPU adds ``deterministic``; ``PrecisionVariants``).
+TORCH_OPTIONAL_CAPABILITIES = frozenset(
     {
         "loss:cispo",
         "loss:dro",
@@ -60,8 +64,7 @@ _OPTIONAL = frozenset(
     }
 )
 
-
-class TorchBackend(Backend):
+class TorchBackend(PrecisionVariants, Backend):
     """Hugging Face causal LMs with one peft LoRA adapter per training client.
 
     Options (all keyword, all optional): ``checkpoint_dir`` (root of the ``CheckpointStore``),
@@ -74,18 +77,23 @@ class TorchBackend(Backend):
     ``DEFAULT_RESIDENT_MODELS``: how many idle training models keep their adapter and AdamW state in
     memory; the others' state waits in files under ``checkpoint_dir``, bit-equal when it comes
     back; ``None``: all stay in memory). Unknown options raise ``TypeError``.
-    The engine is public as ``engine`` (for example
-    ``backend.engine.export_merged(model_id, folder)``), the store as ``checkpoint_store``.
+
+    ``engine``: an ``Engine`` (``engine_protocol.py``) built elsewhere, to serve instead of a
+    ``TorchEngine`` built from the options above (which must then be left out, ``batching`` too;
+    the checkpoint store is the engine's): the seam the fsdp backend plugs its ``RankEngine`` into.
+    The engine is public as ``engine`` (for example ``backend.engine.export_merged(model_id,
+    folder)`` on a ``TorchEngine``), the store as ``checkpoint_store``.
     """
 
     name: ClassVar[str] = "torch"
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL | {"deterministic"}, tolerance="fp32")
+    optional_capabilities: ClassVar[frozenset[str]] = TORCH_OPTIONAL_CAPABILITIES
 
-    def __new__(cls, **options: Any) -> TorchBackend:
-        if cls is TorchBackend:
-            variants = {"bf16": TorchBackendBF16, "fp32": TorchBackendFP32}
-            cls = variants.get(precision(options.get("device"), options.get("dtype")), cls)
-        return super().__new__(cls)
+    @classmethod
+    def precision_for(cls, options: Mapping[str, Any]) -> Precision:
+        engine = options.get("engine")
+        if engine is not None:
+            return engine.precision  # type: ignore[no-any-return]
+        return precision_of(options.get("device"), options.get("dtype"))
 
     def __init__(
         self,
@@ -97,17 +105,34 @@ class TorchBackend(Backend):
         max_context_length: int | None = None,
         batching: BatchingMode = "auto",
         resident_models: int | None = DEFAULT_RESIDENT_MODELS,
+        engine: Engine | None = None,
     ) -> None:
-        self.checkpoint_store = CheckpointStore(checkpoint_dir)
-        self.engine = TorchEngine(
-            self.checkpoint_store,
-            device=device,
-            dtype=dtype,
-            models=models,
-            max_context_length=max_context_length,
-            batching=batching,
-            resident_models=resident_models,
-        )
+        if engine is None:
+            self.checkpoint_store = CheckpointStore(checkpoint_dir)
+            engine = TorchEngine(
+                self.checkpoint_store,
+                device=device,
+                dtype=dtype,
+                models=models,
+                max_context_length=max_context_length,
+                batching=batching,
+                resident_models=resident_models,
+            )
+        else:
+            defaults = (
+                ("checkpoint_dir", checkpoint_dir, None),
+                ("device", device, None),
+                ("dtype", dtype, None),
+                ("models", models, None),
+                ("max_context_length", max_context_length, None),
+                ("batching", batching, "auto"),
+                ("resident_models", resident_models, DEFAULT_RESIDENT_MODELS),
+            )
+            clashing = [name for name, value, default in defaults if value != default]
+            if clashing:
+                raise TypeError(f"options {clashing} configure an engine: give them to the engine passed as engine=")
+            self.checkpoint_store = engine.checkpoint_store
+        self.engine: Engine = engine
         self.queue = EngineQueue(
             {"forward_backward": self.engine.forward_backward_many, "sample": self.engine.sample_many}
         )
@@ -186,13 +211,9 @@ class TorchBackend(Backend):
         return result
 
 
-class TorchBackendFP32(TorchBackend):
+class TorchBackendFP32(TorchBackend, precision="fp32"):
     """``TorchBackend`` in float32 off CPU: tolerance class ``fp32``, no bit-exact replay promise."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="fp32")
 
-
-class TorchBackendBF16(TorchBackend):
+class TorchBackendBF16(TorchBackend, precision="bf16"):
     """``TorchBackend`` in bfloat16 or float16: tolerance class ``bf16``, no bit-exact replay promise."""
-
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_OPTIONAL, tolerance="bf16")

@@ -18,6 +18,7 @@ and, in ``save_state`` checkpoints only,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError
 from tinker_std.types import CheckpointType, LoraConfig, ParsedCheckpointTinkerPath
 
-from .adapters import from_peft_key, peft_config, peft_key
+from .adapters import delete_adapter, from_peft_key, peft_config, peft_key
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",
@@ -39,7 +40,9 @@ __all__ = [
     "OptimizerState",
     "metadata",
     "optimizer_state",
+    "install_adapter",
     "read_adapter",
+    "read_checkpoint_adapter",
     "read_checkpoint",
     "read_dcp",
     "read_optimizer",
@@ -166,3 +169,40 @@ def restore_optimizer(
             "exp_avg": entry["exp_avg"].to(device=param.device, dtype=param.dtype).clone(),
             "exp_avg_sq": entry["exp_avg_sq"].to(device=param.device, dtype=param.dtype).clone(),
         }
+
+
+def read_checkpoint_adapter(path: ParsedCheckpointTinkerPath, folder: Path) -> dict[str, torch.Tensor]:
+    """``read_adapter`` of checkpoint ``path`` (in ``folder``); ``BadRequestError`` (field ``path``)
+    when its files are not a valid adapter."""
+    try:
+        return read_adapter(folder)
+    except (OSError, ValueError) as exc:
+        raise BadRequestError("path", f"{path.tinker_path} is not a valid torch checkpoint: {exc}") from exc
+
+
+def install_adapter(
+    model: Any,
+    base_name: str,
+    adapter: str,
+    params: Mapping[str, torch.nn.Parameter],
+    tensors: Mapping[str, torch.Tensor],
+    path: ParsedCheckpointTinkerPath | None,
+) -> None:
+    """Copy ``tensors`` (read from ``path``, or a training model's when ``None``) into the new
+    adapter ``adapter``'s ``params`` on ``model`` (base model ``base_name``); on a mismatch delete
+    the adapter and raise ``BadRequestError`` (field ``path``)."""
+    problem = None
+    if set(tensors) != set(params):
+        problem = f"adapter tensors {sorted(set(tensors) ^ set(params))[:4]} do not match the LoRA config"
+    else:
+        bad = [n for n, p in params.items() if tuple(tensors[n].shape) != tuple(p.shape)]
+        if bad:
+            found, wanted = tuple(tensors[bad[0]].shape), tuple(params[bad[0]].shape)
+            problem = f"adapter tensor {bad[0]} has shape {found}, expected {wanted}"
+    if problem is not None:
+        delete_adapter(model, adapter)
+        where = path.tinker_path if path is not None else "the source model"
+        raise BadRequestError("path", f"{where} does not fit base model {base_name!r}: {problem}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name].detach().to(device=param.device, dtype=param.dtype))

@@ -10,6 +10,8 @@ from ..types import ForwardBackwardOutput, TensorData
 __all__ = ["split_chunks", "merge_outputs"]
 
 T = TypeVar("T")
+#: the metric suffixes a merge keeps (spec FB-9)
+MERGED = frozenset({"sum", "mean", "min", "max"})
 
 
 def split_chunks(items: Sequence[T], max_chunk: int) -> list[list[T]]:
@@ -21,10 +23,13 @@ def merge_outputs(outputs: Sequence[ForwardBackwardOutput], counts: Sequence[int
     """Concatenate per-datum outputs; merge metrics by their ``:reduction`` suffix.
 
     ``sum`` adds, ``mean`` takes the datum-count-weighted mean, ``min``/``max`` take the extreme;
-    keys missing from any chunk and unknown suffixes are dropped.
+    keys missing from any chunk and unknown suffixes are dropped, for one chunk too (so the key set
+    does not depend on chunking).
     """
     if len(outputs) == 1:
-        return outputs[0]
+        only = outputs[0]
+        kept = {k: v for k, v in only.metrics.items() if k.partition(":")[2] in MERGED}
+        return only if len(kept) == len(only.metrics) else only.model_copy(update={"metrics": kept})
     loss_fn_outputs: list[dict[str, TensorData]] = [o for out in outputs for o in out.loss_fn_outputs]
     metrics: dict[str, float] = {}
     total = float(sum(counts))
@@ -32,7 +37,7 @@ def merge_outputs(outputs: Sequence[ForwardBackwardOutput], counts: Sequence[int
         if not all(key in out.metrics for out in outputs):
             continue
         values = [out.metrics[key] for out in outputs]
-        reduction = key.split(":", 1)[1]
+        reduction = key.partition(":")[2]
         if reduction == "sum":
             metrics[key] = float(sum(values))
         elif reduction == "mean":

@@ -4,7 +4,8 @@ any tinker-std backend: ``TinkerServer(ServiceClient(backend="torch")).start().u
 for any other host."""
 
 from .http import TinkerServer
-from .operations import WireReply, WireRequest, WireService
+from .messages import WireReply, WireRequest
+from .operations import WireService
 from .tenants import Tenants
 
 __all__ = ["Tenants", "TinkerServer", "WireReply", "WireRequest", "WireService"]

@@ -3,14 +3,12 @@ any ASGI host (a Modal web endpoint imports ``create_app``).
 
 Each request passes, in this order:
 
-1. **size**: a ``Content-Length`` over ``max_body_bytes`` is answered 413 before one byte of the
-   body is read (and before authentication); a body without a length is counted as it streams
-   and cut off with 413 at the limit. A zstd body (``Content-Encoding: zstd``) is limited again
-   after decompression;
-2. **authentication**: ``X-API-Key`` is mapped to a tenant (``Tenants``); a refused key is 401;
-3. the operation (``WireService.call``), on a worker thread;
-4. one structured access-log record (logger ``tinker_std.server.access``, JSON in the message:
-   method, path, status, tenant, bytes in/out, milliseconds).
+1. the middleware of ``middleware.py``: access log, body size limit, authentication;
+2. Starlette's router, over the routes ``WireService.endpoints`` declares (a path no route
+   declares is 404, a method its route does not answer is 405);
+3. the route's handler, on a worker thread, with the body read (limited again as it streams and
+   after zstd decompression: ``read_body``);
+4. for an error the handler raised, its answer from ``failures.error_reply``.
 
 Every 4xx/5xx answer except 404 and 408 carries ``x-should-retry: false``, so the SDK fails fast
 instead of retrying a request that cannot succeed.
@@ -19,33 +17,31 @@ instead of retrying a request that cannot succeed.
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tinker_std.client.service import ServiceClient
 
-from .operations import WireReply, WireRequest, WireService
+from .failures import MAPPED, error_reply, not_found_reply
+from .messages import Endpoint, WireReply, WireRequest
+from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
+from .operations import WireService
 from .records import ServerRecords
 from .tenants import Tenants
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "PREFIX", "create_app", "default_records_path"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "PREFIX", "create_app", "default_records_path", "read_body"]
 
-PREFIX = "/api/v1/"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-access_log = logging.getLogger("tinker_std.server.access")
 
 
 def default_records_path(service: ServiceClient) -> Path | None:
@@ -97,8 +93,7 @@ def create_app(
     def reap() -> None:
         while not stop.wait(reap_every_s):
             with contextlib.suppress(Exception):
-                operations.reap_idle()
-                operations.rest.delete_expired()
+                operations.reap()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -111,8 +106,26 @@ def create_app(
             stop.set()
             operations.close()
 
-    async def api(request: Request) -> Response:
-        body = await _read_body(request, max_body_bytes)
+    app = Starlette(
+        routes=[_route(endpoint, max_body_bytes) for endpoint in operations.endpoints()],
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),
+            Middleware(Authentication, tenants=tenants),
+        ],
+        exception_handlers={HTTPException: _http_error, **{cls: _mapped_error for cls in MAPPED}},
+        lifespan=lifespan,
+    )
+    app.state.operations = operations
+    app.state.tenants = tenants
+    return app
+
+
+def _route(endpoint: Endpoint, max_body_bytes: int) -> Route:
+    """A Starlette route that reads the body and runs ``endpoint``'s handler on a worker thread."""
+
+    async def handle(request: Request) -> Response:
+        body = await read_body(request, max_body_bytes)
         if isinstance(body, Response):
             return body
         wire_request = WireRequest(
@@ -121,75 +134,27 @@ def create_app(
             method=request.method,
             query=dict(request.query_params),
             tenant=request.scope["state"]["tenant"],
+            params={name: str(value) for name, value in request.path_params.items()},
         )
-        reply = await run_in_threadpool(operations.call, wire_request)
-        return _response(reply)
+        return _response(await run_in_threadpool(endpoint.handler, wire_request))
 
-    app = Starlette(
-        routes=[Route(PREFIX + "{endpoint:path}", api, methods=["GET", "POST", "PUT", "DELETE"])],
-        lifespan=lifespan,
-    )
-    app.state.operations = operations
-    app.state.tenants = tenants
-    app.add_middleware(_Guard, tenants=tenants, max_body_bytes=max_body_bytes)
-    return app
+    return Route(PREFIX + endpoint.path, handle, methods=list(endpoint.methods))
 
 
-class _Guard:
-    """Size limit, then authentication, then the access log, around the app (pure ASGI: nothing
-    here reads the body)."""
-
-    def __init__(self, app: ASGIApp, tenants: Tenants, max_body_bytes: int) -> None:
-        self.app, self.tenants, self.max_body_bytes = app, tenants, max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        outcome: dict[str, Any] = {"status": 500, "bytes_out": 0}
-
-        async def logged_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                outcome["bytes_out"] += len(message.get("body", b""))
-            await send(message)
-
-        tenant = None
-        try:
-            length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                await _error(413, f"request body over {self.max_body_bytes} bytes", logged_send)
-            elif not scope["path"].startswith(PREFIX):
-                await _error(404, f"unknown path {scope['path']}", logged_send, retry=None)
-            elif (tenant := self.tenants.tenant_of(headers.get("x-api-key"))) is None:
-                await _error(401, "invalid X-API-Key", logged_send)
-            else:
-                scope.setdefault("state", {})["tenant"] = tenant
-                await self.app(scope, receive, logged_send)
-        finally:
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": outcome["status"],
-                        "tenant": tenant,
-                        "bytes_in": int(headers["content-length"])
-                        if headers.get("content-length", "").isdigit()
-                        else None,
-                        "bytes_out": outcome["bytes_out"],
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                        "sdk_method": headers.get("x-sdk-method"),
-                        "encoding": headers.get("content-encoding"),
-                    }
-                )
-            )
+async def _mapped_error(request: Request, exc: Exception) -> Response:
+    return _response(error_reply(exc))
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The router's own refusals: no route for the path (404), or none for the method (405)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _response(not_found_reply(f"unknown endpoint {request.url.path}"))
+    error = f"{exc.detail}: {request.method} {request.url.path}"
+    return _response(WireReply.json({"error": error, "category": "user"}, exc.status_code))
+
+
+async def read_body(request: Request, limit: int) -> bytes | Response:
     """The body, decompressed; a 413/415 ``Response`` instead if it is too large or unreadable."""
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -227,14 +192,3 @@ def _response(reply: WireReply) -> Response:
     if reply.status >= 400 and reply.status not in (404, 408):
         headers["x-should-retry"] = "false"
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
-
-
-async def _error(status: int, error: str, send: Send, retry: str | None = "false") -> None:
-    body = json.dumps({"error": error, "category": "user"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if retry is not None:
-        headers.append((b"x-should-retry", retry.encode()))
-    if status == 413:
-        headers.append((b"connection", b"close"))  # the unread body must not be parsed as a request
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

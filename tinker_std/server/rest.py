@@ -2,10 +2,9 @@
 
 Implemented: training runs (list, get), checkpoints of a run and of the caller (list), delete,
 publish / unpublish (a recorded flag: tinker-std serves a checkpoint only to its own tenant),
-TTL (the checkpoint is deleted once it expires: ``WireService``'s reaper calls
-``delete_expired``), ``weights_info``, sessions (list, get). Refused with a typed ``Unsupported``
-answer (HTTP 400, ``x-should-retry: false``): external weight URLs, copying weights between
-runs, session projects, session search and trace export, storage usage, audit log and billing.
+TTL (the checkpoint is deleted once it expires: the server's reaper calls
+``CheckpointFiles.delete_expired``), ``weights_info``, sessions (list, get). The REST endpoints
+the server refuses (external weight URLs, session projects, ...) are declared in ``refusals.py``.
 Every object is looked up within the caller's tenant: another tenant's is 404.
 """
 
@@ -13,88 +12,54 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tinker_std.errors import BadRequestError, NotFoundError
 
-from .records import CheckpointRecord, RunRecord
+from .checkpoint_files import CheckpointFiles
+from .messages import RPC_METHODS, Endpoint, WireReply, WireRequest
+from .records import CheckpointRecord, RunRecord, ServerRecords
+from .state import ServerState
 
-if TYPE_CHECKING:
-    from .operations import WireReply, WireRequest, WireService
+__all__ = ["RestRoutes"]
 
-__all__ = ["UNSUPPORTED", "RestRoutes"]
-
-#: endpoint prefix or suffix -> what the refusal says
-UNSUPPORTED = {
-    "external_weights_urls": "external weight URLs (save_weights_external) are not supported by the tinker-std server",
-    "copy_weights": "copying weights between training runs is not supported by the tinker-std server",
-    "project": "session projects are not supported by the tinker-std server",
-    "sessions/search": "session search is not supported by the tinker-std server",
-    "trace_export": "session trace export is not supported by the tinker-std server",
-    "save_weights_external": "save_weights_external is not supported by the tinker-std server",
-    "create_custom_loss": "server-side custom losses are not supported by the tinker-std server",
-    "checkpoint_storage_usage": "storage usage is not reported by the tinker-std server",
-    "audit": "the audit log is not part of the tinker-std server",
-    "billing": "billing is not part of the tinker-std server",
-    "auth/token": "JWT exchange is not supported by the tinker-std server (use an API key)",
-    "join_sampling_session": "joining sampling sessions is not supported by the tinker-std server",
-    "retrieve_futures": "batch future polling is not supported by the tinker-std server",
-    "cancel_future": "cancelling futures is not supported by the tinker-std server",
-}
-
-
-class UnsupportedEndpoint(Exception):
-    """An endpoint of the Tinker API that this server refuses on purpose."""
+CHECKPOINT = "training_runs/{run_id}/checkpoints/{kind}/{name}"
 
 
 class RestRoutes:
-    """``GET/POST/PUT/DELETE`` REST endpoints of ``service``."""
+    """``GET/POST/PUT/DELETE`` REST endpoints over the server's records and sessions."""
 
-    def __init__(self, service: WireService) -> None:
-        self.service = service
-        self.records = service.records
+    def __init__(self, records: ServerRecords, state: ServerState, checkpoints: CheckpointFiles) -> None:
+        self.records = records
+        self.state = state
+        self.checkpoints = checkpoints
 
-    def call(self, request: WireRequest) -> WireReply:
-        from .operations import WireReply
+    def endpoints(self) -> list[Endpoint]:
+        """The REST routes (declare them after the refusals: ``sessions/search`` is one)."""
+        return [
+            Endpoint("training_runs", self._list_runs, ("GET",)),
+            Endpoint("training_runs/{run_id}", self._get_run, ("GET",)),
+            Endpoint("training_runs/{run_id}/checkpoints", self._list_run_checkpoints, ("GET",)),
+            Endpoint(CHECKPOINT, self._delete_checkpoint, ("DELETE",)),
+            Endpoint(CHECKPOINT + "/publish", self._publish, ("POST", "DELETE")),
+            Endpoint(CHECKPOINT + "/ttl", self._set_ttl, ("PUT",)),
+            Endpoint("checkpoints", self._list_checkpoints, ("GET",)),
+            Endpoint("weights_info", self._weights_info, RPC_METHODS),
+            Endpoint("sessions", self._list_sessions, ("GET",)),
+            Endpoint("sessions/{session_id}", self._get_session, ("GET",)),
+        ]
 
-        parts = request.endpoint.strip("/").split("/")
-        for marker, why in UNSUPPORTED.items():
-            if marker in request.endpoint:
-                return WireReply.json({"error": f"Unsupported: {why}", "category": "user"}, 400)
-        tenant, method = request.tenant, request.method
-        if parts[0] == "training_runs":
-            if len(parts) == 1 and method == "GET":
-                return self._list_runs(request)
-            run_id = parts[1] if len(parts) > 1 else ""
-            if len(parts) == 2 and method == "GET":
-                return WireReply.json(self._run_json(self._run(tenant, run_id)))
-            if len(parts) == 3 and parts[2] == "checkpoints" and method == "GET":
-                self._run(tenant, run_id)
-                found, _ = self.records.checkpoints(tenant, run_id)
-                return WireReply.json({"checkpoints": [_checkpoint_json(c) for c in found], "cursor": None})
-            if len(parts) >= 5 and parts[2] == "checkpoints":
-                checkpoint_id = f"{parts[3]}/{parts[4]}"
-                action = parts[5] if len(parts) == 6 else None
-                return self._checkpoint_action(request, run_id, checkpoint_id, action)
-        if parts == ["checkpoints"] and method == "GET":
-            limit, offset = _page(request, 100)
-            found, total = self.records.checkpoints(tenant, None, limit, offset)
-            return WireReply.json(
-                {
-                    "checkpoints": [_checkpoint_json(c) for c in found],
-                    "cursor": {"offset": offset, "limit": limit, "total_count": total},
-                }
-            )
-        if parts == ["weights_info"]:
-            return self._weights_info(request)
-        if parts == ["sessions"] and method == "GET":
-            return WireReply.json({"sessions": sorted(self.service.sessions_of(tenant))})
-        if len(parts) == 2 and parts[0] == "sessions" and method == "GET":
-            session = self.service.sessions_of(tenant).get(parts[1])
-            if session is None:
-                raise NotFoundError(f"no session {parts[1]!r} on this server")
-            return WireReply.json({"training_run_ids": sorted(session.models), "sampler_ids": sorted(session.samplers)})
-        return WireReply.json({"error": f"NotFoundError: unknown endpoint /api/v1/{request.endpoint}"}, 404)
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _list_sessions(self, request: WireRequest) -> WireReply:
+        return WireReply.json({"sessions": sorted(self.state.sessions_of(request.tenant))})
+
+    def _get_session(self, request: WireRequest) -> WireReply:
+        session_id = request.params["session_id"]
+        session = self.state.sessions_of(request.tenant).get(session_id)
+        if session is None:
+            raise NotFoundError(f"no session {session_id!r} on this server")
+        return WireReply.json({"training_run_ids": sorted(session.models), "sampler_ids": sorted(session.samplers)})
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -121,8 +86,6 @@ class RestRoutes:
         }
 
     def _list_runs(self, request: WireRequest) -> WireReply:
-        from .operations import WireReply
-
         limit, offset = _page(request, 20)
         runs, total = self.records.runs(request.tenant, limit, offset)
         return WireReply.json(
@@ -132,11 +95,12 @@ class RestRoutes:
             }
         )
 
-    def _weights_info(self, request: WireRequest) -> WireReply:
-        from .operations import WireReply
+    def _get_run(self, request: WireRequest) -> WireReply:
+        return WireReply.json(self._run_json(self._run(request.tenant, request.params["run_id"])))
 
+    def _weights_info(self, request: WireRequest) -> WireReply:
         path = request.json().get("tinker_path")
-        self.service.resolve_checkpoint(request.tenant, path, "tinker_path")
+        self.checkpoints.resolve(request.tenant, path, "tinker_path")
         run = self._run(request.tenant, str(path)[len("tinker://") :].split("/")[0])
         return WireReply.json(
             {
@@ -149,42 +113,49 @@ class RestRoutes:
             }
         )
 
-    # -- one checkpoint ---------------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------
 
-    def _checkpoint_action(
-        self, request: WireRequest, run_id: str, checkpoint_id: str, action: str | None
-    ) -> WireReply:
-        from .operations import WireReply
+    def _list_run_checkpoints(self, request: WireRequest) -> WireReply:
+        run_id = request.params["run_id"]
+        self._run(request.tenant, run_id)
+        found, _ = self.records.checkpoints(request.tenant, run_id)
+        return WireReply.json({"checkpoints": [_checkpoint_json(c) for c in found], "cursor": None})
 
-        tenant, method = request.tenant, request.method
-        record = self.records.checkpoint(tenant, run_id, checkpoint_id)
+    def _list_checkpoints(self, request: WireRequest) -> WireReply:
+        limit, offset = _page(request, 100)
+        found, total = self.records.checkpoints(request.tenant, None, limit, offset)
+        return WireReply.json(
+            {
+                "checkpoints": [_checkpoint_json(c) for c in found],
+                "cursor": {"offset": offset, "limit": limit, "total_count": total},
+            }
+        )
+
+    def _checkpoint(self, request: WireRequest) -> CheckpointRecord:
+        """The caller's checkpoint named by the route's ``run_id``, ``kind`` and ``name``."""
+        run_id, checkpoint_id = request.params["run_id"], f"{request.params['kind']}/{request.params['name']}"
+        record = self.records.checkpoint(request.tenant, run_id, checkpoint_id)
         if record is None:
             raise NotFoundError(f"no checkpoint tinker://{run_id}/{checkpoint_id}")
-        if action is None and method == "DELETE":
-            self.delete(record)
-            return WireReply.json({})
-        if action == "publish" and method in ("POST", "DELETE"):
-            self.records.set_public(tenant, run_id, checkpoint_id, method == "POST")
-            return WireReply.json({})
-        if action == "ttl" and method == "PUT":
-            ttl = request.json().get("ttl_seconds")
-            if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-                raise BadRequestError("ttl_seconds", f"must be a positive integer or null, got {ttl!r}")
-            self.records.set_expiry(tenant, run_id, checkpoint_id, None if ttl is None else time.time() + ttl)
-            return WireReply.json({})
-        return WireReply.json({"error": f"NotFoundError: unknown endpoint /api/v1/{request.endpoint}"}, 404)
+        return record
 
-    def delete(self, record: CheckpointRecord) -> None:
-        """Delete a checkpoint: its record first (the name goes at once), then its files."""
-        self.records.delete_checkpoint(record.tenant, record.run_id, record.checkpoint_id)
-        self.service.delete_backend_checkpoint(record.backend_path)
+    def _delete_checkpoint(self, request: WireRequest) -> WireReply:
+        self.checkpoints.delete(self._checkpoint(request))
+        return WireReply.json({})
 
-    def delete_expired(self, now: float | None = None) -> int:
-        """Delete every checkpoint whose TTL has passed; how many."""
-        expired = self.records.expired(time.time() if now is None else now)
-        for record in expired:
-            self.delete(record)
-        return len(expired)
+    def _publish(self, request: WireRequest) -> WireReply:
+        record = self._checkpoint(request)
+        self.records.set_public(record.tenant, record.run_id, record.checkpoint_id, request.method == "POST")
+        return WireReply.json({})
+
+    def _set_ttl(self, request: WireRequest) -> WireReply:
+        record = self._checkpoint(request)
+        ttl = request.json().get("ttl_seconds")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+            raise BadRequestError("ttl_seconds", f"must be a positive integer or null, got {ttl!r}")
+        expires_at = None if ttl is None else time.time() + ttl
+        self.records.set_expiry(record.tenant, record.run_id, record.checkpoint_id, expires_at)
+        return WireReply.json({})
 
 
 def _page(request: WireRequest, default_limit: int) -> tuple[int, int]:

@@ -22,15 +22,14 @@ of an RL datum get none); a row the hint left out that gets a gradient all the s
 in the backward, so the hint changes the cost only.
 
 With ``lora`` (a LoRA on the output layer) the logits are ``h @ W.T + (u @ B.T) * scaling``,
-``u = lora_A(h)``, as peft computes them. The result equals ``tinker_std.engine.target_logprobs``
-on the full logits within float32 rounding (``tests/test_torch_fused_head.py``: the ``fp32``
+``u = lora_A(h)``, as peft computes them. The result equals ``tinker_std.training_math.target_logprobs``
+on the full logits within float32 rounding (``tests/test_torch_head.py``: the ``fp32``
 class). Soft targets ``(N, K)`` and every loss work unchanged: the output is the same ``(N,)`` or
 ``(N, K)`` tensor, differentiable in the hidden states and the LoRA tensors.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ import torch
 
 from . import packed
 
-__all__ = ["CHUNK_ROWS", "HeadLora", "OutputHead", "batch_target_logprobs", "enabled", "output_head", "target_logprobs"]
+__all__ = ["CHUNK_ROWS", "HeadLora", "OutputHead", "batch_target_logprobs", "output_head", "target_logprobs"]
 
 #: Rows per chunk: one chunk's float32 logits are CHUNK_ROWS x vocabulary x 4 bytes (25 MB for SmolLM2).
 CHUNK_ROWS = 128
@@ -50,11 +49,6 @@ FUSABLE_ARCHITECTURES = frozenset(
 )
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
-
-
-def enabled() -> bool:
-    """Whether the fused path may be used (``TINKER_STD_FUSED_HEAD=0`` turns it off)."""
-    return os.environ.get("TINKER_STD_FUSED_HEAD", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -74,6 +68,7 @@ class OutputHead:
     decoder: torch.nn.Module
     layer: torch.nn.Linear
     module: torch.nn.Module  # ``layer`` itself, or the peft LoRA layer wrapping it
+    packing: bool = True  # whether ``products`` may use packed copies (``TorchSettings.packed_weights``)
 
     def lora(self, adapter: str | None) -> HeadLora | None:
         """The LoRA of ``adapter`` on this layer, ``None`` when it has none."""
@@ -89,18 +84,20 @@ class OutputHead:
         to compute each row independently of the others, so a datum's logprobs and gradient do
         not depend on which datums share its chunks (MKL's GEMM is row-dependent on some CPUs;
         the conformance suite's replays and accumulation checks rely on this)."""
-        fast = packed.frozen_products(self.layer)
+        fast = packed.frozen_products(self.layer) if self.packing else None
         if fast is not None:
             return fast
         weight = self.layer.weight.detach()
         return (lambda x: x @ weight.t()), (lambda p: p.to(weight.dtype) @ weight)
 
 
-def output_head(model: Any) -> OutputHead | None:
+def output_head(model: Any, packing: bool = True) -> OutputHead | None:
     """The split output layer of ``model``, or ``None`` when the fused path does not apply: an
     architecture not known to compute its logits as plain ``lm_head(hidden)``, an output layer
-    with a bias or a trainable or sharded (FSDP ``DTensor``) weight, or the path turned off."""
-    if not enabled() or type(model).__name__ not in FUSABLE_ARCHITECTURES:
+    with a bias or a trainable or sharded (FSDP ``DTensor``) weight. Callers with
+    ``TorchSettings.fused_head`` off (``TINKER_STD_FUSED_HEAD=0``) do not call it. ``packing``: see
+    ``OutputHead.packing``."""
+    if type(model).__name__ not in FUSABLE_ARCHITECTURES:
         return None
     module = model.get_output_embeddings()
     decoder = getattr(model, "model", None)
@@ -110,7 +107,7 @@ def output_head(model: Any) -> OutputHead | None:
     weight = layer.weight
     if type(weight.data) is not torch.Tensor or weight.requires_grad:
         return None
-    return OutputHead(decoder=decoder, layer=layer, module=module)
+    return OutputHead(decoder=decoder, layer=layer, module=module, packing=packing)
 
 
 def target_logprobs(

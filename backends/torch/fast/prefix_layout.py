@@ -18,7 +18,7 @@ grow with the square of the row length, so long runs are split over several rows
 ``plain`` is the usual layout (one right-padded row per sequence) and ``stack`` joins the layouts
 of several requests into one batch, each keeping its own rows and width: the multi-tenant pass
 lays every client's datums out exactly as that client's own pass would, so that its LoRA products
-keep their shapes (``adapters.Segment``) and its results their bits.
+keep their shapes (``row_segments.Segment``) and its results their bits.
 """
 
 from __future__ import annotations

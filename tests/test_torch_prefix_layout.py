@@ -1,11 +1,11 @@
-"""Shared prefixes run once (``backends/torch/prefix_layout.py``) and the head's gradient hint
+"""Shared prefixes run once (``backends/torch/fast/prefix_layout.py``) and the head's gradient hint
 (``head.py``, ``losses.gradient_positions``) change the cost of a training pass, not its result.
 
 * The layout: every sequence reads back exactly its own tokens at positions ``0..n-1`` and each
   of its tokens attends to exactly its own earlier tokens (checked on random batches with shared,
   duplicated and nested prefixes).
 * A pass over GRPO-like groups (several completions of each prompt) with the layout equals the
-  plain right-padded pass (``TINKER_STD_SHARED_PREFIX=0``) within the ``fp32`` class: logprobs and
+  plain right-padded pass (``TorchSettings.shared_prefix`` off) within the ``fp32`` class: logprobs and
   losses ``atol 1e-4``, LoRA gradients ``rtol 1e-4`` with ``atol`` 1e-5 of the tensor's largest
   entry (measured: about 3e-6 and 2e-6 relative), for every built-in loss, hard and soft targets,
   ``tiny-llama`` and ``tiny-qwen3``, SDPA and eager attention.
@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_std.backends.torch import TorchEngine, head, packed, prefix_layout
+from tinker_std.backends.torch import TorchEngine
+from tinker_std.backends.torch.fast import head, packed, prefix_layout
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.losses import gradient_positions
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
@@ -125,9 +126,9 @@ def groups(vocab: int, loss: str, soft: bool) -> list[Datum]:
 
 
 def run(
-    engine: TorchEngine, model_id: str, data: list[Datum], loss: str, shared: bool, monkeypatch: pytest.MonkeyPatch
+    engine: TorchEngine, model_id: str, data: list[Datum], loss: str, shared: bool
 ) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
-    return engine_pass(engine, model_id, data, loss, {"TINKER_STD_SHARED_PREFIX": "1" if shared else "0"}, monkeypatch)
+    return engine_pass(engine, model_id, data, loss, {"shared_prefix": shared})
 
 
 @pytest.mark.parametrize(
@@ -137,19 +138,19 @@ def test_shared_prefix_pass_equals_the_plain_one(
     engine: TorchEngine, model: str, attention: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model_id = engine.create_model(model, LoraConfig(rank=4, seed=3)).model_id
-    base = engine._bases[model]
+    base = engine.bases.loaded[model]
     for _ in range(2):  # non-zero lora_B, so every LoRA factor gets a gradient
         engine.forward_backward(model_id, groups(base.vocab_size, "cross_entropy", False), "cross_entropy", {}, True)
         engine.optim_step(model_id, AdamParams(learning_rate=1e-2))
     monkeypatch.setattr(base.model.config, "_attn_implementation", attention)
-    assert engine._shares_prefixes(base.model)
+    assert engine.passes.shares_prefixes(base.model)
     for loss in LOSSES:
         for soft in (False, True):
             data = groups(base.vocab_size, loss, soft)
             layout = prefix_layout.plan([d.model_input.to_ints() for d in data])
             assert layout is not None and layout.input_ids.numel() < 0.6 * sum(d.model_input.length for d in data)
-            shared = run(engine, model_id, data, loss, True, monkeypatch)
-            plain = run(engine, model_id, data, loss, False, monkeypatch)
+            shared = run(engine, model_id, data, loss, True)
+            plain = run(engine, model_id, data, loss, False)
             label = f"{model} {attention} {loss} soft={soft}"
             for i, (a, b) in enumerate(zip(shared[0], plain[0], strict=True)):
                 np.testing.assert_allclose(a, b, rtol=0, atol=1e-4, err_msg=f"{label} datum {i} logprobs")
@@ -165,7 +166,7 @@ def test_shared_prefix_pass_equals_the_plain_one(
 
 @pytest.mark.parametrize("hint", ["exact", "wrong"])
 def test_the_gradient_hint_changes_the_cost_not_the_gradient(engine: TorchEngine, hint: str) -> None:
-    split = head.output_head(engine._bases["tiny-llama"].model)
+    split = head.output_head(engine.bases.loaded["tiny-llama"].model)
     assert split is not None
     torch.manual_seed(0)
     rows, width = 300, split.layer.weight.shape[1]  # three chunks of CHUNK_ROWS
@@ -188,7 +189,7 @@ def test_the_gradient_hint_changes_the_cost_not_the_gradient(engine: TorchEngine
     want_out, want_grad = gradient(None)
     got_out, got_grad = gradient(given)
     assert torch.equal(got_out, want_out)
-    if packed.packable():  # row-independent products: the same bits
+    if packed.available():  # row-independent products: the same bits
         assert torch.equal(got_grad, want_grad)
     else:
         torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7)

@@ -12,41 +12,35 @@ every peft ``Linear`` whose only active adapter is the one being trained with ``
   ``dA = scaling * (dy @ B).T @ x``, ``dB = scaling * dy.T @ (x @ A.T)``.
 
 Same maths as peft's, rounded differently (the scaling applied to the rank-r factor, not the
-delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_fused_head.py``).
+delta): gradients and logprobs agree within the ``fp32`` class (``tests/test_torch_head.py``).
 ``segment_forward`` does the same per row segment in the multi-tenant pass
-(``adapters.per_row_adapters``): each segment's rows go through ``_LoraLinear`` with their own
+(``per_row.per_row_adapters``): each segment's rows go through ``_LoraLinear`` with their own
 adapter at the shapes they have in that client's own pass, so a request's bits do not depend on
 which path runs it. Layers with dropout, a LoRA variant (DoRA), a bias, a sharded base weight
 (FSDP), several active adapters or merged weights keep peft's forward.
-``TINKER_STD_FUSED_LORA=0`` turns the fusion off (in both passes).
+``TorchSettings.fused_lora`` (``TINKER_STD_FUSED_LORA=0``) turns the fusion off in both passes: the
+engine then passes no adapter here and ``fused=False`` to ``per_row.per_row_adapters``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import module_walk, packed
+from .forward_swap import swapped_forwards
+from .row_segments import RowSegments
 
-if TYPE_CHECKING:
-    from .adapters import RowSegments
-
-__all__ = ["enabled", "fused_lora_linears", "segment_forward"]
+__all__ = ["fused_lora_linears", "segment_forward"]
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
 
 
-def enabled() -> bool:
-    """Whether fused LoRA layers may be used (``TINKER_STD_FUSED_LORA=0`` turns them off)."""
-    return os.environ.get("TINKER_STD_FUSED_LORA", "1") != "0"
-
-
-def _products(layer: torch.nn.Linear) -> tuple[Rows, Rows]:
-    fast = packed.frozen_products(layer)
+def _products(layer: torch.nn.Linear, packing: bool) -> tuple[Rows, Rows]:
+    fast = packed.frozen_products(layer) if packing else None
     if fast is not None:
         return fast
     weight = layer.weight.detach()
@@ -90,7 +84,7 @@ class _LoraLinear(torch.autograd.Function):
 
 def _fusable(module: Any, adapter: str, per_row: bool = False) -> bool:
     """Whether ``module`` can run ``adapter`` as ``_LoraLinear``: active alone, or (``per_row``)
-    installed and selected per row by ``adapters.per_row_adapters`` with all adapters disabled."""
+    installed and selected per row by ``per_row.per_row_adapters`` with all adapters disabled."""
     base = getattr(module, "base_layer", None)
     selected = per_row or (not module.disable_adapters and list(module.active_adapters) == [adapter])
     return (
@@ -110,9 +104,9 @@ def _fusable(module: Any, adapter: str, per_row: bool = False) -> bool:
     )
 
 
-def _fused_forward(module: Any, adapter: str) -> Callable[..., torch.Tensor]:
+def _fused_forward(module: Any, adapter: str, packing: bool) -> Callable[..., torch.Tensor]:
     base: torch.nn.Linear = module.base_layer
-    forward, backward = _products(base)
+    forward, backward = _products(base, packing)
     a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
     scaling = float(module.scaling[adapter])
 
@@ -126,40 +120,39 @@ def _fused_forward(module: Any, adapter: str) -> Callable[..., torch.Tensor]:
 
 
 @contextmanager
-def fused_lora_linears(model: torch.nn.Module, adapter: str | None) -> Iterator[int]:
+def fused_lora_linears(model: torch.nn.Module, adapter: str | None, packing: bool) -> Iterator[int]:
     """Within: every peft LoRA ``Linear`` of ``model`` running ``adapter`` alone computes with
     ``_LoraLinear`` (see the module docstring); yields how many layers were switched (0 for
-    ``adapter=None`` or when ``enabled()`` is false). Layers are switched back on exit."""
+    ``adapter=None``). ``packing``: whether the frozen product may come from a packed copy
+    (``TorchSettings.packed_weights``). Layers are switched back on exit."""
     from peft.tuners.lora import Linear as LoraLinear
 
-    switched: list[Any] = []
-    if adapter is not None and enabled():
-        for module in module_walk.modules(model):
-            if isinstance(module, LoraLinear) and _fusable(module, adapter):
-                module.forward = _fused_forward(module, adapter)  # type: ignore[method-assign]
-                switched.append(module)
-    try:
-        yield len(switched)
-    finally:
-        for module in switched:
-            module.__dict__.pop("forward", None)
+    swaps = []
+    if adapter is not None:
+        swaps = [
+            (module, _fused_forward(module, adapter, packing))
+            for module in module_walk.modules(model)
+            if isinstance(module, LoraLinear) and _fusable(module, adapter)
+        ]
+    with swapped_forwards(swaps) as switched:
+        yield switched
 
 
 def segment_forward(
-    module: Any, segments: RowSegments, fallback: Callable[..., torch.Tensor]
+    module: Any, segments: RowSegments, fallback: Callable[..., torch.Tensor], packing: bool
 ) -> Callable[..., torch.Tensor] | None:
     """For the multi-tenant pass: a forward of the peft LoRA ``Linear`` ``module`` in which the
-    rows of every segment of ``segments`` (an ``adapters.RowSegments``) run their adapter through
+    rows of every segment of ``segments`` (a ``row_segments.RowSegments``) run their adapter through
     ``_LoraLinear`` (or the base layer alone, for a segment whose adapter is not on this layer) at
     their first ``length`` positions, padding positions giving zeros. ``None`` when an adapter of
-    the segments cannot be fused here or ``enabled()`` is false. ``fallback(module, x, output)``
+    the segments cannot be fused here. ``packing`` as for ``fused_lora_linears``. ``fallback(module, x, output)``
     computes the result peft's way from the base output, for calls with extra arguments.
     ``None`` too when no segment's adapter is on this layer (its output is the base layer's)."""
     names = {name for _, _, name, _ in segments.segments if name is not None and name in module.lora_A}
-    if not names or not enabled() or not all(_fusable(module, name, per_row=True) for name in names):
+    if not names or not all(_fusable(module, name, per_row=True) for name in names):
         return None
     base: torch.nn.Linear = module.base_layer
-    forward, backward = _products(base)
+    forward, backward = _products(base, packing)
 
     def per_segment(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs or any(x.dtype != module.lora_A[n].weight.dtype for n in names):

@@ -1,12 +1,11 @@
-"""The torch backend's batched decode loop (``sampler.sample_batch``) and its fast token choice.
+"""The torch backend's batched decode loop (``sampler.sample_batch``, ``decode.py``).
 
 ``sample_batch`` answers several requests (different adapters, prompt lengths, ``num_samples``,
 ``max_tokens``, stops, sampling parameters, seeds, prompt-logprob options) in one decode loop. With
-a seed, every request's tokens must be exactly those ``sample`` gives for it alone, and its
-sampled logprobs, prompt logprobs and top-k prompt logprobs must agree with ``sample``'s within
+a seed, every request's tokens must be exactly those it gets alone (a batch of one), and its
+sampled logprobs, prompt logprobs and top-k prompt logprobs must agree with those within
 ``atol 1e-4`` (the ``fp32`` class). On x86 CPUs with MKL the loop is batch-invariant by design
 (rows attend alone; matrix products from probed, packed weights), so there they must be bit-identical.
-``choose_tokens`` must draw exactly the token ``choose_token`` draws, row by row.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ import pytest
 import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec
-from tinker_std.backends.torch import adapters, packed, sampler
+from tinker_std.backends.torch import TorchSettings, adapters, row_attention, sampler
+from tinker_std.backends.torch.fast import packed
 from tinker_std.backends.torch.models import BUILTIN_MODELS, builtin_path, load_causal_lm, load_tokenizer
 from tinker_std.errors import BadRequestError, ContextLengthError
-from tinker_std.sampling_rules import choose_token
-from tinker_std.types import LoraConfig, SampleResponse, SamplingParams
+from tinker_std.types import LoraConfig, SampleResponse
 
 from _support import sample_request as request
 
@@ -34,9 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL = "tiny-llama"
 CPU = torch.device("cpu")
 ATOL = 1e-4
-#: Where the loop is batch-invariant bit for bit: x86 CPUs with oneDNN's packed products (packed.py,
-#: sampler point 5); without packing, MKL's GEMM is row-independent on some CPUs only.
-BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and packed.packable()
+#: The fast paths as the environment sets them (``TINKER_STD_*``), as an engine would read them.
+SETTINGS = TorchSettings.from_env()
+#: Where the loop is batch-invariant bit for bit: x86 CPUs with oneDNN's packed products
+#: (``fast/packed.py``, ``sampler.py``); without packing, MKL's GEMM is row-independent on some CPUs only.
+BIT_EXACT = platform.machine() in ("x86_64", "AMD64") and packed.available() and SETTINGS.packed_weights
 
 
 @pytest.fixture(scope="module", params=[MODEL, "tiny-qwen3"])
@@ -61,12 +62,14 @@ def setup(
     yield model, tokenizer, spec
 
 
-def alone(setup: tuple[Any, Any, SamplerSpec], item: sampler.SampleItem) -> SampleResponse:
-    """``sample`` for one item, its adapter activated the way the engine does it."""
+def alone(
+    setup: tuple[Any, Any, SamplerSpec], item: sampler.SampleItem, settings: TorchSettings = SETTINGS
+) -> SampleResponse:
+    """``sample_batch`` on one item alone, as the engine samples a request that arrives alone."""
     model, tokenizer, _ = setup
-    adapters.activate(model, item.adapter, trainable=False)
-    with torch.no_grad():
-        return sampler.sample(model, item.request, item.spec, tokenizer, CPU)
+    (response,) = sampler.sample_batch(model, [item], tokenizer, CPU, settings)
+    assert isinstance(response, SampleResponse), repr(response)
+    return response
 
 
 def assert_same(got: SampleResponse, want: SampleResponse, label: str, exact: bool = BIT_EXACT) -> float:
@@ -119,7 +122,7 @@ def test_batch_gives_each_request_what_it_gets_alone(setup: tuple[Any, Any, Samp
     model, tokenizer, spec = setup
     items = mixed_items(tokenizer, spec)
     want = [alone(setup, item) for item in items]
-    got = sampler.sample_batch(model, items, tokenizer, CPU)
+    got = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
     assert len(got) == len(items)
     worst = 0.0
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -142,7 +145,7 @@ def test_single_adapter_batch_and_subsets(setup: tuple[Any, Any, SamplerSpec]) -
         items = [item for item in mixed_items(tokenizer, spec) if item.adapter == adapter]
         want = [alone(setup, item) for item in items]
         for group in (items, items[::-1], items[:1]):
-            got = sampler.sample_batch(model, group, tokenizer, CPU)
+            got = sampler.sample_batch(model, group, tokenizer, CPU, SETTINGS)
             order = [items.index(item) for item in group]
             for g, i in zip(got, order, strict=True):
                 assert isinstance(g, SampleResponse)
@@ -178,7 +181,7 @@ def test_padding_mask_fallback(setup: tuple[Any, Any, SamplerSpec]) -> None:
     model.config._attn_implementation = "eager"
     try:
         want = [alone(setup, item) for item in items]
-        got = sampler.sample_batch(model, items, tokenizer, CPU)
+        got = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
     finally:
         model.config._attn_implementation = before
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -192,7 +195,8 @@ def test_adapters_differ(setup: tuple[Any, Any, SamplerSpec]) -> None:
     (so the comparisons above exercise the per-row adapters)."""
     model, tokenizer, spec = setup
     req = request(tokenizer.encode("Question: What colour is the sky?"), 2, max_tokens=12, stop=[], seed=3)
-    got = sampler.sample_batch(model, [sampler.SampleItem(req, spec, a) for a in (None, "a", "b")], tokenizer, CPU)
+    items = [sampler.SampleItem(req, spec, a) for a in (None, "a", "b")]
+    got = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
     logprobs = [tuple(r.sequences[0].logprobs or []) for r in got if isinstance(r, SampleResponse)]
     assert len(set(logprobs)) == 3
 
@@ -208,7 +212,7 @@ def test_invalid_items_fail_alone(setup: tuple[Any, Any, SamplerSpec]) -> None:
         sampler.SampleItem(request([1] * context, 1), spec, None),
     ]
     items = [bad[0], good[0], bad[1], good[1], bad[2], good[2], bad[3]]
-    got = sampler.sample_batch(model, items, tokenizer, CPU)
+    got = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
     assert isinstance(got[0], BadRequestError) and got[0].field == "prompt"
     assert isinstance(got[2], BadRequestError) and got[2].field == "prompt"
     assert isinstance(got[4], ContextLengthError) and got[4].field == "sampling_params.max_tokens"
@@ -217,8 +221,8 @@ def test_invalid_items_fail_alone(setup: tuple[Any, Any, SamplerSpec]) -> None:
         response = got[slot]
         assert isinstance(response, SampleResponse)
         assert_same(response, alone(setup, item), f"slot {slot}")
-    assert all(isinstance(r, BadRequestError) for r in sampler.sample_batch(model, bad, tokenizer, CPU))
-    assert sampler.sample_batch(model, [], tokenizer, CPU) == []
+    assert all(isinstance(r, BadRequestError) for r in sampler.sample_batch(model, bad, tokenizer, CPU, SETTINGS))
+    assert sampler.sample_batch(model, [], tokenizer, CPU, SETTINGS) == []
 
 
 def test_unseeded_requests_in_a_batch(setup: tuple[Any, Any, SamplerSpec]) -> None:
@@ -227,50 +231,10 @@ def test_unseeded_requests_in_a_batch(setup: tuple[Any, Any, SamplerSpec]) -> No
         sampler.SampleItem(request(tokenizer.encode(text), 3, max_tokens=5, stop=[]), spec, adapter)
         for text, adapter in (("The cat", "a"), ("Once upon a time there", None))
     ]
-    for response in sampler.sample_batch(model, items, tokenizer, CPU):
+    for response in sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS):
         assert isinstance(response, SampleResponse)
         assert [len(s.tokens) for s in response.sequences] == [5, 5, 5]
         assert all(0 <= t < spec.vocab_size for s in response.sequences for t in s.tokens)
-
-
-@pytest.mark.parametrize("vocab", [7, 384, 49152])
-def test_choose_tokens_draws_exactly_what_choose_token_draws(vocab: int) -> None:
-    """Same token, same generator state afterwards, for every row; including heavy ties (logits
-    rounded to a few values), top-k cuts inside a tie group, and extreme temperatures."""
-    gen = torch.Generator().manual_seed(vocab)
-    smooth = torch.randn(6, vocab, generator=gen, dtype=torch.float64) * 3
-    tied = torch.round(torch.randn(6, vocab, generator=gen, dtype=torch.float64) * 2) / 2
-    peaked = torch.randn(4, vocab, generator=gen, dtype=torch.float64) * 40
-    flat = torch.zeros(2, vocab, dtype=torch.float64)
-    logits = torch.cat([smooth, tied, peaked, flat])
-    grid = [
-        SamplingParams(temperature=1.0),
-        SamplingParams(temperature=0.3, top_k=3),
-        SamplingParams(temperature=2.0, top_p=0.5),
-        SamplingParams(temperature=0.9, top_k=vocab // 2 + 1, top_p=0.97),
-        SamplingParams(temperature=1e-3, top_k=1),
-        SamplingParams(temperature=0.0),
-    ]
-    drawn = 0
-    for params in grid:
-        for repeat in range(3):
-            seeds = [1000 * repeat + r for r in range(logits.shape[0])]
-            ours = [torch.Generator().manual_seed(s) for s in seeds]
-            reference = [torch.Generator().manual_seed(s) for s in seeds]
-            got = sampler.choose_tokens(logits, [params] * logits.shape[0], ours)
-            want = [choose_token(logits[r], params, reference[r]) for r in range(logits.shape[0])]
-            assert got == want, f"{params}"
-            for a, b in zip(ours, reference, strict=True):
-                assert torch.equal(a.get_state(), b.get_state())
-            drawn += len(got)
-    assert drawn == len(grid) * 3 * logits.shape[0]
-
-
-def test_choose_tokens_falls_back_on_nan() -> None:
-    logits = torch.tensor([[0.0, float("nan"), 1.0]], dtype=torch.float64)
-    params = SamplingParams(temperature=1.0)
-    got = sampler.choose_tokens(logits, [params], [torch.Generator().manual_seed(1)])
-    assert got == [choose_token(logits[0], params, torch.Generator().manual_seed(1))]
 
 
 def test_the_in_place_cache_equals_transformers_dynamic_cache(
@@ -281,7 +245,7 @@ def test_the_in_place_cache_equals_transformers_dynamic_cache(
     and bit-identical logprobs (one request alone, and a batch that drops rows as they stop)."""
     from transformers.cache_utils import DynamicCache
 
-    from tinker_std.backends.torch import kv_cache
+    from tinker_std.backends.torch.fast import kv_cache
 
     model, tokenizer, spec = setup
     items = [
@@ -292,7 +256,7 @@ def test_the_in_place_cache_equals_transformers_dynamic_cache(
 
     def run() -> list[SampleResponse]:
         with torch.no_grad():
-            batch = sampler.sample_batch(model, items, tokenizer, CPU)
+            batch = sampler.sample_batch(model, items, tokenizer, CPU, SETTINGS)
         out = [alone(setup, items[0])]
         for response in batch:
             assert isinstance(response, SampleResponse)
@@ -308,7 +272,7 @@ def test_the_in_place_cache_equals_transformers_dynamic_cache(
 
     monkeypatch.setattr(kv_cache, "growing_cache", dynamic)
     plain = run()
-    if sampler._supports_row_attention(model):
+    if row_attention.supports_row_attention(model):
         assert calls, "the decode loop did not use the in-place cache"
     for k, (got, want) in enumerate(zip(grown, plain, strict=True)):
         for g, w in zip(got.sequences, want.sequences, strict=True):

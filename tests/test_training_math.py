@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_std.engine import CLIP_EPS, adamw_step
+from tinker_std.training_math import CLIP_EPS, adamw_step
 from tinker_std.types import AdamParams
 
 # Parameters are float64 and O(1); one step differs from the reference only by rounding

@@ -22,19 +22,19 @@ off, it packs their LoRA factors as well as the frozen base weights), and:
   fails is not packed, and its layer keeps MKL's path (row-independent within float tolerance only,
   or bit for bit where the sampler's 4-row blocks suit the CPU).
 
-The training forward uses the same context (``engine.py``, ``_logprobs``): there the larger
+The training forward uses the same context (``forward_pass.py``, ``ForwardPass.logprobs``): there the larger
 products gain less (10-20% at 512 rows) but they are most of a step, and the backward's input
 gradient ``grad @ W`` runs from a second packed copy, of ``W.T``.
 
 The packed copies are cached on the layers (``_ATTRIBUTE``), rebuilt when a weight changes (its
 version counter) or the thread count changes (the probe's result depends on it), and cost one more
 copy of the frozen weights in memory each (one for sampling, one more once a training backward
-ran). ``TINKER_STD_PACKED_WEIGHTS=0`` turns the whole thing off.
+ran). ``TorchSettings.packed_weights`` (``TINKER_STD_PACKED_WEIGHTS=0``) turns the whole thing off;
+callers pass it (``packed_linears(enabled=...)``, and they skip ``frozen_products`` when it is off).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,8 +42,9 @@ from typing import Any
 import torch
 
 from . import module_walk
+from .forward_swap import swapped_forwards
 
-__all__ = ["apply_rows", "frozen_products", "packable", "packed_linears", "packed_product"]
+__all__ = ["apply_rows", "available", "frozen_products", "packed_linears", "packed_product"]
 
 _ATTRIBUTE = "_tinker_std_packed"
 #: Rows of the probe batch; the packing hint (oneDNN picks a blocking for this many rows).
@@ -51,10 +52,9 @@ _PROBE_ROWS = 12
 _HINT = 8
 
 
-def packable() -> bool:
-    """Whether this torch build has the oneDNN ops and packing is not turned off."""
-    if os.environ.get("TINKER_STD_PACKED_WEIGHTS", "1") == "0":
-        return False
+def available() -> bool:
+    """Whether this torch build has the oneDNN ops packing needs (``TorchSettings.packed_weights``
+    decides whether they are used)."""
     try:
         available = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
         return available and callable(torch.ops.mkldnn._linear_pointwise)
@@ -180,10 +180,10 @@ def frozen_products(
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None:
     """``(x -> x @ W.T + bias, g -> g @ W)`` of a frozen float32 CPU ``layer`` from its packed
     copies (built or taken from the layer's cache; the one of ``W.T`` on first use), or ``None``
-    when packing is off, the layer does not qualify or its packed forward fails the probe (a
+    when the oneDNN ops are not ``available``, the layer does not qualify or its packed forward fails the probe (a
     packed ``W.T`` that fails falls back to ``g @ W``). Used by ``head.py`` to compute the output
     layer in row chunks."""
-    if not packable() or not _is_frozen_cpu_float32(layer):
+    if not available() or not _is_frozen_cpu_float32(layer):
         return None
     forward = _packed_rows(layer, transposed=False)
     if forward is None:
@@ -220,22 +220,19 @@ def _frozen_linears(model: Any, adapters: Collection[str]) -> list[torch.nn.Line
 
 
 @contextmanager
-def packed_linears(model: Any, adapters: Collection[str] = ()) -> Iterator[int]:
+def packed_linears(model: Any, adapters: Collection[str] = (), enabled: bool = True) -> Iterator[int]:
     """Within: ``model``'s frozen float32 CPU linear layers, and the LoRA factors of ``adapters``
     (the sampler's, so that their products are row-independent too), compute from packed weights
-    (see the module docstring); yields how many layers are packed (0 when ``packable()`` is false).
+    (see the module docstring); yields how many layers are packed (0 when not ``enabled``, the
+    ``TorchSettings.packed_weights`` switch, or the ops are not ``available``).
     Under autograd the layers stay differentiable in their inputs (``_FrozenPackedLinear``: the input
     gradient from a packed ``W.T``), so a training forward and backward can run within too; their
     weights get no gradient (they are frozen)."""
-    layers: list[torch.nn.Linear] = []
-    if packable():
+    swaps = []
+    if enabled and available():
         for layer in _frozen_linears(model, adapters):
             forward = _packed_forward(layer)
             if forward is not None:
-                layer.forward = forward  # type: ignore[method-assign,assignment]
-                layers.append(layer)
-    try:
-        yield len(layers)
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
+                swaps.append((layer, forward))
+    with swapped_forwards(swaps) as count:
+        yield count

@@ -1,9 +1,9 @@
 """The training pass's fused paths equal the plain ones (issue 14, the training step):
 
 * ``head.py``: target logprobs from hidden states in row chunks, never the full-vocabulary logits,
-  vs the model's own logits + ``log_softmax`` + ``gather`` (``TINKER_STD_FUSED_HEAD=0``);
+  vs the model's own logits + ``log_softmax`` + ``gather`` (``TorchSettings.fused_head`` off);
 * ``lora_linear.py``: the trained adapter's LoRA layers as single fused products vs peft's
-  forward (``TINKER_STD_FUSED_LORA=0``).
+  forward (``TorchSettings.fused_lora`` off).
 
 Tolerance: the ``fp32`` class. Logprobs and losses ``atol 1e-4``; LoRA gradients ``rtol 1e-4``
 with ``atol`` 1e-5 of the tensor's largest entry (the same sums, accumulated in another order).
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_std.backends.torch import TorchEngine, adapters, head, lora_linear, packed
+from tinker_std.backends.torch import TorchEngine, adapters
+from tinker_std.backends.torch.fast import head, lora_linear, packed
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.types import AdamParams, Datum, LoraConfig, ModelInput
 
@@ -65,34 +66,29 @@ def batch(engine: TorchEngine, model: str, loss: str, soft: bool) -> list[Datum]
 
 
 def run(
-    engine: TorchEngine, model_id: str, data: list[Datum], loss: str, fused: bool, monkeypatch: pytest.MonkeyPatch
+    engine: TorchEngine, model_id: str, data: list[Datum], loss: str, fused: bool
 ) -> tuple[list[np.ndarray], float, dict[str, np.ndarray]]:
-    flag = "1" if fused else "0"
-    return engine_pass(
-        engine, model_id, data, loss, {"TINKER_STD_FUSED_HEAD": flag, "TINKER_STD_FUSED_LORA": flag}, monkeypatch
-    )
+    return engine_pass(engine, model_id, data, loss, {"fused_head": fused, "fused_lora": fused})
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("unembed", [False, True])
-def test_fused_training_pass_equals_the_plain_one(
-    engine: TorchEngine, model: str, unembed: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fused_training_pass_equals_the_plain_one(engine: TorchEngine, model: str, unembed: bool) -> None:
     model_id = engine.create_model(model, LoraConfig(rank=4, seed=3, train_unembed=unembed)).model_id
     for _ in range(2):  # non-zero lora_B, so every LoRA factor gets a gradient
         engine.forward_backward(model_id, batch(engine, model, "cross_entropy", False), "cross_entropy", {}, True)
         engine.optim_step(model_id, AdamParams(learning_rate=1e-2))
-    base = engine._bases[model].model
+    base = engine.bases.loaded[model].model
     assert head.output_head(base) is not None, "the fused head path does not apply to this model"
-    training = engine._models[model_id]
+    training = engine.training.models[model_id]
     adapters.activate(base, training.adapter, trainable=True)
-    with lora_linear.fused_lora_linears(base, training.adapter) as switched:
+    with lora_linear.fused_lora_linears(base, training.adapter, packing=True) as switched:
         assert switched == 7 * base.config.num_hidden_layers + unembed
     for loss in LOSSES:
         for soft in (False, True):
             data = batch(engine, model, loss, soft)
-            lp_fused, loss_fused, grads_fused = run(engine, model_id, data, loss, True, monkeypatch)
-            lp_plain, loss_plain, grads_plain = run(engine, model_id, data, loss, False, monkeypatch)
+            lp_fused, loss_fused, grads_fused = run(engine, model_id, data, loss, True)
+            lp_plain, loss_plain, grads_plain = run(engine, model_id, data, loss, False)
             where = f"{model} unembed={unembed} {loss} soft={soft}"
             assert abs(loss_fused - loss_plain) <= 1e-4 * max(1.0, abs(loss_plain)), where
             for f, p in zip(lp_fused, lp_plain, strict=True):
@@ -114,19 +110,18 @@ def plain_target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 
 @pytest.mark.parametrize("lora_trained", [None, False, True])
 @pytest.mark.parametrize("soft", [False, True])
-@pytest.mark.parametrize("packing", ["1", "0"])
+@pytest.mark.parametrize("packing", [True, False])
 def test_chunked_head_gradients_equal_autograd_on_full_logits(
-    lora_trained: bool | None, soft: bool, packing: str, monkeypatch: pytest.MonkeyPatch
+    lora_trained: bool | None, soft: bool, packing: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More rows than one chunk; a frozen head (backward from ``E = P @ W``), a head LoRA that is
     frozen (``E`` for its factor too) or trained (the recomputing backward)."""
-    monkeypatch.setenv("TINKER_STD_PACKED_WEIGHTS", packing)
     monkeypatch.setattr(head, "CHUNK_ROWS", 16)
     gen = torch.Generator().manual_seed(11)
     n, hidden_size, vocab, rank = 40, 32, 300, 4
     layer = torch.nn.Linear(hidden_size, vocab, bias=False).requires_grad_(False)
     decoder = torch.nn.Identity()
-    split = head.OutputHead(decoder=decoder, layer=layer, module=layer)
+    split = head.OutputHead(decoder=decoder, layer=layer, module=layer, packing=packing)
     h = torch.randn(n, hidden_size, generator=gen, requires_grad=True)
     targets = torch.randint(0, vocab, (n, 3) if soft else (n,), generator=gen)
     upstream = torch.randn(targets.shape, generator=gen)
@@ -179,7 +174,7 @@ def test_fused_lora_linear_equals_peft() -> None:
     def grads(fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         for p in params.values():
             p.grad = None
-        with lora_linear.fused_lora_linears(model, "default" if fused else None) as switched:
+        with lora_linear.fused_lora_linears(model, "default" if fused else None, packing=True) as switched:
             assert switched == (2 if fused else 0)
             y = model(x)
             (y * upstream).sum().backward()  # type: ignore[no-untyped-call]

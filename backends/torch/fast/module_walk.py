@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["changed", "modules"]
+__all__ = ["changed", "modules", "tuner_layers"]
 
 _ATTRIBUTE = "_tinker_std_structure"
 _WALKS: weakref.WeakKeyDictionary[Any, tuple[int, list[torch.nn.Module]]] = weakref.WeakKeyDictionary()
@@ -35,3 +35,10 @@ def modules(model: Any) -> list[torch.nn.Module]:
         cached = (version, list(model.modules()))
         _WALKS[model] = cached
     return cached[1]
+
+
+def tuner_layers(model: torch.nn.Module) -> list[Any]:
+    """``model``'s peft tuner layers (every LoRA layer), in module order."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in modules(model) if isinstance(module, BaseTunerLayer)]

@@ -14,7 +14,7 @@ Contract (what the sampler's batch invariance needs):
 
 * a row's output depends only on the row and on its adapter's merged weight: every product is a
   probed, packed one (row-independent for any number of rows), and in a batch that mixes adapters
-  each layer runs one product per run of rows of the same adapter (``adapters.RowSegments``),
+  each layer runs one product per run of rows of the same adapter (``row_segments.RowSegments``),
   so a row gives the same bits whatever else is in the batch and however the rows are grouped;
 * the merged weights are used whenever packing is on (also for a batch of one adapter), never only
   in some batches;
@@ -31,16 +31,15 @@ Logprobs differ from the unmerged computation by float rounding only (about 1e-7
 Memory: one packed copy of every adapted layer per cached adapter (SmolLM2-135M, attention + MLP:
 about 0.42 GB; with ``lm_head`` 0.11 GB more). The cache lives on the model, keyed per adapter by
 the thread count and the data pointers and version counters of every base weight and factor, so a
-changed adapter is rebuilt on its next use; it keeps the ``capacity()`` most recently sampled
-adapters (``TINKER_STD_MERGED_ADAPTERS``, default 2) besides those of the batch being decoded,
-which are always all built. ``forget`` drops an adapter (``adapters.delete_adapter`` calls it).
-``TINKER_STD_MERGED_LORA=0`` (or ``TINKER_STD_PACKED_WEIGHTS=0``) turns merging off; the sampler
-then computes the factors separately, as before.
+changed adapter is rebuilt on its next use; it keeps the ``capacity`` most recently sampled
+adapters (``TorchSettings.merged_adapters``, ``TINKER_STD_MERGED_ADAPTERS``, default 2) besides those
+of the batch being decoded, which are always all built. ``forget`` drops an adapter
+(``adapters.delete_adapter`` calls it). ``TorchSettings.merged_lora`` (``TINKER_STD_MERGED_LORA=0``)
+or ``packed_weights`` off turns merging off; the sampler then computes the factors separately.
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,26 +49,15 @@ from typing import Any
 import torch
 
 from . import module_walk, packed
+from .forward_swap import swapped_forwards
 
-__all__ = ["capacity", "cached_adapters", "enabled", "forget", "merged_lora_linears"]
+__all__ = ["cached_adapters", "forget", "merged_lora_linears"]
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
-#: ``(start, stop, adapter, length)`` batch segments, as ``adapters.Segment``.
+#: ``(start, stop, adapter, length)`` batch segments, as ``row_segments.Segment``.
 Segments = Callable[[], Sequence[tuple[int, int, str | None, int | None]]]
 
 _CACHE = "_tinker_std_merged"
-
-
-def enabled() -> bool:
-    """Whether sampling uses merged weights: packing is available and on, and
-    ``TINKER_STD_MERGED_LORA`` is not ``0``."""
-    return os.environ.get("TINKER_STD_MERGED_LORA", "1") != "0" and packed.packable()
-
-
-def capacity() -> int:
-    """How many adapters' merged weights stay cached besides the batch's own
-    (``TINKER_STD_MERGED_ADAPTERS``, default 2)."""
-    return max(0, int(os.environ.get("TINKER_STD_MERGED_ADAPTERS", "2")))
 
 
 @dataclass
@@ -160,9 +148,9 @@ def _merge(layer: Any, name: str) -> Rows | None:
     return packed.packed_product(merged, bias, like=base)
 
 
-def _entries(model: Any, layers: Sequence[Any], names: Collection[str]) -> dict[str, _Entry]:
+def _entries(model: Any, layers: Sequence[Any], names: Collection[str], capacity: int) -> dict[str, _Entry]:
     """The (built or cached) merged products of every adapter in ``names``; the cache then holds
-    those and at most ``capacity()`` others, the most recently used."""
+    those and at most ``capacity`` others, the most recently used."""
     cache = _cache(model)
     entries: dict[str, _Entry] = {}
     for name in names:
@@ -175,7 +163,7 @@ def _entries(model: Any, layers: Sequence[Any], names: Collection[str]) -> dict[
         cache[name] = entry
         cache.move_to_end(name)
         entries[name] = entry
-    while len(cache) > len(entries) + capacity():
+    while len(cache) > len(entries) + capacity:
         stale = next(name for name in cache if name not in entries)
         del cache[stale]
     return entries
@@ -242,28 +230,27 @@ def _forward(products: dict[str | None, Rows], name: str | None, segments: Segme
 
 
 @contextmanager
-def merged_lora_linears(model: Any, names: Collection[str | None], segments: Segments | None = None) -> Iterator[bool]:
+def merged_lora_linears(
+    model: Any, names: Collection[str | None], segments: Segments | None = None, *, capacity: int
+) -> Iterator[bool]:
     """Within: every peft LoRA layer of ``model`` computes the sampled adapters ``names`` from
     merged, packed weights (see the module docstring). ``segments``: for a batch mixing adapters,
     a function giving the current ``(start, stop, adapter, length)`` row segments (read on every
     call, so the decode loop may change them between steps); ``None``: every row uses the one
-    adapter in ``names`` (or the base when that is ``None``). Yields whether the layers were
-    switched: ``False`` (nothing changed) when merging is off (``enabled``) or some LoRA layer or
-    adapter is not a plain, unmerged float32 CPU LoRA ``Linear``. Call within
-    ``packed.packed_linears`` (the base layers then compute from their packed copies too)."""
+    adapter in ``names`` (or the base when that is ``None``). ``capacity``: how many other adapters'
+    merged weights stay cached (``TorchSettings.merged_adapters``). Yields whether the layers were
+    switched: ``False`` (nothing changed) when the oneDNN ops are not ``packed.available()`` or
+    some LoRA layer or adapter is not a plain, unmerged float32 CPU LoRA ``Linear``. Call within
+    ``packed.packed_linears`` (the base layers then compute from their packed copies too); callers
+    with ``TorchSettings.merged_lora`` or ``packed_weights`` off do not call it."""
     adapters = {name for name in names if name is not None}
     if segments is None and len(set(names)) > 1:
         raise ValueError("several adapters need segments")
     layers = _lora_layers(model)
-    if not enabled() or not all(_mergeable(layer, adapters) for layer in layers):
+    if not packed.available() or not all(_mergeable(layer, adapters) for layer in layers):
         yield False
         return
-    entries = _entries(model, layers, adapters)
+    entries = _entries(model, layers, adapters, capacity)
     single = next(iter(names), None) if segments is None else None
-    try:
-        for layer in layers:
-            layer.forward = _forward(_products(layer, entries), single, segments)
+    with swapped_forwards((layer, _forward(_products(layer, entries), single, segments)) for layer in layers):
         yield True
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)

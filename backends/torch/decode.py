@@ -1,0 +1,265 @@
+"""The torch backend's decode loop: many requests, one batch, KV-cached, one random stream per sequence.
+
+``decode`` runs validated requests (``DecodeJob``, made by ``sampler.sample_batch``) on a model whose
+adapters are already arranged (one active, or ``rows``: per-row segments) to completion:
+
+1. All prompts run together once, left-padded to a common width (a multiple of ``BLOCK``) with
+   explicit position ids, ``use_cache=True``. The logits give prompt logprobs and top-k prompt
+   logprobs where asked for (only the last positions needed are computed), and each prompt's last
+   position the first token's distribution.
+2. Every sequence gets a row: its prompt's cache row, repeated ``num_samples`` times
+   (``Cache.batch_select_indices``), and all live rows of all requests decode together, one forward
+   per step over a ``(rows, 1)`` batch. A row that stops is dropped from the batch.
+3. Batch invariance (SMP-12): on CPU each row attends alone (``row_attention.py``, its padding
+   passed with every forward), and every adapter's group of rows is closed with filler rows to a
+   multiple of ``BLOCK``; with the products of ``fast/packed.py`` and ``fast/merged.py`` a row's
+   logits are bit-identical to those of the same request alone. Elsewhere rows attend through a
+   padding mask and agree within float tolerance only.
+4. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
+   draws of ``choose_token`` on a CPU ``float64`` copy of its logits row
+   (``sampling_rules.choose_tokens``; draw rule 2 of SMP-20).
+5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone.
+6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
+   (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.sampling_rules import StopRule, choose_tokens, prompt_scores, sequence_generator, token_budget
+from tinker_std.types import SampledSequence, SampleResponse, StopReason
+
+from .fast import kv_cache
+from .fast.row_segments import RowSegments, Segment
+from .row_attention import ROW_PADS, rows_attend_alone, supports_row_attention
+
+__all__ = ["BLOCK", "DecodeJob", "decode"]
+
+
+#: Rows per block: on some CPUs (measured: AMD EPYC) MKL's float32 GEMM computes a row bit-identically
+#: in any full block of 4 rows, whatever the other rows; so every matrix product here gets a multiple
+#: of 4 rows (per adapter segment too) for products that are not packed (see point 3 above).
+BLOCK = 4
+
+
+def _round_up(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+@dataclass
+class DecodeJob:
+    """One validated request and the state of its sequences."""
+
+    slot: int
+    request: SampleRequest
+    adapter: str | None
+    max_tokens: int
+    stop: StopRule
+    generators: list[torch.Generator]
+    tokens: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+    reasons: list[StopReason] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls, slot: int, request: SampleRequest, spec: SamplerSpec, adapter: str | None, tokenizer: Tokenizer
+    ) -> DecodeJob:
+        """Validate ``request`` (``token_budget``) and set up its sequences."""
+        params = request.sampling_params
+        max_tokens = token_budget(request.prompt, params, spec.vocab_size, spec.max_context_length)
+        n = request.num_samples
+        return cls(
+            slot=slot,
+            request=request,
+            adapter=adapter,
+            max_tokens=max_tokens,
+            stop=StopRule.from_stop(params.stop, tokenizer.eos_token_id),
+            generators=[sequence_generator(params.seed, j) for j in range(n)],
+            tokens=[[] for _ in range(n)],
+            logprobs=[[] for _ in range(n)],
+            reasons=["length"] * n,
+        )
+
+    @property
+    def wants_prompt_scores(self) -> bool:
+        return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
+
+
+def _accepts(model: Any, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
+
+
+def _segments(names: Sequence[str | None]) -> list[Segment]:
+    """The runs of consecutive equal entries of ``names`` as ``(start, stop, adapter, None)``
+    segments (``None``: every position of a row is a real token to adapt)."""
+    runs: list[Segment] = []
+    for row, name in enumerate(names):
+        if runs and runs[-1][2] == name:
+            runs[-1] = (runs[-1][0], row + 1, name, None)
+        else:
+            runs.append((row, row + 1, name, None))
+    return runs
+
+
+#: A batch row: ``(b, j)`` is sequence ``j`` of job ``b``; ``None`` a filler row (see ``BLOCK``).
+Slot = tuple[int, int] | None
+
+
+def _layout(live: Sequence[tuple[int, int]], jobs: Sequence[DecodeJob]) -> list[Slot]:
+    """``live`` (each adapter's rows contiguous) with filler rows closing every adapter's group to a
+    multiple of ``BLOCK`` rows."""
+    slots: list[Slot] = []
+    for i, (b, j) in enumerate(live):
+        slots.append((b, j))
+        if i + 1 == len(live) or jobs[live[i + 1][0]].adapter != jobs[b].adapter:
+            slots += [None] * (-len(slots) % BLOCK)
+    return slots
+
+
+def decode(
+    model: Any, jobs: Sequence[DecodeJob], tokenizer: Tokenizer, device: torch.device, rows: RowSegments | None
+) -> list[SampleResponse]:
+    """Run ``jobs`` (each adapter's jobs contiguous) to completion; the responses in job order.
+
+    ``rows``: the per-row adapter selection installed on ``model``, or ``None`` when the (single)
+    adapter is active already. On CPU, with ``row_attention`` (``supports_row_attention``) and
+    every matrix product in full blocks of rows, each row's logits are bit-identical to what the
+    same request gives alone; elsewhere (GPU kernels are not batch-invariant anyway) rows attend
+    through a padding mask and agree within float tolerance only."""
+    alone = device.type == "cpu" and supports_row_attention(model)
+    with rows_attend_alone(model) if alone else nullcontext():
+        return _run_loop(model, jobs, tokenizer, device, rows, alone)
+
+
+def _run_loop(
+    model: Any,
+    jobs: Sequence[DecodeJob],
+    tokenizer: Tokenizer,
+    device: torch.device,
+    rows: RowSegments | None,
+    alone: bool,
+) -> list[SampleResponse]:
+    lengths = [len(job.request.prompt) for job in jobs]
+    width = _round_up(max(lengths))
+    pads = [width - n for n in lengths]
+    ids = torch.zeros((len(jobs), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, job in enumerate(jobs):
+        ids[b, pads[b] :] = torch.tensor(job.request.prompt, dtype=torch.long)
+        mask[b, pads[b] :] = 1
+    kwargs: dict[str, Any] = {"use_cache": True, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
+    keep_logits = _round_up(
+        max((n for n, job in zip(lengths, jobs, strict=True) if job.wants_prompt_scores), default=1)
+    )
+    if keep_logits < width and _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep_logits
+    attention = mask.to(device)
+    if alone:
+        kwargs[ROW_PADS] = list(pads)
+    elif max(pads) > 0:
+        kwargs["attention_mask"] = attention
+    if alone:  # plain full-attention layers (``supports_row_attention``): a cache that grows in place
+        layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        kwargs["past_key_values"] = kv_cache.growing_cache(layers, max(job.max_tokens for job in jobs))
+    if rows is not None:
+        rows.segments = _segments([job.adapter for job in jobs])
+    out = model(input_ids=ids.to(device), **kwargs)
+    logits = out.logits  # (jobs, >= keep_logits, V); prompt b ends at the last position
+    cache = out.past_key_values
+    scores = [
+        prompt_scores(
+            logits[b, -lengths[b] :].float(),
+            job.request.prompt,
+            job.request.include_prompt_logprobs,
+            job.request.topk_prompt_logprobs,
+        )
+        if job.wants_prompt_scores
+        else (None, None)
+        for b, job in enumerate(jobs)
+    ]
+
+    slots = _layout([(b, j) for b, job in enumerate(jobs) for j in range(job.request.num_samples)], jobs)
+    cache_rows: list[int] = []  # the cache row holding each slot's context: at first its prompt's
+    for slot in slots:
+        cache_rows.append(slot[0] if slot is not None else cache_rows[-1])
+    last = logits[:, -1].float()[torch.tensor(cache_rows, device=logits.device)]  # (slots, V)
+    del out, logits
+    while True:
+        real = [r for r, slot in enumerate(slots) if slot is not None]
+        live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
+        real_last = last[torch.tensor(real, device=last.device)]
+        chosen = _choose_rows(real_last, live, jobs)
+        raw = torch.log_softmax(real_last, dim=-1)
+        chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()
+        kept: list[tuple[int, int]] = []
+        for r, (b, j) in enumerate(live):
+            job = jobs[b]
+            job.tokens[j].append(chosen[r])
+            job.logprobs[j].append(float(chosen_lps[r]))
+            if job.stop.reached(job.tokens[j], tokenizer):
+                job.reasons[j] = "stop"
+            elif len(job.tokens[j]) < job.max_tokens:
+                kept.append((b, j))
+        if not kept:
+            break
+        where = {slot: r for r, slot in enumerate(slots) if slot is not None}
+        new_slots = _layout(kept, jobs)
+        select: list[int] = []
+        for slot in new_slots:
+            select.append(cache_rows[where[slot]] if slot is not None else select[-1])
+        if select != list(range(len(slots))):
+            index = torch.tensor(select, device=device)
+            cache.batch_select_indices(index)
+            if not alone:
+                attention = attention[index]
+        slots, cache_rows = new_slots, list(range(len(new_slots)))
+        if rows is not None:
+            names: list[str | None] = []
+            for slot in slots:
+                names.append(jobs[slot[0]].adapter if slot is not None else names[-1])
+            rows.segments = _segments(names)
+        tokens: list[int] = []
+        positions: list[int] = []
+        for slot in slots:
+            if slot is None:  # filler: a copy of the row before it
+                tokens.append(tokens[-1])
+                positions.append(positions[-1])
+            else:
+                b, j = slot
+                tokens.append(jobs[b].tokens[j][-1])
+                positions.append(lengths[b] + len(jobs[b].tokens[j]) - 1)
+        step: dict[str, Any] = {"position_ids": torch.tensor(positions, device=device).unsqueeze(-1)}
+        if alone:
+            step[ROW_PADS] = [None if slot is None else pads[slot[0]] for slot in slots]
+        else:
+            attention = torch.cat([attention, attention.new_ones((len(slots), 1))], dim=1)
+            if max(pads) > 0:
+                step["attention_mask"] = attention
+        step_input = torch.tensor(tokens, device=device).unsqueeze(-1)
+        last = model(input_ids=step_input, past_key_values=cache, use_cache=True, **step).logits[:, -1].float()
+
+    responses = []
+    for job, (lps, tops) in zip(jobs, scores, strict=True):
+        sequences = [
+            SampledSequence(stop_reason=reason, tokens=tokens, logprobs=logprobs, sequence_id=uuid.uuid4().hex)
+            for tokens, logprobs, reason in zip(job.tokens, job.logprobs, job.reasons, strict=True)
+        ]
+        responses.append(
+            SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+        )
+    return responses
+
+
+def _choose_rows(last: torch.Tensor, live: Sequence[tuple[int, int]], jobs: Sequence[DecodeJob]) -> list[int]:
+    """The next token of every live row, each from its own generator (see ``choose_tokens``)."""
+    params = [jobs[b].request.sampling_params for b, _ in live]
+    return choose_tokens(last.to("cpu", torch.float64), params, [jobs[b].generators[j] for b, j in live])

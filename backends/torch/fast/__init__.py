@@ -1,0 +1,1 @@
+"""The torch engine's fast paths: each computes what the plain path computes, faster (``README.md``)."""

@@ -1,0 +1,69 @@
+"""Endpoints of a session's life and of the server itself: client configuration, sessions and
+their heartbeats, telemetry, health and capabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinker_std.client.service import ServiceClient
+
+from .messages import Endpoint, WireReply, WireRequest
+from .state import ServerState
+
+__all__ = ["SessionRoutes"]
+
+
+class SessionRoutes:
+    """Sessions of ``state``, and what the SDK asks the server before it starts one."""
+
+    def __init__(
+        self,
+        service: ServiceClient,
+        state: ServerState,
+        sdk_chunk_datums: int | None = None,
+        compress_requests: bool = False,
+    ) -> None:
+        """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
+        ``forward_backward`` request (its default is 1024). ``compress_requests``: ask the SDK
+        for zstd ``forward_backward`` bodies."""
+        self.service = service
+        self.state = state
+        self.sdk_chunk_datums = sdk_chunk_datums
+        self.compress_requests = compress_requests
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("client/config", self.client_config),
+            Endpoint("client/dynamic_config", self.client_config),
+            Endpoint("create_session", self.create_session),
+            Endpoint("session_heartbeat", self.heartbeat),
+            Endpoint("sessions/{session_id}/finish", self.finish_session),
+            Endpoint("telemetry", lambda r: WireReply.json({"status": "accepted"})),
+            Endpoint("healthz", lambda r: WireReply.json({"status": "ok"})),
+            Endpoint("get_server_capabilities", self.capabilities),
+        ]
+
+    def client_config(self, request: WireRequest) -> WireReply:
+        # The SDK's defaults, except plain httpx.
+        flags: dict[str, Any] = {"use_pyqwest_transport": False, "proto_compress_fwdbwd": self.compress_requests}
+        if self.sdk_chunk_datums is not None:
+            flags["fwdbwd_max_chunk_len"] = self.sdk_chunk_datums
+        return WireReply.json(flags)
+
+    def create_session(self, request: WireRequest) -> WireReply:
+        session_id = self.state.create_session(request.tenant)
+        return WireReply.json({"type": "create_session", "session_id": session_id})
+
+    def heartbeat(self, request: WireRequest) -> WireReply:
+        session_id = str(request.json().get("session_id"))
+        if not self.state.heartbeat(request.tenant, session_id):
+            # 410 tells the SDK to stop its heartbeats (the session was reaped or never was)
+            return WireReply.json({"error": f"session {session_id!r} is gone", "category": "user"}, 410)
+        return WireReply.json({"type": "session_heartbeat"})
+
+    def finish_session(self, request: WireRequest) -> WireReply:
+        self.state.finish_session(request.tenant, request.params["session_id"])
+        return WireReply.json({})
+
+    def capabilities(self, request: WireRequest) -> WireReply:
+        return WireReply.json(self.service.get_server_capabilities().model_dump(mode="json"))

@@ -1,0 +1,315 @@
+"""Training endpoints: create (or load) a model, ``forward_backward``, ``optim_step``, saves, loads
+and ``get_info``, over the library's ``TrainingClient``.
+
+Every request of a model carries the SDK's ``seq_id`` and runs strictly in that order
+(``SeqLane``). Once the model and the ``seq_id`` of a request are known, the request *consumes*
+its ``seq_id`` whatever happens next: a body that fails to decode or validate, or a request that
+fails to run, fails its own future and the next request runs. A retried request (same
+``seq_id``, same body) answers the original ``request_id``. Model ids are
+``"{session_id}:train:{model_seq_id}"``, which is also the training run id in every
+``tinker://`` path the SDK sees.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tinker_std.client.service import ServiceClient
+from tinker_std.client.training import TrainingClient
+from tinker_std.errors import BadRequestError, ConflictError
+from tinker_std.futures import APIFuture
+from tinker_std.types import AdamParams
+
+from . import wire
+from .checkpoint_files import CheckpointFiles
+from .failures import ServerUnsupported
+from .futures import FutureStore, ResultKind, chain
+from .messages import Endpoint, WireReply, WireRequest, body_digest, field_error, require_int
+from .records import ServerRecords
+from .refusals import UNSUPPORTED
+from .state import ServerState, TrainingModel
+
+__all__ = ["TrainingRoutes"]
+
+#: checkpoint kind -> the segment of its ``tinker://`` path
+SEGMENT = {"training": "weights", "sampler": "sampler_weights"}
+
+
+class TrainingRoutes:
+    """The training endpoints over ``service``'s training clients."""
+
+    def __init__(
+        self,
+        service: ServiceClient,
+        state: ServerState,
+        futures: FutureStore,
+        records: ServerRecords,
+        checkpoints: CheckpointFiles,
+    ) -> None:
+        self.service = service
+        self.state = state
+        self.futures = futures
+        self.records = records
+        self.checkpoints = checkpoints
+        self._tokenizer_dirs: dict[str, str | None] = {}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [
+            Endpoint("create_model", self.create_model),
+            Endpoint("get_info", self.get_info),
+            Endpoint("forward_backward", self.forward_backward),
+            Endpoint("optim_step", self.optim_step),
+            Endpoint("save_weights", self.save_weights),
+            Endpoint("save_weights_for_sampler", self.save_weights_for_sampler),
+            Endpoint("load_weights", self.load_weights),
+            Endpoint("save_weights_external", self.save_weights_external),
+        ]
+
+    # -- creating a model -------------------------------------------------------------------
+
+    def create_model(self, request: WireRequest) -> WireReply:
+        body = request.json()
+        session = self.state.session(request.tenant, body.get("session_id"))
+        model_id = f"{body['session_id']}:train:{require_int(body.get('model_seq_id'), 'model_seq_id')}"
+        lora = body.get("lora_config") or {}
+        if not isinstance(lora, dict):
+            raise BadRequestError("lora_config", "must be an object")
+        base_model = body.get("base_model")
+        original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+        if original is not None:
+            return WireReply.json({"request_id": original, "model_id": model_id})
+
+        def create() -> dict[str, str]:
+            client = self.service.create_lora_training_client(
+                base_model=base_model,  # validated by the client
+                rank=lora.get("rank", 32),
+                seed=lora.get("seed"),
+                train_mlp=lora.get("train_mlp", True),
+                train_attn=lora.get("train_attn", True),
+                train_unembed=lora.get("train_unembed", True),
+                user_metadata=body.get("user_metadata"),
+            ).result()
+            self._attach(model_id, client, body.get("user_metadata"))
+            return {"model_id": model_id, "type": "create_model"}
+
+        return self._start_model(model_id, create)
+
+    def _start_model(self, model_id: str, work: Callable[[], dict[str, str]]) -> WireReply:
+        """Run ``work`` (which creates the model's client) on a thread; forget the id if it fails."""
+        model = self.state.reserved_model(model_id)
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(work())
+            except BaseException as exc:
+                self.state.forget_model(model_id)
+                future.set_exception(exc)
+
+        self.futures.store(future, "json", model.tenant, model.request_id)
+        threading.Thread(target=run, daemon=True).start()
+        return WireReply.json({"request_id": model.request_id, "model_id": model_id})
+
+    def _attach(self, model_id: str, client: TrainingClient, user_metadata: Any) -> None:
+        model = self.state.attach(model_id, client)
+        lora = client.spec.lora
+        self.records.add_run(
+            model_id,
+            model.tenant,
+            client.spec.base_model,
+            lora.rank,
+            (lora.train_mlp, lora.train_attn, lora.train_unembed),
+            user_metadata if isinstance(user_metadata, dict) else None,
+        )
+
+    def load_weights(self, request: WireRequest) -> WireReply:
+        body = request.json()
+        path, with_optimizer = body.get("path"), bool(body.get("optimizer", False))
+        if "session_id" in body:  # create-via-load (ServiceClient.create_training_client_from_state*)
+            session = self.state.session(request.tenant, body["session_id"])
+            model_id = f"{body['session_id']}:train:{require_int(body.get('model_seq_id'), 'model_seq_id')}"
+            original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
+            if original is not None:
+                return WireReply.json({"request_id": original, "model_id": model_id})
+
+            def create() -> dict[str, str]:
+                client = self._load_client(request.tenant, path, with_optimizer, body.get("base_model"))
+                self._attach(model_id, client, body.get("user_metadata"))
+                return {"model_id": model_id, "path": str(path), "type": "load_weights"}
+
+            return self._start_model(model_id, create)
+
+        # TrainingClient.load_state[_with_optimizer]: the same load, swapped in for the model's
+        # client at this point of its order.
+        def load(model: TrainingModel) -> dict[str, str]:
+            old = model.client
+            assert old is not None
+            new = self._load_client(request.tenant, path, with_optimizer, old.spec.base_model)
+            model.client = new
+            old.release().result()
+            return {"path": str(path), "type": "load_weights"}
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), load, "json")
+
+    def _load_client(self, tenant: str, path: Any, with_optimizer: bool, base_model: Any) -> TrainingClient:
+        backend_path = self.checkpoints.resolve(tenant, path, "path")
+        if with_optimizer:
+            future = self.service.create_training_client_from_state_with_optimizer(backend_path, base_model=base_model)
+        else:
+            future = self.service.create_training_client_from_state(backend_path, base_model=base_model)
+        return future.result()
+
+    # -- information ------------------------------------------------------------------------
+
+    def get_info(self, request: WireRequest) -> WireReply:
+        model = self.state.model(request.tenant, request.json().get("model_id"))
+        client = model.ready()
+        info = client.get_info().model_dump(mode="json")
+        info["model_id"] = model.model_id
+        folder = self._tokenizer_dir(client.spec.base_model)
+        if folder is not None:
+            info["model_data"]["tokenizer_id"] = folder
+        return WireReply.json(info)
+
+    def _tokenizer_dir(self, base_model: str) -> str | None:
+        """The local folder of ``base_model``'s tokenizer, if the backend loads it from one (so the
+        SDK's ``get_tokenizer`` on this machine needs no hub)."""
+        if base_model not in self._tokenizer_dirs:
+            folder = None
+            try:
+                name = getattr(self.service.backend.get_tokenizer(base_model), "name_or_path", None)
+                if isinstance(name, str) and Path(name).is_dir():
+                    folder = str(Path(name).resolve())
+            except Exception:
+                folder = None
+            self._tokenizer_dirs[base_model] = folder
+        return self._tokenizer_dirs[base_model]
+
+    # -- training steps ---------------------------------------------------------------------
+
+    def forward_backward(self, request: WireRequest) -> WireReply:
+        msg = wire.parse_forward_backward(request.body)
+
+        def run(model: TrainingModel) -> APIFuture[Any]:
+            call = wire.decode_forward_backward(msg)
+            client = model.ready()
+            method = client.forward if call.forward_only else client.forward_backward
+            return method(call.data, call.loss_fn, call.loss_fn_config)
+
+        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward")
+
+    def optim_step(self, request: WireRequest) -> WireReply:
+        body = request.json()
+
+        def run(model: TrainingModel) -> APIFuture[Any]:
+            if body.get("optimizer_params") and not body.get("adam_params"):
+                raise BadRequestError("optimizer_params", "only AdamW (adam_params) is part of tinker-std v0.1")
+            try:
+                params = AdamParams.model_validate(body.get("adam_params") or {})
+            except ValidationError as exc:
+                raise field_error(exc, "adam_params") from None
+            return model.ready().optim_step(params)
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), run, "json")
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def save_weights(self, request: WireRequest) -> WireReply:
+        return self._save(request, "training")
+
+    def save_weights_for_sampler(self, request: WireRequest) -> WireReply:
+        body = request.json()
+        if body.get("path"):
+            return self._save(request, "sampler")
+
+        def snapshot(model: TrainingModel) -> dict[str, Any]:
+            sampler = model.ready().save_weights_and_get_sampling_client().result()
+            sampler_id = self.state.register_sampler(model.tenant, model.session_id, sampler, None)
+            return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), snapshot, "json")
+
+    def _save(self, request: WireRequest, kind: str) -> WireReply:
+        body = request.json()
+        name, overwrite = body.get("path"), bool(body.get("overwrite", False))
+        ttl = body.get("ttl_seconds")
+
+        def save(model: TrainingModel) -> dict[str, Any]:
+            if not isinstance(name, str):
+                raise BadRequestError("path", "must be a checkpoint name")
+            if ttl is not None and (not isinstance(ttl, int) or ttl <= 0):
+                raise BadRequestError("ttl_seconds", f"must be a positive integer, got {ttl!r}")
+            checkpoint_id = f"{SEGMENT[kind]}/{name}"
+            prior = self.records.checkpoint(model.tenant, model.model_id, checkpoint_id)
+            if prior is not None and not overwrite:
+                raise ConflictError(f"checkpoint {prior.tinker_path} exists; pass overwrite=True to replace it")
+            client = model.ready()
+            if kind == "training":
+                saved_path = client.save_state(name, overwrite=overwrite).result().path
+            else:
+                saved_path = client.save_weights_for_sampler(name, overwrite=overwrite).result().path
+            self.records.add_checkpoint(
+                model.model_id,
+                checkpoint_id,
+                model.tenant,
+                kind,
+                saved_path,
+                size_bytes=self.checkpoints.size(saved_path),
+                expires_at=time.time() + ttl if ttl else None,
+                user_metadata=body.get("user_metadata") if isinstance(body.get("user_metadata"), dict) else None,
+            )
+            if prior is not None and prior.backend_path != saved_path:
+                self.checkpoints.delete_files(prior.backend_path)  # the name now points elsewhere
+            self.records.touch_run(model.model_id)
+            kind_tag = "save_weights" if kind == "training" else "save_weights_for_sampler"
+            return {"path": f"tinker://{model.model_id}/{checkpoint_id}", "type": kind_tag}
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), save, "json")
+
+    def save_weights_external(self, request: WireRequest) -> WireReply:
+        body = request.json()
+
+        def refuse(model: TrainingModel) -> None:
+            raise ServerUnsupported(UNSUPPORTED["save_weights_external"])
+
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
+
+    # -- ordering ---------------------------------------------------------------------------
+
+    def _sequenced(
+        self, request: WireRequest, model_id: Any, seq_id: Any, run: Callable[[TrainingModel], Any], kind: ResultKind
+    ) -> WireReply:
+        """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
+        ``seq_id``; whatever it raises or returns (a value or an ``APIFuture``) settles this
+        request's future. A retry of an admitted request answers its original request id."""
+        model = self.state.model(request.tenant, model_id)
+        seq = None if seq_id is None else require_int(seq_id, "seq_id")
+        answer: Future[Any] = Future()
+        request_id = uuid.uuid4().hex
+
+        def step() -> None:
+            try:
+                outcome = run(model)
+            except Exception as exc:
+                answer.set_exception(exc)
+                return
+            if isinstance(outcome, APIFuture):
+                chain(outcome.future(), answer)
+            else:
+                answer.set_result(outcome)
+
+        self.futures.store(answer, kind, request.tenant, request_id)
+        answered = model.lane.admit(seq, body_digest(request.body), request_id, step)
+        if answered != request_id:
+            self.futures.forget(request_id)
+        if kind == "json":
+            self.records.touch_run(model.model_id)
+        return WireReply.json({"request_id": answered, "model_id": model.model_id})
