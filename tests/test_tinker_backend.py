@@ -239,9 +239,9 @@ def test_the_declaration_comes_from_the_served_backend_or_the_user(monkeypatch: 
     that the protocol carries; ``capabilities`` / ``tolerance`` (or the environment) override both."""
     minimal = load_backend_class("minimal").capabilities
     assert TinkerBackend.capabilities == ts.Capabilities(optional=frozenset(), tolerance="bf16")
-    assert TinkerBackend.capabilities_for({"serve": "minimal"}) == minimal
-    assert TinkerMockBackend.capabilities_for({}) == TinkerMockBackend.capabilities
-    given = TinkerBackend.capabilities_for({"api_key": "tml-x", "capabilities": "loss:cispo, soft_targets"})
+    assert TinkerBackend.declaration_for({"serve": "minimal"}) == minimal
+    assert TinkerMockBackend.declaration_for({}) == TinkerMockBackend.capabilities
+    given = TinkerBackend.declaration_for({"api_key": "tml-x", "capabilities": "loss:cispo, soft_targets"})
     assert given == ts.Capabilities(optional=frozenset({"loss:cispo", "soft_targets"}), tolerance="bf16")
     backend = TinkerBackend(api_key="tml-x", capabilities=["loss:gspo"], tolerance="bf16")
     assert isinstance(backend, TinkerBackend) and type(backend).capabilities.optional == {"loss:gspo"}
@@ -249,8 +249,8 @@ def test_the_declaration_comes_from_the_served_backend_or_the_user(monkeypatch: 
     assert type(backend) is type(TinkerBackend(api_key="tml-y", capabilities="loss:gspo"))  # one subclass
     monkeypatch.setenv("TINKER_STD_TINKER_CAPABILITIES", "none")
     monkeypatch.setenv("TINKER_STD_TINKER_TOLERANCE", "fp32")
-    assert TinkerMockBackend.capabilities_for({}) == ts.Capabilities(optional=frozenset(), tolerance="fp32")
-    assert TinkerBackend.capabilities_for({"capabilities": ["loss:dro"]}).optional == {"loss:dro"}
+    assert TinkerMockBackend.declaration_for({}) == ts.Capabilities(optional=frozenset(), tolerance="fp32")
+    assert TinkerBackend.declaration_for({"capabilities": ["loss:dro"]}).optional == {"loss:dro"}
     for options, field in (({"capabilities": ["introspection"]}, "capabilities"), ({"tolerance": "fp64"}, "tolerance")):
         with pytest.raises(ts.BadRequestError) as err:
             TinkerBackend(api_key="tml-x", **options)

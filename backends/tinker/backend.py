@@ -81,13 +81,13 @@ class TinkerBackend(Backend):
     default_serve: ClassVar[str | None] = None
 
     @classmethod
-    def capabilities_for(cls, options: Mapping[str, Any]) -> Capabilities:
+    def declaration_for(cls, options: Mapping[str, Any]) -> Capabilities:
         """What an instance built with ``options`` declares (read without connecting)."""
         serve = options.get("serve")
         return declared_capabilities(options, cls.capabilities, serve if serve != cls.default_serve else None)
 
     def __new__(cls, **options: Any) -> TinkerBackend:
-        declared = cls.capabilities_for(options)
+        declared = cls.declaration_for(options)
         target = cls if declared == cls.capabilities else subclass_declaring(cls, declared)
         return super().__new__(target)
 
