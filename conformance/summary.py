@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .verdict import RESULTS
+
 __all__ = ["render_markdown", "format_table"]
 
 
@@ -14,13 +16,19 @@ def _cell(text: str, limit: int = 300) -> str:
     return text.replace("|", "\\|")
 
 
+def _ids(ids: list[str], limit: int = 24) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
 def _counts(summary: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in summary.items() if n) or "none"
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
     """The report as Markdown: verdict and reasons, provenance, skip file, then one row per
-    statement that did not pass (every statement, passing ones included, in a details block)."""
+    statement that did not pass, most severe first (those no test checked on one line), and every
+    statement in a details block."""
     verdict = data.get("verdict") or {}
     suite, spec, provider = data.get("suite") or {}, data.get("spec") or {}, data.get("provider") or {}
     env, hyp = data.get("environment") or {}, data.get("hypothesis") or {}
@@ -33,7 +41,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         "",
     ]
     for reason in verdict.get("reasons") or []:
-        ids = ", ".join(reason.get("statements") or reason.get("tests") or [])
+        ids = _ids(reason.get("statements") or reason.get("tests") or [])
         lines.append(f"- {reason['detail']}" + (f": {ids}" if ids else ""))
         for sid, why in (reason.get("justifications") or {}).items():
             lines.append(f"  - {sid}: {why}")
@@ -83,9 +91,17 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         tests = len(entry.get("tests") or [])
         return f"| {sid} | {level} | {entry.get('origin') or '?'} | {entry['result']} | {tests} | {note} |"
 
-    open_items = [(sid, e) for sid, e in statements.items() if e["result"] not in ("pass", "not-applicable")]
+    open_items = [
+        (sid, e)
+        for sid, e in statements.items()
+        if e["result"] not in ("pass", "not-applicable") and (e["result"] != "not-run" or e.get("tests"))
+    ]
+    open_items.sort(key=lambda item: RESULTS.index(item[1]["result"]) if item[1]["result"] in RESULTS else 0)
+    not_run = [sid for sid, e in statements.items() if e["result"] == "not-run" and not e.get("tests")]
     lines += ["", "## Statements that did not pass", ""]
     lines += [*header[1:], *(row(sid, e) for sid, e in open_items)] if open_items else ["None."]
+    if not_run:
+        lines += ["", f"Not run ({len(not_run)}: no test citing them ran): {_ids(not_run)}"]
     lines += ["", "<details><summary>Every statement</summary>", "", *header[1:]]
     lines += [row(sid, e) for sid, e in statements.items()]
     lines += ["", "</details>", "", "## Verdict rules", ""]
