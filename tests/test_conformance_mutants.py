@@ -33,12 +33,12 @@ EXTRA = ("--tinker-max-examples", "5", "-p", "conformance_mutants", "--hypothesi
 #: as ``[ID]``). The suite's assertions name the statement they check, which is not always the one
 #: the mutant breaks: a mean instead of a sum (LOSS-1) shows up as a wrong ``loss:sum`` (FB-2) and
 #: a duplicated datum that does not double its contribution (FB-6).
-MUTANTS: dict[str, tuple[set[str], set[str]]] = {
-    "MeanLossMock": ({"LOSS-1", "FB-2", "FB-6"}, {"FB-2", "FB-6"}),
+MUTANTS: dict[str, tuple[set[str], set[str]]] = {  # a failure counts against the ids its message names
+    "MeanLossMock": ({"FB-2", "FB-6"}, {"FB-2", "FB-6"}),
     "NoAccumulationMock": ({"FB-4"}, {"FB-4"}),
     "LazyGradientMock": ({"FB-3", "FB-5"}, {"FB-3", "FB-5"}),
-    "ForgetfulOptimizerMock": ({"CKPT-5", "OPT-8"}, {"CKPT-5"}),
-    "LiveSamplerMock": ({"ORD-13", "SMP-14"}, {"ORD-13"}),
+    "ForgetfulOptimizerMock": ({"CKPT-5"}, {"CKPT-5"}),
+    "LiveSamplerMock": ({"ORD-13"}, {"ORD-13"}),
 }
 TAG = re.compile(r"\[([A-Z]+-\d+)\]")
 
