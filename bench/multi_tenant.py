@@ -78,7 +78,7 @@ def main() -> None:
                 tc.forward_backward(d, "cross_entropy").result()
                 tc.optim_step(c.ADAM).result()
 
-        chooser = getattr(getattr(svc._backend, "engine", None), "path_chooser", None)
+        chooser = getattr(getattr(svc.backend, "engine", None), "path_chooser", None)
 
         def all_at_once(mode: str) -> Callable[[], None]:
             def round_() -> None:

@@ -29,15 +29,21 @@ __all__ = [
 
 Array = npt.NDArray[Any]
 
-#: A step that visibly moves a LoRA adapter.
-ADAM = ts.AdamParams(learning_rate=1e-2)
+#: A step that visibly moves a LoRA adapter; every field explicit, so a server whose defaults
+#: differ fails only the test of the defaults (issue 19, deliverable 5).
+ADAM = ts.AdamParams(learning_rate=1e-2, beta1=0.9, beta2=0.95, eps=1e-12, weight_decay=0.0, grad_clip_norm=0.0)
 
 
-def sequence_datum(tokens: Sequence[int], weights: Sequence[float] | None = None) -> ts.Datum:
-    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1)."""
+def sequence_datum(
+    tokens: Sequence[int], weights: Sequence[float] | None = None, *, explicit: bool = False
+) -> ts.Datum:
+    """A cross-entropy datum over ``tokens`` shifted by one (ALN-1). Without ``weights`` none are
+    sent (the default, ones, applies) unless ``explicit``, which sends the ones: tests that do not
+    check the default send them, so a server that requires ``weights`` fails only that default's
+    test (issue 19, deliverable 5)."""
     inputs: dict[str, Any] = {"target_tokens": [int(t) for t in tokens[1:]]}
-    if weights is not None:
-        inputs["weights"] = [float(w) for w in weights]
+    if weights is not None or explicit:
+        inputs["weights"] = [float(w) for w in weights] if weights is not None else [1.0] * (len(tokens) - 1)
     return ts.Datum(model_input=ts.ModelInput.from_ints([int(t) for t in tokens[:-1]]), loss_fn_inputs=inputs)
 
 
@@ -52,15 +58,16 @@ def rl_datum(tokens: Sequence[int], advantages: Sequence[float], logprobs: Seque
     )
 
 
-def probe_batch(vocab_size: int) -> list[ts.Datum]:
-    """A fixed batch used to observe a client's weights through ``forward``."""
+def probe_batch(vocab_size: int, explicit: bool = False) -> list[ts.Datum]:
+    """A fixed batch used to observe a client's weights through ``forward`` (``weights`` sent as
+    ones when ``explicit``, see ``sequence_datum``)."""
     v = vocab_size
     seqs = [
         [1 % v, 7 % v, 42 % v, 99 % v, 3 % v, 64 % v, 17 % v],
         [(v - 1) % v, 5 % v, 5 % v, 12 % v],
         [200 % v, 31 % v, 8 % v, 150 % v, 77 % v, 2 % v],
     ]
-    return [sequence_datum(s) for s in seqs]
+    return [sequence_datum(s, explicit=explicit) for s in seqs]
 
 
 def logprobs_of(out: ts.ForwardBackwardOutput) -> list[Array]:

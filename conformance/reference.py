@@ -6,21 +6,24 @@ may use), so a slip there is caught too. Everything is float64 torch.
 * ``reference_loss``: the six loss formulas of 03-losses.md (LOSS-2..LOSS-7, LOSS-9 overrides).
 * ``loss_with_slack``: the reference value plus a bound on how much the float32 rounding of the
   returned logprobs can move it (used as ``slack`` in ``assert_close``).
-* ``adamw_reference``: one optimizer step per 04-optimizer.md, by ``torch.optim.AdamW`` after
-  global-norm clipping with ``+1e-6`` (OPT-1..OPT-4, OPT-7).
+* ``adamw_reference``: re-exported from ``conformance.adamw`` (one optimizer step per
+  04-optimizer.md, with its derived tolerance there).
+* ``kept_tokens``, ``draw_rule_2``: the top-k/top-p kept set of SMP-11 and the seeded draw of
+  SMP-20, written from the spec text (not imported from ``tinker_std.sampling_rules``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from tinker_std import AdamParams, Datum
+from tinker_std import Datum, SamplingParams
+
+from .adamw import CLIP_EPS, AdamwResult, adamw_reference
 
 __all__ = [
     "DEFAULT_CONFIGS",
@@ -30,6 +33,10 @@ __all__ = [
     "loss_with_slack",
     "AdamwResult",
     "adamw_reference",
+    "kept_tokens",
+    "draw_rule_2",
+    "SEED_STRIDE",
+    "sequence_uniforms",
 ]
 
 #: Config defaults of LOSS-4..LOSS-7 (the table of 03-losses.md).
@@ -40,9 +47,8 @@ DEFAULT_CONFIGS: Mapping[str, Mapping[str, float]] = {
     "cispo": {"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
     "dro": {"beta": 0.05},
     "gspo": {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
+    "stable_reinforce": {"kl_coeff": 0.0, "ratio_cap": 2.0},
 }
-#: Added to the global norm in the clipping coefficient (OPT-4).
-CLIP_EPS = 1e-6
 #: Relative rounding of a value to float32 (one unit in the last place, generous).
 FLOAT32_ROUNDING = 2.0**-23
 
@@ -85,7 +91,7 @@ def _datum_loss(loss_fn: str, lp: torch.Tensor, datum: Datum, config: Mapping[st
         return -(lp * adv - 0.5 * config["beta"] * (lp - q) ** 2).sum()
     if loss_fn == "gspo":
         mask = _t(datum, "sequence_ratio_mask")
-        selected = torch.ones_like(lp, dtype=torch.bool) if mask is None else mask != 0
+        selected = ((adv != 0) | (q != 0)) if mask is None else mask != 0  # LOSS-7: sampled positions
         count = int(selected.sum())
         log_s = ((lp.detach() - q)[selected]).sum() / count if count else lp.new_zeros(())
         s = torch.exp(log_s + lp - lp.detach())
@@ -127,57 +133,51 @@ def loss_with_slack(
     return value, 2.0 * FLOAT32_ROUNDING * (bound + abs(value))
 
 
-@dataclass(frozen=True)
-class AdamwResult:
-    weights: dict[str, Array]
-    exp_avg: dict[str, Array]
-    exp_avg_sq: dict[str, Array]
-    step: int
-    grad_norm: float
+def kept_tokens(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The token ids SMP-11 keeps from ``probs`` (the temperature-scaled distribution, (V,)):
+    the ``top_k`` most probable (lower id first on ties; all when ``-1``), then the shortest
+    prefix of those, sorted the same way, whose renormalised cumulative probability is
+    ``>= top_p`` (at least one). Returned sorted by probability descending, ties by id."""
+    v = probs.numel()
+    order = sorted(range(v), key=lambda i: (-float(probs[i]), i))
+    keep = order if top_k == -1 else order[: min(top_k, v)]
+    if top_p < 1.0:
+        kept = probs[keep].to(torch.float64)
+        cumulative = torch.cumsum(kept / kept.sum(), 0)
+        count = 1
+        while count < len(keep) and float(cumulative[count - 1]) < top_p:
+            count += 1
+        keep = keep[:count]
+    return torch.tensor(keep, dtype=torch.long)
 
 
-def adamw_reference(
-    weights: Mapping[str, Any],
-    grads: Mapping[str, Any],
-    exp_avg: Mapping[str, Any],
-    exp_avg_sq: Mapping[str, Any],
-    step: int,
-    params: AdamParams,
-) -> AdamwResult:
-    """One step of OPT-1..OPT-4 from an introspected state: global-norm clip with ``+1e-6`` first
-    (when ``grad_clip_norm > 0``), then ``torch.optim.AdamW`` with the given hyperparameters."""
-    names = list(weights)
-    tensors = {n: torch.tensor(np.asarray(weights[n], np.float64), dtype=torch.float64) for n in names}
-    g = {n: torch.tensor(np.asarray(grads[n], np.float64), dtype=torch.float64) for n in names}
-    norm = torch.sqrt(sum((x.pow(2).sum() for x in g.values()), torch.zeros((), dtype=torch.float64)))
-    if params.grad_clip_norm > 0:
-        coef = min(1.0, params.grad_clip_norm / (float(norm) + CLIP_EPS))
-        g = {n: x * coef for n, x in g.items()}
-    leaves = [torch.nn.Parameter(tensors[n].clone()) for n in names]
-    optimizer = torch.optim.AdamW(
-        leaves,
-        lr=params.learning_rate,
-        betas=(params.beta1, params.beta2),
-        eps=params.eps,
-        weight_decay=params.weight_decay,
-        amsgrad=False,
-        maximize=False,
-        foreach=False,
-    )
-    for n, p in zip(names, leaves, strict=True):
-        p.grad = g[n].clone()
-        if step > 0:
-            optimizer.state[p] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": torch.tensor(np.asarray(exp_avg[n], np.float64), dtype=torch.float64),
-                "exp_avg_sq": torch.tensor(np.asarray(exp_avg_sq[n], np.float64), dtype=torch.float64),
-            }
-    optimizer.step()
-    state = [optimizer.state[p] for p in leaves]
-    return AdamwResult(
-        weights={n: p.detach().numpy().copy() for n, p in zip(names, leaves, strict=True)},
-        exp_avg={n: s["exp_avg"].numpy().copy() for n, s in zip(names, state, strict=True)},
-        exp_avg_sq={n: s["exp_avg_sq"].numpy().copy() for n, s in zip(names, state, strict=True)},
-        step=step + 1,
-        grad_norm=float(norm),
-    )
+def draw_rule_2(
+    logprobs: torch.Tensor, params: SamplingParams, u: float, dtype: torch.dtype = torch.float64
+) -> tuple[int, float]:
+    """The token draw rule 2 (SMP-20) picks for the uniform ``u`` in [0, 1) from the raw
+    next-token ``logprobs`` (V,), computed in ``dtype``; also the distance of ``u * cdf[-1]`` to
+    the nearest CDF boundary (a draw that close to a boundary may go either way within tolerance)."""
+    probs = torch.softmax(logprobs.to(dtype) / params.temperature, 0)
+    if params.top_k != -1 or params.top_p < 1.0:
+        keep = kept_tokens(probs.to(torch.float64), params.top_k, params.top_p)
+        kept = torch.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept
+    cdf = torch.cumsum(probs, 0)
+    x = u * cdf[-1]
+    index = int(torch.searchsorted(cdf, x.reshape(1), right=True)[0])
+    if index >= cdf.numel():
+        index = int(torch.nonzero(probs > 0)[-1])
+    return index, float(torch.min(torch.abs(cdf.to(torch.float64) - float(x))))
+
+
+#: SMP-20: sequence ``j`` of a request with seed ``s`` draws from
+#: ``torch.Generator().manual_seed((s * SEED_STRIDE + j) mod 2**63)``.
+SEED_STRIDE = 1_000_003
+
+
+def sequence_uniforms(seed: int, j: int, count: int, dtype: torch.dtype = torch.float64) -> list[float]:
+    """The first ``count`` uniforms of sequence ``j``'s generator (SMP-20), drawn one per token as
+    ``torch.rand((), generator, dtype=dtype)``."""
+    gen = torch.Generator().manual_seed((seed * SEED_STRIDE + j) % 2**63)
+    return [float(torch.rand((), generator=gen, dtype=dtype)) for _ in range(count)]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -21,12 +22,39 @@ from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.tolerances import assert_close, assert_replay
 
 Factory = Callable[..., ts.TrainingClient]
+E = TypeVar("E", bound=ts.TinkerError)
+
+
+def _expect_error(error: type[E], statement: str, what: str, call: Callable[[], Any], field: str | None = None) -> E:
+    """Make ``call`` (resolving a returned future); it must raise ``error`` (with ``field``)."""
+    try:
+        result = call()
+        if isinstance(result, ts.APIFuture):
+            result.result(timeout=120)
+    except ts.TinkerError as exc:
+        if not isinstance(exc, error):
+            raise AssertionError(
+                f"[{statement}] {what}: expected {error.__name__}, got {type(exc).__name__}: {exc}"
+            ) from exc
+        if field is not None:
+            got = getattr(exc, "field", None)
+            assert got == field, f"[{statement}] {what}: field {got!r}, expected {field!r}"
+        return exc
+    raise AssertionError(f"[{statement}] {what}: expected {error.__name__}, the call succeeded")
+
+
+def _load(statement: str, what: str, call: Callable[[], ts.APIFuture[ts.TrainingClient]]) -> ts.TrainingClient:
+    """A client loaded by ``call``; a load that fails is a failure of ``statement``."""
+    try:
+        return call().result(timeout=120)
+    except ts.TinkerError as exc:
+        raise AssertionError(f"[{statement}] {what}: the load failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _train(tc: ts.TrainingClient, v: int, steps: int, offset: int = 0) -> list[ts.ForwardBackwardOutput]:
     outs = []
     for k in range(steps):
-        data = [sequence_datum([(3 * i + 5 * (k + offset) + 1) % v for i in range(8)])]
+        data = [sequence_datum([(3 * i + 5 * (k + offset) + 1) % v for i in range(8)], [1.0] * 7)]
         outs.append(tc.forward_backward(data, "cross_entropy").result())
         tc.optim_step(ts.AdamParams(learning_rate=1e-2, weight_decay=0.01, grad_clip_norm=1.0)).result()
     return outs
@@ -47,7 +75,7 @@ def test_resuming_with_optimizer_reproduces_the_run(
     _train(tc, v, 2)
     path = tc.save_state("resume").result().path
     continued = _train(tc, v, 3, offset=2)
-    resumed_tc = service.create_training_client_from_state_with_optimizer(path).result()
+    resumed_tc = _load("CKPT-5", path, lambda path=path: service.create_training_client_from_state_with_optimizer(path))
     resumed = _train(resumed_tc, v, 3, offset=2)
     for k, (a, b) in enumerate(zip(resumed, continued, strict=True)):
         assert_replay(a.metrics["loss:sum"], b.metrics["loss:sum"], "sum", "CKPT-5", what=f"loss:sum of step {k}")
@@ -104,9 +132,9 @@ def test_checkpoint_paths(
     loaded = service.create_training_client_from_state(weights).result()
     info = loaded.get_info()
     assert info.lora_rank == 4 and info.model_name == conformance_backend.base_model, f"[CKPT-6] {info}"
-    new_path = loaded.save_state("paths-1").result().path
+    new_path = loaded.save_state("paths-3").result().path
     assert ts.ParsedCheckpointTinkerPath.from_tinker_path(new_path).training_run_id != pw.training_run_id, (
-        "[CKPT-10] a client created from a checkpoint needs a new run id"
+        f"[CKPT-10] a client created from a checkpoint saves under the source's run id: {new_path}"
     )
     other = training_client()
     other_path = other.save_state("paths-1").result().path
@@ -126,12 +154,17 @@ def test_overwrite_rules_and_immutability(
     loaded = service.create_training_client_from_state(path).result()
     _train(tc, v, 1, offset=1)
     second_lps = forward_logprobs(tc, probe)
-    with pytest.raises(ts.ConflictError):
-        tc.save_state("ow").result()
+    _expect_error(ts.ConflictError, "CKPT-3", "save_state to an existing path", lambda: tc.save_state("ow"))
+    _expect_error(
+        ts.ConflictError,
+        "CKPT-3",
+        "save_state(overwrite=False) to an existing path",
+        lambda: tc.save_state("ow", ttl_seconds=None, overwrite=False),
+    )
     # the checkpoint never changed (CKPT-2), neither by training nor by the refused save (CKPT-3)
     again = service.create_training_client_from_state(path).result()
     _assert_same_lps(forward_logprobs(again, probe), first_lps, "CKPT-3", "after a refused save")
-    assert tc.save_state("ow", overwrite=True).result().path == path
+    assert tc.save_state("ow", ttl_seconds=None, overwrite=True).result().path == path, "[CKPT-3] overwrite path"
     replaced = service.create_training_client_from_state(path).result()
     _assert_same_lps(forward_logprobs(replaced, probe), second_lps, "CKPT-3", "after overwrite=True")
     # a client loaded before the overwrite keeps its weights (CKPT-9)
@@ -145,21 +178,41 @@ def test_load_errors(
     tc = training_client()
     weights = tc.save_state("errors").result().path
     sampler = tc.save_weights_for_sampler("errors").result().path
-    with pytest.raises(ts.BadRequestError) as err:
-        service.create_training_client_from_state_with_optimizer(sampler).result()
-    assert err.value.field == "path", f"[CKPT-5] field {err.value.field!r}"
-    with pytest.raises(ts.BadRequestError) as err:
-        service.create_training_client_from_state(weights, base_model="no-such/base-model").result()
-    assert err.value.field == "base_model", f"[CKPT-6] field {err.value.field!r}"
+    _expect_error(
+        ts.BadRequestError,
+        "CKPT-5",
+        "with_optimizer from a sampler_weights path",
+        lambda: service.create_training_client_from_state_with_optimizer(sampler),
+        field="path",
+    )
+    _expect_error(
+        ts.BadRequestError,
+        "CKPT-6",
+        "a base_model that differs from the checkpoint's",
+        lambda: service.create_training_client_from_state(weights, base_model="no-such/base-model"),
+        field="base_model",
+    )
     run = ts.ParsedCheckpointTinkerPath.from_tinker_path(weights).training_run_id
     missing = [f"tinker://{run}/weights/never-saved", "tinker://no-such-run-0/sampler_weights/x"]
     for path in missing:
-        with pytest.raises(ts.NotFoundError):
-            service.create_training_client_from_state(path).result()
-        with pytest.raises(ts.NotFoundError):
-            service.create_sampling_client(model_path=path).result()
-    with pytest.raises(ts.NotFoundError):
-        service.create_training_client_from_state_with_optimizer(missing[0]).result()
+        _expect_error(
+            ts.NotFoundError,
+            "CKPT-8",
+            f"from_state({path})",
+            lambda path=path: service.create_training_client_from_state(path),
+        )
+        _expect_error(
+            ts.NotFoundError,
+            "CKPT-8",
+            f"create_sampling_client({path})",
+            lambda path=path: service.create_sampling_client(model_path=path),
+        )
+    _expect_error(
+        ts.NotFoundError,
+        "CKPT-8",
+        f"with_optimizer({missing[0]})",
+        lambda: service.create_training_client_from_state_with_optimizer(missing[0]),
+    )
     for bad in (
         "tinker://a/b",
         "s3://run/weights/x",
@@ -167,12 +220,20 @@ def test_load_errors(
         f"tinker://{run}/weights/a/b",
         "tinker://../weights/x",
     ):
-        with pytest.raises(ts.BadRequestError) as err:
-            service.create_training_client_from_state(bad).result()
-        assert err.value.field == "path", f"[CKPT-8] {bad}: field {err.value.field!r}"
-        with pytest.raises(ts.BadRequestError) as err:
-            service.create_sampling_client(model_path=bad).result()
-        assert err.value.field == "model_path", f"[CKPT-8] {bad}: field {err.value.field!r}"
+        _expect_error(
+            ts.BadRequestError,
+            "CKPT-8",
+            f"from_state({bad})",
+            lambda bad=bad: service.create_training_client_from_state(bad),
+            field="path",
+        )
+        _expect_error(
+            ts.BadRequestError,
+            "CKPT-8",
+            f"create_sampling_client({bad})",
+            lambda bad=bad: service.create_sampling_client(model_path=bad),
+            field="model_path",
+        )
 
 
 @pytest.mark.spec("SMP-15", "SMP-14", "SMP-16", "CKPT-2")
@@ -202,39 +263,153 @@ def test_a_checkpoint_loads_in_a_new_service_client(
     training_client: Factory,
     service_factory: Callable[..., ts.ServiceClient],
 ) -> None:
-    if not conformance_backend.accepts_checkpoint_dir:
-        pytest.skip(f"backend {conformance_backend.name} takes no checkpoint_dir option")
     v = conformance_backend.vocab_size
     probe = probe_batch(v)
     tc = training_client()
     _train(tc, v, 1)
     path = tc.save_state("elsewhere").result().path
     other = service_factory()
-    loaded = other.create_training_client_from_state_with_optimizer(path).result()
+    loaded = _load("CKPT-7", f"{path} in a new ServiceClient", lambda: other.create_training_client_from_state(path))
     _assert_same_lps(forward_logprobs(loaded, probe), forward_logprobs(tc, probe), "CKPT-7", "loaded elsewhere")
 
 
 @pytest.mark.requires("checkpoint_management")
-@pytest.mark.spec("CKPT-11", "CKPT-12", "CKPT-13")
+@pytest.mark.spec("CKPT-11")
 def test_listing_and_deleting_checkpoints(
     conformance_backend: ConformanceBackend, training_client: Factory, service: ts.ServiceClient
 ) -> None:
     rest = service.create_rest_client()
     tc = training_client()
-    first = tc.save_state("list-a", ttl_seconds=1).result().path
+    first = tc.save_state("list-a").result().path
     tc.save_weights_and_get_sampling_client("ignored-name").result()  # writes no checkpoint (CKPT-12)
-    second = tc.save_weights_for_sampler("list-b", ttl_seconds=1).result().path
+    second = tc.save_weights_for_sampler("list-b").result().path
     run = ts.ParsedCheckpointTinkerPath.from_tinker_path(first).training_run_id
-    listed = rest.list_checkpoints(run).result()
+    listed = rest.list_checkpoints(run).result().checkpoints
     assert [c.tinker_path for c in listed] == [first, second], f"[CKPT-11] listing {[c.tinker_path for c in listed]}"
     assert [c.checkpoint_type for c in listed] == ["training", "sampler"], "[CKPT-11] checkpoint types"
-    runs = rest.list_training_runs().result()
+    runs = rest.list_training_runs().result().training_runs
     assert run in {r.training_run_id for r in runs}, "[CKPT-11] the run is not listed"
-    time.sleep(1.2)  # past the ttl: v0.1 checkpoints never expire (CKPT-13)
-    service.create_training_client_from_state(first).result()
     rest.delete_checkpoint_from_tinker_path(first).result()
-    assert [c.tinker_path for c in rest.list_checkpoints(run).result()] == [second], "[CKPT-11] delete"
-    with pytest.raises(ts.NotFoundError):
-        rest.delete_checkpoint_from_tinker_path(first).result()
-    with pytest.raises(ts.NotFoundError):
-        service.create_training_client_from_state(first).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(run).result().checkpoints] == [second], "[CKPT-11] delete"
+    _expect_error(ts.NotFoundError, "CKPT-11", "deleting twice", lambda: rest.delete_checkpoint_from_tinker_path(first))
+    _expect_error(
+        ts.NotFoundError,
+        "CKPT-11",
+        "loading a deleted checkpoint",
+        lambda: service.create_training_client_from_state(first),
+    )
+
+
+@pytest.mark.spec("CKPT-2")
+def test_a_checkpoint_never_changes_after_it_is_written(
+    conformance_backend: ConformanceBackend, training_client: Factory, service: ts.ServiceClient
+) -> None:
+    v = conformance_backend.vocab_size
+    probe = probe_batch(v)
+    tc = training_client()
+    _train(tc, v, 1)
+    saved_lps = forward_logprobs(tc, probe)
+    paths = [tc.save_state("ckpt-2").result().path, tc.save_weights_for_sampler("ckpt-2").result().path]
+    _train(tc, v, 2, offset=3)
+    moved = forward_logprobs(tc, probe)
+    assert any(not np.array_equal(x, y) for x, y in zip(moved, saved_lps, strict=True)), (
+        "[CKPT-2] training moved nothing"
+    )
+    for path in paths:
+        loaded = _load("CKPT-2", path, lambda path=path: service.create_training_client_from_state(path))
+        _assert_same_lps(forward_logprobs(loaded, probe), saved_lps, "CKPT-2", f"{path} after the saver trained on")
+        seq = [(13 * i + 4) % v for i in range(10)]
+        expected = logprobs_of(loaded.forward([sequence_datum(seq, [1.0] * 9)]).result())[0]
+        got = service.create_sampling_client(model_path=path).result().compute_logprobs(ts.ModelInput.from_ints(seq))
+        assert_close(
+            np.array(got.result()[1:], dtype=np.float64), expected, "token", "CKPT-2", what=f"sampler of {path}"
+        )
+
+
+@pytest.mark.spec("CKPT-12")
+def test_a_snapshot_sampler_writes_no_checkpoint(
+    conformance_backend: ConformanceBackend, training_client: Factory, service: ts.ServiceClient
+) -> None:
+    tc = training_client()
+    run = ts.ParsedCheckpointTinkerPath.from_tinker_path(tc.save_state("ckpt-12-anchor").result().path).training_run_id
+    sc = tc.save_weights_and_get_sampling_client("ckpt-12").result()
+    assert isinstance(sc, ts.SamplingClient), f"[CKPT-12] the name must be accepted, got {sc!r}"
+    for kind in ("sampler_weights", "weights"):
+        path = f"tinker://{run}/{kind}/ckpt-12"
+        _expect_error(
+            ts.NotFoundError,
+            "CKPT-12",
+            f"loading {path} after save_weights_and_get_sampling_client('ckpt-12')",
+            lambda path=path: service.create_training_client_from_state(path),
+        )
+    try:
+        tc.save_weights_for_sampler("ckpt-12", ttl_seconds=None, overwrite=False).result()
+    except ts.ConflictError as exc:
+        raise AssertionError(f"[CKPT-12] the snapshot sampler wrote a checkpoint named by `name`: {exc}") from exc
+
+
+@pytest.mark.spec("CKPT-13")
+def test_ttl_and_user_metadata_are_refused_by_name_in_process(
+    conformance_backend: ConformanceBackend, service: ts.ServiceClient
+) -> None:
+    """In process nothing would apply a TTL or keep metadata, so a value other than ``None`` is a
+    ``BadRequestError`` naming it, raised by the call itself, before any state changes."""
+    base_model = conformance_backend.base_model
+    _refused_by_call(
+        "create_lora_training_client(user_metadata=...)",
+        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata={"k": "v"}),
+        "user_metadata",
+    )
+    tc = _load(
+        "CKPT-13",
+        "user_metadata=None",
+        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata=None),
+    )
+    for save in (tc.save_state, tc.save_weights_for_sampler):
+        _refused_by_call(
+            f"{save.__name__}(ttl_seconds=1)", lambda save=save: save("ckpt-13", ttl_seconds=1), "ttl_seconds"
+        )
+    try:  # the refused saves wrote nothing: the name is still free
+        paths = [
+            tc.save_state("ckpt-13", ttl_seconds=None, overwrite=False).result().path,
+            tc.save_weights_for_sampler("ckpt-13", ttl_seconds=None, overwrite=False).result().path,
+        ]
+    except ts.TinkerError as exc:
+        raise AssertionError(f"[CKPT-13] saving with ttl_seconds=None after the refusals: {exc}") from exc
+    for path in paths:
+        _refused_by_call(
+            f"create_training_client_from_state({path}, user_metadata=...)",
+            lambda path=path: service.create_training_client_from_state(path, None, {"k": "v"}),
+            "user_metadata",
+        )
+        loaded = _load(
+            "CKPT-13",
+            f"{path} with user_metadata=None",
+            lambda path=path: service.create_training_client_from_state(path, user_metadata=None),
+        )
+        assert loaded.get_info().lora_rank == 4, "[CKPT-13] loaded client"
+    _refused_by_call(
+        "create_training_client_from_state_with_optimizer(user_metadata=...)",
+        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata={"k": "v"}),
+        "user_metadata",
+    )
+    _load(
+        "CKPT-13",
+        f"{paths[0]} with optimizer, user_metadata=None",
+        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata=None),
+    )
+
+
+def _refused_by_call(what: str, call: Callable[[], Any], field: str) -> None:
+    """``call`` itself (not its future) raises a ``BadRequestError`` naming ``field`` (CKPT-13)."""
+    try:
+        result = call()
+    except ts.BadRequestError as exc:
+        assert exc.field == field, f"[CKPT-13] {what}: field {exc.field!r}, expected {field!r}"
+        return
+    except ts.TinkerError as exc:
+        raise AssertionError(f"[CKPT-13] {what}: expected BadRequestError, got {type(exc).__name__}: {exc}") from exc
+    if isinstance(result, ts.APIFuture):
+        with contextlib.suppress(ts.TinkerError):
+            result.result(timeout=120)
+    raise AssertionError(f"[CKPT-13] {what}: accepted; expected a BadRequestError naming {field!r} from the call")

@@ -1,8 +1,7 @@
-"""Loss functions: values, shapes, reductions, gradients and custom losses (spec LOSS, FB-2, FB-6..FB-13)."""
+"""Loss functions: values, shapes, reductions, defaults, gradients, validation (spec LOSS, FB-2, FB-6)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,53 +12,33 @@ from hypothesis import strategies as st
 
 import tinker_std as ts
 from tinker_std.conformance.helpers import (
-    ADAM,
     forward_logprobs,
     logprobs_of,
     metric_keys_ok,
     probe_batch,
-    state_arrays,
+)
+from tinker_std.conformance.loss_checks import (
+    LOSS_STATEMENT,
+    LOSSES,
+    SPEC_DEFAULTS,
+    Factory,
+    assert_same_gradient,
+    grads,
+    ratio_probe,
+    scaled,
+    trained,
 )
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.reference import loss_with_slack, reference_loss
 from tinker_std.conformance.strategies import (
-    ALL_LOSSES,
     batches,
     ce_datums,
     conformance_settings,
     loss_configs,
     loss_datums,
-    rl_datums,
     soft_target_datums,
 )
 from tinker_std.conformance.tolerances import assert_close, assert_replay
-
-LOSS_STATEMENT = {
-    "cross_entropy": ("LOSS-2", "LOSS-15"),
-    "importance_sampling": ("LOSS-3",),
-    "ppo": ("LOSS-4", "LOSS-9"),
-    "cispo": ("LOSS-5", "LOSS-9"),
-    "dro": ("LOSS-6",),
-    "gspo": ("LOSS-7", "LOSS-9"),
-}
-LOSSES = [
-    pytest.param(name, marks=[pytest.mark.requires(f"loss:{name}"), pytest.mark.spec(*LOSS_STATEMENT[name])], id=name)
-    for name in ALL_LOSSES
-]
-
-Factory = Callable[..., ts.TrainingClient]
-
-
-def _trained(make: Factory, backend: ConformanceBackend) -> ts.TrainingClient:
-    """A client one step away from its base model, so adapters are non-trivial."""
-    tc = make()
-    tc.forward_backward(probe_batch(backend.vocab_size), "cross_entropy")
-    tc.optim_step(ADAM).result()
-    return tc
-
-
-def _grads(tc: ts.TrainingClient) -> dict[str, np.ndarray]:
-    return {k: v for k, v in state_arrays(tc).items() if k.startswith("grads/")}
 
 
 @pytest.mark.parametrize("loss_fn", LOSSES)
@@ -68,7 +47,7 @@ def test_loss_sum_is_the_formula_of_the_returned_logprobs(
     loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(loss_datums(loss_fn, v)), config=loss_configs(loss_fn))
     @conformance_settings
@@ -86,7 +65,7 @@ def test_loss_sum_is_the_formula_of_the_returned_logprobs(
             assert "loss:sum" in metrics, "[FB-7] loss:sum missing"
             assert not metric_keys_ok(metrics), f"[FB-7] bad metric keys {metric_keys_ok(metrics)}"
         expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, config)
-        assert_close(out.metrics["loss:sum"], expected, "sum", "FB-2", what=f"{loss_fn} loss:sum", slack=slack)
+        _assert_loss_sum(out.metrics["loss:sum"], expected, slack, data, loss_fn)
         # forward returns what forward_backward returns at the same position (weights did not move)
         for i, (a, b) in enumerate(zip(logprobs_of(out_fb), logprobs_of(out), strict=True)):
             assert_replay(a, b, "token", "FB-1", what=f"forward vs forward_backward logprobs, datum {i}")
@@ -95,13 +74,31 @@ def test_loss_sum_is_the_formula_of_the_returned_logprobs(
     check()
 
 
+def _assert_loss_sum(actual: float, expected: float, slack: float, data: list[ts.Datum], loss_fn: str) -> None:
+    """``loss:sum`` equals the loss formula of the returned logprobs (FB-2 and the loss's own
+    statement); a value that is the formula divided by the number of target positions or of datums
+    is reported as the reduction bug it is (LOSS-1)."""
+    statement = LOSS_STATEMENT[loss_fn][0]
+    try:
+        assert_close(actual, expected, "sum", statement, what=f"[FB-2] {loss_fn} loss:sum vs its formula", slack=slack)
+    except AssertionError:
+        positions = sum(int(np.prod(d.loss_fn_inputs["target_tokens"].resolved_shape)) for d in data)
+        for count, what in ((positions, "target positions"), (len(data), "datums")):
+            if count > 1 and abs(actual - expected / count) <= 1e-4 + 1e-4 * abs(expected / count) + slack:
+                raise AssertionError(
+                    f"[LOSS-1] {loss_fn} loss:sum {actual!r} is the formula {expected!r} divided by the "
+                    f"{count} {what}: a mean, not a sum"
+                ) from None
+        raise
+
+
 @pytest.mark.parametrize("loss_fn", LOSSES)
 @pytest.mark.spec("FB-6", "LOSS-1")
 def test_a_duplicated_datum_doubles_its_contribution(
     loss_fn: str, conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(loss_datums(loss_fn, v), max_size=3))
     @conformance_settings
@@ -117,19 +114,18 @@ def test_a_duplicated_datum_doubles_its_contribution(
     check()
 
 
-@pytest.mark.requires("introspection")
 @pytest.mark.spec("FB-6", "FB-3", "LOSS-1")
 def test_a_duplicated_datum_doubles_its_gradient(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
+    """``forward_backward(A + A)`` leaves the gradient of ``forward_backward(A with weights 2w)``."""
     data = probe_batch(conformance_backend.vocab_size)[:2]
-    once, twice = training_client(), training_client()
-    once.forward_backward(data, "cross_entropy").result()
+    twice, doubled = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
     twice.forward_backward(data + data, "cross_entropy").result()
-    g1, g2 = _grads(once), _grads(twice)
-    assert any(np.abs(g).max() > 0 for g in g1.values()), "[FB-3] forward_backward produced no gradient"
-    for key, g in g1.items():
-        assert_close(g2[key], 2 * g, "token", "FB-6", what=f"{key} of A+A vs 2x A")
+    doubled.forward_backward(scaled(data, 2.0), "cross_entropy").result()
+    if conformance_backend.supports("introspection"):
+        assert any(np.abs(g).max() > 0 for g in grads(twice).values()), "[FB-3] forward_backward produced no gradient"
+    assert_same_gradient(twice, doubled, conformance_backend, "FB-6", "A+A vs A with weights 2w")
 
 
 @pytest.mark.spec("FB-6")
@@ -137,7 +133,7 @@ def test_a_datums_outputs_do_not_depend_on_the_rest_of_the_batch(
     conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(
         datum=ce_datums(v),
@@ -163,7 +159,7 @@ def test_a_positions_logprob_ignores_later_tokens(
     conformance_backend: ConformanceBackend, make_training_client: Factory
 ) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(datum=ce_datums(v, weights="none"), cut=st.integers(1, 12), data=st.data())
     @conformance_settings
@@ -219,17 +215,17 @@ def _zero_datums(loss_fn: str, tc: ts.TrainingClient, backend: ConformanceBacken
 def test_zero_weights_or_advantages_give_no_gradient(
     loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    tc = _trained(training_client, conformance_backend)
+    tc = trained(training_client, conformance_backend)
     probe = probe_batch(conformance_backend.vocab_size)
     data = _zero_datums(loss_fn, tc, conformance_backend)
     before = forward_logprobs(tc, probe)
     tc.forward_backward(data, loss_fn).result()
     if conformance_backend.supports("introspection"):
-        for key, g in _grads(tc).items():
+        for key, g in grads(tc).items():
             assert_close(g, np.zeros_like(g), "token", "LOSS-14", what=f"{key} after a zero-{loss_fn} batch")
     # an AdamW step with a zero gradient and fresh moments... the moments are not fresh here (one step
     # already taken), so step on a client with lr > 0 and compare with a twin that had no batch at all
-    twin = _trained(training_client, conformance_backend)
+    twin = trained(training_client, conformance_backend)
     params = ts.AdamParams(learning_rate=1e-2, eps=1.0 if loss_fn == "dro" else 1e-12)
     tc.optim_step(params).result()
     twin.optim_step(params).result()
@@ -242,11 +238,110 @@ def test_zero_weights_or_advantages_give_no_gradient(
     assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "the step did not move weights"
 
 
+@pytest.mark.spec("LOSS-8", "LOSS-10", "LOSS-11", "LOSS-13")
+def test_malformed_loss_requests_are_refused(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    """One explicit case per rule: the request fails with ``BadRequestError`` naming the field."""
+    tc = training_client()
+    ce = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3]})
+    rl = {"target_tokens": [2, 3], "advantages": [1.0, -1.0], "logprobs": [-1.0, -2.0]}
+
+    def refused(statement: str, data: list[ts.Datum], loss_fn: str, config: Any, field: str, what: str) -> None:
+        try:
+            tc.forward_backward(data, loss_fn, config).result()
+        except ts.TinkerError as exc:
+            assert isinstance(exc, ts.BadRequestError), f"[{statement}] {what}: {type(exc).__name__} ({exc})"
+            assert exc.field == field, f"[{statement}] {what}: field {exc.field!r}, expected {field!r}"
+            return
+        raise AssertionError(f"[{statement}] {what} was accepted")
+
+    def with_inputs(**inputs: Any) -> list[ts.Datum]:
+        return [ts.Datum(model_input=ce.model_input, loss_fn_inputs=inputs)]
+
+    for name in ("mse", "stable_reinforce_x", "CROSS_ENTROPY"):
+        refused("LOSS-8", [ce], name, None, "loss_fn", f"loss_fn {name!r}")
+    missing = {k: v for k, v in rl.items() if k != "advantages"}
+    field = "data[0].loss_fn_inputs.advantages"
+    refused("LOSS-10", with_inputs(**missing), "importance_sampling", None, field, "missing advantages")
+    extra = {"target_tokens": [2, 3], "advantages": [1.0, 1.0]}
+    refused("LOSS-10", with_inputs(**extra), "cross_entropy", None, field, "advantages given to cross_entropy")
+    refused("LOSS-11", [ce], "cross_entropy", {"beta": 0.1}, "loss_fn_config.beta", "a config key cross_entropy lacks")
+    bad_value = {"clip_low_threshold": float("nan")}
+    datums = with_inputs(**rl)
+    refused("LOSS-11", datums, "ppo", bad_value, "loss_fn_config.clip_low_threshold", "a NaN config value")
+    field = "data[0].loss_fn_inputs.weights"
+    refused(
+        "LOSS-13",
+        with_inputs(target_tokens=[2, 3], weights=[1.0, float("nan")]),
+        "cross_entropy",
+        None,
+        field,
+        "NaN weight",
+    )
+    infinite = {**rl, "advantages": [float("inf"), 1.0]}
+    field = "data[0].loss_fn_inputs.advantages"
+    refused("LOSS-13", with_inputs(**infinite), "importance_sampling", None, field, "infinite advantage")
+
+
+@pytest.mark.parametrize("loss_fn", [p for p in LOSSES if p.id in SPEC_DEFAULTS])
+@pytest.mark.spec("LOSS-11")
+def test_config_defaults(loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    """Without ``loss_fn_config`` a loss uses the defaults of the table; a partial config takes the
+    defaults for the keys it leaves out (LOSS-11). The ratios straddle every default bound."""
+    tc = trained(training_client, conformance_backend)
+    statement = LOSS_STATEMENT[loss_fn][0]
+    data = ratio_probe(tc, loss_fn, conformance_backend.vocab_size, 100.0 if loss_fn == "gspo" else 2.0)
+    defaults = SPEC_DEFAULTS[loss_fn]
+    out = tc.forward(data, loss_fn).result()  # no config: the defaults are what is under test
+    expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, defaults)
+    assert_close(
+        out.metrics["loss:sum"], expected, "sum", statement, what=f"{loss_fn} default config {defaults}", slack=slack
+    )
+    first = next(iter(defaults))
+    partial = {first: 0.5 * defaults[first] + 0.25}
+    out = tc.forward(data, loss_fn, partial).result()
+    expected, slack = loss_with_slack(loss_fn, logprobs_of(out), data, {**defaults, **partial})
+    assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-11", what=f"partial config {partial}", slack=slack)
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+@pytest.mark.spec("LOSS-14", "FB-3", "FB-11")
+def test_gradient_is_the_gradient_of_the_formula(
+    loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    """A built-in loss's gradient equals autograd's gradient of the spec formula (with ``sg`` terms
+    constant), applied through ``forward_backward_custom`` (FB-11): compared directly with
+    ``introspection`` and through one ``GRADIENT_STEP``."""
+    v = conformance_backend.vocab_size
+    builtin, custom = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
+    if loss_fn == "cross_entropy":
+        rng = np.random.default_rng(1)
+        data = [
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={
+                    **d.loss_fn_inputs,
+                    "weights": rng.uniform(-1, 2, d.model_input.length).astype(np.float32),
+                },
+            )
+            for d in probe_batch(v)
+        ]
+    else:
+        data = ratio_probe(builtin, loss_fn, v, 1.0)
+    config = {"ppo": {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}}.get(loss_fn)
+
+    def formula(d: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return reference_loss(loss_fn, lps, d, config), {}
+
+    builtin.forward_backward(data, loss_fn, config).result()
+    custom.forward_backward_custom(data, formula).result()
+    assert_same_gradient(builtin, custom, conformance_backend, "LOSS-14", f"{loss_fn} gradient vs its formula's")
+
+
 @pytest.mark.requires("soft_targets")
-@pytest.mark.spec("LOSS-12", "LOSS-2", "ALN-1", "ALN-3", "FB-2")
+@pytest.mark.spec("LOSS-12")
 def test_soft_targets(conformance_backend: ConformanceBackend, make_training_client: Factory) -> None:
     v = conformance_backend.vocab_size
-    tc = _trained(make_training_client, conformance_backend)
+    tc = trained(make_training_client, conformance_backend)
 
     @given(data=batches(soft_target_datums(v), max_size=3), plain=ce_datums(v))
     @conformance_settings
@@ -255,7 +350,20 @@ def test_soft_targets(conformance_backend: ConformanceBackend, make_training_cli
         for i, (o, d) in enumerate(zip(out.loss_fn_outputs, data, strict=True)):
             assert o["logprobs"].resolved_shape == d.loss_fn_inputs["target_tokens"].resolved_shape, f"[LOSS-12] {i}"
         expected, slack = loss_with_slack("cross_entropy", logprobs_of(out), data)
-        assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-2", what="(N, K) loss:sum", slack=slack)
+        assert_close(out.metrics["loss:sum"], expected, "sum", "LOSS-12", what="(N, K) loss:sum", slack=slack)
+        # column k holds log p(target_tokens[i, k] | x[0..i]): what the (N,) datum of that column gets
+        columns = [
+            ts.Datum(
+                model_input=d.model_input,
+                loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"].to_numpy()[:, k]},
+            )
+            for d in data
+            for k in range(d.loss_fn_inputs["target_tokens"].resolved_shape[1])
+        ]
+        flat = iter(forward_logprobs(tc, columns))
+        for i, lp in enumerate(logprobs_of(out)):
+            for k in range(lp.shape[1]):
+                assert_close(lp[:, k], next(flat), "token", "LOSS-12", what=f"datum {i} column {k} vs its (N,) datum")
         # K = 1 equals plain (N,) cross-entropy
         n = plain.model_input.length
         column = {"target_tokens": plain.loss_fn_inputs["target_tokens"].to_numpy().reshape(n, 1)}
@@ -267,6 +375,14 @@ def test_soft_targets(conformance_backend: ConformanceBackend, make_training_cli
         assert_close(out_k1.metrics["loss:sum"], out_plain.metrics["loss:sum"], "sum", "LOSS-12", what="K=1 loss")
 
     check()
+    # and one fixed datum with three distinct columns, whatever Hypothesis drew
+    tokens = [(11 * i + 4) % v for i in range(5)]
+    targets = np.array([[(t + 1) % v, (t + 7) % v, (3 * t + 2) % v] for t in tokens], np.int64)
+    soft = ts.Datum(model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": targets})
+    lp = logprobs_of(tc.forward([soft], "cross_entropy").result())[0]
+    for k in range(3):
+        column = ts.Datum(model_input=soft.model_input, loss_fn_inputs={"target_tokens": targets[:, k]})
+        assert_close(lp[:, k], forward_logprobs(tc, [column])[0], "token", "LOSS-12", what=f"fixed datum, column {k}")
 
 
 @pytest.mark.spec("FB-7", "TYP-8")
@@ -302,7 +418,7 @@ def _rl_version(d: ts.Datum) -> ts.Datum:
 def test_per_position_clip_bounds_override_the_config(
     loss_fn: str, conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
-    tc = _trained(training_client, conformance_backend)
+    tc = trained(training_client, conformance_backend)
     base = [_rl_version(d) for d in probe_batch(conformance_backend.vocab_size)]
     lo, hi = 0.95, 1.02
     with_tensors = [
@@ -323,153 +439,31 @@ def test_per_position_clip_bounds_override_the_config(
     assert_close(by_tensor.metrics["loss:sum"], expected, "sum", "LOSS-9", what="formula with tensors", slack=slack)
 
 
-@pytest.mark.requires("introspection")
 @pytest.mark.spec("LOSS-15", "FB-3")
 def test_cross_entropy_gradient_is_linear_in_real_weights(
     conformance_backend: ConformanceBackend, training_client: Factory
 ) -> None:
+    """Arbitrary real weights, negative and above 1 included: the gradient of weights ``2w`` is
+    that of ``w`` listed twice, and ``w`` plus ``-w`` cancel to no gradient at all."""
     probe = probe_batch(conformance_backend.vocab_size)
     rng = np.random.default_rng(0)
-    weights = [rng.uniform(-2.0, 3.0, d.model_input.length).astype(np.float32) for d in probe]
-
-    def grads_for(scale: float) -> dict[str, np.ndarray]:
-        tc = _trained(training_client, conformance_backend)
-        data = [
-            ts.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": w * np.float32(scale)})
-            for d, w in zip(probe, weights, strict=True)
-        ]
-        tc.forward_backward(data, "cross_entropy").result()
-        return _grads(tc)
-
-    g1, g_neg, g2 = grads_for(1.0), grads_for(-1.0), grads_for(2.0)
-    for key, g in g1.items():
-        assert_close(g_neg[key], -g, "token", "LOSS-15", what=f"{key}: weights -w")
-        assert_close(g2[key], 2 * g, "token", "LOSS-15", what=f"{key}: weights 2w")
-
-
-# -- custom losses ------------------------------------------------------------------------------
-
-
-def _custom_ce(
-    calls: list[Any],
-) -> Callable[[list[ts.Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
-    def fn(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        calls.append((data, lps))
-        loss = reference_loss("cross_entropy", lps, data)
-        return loss, {"tokens:sum": float(sum(lp.numel() for lp in lps)), "loss:sum": -1.0}
-
-    return fn
-
-
-@pytest.mark.spec("FB-10", "FB-11", "FB-12", "ORD-11")
-def test_custom_cross_entropy_equals_the_builtin(
-    conformance_backend: ConformanceBackend, make_training_client: Factory
-) -> None:
-    v = conformance_backend.vocab_size
-    introspection = conformance_backend.supports("introspection")
-    probe = probe_batch(v)
-
-    @given(data=batches(ce_datums(v, weights="given"), max_size=3))
-    @conformance_settings
-    def check(data: list[ts.Datum]) -> None:
-        builtin, custom = make_training_client(), make_training_client()
-        calls: list[Any] = []
-        out_b = builtin.forward_backward(data, "cross_entropy").result()
-        out_c = custom.forward_backward_custom(data, _custom_ce(calls)).result()
-        assert len(calls) == 1, f"[FB-10] loss_fn called {len(calls)} times"
-        seen_data, seen_lps = calls[0]
-        assert seen_data == data, "[FB-10] loss_fn must receive the original data"
-        for lp, d in zip(seen_lps, data, strict=True):
-            assert lp.dtype == torch.float32 and lp.requires_grad, "[FB-10] logprobs must be float32 leaves"
-            assert list(lp.shape) == d.loss_fn_inputs["target_tokens"].resolved_shape, "[FB-10] logprob shape"
-        expected, slack = loss_with_slack("cross_entropy", logprobs_of(out_b), data)
-        assert_close(out_c.metrics["loss:sum"], expected, "sum", "FB-12", what="custom loss:sum", slack=slack)
-        assert_close(
-            out_c.metrics["surrogate_loss:sum"],
-            out_b.metrics["loss:sum"],
-            "sum",
-            "FB-12",
-            what="surrogate_loss:sum",
-            slack=slack,
+    weighted = [
+        ts.Datum(
+            model_input=d.model_input,
+            loss_fn_inputs={
+                **d.loss_fn_inputs,
+                "weights": rng.uniform(-2.0, 3.0, d.model_input.length).astype(np.float32),
+            },
         )
-        assert out_c.metrics.get("tokens:sum") == sum(d.model_input.length for d in data), "[FB-12] user metric lost"
-        for i, (a, b) in enumerate(zip(logprobs_of(out_c), logprobs_of(out_b), strict=True)):
-            assert_close(a, b, "token", "FB-12", what=f"loss_fn_outputs of datum {i}")
-        if introspection:
-            gb, gc = _grads(builtin), _grads(custom)
-            for key in gb:
-                assert_close(gc[key], gb[key], "token", "FB-11", what=f"{key}: custom vs built-in gradient")
-        builtin.optim_step(ADAM)
-        custom.optim_step(ADAM)
-        for i, (a, b) in enumerate(zip(forward_logprobs(custom, probe), forward_logprobs(builtin, probe), strict=True)):
-            assert_close(a, b, "token", "FB-11", what=f"probe {i} after a step: custom vs built-in")
-
-    check()
-
-
-@pytest.mark.requires("introspection")
-@pytest.mark.spec("FB-11")
-def test_custom_importance_sampling_gradient_equals_the_builtin(
-    conformance_backend: ConformanceBackend, make_training_client: Factory
-) -> None:
-    v = conformance_backend.vocab_size
-
-    def custom_is(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return reference_loss("importance_sampling", lps, data), {}
-
-    @given(data=batches(rl_datums(v), max_size=3))
-    @conformance_settings
-    def check(data: list[ts.Datum]) -> None:
-        builtin, custom = make_training_client(), make_training_client()
-        builtin.forward_backward(data, "importance_sampling").result()
-        custom.forward_backward_custom(data, custom_is).result()
-        gb, gc = _grads(builtin), _grads(custom)
-        scale = max(1.0, *(float(np.abs(g).max()) for g in gb.values()))
-        for key in gb:
-            # the surrogate weights are float32 (FB-11): allow their rounding, relative to the gradient scale
-            assert_close(gc[key], gb[key], "token", "FB-11", what=f"{key}: custom vs built-in IS", slack=1e-6 * scale)
-
-    check()
-
-
-@pytest.mark.requires("soft_targets")
-@pytest.mark.spec("FB-12")
-def test_custom_loss_accepts_soft_targets(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
-    tc = training_client()
-    tokens = [1, 2, 3]
-    datum = ts.Datum(
-        model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": np.array([[1, 2]] * 3)}
+        for d in probe
+    ]
+    doubled, twice = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
+    doubled.forward_backward(scaled(weighted, 2.0), "cross_entropy").result()
+    twice.forward_backward(weighted + weighted, "cross_entropy").result()
+    assert_same_gradient(doubled, twice, conformance_backend, "LOSS-15", "weights 2w vs w twice")
+    cancelled, untouched = (
+        trained(training_client, conformance_backend),
+        trained(training_client, conformance_backend),
     )
-    out = tc.forward_backward_custom([datum], lambda d, lps: (-sum(lp.sum() for lp in lps), {})).result()
-    assert out.loss_fn_outputs[0]["logprobs"].resolved_shape == [3, 2]
-
-
-BROKEN_LOSSES: dict[str, Callable[[list[ts.Datum], list[torch.Tensor]], Any]] = {
-    "raises": lambda d, lps: (_ for _ in ()).throw(ValueError("boom")),
-    "returns a float": lambda d, lps: (1.0, {}),
-    "returns a bare tensor": lambda d, lps: sum(lp.sum() for lp in lps),
-    "bad metric key": lambda d, lps: (sum(lp.sum() for lp in lps), {"no_colon": 1.0}),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BROKEN_LOSSES))
-@pytest.mark.spec("FB-13", "ORD-4", "ERR-5")
-def test_a_failing_custom_loss_fails_its_future_only(
-    case: str, conformance_backend: ConformanceBackend, training_client: Factory
-) -> None:
-    probe = probe_batch(conformance_backend.vocab_size)
-    tc, twin = _trained(training_client, conformance_backend), _trained(training_client, conformance_backend)
-    bad = tc.forward_backward_custom(probe, BROKEN_LOSSES[case])  # type: ignore[arg-type]
-    later = tc.forward_backward(probe, "cross_entropy")
-    with pytest.raises(ts.RequestFailedError) as info:
-        bad.result()
-    assert info.value.category == "user", f"[FB-13] category {info.value.category!r}"
-    assert info.value.__cause__ is not None, "[FB-13] the original exception must be chained as __cause__"
-    if case == "raises":
-        assert isinstance(info.value.__cause__, ValueError), "[FB-13] __cause__ is not the raised exception"
-    later.result()
-    twin.forward_backward(probe, "cross_entropy").result()
-    tc.optim_step(ADAM)
-    twin.optim_step(ADAM)
-    for i, (a, b) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(twin, probe), strict=True)):
-        assert_replay(a, b, "token", "FB-13", what=f"probe {i}: the failed call must accumulate no gradient")
+    cancelled.forward_backward(weighted + scaled(weighted, -1.0), "cross_entropy").result()
+    assert_same_gradient(cancelled, untouched, conformance_backend, "LOSS-15", "weights w and -w vs no batch")

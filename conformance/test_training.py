@@ -53,7 +53,7 @@ def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend,
     for _ in range(2):
         again = tc.forward(a + b, "cross_entropy").result()
         for i, (x, y) in enumerate(zip(logprobs_of(again), logprobs_of(first), strict=True)):
-            assert_replay(x, y, "token", "FB-1", what=f"repeated forward, datum {i}")
+            assert_replay(x, y, "token", "TOL-4", what=f"[FB-1] repeated forward, datum {i}")
     for loss_fn in ("importance_sampling", "ppo"):
         tc.forward([_rl(d) for d in a], loss_fn).result()
     assert_mapping_close(
@@ -75,6 +75,78 @@ def _rl(d: ts.Datum) -> ts.Datum:
             "logprobs": [-3.0] * n,
         },
     )
+
+
+@pytest.mark.spec("ALN-1", "ALN-2")
+def test_position_i_is_scored_against_target_i(
+    conformance_backend: ConformanceBackend, training_client: Factory
+) -> None:
+    """``forward``'s logprob at position ``i`` is ``log p(target_tokens[i] | x[0..i])``: the same
+    number the client's snapshot sampler gives for that token after that prefix (SMP-16 makes the
+    two paths agree), for the shifted sequence and for targets unrelated to ``x[i + 1]``."""
+    v = conformance_backend.vocab_size
+    tc = training_client()
+    tc.forward_backward(probe_batch(v), "cross_entropy")
+    tc.optim_step(ADAM).result()
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    seq = [(29 * i + 11) % v for i in range(7)]
+    shifted = forward_logprobs(tc, [sequence_datum(seq)])[0]
+    scored = sampler.compute_logprobs(ts.ModelInput.from_ints(seq)).result()
+    expected = np.array([np.nan if x is None else x for x in scored[1:]])
+    assert_close(shifted, expected, "token", "ALN-1", what="forward(s[:-1] -> s[1:]) vs compute_logprobs(s)[1:]")
+    x = seq[:4]
+    targets = [(7 * t + 3) % v for t in x]  # not x[i + 1]
+    datum = ts.Datum(model_input=ts.ModelInput.from_ints(x), loss_fn_inputs={"target_tokens": targets})
+    got = forward_logprobs(tc, [datum])[0]
+    for i, target in enumerate(targets):
+        last = sampler.compute_logprobs(ts.ModelInput.from_ints([*x[: i + 1], target])).result()[-1]
+        assert last is not None
+        assert_close(got[i], last, "token", "ALN-1", what=f"position {i} scored against target {target}")
+
+
+def _refused_with(statement: str, call: Callable[[], Any], error: type[ts.TinkerError], field: str, what: str) -> None:
+    """``call()`` (or its future) fails with ``error`` naming ``field``; else fail naming ``statement``."""
+    try:
+        call().result()
+    except ts.TinkerError as exc:
+        assert isinstance(exc, error), f"[{statement}] {what}: {type(exc).__name__} ({exc}), expected {error.__name__}"
+        got = getattr(exc, "field", None)
+        assert got == field, f"[{statement}] {what}: field {got!r}, expected {field!r}"
+        return
+    raise AssertionError(f"[{statement}] {what} was accepted")
+
+
+@pytest.mark.spec("ALN-3", "ALN-4", "ALN-5", "FB-8")
+def test_malformed_data_is_refused(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
+    """One explicit case per rule: the request fails with the typed error naming the field."""
+    v, c = conformance_backend.vocab_size, conformance_backend.max_context_length
+    tc = training_client()
+    ok = sequence_datum([1, 2, 3, 4])
+
+    def fb(data: list[ts.Datum], loss_fn: str = "cross_entropy") -> Callable[[], Any]:
+        return lambda: tc.forward_backward(data, loss_fn)
+
+    def datum(tokens: list[int], **inputs: Any) -> ts.Datum:
+        return ts.Datum(model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs=inputs)
+
+    bad_request = ts.BadRequestError
+    _refused_with("FB-8", fb([]), bad_request, "data", "an empty data list")
+    _refused_with("ALN-5", fb([ok, datum([], target_tokens=[])]), bad_request, "data[1].model_input", "N = 0")
+    long = [1] * (c + 1)
+    _refused_with("ALN-5", fb([datum(long, target_tokens=long)]), ts.ContextLengthError, "data[0].model_input", "N > C")
+    _refused_with("ALN-4", fb([ok, datum([1, v], target_tokens=[1, 2])]), bad_request, "data[1].model_input", "id V")
+    field = "data[0].loss_fn_inputs.target_tokens"
+    _refused_with("ALN-4", fb([datum([1, 2], target_tokens=[1, v])]), bad_request, field, "target id V")
+    _refused_with("ALN-3", fb([datum([1, 2], target_tokens=[1, 2, 3])]), bad_request, field, "N + 1 targets")
+    floats = np.array([1.0, 2.0], np.float32)
+    _refused_with("ALN-3", fb([datum([1, 2], target_tokens=floats)]), bad_request, field, "float32 targets")
+    weights = "data[0].loss_fn_inputs.weights"
+    _refused_with(
+        "ALN-3", fb([datum([1, 2], target_tokens=[1, 2], weights=[1.0])]), bad_request, weights, "N - 1 weights"
+    )
+    rl = {"target_tokens": [1, 2], "advantages": [1.0, 1.0], "logprobs": np.zeros((2, 2), np.float32)}
+    field = "data[0].loss_fn_inputs.logprobs"
+    _refused_with("ALN-3", fb([datum([1, 2], **rl)], "importance_sampling"), bad_request, field, "(N, 2) logprobs")
 
 
 @pytest.mark.spec("FB-3")

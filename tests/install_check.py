@@ -27,13 +27,17 @@ def main(checkpoint_dir: str) -> None:
     ).result()
     svc.close()
     versions = {name: ts.__version__ if name == "tinker-std" else _version(name) for name in _PACKAGES}
-    print(json.dumps({
-        "losses": losses,
-        "tokens": [s.tokens for s in out.sequences],
-        "logprobs": [s.logprobs for s in out.sequences],
-        "versions": versions,
-        "module": ts.__file__,
-    }))
+    print(
+        json.dumps(
+            {
+                "losses": losses,
+                "tokens": [s.tokens for s in out.sequences],
+                "logprobs": [s.logprobs for s in out.sequences],
+                "versions": versions,
+                "module": ts.__file__,
+            }
+        )
+    )
 
 
 _PACKAGES = ("tinker-std", "torch", "transformers", "peft")

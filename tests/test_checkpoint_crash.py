@@ -21,7 +21,10 @@ def _child(checkpoint_dir: Path, kill_at: int) -> tuple[int, list[dict[str, obje
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(CHILD), str(checkpoint_dir), "mock", str(kill_at)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, lines
@@ -44,7 +47,7 @@ def test_sigkill_at_every_step_of_an_overwrite_keeps_old_or_new(tmp_path: Path) 
 
         svc = ts.ServiceClient(backend="mock", checkpoint_dir=str(root))
         run_id = ts.ParsedCheckpointTinkerPath.from_tinker_path(path).training_run_id
-        listed = svc.create_rest_client().list_checkpoints(run_id).result()
+        listed = svc.create_rest_client().list_checkpoints(run_id).result().checkpoints
         assert [c.tinker_path for c in listed] == [path], f"kill point {kill_at}: listed {listed}"
         tc = svc.create_training_client_from_state_with_optimizer(path).result()
         loss = float(tc.forward([_probe()], "cross_entropy").result().metrics["loss:sum"])
@@ -57,9 +60,7 @@ def test_sigkill_at_every_step_of_an_overwrite_keeps_old_or_new(tmp_path: Path) 
             shutil.copytree(store.directory(parsed), staging, dirs_exist_ok=True)
         versions = [p.name for p in (root / run_id / "weights" / ".versions").iterdir()]
         assert versions == [store.directory(parsed).name]
-        assert sorted(
-            p.name for p in (root / run_id / "weights").iterdir()
-        ) == [".versions", "ckpt"]
+        assert sorted(p.name for p in (root / run_id / "weights").iterdir()) == [".versions", "ckpt"]
     # Kills before the link swap keep the old checkpoint, kills after it the new one.
     assert outcomes == sorted(outcomes, key=["old", "new"].index) and outcomes[0] == "old" and outcomes[-1] == "new"
 

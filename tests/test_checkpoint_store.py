@@ -18,8 +18,13 @@ def ckpt(run: str, kind: str, name: str) -> ParsedCheckpointTinkerPath:
     return ParsedCheckpointTinkerPath.build(run, kind, name)  # type: ignore[arg-type]
 
 
-def write(store: CheckpointStore, path: ParsedCheckpointTinkerPath, files: dict[str, bytes],
-          overwrite: bool = False, meta: dict[str, object] | None = None) -> None:
+def write(
+    store: CheckpointStore,
+    path: ParsedCheckpointTinkerPath,
+    files: dict[str, bytes],
+    overwrite: bool = False,
+    meta: dict[str, object] | None = None,
+) -> None:
     with store.writing(path, overwrite, dict(META if meta is None else meta)) as folder:
         for name, content in files.items():
             (folder / name).write_bytes(content)

@@ -88,15 +88,16 @@ def test_rest_client_lists_and_deletes(tmp_path: Path) -> None:
         tc.save_state("a").result()
         tc.save_weights_for_sampler("b").result()
         rest = service.create_rest_client()
-        runs = rest.list_training_runs().result()
+        runs = rest.list_training_runs().result().training_runs
         assert [r.training_run_id for r in runs] == [tc.model_id] and runs[0].base_model == MODEL
-        checkpoints = rest.list_checkpoints(tc.model_id).result()
+        checkpoints = rest.list_checkpoints(tc.model_id).result().checkpoints
         assert {(c.checkpoint_id, c.checkpoint_type) for c in checkpoints} == {
             ("weights/a", "training"),
             ("sampler_weights/b", "sampler"),
         }
         rest.delete_checkpoint_from_tinker_path(f"tinker://{tc.model_id}/weights/a").result()
-        assert [c.checkpoint_id for c in rest.list_checkpoints(tc.model_id).result()] == ["sampler_weights/b"]
+        left = rest.list_checkpoints(tc.model_id).result().checkpoints
+        assert [c.checkpoint_id for c in left] == ["sampler_weights/b"]
         with pytest.raises(ts.NotFoundError):
             rest.delete_checkpoint(tc.model_id, "weights/a").result()
 

@@ -199,9 +199,8 @@ def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(se
         "tinker_cookbook.recipes.math_rl.train",
         log_path,
         **RL_CONFIG,
-        # The recipe's default loss, stable_reinforce, is not in spec v0.1 (its formula is unpublished:
-        # spec LOSS-8); importance_sampling is rl.train's own default.
-        loss_fn="importance_sampling",
+        # The recipe's default loss, stable_reinforce (spec 0.2, LOSS-16): its sampler records every
+        # sample (record_stability_info) and its datums name the samples through provenance spans.
         save_every=2,
         load_checkpoint_path=start,  # create_training_client_from_state on the server
         behavior_if_log_dir_exists="delete",
@@ -219,7 +218,7 @@ def test_cookbook_rl_recipe_trains_from_the_sl_checkpoint_and_records_rewards(se
         assert sum(rewards) / episodes == pytest.approx(r["env/all/reward/total"], abs=1e-6)
     # From the SL checkpoint the policy ends answers with the stop sequence at times (the base
     # model never does: format rate 0), so groups have mixed rewards, nonzero advantages, and the
-    # importance-sampling steps through the server have a nonzero gradient.
+    # stable_reinforce steps through the server have a nonzero gradient.
     # Measured: format rate 0.63, 0.75, 0.44, 1.0; grad norms 15.7, 18.9, 40.8, 0.
     assert sum(r["env/all/format"] for r in rows) / RL_STEPS > 0.2, [r["env/all/format"] for r in rows]
     assert max(r["grad_norm:max"] for r in rows) > 0.0
@@ -247,7 +246,7 @@ def test_cookbook_async_rl_samples_ahead_of_training_through_the_server(served: 
         "tinker_cookbook.recipes.math_rl.train",
         log_path,
         **RL_CONFIG,
-        loss_fn="ppo",  # the async loss (AsyncConfig.loss_fn); the recipe's default is stable_reinforce
+        # the async loss is AsyncConfig.loss_fn's default, stable_reinforce (LOSS-16), on stale samples
         max_steps_off_policy=1,
         compute_post_kl=True,
         save_every=0,

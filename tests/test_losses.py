@@ -49,6 +49,7 @@ CUSTOM: dict[str, dict[str, float]] = {
     "cispo": {"clip_low_threshold": 0.7, "clip_high_threshold": 1.3},
     "dro": {"beta": 0.7},
     "gspo": {"clip_low_threshold": 0.8, "clip_high_threshold": 1.25},
+    "stable_reinforce": {"kl_coeff": 0.3, "ratio_cap": 1.5},
 }
 RL_LOSSES = ("importance_sampling", "ppo", "cispo", "dro", "gspo")
 CLIPPED_LOSSES = ("ppo", "cispo", "gspo")
@@ -108,7 +109,7 @@ def ref_dro(d: Datum, cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]
 def ref_gspo(d: Datum, cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
     lp, q, a = d["lp"], d["logprobs"], d["advantages"]
     mask = d.get("sequence_ratio_mask")
-    members = np.ones(lp.shape, dtype=bool) if mask is None else mask != 0
+    members = ((a != 0) | (q != 0)) if mask is None else mask != 0  # LOSS-7 default: sampled positions
     log_s = float(np.mean(lp[members] - q[members])) if members.any() else 0.0
     # s_t = exp(log s + lp_t - sg(lp_t)): equal to exp(log s) in value, ds_t/dlp_t = s_t, and no
     # gradient through log s (it is built from sg(lp)).
@@ -120,6 +121,17 @@ def ref_gspo(d: Datum, cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray
     return -np.minimum(unclipped, clipped), grad
 
 
+def ref_stable_reinforce(d: Datum, cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    # LOSS-16 on the sampled positions m: -sg(min(r, cap))*A*lp + kl*(r - 1 - log r), r = exp(lp - q);
+    # d/dlp: -min(r, cap)*A + kl*(r - 1)
+    lp, q, a, m = d["lp"], d["logprobs"], d["advantages"], d["sampled_mask"]
+    log_r = (lp - q) * m
+    r = np.exp(log_r)
+    w = np.minimum(r, cfg["ratio_cap"])
+    terms = (-w * a * lp + cfg["kl_coeff"] * (r - 1.0 - log_r)) * m
+    return terms, (-w * a + cfg["kl_coeff"] * (r - 1.0)) * m
+
+
 REFERENCES: dict[str, Reference] = {
     "cross_entropy": ref_cross_entropy,
     "importance_sampling": ref_importance_sampling,
@@ -127,6 +139,7 @@ REFERENCES: dict[str, Reference] = {
     "cispo": ref_cispo,
     "dro": ref_dro,
     "gspo": ref_gspo,
+    "stable_reinforce": ref_stable_reinforce,
 }
 
 
@@ -149,6 +162,7 @@ INPUT_KEYS = (
     "clip_low_threshold",
     "clip_high_threshold",
     "sequence_ratio_mask",
+    "sampled_mask",
 )
 
 
@@ -161,9 +175,7 @@ def torch_inputs(d: Datum) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def run(
-    loss: str, batch: list[Datum], config: Mapping[str, Any] | None
-) -> tuple[float, list[np.ndarray]]:
+def run(loss: str, batch: list[Datum], config: Mapping[str, Any] | None) -> tuple[float, list[np.ndarray]]:
     lps = [torch.tensor(d["lp"], dtype=torch.float64, requires_grad=True) for d in batch]
     value = compute_loss(loss, lps, [torch_inputs(d) for d in batch], config)
     value.backward()
@@ -193,7 +205,7 @@ def ratios(loss: str, d: Datum) -> np.ndarray:
     """The quantity that is clipped: r per token, or GSPO's sequence ratio."""
     if loss == "gspo":
         mask = d.get("sequence_ratio_mask")
-        m = np.ones(d["lp"].shape, dtype=bool) if mask is None else mask != 0
+        m = ((d["advantages"] != 0) | (d["logprobs"] != 0)) if mask is None else mask != 0
         log_s = float(np.mean(d["lp"][m] - d["logprobs"][m])) if m.any() else 0.0
         return np.full(d["lp"].shape, math.exp(log_s))
     return np.exp(d["lp"] - d["logprobs"])
@@ -244,6 +256,8 @@ def datum(draw: st.DrawFn, loss: str, per_token_clip: bool = False, k: int | Non
         d["sequence_ratio_mask"] = np.asarray(
             draw(st.lists(st.sampled_from([0.0, 1.0, 0.5]), min_size=n, max_size=n)), dtype=np.float64
         )
+    if loss == "stable_reinforce":
+        d["sampled_mask"] = np.asarray(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)))
     if per_token_clip:
         if draw(st.booleans()):
             d["clip_low_threshold"] = draw(_vec(n, 0.3, 0.95))

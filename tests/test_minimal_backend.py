@@ -7,13 +7,14 @@ import ast
 from pathlib import Path
 
 import pytest
-from conformance_mutants import run_suite
 
 import tinker_std as ts
 from tinker_std.backends import minimal
 from tinker_std.backends.minimal import MODEL_NAME, MinimalBackend
 from tinker_std.conformance.plugin import read_skip_file, skip_entry_matches
 from tinker_std.registry import load_backend_class
+
+from mutants._runner import run_suite
 
 
 def test_the_whole_suite_passes_with_undeclared_statements_skipped(tmp_path: Path) -> None:

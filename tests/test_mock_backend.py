@@ -85,8 +85,11 @@ def train(b: MockBackend, model_id: str, data: list[Datum], steps: int = 1, lr: 
 
 
 def state_arrays(state: AdapterState) -> dict[str, np.ndarray]:
-    out = {f"{kind}/{n}": np.array(v) for kind in ("weights", "grads", "exp_avg", "exp_avg_sq")
-           for n, v in getattr(state, kind).items()}
+    out = {
+        f"{kind}/{n}": np.array(v)
+        for kind in ("weights", "grads", "exp_avg", "exp_avg_sq")
+        for n, v in getattr(state, kind).items()
+    }
     out["step"] = np.array(state.step)
     return out
 
@@ -97,10 +100,22 @@ def adapter_of(b: MockBackend, model_id: str, lora: LoraConfig) -> LoraAdapter:
     return LoraAdapter.from_tensors(lora, base_weights(MODEL).config, tensors, trainable=False)
 
 
-def sample(b: MockBackend, sampler_id: str, prompt: list[int] = PROMPT, num_samples: int = 1,
-           prompt_logprobs: bool = False, topk: int = 0, **params: Any) -> SampleResponse:
-    request = SampleRequest(prompt=prompt, num_samples=num_samples, sampling_params=SamplingParams(**params),
-                            include_prompt_logprobs=prompt_logprobs, topk_prompt_logprobs=topk)
+def sample(
+    b: MockBackend,
+    sampler_id: str,
+    prompt: list[int] = PROMPT,
+    num_samples: int = 1,
+    prompt_logprobs: bool = False,
+    topk: int = 0,
+    **params: Any,
+) -> SampleResponse:
+    request = SampleRequest(
+        prompt=prompt,
+        num_samples=num_samples,
+        sampling_params=SamplingParams(**params),
+        include_prompt_logprobs=prompt_logprobs,
+        topk_prompt_logprobs=topk,
+    )
     return run(b.sample(sampler_id, request))
 
 
@@ -235,8 +250,7 @@ def test_forward_matches_reference_implementation(backend: MockBackend) -> None:
     out = run(backend.forward_backward(model_id, [datum(tokens)], "cross_entropy", {}, False))
     wire = out.loss_fn_outputs[0]["logprobs"].to_numpy()
     np.testing.assert_allclose(wire, expected[np.arange(len(tokens) - 1), tokens[1:]], rtol=0, atol=1e-6)
-    assert out.metrics["loss:sum"] == pytest.approx(-expected[np.arange(len(tokens) - 1), tokens[1:]].sum(),
-                                                     abs=1e-9)
+    assert out.metrics["loss:sum"] == pytest.approx(-expected[np.arange(len(tokens) - 1), tokens[1:]].sum(), abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -252,17 +266,25 @@ def test_fresh_lora_is_exactly_the_base_model(backend: MockBackend, flags: dict[
     lora = LoraConfig(rank=3, seed=11, **flags)
     model_id = run(backend.create_model(MODEL, lora)).model_id
     adapter = adapter_of(backend, model_id, lora)
-    expected_modules = [m for flag, mods in (("train_attn", ["attn.q", "attn.k", "attn.v", "attn.o"]),
-                                             ("train_mlp", ["mlp.gate", "mlp.up", "mlp.down"]),
-                                             ("train_unembed", ["lm_head"])) if getattr(lora, flag) for m in mods]
+    expected_modules = [
+        m
+        for flag, mods in (
+            ("train_attn", ["attn.q", "attn.k", "attn.v", "attn.o"]),
+            ("train_mlp", ["mlp.gate", "mlp.up", "mlp.down"]),
+            ("train_unembed", ["lm_head"]),
+        )
+        if getattr(lora, flag)
+        for m in mods
+    ]
     assert list(adapter.params) == [f"{m}.lora_{ab}" for m in expected_modules for ab in "AB"]
     shapes = base_weights(MODEL).config.linear_shapes()
     gen = torch.Generator().manual_seed(11)
     for m in expected_modules:
         out_f, in_f = shapes[m]
         a, b = adapter.params[f"{m}.lora_A"], adapter.params[f"{m}.lora_B"]
-        reference_a = torch.nn.init.kaiming_uniform_(torch.empty(3, in_f, dtype=torch.float64),
-                                                     a=math.sqrt(5), generator=gen)
+        reference_a = torch.nn.init.kaiming_uniform_(
+            torch.empty(3, in_f, dtype=torch.float64), a=math.sqrt(5), generator=gen
+        )
         assert torch.equal(a, reference_a) and float(a.abs().max()) <= 1 / math.sqrt(in_f)
         assert b.shape == (out_f, 3) and not b.any()
     tokens = TOKENIZER.encode("exactly equal")
@@ -302,8 +324,10 @@ def test_soft_targets(backend: MockBackend) -> None:
     model_id = run(backend.create_model(MODEL, lora)).model_id
     tokens = TOKENIZER.encode("soft")
     targets = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.int64)
-    d = Datum(model_input=ModelInput.from_ints(tokens[:3]),
-              loss_fn_inputs={"target_tokens": targets, "weights": np.full((3, 2), 0.5, dtype=np.float32)})
+    d = Datum(
+        model_input=ModelInput.from_ints(tokens[:3]),
+        loss_fn_inputs={"target_tokens": targets, "weights": np.full((3, 2), 0.5, dtype=np.float32)},
+    )
     out = run(backend.forward_backward(model_id, [d], "cross_entropy", {}, True)).loss_fn_outputs[0]["logprobs"]
     expected = reference_logprobs(tokens[:3], {}, 1.0)[np.arange(3)[:, None], targets]
     assert out.resolved_shape == [3, 2]
@@ -335,8 +359,9 @@ def test_adamw_step_matches_torch(backend: MockBackend) -> None:
     params = AdamParams(learning_rate=0.01, beta1=0.8, beta2=0.99, eps=1e-8, weight_decay=0.1)
     initial = run(backend.read_state(model_id)).weights
     reference = {n: torch.nn.Parameter(torch.from_numpy(np.array(w))) for n, w in initial.items()}
-    opt = torch.optim.AdamW(list(reference.values()), lr=0.01, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1,
-                            foreach=False)
+    opt = torch.optim.AdamW(
+        list(reference.values()), lr=0.01, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1, foreach=False
+    )
     for step in range(2):
         run(backend.forward_backward(model_id, text_data("adam step", "two"), "cross_entropy", {}, True))
         before = run(backend.read_state(model_id))
@@ -437,13 +462,15 @@ def test_sampler_snapshot_does_not_move(backend: MockBackend) -> None:
     from_path = run(backend.create_sampler(model_path=path)).sampler_id
     before = sample(backend, snapshot, prompt_logprobs=True, max_tokens=8, seed=1)
     assert sample(backend, from_path, prompt_logprobs=True, max_tokens=8, seed=1).model_dump(
-        exclude={"sequences": {0: {"sequence_id"}}}) == before.model_dump(exclude={"sequences": {0: {"sequence_id"}}})
+        exclude={"sequences": {0: {"sequence_id"}}}
+    ) == before.model_dump(exclude={"sequences": {0: {"sequence_id"}}})
     train(backend, model_id, text_data("move the weights a lot"), steps=3, lr=0.5)
     after = sample(backend, snapshot, prompt_logprobs=True, max_tokens=8, seed=1)
     assert after.prompt_logprobs == before.prompt_logprobs
     assert after.sequences[0].tokens == before.sequences[0].tokens
-    moved = sample(backend, run(backend.create_sampler(model_id=model_id)).sampler_id, prompt_logprobs=True,
-                   max_tokens=1)
+    moved = sample(
+        backend, run(backend.create_sampler(model_id=model_id)).sampler_id, prompt_logprobs=True, max_tokens=1
+    )
     assert moved.prompt_logprobs != before.prompt_logprobs
 
 
@@ -477,8 +504,9 @@ def test_sampled_logprobs_equal_forward_logprobs(backend: MockBackend) -> None:
         expected = logp.numpy()[positions, seq.tokens]
         np.testing.assert_allclose(seq.logprobs, expected, rtol=0, atol=1e-12)
         out = run(backend.forward_backward(model_id, [datum(full)], "cross_entropy", {}, False))
-        np.testing.assert_allclose(out.loss_fn_outputs[0]["logprobs"].to_numpy()[positions], seq.logprobs,
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            out.loss_fn_outputs[0]["logprobs"].to_numpy()[positions], seq.logprobs, rtol=0, atol=1e-6
+        )
         if params["temperature"] == 0.0:  # greedy: every token is the argmax
             assert seq.tokens == logp[positions].argmax(-1).tolist()
 

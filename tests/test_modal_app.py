@@ -62,8 +62,13 @@ def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _describe(tmp_path: Path, **settings_env: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", _DESCRIBE], env=_isolated_env(tmp_path, **settings_env),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _DESCRIBE],
+        env=_isolated_env(tmp_path, **settings_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -90,8 +95,15 @@ def test_default_app_definition(tmp_path: Path) -> None:
 
 
 def test_settings_choose_gpu_count_region_and_timeouts(tmp_path: Path) -> None:
-    settings = ContainerSettings(gpu="A100-80GB", gpu_count=2, region="us-east", timeout=1800, scaledown_window=120,
-                                 max_inputs=4, app_name="ts-test")
+    settings = ContainerSettings(
+        gpu="A100-80GB",
+        gpu_count=2,
+        region="us-east",
+        timeout=1800,
+        scaledown_window=120,
+        max_inputs=4,
+        app_name="ts-test",
+    )
     app = _describe(tmp_path, **settings.to_env())
     assert app["app"] == "ts-test"
     assert app["gpu"] == "A100-80GB:2"
@@ -120,8 +132,9 @@ else:
 
 
 def test_no_credentials_fails_at_once_saying_what_to_set(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", _CONSTRUCT], env=_isolated_env(tmp_path), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _CONSTRUCT], env=_isolated_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("RAISED"), out.stdout
     for hint in ("modal token new", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "offline=True"):
@@ -149,8 +162,10 @@ def test_cli_deploy_dry_run_and_credential_error(tmp_path: Path) -> None:
     assert "modal token new" in real.stderr and "Traceback" not in real.stderr
 
 
-@pytest.mark.skipif(os.environ.get("TINKER_STD_MODAL_LIVE") != "1",
-                    reason="live Modal test: set TINKER_STD_MODAL_LIVE=1 (and Modal credentials) to run it")
+@pytest.mark.skipif(
+    os.environ.get("TINKER_STD_MODAL_LIVE") != "1",
+    reason="live Modal test: set TINKER_STD_MODAL_LIVE=1 (and Modal credentials) to run it",
+)
 def test_live_ephemeral_app_trains_and_samples() -> None:  # pragma: no cover - needs Modal and network
     """Opt-in only (never merely because a token exists): an ephemeral app on a real GPU."""
     import tinker_std as ts
@@ -158,8 +173,10 @@ def test_live_ephemeral_app_trains_and_samples() -> None:  # pragma: no cover - 
     client = ts.ServiceClient(backend="modal", ephemeral=True, gpu=os.environ.get("TINKER_STD_MODAL_LIVE_GPU", "T4"))
     try:
         tc = client.create_lora_training_client(base_model="tiny-llama", rank=4).result()
-        datum = ts.Datum(model_input=ts.ModelInput.from_ints([3, 17, 42, 99]),
-                         loss_fn_inputs={"target_tokens": [17, 42, 99, 7], "weights": [1.0] * 4})
+        datum = ts.Datum(
+            model_input=ts.ModelInput.from_ints([3, 17, 42, 99]),
+            loss_fn_inputs={"target_tokens": [17, 42, 99, 7], "weights": [1.0] * 4},
+        )
         losses = []
         for _ in range(3):
             losses.append(tc.forward_backward([datum], "cross_entropy").result().metrics["loss:sum"])
@@ -168,8 +185,9 @@ def test_live_ephemeral_app_trains_and_samples() -> None:  # pragma: no cover - 
         path = tc.save_state("live").result().path
         assert path.startswith("tinker://")
         sampler = tc.save_weights_and_get_sampling_client().result()
-        out = sampler.sample(ts.ModelInput.from_ints([3, 17]), num_samples=2,
-                             sampling_params=ts.SamplingParams(max_tokens=4, seed=0)).result()
+        out = sampler.sample(
+            ts.ModelInput.from_ints([3, 17]), num_samples=2, sampling_params=ts.SamplingParams(max_tokens=4, seed=0)
+        ).result()
         assert len(out.sequences) == 2
     finally:
         client.close()
@@ -197,12 +215,22 @@ def test_http_endpoint_definition(tmp_path: Path) -> None:
     import modal  # noqa: F401  (the extra is installed)
     from modal_proto import api_pb2
 
-    out = subprocess.run([sys.executable, "-c", _DESCRIBE_WEB], env=_isolated_env(tmp_path, TINKER_STD_MODAL_GPU="L4"),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _DESCRIBE_WEB],
+        env=_isolated_env(tmp_path, TINKER_STD_MODAL_GPU="L4"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     web = json.loads(out.stdout.strip().splitlines()[-1])
-    assert web == {"app": "tinker-std-http", "gpu": "L4", "volumes": ["/checkpoints", "/models"],
-                   "web": api_pb2.WEBHOOK_TYPE_ASGI_APP, "max_containers": 1}
+    assert web == {
+        "app": "tinker-std-http",
+        "gpu": "L4",
+        "volumes": ["/checkpoints", "/models"],
+        "web": api_pb2.WEBHOOK_TYPE_ASGI_APP,
+        "max_containers": 1,
+    }
 
 
 def test_http_endpoint_backend_commits_after_every_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,8 +241,9 @@ def test_http_endpoint_backend_commits_after_every_checkpoint(tmp_path: Path, mo
     from tinker_std.backends.modal.service import committing_torch_backend
 
     commits: list[int] = []
-    backend = committing_torch_backend(lambda: commits.append(1), checkpoint_dir=str(tmp_path), dtype="float32",
-                                       device="cpu")
+    backend = committing_torch_backend(
+        lambda: commits.append(1), checkpoint_dir=str(tmp_path), dtype="float32", device="cpu"
+    )
     assert backend.capabilities.tolerance == "fp32"
     with ts.ServiceClient(backend) as service:
         tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result()

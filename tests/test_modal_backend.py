@@ -71,7 +71,7 @@ def _train(client: ts.ServiceClient, steps: int) -> tuple[ts.TrainingClient, lis
 
 def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClient, ts.ServiceClient]) -> None:
     modal_client, torch_client = clients
-    assert isinstance(modal_client._backend, ModalBackend)
+    assert isinstance(modal_client.backend, ModalBackend)
     tc_m, losses_m = _train(modal_client, 3)
     tc_t, losses_t = _train(torch_client, 3)
     assert losses_m == losses_t
@@ -87,8 +87,11 @@ def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClie
     outs = []
     for tc in (tc_m, tc_t):
         sampler = tc.save_weights_and_get_sampling_client().result()
-        outs.append(sampler.sample(prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True,
-                                   topk_prompt_logprobs=2).result())
+        outs.append(
+            sampler.sample(
+                prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True, topk_prompt_logprobs=2
+            ).result()
+        )
     assert _without_ids(outs[0]) == _without_ids(outs[1])
     assert tc_m.get_tokenizer().encode("hello world") == tc_t.get_tokenizer().encode("hello world")
 
@@ -140,8 +143,14 @@ def test_engine_errors_raised_in_the_container_keep_their_type(tmp_path: Path) -
     backend = ModalBackend(offline=True, checkpoint_dir=str(tmp_path))
     try:
         envelope = backend.handle(MODEL).forward_backward.remote(
-            {"model_id": "torch-000000000000", "data": [], "loss_fn": "cross_entropy", "loss_fn_config": {},
-             "backward": True})
+            {
+                "model_id": "torch-000000000000",
+                "data": [],
+                "loss_fn": "cross_entropy",
+                "loss_fn_config": {},
+                "backward": True,
+            }
+        )
         assert envelope["error"]["type"] == "NotFoundError"
         backend._base_of["torch-000000000000"] = MODEL
         with pytest.raises(NotFoundError, match="torch-000000000000"):
@@ -160,7 +169,7 @@ def test_lost_container_fails_clearly_and_training_resumes_from_the_checkpoint(t
         tc, _ = _train(client, 2)
         path = tc.save_state("step2").result().path
         expected = tc.forward(DATA, "cross_entropy").result().metrics["loss:sum"]
-        backend = client._backend
+        backend = client.backend
         assert isinstance(backend, ModalBackend)
         backend.handle(MODEL).restart()  # the container is preempted / scaled down
         with pytest.raises(ContainerLostError) as lost:

@@ -76,9 +76,13 @@ def test_forward_backward_output_round_trip() -> None:
 def test_sample_request_and_response_round_trip_with_nones_and_topk() -> None:
     from tinker_std.backend import SampleRequest
 
-    request = SampleRequest(prompt=[5, 6, 7], num_samples=2, sampling_params=ts.SamplingParams(
-        max_tokens=4, seed=3, stop=["\n"], temperature=0.7, top_k=5, top_p=0.9),
-        include_prompt_logprobs=True, topk_prompt_logprobs=2)
+    request = SampleRequest(
+        prompt=[5, 6, 7],
+        num_samples=2,
+        sampling_params=ts.SamplingParams(max_tokens=4, seed=3, stop=["\n"], temperature=0.7, top_k=5, top_p=0.9),
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=2,
+    )
     assert wire.decode_sample_request(wire.encode_sample_request(request)) == request
     response = ts.SampleResponse(
         sequences=[

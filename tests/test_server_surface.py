@@ -133,6 +133,35 @@ def test_unsupported_methods_answer_a_documented_refusal(mock_server: tuple[Any,
     logprobs(tc)  # the client still answers (a refused training request consumed its seq_id)
 
 
+#: checkpoint names that contain the words of refused endpoints (refusals match whole routes)
+NAMES_LIKE_REFUSALS = ["project_v1", "audit-2", "billing_test", "copy_weights", "trace_export", "external_weights_urls"]
+
+
+def test_checkpoints_named_like_refused_endpoints_work_over_rest(mock_server: tuple[Any, Any, str]) -> None:
+    _, sdk, base = mock_server
+    tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=3).result()
+    fb(tc)
+    rest = sdk.create_rest_client()
+    paths = [tc.save_state(name).result().path for name in NAMES_LIKE_REFUSALS]
+    sampler_paths = [tc.save_weights_for_sampler(name).result().path for name in NAMES_LIKE_REFUSALS]
+    listed = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    assert listed == {*paths, *sampler_paths}
+    for path, sampler_path in zip(paths, sampler_paths, strict=True):
+        assert rest.get_weights_info_by_tinker_path(path).result().lora_rank == 4
+        rest.publish_checkpoint_from_tinker_path(path).result()
+        rest.set_checkpoint_ttl_from_tinker_path(sampler_path, 3600).result()
+        sdk.create_sampling_client(model_path=sampler_path).sample(
+            tinker.ModelInput.from_ints([1, 2]), 1, tinker.SamplingParams(max_tokens=2)
+        ).result()
+    published = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints if c.public}
+    assert published == set(paths)
+    loaded = sdk.create_training_client_from_state(paths[0]).result()
+    np.testing.assert_array_equal(logprobs(loaded), logprobs(tc))
+    for path in [*paths, *sampler_paths]:
+        rest.delete_checkpoint_from_tinker_path(path).result()
+    assert rest.list_checkpoints(tc.model_id).result().checkpoints == []
+
+
 def test_load_state_into_an_existing_client_matches_creating_from_state(mock_server: tuple[Any, Any, str]) -> None:
     _, sdk, base = mock_server
     tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=5).result()

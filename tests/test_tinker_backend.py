@@ -222,7 +222,7 @@ def test_a_request_the_server_rejects_keeps_its_field(
     before = tc.forward(probe, "cross_entropy").result().metrics
     bad = [sequence_datum([1, 2, 3]), sequence_datum([1, 9999, 3])]
     with pytest.raises(ts.BadRequestError) as direct:
-        over_mock._runtime.submit(backend.forward_backward(tc.model_id, bad, "cross_entropy", {}, True)).result()
+        over_mock.session.runtime.submit(backend.forward_backward(tc.model_id, bad, "cross_entropy", {}, True)).result()
     with pytest.raises(ts.BadRequestError) as wanted:
         local.forward_backward(bad, "cross_entropy")
     assert direct.value.field == wanted.value.field == "data[1].model_input"
@@ -402,10 +402,10 @@ def test_checkpoints_are_listed_and_deleted_through_the_rest_api(over_mock: ts.S
     first = tc.save_state("one").result().path
     second = tc.save_weights_for_sampler("two").result().path
     rest = over_mock.create_rest_client()
-    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result()] == [first, second]
-    assert tc.model_id in {r.training_run_id for r in rest.list_training_runs().result()}
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [first, second]
+    assert tc.model_id in {r.training_run_id for r in rest.list_training_runs().result().training_runs}
     rest.delete_checkpoint_from_tinker_path(first).result()
-    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result()] == [second]
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [second]
     with pytest.raises(ts.NotFoundError):
         rest.delete_checkpoint_from_tinker_path(first).result()
 

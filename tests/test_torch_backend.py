@@ -43,8 +43,14 @@ def test_registry_capabilities_and_precision_classes() -> None:
     caps = TorchBackend.capabilities
     assert caps.tolerance == "fp32"
     assert {
-        "loss:cispo", "loss:dro", "loss:gspo", "soft_targets", "introspection", "deterministic",
-        "seeded_sampling", "topk_prompt_logprobs",
+        "loss:cispo",
+        "loss:dro",
+        "loss:gspo",
+        "soft_targets",
+        "introspection",
+        "deterministic",
+        "seeded_sampling",
+        "topk_prompt_logprobs",
     } <= caps.optional
     cpu = TorchBackend(device="cpu")
     assert type(cpu) is TorchBackend and cpu.engine.dtype == torch.float32
@@ -90,15 +96,23 @@ def test_unknown_models_and_local_paths(tmp_path: Path) -> None:
 
     local = tmp_path / "my-qwen2"
     config = Qwen2Config(
-        vocab_size=len(train_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+        vocab_size=len(train_tokenizer()),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(local)
     train_tokenizer().save_pretrained(local)
     listed = TorchEngine(CheckpointStore(tmp_path / "ckpt"), device="cpu", models=[str(local)], max_context_length=48)
     assert [(m.model_name, m.max_context_length) for m in listed.supported_models()] == [
-        ("tiny-llama", 48), ("tiny-qwen3", 48), (str(local), 48),
+        ("tiny-llama", 48),
+        ("tiny-qwen3", 48),
+        (str(local), 48),
     ]
     spec = listed.create_model(str(local), ts.LoraConfig(rank=2, seed=0))
     assert spec.max_context_length == 48

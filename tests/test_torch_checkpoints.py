@@ -204,8 +204,9 @@ def test_sampler_from_checkpoint_and_snapshot_serve_fixed_weights(engine: TorchE
     model_id = trained(engine, data)
     engine.save_weights_for_sampler(model_id, path("serve", "sampler_weights"), overwrite=False)
     prompt = [*data[0].model_input.to_ints(), data[0].loss_fn_inputs["target_tokens"].to_numpy().tolist()[-1]]
-    request = SampleRequest(prompt=prompt, num_samples=1, sampling_params=SamplingParams(max_tokens=1),
-                            include_prompt_logprobs=True)
+    request = SampleRequest(
+        prompt=prompt, num_samples=1, sampling_params=SamplingParams(max_tokens=1), include_prompt_logprobs=True
+    )
 
     def scores(sampler_id: str) -> np.ndarray:
         lps = sample_one(engine, sampler_id, request).prompt_logprobs

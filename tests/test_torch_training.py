@@ -273,8 +273,12 @@ def test_optim_step_is_torch_adamw(engine: TorchEngine, texts: list[list[int]], 
             names = list(state.weights)
             reference = [torch.nn.Parameter(torch.from_numpy(state.weights[n]).float()) for n in names]
             optimizer = torch.optim.AdamW(
-                reference, lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
-                weight_decay=params.weight_decay, foreach=False,
+                reference,
+                lr=params.learning_rate,
+                betas=(params.beta1, params.beta2),
+                eps=params.eps,
+                weight_decay=params.weight_decay,
+                foreach=False,
             )
         for p, n in zip(reference, names, strict=True):
             p.grad = torch.from_numpy(state.grads[n]).float()

@@ -71,8 +71,11 @@ SCHEDULE: list[tuple[AdamParams, float, tuple[bool, ...]]] = [
     (AdamParams(learning_rate=1e-2, beta1=0.5, beta2=0.9, eps=1e-3), 0.1, (True, False, True)),
     (AdamParams(learning_rate=2e-3, grad_clip_norm=0.5), 10.0, (True, True, True)),  # clip active
     (AdamParams(learning_rate=1e-2, grad_clip_norm=100.0, eps=1e-8), 1.0, (False, True, True)),  # inactive
-    (AdamParams(learning_rate=3e-2, beta1=0.8, beta2=0.99, weight_decay=0.01, grad_clip_norm=1.0), 2.0,
-     (True, True, False)),
+    (
+        AdamParams(learning_rate=3e-2, beta1=0.8, beta2=0.99, weight_decay=0.01, grad_clip_norm=1.0),
+        2.0,
+        (True, True, False),
+    ),
     (AdamParams(learning_rate=0.0, weight_decay=0.5), 1.0, (True, True, True)),  # lr 0: no movement
 ]
 

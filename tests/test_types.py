@@ -146,15 +146,23 @@ def test_datum_plain_lists_are_typed_by_key() -> None:
     )
     inputs = d.loss_fn_inputs
     assert inputs["target_tokens"].dtype == "int64" and inputs["target_tokens"].data == [3, 4]
-    for key in ("weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold",
-                "sequence_ratio_mask"):
+    for key in (
+        "weights",
+        "advantages",
+        "logprobs",
+        "clip_low_threshold",
+        "clip_high_threshold",
+        "sequence_ratio_mask",
+    ):
         assert inputs[key].dtype == "float32", key
     assert inputs["weights"].data == [1.0, 0.0]
 
 
 def test_datum_nested_lists_keep_their_shape() -> None:
-    d = Datum(model_input=_mi(2), loss_fn_inputs={"target_tokens": [[1, 2, 3], [4, 5, 6]],
-                                                  "weights": [[0.5, 0.25, 0.25], [1, 0, 0]]})
+    d = Datum(
+        model_input=_mi(2),
+        loss_fn_inputs={"target_tokens": [[1, 2, 3], [4, 5, 6]], "weights": [[0.5, 0.25, 0.25], [1, 0, 0]]},
+    )
     assert d.loss_fn_inputs["target_tokens"].shape == [2, 3]
     assert d.loss_fn_inputs["target_tokens"].to_numpy().tolist() == [[1, 2, 3], [4, 5, 6]]
     assert d.loss_fn_inputs["weights"].shape == [2, 3]
@@ -268,7 +276,12 @@ def test_model_input_append_int_rejects_negative() -> None:
 def test_adam_params_defaults() -> None:
     p = AdamParams()
     assert (p.learning_rate, p.beta1, p.beta2, p.eps, p.weight_decay, p.grad_clip_norm) == (
-        1e-4, 0.9, 0.95, 1e-12, 0.0, 0.0
+        1e-4,
+        0.9,
+        0.95,
+        1e-12,
+        0.0,
+        0.0,
     )
 
 
@@ -384,7 +397,10 @@ def test_forward_backward_output_has_no_loss_attribute_and_ignores_extra_fields(
 def test_parse_checkpoint_paths() -> None:
     p = ParsedCheckpointTinkerPath.from_tinker_path("tinker://run-1:train:0/weights/step_10")
     assert (p.training_run_id, p.checkpoint_type, p.checkpoint_id, p.name) == (
-        "run-1:train:0", "training", "weights/step_10", "step_10"
+        "run-1:train:0",
+        "training",
+        "weights/step_10",
+        "step_10",
     )
     s = ParsedCheckpointTinkerPath.from_tinker_path("tinker://abc/sampler_weights/final.v2")
     assert (s.training_run_id, s.checkpoint_type, s.checkpoint_id) == ("abc", "sampler", "sampler_weights/final.v2")
@@ -434,7 +450,11 @@ PRESENT = object()  # field exists; default not pinned by the fact sheet
 #: cross-checked against the SDK sources of AdamParams, SamplingParams and LoraConfig.
 OFFICIAL_FIELDS: dict[type[pydantic.BaseModel], dict[str, Any]] = {
     AdamParams: {
-        "learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0,
+        "learning_rate": 1e-4,
+        "beta1": 0.9,
+        "beta2": 0.95,
+        "eps": 1e-12,
+        "weight_decay": 0.0,
         "grad_clip_norm": 0.0,
     },
     SamplingParams: {"max_tokens": None, "seed": None, "stop": None, "temperature": 1.0, "top_k": -1, "top_p": 1.0},
@@ -447,12 +467,22 @@ OFFICIAL_FIELDS: dict[type[pydantic.BaseModel], dict[str, Any]] = {
     ForwardBackwardOutput: {"loss_fn_output_type": PRESENT, "loss_fn_outputs": REQUIRED, "metrics": PRESENT},
     OptimStepResponse: {"metrics": None},
     GetInfoResponse: {
-        "model_data": REQUIRED, "model_id": REQUIRED, "optimizer_config": PRESENT, "is_lora": PRESENT,
-        "lora_rank": PRESENT, "model_name": PRESENT,
+        "model_data": REQUIRED,
+        "model_id": REQUIRED,
+        "optimizer_config": PRESENT,
+        "is_lora": PRESENT,
+        "lora_rank": PRESENT,
+        "model_name": PRESENT,
     },
     Checkpoint: {
-        "checkpoint_id": REQUIRED, "checkpoint_type": REQUIRED, "time": REQUIRED, "tinker_path": REQUIRED,
-        "size_bytes": PRESENT, "public": PRESENT, "user_metadata": PRESENT, "expires_at": PRESENT,
+        "checkpoint_id": REQUIRED,
+        "checkpoint_type": REQUIRED,
+        "time": REQUIRED,
+        "tinker_path": REQUIRED,
+        "size_bytes": PRESENT,
+        "public": PRESENT,
+        "user_metadata": PRESENT,
+        "expires_at": PRESENT,
     },
 }
 
@@ -482,7 +512,12 @@ def test_fields_match_installed_official_sdk() -> None:
         their_fields = getattr(theirs, "model_fields", None) or getattr(theirs, "__dataclass_fields__", {})
         for name in their_fields:
             public = name.removesuffix("_np")
-            if name.startswith("_") or public in {"model_input_spans", "loss_fn_input_spans", "sparse_crow_indices",
-                                                  "sparse_col_indices", "topk_logprobs"}:
+            if name.startswith("_") or public in {
+                "model_input_spans",
+                "loss_fn_input_spans",
+                "sparse_crow_indices",
+                "sparse_col_indices",
+                "topk_logprobs",
+            }:
                 continue  # SDK storage, or features outside tinker-std v0.1
             assert public in ours.model_fields, f"{ours.__name__} lacks official field {public!r}"

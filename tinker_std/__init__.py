@@ -28,7 +28,9 @@ from .types import (
     AdamOptimizerConfig,
     AdamParams,
     Checkpoint,
+    CheckpointsListResponse,
     CheckpointType,
+    Cursor,
     Datum,
     EncodedTextChunk,
     ForwardBackwardOutput,
@@ -41,6 +43,8 @@ from .types import (
     ModelInput,
     OptimStepResponse,
     ParsedCheckpointTinkerPath,
+    PromptProvenanceSpan,
+    SampledProvenanceSpan,
     SampledSequence,
     SampleResponse,
     SamplingParams,
@@ -50,9 +54,10 @@ from .types import (
     SupportedModel,
     TensorData,
     TrainingRun,
+    TrainingRunsResponse,
 )
 
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 __version__ = "0.1.0"
 
 __all__ = [
@@ -69,6 +74,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointStore",
     "CheckpointType",
+    "CheckpointsListResponse",
+    "Cursor",
     "ConflictError",
     "ContextLengthError",
     "Datum",
@@ -85,6 +92,8 @@ __all__ = [
     "NotFoundError",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PromptProvenanceSpan",
+    "SampledProvenanceSpan",
     "RequestFailedError",
     "RestClient",
     "SampleRequest",
@@ -103,6 +112,7 @@ __all__ = [
     "Tokenizer",
     "TrainingClient",
     "TrainingRun",
+    "TrainingRunsResponse",
     "Unsupported",
     "types",
 ]

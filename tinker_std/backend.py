@@ -82,15 +82,18 @@ class SampleRequest:
     sampling_params: SamplingParams
     include_prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    #: k > 0: each sequence's ``topk_logprobs`` (capability ``topk_sample_logprobs``, SDK-6)
+    topk_sample_logprobs: int = 0
 
 
 @dataclass(frozen=True)
 class AdapterState:
     """Introspection snapshot of one training model (capability ``introspection``).
 
-    Arrays are keyed by a stable parameter name. ``grads`` is the gradient accumulated since the
-    last ``optim_step`` (zeros when none). ``exp_avg``/``exp_avg_sq`` are AdamW's first and second
-    moments (zeros before the first step) and ``step`` its step counter.
+    Arrays are keyed by ``<module path>.lora_A`` / ``<module path>.lora_B`` (spec LORA-9).
+    ``grads`` is the gradient accumulated since the last ``optim_step`` (zeros when none).
+    ``exp_avg``/``exp_avg_sq`` are AdamW's first and second moments (zeros before the first step)
+    and ``step`` its step counter.
     """
 
     weights: Mapping[str, npt.NDArray[np.floating[Any]]]

@@ -32,7 +32,7 @@ Precision = Literal["cpu", "fp32", "bf16"]
 #: Loss functions every backend MUST implement.
 REQUIRED_LOSSES: frozenset[str] = frozenset({"cross_entropy", "importance_sampling", "ppo"})
 #: Loss functions a backend MAY implement; each is declared as the capability ``loss:<name>``.
-OPTIONAL_LOSSES: frozenset[str] = frozenset({"cispo", "dro", "gspo"})
+OPTIONAL_LOSSES: frozenset[str] = frozenset({"cispo", "dro", "gspo", "stable_reinforce"})
 
 #: Every optional capability name (spec CAP-2).
 OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
@@ -42,6 +42,7 @@ OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
         "deterministic",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "soft_targets",
         "checkpoint_management",
     }

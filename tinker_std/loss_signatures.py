@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["LossSignature", "LOSS_SIGNATURES"]
+__all__ = ["INTERNAL_INPUTS", "LossSignature", "LOSS_SIGNATURES"]
 
 
 @dataclass(frozen=True)
@@ -41,5 +41,13 @@ LOSS_SIGNATURES: Mapping[str, LossSignature] = {
             (*_CLIP_INPUTS, "sequence_ratio_mask"),
             {"clip_low_threshold": 0.9997, "clip_high_threshold": 1.0004},
         ),
+        # LOSS-16: the client layer resolves the datum's provenance and hands the backend
+        # target_tokens, advantages, the recorded logprobs and sampled_mask (tinker_std.stability).
+        LossSignature(
+            "stable_reinforce", ("target_tokens", "advantages"), ("logprobs",), {"kl_coeff": 0.0, "ratio_cap": 2.0}
+        ),
     )
 }
+
+#: Inputs the client layer adds after validation; never accepted from a caller.
+INTERNAL_INPUTS: Mapping[str, tuple[str, ...]] = {"stable_reinforce": ("sampled_mask",)}

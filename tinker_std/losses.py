@@ -80,24 +80,50 @@ def dro(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
     return -(lp * adv - 0.5 * config["beta"] * (lp - q) ** 2).sum()
 
 
+def sampled_positions(adv: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """gspo's default ratio mask (LOSS-7): the positions with a non-zero advantage or sampling
+    logprob, i.e. those that carry a sampled token in the cookbook's datum layout (prompt
+    positions are padded with ``A = 0`` and ``q = 0``)."""
+    return (adv != 0) | (q != 0)
+
+
 def gspo(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
     """Sequence-level ratio PPO (LOSS-7).
 
-    With M the positions whose ``sequence_ratio_mask`` is non-zero (all positions when the mask is
-    absent): ``log s = mean_{t in M}(sg(lp_t) - q_t)`` (0 when M is empty),
+    With M the positions whose ``sequence_ratio_mask`` is non-zero (when the mask is absent: the
+    positions that carry a sampled token, ``A != 0`` or ``q != 0``; decisions.md #16):
+    ``log s = mean_{t in M}(sg(lp_t) - q_t)`` (0 when M is empty),
     ``s_t = exp(log s + lp_t - sg(lp_t))`` and the loss is
     ``-sum_t min(s_t * A_t, clip(s_t, lo, hi) * A_t)`` over all positions.
     """
     adv = inputs["advantages"].to(lp.dtype)
     q = inputs["logprobs"].to(lp.dtype)
     mask = inputs.get("sequence_ratio_mask")
-    selected = torch.ones_like(lp, dtype=torch.bool) if mask is None else mask != 0
+    selected = sampled_positions(adv, q) if mask is None else mask != 0
     count = int(selected.sum())
     log_s = ((lp.detach() - q) * selected).sum() / count if count else lp.new_zeros(())
     seq_ratio = torch.exp(log_s + lp - lp.detach())
     lo, hi = _clip_bounds(inputs, config, lp)
     clipped = torch.minimum(torch.maximum(seq_ratio, lo), hi)
     return -torch.minimum(seq_ratio * adv, clipped * adv).sum()
+
+
+def stable_reinforce(lp: torch.Tensor, inputs: Inputs, config: Config) -> torch.Tensor:
+    """Truncated-importance REINFORCE with a KL penalty to the sampler (LOSS-16).
+
+    Over the sampled positions ``S`` (``sampled_mask`` = 1; the client layer sets it from the
+    datum's provenance and puts the sampler's *recorded* logprobs in ``logprobs``):
+    ``L = -sum_S sg(min(r, ratio_cap)) * A * lp + kl_coeff * sum_S (r - 1 - log r)``,
+    ``r = exp(lp - q)``. Other positions contribute nothing.
+    """
+    mask = inputs["sampled_mask"].to(lp.dtype)
+    adv = inputs["advantages"].to(lp.dtype)
+    log_ratio = (lp - inputs["logprobs"].to(lp.dtype)) * mask
+    ratio = torch.exp(log_ratio)
+    weight = torch.clamp(ratio.detach(), max=config["ratio_cap"])
+    policy = -(weight * adv * lp * mask).sum()
+    kl = ((ratio - 1.0 - log_ratio) * mask).sum()
+    return policy + config["kl_coeff"] * kl
 
 
 _FORMULAS: Mapping[str, PerDatumLoss] = {
@@ -107,6 +133,7 @@ _FORMULAS: Mapping[str, PerDatumLoss] = {
     "cispo": cispo,
     "dro": dro,
     "gspo": gspo,
+    "stable_reinforce": stable_reinforce,
 }
 
 LOSSES: Mapping[str, LossSpec] = {
@@ -131,6 +158,7 @@ GRADIENT_GATES: Mapping[str, str] = {
     "ppo": "advantages",
     "cispo": "advantages",
     "gspo": "advantages",
+    "stable_reinforce": "sampled_mask",
 }
 
 

@@ -209,6 +209,19 @@ def prompt_scores(
     return lps, tops
 
 
+def top_logprobs(logp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Per row of ``logp`` (R, V) raw logprobs: the ``k`` most likely ``(token_id, logprob)`` pairs,
+    logprob descending, ties by token id ascending, padded with ``(TOPK_PAD_TOKEN,
+    TOPK_PAD_LOGPROB)`` when ``k > V`` (the rule of SMP-17, for sampled positions: SDK-6)."""
+    kept = min(k, logp.shape[-1])
+    values, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
+    padding = [(TOPK_PAD_TOKEN, TOPK_PAD_LOGPROB)] * (k - kept)
+    return [
+        list(zip(row_ids, row_values, strict=True)) + padding
+        for row_ids, row_values in zip(ids[:, :kept].tolist(), values[:, :kept].tolist(), strict=True)
+    ]
+
+
 def token_budget(prompt: Sequence[int], params: SamplingParams, vocab_size: int, max_context_length: int) -> int:
     """The number of tokens a request may generate (``max_tokens``, default the rest of the context).
 

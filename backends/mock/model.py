@@ -9,7 +9,8 @@ Architecture (one transformer block, pre-norm, no biases)::
 
 where ``n(x) = x / sqrt(mean(x**2) + NORM_EPS)`` is a parameter-free RMS normalisation and
 attention has ``n_heads`` heads of size ``d_model / n_heads`` scaled by ``1/sqrt(head_dim)``.
-Every linear map ``W`` may carry a LoRA adapter (see ``lora.py``): ``W x + scaling * B (A x)``.
+Every linear map ``W`` may carry a LoRA adapter (any ``Adapter``; ``lora.LoraAdapter`` is the one
+the backend uses): ``W x + scaling * B (A x)``.
 
 Base weights are drawn from a ``torch.Generator`` with a fixed seed, so they are identical in
 every process; they are built once per process (``base_weights`` is cached) and never written.
@@ -21,7 +22,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -29,15 +30,31 @@ from tinker_std.errors import NotFoundError
 
 from .tokenizer import VOCAB_SIZE
 
-if TYPE_CHECKING:
-    from .lora import LoraAdapter
-
-__all__ = ["ModelConfig", "MODELS", "BaseWeights", "KVCache", "base_weights", "model_config", "forward", "NORM_EPS"]
+__all__ = [
+    "Adapter",
+    "ModelConfig",
+    "MODELS",
+    "BaseWeights",
+    "KVCache",
+    "base_weights",
+    "model_config",
+    "forward",
+    "NORM_EPS",
+]
 
 DTYPE = torch.float64
 NORM_EPS = 1e-6
 #: Seed of the base weights (the same in every process).
 BASE_SEED = 20240917
+
+
+class Adapter(Protocol):
+    """What the forward pass needs of a LoRA adapter: its scaling and the ``(A, B)`` pair of a
+    module (``None`` when the module is not adapted)."""
+
+    scaling: float
+
+    def pair(self, module: str) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +140,7 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + NORM_EPS)
 
 
-def _linear(x: torch.Tensor, name: str, base: BaseWeights, adapter: LoraAdapter | None) -> torch.Tensor:
+def _linear(x: torch.Tensor, name: str, base: BaseWeights, adapter: Adapter | None) -> torch.Tensor:
     out = x @ base.tensors[name].T
     pair = adapter.pair(name) if adapter is not None else None
     if adapter is not None and pair is not None:
@@ -150,7 +167,7 @@ class KVCache:
         return KVCache(self.keys, self.values)
 
 
-def _attention(x: torch.Tensor, base: BaseWeights, adapter: LoraAdapter | None, cache: KVCache) -> torch.Tensor:
+def _attention(x: torch.Tensor, base: BaseWeights, adapter: Adapter | None, cache: KVCache) -> torch.Tensor:
     cfg = base.config
     seq, past = x.shape[0], cache.length
 
@@ -173,7 +190,7 @@ def _attention(x: torch.Tensor, base: BaseWeights, adapter: LoraAdapter | None, 
 def forward(
     base: BaseWeights,
     tokens: Sequence[int] | torch.Tensor,
-    adapter: LoraAdapter | None,
+    adapter: Adapter | None,
     cache: KVCache | None = None,
 ) -> torch.Tensor:
     """Logits (T, V) in float64 for ``T >= 1`` token ids, row ``t`` predicting the token after

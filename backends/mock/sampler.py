@@ -27,6 +27,7 @@ from tinker_std.sampling_rules import (
     prompt_scores,
     sequence_generator,
     token_budget,
+    top_logprobs,
 )
 from tinker_std.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 
@@ -56,15 +57,21 @@ def generate(
     stop: StopRule,
     tokenizer: Tokenizer,
     generator: torch.Generator,
+    topk: int = 0,
 ) -> SampledSequence:
-    """One completion, given the prompt's last-position ``logits`` and its ``cache`` (extended here)."""
+    """One completion, given the prompt's last-position ``logits`` and its ``cache`` (extended here);
+    with ``topk > 0`` also the top-k raw logprobs of every sampled position (SDK-6)."""
     tokens: list[int] = []
     logprobs: list[float] = []
+    tops: list[list[tuple[int, float]] | None] = []
     reason: StopReason = "length"
     while len(tokens) < max_tokens:
         token = choose_token(logits, params, generator)
         tokens.append(token)
-        logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+        raw = torch.log_softmax(logits, dim=-1)
+        logprobs.append(float(raw[token]))
+        if topk > 0:
+            tops.append(top_logprobs(raw.unsqueeze(0), topk)[0])
         if stop.reached(tokens, tokenizer):
             reason = "stop"
             break
@@ -75,6 +82,7 @@ def generate(
         tokens=tokens,
         logprobs=logprobs,
         sequence_id=uuid.uuid4().hex,
+        topk_logprobs=tops if topk > 0 else None,
     )
 
 
@@ -99,6 +107,7 @@ def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer:
             stop,
             tokenizer,
             sequence_generator(params.seed, j),
+            request.topk_sample_logprobs,
         )
         for j in range(request.num_samples)
     ]

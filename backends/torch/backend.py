@@ -56,10 +56,12 @@ TORCH_OPTIONAL_CAPABILITIES = frozenset(
         "loss:cispo",
         "loss:dro",
         "loss:gspo",
+        "loss:stable_reinforce",
         "soft_targets",
         "introspection",
         "seeded_sampling",
         "topk_prompt_logprobs",
+        "topk_sample_logprobs",
         "checkpoint_management",
     }
 )

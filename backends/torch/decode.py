@@ -35,7 +35,14 @@ from typing import Any
 import torch
 
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
-from tinker_std.sampling_rules import StopRule, choose_tokens, prompt_scores, sequence_generator, token_budget
+from tinker_std.sampling_rules import (
+    StopRule,
+    choose_tokens,
+    prompt_scores,
+    sequence_generator,
+    token_budget,
+    top_logprobs,
+)
 from tinker_std.types import SampledSequence, SampleResponse, StopReason
 
 from .fast import kv_cache
@@ -68,6 +75,8 @@ class DecodeJob:
     tokens: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)
     reasons: list[StopReason] = field(default_factory=list)
+    #: per sequence, the top-k raw logprobs of each sampled position (``topk_sample_logprobs``, SDK-6)
+    tops: list[list[list[tuple[int, float]] | None]] = field(default_factory=list)
 
     @classmethod
     def start(
@@ -87,6 +96,7 @@ class DecodeJob:
             tokens=[[] for _ in range(n)],
             logprobs=[[] for _ in range(n)],
             reasons=["length"] * n,
+            tops=[[] for _ in range(n)],
         )
 
     @property
@@ -140,14 +150,23 @@ def decode(
         return _run_loop(model, jobs, tokenizer, device, rows, alone)
 
 
-def _run_loop(
-    model: Any,
-    jobs: Sequence[DecodeJob],
-    tokenizer: Tokenizer,
-    device: torch.device,
-    rows: RowSegments | None,
-    alone: bool,
-) -> list[SampleResponse]:
+@dataclass
+class _Prompts:
+    """The prompt pass's results: each job's prompt length and left padding, the attention mask
+    (used where rows do not attend alone), the cache and the logits of the last positions."""
+
+    lengths: list[int]
+    pads: list[int]
+    attention: torch.Tensor
+    cache: Any
+    logits: torch.Tensor
+
+
+def _prompt_pass(
+    model: Any, jobs: Sequence[DecodeJob], device: torch.device, rows: RowSegments | None, alone: bool
+) -> _Prompts:
+    """All prompts in one forward, left-padded to a multiple of ``BLOCK`` with explicit positions;
+    only the last positions any job needs scores for keep their logits."""
     lengths = [len(job.request.prompt) for job in jobs]
     width = _round_up(max(lengths))
     pads = [width - n for n in lengths]
@@ -173,11 +192,23 @@ def _run_loop(
     if rows is not None:
         rows.segments = _segments([job.adapter for job in jobs])
     out = model(input_ids=ids.to(device), **kwargs)
-    logits = out.logits  # (jobs, >= keep_logits, V); prompt b ends at the last position
-    cache = out.past_key_values
+    # logits: (jobs, >= keep_logits, V); prompt b ends at the last position
+    return _Prompts(lengths, pads, attention, out.past_key_values, out.logits)
+
+
+def _run_loop(
+    model: Any,
+    jobs: Sequence[DecodeJob],
+    tokenizer: Tokenizer,
+    device: torch.device,
+    rows: RowSegments | None,
+    alone: bool,
+) -> list[SampleResponse]:
+    prompts = _prompt_pass(model, jobs, device, rows, alone)
+    lengths, pads, attention, cache = prompts.lengths, prompts.pads, prompts.attention, prompts.cache
     scores = [
         prompt_scores(
-            logits[b, -lengths[b] :].float(),
+            prompts.logits[b, -lengths[b] :].float(),
             job.request.prompt,
             job.request.include_prompt_logprobs,
             job.request.topk_prompt_logprobs,
@@ -191,24 +222,10 @@ def _run_loop(
     cache_rows: list[int] = []  # the cache row holding each slot's context: at first its prompt's
     for slot in slots:
         cache_rows.append(slot[0] if slot is not None else cache_rows[-1])
-    last = logits[:, -1].float()[torch.tensor(cache_rows, device=logits.device)]  # (slots, V)
-    del out, logits
+    last = prompts.logits[:, -1].float()[torch.tensor(cache_rows, device=prompts.logits.device)]  # (slots, V)
+    del prompts
     while True:
-        real = [r for r, slot in enumerate(slots) if slot is not None]
-        live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
-        real_last = last[torch.tensor(real, device=last.device)]
-        chosen = _choose_rows(real_last, live, jobs)
-        raw = torch.log_softmax(real_last, dim=-1)
-        chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()
-        kept: list[tuple[int, int]] = []
-        for r, (b, j) in enumerate(live):
-            job = jobs[b]
-            job.tokens[j].append(chosen[r])
-            job.logprobs[j].append(float(chosen_lps[r]))
-            if job.stop.reached(job.tokens[j], tokenizer):
-                job.reasons[j] = "stop"
-            elif len(job.tokens[j]) < job.max_tokens:
-                kept.append((b, j))
+        kept = _take_tokens(last, slots, jobs, tokenizer)
         if not kept:
             break
         where = {slot: r for r, slot in enumerate(slots) if slot is not None}
@@ -227,16 +244,7 @@ def _run_loop(
             for slot in slots:
                 names.append(jobs[slot[0]].adapter if slot is not None else names[-1])
             rows.segments = _segments(names)
-        tokens: list[int] = []
-        positions: list[int] = []
-        for slot in slots:
-            if slot is None:  # filler: a copy of the row before it
-                tokens.append(tokens[-1])
-                positions.append(positions[-1])
-            else:
-                b, j = slot
-                tokens.append(jobs[b].tokens[j][-1])
-                positions.append(lengths[b] + len(jobs[b].tokens[j]) - 1)
+        tokens, positions = _step_tokens(slots, jobs, lengths)
         step: dict[str, Any] = {"position_ids": torch.tensor(positions, device=device).unsqueeze(-1)}
         if alone:
             step[ROW_PADS] = [None if slot is None else pads[slot[0]] for slot in slots]
@@ -246,12 +254,66 @@ def _run_loop(
                 step["attention_mask"] = attention
         step_input = torch.tensor(tokens, device=device).unsqueeze(-1)
         last = model(input_ids=step_input, past_key_values=cache, use_cache=True, **step).logits[:, -1].float()
+    return _responses(jobs, scores)
 
+
+def _take_tokens(
+    last: torch.Tensor, slots: Sequence[Slot], jobs: Sequence[DecodeJob], tokenizer: Tokenizer
+) -> list[tuple[int, int]]:
+    """Choose every live row's next token from ``last`` (its logits, one row per slot), append it
+    and its raw logprob to its sequence, and return the rows that go on (not stopped, not at
+    ``max_tokens``)."""
+    real = [r for r, slot in enumerate(slots) if slot is not None]
+    live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
+    real_last = last[torch.tensor(real, device=last.device)]
+    chosen = _choose_rows(real_last, live, jobs)
+    raw = torch.log_softmax(real_last, dim=-1)
+    chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()
+    kept: list[tuple[int, int]] = []
+    for r, (b, j) in enumerate(live):
+        job = jobs[b]
+        job.tokens[j].append(chosen[r])
+        job.logprobs[j].append(float(chosen_lps[r]))
+        if job.request.topk_sample_logprobs > 0:
+            job.tops[j].append(top_logprobs(raw[r : r + 1], job.request.topk_sample_logprobs)[0])
+        if job.stop.reached(job.tokens[j], tokenizer):
+            job.reasons[j] = "stop"
+        elif len(job.tokens[j]) < job.max_tokens:
+            kept.append((b, j))
+    return kept
+
+
+def _step_tokens(
+    slots: Sequence[Slot], jobs: Sequence[DecodeJob], lengths: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """The next step's input token and position of every slot (a filler row copies the row before it)."""
+    tokens: list[int] = []
+    positions: list[int] = []
+    for slot in slots:
+        if slot is None:
+            tokens.append(tokens[-1])
+            positions.append(positions[-1])
+        else:
+            b, j = slot
+            tokens.append(jobs[b].tokens[j][-1])
+            positions.append(lengths[b] + len(jobs[b].tokens[j]) - 1)
+    return tokens, positions
+
+
+def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> list[SampleResponse]:
+    """Each job's response: its sequences, prompt logprobs and top-k prompt logprobs."""
     responses = []
     for job, (lps, tops) in zip(jobs, scores, strict=True):
+        want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
-            SampledSequence(stop_reason=reason, tokens=tokens, logprobs=logprobs, sequence_id=uuid.uuid4().hex)
-            for tokens, logprobs, reason in zip(job.tokens, job.logprobs, job.reasons, strict=True)
+            SampledSequence(
+                stop_reason=reason,
+                tokens=tokens,
+                logprobs=logprobs,
+                sequence_id=uuid.uuid4().hex,
+                topk_logprobs=tops if want_tops else None,
+            )
+            for tokens, logprobs, reason, tops in zip(job.tokens, job.logprobs, job.reasons, job.tops, strict=True)
         ]
         responses.append(
             SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")

@@ -7,7 +7,12 @@ mutant's ``selection`` against its ``backend`` and requires the run to fail with
 survives is a hole in the suite (issue 19, deliverable 3).
 
 The package folder (``tests/``) is put on ``PYTHONPATH`` of the suite's subprocess, so a mutant's
-``backend`` is named ``mutants.<module>:<Class>``.
+``backend`` is named ``mutants.<module>:<Class>``. A mutant of the client layer (futures, ordering,
+validation, error conversion) subclasses ``mutants._mock.PatchingMock`` and replaces one library
+function in its ``patch()``, which the ``-p mutants._runner`` plugin applies before collection.
+A MUST statement that cannot have a mutant gets a line in ``EXEMPT`` with the reason. Run one by
+hand: ``PYTHONPATH=tests .venv/bin/python -m pytest -q -p no:cacheprovider -p mutants._runner
+--pyargs <selection> --tinker-backend mutants.<module>:<Class> --tinker-report r.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class Mutant:
     ``base``: the unmutated backend the selection must pass (``mock`` unless the mutant derives from
     another backend).
     ``also``: other statements the mutant legitimately breaks (allowed to fail too, not required).
+    ``slow``: run only in the slow tier (``-m slow``); the default tier runs the rest, a
+    representative subset that keeps it fast.
     """
 
     backend: str
@@ -35,3 +42,4 @@ class Mutant:
     selection: tuple[str, ...]
     base: str = "mock"
     also: frozenset[str] = frozenset()
+    slow: bool = False

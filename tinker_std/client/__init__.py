@@ -4,6 +4,7 @@ once for every backend."""
 from .rest import RestClient
 from .sampling import SamplingClient
 from .service import ServiceClient
+from .session import BackendSession
 from .training import TrainingClient
 
-__all__ = ["RestClient", "SamplingClient", "ServiceClient", "TrainingClient"]
+__all__ = ["BackendSession", "RestClient", "SamplingClient", "ServiceClient", "TrainingClient"]

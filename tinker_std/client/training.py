@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
+from ..stability import check_span_tiling, resolve_stable_reinforce
 from ..types import (
     AdamParams,
     Datum,
@@ -22,16 +23,14 @@ from ..types import (
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
 from .ordering import RequestLane
-from .sampling import SamplingClient
+from .sampling import SamplingClient, create_sampling_client
+from .session import BackendSession
 from .validation import (
     validate_adam_params,
     validate_checkpoint_name,
     validate_custom_loss_data,
     validate_forward_backward,
 )
-
-if TYPE_CHECKING:
-    from .service import ServiceClient
 
 __all__ = ["TrainingClient"]
 
@@ -46,8 +45,8 @@ class TrainingClient:
     futures are awaited in (ORD-1); a failed request fails only its own future (ORD-4).
     """
 
-    def __init__(self, service: ServiceClient, spec: ModelSpec) -> None:
-        self._service = service
+    def __init__(self, session: BackendSession, spec: ModelSpec) -> None:
+        self.session = session
         self.spec = spec
         self._lane = RequestLane()
 
@@ -59,15 +58,24 @@ class TrainingClient:
 
     def _ordered(self, operation: Callable[[Backend], Awaitable[T]]) -> APIFuture[T]:
         ticket = self._lane.reserve()
-        backend = self._service._backend
-        return self._service._submit(lambda _: self._lane.run(ticket, lambda: operation(backend)))
+        return self.session.submit(lambda backend: self._lane.run(ticket, lambda: operation(backend)))
 
     async def _chunked(
         self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
     ) -> ForwardBackwardOutput:
-        chunks = split_chunks(data, self._service.max_chunk_datums)
+        chunks = split_chunks(data, self.session.max_chunk_datums)
         outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
         return merge_outputs(outputs, [len(c) for c in chunks])
+
+    def _resolve_provenance(self, datums: list[Datum], loss_fn: str) -> list[Datum]:
+        """LOSS-17: spans must tile their fields for every loss; ``stable_reinforce`` checks them
+        against the recorded samples and reads the recorded logprobs (``tinker_std.stability``)."""
+        if loss_fn == "stable_reinforce":
+            records = self.session.stability_records
+            return [resolve_stable_reinforce(i, d, records) for i, d in enumerate(datums)]
+        for i, datum in enumerate(datums):
+            check_span_tiling(i, datum)
+        return datums
 
     def _checkpoint_path(self, kind: str, name: str) -> ParsedCheckpointTinkerPath:
         validate_checkpoint_name(name)
@@ -79,26 +87,28 @@ class TrainingClient:
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` without changing any state (FB-1)."""
-        svc = self._service
+        session = self.session
         datums, config = validate_forward_backward(
-            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+            data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
+        datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=False))
 
     def forward_backward(
         self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
-        svc = self._service
+        session = self.session
         datums, config = validate_forward_backward(
-            data, loss_fn, loss_fn_config, self.spec, svc.capabilities, svc.backend_name
+            data, loss_fn, loss_fn_config, self.spec, session.capabilities, session.backend_name
         )
+        datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=True))
 
     def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
         """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
-        svc = self._service
-        datums = validate_custom_loss_data(data, self.spec, svc.capabilities, svc.backend_name)
+        session = self.session
+        datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
 
         def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
             def run_ce(chunk: list[Datum], backward: bool) -> Awaitable[ForwardBackwardOutput]:
@@ -124,7 +134,9 @@ class TrainingClient:
     def save_state(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsResponse]:
-        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1)."""
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("weights", name)
 
         async def run(backend: Backend) -> SaveWeightsResponse:
@@ -136,7 +148,9 @@ class TrainingClient:
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2)."""
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2).
+        ``ttl_seconds`` is refused in process (CKPT-13)."""
+        _refuse_ttl(ttl_seconds)
         path = self._checkpoint_path("sampler_weights", name)
 
         async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
@@ -145,18 +159,28 @@ class TrainingClient:
 
         return self._ordered(run)
 
-    def save_weights_and_get_sampling_client(self, name: str | None = None) -> APIFuture[SamplingClient]:
-        """A sampler over a snapshot of the current weights; ``name`` is ignored (SMP-14)."""
+    def save_weights_and_get_sampling_client(
+        self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> APIFuture[SamplingClient]:
+        """A sampler over a snapshot of the current weights (SMP-14); ``name`` is deprecated in the
+        SDK and has no effect there either. ``kind="inflight"`` is not part of spec 0.2: a
+        ``BadRequestError`` on ``kind`` (SDK-5). ``record_stability_info``: SDK-3."""
+        if kind != "snapshot":
+            raise BadRequestError(
+                "kind", f"only 'snapshot' samplers are part of tinker-std spec 0.2 (not inflight ones), got {kind!r}"
+            )
+        if not isinstance(record_stability_info, bool):
+            raise BadRequestError("record_stability_info", f"must be a bool, got {record_stability_info!r}")
 
         async def run(backend: Backend) -> SamplingClient:
             spec = await backend.create_sampler(model_id=self.model_id)
-            return SamplingClient(self._service, spec)
+            return SamplingClient(self.session, spec, record_stability_info)
 
         return self._ordered(run)
 
-    def create_sampling_client(self, model_path: str) -> APIFuture[SamplingClient]:
+    def create_sampling_client(self, model_path: str, record_stability_info: bool = False) -> APIFuture[SamplingClient]:
         """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
-        return self._service.create_sampling_client(model_path=model_path)
+        return create_sampling_client(self.session, model_path=model_path, record_stability_info=record_stability_info)
 
     def release(self) -> APIFuture[None]:
         """Free this model on the backend once every request before this one has run; the client
@@ -176,13 +200,13 @@ class TrainingClient:
         )
 
     def get_tokenizer(self) -> Tokenizer:
-        return self._service._backend.get_tokenizer(self.spec.base_model)
+        return self.session.backend.get_tokenizer(self.spec.base_model)
 
     def read_state(self) -> APIFuture[AdapterState]:
         """Adapter weights, accumulated gradient and AdamW state at this point in the order
         (capability ``introspection``)."""
-        if not self._service.capabilities.supports("introspection"):
-            raise Unsupported("introspection", self._service.backend_name)
+        if not self.session.capabilities.supports("introspection"):
+            raise Unsupported("introspection", self.session.backend_name)
         return self._ordered(lambda b: b.read_state(self.model_id))
 
     # -- async twins: coroutines resolving to the future (double-await style) -----------------
@@ -215,11 +239,23 @@ class TrainingClient:
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         return self.save_weights_for_sampler(name, **kwargs)
 
-    async def save_weights_and_get_sampling_client_async(self, name: str | None = None) -> SamplingClient:
-        return await self.save_weights_and_get_sampling_client(name)
+    async def save_weights_and_get_sampling_client_async(
+        self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
+    ) -> SamplingClient:
+        return await self.save_weights_and_get_sampling_client(name, record_stability_info, kind)
 
-    async def create_sampling_client_async(self, model_path: str) -> SamplingClient:
-        return await self.create_sampling_client(model_path)
+    async def create_sampling_client_async(
+        self, model_path: str, record_stability_info: bool = False
+    ) -> SamplingClient:
+        return await self.create_sampling_client(model_path, record_stability_info)
 
     async def get_info_async(self) -> GetInfoResponse:
         return self.get_info()
+
+
+def _refuse_ttl(ttl_seconds: Any) -> None:
+    """CKPT-13 / SDK-1: nothing in process would expire a checkpoint, so a TTL is refused by name."""
+    if ttl_seconds is not None:
+        raise BadRequestError(
+            "ttl_seconds", "in-process checkpoints never expire; checkpoint TTLs are kept by the tinker-std server"
+        )

@@ -18,7 +18,7 @@ from ..capabilities import Capabilities
 from ..errors import BadRequestError, ContextLengthError, Unsupported
 from ..loss_signatures import LOSS_SIGNATURES as LOSSES
 from ..loss_signatures import LossSignature as LossSpec
-from ..types import AdamParams, Datum, ModelInput, SamplingParams, TensorData
+from ..types import AdamParams, Datum, ModelInput, ParsedCheckpointTinkerPath, SamplingParams, TensorData
 
 __all__ = [
     "validate_forward_backward",
@@ -26,6 +26,7 @@ __all__ = [
     "validate_adam_params",
     "validate_sample",
     "validate_checkpoint_name",
+    "validate_checkpoint_path",
 ]
 
 _PER_POSITION_FLOATS = (
@@ -229,3 +230,11 @@ def validate_checkpoint_name(name: Any) -> str:
     except ValueError as exc:
         raise BadRequestError("name", str(exc)) from None
     return name
+
+
+def validate_checkpoint_path(path: Any, field: str = "path") -> ParsedCheckpointTinkerPath:
+    """``path`` parsed as a ``tinker://`` checkpoint path; ``BadRequestError`` on ``field``."""
+    try:
+        return ParsedCheckpointTinkerPath.from_tinker_path(path)
+    except ValueError as exc:
+        raise BadRequestError(field, str(exc)) from None

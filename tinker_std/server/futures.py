@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from . import wire
+from . import protobuf
 from .failures import ServerShutdown, failure_reply, not_found_reply
 from .messages import WireReply, WireRequest
 
@@ -82,9 +82,9 @@ class FutureStore:
         except Exception as exc:
             return failure_reply(exc)
         if entry.kind == "forward_backward":
-            return WireReply.protobuf(wire.encode_forward_backward_output(result))
+            return WireReply.protobuf(protobuf.encode_forward_backward_output(result))
         if entry.kind == "sample":
-            return WireReply.protobuf(wire.encode_sample_response(result))
+            return WireReply.protobuf(protobuf.encode_sample_response(result))
         return WireReply.json(result.model_dump(mode="json") if isinstance(result, BaseModel) else result)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ Outermost first (``asgi.create_app`` stacks them so):
 
 1. ``AccessLog``: one structured record per request (logger ``tinker_std.server.access``, JSON
    in the message: method, path, status, tenant, bytes in/out, milliseconds, SDK method,
-   encoding), whatever answered it;
+   encoding), whatever answered it, written just before the last byte of the answer is sent;
 2. ``BodySizeLimit``: a ``Content-Length`` over the limit is answered 413 before one byte of the
    body is read (and before authentication); the connection is closed after it. A body without
    a length is limited while it is read (``asgi.read_body``);
@@ -44,18 +44,12 @@ class AccessLog:
             return
         started = time.perf_counter()
         headers = _headers(scope)
-        outcome: dict[str, Any] = {"status": 500, "bytes_out": 0}
+        outcome: dict[str, Any] = {"status": 500, "bytes_out": 0, "logged": False}
 
-        async def logged_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                outcome["bytes_out"] += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, logged_send)
-        finally:
+        def log() -> None:
+            if outcome["logged"]:
+                return
+            outcome["logged"] = True
             length = headers.get("content-length", "")
             access_log.info(
                 json.dumps(
@@ -72,6 +66,20 @@ class AccessLog:
                     }
                 )
             )
+
+        async def logged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                outcome["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                outcome["bytes_out"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    log()  # before the client can see the whole answer, so the record is there first
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            log()  # an answer that never completed
 
 
 class BodySizeLimit:

@@ -10,8 +10,8 @@ use, so validation, ordering and errors are the library's:
 - ``futures``: every asynchronous operation answers ``{"request_id": ...}`` at once and its
   result is fetched with ``retrieve_future`` (a long poll): protobuf for
   ``ForwardBackwardOutput`` / ``SampleResponse``, JSON otherwise;
-- ``rest``: the SDK's ``RestClient`` over the server's records; ``refusals``: what the server
-  refuses on purpose;
+- ``rest_routes``: the SDK's ``RestClient`` over the server's records; ``refusals``: what the
+  server refuses on purpose;
 - ``state``: sessions, models and samplers of each tenant, and the reaper of idle sessions;
 - ``failures``: the one mapping from an error to its wire answer (``"<Type>: <message>"``,
   category ``user`` for tinker-std's typed errors and ``server`` for anything else).
@@ -29,7 +29,7 @@ from .futures import FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
 from .refusals import refusal_endpoints
-from .rest import RestRoutes
+from .rest_routes import RestRoutes
 from .sampling_routes import SamplingRoutes
 from .session_routes import SessionRoutes
 from .state import ServerState

@@ -7,6 +7,7 @@ validate or to run fails its own future (read with ``retrieve_future``), like a 
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import Future
 from typing import Any
 
@@ -19,6 +20,7 @@ from tinker_std.types import ModelInput, SamplingParams
 from .checkpoint_files import CheckpointFiles
 from .futures import FutureStore, chain
 from .messages import Endpoint, WireReply, WireRequest, field_error, require_int
+from .sdk_fields import record_sample, sample_options
 from .state import ServerState
 
 __all__ = ["SamplingRoutes"]
@@ -68,7 +70,10 @@ class SamplingRoutes:
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= 1024:
             raise BadRequestError("num_samples", f"must be an integer in [1, 1024], got {num_samples!r}")
         answer: Future[Any] = Future()
+        request_id = uuid.uuid4().hex
+        ids = [f"{request_id}-{j}" for j in range(num_samples)]
         try:
+            options = sample_options(body)
             chunks = (body.get("prompt") or {}).get("chunks")
             if not isinstance(chunks, list):
                 raise BadRequestError("prompt.chunks", "must be a list of chunks")
@@ -77,9 +82,7 @@ class SamplingRoutes:
             if not isinstance(raw_params, dict):
                 raise BadRequestError("sampling_params", "must be an object")
             try:
-                params = SamplingParams.model_validate(
-                    {k: v for k, v in raw_params.items() if k in SamplingParams.model_fields}
-                )
+                params = SamplingParams.model_validate(raw_params)  # an unknown key is refused by name
                 prompt = ModelInput.from_ints(tokens)
             except ValidationError as exc:
                 raise field_error(exc, "sampling_params") from None
@@ -89,13 +92,34 @@ class SamplingRoutes:
                 params,
                 include_prompt_logprobs=bool(body.get("prompt_logprobs") or False),
                 topk_prompt_logprobs=require_int(body.get("topk_prompt_logprobs") or 0, "topk_prompt_logprobs"),
+                topk_sample_logprobs=require_int(options.topk_sample_logprobs, "topk_sample_logprobs"),
+                prompt_logprobs_last_n=options.prompt_logprobs_last_n,
             )
-            chain(future.future(), answer)
+            if options.record:
+                future.future().add_done_callback(
+                    lambda done: self._settle_recorded(done, answer, request.tenant, ids, tokens)
+                )
+            else:
+                chain(future.future(), answer)
         except Exception as exc:  # a rejected sample fails its own future, like a training request
             answer.set_exception(exc)
-        request_id = self.futures.store(answer, "sample", request.tenant)
-        ids = [f"{request_id}-{j}" for j in range(num_samples)]
+        self.futures.store(answer, "sample", request.tenant, request_id)
         return WireReply.json({"request_id": request_id, "sample_sequence_ids": ids})
+
+    def _settle_recorded(
+        self, done: Future[Any], answer: Future[Any], tenant: str, ids: list[str], tokens: list[int]
+    ) -> None:
+        """Record a ``record_stability_info`` sample under the ids the SDK got, then answer (SDK-3)."""
+        error = done.exception()
+        if error is None:
+            try:
+                record_sample(self.service.stability_records, tenant, ids, tokens, done.result())
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(done.result())
 
 
 def _chunk_tokens(chunk: Any, index: int) -> list[int]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from tinker_std.client.service import ServiceClient
+from tinker_std.errors import BadRequestError
 
 from .messages import Endpoint, WireReply, WireRequest
+from .sdk_fields import check_session_body
 from .state import ServerState
 
 __all__ = ["SessionRoutes"]
@@ -51,7 +53,18 @@ class SessionRoutes:
         return WireReply.json(flags)
 
     def create_session(self, request: WireRequest) -> WireReply:
-        session_id = self.state.create_session(request.tenant)
+        body = request.json()
+        check_session_body(body)
+        metadata, name, tags = body.get("user_metadata"), body.get("display_name"), body.get("tags")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise BadRequestError("user_metadata", "must be an object of strings")
+        if name is not None and not isinstance(name, str):
+            raise BadRequestError("display_name", "must be a string")
+        if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+            raise BadRequestError("tags", "must be a list of strings")
+        session_id = self.state.create_session(request.tenant, metadata or None, name, tags)
         return WireReply.json({"type": "create_session", "session_id": session_id})
 
     def heartbeat(self, request: WireRequest) -> WireReply:

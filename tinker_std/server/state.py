@@ -30,6 +30,10 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     models: set[str] = field(default_factory=set)
     samplers: set[str] = field(default_factory=set)
+    #: what the SDK's ``CreateSessionRequest`` said about the session (``RestClient.get_session``)
+    user_metadata: dict[str, str] | None = None
+    display_name: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,10 +79,18 @@ class ServerState:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def create_session(self, tenant: str) -> str:
+    def create_session(
+        self,
+        tenant: str,
+        user_metadata: dict[str, str] | None = None,
+        display_name: str | None = None,
+        tags: list[str] | None = None,
+    ) -> str:
         session_id = f"session-{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._sessions[session_id] = Session(tenant)
+            self._sessions[session_id] = Session(
+                tenant, user_metadata=user_metadata, display_name=display_name, tags=list(tags or [])
+            )
         return session_id
 
     def session(self, tenant: str, session_id: Any) -> Session:
@@ -112,15 +124,23 @@ class ServerState:
             return {sid: s for sid, s in self._sessions.items() if s.tenant == tenant}
 
     def reap_idle(self, now: float | None = None) -> list[str]:
-        """Release every session idle for ``idle_session_s``; the ids reaped."""
+        """Release every session idle for ``idle_session_s``; the ids reaped. A session with a
+        model still being created is not idle (its creator waits for it, however long it takes)."""
         if self.idle_session_s is None:
             return []
         now = time.monotonic() if now is None else now
         with self._lock:
-            idle = [sid for sid, s in self._sessions.items() if now - s.last_seen >= self.idle_session_s]
+            idle = [
+                sid
+                for sid, s in self._sessions.items()
+                if now - s.last_seen >= self.idle_session_s and not self._creating(s)
+            ]
         for session_id in idle:
             self.release_session(session_id)
         return idle
+
+    def _creating(self, session: Session) -> bool:
+        return any(self._models[m].client is None for m in session.models if m in self._models)
 
     def release_session(self, session_id: str) -> None:
         """Forget a session, release its models' clients and close their lanes."""

@@ -28,13 +28,14 @@ from tinker_std.errors import BadRequestError, ConflictError
 from tinker_std.futures import APIFuture
 from tinker_std.types import AdamParams
 
-from . import wire
+from . import protobuf
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
 from .futures import FutureStore, ResultKind, chain
 from .messages import Endpoint, WireReply, WireRequest, body_digest, field_error, require_int
 from .records import ServerRecords
 from .refusals import UNSUPPORTED
+from .sdk_fields import check_optimizer_config, check_sampler_kind, check_weights_access_token, scoped_datums
 from .state import ServerState, TrainingModel
 
 __all__ = ["TrainingRoutes"]
@@ -82,6 +83,7 @@ class TrainingRoutes:
         lora = body.get("lora_config") or {}
         if not isinstance(lora, dict):
             raise BadRequestError("lora_config", "must be an object")
+        check_optimizer_config(body.get("optimizer_config"))
         base_model = body.get("base_model")
         original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
         if original is not None:
@@ -95,8 +97,7 @@ class TrainingRoutes:
                 train_mlp=lora.get("train_mlp", True),
                 train_attn=lora.get("train_attn", True),
                 train_unembed=lora.get("train_unembed", True),
-                user_metadata=body.get("user_metadata"),
-            ).result()
+            ).result()  # user_metadata: recorded by the server on the run (_attach), not in process
             self._attach(model_id, client, body.get("user_metadata"))
             return {"model_id": model_id, "type": "create_model"}
 
@@ -134,6 +135,8 @@ class TrainingRoutes:
         body = request.json()
         path, with_optimizer = body.get("path"), bool(body.get("optimizer", False))
         if "session_id" in body:  # create-via-load (ServiceClient.create_training_client_from_state*)
+            check_optimizer_config(body.get("optimizer_config"))
+            check_weights_access_token(body.get("weights_access_token"))
             session = self.state.session(request.tenant, body["session_id"])
             model_id = f"{body['session_id']}:train:{require_int(body.get('model_seq_id'), 'model_seq_id')}"
             original = self.state.claim_model(model_id, request.tenant, body_digest(request.body), session)
@@ -150,6 +153,8 @@ class TrainingRoutes:
         # TrainingClient.load_state[_with_optimizer]: the same load, swapped in for the model's
         # client at this point of its order.
         def load(model: TrainingModel) -> dict[str, str]:
+            check_optimizer_config(body.get("optimizer_config"))
+            check_weights_access_token(body.get("weights_access_token"))
             old = model.client
             assert old is not None
             new = self._load_client(request.tenant, path, with_optimizer, old.spec.base_model)
@@ -196,13 +201,14 @@ class TrainingRoutes:
     # -- training steps ---------------------------------------------------------------------
 
     def forward_backward(self, request: WireRequest) -> WireReply:
-        msg = wire.parse_forward_backward(request.body)
+        msg = protobuf.parse_forward_backward(request.body)
 
         def run(model: TrainingModel) -> APIFuture[Any]:
-            call = wire.decode_forward_backward(msg)
+            call = protobuf.decode_forward_backward(msg)
             client = model.ready()
             method = client.forward if call.forward_only else client.forward_backward
-            return method(call.data, call.loss_fn, call.loss_fn_config)
+            # span ids name this tenant's recorded samples only (sdk_fields.record_sample)
+            return method(scoped_datums(call.data, model.tenant), call.loss_fn, call.loss_fn_config)
 
         return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward")
 
@@ -211,7 +217,7 @@ class TrainingRoutes:
 
         def run(model: TrainingModel) -> APIFuture[Any]:
             if body.get("optimizer_params") and not body.get("adam_params"):
-                raise BadRequestError("optimizer_params", "only AdamW (adam_params) is part of tinker-std v0.1")
+                raise BadRequestError("optimizer_params", "only AdamW (adam_params) is part of tinker-std spec 0.2")
             try:
                 params = AdamParams.model_validate(body.get("adam_params") or {})
             except ValidationError as exc:
@@ -227,6 +233,12 @@ class TrainingRoutes:
 
     def save_weights_for_sampler(self, request: WireRequest) -> WireReply:
         body = request.json()
+        if body.get("kind") not in (None, "snapshot"):
+
+            def refuse(model: TrainingModel) -> None:
+                check_sampler_kind(body.get("kind"))
+
+            return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
         if body.get("path"):
             return self._save(request, "sampler")
 

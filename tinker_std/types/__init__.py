@@ -1,9 +1,18 @@
 """Wire types of tinker-std, field-compatible with ``tinker.types`` (0.38) where shared."""
 
-from .checkpoint import Checkpoint, CheckpointType, ParsedCheckpointTinkerPath, TrainingRun
+from .checkpoint import (
+    Checkpoint,
+    CheckpointsListResponse,
+    CheckpointType,
+    Cursor,
+    ParsedCheckpointTinkerPath,
+    TrainingRun,
+    TrainingRunsResponse,
+)
 from .datum import LOSS_INPUT_DTYPES, Datum
 from .info import GetInfoResponse, GetServerCapabilitiesResponse, ModelData, SupportedModel
 from .model_input import EncodedTextChunk, ModelInput
+from .provenance import PromptProvenanceSpan, ProvenanceSpan, ProvenanceSpans, SampledProvenanceSpan
 from .sampling import (
     TOPK_PAD_LOGPROB,
     TOPK_PAD_TOKEN,
@@ -32,6 +41,8 @@ __all__ = [
     "AdamParams",
     "Checkpoint",
     "CheckpointType",
+    "CheckpointsListResponse",
+    "Cursor",
     "Datum",
     "EncodedTextChunk",
     "ForwardBackwardOutput",
@@ -46,6 +57,10 @@ __all__ = [
     "ModelInput",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PromptProvenanceSpan",
+    "ProvenanceSpan",
+    "ProvenanceSpans",
+    "SampledProvenanceSpan",
     "SampleResponse",
     "SampledSequence",
     "SamplingParams",
@@ -58,4 +73,5 @@ __all__ = [
     "TensorData",
     "TensorDtype",
     "TrainingRun",
+    "TrainingRunsResponse",
 ]

@@ -8,9 +8,20 @@ from typing import Literal
 
 from ._base import ResponseModel
 
-__all__ = ["CheckpointType", "Checkpoint", "ParsedCheckpointTinkerPath", "TrainingRun", "KIND_OF_SEGMENT"]
+__all__ = [
+    "CheckpointType",
+    "Checkpoint",
+    "CheckpointsListResponse",
+    "Cursor",
+    "ParsedCheckpointTinkerPath",
+    "TrainingRun",
+    "TrainingRunsResponse",
+    "KIND_OF_SEGMENT",
+]
 
-CheckpointType = Literal["training", "sampler"]
+#: As in tinker 0.38. tinker-std writes ``training`` and ``sampler`` checkpoints; ``external``
+#: (``save_weights_external``) is a type it reads in listings but never writes (SDK-5).
+CheckpointType = Literal["training", "sampler", "external"]
 
 #: Path segment -> checkpoint type. ``weights`` holds adapter + optimizer state (``save_state``),
 #: ``sampler_weights`` holds adapter weights only (``save_weights_for_sampler``).
@@ -78,8 +89,36 @@ class Checkpoint(ResponseModel):
 
 
 class TrainingRun(ResponseModel):
+    """A training run, with the fields of tinker 0.38's ``TrainingRun``. In process the owner is
+    ``"local"`` and the run is known from its checkpoints: ``last_request_time`` is its newest
+    checkpoint's time. ``last_checkpoint_time`` is tinker-std 0.1's name for that time."""
+
     training_run_id: str
     base_model: str
+    model_owner: str = "local"
     is_lora: bool = True
+    corrupted: bool = False
     lora_rank: int | None = None
+    last_request_time: datetime | None = None
+    last_checkpoint: Checkpoint | None = None
+    last_sampler_checkpoint: Checkpoint | None = None
+    user_metadata: dict[str, str] | None = None
     last_checkpoint_time: datetime | None = None
+
+
+class Cursor(ResponseModel):
+    """Where a page of a listing starts, its size, and how many items there are in all."""
+
+    offset: int
+    limit: int
+    total_count: int
+
+
+class CheckpointsListResponse(ResponseModel):
+    checkpoints: list[Checkpoint]
+    cursor: Cursor | None = None
+
+
+class TrainingRunsResponse(ResponseModel):
+    training_runs: list[TrainingRun]
+    cursor: Cursor

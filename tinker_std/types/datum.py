@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ._base import RequestModel
 from .model_input import ModelInput
+from .provenance import ProvenanceSpans
 from .tensor_data import TensorData, TensorDtype
 
 __all__ = ["Datum", "LOSS_INPUT_DTYPES"]
@@ -54,10 +55,35 @@ class Datum(RequestModel):
     ``loss_fn_inputs`` values may be given as ``TensorData``, numpy arrays, torch tensors or
     (for the well-known keys in ``LOSS_INPUT_DTYPES``) plain lists; they are converted on
     construction. Each per-position tensor has ``model_input.length`` rows (spec ALN-1).
+
+    ``model_input_spans`` / ``loss_fn_input_spans`` (set both or neither; ``with_provenance``)
+    say which sampled sequence each position came from; ``stable_reinforce`` requires them and
+    every other loss refuses them (spec LOSS-17).
     """
 
     model_input: ModelInput
     loss_fn_inputs: dict[str, TensorData] = {}
+    model_input_spans: ProvenanceSpans | None = None
+    loss_fn_input_spans: ProvenanceSpans | None = None
+
+    @model_validator(mode="after")
+    def _spans_come_in_pairs(self) -> Datum:
+        if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
+            raise ValueError(
+                "provenance comes as a pair: set both model_input_spans and loss_fn_input_spans or neither"
+            )
+        return self
+
+    def with_provenance(self, model_input: ProvenanceSpans, loss_fn_inputs: ProvenanceSpans) -> Datum:
+        """A copy carrying provenance: ``model_input`` spans tile the input tokens,
+        ``loss_fn_inputs`` spans tile ``target_tokens``; ``ValueError`` if a tiling miscounts."""
+        _check_tiling("model_input", model_input, self.model_input.length)
+        targets = self.loss_fn_inputs.get("target_tokens")
+        if targets is not None:
+            _check_tiling("loss_fn_inputs", loss_fn_inputs, targets.resolved_shape[0])
+        return self.model_copy(
+            update={"model_input_spans": list(model_input), "loss_fn_input_spans": list(loss_fn_inputs)}
+        )
 
     @field_validator("loss_fn_inputs", mode="before")
     @classmethod
@@ -65,3 +91,12 @@ class Datum(RequestModel):
         if not isinstance(value, dict):
             return value
         return {str(key): _to_tensor_data(str(key), item) for key, item in value.items()}
+
+
+def _check_tiling(kwarg: str, spans: ProvenanceSpans, expected: int) -> None:
+    total = sum(span.length for span in spans)
+    if total != expected:
+        raise ValueError(
+            f"with_provenance {kwarg} spans cover {total} positions but the field has {expected}; "
+            "the runs must tile it exactly"
+        )

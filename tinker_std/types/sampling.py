@@ -61,6 +61,9 @@ class SampledSequence(ResponseModel):
     tokens: list[int]
     logprobs: list[float] | None = None
     sequence_id: str = ""
+    #: with ``topk_sample_logprobs = k``: per sampled position, the k most likely
+    #: ``(token_id, logprob)`` pairs of the raw distribution it was drawn from (SDK-6)
+    topk_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 class SampleResponse(ResponseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +34,10 @@ class TensorData(RequestModel):
     data: list[int] | list[float]
     dtype: TensorDtype
     shape: list[int] | None = None
+    #: tinker 0.38's CSR form of a 2-D tensor: given with ``data`` as the listed values and a 2-D
+    #: ``shape``, the tensor is densified on construction (unlisted entries 0) and both are None after.
+    sparse_crow_indices: list[int] | None = None
+    sparse_col_indices: list[int] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -43,6 +48,9 @@ class TensorData(RequestModel):
         dtype = values.get("dtype")
         if dtype not in _NUMPY_DTYPE:
             raise ValueError(f"dtype must be 'int64' or 'float32', got {dtype!r}")
+        if values.get("sparse_crow_indices") is not None or values.get("sparse_col_indices") is not None:
+            data = _densify(values)
+            values = {**values, "sparse_crow_indices": None, "sparse_col_indices": None}
         if isinstance(data, np.ndarray) or hasattr(data, "numpy"):
             data = np.asarray(data).reshape(-1)
         try:
@@ -83,6 +91,13 @@ class TensorData(RequestModel):
         return cls(data=array.reshape(-1).tolist(), dtype=dtype, shape=list(array.shape))
 
     @classmethod
+    def from_torch_sparse(cls, tensor: torch.Tensor, pad_value: int = 0) -> TensorData:
+        """tinker 0.38's sparse constructor; here the result is always dense (pad 0 only)."""
+        if pad_value != 0:
+            raise ValueError("pad_value must be 0: tinker-std stores tensors dense")
+        return cls.from_torch(tensor)
+
+    @classmethod
     def from_torch(cls, tensor: torch.Tensor) -> TensorData:
         import torch
 
@@ -101,3 +116,22 @@ class TensorData(RequestModel):
     def tolist(self) -> list[Any]:
         result: list[Any] = self.to_numpy().tolist()
         return result
+
+
+def _densify(values: dict[str, Any]) -> list[Any]:
+    """The row-major dense data of a CSR tensor (values in ``data``); ValueError if inconsistent."""
+    shape, crow, col = values.get("shape"), values.get("sparse_crow_indices"), values.get("sparse_col_indices")
+    listed = list(np.asarray(values.get("data") if values.get("data") is not None else []).reshape(-1))
+    if shape is None or len(shape) != 2 or crow is None or col is None:
+        raise ValueError("a sparse CSR tensor needs a 2-D shape, sparse_crow_indices and sparse_col_indices")
+    rows, cols = int(shape[0]), int(shape[1])
+    crow, col = [int(x) for x in crow], [int(x) for x in col]
+    if len(crow) != rows + 1 or crow[0] != 0 or crow[-1] != len(listed) or len(col) != len(listed):
+        raise ValueError("sparse_crow_indices must rise from 0 to the number of values, one per row plus one")
+    if any(b < a for a, b in itertools.pairwise(crow)) or any(not 0 <= c < cols for c in col):
+        raise ValueError(f"sparse CSR indices out of order or outside [0, {cols})")
+    dense: list[Any] = [0] * (rows * cols)
+    for r in range(rows):
+        for k in range(crow[r], crow[r + 1]):
+            dense[r * cols + col[k]] = listed[k]
+    return dense

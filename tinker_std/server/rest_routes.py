@@ -59,7 +59,15 @@ class RestRoutes:
         session = self.state.sessions_of(request.tenant).get(session_id)
         if session is None:
             raise NotFoundError(f"no session {session_id!r} on this server")
-        return WireReply.json({"training_run_ids": sorted(session.models), "sampler_ids": sorted(session.samplers)})
+        return WireReply.json(
+            {
+                "training_run_ids": sorted(session.models),
+                "sampler_ids": sorted(session.samplers),
+                "user_metadata": session.user_metadata,
+                "display_name": session.display_name,
+                "tags": session.tags,
+            }
+        )
 
     # -- runs -------------------------------------------------------------------------------
 

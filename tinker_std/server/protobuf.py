@@ -33,6 +33,8 @@ from tinker_std.types import (
     TensorData,
 )
 
+from .sdk_fields import decode_spans, encode_topk_sampled
+
 __all__ = [
     "ForwardBackwardCall",
     "decode_forward_backward",
@@ -129,7 +131,16 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
             )
         chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
     inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
-    return Datum(model_input=ModelInput(chunks=chunks), loss_fn_inputs=inputs)
+    model_spans = decode_spans(msg.model_input_spans, f"{field}.model_input_spans")
+    loss_spans = decode_spans(msg.loss_fn_input_spans, f"{field}.loss_fn_input_spans")
+    if (model_spans is None) != (loss_spans is None):
+        raise BadRequestError(f"{field}.loss_fn_input_spans", "provenance comes as a pair: both span lists or none")
+    return Datum(
+        model_input=ModelInput(chunks=chunks),
+        loss_fn_inputs=inputs,
+        model_input_spans=model_spans,
+        loss_fn_input_spans=loss_spans,
+    )
 
 
 def _tensor(pb: Any, msg: Any, field: str) -> TensorData:
@@ -203,6 +214,8 @@ def encode_sample_response(response: SampleResponse) -> bytes:
         out.tokens = np.asarray(seq.tokens, dtype="<i4").tobytes()
         if seq.logprobs is not None:
             out.logprobs = np.asarray(seq.logprobs, dtype="<f4").tobytes()
+        if seq.topk_logprobs is not None:
+            encode_topk_sampled(pb, out, seq.topk_logprobs)
     if response.prompt_logprobs is not None:
         values = [math.nan if lp is None else lp for lp in response.prompt_logprobs]
         msg.prompt_logprobs = np.asarray(values, dtype="<f4").tobytes()

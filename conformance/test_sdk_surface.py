@@ -1,0 +1,147 @@
+"""Spec 0.2's SDK surface in process: partial prompt scoring, refusals by name, samplers from a
+checkpoint with its base model named too (SDK-1, SDK-4, SDK-5, SMP-15)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import tinker_std as ts
+from tinker_std.conformance.helpers import ADAM, probe_batch
+from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.tolerances import assert_close
+
+Factory = Callable[..., ts.TrainingClient]
+
+
+@pytest.mark.spec("SDK-4", "SMP-13", "SMP-16")
+def test_prompt_logprobs_last_n_scores_only_the_tail(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = ts.ModelInput.from_ints([1 % v, 7 % v, 42 % v, 99 % v, 3 % v, 64 % v])
+    full = base_sampler.compute_logprobs(prompt).result()
+    for n in (1, 3, 5):
+        tail = base_sampler.compute_logprobs(prompt, prompt_logprobs_last_n=n).result()
+        assert tail[: len(full) - n] == [None] * (len(full) - n), f"[SDK-4] entries before the last {n}: {tail}"
+        assert_close(tail[-n:], full[-n:], "token", "SDK-4", what=f"last {n} prompt logprobs")
+        sampled = base_sampler.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), include_prompt_logprobs=True, prompt_logprobs_last_n=n
+        ).result()
+        assert sampled.prompt_logprobs is not None and sampled.prompt_logprobs[: len(full) - n] == [None] * (
+            len(full) - n
+        ), f"[SDK-4] sample(prompt_logprobs_last_n={n}) {sampled.prompt_logprobs}"
+    params = ts.SamplingParams(max_tokens=1)
+    bad: list[tuple[Callable[[], Any], str]] = [
+        (lambda: base_sampler.compute_logprobs(prompt, prompt_logprobs_last_n=0), "0"),
+        (lambda: base_sampler.compute_logprobs(prompt, prompt_logprobs_last_n=len(full)), "P"),
+        (lambda: base_sampler.sample(prompt, 1, params, prompt_logprobs_last_n=2), "without prompt logprobs"),
+    ]
+    for call, what in bad:
+        with pytest.raises(ts.BadRequestError) as err:
+            call()
+        assert err.value.field == "prompt_logprobs_last_n", f"[SDK-4] {what}: field {err.value.field!r}"
+
+
+@pytest.mark.requires("topk_sample_logprobs")
+@pytest.mark.spec("SDK-6", "SMP-3")
+def test_topk_sample_logprobs_are_the_raw_distribution_each_token_was_drawn_from(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = [1 % v, 7 % v, 42 % v, 99 % v]
+    k = 3
+    for params in (
+        ts.SamplingParams(max_tokens=3, temperature=0.0, stop=[]),
+        ts.SamplingParams(max_tokens=3, seed=4, stop=[]),
+    ):
+        out = base_sampler.sample(ts.ModelInput.from_ints(prompt), 2, params, topk_sample_logprobs=k).result()
+        for seq in out.sequences:
+            assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens), (
+                "[SDK-6] one row per token"
+            )
+            for t, row in enumerate(seq.topk_logprobs):
+                assert row is not None and len(row) == k, f"[SDK-6] row {t}: {row}"
+                values = [lp for _, lp in row]
+                assert values == sorted(values, reverse=True), f"[SDK-6] row {t} not sorted: {row}"
+                context = prompt + seq.tokens[:t]
+                for token, lp in row:  # each pair is the raw logprob of that token after the context
+                    ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*context, token])).result()[-1]
+                    assert_close(lp, ref, "token", "SDK-6", what=f"top-k logprob of {token} at sampled position {t}")
+                if params.temperature == 0.0:
+                    assert row[0][0] == seq.tokens[t], "[SDK-6] greedy: the sampled token is the top-1 pair"
+    plain = base_sampler.sample(ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=2)).result()
+    assert plain.sequences[0].topk_logprobs is None, "[SDK-6] not asked for: None"
+    with pytest.raises(ts.BadRequestError) as err:
+        base_sampler.sample(
+            ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=2), topk_sample_logprobs=-1
+        )
+    assert err.value.field == "topk_sample_logprobs", f"[SDK-6] field {err.value.field!r}"
+
+
+class _NotAdam:
+    """Stands for an optimizer config tinker-std does not implement (e.g. the SDK's Dimuon)."""
+
+
+@pytest.mark.spec("SDK-5", "SDK-1", "ORD-5")
+def test_sdk_features_outside_the_spec_are_refused_by_name(
+    conformance_backend: ConformanceBackend,
+    training_client: Factory,
+    base_sampler: ts.SamplingClient,
+    service: ts.ServiceClient,
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = ts.ModelInput.from_ints([1 % v, 7 % v, 42 % v])
+    params = ts.SamplingParams(max_tokens=2)
+    tc = training_client()
+    probe = probe_batch(v)
+    before = tc.forward(probe).result().metrics
+    refused: dict[str, Callable[[], Any]] = {
+        "target_prompt_logprobs": lambda: base_sampler.sample(
+            prompt, 1, params, target_prompt_logprobs=ts.TensorData(data=[1, 2], dtype="int64", shape=[2, 1])
+        ),
+        "prompt_alt_tokens_k": lambda: base_sampler.sample(prompt, 1, params, prompt_alt_tokens_k=1),
+        "kind": lambda: tc.save_weights_and_get_sampling_client(kind="inflight"),
+        "record_stability_info": lambda: tc.save_weights_and_get_sampling_client(record_stability_info="yes"),  # type: ignore[arg-type]
+        "optimizer": lambda: service.create_lora_training_client(
+            base_model=conformance_backend.base_model,
+            rank=4,
+            optimizer=_NotAdam(),  # type: ignore[arg-type]
+        ),
+    }
+    for name, call in refused.items():
+        with pytest.raises(ts.BadRequestError) as err:  # raised by the call itself (ORD-5)
+            call()
+        assert err.value.field == name, f"[SDK-5] {name}: field {err.value.field!r} ({err.value})"
+    tc.optim_step(ADAM).result()  # the client still works, and nothing refused touched it
+    after_step = tc.forward(probe).result().metrics
+    assert after_step == before, "[SDK-1] a refused call changed the client's state"
+
+
+@pytest.mark.requires("checkpoint_management")
+@pytest.mark.spec("SMP-15", "CKPT-8")
+def test_a_sampler_from_a_checkpoint_may_name_its_base_model(
+    conformance_backend: ConformanceBackend, training_client: Factory, service: ts.ServiceClient
+) -> None:
+    v = conformance_backend.vocab_size
+    tc = training_client()
+    tc.forward_backward(probe_batch(v), "cross_entropy")
+    tc.optim_step(ADAM).result()
+    path = tc.save_weights_for_sampler("smp15").result().path
+    prompt = ts.ModelInput.from_ints([1 % v, 7 % v, 42 % v, 99 % v])
+    alone = service.create_sampling_client(model_path=path).result()
+    both = service.create_sampling_client(model_path=path, base_model=conformance_backend.base_model).result()
+    assert_close(
+        both.compute_logprobs(prompt).result()[1:],
+        alone.compute_logprobs(prompt).result()[1:],
+        "token",
+        "SMP-15",
+        what="model_path with its base model named samples the checkpoint",
+    )
+    with pytest.raises(ts.BadRequestError) as err:
+        service.create_sampling_client(model_path=path, base_model="no-such/model-xyz").result()
+    assert err.value.field == "base_model", f"[SMP-15] field {err.value.field!r}"
+    with pytest.raises(ts.BadRequestError):
+        service.create_sampling_client()
