@@ -21,24 +21,19 @@ Options (all inert unless given; only the conformance tests read them):
                              ``known-failure`` with it. An entry that matches no collected test gives a
                              ``TinkerSkipFileWarning``.
 
-The backend class (and its ``--tinker-backend-config`` options) is loaded once, after collection,
-when a conformance test was collected; a backend that cannot be loaded stops the session with one
-``UsageError`` (exit status 4) and no report. A class whose declaration depends on its options
-(``tinker``) defines ``declaration_for(options)``, which ``requires`` reads.
+The backend class and its ``--tinker-backend-config`` options are loaded once, after collection;
+a backend that cannot be loaded stops the session with one ``UsageError`` (exit 4) and no report.
 
-Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (copied to
-``item.user_properties`` as ``("spec", id)`` pairs, so they reach ``--junitxml``), and
-``@pytest.mark.requires("introspection", ...)`` skips a test when the backend CLASS does not
-declare the capability (read without starting the backend).
+Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (as ``("spec", id)``
+``user_properties``, so they reach ``--junitxml``); ``@pytest.mark.requires("introspection", ...)``
+skips a test when the constructed backend's type does not declare the capability.
 
-Fixtures: ``conformance_backend`` (session: class, options, base model, capabilities, tolerance
-class), ``service`` (session ``ServiceClient``), ``service_factory`` (session: more ServiceClients
-over the same backend class and options), ``training_client`` (function-scoped factory of fresh
-LoRA clients, rank 4, seed 0), ``make_training_client`` (the same factory, session-scoped, for
-Hypothesis tests) and ``base_sampler`` (session ``SamplingClient`` over the base model).
+Fixtures: ``conformance_backend`` (session: class, options, base model, capabilities, tolerance),
+``service`` / ``service_factory`` (session ``ServiceClient``s over the backend), ``training_client``
+(a factory of fresh LoRA clients, rank 4, seed 0; ``make_training_client``: session-scoped, for
+Hypothesis) and ``base_sampler`` (a ``SamplingClient`` over the base model).
 
-This module is imported whenever pytest starts in an environment where tinker-std is installed,
-so it imports neither torch nor the backend at module level; everything heavy happens in fixtures.
+Imported whenever pytest starts where tinker-std is installed: nothing heavy at module level.
 """
 
 from __future__ import annotations
@@ -480,6 +475,11 @@ def run_context(config: pytest.Config) -> RunContext:
         selected=state.selected,
         load_error=state.load_error,
     )
+
+
+def backend_class_for_report(config: pytest.Config) -> type[Backend] | None:
+    """The backend class (loaded after collection); ``None`` when it could not be loaded."""
+    return _state(config).backend_cls
 
 
 def resolved_backend(config: pytest.Config) -> ConformanceBackend | None:
