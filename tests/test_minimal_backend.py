@@ -136,7 +136,9 @@ def test_a_skip_file_skips_tests_reports_them_and_warns_about_strays(tmp_path: P
     assert results["SMP-2"] == "pass"
     assert report["summary"]["known-failure"] == 4
     counts = {k: v for k, v in report["test_counts"].items() if v}
-    assert counts == {"known-failure": 7, "not-declared": 1, "passed": 1}
+    assert set(counts) == {"known-failure", "not-declared", "passed"}
+    assert counts["passed"] == counts["not-declared"] == 1
+    assert counts["known-failure"] >= 7  # SMP-14's test, and the refusal test for every optional capability
     known = next(r for r in report["verdict"]["reasons"] if r["kind"] == "known-failure")
     assert known["justifications"]["SMP-14"] == "listed in skip file (SMP-14): a statement id: every test citing it"
     assert not report["verdict"]["conformant"] and not report["run"]["complete"]
