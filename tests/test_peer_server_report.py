@@ -3,9 +3,9 @@ tests through the ``tinker`` backend (the official SDK over HTTP) against a peer
 a ``--backend-config`` file (docs/server.md, "The tinker backend").
 
 The peer is a tinker-std server (served on 127.0.0.1 by the suite's process) whose engine is broken
-in one way: it reports ``loss:sum`` as a mean over the call's tokens instead of a sum (FB-2). The same conformance tests
-run against an unbroken peer (the plain mock) must pass, so whatever fails on the broken one is its
-bug, not the HTTP path. The report must then blame the broken statement only (failures attributed
+in one way: it reports ``loss:sum`` as a mean over the call's tokens instead of a sum (LOSS-1). The
+same conformance tests run against an unbroken peer (the plain mock) must pass, so whatever fails on
+the broken one is its bug, not the HTTP path. The report must then blame the broken statement only (failures attributed
 by the ``[ID]`` their messages name), keep the statements merely cited by a failing test
 ``inconclusive`` rather than failed, show undeclared capabilities as not declared, and stay short
 enough to read.
@@ -37,14 +37,15 @@ KEYWORDS = (
     "test_loss_sum_is_the_formula_of_the_returned_logprobs or test_a_duplicated_datum_doubles_its_contribution"
     " or test_a_positions_logprob_ignores_later_tokens or test_metric_keys_are_name_colon_reduction"
 )
-#: The statement the peer breaks, and the ones its bug also fails, because the tests of those check
-#: them through ``loss:sum``: a duplicated datum no longer doubles its contribution (FB-6).
-BROKEN = {"FB-2"}
-ALSO = {"FB-6"}
+#: The statement the peer breaks (the reduction is a sum), and the ones its bug also fails, because
+#: their tests check them through ``loss:sum``: a duplicated datum no longer doubles its contribution
+#: (FB-6), and ``loss:sum`` is not the formula of the returned logprobs (FB-2).
+BROKEN = {"LOSS-1"}
+ALSO = {"FB-2", "FB-6"}
 
 
 class MeanLossPeer(MockBackend):
-    """The mock, except that ``loss:sum`` is divided by the call's token count (FB-2 broken)."""
+    """The mock, except that ``loss:sum`` is divided by the call's token count (LOSS-1 broken)."""
 
     name: ClassVar[str] = "peer-mean-loss"
 
@@ -106,7 +107,7 @@ def test_a_broken_peer_is_blamed_for_its_one_bug_and_the_report_stays_readable(
     for test in failing_tests:  # what the failing tests cite but their messages do not name is not blamed
         for sid in set(test["statements"]) - set(test["attributed"]):
             assert statements[sid]["result"] in ("inconclusive", "pass"), (sid, statements[sid])
-    assert statements["FB-2"]["failed_tests"] and statements["FB-2"]["origin"] == "tinker"
+    assert statements["LOSS-1"]["failed_tests"] and statements["LOSS-1"]["origin"] == "tinker"
     # Capabilities the peer was not declared to have are "not declared", never failures.
     not_declared = {sid for sid, e in statements.items() if e["result"] == "skipped-not-declared"}
     assert {sid for sid, e in statements.items() if e["capability"] == "topk_prompt_logprobs"} <= not_declared
@@ -116,6 +117,6 @@ def test_a_broken_peer_is_blamed_for_its_one_bug_and_the_report_stays_readable(
     assert set(next(r for r in verdict["reasons"] if r["kind"] == "fail")["statements"]) == failed
     assert report["summary_by_origin"]["tinker"]["fail"] == len(failed)
     summary = (tmp_path / "broken" / "report.md").read_text(encoding="utf-8")
-    assert "**Not conformant.**" in summary and "| FB-2 | MUST | tinker | fail |" in summary
-    assert len(failed) <= 2  # the old report failed every id a failing test cited: 12 for this bug
+    assert "**Not conformant.**" in summary and "| LOSS-1 | MUST | tinker | fail |" in summary
+    assert len(failed) <= 3  # the old report failed every id a failing test cited: 12 for this bug
     assert {t["nodeid"] for t in good["tests"]} == {t["nodeid"] for t in report["tests"]}  # the same tests
