@@ -104,9 +104,12 @@ def test_a_broken_peer_is_blamed_for_its_one_bug_and_the_report_stays_readable(
     assert BROKEN <= failed <= BROKEN | ALSO, failed
     failing_tests = [t for t in report["tests"] if t["outcome"] == "failed"]
     assert failing_tests and all(t["attribution"] == "message" for t in failing_tests), failing_tests
-    for test in failing_tests:  # what the failing tests cite but their messages do not name is not blamed
+    for sid in failed:  # each failed statement is named by a failing test's message
+        assert statements[sid]["failed_tests"], statements[sid]
+    for test in failing_tests:  # what a failing test cites but its message does not name is not blamed by it
         for sid in set(test["statements"]) - set(test["attributed"]):
-            assert statements[sid]["result"] in ("inconclusive", "pass"), (sid, statements[sid])
+            assert test["nodeid"] not in statements[sid]["failed_tests"]
+            assert statements[sid]["result"] == "inconclusive" or sid in failed, (sid, statements[sid])
     assert statements["LOSS-1"]["failed_tests"] and statements["LOSS-1"]["origin"] == "tinker"
     # Capabilities the peer was not declared to have are "not declared", never failures.
     not_declared = {sid for sid, e in statements.items() if e["result"] == "skipped-not-declared"}
