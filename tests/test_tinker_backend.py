@@ -382,11 +382,11 @@ def test_contradictory_options_name_the_field() -> None:
 
 def test_registered_and_declaring_only_what_the_protocol_carries() -> None:
     assert load_backend_class("tinker") is TinkerBackend
-    assert "introspection" not in PROTOCOL_CAPABILITIES
-    assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional - {"introspection"}
+    assert {"introspection", "topk_sample_logprobs", "loss:stable_reinforce"}.isdisjoint(PROTOCOL_CAPABILITIES)
+    assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional & PROTOCOL_CAPABILITIES
     assert TinkerMockBackend.capabilities.tolerance == MockBackend.capabilities.tolerance
     torch_cls = load_backend_class("torch")
-    assert TinkerTorchBackend.capabilities.optional == torch_cls.capabilities.optional - {"introspection"}
+    assert TinkerTorchBackend.capabilities.optional == torch_cls.capabilities.optional & PROTOCOL_CAPABILITIES
     assert TinkerTorchBackend.capabilities.tolerance == torch_cls.capabilities.tolerance
     assert {"introspection", "deterministic", "seeded_sampling"}.isdisjoint(TinkerBackend.capabilities.optional)
     assert (TinkerMockBackend.name, TinkerTorchBackend.name) == ("tinker (mock)", "tinker (torch)")
