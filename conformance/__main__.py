@@ -1,16 +1,24 @@
-"""``python -m tinker_std.conformance --backend mock [--report path] [-- pytest args]``.
+"""``python -m tinker_std.conformance --backend mock [--report PATH | --certify OUTDIR] [-- pytest args]``
+(also ``tinker-std conformance ...``).
 
 Runs ``pytest --pyargs tinker_std.conformance`` with the conformance plugin against one backend
-and prints a table of per-statement results. The exit status is pytest's.
+and prints the per-statement table and the verdict. ``--certify OUTDIR`` writes a certificate
+there (``report.json``, ``summary.md``, ``badge.svg``, ``digest``; see ``certificate``), with
+``--hypothesis-seed 0`` unless the pytest arguments give a seed. The exit status is pytest's
+(0: every selected test passed); a backend that cannot be loaded exits with pytest's usage-error
+status (4) and one message, and writes no report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
+
+from .summary import format_table
 
 __all__ = ["main", "pytest_args"]
 
@@ -49,61 +57,48 @@ def pytest_args(
     return args + list(extra or [])
 
 
-def format_table(data: dict[str, object]) -> str:
-    """A plain-text table of the statements of a report."""
-    statements = data.get("statements") or {}
-    assert isinstance(statements, dict)
-    rows = [("statement", "level", "result", "tests")]
-    for sid, entry in statements.items():
-        rows.append((sid, str(entry.get("level") or "?"), str(entry["result"]), str(len(entry["tests"]))))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    summary = data.get("summary") or {}
-    assert isinstance(summary, dict)
-    lines.append("")
-    lines.append(
-        f"backend {data.get('backend')} (tolerance {data.get('tolerance_class')}), spec {data.get('spec_version')}: "
-        + ", ".join(f"{v} {k}" for k, v in summary.items() if v)
-    )
-    not_covered = data.get("not_covered")
-    if isinstance(not_covered, dict) and not_covered.get("MUST"):
-        lines.append(f"MUST statements without a test: {', '.join(not_covered['MUST'])}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinker_std.conformance", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tinker_std.conformance", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--backend", default=None, help="backend name or module:Class (default $TINKER_STD_BACKEND)")
     parser.add_argument("--backend-config", default=None, help="JSON file of backend constructor options")
     parser.add_argument("--base-model", default=None, help="base model to test")
-    parser.add_argument("--report", default=None, help="report path (JSON; a .md is written next to it)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--report", default=None, help="report path (JSON; a .md is written next to it)")
+    target.add_argument("--certify", default=None, metavar="OUTDIR", help="write a certificate folder there")
     parser.add_argument("--max-examples", type=int, default=None, help="Hypothesis examples per property test")
-    parser.add_argument("--skip-file", default=None, help="file of test ids or statement ids to skip")
+    parser.add_argument("--skip-file", default=None, help="known failures: test ids or statement ids, # reason")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     options = parser.parse_args(argv)
-
-    import os
 
     import pytest
 
     backend = options.backend or os.environ.get("TINKER_STD_BACKEND") or "mock"
+    extra = [*(["--tinker-skip-file", options.skip_file] if options.skip_file else []), *options.pytest_args]
+    if options.certify and not any(a.startswith("--hypothesis-seed") for a in extra):
+        extra += ["--hypothesis-seed", "0"]
     with tempfile.TemporaryDirectory(prefix="tinker-conformance-") as tmp:
-        report = options.report or str(Path(tmp) / "report.json")
+        if options.certify:
+            outdir = Path(options.certify)
+            outdir.mkdir(parents=True, exist_ok=True)
+            for name in ("report.json", "report.md", "summary.md", "badge.svg", "digest"):
+                (outdir / name).unlink(missing_ok=True)
+            report = str(outdir / "report.json")
+        else:
+            report = options.report or str(Path(tmp) / "report.json")
         code = pytest.main(
-            pytest_args(
-                backend,
-                report,
-                options.backend_config,
-                options.base_model,
-                options.max_examples,
-                [*(["--tinker-skip-file", options.skip_file] if options.skip_file else []), *options.pytest_args],
-            )
+            pytest_args(backend, report, options.backend_config, options.base_model, options.max_examples, extra)
         )
         path = Path(report)
         if path.is_file():
             print()
             print(format_table(json.loads(path.read_text(encoding="utf-8"))))
-            if options.report:
+            if options.certify:
+                from .certificate import write_certificate
+
+                value = write_certificate(Path(options.certify))
+                print(f"certificate written to {options.certify} ({value})")
+            elif options.report:
                 print(f"report written to {path} and {path.with_suffix('.md')}")
     return int(code)
 

@@ -9,29 +9,31 @@ Options (all inert unless given; only the conformance tests read them):
 ``--tinker-backend``         backend name or ``module:Class`` (default ``$TINKER_STD_BACKEND``, else ``mock``)
 ``--tinker-backend-config``  JSON file with the backend's constructor options
 ``--tinker-base-model``      base model to test (default: the backend's first supported model)
-``--tinker-report``          write a per-statement JSON report there, and a sibling ``.md``
+``--tinker-report``          write the report there (JSON, ``report.REPORT_FORMAT``), and a sibling ``.md``
 ``--tinker-max-examples``    Hypothesis examples per property test (default 10)
-``--tinker-skip-file``       text file of tests to skip, one entry per line (``#`` starts a comment): a
-                             test node id or a prefix of one (``test_sampling.py::test_x``, matched at
-                             ``::``/``[``/``/`` boundaries, with or without leading folders) or a statement
-                             id (``SMP-12``: every test citing it). Skipped tests get the reason ``listed in
-                             skip file`` (unless a capability they need is undeclared, which is checked
-                             first); statements only they cover are reported ``skipped-by-user``. An entry
-                             that matches no collected test gives a ``TinkerSkipFileWarning``.
+``--tinker-skip-file``       known failures, one entry per line (``#`` starts a comment; the comment on
+                             an entry's own line is its written justification): a test node id or a
+                             prefix of one (``test_sampling.py::test_x``, matched at ``::``/``[``/``/``
+                             boundaries, with or without leading folders) or a statement id (``SMP-12``:
+                             every test citing it). Listed tests are skipped with the reason ``listed in
+                             skip file (ENTRY): JUSTIFICATION`` (unless a capability they need is
+                             undeclared, which is checked first); the report shows their statements as
+                             ``known-failure`` with it. An entry that matches no collected test gives a
+                             ``TinkerSkipFileWarning``.
 
-Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (copied to
-``item.user_properties`` as ``("spec", id)`` pairs, so they reach ``--junitxml``), and
-``@pytest.mark.requires("introspection", ...)`` skips a test when the backend CLASS does not
-declare the capability (read without starting the backend).
+The backend class and its ``--tinker-backend-config`` options are loaded once, after collection;
+a backend that cannot be loaded stops the session with one ``UsageError`` (exit 4) and no report.
 
-Fixtures: ``conformance_backend`` (session: class, options, base model, capabilities, tolerance
-class), ``service`` (session ``ServiceClient``), ``service_factory`` (session: more ServiceClients
-over the same backend class and options), ``training_client`` (function-scoped factory of fresh
-LoRA clients, rank 4, seed 0), ``make_training_client`` (the same factory, session-scoped, for
-Hypothesis tests) and ``base_sampler`` (session ``SamplingClient`` over the base model).
+Markers: ``@pytest.mark.spec("FB-3", ...)`` names the statements a test checks (as ``("spec", id)``
+``user_properties``, so they reach ``--junitxml``); ``@pytest.mark.requires("introspection", ...)``
+skips a test when the constructed backend's type does not declare the capability.
 
-This module is imported whenever pytest starts in an environment where tinker-std is installed,
-so it imports neither torch nor the backend at module level; everything heavy happens in fixtures.
+Fixtures: ``conformance_backend`` (session: class, options, base model, capabilities, tolerance),
+``service`` / ``service_factory`` (session ``ServiceClient``s over the backend), ``training_client``
+(a factory of fresh LoRA clients, rank 4, seed 0; ``make_training_client``: session-scoped, for
+Hypothesis) and ``base_sampler`` (a ``SamplingClient`` over the base model).
+
+Imported whenever pytest starts where tinker-std is installed: nothing heavy at module level.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .skip_file import read_skip_file, read_skip_reasons, skip_entry_matches
+
 if TYPE_CHECKING:
     from tinker_std import Backend, Capabilities, SamplingClient, ServiceClient, TrainingClient
 
+    from .report import RunContext
     from .tolerances import ToleranceClass
 
 __all__ = [
@@ -71,7 +76,7 @@ MAX_EXAMPLES = 10
 DEFAULT_RANK = 4
 DEFAULT_SEED = 0
 
-#: Skip reason of the tests a ``--tinker-skip-file`` lists (the report keys ``skipped-by-user`` on it).
+#: Skip reason of the tests a ``--tinker-skip-file`` lists (the report keys ``known-failure`` on it).
 SKIP_FILE_REASON = "listed in skip file"
 
 _STATE_KEY = pytest.StashKey["_State"]()
@@ -112,11 +117,16 @@ class _State:
     report_path: str | None
     skip_file: str | None = None
     skip_entries: dict[str, int] = field(default_factory=dict)  # entry -> line number
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # entry -> its written justification
     skip_unmatched: list[str] = field(default_factory=list)
     backend_cls: type[Backend] | None = None
+    options: dict[str, Any] | None = None  # constructor options from --tinker-backend-config
+    declared: Capabilities | None = None  # the class's declaration for those options
     resolved: ConformanceBackend | None = None
     load_error: str | None = None
     extra_clients: list[ServiceClient] = field(default_factory=list)
+    selected: int = 0  # conformance tests left after deselection
+    complete: bool = False  # every test module collected, none deselected
 
 
 # -- options, markers, configuration ------------------------------------------------------------
@@ -165,11 +175,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if state.skip_file:
         state.skip_entries = read_skip_file(state.skip_file)
+        state.skip_reasons = read_skip_reasons(state.skip_file)
     config.stash[_STATE_KEY] = state
+    config.pluginmanager.register(_UndeclaredSkipper(), "tinker_std_conformance_undeclared")
     if state.report_path:
         from .report import Reporter
 
-        config.pluginmanager.register(Reporter(config, state.report_path), "tinker_std_conformance_reporter")
+        reporter = Reporter(config, state.report_path, lambda: run_context(config))
+        config.pluginmanager.register(reporter, "tinker_std_conformance_reporter")
 
 
 def _state(config: pytest.Config) -> _State:
@@ -198,51 +211,18 @@ def spec_ids(item: pytest.Item) -> list[str]:
     return ids
 
 
-def read_skip_file(path: str) -> dict[str, int]:
-    """The entries of a skip file, in file order, with their line numbers: one entry per line,
-    ``#`` to the end of a line is a comment."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise pytest.UsageError(f"--tinker-skip-file {path}: {exc}") from exc
-    entries: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.split("#", 1)[0].strip()
-        if entry:
-            entries.setdefault(entry, number)
-    return entries
-
-
-def skip_entry_matches(entry: str, nodeid: str, statements: list[str], path: str | None = None) -> bool:
-    """Whether a skip-file ``entry`` selects the test ``nodeid`` (file ``path``) citing ``statements``.
-
-    A statement id (``SMP-12``) selects every test citing it. Anything else is a node id or a
-    prefix of one that ends at a boundary (``::``, ``[`` or ``/``), compared with the node id and
-    with ``<file>::<test>`` for every path suffix of the test's file (node ids depend on pytest's
-    rootdir), so ``test_sampling.py::test_x`` selects ``conformance/test_sampling.py::test_x[a]``
-    but not ``test_sampling.py::test_xy``.
-    """
-    from .spec_index import ID_RE
-
-    if ID_RE.match(entry):
-        return entry in statements
-    file, sep, rest = nodeid.partition("::")
-    parts = Path(path).as_posix().split("/") if path else file.split("/")
-    candidates = [nodeid] + ["/".join(parts[i:]) + sep + rest for i in range(len(parts))]
-    return any(
-        candidate == entry or (candidate.startswith(entry) and (entry[-1] in ":[/" or candidate[len(entry)] in ":[/"))
-        for candidate in candidates
-    )
-
-
 @pytest.hookimpl(tryfirst=True)  # before -k/-m deselection: entries match against every collected test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = _state(config)
     matched: set[str] = set()
-    for item in items:
-        if not is_conformance_item(item):
-            continue
+    ours = [item for item in items if is_conformance_item(item)]
+    if ours:
+        _load(state)  # a backend that cannot load stops the session here, with one message
+    modules = {Path(str(getattr(item, "path", ""))).resolve().name for item in ours}
+    state.complete = {p.name for p in PACKAGE_DIR.glob("test_*.py")} <= modules
+    for item in ours:
         ids = spec_ids(item)
+        item.user_properties.append(("tinker_std_conformance", True))
         for sid in ids:
             item.user_properties.append(("spec", sid))
         for entry in state.skip_entries:
@@ -255,33 +235,85 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         warnings.warn_explicit(TinkerSkipFileWarning(message), None, str(state.skip_file), state.skip_entries[entry])
 
 
-def _backend_class(state: _State) -> type[Backend]:
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items and any(is_conformance_item(item) for item in items):
+        _state(items[0].config).complete = False
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    state.selected = sum(1 for item in session.items if is_conformance_item(item))
+
+
+def declared_capabilities(cls: type[Backend], options: dict[str, Any]) -> Capabilities:
+    """What ``cls`` constructed with ``options`` is expected to declare, before it is constructed:
+    ``cls.declaration_for(options)`` when the class defines it (a backend whose declaration depends
+    on its options, such as ``tinker``), else the class attribute ``cls.capabilities``. Once the
+    backend is constructed, its type's declaration (what the client layer enforces) replaces it."""
+    hook = getattr(cls, "declaration_for", None)
+    return hook(options) if callable(hook) else cls.capabilities
+
+
+def _load(state: _State) -> type[Backend]:
+    """Load the backend class and its options once; any problem becomes one ``UsageError``."""
     if state.backend_cls is None:
         if state.load_error is not None:
             raise pytest.UsageError(state.load_error)
         from tinker_std.registry import load_backend_class
 
         try:
-            state.backend_cls = load_backend_class(state.backend_spec)
+            cls = load_backend_class(state.backend_spec)
+            options = _read_options(state.config_file)
+            declared = declared_capabilities(cls, options)
         except Exception as exc:
-            state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {exc}"
-            raise pytest.UsageError(state.load_error) from exc
+            state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {type(exc).__name__}: {exc}"
+            raise pytest.UsageError(state.load_error) from None
+        state.backend_cls, state.options, state.declared = cls, options, declared
     return state.backend_cls
 
 
-@pytest.hookimpl(tryfirst=True)
+_backend_class = _load
+
+
+def _declared(state: _State) -> Capabilities:
+    _load(state)
+    assert state.declared is not None
+    return state.declared
+
+
+def _required(item: pytest.Item) -> list[str]:
+    return [cap for mark in item.iter_markers("requires") for cap in mark.args]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures: a known failure is not set up at all
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if not is_conformance_item(item):
+    entry = item.stash.get(_SKIP_KEY, None) if is_conformance_item(item) else None
+    if entry is None:
         return
-    required = [cap for mark in item.iter_markers("requires") for cap in mark.args]
-    if required:
-        cls = _backend_class(_state(item.config))
+    state = _state(item.config)
+    if all(_declared(state).supports(capability) for capability in _required(item)):
+        pytest.skip(f"{SKIP_FILE_REASON} ({entry}): {state.skip_reasons.get(entry) or 'no reason given'}")
+    # else: skipped for the undeclared capability below (not declared takes precedence)
+
+
+class _UndeclaredSkipper:
+    """Skips a ``requires`` test whose capability the backend does not declare. Runs after the
+    fixtures (``trylast``), so the declaration is the constructed backend's type's, the one the
+    client layer enforces (a family root such as ``torch`` constructs the variant its options pick)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        required = _required(item) if is_conformance_item(item) else []
+        if not required:
+            return
+        state = _state(item.config)
+        declared = state.resolved.capabilities if state.resolved is not None else _declared(state)
         for capability in required:
-            if not cls.capabilities.supports(capability):
-                pytest.skip(f"capability {capability} not declared by backend {cls.name}")
-    entry = item.stash.get(_SKIP_KEY, None)
-    if entry is not None:
-        pytest.skip(f"{SKIP_FILE_REASON} ({entry})")
+            if not declared.supports(capability):
+                pytest.skip(f"capability {capability} not declared by backend {_backend_class(state).name}")
+        entry = item.stash.get(_SKIP_KEY, None)
+        if entry is not None:  # declared after all (the class's estimate said otherwise)
+            pytest.skip(f"{SKIP_FILE_REASON} ({entry}): {state.skip_reasons.get(entry) or 'no reason given'}")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -301,9 +333,9 @@ def _read_options(path: str | None) -> dict[str, Any]:
     try:
         options = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise pytest.UsageError(f"--tinker-backend-config {path}: {exc}") from exc
+        raise ValueError(f"--tinker-backend-config {path}: {exc}") from exc
     if not isinstance(options, dict):
-        raise pytest.UsageError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
+        raise ValueError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
     return options
 
 
@@ -311,7 +343,7 @@ def _read_options(path: str | None) -> dict[str, Any]:
 def _conformance_options(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = _state(request.config)
     cls = _backend_class(state)
-    options = _read_options(state.config_file)
+    options = dict(state.options or {})
     if "checkpoint_dir" not in options and _accepts_option(cls, "checkpoint_dir"):
         options["checkpoint_dir"] = str(tmp_path_factory.mktemp("tinker-checkpoints"))
     return options
@@ -357,7 +389,8 @@ def conformance_backend(
 
     state = _state(request.config)
     cls = _backend_class(state)
-    caps = cls.capabilities
+    caps = service.capabilities  # the constructed backend's type's declaration, which the client enforces
+    state.declared = caps
     served = service.get_server_capabilities().supported_models
     names = [m.model_name for m in served if m.model_name]
     base_model = state.base_model or (names[0] if names else None)
@@ -415,28 +448,53 @@ def base_sampler(service: ServiceClient, conformance_backend: ConformanceBackend
     return service.create_sampling_client(base_model=conformance_backend.base_model).result()
 
 
+def run_context(config: pytest.Config) -> RunContext:
+    """What the report needs from this plugin (``report.RunContext``)."""
+    from .report import RunContext
+
+    state = _state(config)
+    cls = state.backend_cls
+    declared = state.declared
+    backend: dict[str, Any] = {"spec": state.backend_spec, "name": None, "class": None, "module": None}
+    backend["base_model"] = state.resolved.base_model if state.resolved is not None else state.base_model
+    if cls is not None and declared is not None:
+        backend.update(
+            name=cls.name,
+            **{"class": f"{cls.__module__}:{cls.__qualname__}"},
+            module=cls.__module__,
+            capabilities=sorted(declared.optional),
+            tolerance_class=declared.tolerance,
+        )
+    return RunContext(
+        backend=backend,
+        skip_file=skip_file_info(config),
+        max_examples=MAX_EXAMPLES,
+        hypothesis_seed=config.getoption("hypothesis_seed", None),
+        complete=state.complete,
+        args=[str(a) for a in config.invocation_params.args],
+        selected=state.selected,
+        load_error=state.load_error,
+    )
+
+
+def backend_class_for_report(config: pytest.Config) -> type[Backend] | None:
+    """The backend class (loaded after collection); ``None`` when it could not be loaded."""
+    return _state(config).backend_cls
+
+
 def resolved_backend(config: pytest.Config) -> ConformanceBackend | None:
     """The backend the fixtures resolved in this session (``None`` when no conformance test ran)."""
     return _state(config).resolved
 
 
-def backend_class_for_report(config: pytest.Config) -> type[Backend] | None:
-    """The backend class, loaded if needed; ``None`` when it cannot be loaded."""
-    try:
-        return _backend_class(_state(config))
-    except pytest.UsageError:
-        return None
-
-
-def report_options(config: pytest.Config) -> tuple[str, str | None]:
-    """``(backend spec, base model option)`` as given on the command line (or defaulted)."""
-    state = _state(config)
-    return state.backend_spec, state.base_model
-
-
 def skip_file_info(config: pytest.Config) -> dict[str, Any] | None:
-    """``{path, entries, unmatched}`` of ``--tinker-skip-file``, or ``None`` when none was given."""
+    """``{path, entries[{entry, line, reason, matched}], unmatched}`` of ``--tinker-skip-file``, or
+    ``None`` when none was given."""
     state = _state(config)
     if not state.skip_file:
         return None
-    return {"path": state.skip_file, "entries": list(state.skip_entries), "unmatched": list(state.skip_unmatched)}
+    entries = [
+        {"entry": e, "line": line, "reason": state.skip_reasons.get(e, ""), "matched": e not in state.skip_unmatched}
+        for e, line in state.skip_entries.items()
+    ]
+    return {"path": state.skip_file, "entries": entries, "unmatched": list(state.skip_unmatched)}

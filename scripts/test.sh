@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (into .venv) and run every check: ruff, mypy, the test suite, and the conformance suite
-# against each in-repo backend (its reports must match the README's compliance matrix).
+# against each in-repo backend (its certificates must match conformance/results/ and the README's matrix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,hf,server,modal,cookbook-compat
@@ -15,8 +15,15 @@ if [ $# -eq 0 ]; then
     .venv/bin/python -m pytest -q -m slow
 fi
 
-reports=.ci-reports
-rm -rf "$reports" && mkdir -p "$reports"
+# The conformance suite against each in-repo backend, as a certificate (report.json, summary.md,
+# badge.svg, digest; spec/implementing-a-backend.md "From zero to a certificate"). Locally the fresh
+# certificates replace ours in conformance/results/ and the README matrix is regenerated from that
+# folder (third-party certificates there included); in CI each fresh certificate must have the digest
+# of the committed one (the digest leaves out the machine, commit and durations), and the matrix must
+# be current.
+fresh=.ci-reports/certificates  # .ci-reports/ also holds what the tests wrote (mutation.json): keep it
+results=conformance/results
+rm -rf "$fresh" && mkdir -p "$fresh"
 # modal runs offline: its real Modal class in-process through Modal's .local() path (docs/modal.md).
 # tinker-mock / tinker-torch: the tinker backend, i.e. the official SDK over loopback HTTP to a
 # tinker-std server in the same process backed by mock / torch (reports "tinker (mock)" / "tinker (torch)").
@@ -28,10 +35,15 @@ for backend in ${CONFORMANCE_BACKENDS:-mock minimal torch fsdp modal tinker-mock
     esac
     echo "== conformance suite on backend '$backend'"
     TINKER_STD_MODAL_OFFLINE=1 TINKER_TELEMETRY=0 .venv/bin/python -m tinker_std.conformance --backend "$spec" \
-        --report "$reports/$backend.json" -- -q | tail -n 3
+        --certify "$fresh/$backend" -- -q -p no:cacheprovider | tail -n 3
+    if [ -n "${CI:-}" ]; then
+        .venv/bin/python -m tinker_std.conformance.certificate compare "$fresh/$backend" "$results/$backend"
+    else
+        rm -rf "${results:?}/$backend" && cp -r "$fresh/$backend" "$results/$backend"
+    fi
 done
 if [ -n "${CI:-}" ]; then
-    .venv/bin/python -m tinker_std.conformance.matrix "$reports"/*.json --readme README.md --check
+    .venv/bin/python -m tinker_std.conformance.matrix --results "$results" --readme README.md --check
 else
-    .venv/bin/python -m tinker_std.conformance.matrix "$reports"/*.json --readme README.md --write
+    .venv/bin/python -m tinker_std.conformance.matrix --results "$results" --readme README.md --write
 fi

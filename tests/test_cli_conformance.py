@@ -17,3 +17,17 @@ def test_conformance_subcommand_runs_the_suite_and_writes_a_report(tmp_path: Pat
     data = json.loads(report.read_text())
     assert data["backend"] == "mock" and data["statements"]["TOL-2"]["result"] == "pass"
     assert "TOL-2" in out.stdout and "pass" in out.stdout
+    assert data["statements"]["FB-1"]["result"] == "not-run" and not data["run"]["complete"]
+    assert "not conformant" in out.stdout and "a selection of the suite ran" in out.stdout
+
+
+def test_a_backend_that_cannot_load_exits_with_one_message_and_no_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "tinker_std.cli", "conformance", "--backend", "no_such_module:Backend"]
+    out = subprocess.run([*cmd, "--report", str(report), "--", "-q", "-p", "no:cacheprovider"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 4, text
+    assert text.count("cannot load") == 1 and text.count("no_such_module") == 2, text  # one line names it twice
+    assert "ERROR: cannot load tinker-std backend 'no_such_module:Backend': ModuleNotFoundError" in text
+    assert " passed" not in text and not report.exists() and not report.with_suffix(".md").exists()

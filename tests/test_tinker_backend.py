@@ -234,10 +234,39 @@ def test_a_request_the_server_rejects_keeps_its_field(
     assert tc.forward(probe, "cross_entropy").result().metrics == before
 
 
+def test_the_declaration_comes_from_the_served_backend_or_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing optional is assumed of an unknown server; ``serve=NAME`` declares what NAME declares
+    that the protocol carries; ``capabilities`` / ``tolerance`` (or the environment) override both."""
+    minimal = load_backend_class("minimal").capabilities
+    assert TinkerBackend.capabilities == ts.Capabilities(optional=frozenset(), tolerance="bf16")
+    assert TinkerBackend.declaration_for({"serve": "minimal"}) == minimal
+    assert TinkerMockBackend.declaration_for({}) == TinkerMockBackend.capabilities
+    given = TinkerBackend.declaration_for({"api_key": "tml-x", "capabilities": "loss:cispo, soft_targets"})
+    assert given == ts.Capabilities(optional=frozenset({"loss:cispo", "soft_targets"}), tolerance="bf16")
+    backend = TinkerBackend(api_key="tml-x", capabilities=["loss:gspo"], tolerance="bf16")
+    assert isinstance(backend, TinkerBackend) and type(backend).capabilities.optional == {"loss:gspo"}
+    assert type(backend).name == "tinker"
+    assert type(backend) is type(TinkerBackend(api_key="tml-y", capabilities="loss:gspo"))  # one subclass
+    monkeypatch.setenv("TINKER_STD_TINKER_CAPABILITIES", "none")
+    monkeypatch.setenv("TINKER_STD_TINKER_TOLERANCE", "fp32")
+    assert TinkerMockBackend.declaration_for({}) == ts.Capabilities(optional=frozenset(), tolerance="fp32")
+    assert TinkerBackend.declaration_for({"capabilities": ["loss:dro"]}).optional == {"loss:dro"}
+    for options, field in (({"capabilities": ["introspection"]}, "capabilities"), ({"tolerance": "fp64"}, "tolerance")):
+        with pytest.raises(ts.BadRequestError) as err:
+            TinkerBackend(api_key="tml-x", **options)
+        assert err.value.field == field
+
+
 def test_a_capability_the_served_backend_lacks_is_unsupported(tmp_path: Path) -> None:
-    """The generic class declares ``topk_prompt_logprobs`` (the protocol carries it); ``minimal``
-    does not: its server's ``Unsupported`` comes back with the capability named."""
+    """A user who declares ``topk_prompt_logprobs`` for a server that lacks it (``minimal``) gets the
+    server's ``Unsupported`` back, with the capability named; undeclared, it is refused here."""
     with ts.ServiceClient(backend="tinker", serve="minimal", checkpoint_dir=str(tmp_path)) as service:
+        sampler = service.create_sampling_client(base_model="minimal/byte-lm").result()
+        with pytest.raises(ts.Unsupported) as err:
+            sampler.sample(ts.ModelInput.from_ints([1, 2]), 1, ts.SamplingParams(max_tokens=1), topk_prompt_logprobs=2)
+        assert err.value.capability == "topk_prompt_logprobs" and err.value.backend == "tinker"
+    declared = {"capabilities": ["topk_prompt_logprobs"]}
+    with ts.ServiceClient(backend="tinker", serve="minimal", checkpoint_dir=str(tmp_path), **declared) as service:
         sampler = service.create_sampling_client(base_model="minimal/byte-lm").result()
         with pytest.raises(ts.Unsupported) as err:
             sampler.sample(
@@ -282,6 +311,16 @@ def test_sdk_errors_map_to_tinker_std_errors() -> None:
     body = {"error": "NotFoundError: no session 'x' on this server", "category": "user"}
     missing = tinker.NotFoundError("nf", response=httpx.Response(404, json=body, request=request), body=body)
     assert isinstance(to_std_error(missing), ts.NotFoundError)
+    # Another server's wording: the status decides (a 404 saying "model not found" is NotFoundError).
+    for code, body, wanted in (
+        (404, {"detail": "model not found"}, ts.NotFoundError),
+        (409, {"error": "already exists"}, ts.ConflictError),
+        (422, {"detail": [{"loc": ["body", "x"], "msg": "field required"}]}, ts.BadRequestError),
+        (500, {"error": "KeyError: 'weights'"}, ts.RequestFailedError),
+    ):
+        response = httpx.Response(code, json=body, request=request)
+        foreign = tinker.APIStatusError("foreign", response=response, body=body)
+        assert type(to_std_error(foreign)) is wanted, (code, body)
     denied = tinker.AuthenticationError("no", response=httpx.Response(401, request=request), body=None)
     assert isinstance(to_std_error(denied), TinkerAuthenticationError)
     assert to_std_error(ValueError("not the SDK's")) is None
@@ -343,11 +382,11 @@ def test_contradictory_options_name_the_field() -> None:
 
 def test_registered_and_declaring_only_what_the_protocol_carries() -> None:
     assert load_backend_class("tinker") is TinkerBackend
-    assert "introspection" not in PROTOCOL_CAPABILITIES
-    assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional - {"introspection"}
+    assert {"introspection", "topk_sample_logprobs", "loss:stable_reinforce"}.isdisjoint(PROTOCOL_CAPABILITIES)
+    assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional & PROTOCOL_CAPABILITIES
     assert TinkerMockBackend.capabilities.tolerance == MockBackend.capabilities.tolerance
     torch_cls = load_backend_class("torch")
-    assert TinkerTorchBackend.capabilities.optional == torch_cls.capabilities.optional - {"introspection"}
+    assert TinkerTorchBackend.capabilities.optional == torch_cls.capabilities.optional & PROTOCOL_CAPABILITIES
     assert TinkerTorchBackend.capabilities.tolerance == torch_cls.capabilities.tolerance
     assert {"introspection", "deterministic", "seeded_sampling"}.isdisjoint(TinkerBackend.capabilities.optional)
     assert (TinkerMockBackend.name, TinkerTorchBackend.name) == ("tinker (mock)", "tinker (torch)")

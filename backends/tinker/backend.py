@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from tinker_std.backend import Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
-from tinker_std.capabilities import OPTIONAL_CAPABILITIES, Capabilities
+from tinker_std.capabilities import Capabilities
 from tinker_std.errors import BadRequestError, NotFoundError, RequestFailedError
 from tinker_std.types import (
     AdamParams,
@@ -36,6 +36,7 @@ from tinker_std.types import (
 
 from . import convert
 from .checkpoints import RemoteCheckpointStore
+from .declared import PROTOCOL_CAPABILITIES, UNKNOWN_SERVER, declared_capabilities, subclass_declaring
 from .errors import (
     TinkerCredentialsError,
     TinkerServerUnreachableError,
@@ -47,17 +48,6 @@ from .local import LocalServer
 __all__ = ["TinkerBackend", "TinkerMockBackend", "TinkerTorchBackend", "PROTOCOL_CAPABILITIES"]
 
 T = TypeVar("T")
-
-#: What the protocol can carry: every optional capability except ``introspection`` (the SDK has no
-#: call that reads weights, gradients or optimizer moments; docs/server.md).
-PROTOCOL_CAPABILITIES: frozenset[str] = OPTIONAL_CAPABILITIES - {"introspection"}
-
-#: Declared for an unknown server: what the protocol carries and does not depend on the server's
-#: numerics. Replays (``deterministic``) and the seeded draw rule (``seeded_sampling``) are the
-#: server's business, and ``bf16`` is the loosest tolerance class.
-_GENERIC = frozenset(
-    {"loss:cispo", "loss:dro", "loss:gspo", "soft_targets", "topk_prompt_logprobs", "checkpoint_management"}
-)
 
 _KEY_PREFIXES = ("tml-", "eyJ")
 
@@ -72,15 +62,34 @@ class TinkerBackend(Backend):
     for a remote server, whose checkpoints live on the server). ``connect_timeout_s``: how long the
     first call waits for the server to accept a connection before ``TinkerServerUnreachableError``.
 
+    The server's optional capabilities and tolerance class (CAP-3) cannot be read over the protocol:
+    ``capabilities`` (names, or a comma-separated string) and ``tolerance`` declare them, else
+    ``$TINKER_STD_TINKER_CAPABILITIES`` / ``$TINKER_STD_TINKER_TOLERANCE``, else what a ``serve``d
+    backend declares, else none and ``bf16`` (``declared``; docs/server.md). The instance's type is
+    then a subclass of this class carrying that declaration, since the client layer reads it there.
+
     Construction raises at once: ``TinkerSdkMissingError`` without the SDK, ``TinkerCredentialsError``
-    without a usable key, ``BadRequestError`` for contradictory options. The first call raises
-    ``TinkerServerUnreachableError`` when nothing answers at ``base_url`` (no five-minute retry).
+    without a usable key, ``BadRequestError`` for contradictory options or an undeclarable
+    capability. The first call raises ``TinkerServerUnreachableError`` when nothing answers at
+    ``base_url`` (no five-minute retry).
     """
 
     name: ClassVar[str] = "tinker"
-    capabilities: ClassVar[Capabilities] = Capabilities(optional=_GENERIC, tolerance="bf16")
+    #: for an unknown server: nothing optional is assumed
+    capabilities: ClassVar[Capabilities] = UNKNOWN_SERVER
     #: the backend ``serve`` defaults to (the variants below)
     default_serve: ClassVar[str | None] = None
+
+    @classmethod
+    def declaration_for(cls, options: Mapping[str, Any]) -> Capabilities:
+        """What an instance built with ``options`` declares (read without connecting)."""
+        serve = options.get("serve")
+        return declared_capabilities(options, cls.capabilities, serve if serve != cls.default_serve else None)
+
+    def __new__(cls, **options: Any) -> TinkerBackend:
+        declared = cls.declaration_for(options)
+        target = cls if declared == cls.capabilities else subclass_declaring(cls, declared)
+        return super().__new__(target)
 
     def __init__(
         self,
@@ -91,7 +100,10 @@ class TinkerBackend(Backend):
         serve_options: Mapping[str, Any] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         connect_timeout_s: float = 10.0,
+        capabilities: str | list[str] | None = None,
+        tolerance: str | None = None,
     ) -> None:
+        # ``capabilities`` / ``tolerance`` took effect in __new__ (the declaration is on the type).
         require_sdk()
         serve = serve if serve is not None else self.default_serve
         if connect_timeout_s <= 0:

@@ -4,6 +4,9 @@ The tinker-std server reports a failed request as ``"<ErrorType>: <message>"`` (
 ``BadRequestError`` answered at once); the SDK raises that as ``RequestFailedError`` (a failed
 future) or ``APIStatusError`` (an HTTP 4xx). ``to_std_error`` turns it back into the error an
 in-process backend raises for the same request: same class, same ``field`` / ``capability``.
+Another server words its errors its own way: an HTTP error whose message does not name a
+tinker-std error type is mapped by its status code (404 ``NotFoundError``, 409 ``ConflictError``,
+400/422 ``BadRequestError``), so the suite judges the semantics, not our wording.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def require_sdk() -> None:
 
 _FAILED = re.compile(r"^Request failed: (?P<inner>.*) for self\.request_id=.*$", re.DOTALL)
 _TYPED = re.compile(r"^(?P<kind>[A-Za-z_]\w*): (?P<rest>.*)$", re.DOTALL)
+#: The error types a tinker-std server names at the start of its messages.
+_KINDS = frozenset(
+    {"BadRequestError", "ContextLengthError", "NotFoundError", "ConflictError", "Unsupported", "RequestFailedError"}
+)
 _UNSUPPORTED = re.compile(r"^backend '(?P<backend>.*)' does not declare the optional capability '(?P<cap>[^']*)'$")
 
 
@@ -106,19 +113,23 @@ def to_std_error(exc: BaseException) -> TinkerError | None:
         return TinkerServerUnreachableError(str(exc.request.url.copy_with(path="/")), str(exc))
     if isinstance(exc, tinker.APIStatusError):
         body: Any = exc.body
-        message = body.get("error") if isinstance(body, dict) else None
-        field = body.get("field") if isinstance(body, dict) else None
+        message = (body.get("error") or body.get("detail")) if isinstance(body, dict) else None
+        raw_field = body.get("field") if isinstance(body, dict) else None
+        field = raw_field if isinstance(raw_field, str) else None
         if exc.status_code in (401, 403):
             return TinkerAuthenticationError(f"the server refused the API key (HTTP {exc.status_code}): {message}")
-        if isinstance(message, str):
-            return _typed(message, field if isinstance(field, str) else None, "user", "")
+        named = _TYPED.match(message) if isinstance(message, str) else None
+        if isinstance(message, str) and named is not None and named["kind"] in _KINDS:
+            return _typed(message, field, "user", "")
+        # Another server's wording: the status code carries the semantics (ERR-2, ERR-3), not the text.
+        text = message if isinstance(message, str) else str(exc)
         if exc.status_code == 404:
-            return NotFoundError(str(exc))
+            return NotFoundError(text)
         if exc.status_code == 409:
-            return ConflictError(str(exc))
-        if exc.status_code == 400:
-            return BadRequestError("request", str(exc))
-        return RequestFailedError(str(exc), category="server")
+            return ConflictError(text)
+        if exc.status_code in (400, 422):
+            return BadRequestError(field or "request", text)
+        return RequestFailedError(text, category="server")
     if isinstance(exc, tinker.TinkerError):
         return RequestFailedError(f"{type(exc).__name__}: {exc}", category="unknown")
     return None
