@@ -273,6 +273,19 @@ def test_a_checkpoint_loads_in_a_new_service_client(
     _assert_same_lps(forward_logprobs(loaded, probe), forward_logprobs(tc, probe), "CKPT-7", "loaded elsewhere")
 
 
+def _all_training_runs(rest: Any, limit: int = 20) -> list[str]:
+    """Every run id of ``list_training_runs``, following its pages (``limit``/``offset``) to ``total_count``."""
+    ids: list[str] = []
+    while True:
+        page = rest.list_training_runs(limit=limit, offset=len(ids)).result()
+        ids += [r.training_run_id for r in page.training_runs]
+        total = page.cursor.total_count
+        assert len(page.training_runs) <= limit, f"[CKPT-11] a page of limit {limit} has {len(page.training_runs)}"
+        if len(ids) >= total or not page.training_runs:
+            assert len(ids) == total == len(set(ids)), f"[CKPT-11] pages list {len(ids)} runs, cursor says {total}"
+            return ids
+
+
 @pytest.mark.requires("checkpoint_management")
 @pytest.mark.spec("CKPT-11")
 def test_listing_and_deleting_checkpoints(
@@ -287,8 +300,7 @@ def test_listing_and_deleting_checkpoints(
     listed = rest.list_checkpoints(run).result().checkpoints
     assert [c.tinker_path for c in listed] == [first, second], f"[CKPT-11] listing {[c.tinker_path for c in listed]}"
     assert [c.checkpoint_type for c in listed] == ["training", "sampler"], "[CKPT-11] checkpoint types"
-    runs = rest.list_training_runs().result().training_runs
-    assert run in {r.training_run_id for r in runs}, "[CKPT-11] the run is not listed"
+    assert run in _all_training_runs(rest), "[CKPT-11] the run is not listed"
     rest.delete_checkpoint_from_tinker_path(first).result()
     assert [c.tinker_path for c in rest.list_checkpoints(run).result().checkpoints] == [second], "[CKPT-11] delete"
     _expect_error(ts.NotFoundError, "CKPT-11", "deleting twice", lambda: rest.delete_checkpoint_from_tinker_path(first))
