@@ -255,7 +255,11 @@ class _MeanReduction(IndependentBackend):
 
 
 def _mean_mutant(loss: str) -> type[_MeanReduction]:
-    cls = type(f"MeanReduction_{loss}", (_MeanReduction,), {"name": f"mutant-mean-{loss}", "target": loss})
+    cls = type(
+        f"MeanReduction_{loss}",
+        (_MeanReduction,),
+        {"name": f"mutant-mean-{loss}", "target": loss, "__module__": __name__, "__qualname__": f"MeanReduction_{loss}"},
+    )
     cls.__doc__ = f"LOSS-1: {loss} is a mean over the call's target positions instead of a sum."
     globals()[cls.__name__] = cls
     return cls
@@ -347,7 +351,7 @@ MUTANTS: list[Mutant] = [
         "LOSS-9",
         *(_node("test_per_position_clip_bounds_override_the_config", x) for x in ("ppo", "cispo", "gspo")),
     ),
-    _m(ConfigIgnored, "LOSS-11", formula("ppo"), formula("dro"), also=("LOSS-4", "LOSS-6", "FB-2")),
+    _m(ConfigIgnored, "LOSS-11", defaults("ppo"), defaults("dro"), also=("LOSS-4", "LOSS-6", "FB-2")),
     _m(SoftTargetsFirstColumn, "LOSS-12", _node("test_soft_targets"), also=("LOSS-2", "FB-2")),
     *(_m(globals()[f"MeanReduction_{x}"], "LOSS-1", formula(x), also=(_STATEMENT[x], "FB-2")) for x in _ALL),
     _m(WrongPpoDefaults, "LOSS-4", defaults("ppo"), also=("LOSS-11",)),

@@ -192,13 +192,15 @@ class PromptLogprobsShiftedMock(MockBackend):
 
 
 class ProcessedLogprobsMock(_SwappingMock):
-    """SMP-3: sampled logprobs are those of the temperature-scaled distribution."""
+    """SMP-3: sampled logprobs are those of the temperature-scaled distribution (at temperature 0,
+    the greedy one: close to one-hot)."""
 
     name: ClassVar[str] = "mock-processed-logprobs"
     target: ClassVar[str] = "torch"
 
     def replacement(self, request: SampleRequest) -> Any:
-        temperature = request.sampling_params.temperature or 1.0
+        temperature = request.sampling_params.temperature
+        temperature = 1e-3 if temperature == 0 else temperature
 
         class _Torch:
             def __getattr__(self, name: str) -> Any:

@@ -1,0 +1,71 @@
+"""Mutants of the SDK-surface statements (spec/10-*.md, SDK).
+
+Sequence ids (SDK-2) and ``prompt_logprobs_last_n`` (SDK-4) are kept by the shared client layer
+(``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
+(``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tinker_std.client import sampling
+from tinker_std.types import SampleResponse
+
+from . import Mutant
+from ._mock import PatchingMock, replace
+
+__all__ = ["MUTANTS"]
+
+
+class SharedSequenceIdMock(PatchingMock):
+    """SDK-2: every sampled sequence gets the same ``sequence_id``."""
+
+    name: ClassVar[str] = "mock-shared-sequence-id"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _with_sequence_ids(response: SampleResponse) -> SampleResponse:
+                sequences = [s.model_copy(update={"sequence_id": "seq-0"}) for s in response.sequences]
+                return response.model_copy(update={"sequences": sequences})
+
+            return _with_sequence_ids
+
+        replace(sampling, "_with_sequence_ids", make)
+
+
+class LastNIgnoredMock(PatchingMock):
+    """SDK-4: ``prompt_logprobs_last_n`` is validated but has no effect (every position scored)."""
+
+    name: ClassVar[str] = "mock-last-n-ignored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _keep_last(response: SampleResponse, last_n: int) -> SampleResponse:
+                return response
+
+            return _keep_last
+
+        replace(sampling, "_keep_last", make)
+
+
+def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
+    return Mutant(
+        backend=f"mutants.sdk:{cls.__name__}",
+        statement=statement,
+        selection=(f"tinker_std.conformance.{test}",),
+        also=frozenset(also),
+    )
+
+
+MUTANTS = [
+    _m(
+        SharedSequenceIdMock,
+        "SDK-2",
+        "test_losses_v02::test_stable_reinforce_is_the_formula_of_the_recorded_logprobs",
+        also=("SDK-3", "LOSS-16", "LOSS-19"),
+    ),
+    _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
+]
