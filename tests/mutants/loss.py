@@ -255,11 +255,9 @@ class _MeanReduction(IndependentBackend):
 
 
 def _mean_mutant(loss: str) -> type[_MeanReduction]:
-    cls = type(
-        f"MeanReduction_{loss}",
-        (_MeanReduction,),
-        {"name": f"mutant-mean-{loss}", "target": loss, "__module__": __name__, "__qualname__": f"MeanReduction_{loss}"},
-    )
+    name = f"MeanReduction_{loss}"
+    namespace = {"name": f"mutant-mean-{loss}", "target": loss, "__module__": __name__, "__qualname__": name}
+    cls = type(name, (_MeanReduction,), namespace)
     cls.__doc__ = f"LOSS-1: {loss} is a mean over the call's target positions instead of a sum."
     globals()[cls.__name__] = cls
     return cls
