@@ -1,0 +1,101 @@
+"""Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-4, SMP-7, SMP-9): the mock
+backend with its request's stop rule or its response's sequences altered in ``sample``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from tinker_std.backend import SampleRequest
+from tinker_std.backends.mock import MockBackend
+from tinker_std.types import SampledSequence, SampleResponse
+
+from . import Mutant
+
+__all__ = ["MUTANTS"]
+
+S = "tinker_std.conformance.test_sampling::"
+
+
+class _StopRewriteMock(MockBackend):
+    """Runs ``sample`` with ``sampling_params.stop`` rewritten by ``stop_for``."""
+
+    def stop_for(self, stop: Any) -> Any:
+        raise NotImplementedError
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        params = request.sampling_params.model_copy(update={"stop": self.stop_for(request.sampling_params.stop)})
+        return await super().sample(sampler_id, dataclasses.replace(request, sampling_params=params))
+
+
+class EosIgnoredMock(_StopRewriteMock):
+    """SMP-4: with ``stop = None`` the EOS token does not stop a sequence (it runs to ``max_tokens``)."""
+
+    name: ClassVar[str] = "mock-eos-ignored"
+
+    def stop_for(self, stop: Any) -> Any:
+        return [] if stop is None else stop
+
+
+class EmptyStopKeepsEosMock(_StopRewriteMock):
+    """SMP-7: ``stop = []`` is taken as "no stop given", so EOS still stops the sequence."""
+
+    name: ClassVar[str] = "mock-empty-stop-keeps-eos"
+
+    def stop_for(self, stop: Any) -> Any:
+        return None if stop == [] else stop
+
+
+class _SequenceRewriteMock(MockBackend):
+    """Runs ``sample`` and rewrites every returned sequence with ``rewrite``."""
+
+    def rewrite(self, seq: SampledSequence) -> SampledSequence:
+        raise NotImplementedError
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        response = await super().sample(sampler_id, request)
+        return response.model_copy(update={"sequences": [self.rewrite(s) for s in response.sequences]})
+
+
+class StopReasonAlwaysLengthMock(_SequenceRewriteMock):
+    """SMP-9: every sequence reports ``stop_reason = "length"``, even one ended by a stop."""
+
+    name: ClassVar[str] = "mock-stop-reason-always-length"
+
+    def rewrite(self, seq: SampledSequence) -> SampledSequence:
+        return seq.model_copy(update={"stop_reason": "length"})
+
+
+class LogprobsOneShortMock(_SequenceRewriteMock):
+    """SMP-1: ``logprobs`` lacks the last sampled token's entry (``len(logprobs) == len(tokens) - 1``)."""
+
+    name: ClassVar[str] = "mock-logprobs-one-short"
+
+    def rewrite(self, seq: SampledSequence) -> SampledSequence:
+        return seq.model_copy(update={"logprobs": None if seq.logprobs is None else seq.logprobs[:-1]})
+
+
+def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
+    return Mutant(
+        backend=f"mutants.sampling_stops:{cls.__name__}",
+        statement=statement,
+        selection=tuple(S + t for t in tests),
+        also=frozenset(also),
+        slow=slow,
+    )
+
+
+_EOS = "test_eos_stops_by_default_and_only_by_default"
+
+MUTANTS = [
+    _m(EosIgnoredMock, "SMP-4", _EOS, also=("SMP-8", "SMP-9"), slow=True),
+    _m(EmptyStopKeepsEosMock, "SMP-7", _EOS, also=("SMP-4", "SMP-8", "SMP-9"), slow=True),
+    _m(StopReasonAlwaysLengthMock, "SMP-9", "test_stop_tokens_and_strings", also=("SMP-8",)),
+    _m(
+        LogprobsOneShortMock,
+        "SMP-1",
+        "test_sampled_sequences_obey_lengths_stops_and_report_raw_logprobs",
+        also=("SMP-3",),
+    ),
+]
