@@ -1,5 +1,6 @@
-"""Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-4, SMP-7, SMP-9): the mock
-backend with its request's stop rule or its response's sequences altered in ``sample``.
+"""Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-2, SMP-4, SMP-5, SMP-7, SMP-9):
+the mock backend with its request's stop rule, its token budget or its response's sequences altered
+in ``sample``.
 """
 
 from __future__ import annotations
@@ -7,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from tinker_std import sampling_rules
 from tinker_std.backend import SampleRequest
 from tinker_std.backends.mock import MockBackend
 from tinker_std.types import SampledSequence, SampleResponse
 
 from . import Mutant
+from .sampling import _SwappingMock
 
 __all__ = ["MUTANTS"]
 
@@ -45,6 +48,31 @@ class EmptyStopKeepsEosMock(_StopRewriteMock):
 
     def stop_for(self, stop: Any) -> Any:
         return None if stop == [] else stop
+
+
+class StopStringsIgnoredMock(_StopRewriteMock):
+    """SMP-5: stop strings are not applied (stop token ids still are)."""
+
+    name: ClassVar[str] = "mock-stop-strings-ignored"
+
+    def stop_for(self, stop: Any) -> Any:
+        if isinstance(stop, str):
+            return []
+        return [s for s in stop if not isinstance(s, str)] if isinstance(stop, list) else stop
+
+
+class MaxTokensDefaultOffByOneMock(_SwappingMock):
+    """SMP-2: ``max_tokens = None`` means ``C - P - 1`` instead of ``C - P``."""
+
+    name: ClassVar[str] = "mock-max-tokens-default-off-by-one"
+    target: ClassVar[str] = "token_budget"
+
+    def replacement(self, request: SampleRequest) -> Any:
+        def token_budget(prompt: Any, params: Any, vocab_size: int, max_context_length: int) -> int:
+            budget = sampling_rules.token_budget(prompt, params, vocab_size, max_context_length)
+            return budget - 1 if params.max_tokens is None and budget > 1 else budget
+
+        return token_budget
 
 
 class _SequenceRewriteMock(MockBackend):
@@ -91,6 +119,8 @@ _EOS = "test_eos_stops_by_default_and_only_by_default"
 MUTANTS = [
     _m(EosIgnoredMock, "SMP-4", _EOS, also=("SMP-8", "SMP-9"), slow=True),
     _m(EmptyStopKeepsEosMock, "SMP-7", _EOS, also=("SMP-4", "SMP-8", "SMP-9"), slow=True),
+    _m(StopStringsIgnoredMock, "SMP-5", "test_stop_tokens_and_strings", also=("SMP-8", "SMP-9")),
+    _m(MaxTokensDefaultOffByOneMock, "SMP-2", "test_max_tokens_defaults_to_the_rest_of_the_context"),
     _m(StopReasonAlwaysLengthMock, "SMP-9", "test_stop_tokens_and_strings", also=("SMP-8",)),
     _m(
         LogprobsOneShortMock,
