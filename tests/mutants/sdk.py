@@ -1,6 +1,7 @@
 """Mutants of the SDK-surface statements (spec/10-*.md, SDK).
 
-Sequence ids (SDK-2) and ``prompt_logprobs_last_n`` (SDK-4) are kept by the shared client layer
+Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4) and the refusal of unsupported SDK
+extras (SDK-5) are kept by the shared client layer
 (``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
 (``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
 """
@@ -51,6 +52,22 @@ class LastNIgnoredMock(PatchingMock):
         replace(sampling, "_keep_last", make)
 
 
+class AltTokensIgnoredMock(PatchingMock):
+    """SDK-5: ``sample(prompt_alt_tokens_k=k)`` is accepted and ignored instead of refused by name."""
+
+    name: ClassVar[str] = "mock-alt-tokens-ignored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
+                original(target_prompt_logprobs, 0)
+
+            return _refuse_sampling_extras
+
+        replace(sampling, "_refuse_sampling_extras", make)
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.sdk:{cls.__name__}",
@@ -67,5 +84,6 @@ MUTANTS = [
         "test_losses_v02::test_stable_reinforce_is_the_formula_of_the_recorded_logprobs",
         also=("SDK-3", "LOSS-16", "LOSS-19"),
     ),
+    _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
     _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
 ]
