@@ -1,8 +1,8 @@
 """Mutants of the SDK-surface statements (spec/10-*.md, SDK).
 
-Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4) and the refusal of unsupported SDK
-extras (SDK-5) are kept by the shared client layer
-(``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
+Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4), the refusal of unsupported SDK extras
+(SDK-5) and the choice between ``model_path`` and ``base_model`` (SMP-15) are kept by the shared
+client layer (``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
 (``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
 """
 
@@ -15,6 +15,7 @@ from tinker_std.types import SampleResponse
 
 from . import Mutant
 from ._mock import PatchingMock, replace
+from ._patch import replace_everywhere
 
 __all__ = ["MUTANTS"]
 
@@ -68,6 +69,25 @@ class AltTokensIgnoredMock(PatchingMock):
         replace(sampling, "_refuse_sampling_extras", make)
 
 
+class BaseModelPreferredMock(PatchingMock):
+    """SMP-15: given both ``model_path`` and ``base_model``, the base model is sampled (the path is
+    ignored) instead of the checkpoint."""
+
+    name: ClassVar[str] = "mock-base-model-preferred"
+
+    @classmethod
+    def patch(cls) -> None:
+        original = sampling.create_sampling_client
+        if getattr(original, "__mutant__", False):
+            return
+
+        def create_sampling_client(session: Any, model_path: Any = None, base_model: Any = None, *a: Any) -> Any:
+            return original(session, None if base_model is not None else model_path, base_model, *a)
+
+        create_sampling_client.__mutant__ = True  # type: ignore[attr-defined]
+        replace_everywhere(original, create_sampling_client)
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.sdk:{cls.__name__}",
@@ -85,5 +105,11 @@ MUTANTS = [
         also=("SDK-3", "LOSS-16", "LOSS-19"),
     ),
     _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(
+        BaseModelPreferredMock,
+        "SMP-15",
+        "test_sampling::test_creating_samplers_and_clients_for_unknown_models",
+        also=("LORA-6", "ERR-4"),
+    ),
     _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
 ]
