@@ -1,6 +1,6 @@
-"""Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-2, SMP-4, SMP-5, SMP-7, SMP-9):
-the mock backend with its request's stop rule, its token budget or its response's sequences altered
-in ``sample``.
+"""Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-2, SMP-4, SMP-5, SMP-7, SMP-8,
+SMP-9): the mock backend with its request's stop rule, its token budget or its response's sequences
+altered in ``sample``.
 """
 
 from __future__ import annotations
@@ -104,6 +104,24 @@ class LogprobsOneShortMock(_SequenceRewriteMock):
         return seq.model_copy(update={"logprobs": None if seq.logprobs is None else seq.logprobs[:-1]})
 
 
+class StopCheckedLateMock(MockBackend):
+    """SMP-8: a sequence ended by a stop goes on for one more token (the stop is checked one token
+    late; the extra token here repeats the stop token)."""
+
+    name: ClassVar[str] = "mock-stop-checked-late"
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        response = await super().sample(sampler_id, request)
+        limit = request.sampling_params.max_tokens
+        sequences = []
+        for seq in response.sequences:
+            if seq.stop_reason == "stop" and limit is not None and len(seq.tokens) < limit:
+                logprobs = None if seq.logprobs is None else [*seq.logprobs, seq.logprobs[-1]]
+                seq = seq.model_copy(update={"tokens": [*seq.tokens, seq.tokens[-1]], "logprobs": logprobs})
+            sequences.append(seq)
+        return response.model_copy(update={"sequences": sequences})
+
+
 def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.sampling_stops:{cls.__name__}",
@@ -121,6 +139,7 @@ MUTANTS = [
     _m(EmptyStopKeepsEosMock, "SMP-7", _EOS, also=("SMP-4", "SMP-8", "SMP-9"), slow=True),
     _m(StopStringsIgnoredMock, "SMP-5", "test_stop_tokens_and_strings", also=("SMP-8", "SMP-9")),
     _m(MaxTokensDefaultOffByOneMock, "SMP-2", "test_max_tokens_defaults_to_the_rest_of_the_context"),
+    _m(StopCheckedLateMock, "SMP-8", "test_unseeded_sampling_stops_at_the_first_stop_token", also=("SMP-6", "SMP-9")),
     _m(StopReasonAlwaysLengthMock, "SMP-9", "test_stop_tokens_and_strings", also=("SMP-8",)),
     _m(
         LogprobsOneShortMock,
