@@ -1,6 +1,6 @@
 """Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-2, SMP-4, SMP-5, SMP-7, SMP-8,
-SMP-9): the mock backend with its request's stop rule, its token budget or its response's sequences
-altered in ``sample``.
+SMP-9, SMP-14): the mock backend with its request's stop rule, its token budget, its response's
+sequences or its snapshot samplers' weights altered.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from tinker_std import sampling_rules
-from tinker_std.backend import SampleRequest
+from tinker_std.backend import SampleRequest, SamplerSpec
 from tinker_std.backends.mock import MockBackend
 from tinker_std.types import SampledSequence, SampleResponse
 
@@ -122,6 +122,32 @@ class StopCheckedLateMock(MockBackend):
         return response.model_copy(update={"sequences": sequences})
 
 
+class SnapshotRefreshedMock(MockBackend):
+    """SMP-14: a snapshot sampler serves its captured weights for its first request only; later
+    requests re-read the training client's current weights (a cache that expires)."""
+
+    name: ClassVar[str] = "mock-snapshot-refreshed"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._sources: dict[str, str] = {}
+        self._served: dict[str, int] = {}
+
+    async def create_sampler(self, **kwargs: Any) -> SamplerSpec:
+        spec = await super().create_sampler(**kwargs)
+        if kwargs.get("model_id") is not None:
+            self._sources[spec.sampler_id] = kwargs["model_id"]
+        return spec
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        self._served[sampler_id] = self._served.get(sampler_id, 0) + 1
+        source = self._models.get(self._sources.get(sampler_id, ""))
+        state = self._samplers.get(sampler_id)
+        if self._served[sampler_id] > 1 and source is not None and state is not None:
+            self._samplers[sampler_id] = dataclasses.replace(state, adapter=source.adapter.snapshot())
+        return await super().sample(sampler_id, request)
+
+
 def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.sampling_stops:{cls.__name__}",
@@ -140,6 +166,7 @@ MUTANTS = [
     _m(StopStringsIgnoredMock, "SMP-5", "test_stop_tokens_and_strings", also=("SMP-8", "SMP-9")),
     _m(MaxTokensDefaultOffByOneMock, "SMP-2", "test_max_tokens_defaults_to_the_rest_of_the_context"),
     _m(StopCheckedLateMock, "SMP-8", "test_unseeded_sampling_stops_at_the_first_stop_token", also=("SMP-6", "SMP-9")),
+    _m(SnapshotRefreshedMock, "SMP-14", "test_a_snapshot_sampler_does_not_move", also=("ORD-13",)),
     _m(StopReasonAlwaysLengthMock, "SMP-9", "test_stop_tokens_and_strings", also=("SMP-8",)),
     _m(
         LogprobsOneShortMock,
