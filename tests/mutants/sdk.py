@@ -1,8 +1,9 @@
 """Mutants of the SDK-surface statements (spec/10-*.md, SDK).
 
 Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4), the refusal of unsupported SDK extras
-(SDK-5) and the choice between ``model_path`` and ``base_model`` (SMP-15) are kept by the shared
-client layer (``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
+(SDK-5), the choice between ``model_path`` and ``base_model`` (SMP-15) and ``compute_logprobs``
+(SMP-16) are kept by the shared client layer (``tinker_std.client.sampling``) for every backend, so
+each mutant replaces one of its functions
 (``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
 """
 
@@ -88,6 +89,29 @@ class BaseModelPreferredMock(PatchingMock):
         replace_everywhere(original, create_sampling_client)
 
 
+class ScoredFirstEntryMock(PatchingMock):
+    """SMP-16: ``compute_logprobs`` returns ``0.0`` for entry 0 (which has no context) instead of
+    ``None``."""
+
+    name: ClassVar[str] = "mock-scored-first-entry"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def compute_logprobs(self: Any, prompt: Any, prompt_logprobs_last_n: Any = None) -> Any:
+                inner = original(self, prompt, prompt_logprobs_last_n)
+
+                async def first_scored() -> list[float | None]:
+                    values = await inner
+                    return [0.0, *values[1:]] if values else values
+
+                return self.session.submit(lambda backend: first_scored())
+
+            return compute_logprobs
+
+        replace(sampling.SamplingClient, "compute_logprobs", make)
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.sdk:{cls.__name__}",
@@ -111,5 +135,6 @@ MUTANTS = [
         "test_sampling::test_creating_samplers_and_clients_for_unknown_models",
         also=("LORA-6", "ERR-4"),
     ),
+    _m(ScoredFirstEntryMock, "SMP-16", "test_sampling::test_compute_logprobs_agrees_with_forward"),
     _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
 ]
