@@ -334,7 +334,12 @@ _STATEMENT.update({"cispo": "LOSS-5", "dro": "LOSS-6", "gspo": "LOSS-7"})
 
 MUTANTS: list[Mutant] = [
     _m(CrossEntropyIgnoresWeights, "LOSS-2", formula("cross_entropy"), also=("FB-2",)),
-    _m(CrossEntropyClampsNegativeWeights, "LOSS-15", formula("cross_entropy"), also=("LOSS-2", "FB-2")),
+    _m(
+        CrossEntropyClampsNegativeWeights,
+        "LOSS-15",
+        _node("test_cross_entropy_gradient_is_linear_in_real_weights"),
+        also=("LOSS-2", "FB-2", "FB-3"),
+    ),
     _m(ImportanceSamplingLogRatio, "LOSS-3", formula("importance_sampling"), also=("FB-2",)),
     _m(PpoEpsilonBounds, "LOSS-4", formula("ppo"), also=("FB-2",)),
     _m(PpoMaxInsteadOfMin, "LOSS-4", formula("ppo"), also=("FB-2",)),
