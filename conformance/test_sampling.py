@@ -220,7 +220,7 @@ def test_eos_stops_by_default_and_only_by_default(
     if first.tokens != [eos]:
         pytest.fail(f"[SMP-4] cannot check: 60 steps of lr 5e-2 did not teach the adapter to emit EOS ({eos}) greedily")
     default = sc.sample(prompt, 1, ts.SamplingParams(temperature=0.0, max_tokens=4)).result().sequences[0]
-    assert default.tokens == [eos] and default.stop_reason == "stop", f"[SMP-4/SMP-8] stop=None gave {default}"
+    assert default.tokens == [eos] and default.stop_reason == "stop", f"[SMP-4] [SMP-8] stop=None gave {default}"
     assert default.logprobs is not None and len(default.logprobs) == 1, "[SMP-8] the EOS logprob must be returned"
     disabled = sc.sample(prompt, 1, ts.SamplingParams(temperature=0.0, max_tokens=4, stop=[])).result().sequences[0]
     assert len(disabled.tokens) == 4 and disabled.tokens[0] == eos, f"[SMP-7] stop=[] gave {disabled.tokens}"

@@ -39,7 +39,9 @@ class UnsupportedWithoutBackendMock(PatchingMock):
 
 
 class AcceptsNonFiniteMock(PatchingMock):
-    """ERR-2: non-finite ``weights``/``advantages``/``logprobs`` pass validation (LOSS-13)."""
+    """ERR-3: non-finite ``weights``/``advantages``/``logprobs`` pass validation (LOSS-13); the loss's
+    own finite check (FB-15) still refuses them before any state changes, but names the field
+    ``loss_fn_inputs`` instead of ``data[i].loss_fn_inputs.<key>``."""
 
     name: ClassVar[str] = "mock-accepts-non-finite"
 
@@ -48,6 +50,22 @@ class AcceptsNonFiniteMock(PatchingMock):
         def make(original: Any) -> Any:
             def _check_input(field: str, tensor: Any, dtype: str, shape: list[int], finite: bool) -> None:
                 original(field, tensor, dtype, shape, False)
+
+            return _check_input
+
+        replace(validation, "_check_input", make)
+
+
+class AcceptsShapeMismatchMock(PatchingMock):
+    """ERR-2: a loss input of the wrong shape (ALN-3) passes validation and fails in the backend."""
+
+    name: ClassVar[str] = "mock-accepts-shape-mismatch"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _check_input(field: str, tensor: Any, dtype: str, shape: list[int], finite: bool) -> None:
+                original(field, tensor, dtype, list(tensor.resolved_shape), finite)
 
             return _check_input
 
@@ -128,7 +146,8 @@ def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow:
 
 MUTANTS = [
     _m(UnsupportedWithoutBackendMock, "ERR-1", "test_a_backend_without_optional_capabilities_refuses_them", slow=True),
-    _m(AcceptsNonFiniteMock, "ERR-2", "test_each_kind_of_invalid_request_is_refused", also=("LOSS-13",)),
+    _m(AcceptsNonFiniteMock, "ERR-3", "test_each_kind_of_invalid_request_is_refused", also=("LOSS-13", "ERR-2")),
+    _m(AcceptsShapeMismatchMock, "ERR-2", "test_each_kind_of_invalid_request_is_refused", also=("ALN-3", "ERR-3")),
     _m(ProblemOnlyMessageMock, "ERR-3", "test_each_kind_of_invalid_request_is_refused"),
     _m(PlainContextErrorMock, "ERR-4", "test_each_kind_of_invalid_request_is_refused", slow=True),
     _m(

@@ -255,7 +255,9 @@ class _MeanReduction(IndependentBackend):
 
 
 def _mean_mutant(loss: str) -> type[_MeanReduction]:
-    cls = type(f"MeanReduction_{loss}", (_MeanReduction,), {"name": f"mutant-mean-{loss}", "target": loss})
+    name = f"MeanReduction_{loss}"
+    namespace = {"name": f"mutant-mean-{loss}", "target": loss, "__module__": __name__, "__qualname__": name}
+    cls = type(name, (_MeanReduction,), namespace)
     cls.__doc__ = f"LOSS-1: {loss} is a mean over the call's target positions instead of a sum."
     globals()[cls.__name__] = cls
     return cls
@@ -332,7 +334,12 @@ _STATEMENT.update({"cispo": "LOSS-5", "dro": "LOSS-6", "gspo": "LOSS-7"})
 
 MUTANTS: list[Mutant] = [
     _m(CrossEntropyIgnoresWeights, "LOSS-2", formula("cross_entropy"), also=("FB-2",)),
-    _m(CrossEntropyClampsNegativeWeights, "LOSS-15", formula("cross_entropy"), also=("LOSS-2", "FB-2")),
+    _m(
+        CrossEntropyClampsNegativeWeights,
+        "LOSS-15",
+        _node("test_cross_entropy_gradient_is_linear_in_real_weights"),
+        also=("LOSS-2", "FB-2", "FB-3"),
+    ),
     _m(ImportanceSamplingLogRatio, "LOSS-3", formula("importance_sampling"), also=("FB-2",)),
     _m(PpoEpsilonBounds, "LOSS-4", formula("ppo"), also=("FB-2",)),
     _m(PpoMaxInsteadOfMin, "LOSS-4", formula("ppo"), also=("FB-2",)),
@@ -347,7 +354,7 @@ MUTANTS: list[Mutant] = [
         "LOSS-9",
         *(_node("test_per_position_clip_bounds_override_the_config", x) for x in ("ppo", "cispo", "gspo")),
     ),
-    _m(ConfigIgnored, "LOSS-11", formula("ppo"), formula("dro"), also=("LOSS-4", "LOSS-6", "FB-2")),
+    _m(ConfigIgnored, "LOSS-11", defaults("ppo"), defaults("dro"), also=("LOSS-4", "LOSS-6", "FB-2")),
     _m(SoftTargetsFirstColumn, "LOSS-12", _node("test_soft_targets"), also=("LOSS-2", "FB-2")),
     *(_m(globals()[f"MeanReduction_{x}"], "LOSS-1", formula(x), also=(_STATEMENT[x], "FB-2")) for x in _ALL),
     _m(WrongPpoDefaults, "LOSS-4", defaults("ppo"), also=("LOSS-11",)),

@@ -7,6 +7,7 @@ own ``sample`` call (which never suspends, so nothing else runs meanwhile), or r
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ __all__ = [
     "SeedsDependOnNumSamplesMock",
     "Float32SeededDrawMock",
     "PromptLogprobsShiftedMock",
+    "PromptLogprobsUnaskedMock",
     "ProcessedLogprobsMock",
 ]
 
@@ -179,7 +181,8 @@ class Float32SeededDrawMock(_SwappingMock):
 
 
 class PromptLogprobsShiftedMock(MockBackend):
-    """SMP-13: prompt logprobs shifted by one position (entry ``i`` scores ``prompt[i - 1]``)."""
+    """SMP-16 (and SMP-13): prompt logprobs shifted by one position (entry ``i`` scores
+    ``prompt[i - 1]``); ``compute_logprobs`` reads them, so its check (SMP-16) fails first."""
 
     name: ClassVar[str] = "mock-prompt-logprobs-shifted"
 
@@ -191,14 +194,25 @@ class PromptLogprobsShiftedMock(MockBackend):
         return response.model_copy(update={"prompt_logprobs": [None, None, *lps[1:-1]]})
 
 
+class PromptLogprobsUnaskedMock(MockBackend):
+    """SMP-13: ``prompt_logprobs`` is returned even with ``include_prompt_logprobs=False``."""
+
+    name: ClassVar[str] = "mock-prompt-logprobs-unasked"
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        return await super().sample(sampler_id, dataclasses.replace(request, include_prompt_logprobs=True))
+
+
 class ProcessedLogprobsMock(_SwappingMock):
-    """SMP-3: sampled logprobs are those of the temperature-scaled distribution."""
+    """SMP-3: sampled logprobs are those of the temperature-scaled distribution (at temperature 0,
+    the greedy one: close to one-hot)."""
 
     name: ClassVar[str] = "mock-processed-logprobs"
     target: ClassVar[str] = "torch"
 
     def replacement(self, request: SampleRequest) -> Any:
-        temperature = request.sampling_params.temperature or 1.0
+        temperature = request.sampling_params.temperature
+        temperature = 1e-3 if temperature == 0 else temperature
 
         class _Torch:
             def __getattr__(self, name: str) -> Any:
@@ -232,9 +246,14 @@ MUTANTS: list[Mutant] = [
     Mutant("mutants.sampling:Float32SeededDrawMock", "SMP-20", (_S + "test_seeded_draws_follow_draw_rule_2",)),
     Mutant(
         "mutants.sampling:PromptLogprobsShiftedMock",
-        "SMP-13",
+        "SMP-16",
         (_S + "test_compute_logprobs_agrees_with_forward",),
-        also=frozenset({"SMP-16"}),
+        also=frozenset({"SMP-13"}),
+    ),
+    Mutant(
+        "mutants.sampling:PromptLogprobsUnaskedMock",
+        "SMP-13",
+        (_S + "test_sampled_sequences_obey_lengths_stops_and_report_raw_logprobs",),
     ),
     Mutant(
         "mutants.sampling:ProcessedLogprobsMock",

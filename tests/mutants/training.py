@@ -17,6 +17,7 @@ import torch
 from independent_backend import IndependentBackend
 from independent_backend.model import Adapter, logits_of
 
+from tinker_std.backends.mock import MockBackend
 from tinker_std.capabilities import Capabilities
 from tinker_std.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse, TensorData
 
@@ -204,8 +205,10 @@ def _merge_keeping_last_sum(outputs: Sequence[ForwardBackwardOutput], counts: Se
     return ForwardBackwardOutput(loss_fn_outputs=merged, metrics=dict(outputs[-1].metrics))
 
 
-class ChunkSumNotSummed(IndependentBackend):
-    """FB-9: the client layer's chunk merge keeps the last chunk's ``loss:sum``."""
+class ChunkSumNotSummed(MockBackend):
+    """FB-9: the client layer's chunk merge keeps the last chunk's ``loss:sum``. On the mock: the
+    client layer splits a ``forward_backward`` into chunks only for a backend that can snapshot its
+    gradient (FB-14), which the independent provider does not."""
 
     name: ClassVar[str] = "mutant-chunk-sum"
 
@@ -339,7 +342,7 @@ MUTANTS: list[Mutant] = [
     _m(LossMetricRenamed, "FB-7", _l("test_metric_keys_are_name_colon_reduction", "cross_entropy")),
     _m(NoisyReplays, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
     _m(FalselyDeterministic, "TOL-4", _t("test_forward_is_pure_and_repeatable"), also=("FB-1",)),
-    _m(ChunkSumNotSummed, "FB-9", _t("test_chunk_size_one_equals_one_call")),
+    Mutant(f"mutants.training:{ChunkSumNotSummed.__name__}", "FB-9", (_t("test_chunk_size_one_equals_one_call"),)),
     _m(CustomLossWrongSign, "FB-11", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin", also=("FB-12",)),
     _m(CustomLossStrippedData, "FB-10", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),
     _m(CustomLossMetricsLost, "FB-12", f"{CUSTOM}::test_custom_cross_entropy_equals_the_builtin"),

@@ -213,7 +213,8 @@ def __getattr__(name: str) -> type:
         statement, _, what, patch = _PATCHES[name]
         patch()
         doc = f"{statement}: the library's types are broken ({what}); the provider is the independent backend."
-        _made[name] = type(name, (IndependentBackend,), {"name": f"mutant-types-{name}", "__doc__": doc})
+        namespace = {"name": f"mutant-types-{name}", "__doc__": doc, "__module__": __name__, "__qualname__": name}
+        _made[name] = type(name, (IndependentBackend,), namespace)
     return _made[name]
 
 

@@ -1,0 +1,61 @@
+"""Mutants of client isolation and all-or-nothing calls (LORA-5, FB-14): the mock backend with shared
+adapters or its gradient restore broken.
+
+(OPT-10 has no mutant: on the mock both overflow probes of the suite are refused at
+``forward_backward`` (FB-15), so no non-finite gradient ever reaches ``optim_step``; see EXEMPT.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tinker_std.backend import GradientSnapshot, ModelSpec
+from tinker_std.backends.mock import MockBackend
+from tinker_std.types import LoraConfig
+
+from . import Mutant
+
+__all__ = ["MUTANTS"]
+
+T = "tinker_std.conformance.test_training::"
+
+
+class RestoreIgnoredMock(MockBackend):
+    """FB-14: ``restore_gradient`` does nothing, so a ``forward_backward`` whose last chunk fails
+    keeps the gradient its earlier chunks accumulated."""
+
+    name: ClassVar[str] = "mock-restore-ignored"
+
+    async def restore_gradient(self, model_id: str, snapshot: GradientSnapshot) -> None:
+        return None
+
+
+class SharedAdapterMock(MockBackend):
+    """LORA-5: training clients with the same base model and LoRA config share one adapter (so one
+    client's steps and gradients reach the other)."""
+
+    name: ClassVar[str] = "mock-shared-adapter"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._shared: dict[tuple[str, str], ModelSpec] = {}
+
+    async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        key = (base_model, lora.model_dump_json())
+        first = self._shared.get(key)
+        if first is None or first.model_id not in self._models:
+            self._shared[key] = first = await super().create_model(base_model, lora)
+            return first
+        return self._register(base_model, self._model(first.model_id).adapter, None)
+
+
+def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
+    return Mutant(
+        backend=f"mutants.reliability:{cls.__name__}", statement=statement, selection=(T + test,), also=frozenset(also)
+    )
+
+
+MUTANTS = [
+    _m(SharedAdapterMock, "LORA-5", "test_clients_on_one_base_model_are_isolated"),
+    _m(RestoreIgnoredMock, "FB-14", "test_a_call_whose_chunk_fails_leaves_no_gradient"),
+]

@@ -1,0 +1,140 @@
+"""Mutants of the SDK-surface statements (spec/10-*.md, SDK).
+
+Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4), the refusal of unsupported SDK extras
+(SDK-5), the choice between ``model_path`` and ``base_model`` (SMP-15) and ``compute_logprobs``
+(SMP-16) are kept by the shared client layer (``tinker_std.client.sampling``) for every backend, so
+each mutant replaces one of its functions
+(``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tinker_std.client import sampling
+from tinker_std.types import SampleResponse
+
+from . import Mutant
+from ._mock import PatchingMock, replace
+from ._patch import replace_everywhere
+
+__all__ = ["MUTANTS"]
+
+
+class SharedSequenceIdMock(PatchingMock):
+    """SDK-2: every sampled sequence gets the same ``sequence_id``."""
+
+    name: ClassVar[str] = "mock-shared-sequence-id"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _with_sequence_ids(response: SampleResponse) -> SampleResponse:
+                sequences = [s.model_copy(update={"sequence_id": "seq-0"}) for s in response.sequences]
+                return response.model_copy(update={"sequences": sequences})
+
+            return _with_sequence_ids
+
+        replace(sampling, "_with_sequence_ids", make)
+
+
+class LastNIgnoredMock(PatchingMock):
+    """SDK-4: ``prompt_logprobs_last_n`` is validated but has no effect (every position scored)."""
+
+    name: ClassVar[str] = "mock-last-n-ignored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _keep_last(response: SampleResponse, last_n: int) -> SampleResponse:
+                return response
+
+            return _keep_last
+
+        replace(sampling, "_keep_last", make)
+
+
+class AltTokensIgnoredMock(PatchingMock):
+    """SDK-5: ``sample(prompt_alt_tokens_k=k)`` is accepted and ignored instead of refused by name."""
+
+    name: ClassVar[str] = "mock-alt-tokens-ignored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
+                original(target_prompt_logprobs, 0)
+
+            return _refuse_sampling_extras
+
+        replace(sampling, "_refuse_sampling_extras", make)
+
+
+class BaseModelPreferredMock(PatchingMock):
+    """SMP-15: given both ``model_path`` and ``base_model``, the base model is sampled (the path is
+    ignored) instead of the checkpoint."""
+
+    name: ClassVar[str] = "mock-base-model-preferred"
+
+    @classmethod
+    def patch(cls) -> None:
+        original = sampling.create_sampling_client
+        if getattr(original, "__mutant__", False):
+            return
+
+        def create_sampling_client(session: Any, model_path: Any = None, base_model: Any = None, *a: Any) -> Any:
+            return original(session, None if base_model is not None else model_path, base_model, *a)
+
+        create_sampling_client.__mutant__ = True  # type: ignore[attr-defined]
+        replace_everywhere(original, create_sampling_client)
+
+
+class ScoredFirstEntryMock(PatchingMock):
+    """SMP-16: ``compute_logprobs`` returns ``0.0`` for entry 0 (which has no context) instead of
+    ``None``."""
+
+    name: ClassVar[str] = "mock-scored-first-entry"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def compute_logprobs(self: Any, prompt: Any, prompt_logprobs_last_n: Any = None) -> Any:
+                inner = original(self, prompt, prompt_logprobs_last_n)
+
+                async def first_scored() -> list[float | None]:
+                    values = await inner
+                    return [0.0, *values[1:]] if values else values
+
+                return self.session.submit(lambda backend: first_scored())
+
+            return compute_logprobs
+
+        replace(sampling.SamplingClient, "compute_logprobs", make)
+
+
+def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
+    return Mutant(
+        backend=f"mutants.sdk:{cls.__name__}",
+        statement=statement,
+        selection=(f"tinker_std.conformance.{test}",),
+        also=frozenset(also),
+    )
+
+
+MUTANTS = [
+    _m(
+        SharedSequenceIdMock,
+        "SDK-2",
+        "test_losses_v02::test_stable_reinforce_is_the_formula_of_the_recorded_logprobs",
+        also=("SDK-3", "LOSS-16", "LOSS-19"),
+    ),
+    _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(
+        BaseModelPreferredMock,
+        "SMP-15",
+        "test_sampling::test_creating_samplers_and_clients_for_unknown_models",
+        also=("LORA-6", "ERR-4"),
+    ),
+    _m(ScoredFirstEntryMock, "SMP-16", "test_sampling::test_compute_logprobs_agrees_with_forward"),
+    _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
+]
