@@ -15,6 +15,7 @@ from backends.modal import wire as modal_wire
 from backends.modal.errors import ContainerLostError
 from tinker_std.errors import TinkerError, error_payload
 from tinker_std.server.failures import ServerShutdown, ServerUnsupported
+from tinker_std.server.futures import TenantQueueFull
 
 #: one instance of every class of tinker_std.errors (the test below checks none is missing)
 EXAMPLES: list[TinkerError] = [
@@ -27,10 +28,15 @@ EXAMPLES: list[TinkerError] = [
     errors.Unsupported("loss:dro", "torch"),
     errors.BackendValidationError("no name"),
     errors.IncompatibleEnvironmentError("bad pair.", installed={"peft": "0.1"}, fix="pip install peft==0.21.2"),
+    errors.NonFiniteError("loss_fn_inputs", "the loss of datum 0 is not finite (inf)"),
+    errors.CorruptCheckpointError("tinker://run-1/weights/w", "digest mismatch"),
+    errors.StorageFullError("tinker://run-1/weights/w"),
+    errors.LimitExceededError("num_samples", "300 samples exceed the limit of 256"),
 ]
 ELSEWHERE: list[TinkerError] = [
     ServerShutdown("stopping"),
     ServerUnsupported("no billing"),
+    TenantQueueFull("2048 requests of this key are unfinished"),
     ContainerLostError("training model", "m1", "old", "new"),
 ]
 

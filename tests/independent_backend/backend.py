@@ -13,6 +13,7 @@ float32 AdamW (class ``bf16``). Neither declares ``deterministic``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from tinker_std.backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer, new_model_id
 from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
-from tinker_std.errors import BadRequestError, NotFoundError
+from tinker_std.errors import BadRequestError, NonFiniteError, NotFoundError
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -133,13 +134,18 @@ class IndependentBackend(Backend):
         outputs: list[dict[str, TensorData]] = []
         total = 0.0
         with torch.set_grad_enabled(backward):
-            for datum in data:  # one pass per datum: outputs never depend on the batch (FB-6)
+            losses = []
+            for i, datum in enumerate(data):  # one pass per datum: outputs never depend on the batch (FB-6)
                 lp = self._target_logprobs(datum, model.adapter)
                 loss = self._datum_loss(loss_fn, lp, datum.loss_fn_inputs, loss_fn_config)
+                if not torch.isfinite(loss.detach()):  # FB-15: refused before any gradient is accumulated
+                    raise NonFiniteError("loss_fn_inputs", f"the loss of datum {i} is not finite ({float(loss)})")
+                losses.append(loss)
+                outputs.append({"logprobs": TensorData.from_numpy(lp.detach().numpy().astype(np.float32))})
+            for loss in losses:
                 if backward:
                     loss.backward()  # type: ignore[no-untyped-call]  # .grad accumulates: a sum over datums and calls (FB-4)
                 total += float(loss.detach().double())
-                outputs.append({"logprobs": TensorData.from_numpy(lp.detach().numpy().astype(np.float32))})
         return ForwardBackwardOutput(loss_fn_outputs=outputs, metrics={"loss:sum": total})
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
@@ -148,10 +154,13 @@ class IndependentBackend(Backend):
         for p in tensors:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # a missing gradient counts as zero (OPT-7)
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in tensors])))
+        if not math.isfinite(norm):  # OPT-10: nothing changes but the unusable gradient, discarded
+            for p in tensors:
+                p.grad = None
+            raise NonFiniteError("gradient", f"the gradient norm is not finite ({norm})")
         if params.grad_clip_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(tensors, params.grad_clip_norm))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in tensors])))
         for group in model.optimizer.param_groups:
             group.update(
                 lr=params.learning_rate,
