@@ -1,5 +1,5 @@
-"""Mutants of client isolation and all-or-nothing calls (LORA-5, FB-14): the mock backend with shared
-adapters or its gradient restore broken.
+"""Mutants of client isolation and all-or-nothing calls (LORA-5, LORA-6, FB-14): the mock backend with
+shared adapters, clamped ranks or its gradient restore broken.
 
 (OPT-10 has no mutant: on the mock both overflow probes of the suite are refused at
 ``forward_backward`` (FB-15), so no non-finite gradient ever reaches ``optim_step``; see EXEMPT.)
@@ -49,6 +49,15 @@ class SharedAdapterMock(MockBackend):
         return self._register(base_model, self._model(first.model_id).adapter, None)
 
 
+class RankClampedMock(MockBackend):
+    """LORA-6: ranks above 4 are silently reduced to 4 (the client's ``get_info`` then reports 4)."""
+
+    name: ClassVar[str] = "mock-rank-clamped"
+
+    async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
+        return await super().create_model(base_model, lora.model_copy(update={"rank": min(lora.rank, 4)}))
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.reliability:{cls.__name__}", statement=statement, selection=(T + test,), also=frozenset(also)
@@ -57,5 +66,10 @@ def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Muta
 
 MUTANTS = [
     _m(SharedAdapterMock, "LORA-5", "test_clients_on_one_base_model_are_isolated"),
+    Mutant(
+        "mutants.reliability:RankClampedMock",
+        "LORA-6",
+        ("tinker_std.conformance.test_lora::test_get_info_reports_base_model_and_rank",),
+    ),
     _m(RestoreIgnoredMock, "FB-14", "test_a_call_whose_chunk_fails_leaves_no_gradient"),
 ]
