@@ -1,5 +1,5 @@
-"""Mutants of client isolation and all-or-nothing calls (LORA-5, LORA-6, FB-14): the mock backend with
-shared adapters, clamped ranks or its gradient restore broken.
+"""Mutants of client isolation and all-or-nothing calls (LORA-5, LORA-6, FB-14, FB-15): the mock
+backend with shared adapters, clamped ranks, its gradient restore or its loss finite check broken.
 
 (OPT-10 has no mutant: on the mock both overflow probes of the suite are refused at
 ``forward_backward`` (FB-15), so no non-finite gradient ever reaches ``optim_step``; see EXEMPT.)
@@ -8,6 +8,8 @@ shared adapters, clamped ranks or its gradient restore broken.
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import torch
 
 from tinker_std.backend import GradientSnapshot, ModelSpec
 from tinker_std.backends.mock import MockBackend
@@ -58,6 +60,29 @@ class RankClampedMock(MockBackend):
         return await super().create_model(base_model, lora.model_copy(update={"rank": min(lora.rank, 4)}))
 
 
+class NonFiniteLossAcceptedMock(MockBackend):
+    """FB-15: the loss is not checked for finiteness, so an overflowing ``weights`` or importance
+    ratio yields an infinite ``loss:sum`` (and gradient) instead of ``NonFiniteError``."""
+
+    name: ClassVar[str] = "mock-non-finite-loss-accepted"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        from tinker_std import losses, training_math
+
+        if getattr(training_math.compute_loss, "__mutant__", False):
+            return
+
+        def compute_loss(loss_fn: str, logprobs: Any, inputs: Any, config: Any = None) -> torch.Tensor:
+            spec = losses.LOSSES[loss_fn]
+            cfg = losses.resolved_config(spec, config)
+            values = [spec.fn(lp, datum_inputs, cfg) for lp, datum_inputs in zip(logprobs, inputs, strict=True)]
+            return torch.stack(values).sum()
+
+        compute_loss.__mutant__ = True  # type: ignore[attr-defined]
+        training_math.compute_loss = compute_loss
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.reliability:{cls.__name__}", statement=statement, selection=(T + test,), also=frozenset(also)
@@ -70,6 +95,12 @@ MUTANTS = [
         "mutants.reliability:RankClampedMock",
         "LORA-6",
         ("tinker_std.conformance.test_lora::test_get_info_reports_base_model_and_rank",),
+    ),
+    _m(
+        NonFiniteLossAcceptedMock,
+        "FB-15",
+        "test_overflowing_loss_inputs_are_refused_and_never_poison_the_adapter",
+        also=("OPT-10",),
     ),
     _m(RestoreIgnoredMock, "FB-14", "test_a_call_whose_chunk_fails_leaves_no_gradient"),
 ]
