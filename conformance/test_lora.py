@@ -116,6 +116,19 @@ def test_each_selected_family_is_trained(
         assert moved > limit, f"[LORA-4] a step with {flags} changed no logprob by more than {limit:g} ({moved:.3e})"
 
 
+def _widest_rank(training_client: Factory) -> int:
+    """The widest of ranks 128, 64, ..., 8 that the backend accepts: a wider one than the model is
+    refused with ``LimitExceededError`` on ``rank`` (LIM-1), any other error is a failure."""
+    for rank in (128, 64, 32, 16, 8):
+        try:
+            training_client(rank=rank, seed=0)
+        except ts.LimitExceededError as exc:
+            assert exc.field == "rank", f"[LORA-1] rank {rank} refused on {exc.field!r}, not 'rank': {exc}"
+            continue
+        return rank
+    raise AssertionError("[LORA-1] the backend refuses every rank from 128 down to 8")
+
+
 @pytest.mark.spec("LORA-1")
 def test_the_first_steps_effect_does_not_depend_on_the_rank(
     conformance_backend: ConformanceBackend, training_client: Factory, base_sampler: ts.SamplingClient
@@ -125,13 +138,15 @@ def test_the_first_steps_effect_does_not_depend_on_the_rank(
     of ``A``, so ``c / lr`` is ``alpha`` times the mean of ``rank`` i.i.d. ``|a·h|``: the same
     expectation at every rank. ``alpha`` in place of ``alpha / rank`` multiplies it by the rank.
 
-    Statistic: the mean ``c`` over 20 seeds at rank 16 (320 rows) and over 3 seeds at rank 128
-    (384 rows); fail when their ratio leaves ``[1/2.83, 2.83]`` (a wrong scaling gives 8 or 1/8).
-    False-failure probability: ``a·h`` is a sum of ``in`` independent uniform terms, near-Gaussian
-    (kurtosis <= 3); for a Gaussian the mean of ``n`` values of ``|a·h|/E|a·h|`` deviates by a
-    relative ``t`` with probability at most ``exp(-n·(2/π)·t²/2)`` (Lipschitz concentration), so a
-    ratio beyond 2.83 or below 1/2.83 has probability below ``6e-8``. (A distribution-free bound from
-    the uniform law alone is far weaker; on mock the rank-1 to rank-512 means agree within 7%.)"""
+    Statistic: the mean ``c`` at rank ``r / 8`` over ``2560 / r`` seeds (320 rows) and at rank ``r``
+    over ``ceil(384 / r)`` seeds (at least 384 rows), ``r`` the widest of ranks 128, 64, 32, ... that
+    the backend accepts (LIM-1 refuses a rank above the model's width); fail when their ratio leaves
+    ``[1/2.83, 2.83]`` (a wrong scaling gives 8 or 1/8). False-failure probability: ``a·h`` is a sum
+    of ``in`` independent uniform terms, near-Gaussian (kurtosis <= 3); for a Gaussian the mean of
+    ``n`` values of ``|a·h|/E|a·h|`` deviates by a relative ``t`` with probability at most
+    ``exp(-n·(2/π)·t²/2)`` (Lipschitz concentration), so with ``n >= 320`` rows on each side a ratio
+    beyond 2.83 or below 1/2.83 has probability below ``6e-8``. (A distribution-free bound from
+    the uniform law alone is far weaker.)"""
     prompt, target, others = _probe_setup(conformance_backend, base_sampler)
 
     def mean_c(rank: int, seeds: range) -> float:
@@ -142,10 +157,14 @@ def test_the_first_steps_effect_does_not_depend_on_the_rank(
         assert all(np.isfinite(values)), f"[LORA-1] rank {rank}: non-finite first-step effects {values}"
         return float(np.mean(values))
 
-    small, large = mean_c(16, range(100, 120)), mean_c(128, range(200, 203))
+    wide = _widest_rank(training_client)
+    narrow = wide // 8
+    small = mean_c(narrow, range(100, 100 + 320 // narrow))
+    large = mean_c(wide, range(200, 200 + math.ceil(384 / wide)))
     ratio = large / small
     assert 1 / 2.83 <= ratio <= 2.83, (
-        f"[LORA-1] the first step's effect grows with the rank: {large:.4g} at rank 128 vs {small:.4g} at rank 16 "
+        f"[LORA-1] the first step's effect grows with the rank: {large:.4g} at rank {wide} vs {small:.4g} "
+        f"at rank {narrow} "
         f"(ratio {ratio:.3g}; alpha/rank scaling gives ~1, alpha alone 8)"
     )
 

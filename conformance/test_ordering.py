@@ -199,7 +199,7 @@ def test_futures_block_time_out_and_await(conformance_backend: ConformanceBacken
         assert isinstance(value, ts.ForwardBackwardOutput), f"[ORD-6] awaiting gave {type(value).__name__}"
 
 
-@pytest.mark.spec("ORD-7", "ORD-8", "ORD-9")
+@pytest.mark.spec("ORD-7", "ORD-8", "ORD-9", "ORD-13")
 def test_async_twins(conformance_backend: ConformanceBackend, service: ts.ServiceClient) -> None:
     backend = conformance_backend
     _, _, probe = _batches(backend.vocab_size)
@@ -226,13 +226,17 @@ def test_async_twins(conformance_backend: ConformanceBackend, service: ts.Servic
             ),
         }.items():
             assert isinstance(loaded, ts.TrainingClient), f"[ORD-8] {name} gave {type(loaded).__name__}"
+        snapshot_sc = await tc.save_weights_and_get_sampling_client_async()
+        assert isinstance(snapshot_sc, ts.SamplingClient), (
+            f"[ORD-13] save_weights_and_get_sampling_client_async gave {type(snapshot_sc).__name__}, not the client"
+        )
         sc = await service.create_sampling_client_async(base_model=backend.base_model)
         assert isinstance(sc, ts.SamplingClient), f"[ORD-8] create_sampling_client_async gave {type(sc).__name__}"
         prompt = ts.ModelInput.from_ints([1, 2, 3])
         response = await sc.sample_async(prompt, 1, ts.SamplingParams(max_tokens=2, seed=None, stop=None))
         assert isinstance(response, ts.SampleResponse), f"[ORD-9] sample_async gave {type(response).__name__}"
         lps = await sc.compute_logprobs_async(prompt)
-        assert isinstance(lps, list), f"[ORD-9] compute_logprobs_async gave {type(lps).__name__}"
+        assert isinstance(lps, list) and lps[0] is None, f"[ORD-9] compute_logprobs_async gave {lps!r}"
 
     asyncio.run(run())
     future = service.create_lora_training_client(backend.base_model, rank=4, seed=0)

@@ -29,6 +29,7 @@ GREEDY = ts.SamplingParams(temperature=0.0, max_tokens=8, stop=[])
 #: Sequences per statistical sampling call: cheap on small vocabularies, and decisive (a mutant's
 #: shifted category moves by far more than the Chernoff threshold of ~0.07 at this size).
 N_DRAWS = 2000
+DRAWS_PER_CALL = 250  #: sequences per ``sample`` request of a check, within LIM-3's default 256
 
 
 def _trained_sampler(tc: ts.TrainingClient, v: int) -> ts.SamplingClient:
@@ -346,21 +347,23 @@ def test_unseeded_draws_follow_the_temperature_and_the_filters(
     """Unseeded sampling, judged statistically on every backend (``conformance.sampling_stats``).
 
     The reference is the backend's own next-token distribution (its raw logprobs, within the
-    class's per-element tolerance). Three calls of ``N_DRAWS`` one-token sequences: temperature
+    class's per-element tolerance). Three checks of ``N_DRAWS`` one-token sequences each: temperature
     0.5 with no filter (SMP-10), temperature 1.3 with a ``top_k`` and 0.8 with a ``top_p`` (SMP-11)
-    chosen away from ties. A drawn token that the filters remove under every distribution within
+    chosen away from ties, each pooled from unseeded requests of ``DRAWS_PER_CALL`` (LIM-3 allows 256),
+    which draw independently. A drawn token that the filters remove under every distribution within
     tolerance fails at once; otherwise each category's count is compared with the exact interval
     of its probability by a Chernoff bound. False-failure probability: at most
-    ``ALPHA_CALL = 1e-6 / MAX_CALLS`` per call (union bound over categories and sides), so at most
-    1e-6 per run for the suite's ``MAX_CALLS`` statistical calls, whatever the distribution.
+    ``ALPHA_CALL = 1e-6 / MAX_CALLS`` per check (union bound over categories and sides), so at most
+    1e-6 per run for the suite's ``MAX_CALLS`` statistical checks, whatever the distribution.
     """
     backend = conformance_backend
     v = backend.vocab_size
     prompt = _prompt(v, 5, 1)
     logprobs = next_token_logprobs(base_sampler, prompt.to_ints(), v, backend.capabilities, "SMP-10")
     for check in choose_scenarios(logprobs):
-        sequences = base_sampler.sample(prompt, N_DRAWS, check.params).result().sequences
-        assert len(sequences) == N_DRAWS, f"[SMP-1] {len(sequences)} sequences for num_samples={N_DRAWS}"
+        calls = [base_sampler.sample(prompt, DRAWS_PER_CALL, check.params) for _ in range(N_DRAWS // DRAWS_PER_CALL)]
+        sequences = [s for call in calls for s in call.result().sequences]
+        assert len(sequences) == N_DRAWS, f"[SMP-1] {len(sequences)} sequences from {len(calls)} x {DRAWS_PER_CALL}"
         assert all(len(s.tokens) == 1 for s in sequences), "[SMP-1] max_tokens=1 must give one token per sequence"
         check_draws([s.tokens[0] for s in sequences], logprobs, check)
 

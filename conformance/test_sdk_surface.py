@@ -145,3 +145,41 @@ def test_a_sampler_from_a_checkpoint_may_name_its_base_model(
     assert err.value.field == "base_model", f"[SMP-15] field {err.value.field!r}"
     with pytest.raises(ts.BadRequestError):
         service.create_sampling_client()
+
+
+@pytest.mark.spec("SDK-2", "SDK-3")
+def test_sequence_ids_are_distinct_and_recording_changes_no_result(
+    conformance_backend: ConformanceBackend, service: ts.ServiceClient, training_client: Factory
+) -> None:
+    """SDK-2 and the capability-free half of SDK-3, on every backend: every sampled sequence has a
+    non-empty id unique within the ``ServiceClient``; ``record_stability_info`` takes a bool (else a
+    ``BadRequestError`` naming it) and a recording sampler returns what a plain one does (greedy
+    draws, so the comparison needs no seed). What is recorded is checked by the
+    ``loss:stable_reinforce`` tests (LOSS-16..19)."""
+    v = conformance_backend.vocab_size
+    tc = training_client()
+    path = tc.save_weights_for_sampler("sdk-2").result().path
+    prompt = ts.ModelInput.from_ints([3 % v, 17 % v, 29 % v, 5 % v])
+    greedy = ts.SamplingParams(max_tokens=4, temperature=0.0, stop=[])
+    plain = service.create_sampling_client(model_path=path).result()
+    recording = service.create_sampling_client(model_path=path, record_stability_info=True).result()
+    snapshot = tc.save_weights_and_get_sampling_client(record_stability_info=True).result()
+    ids: list[str] = []
+    outputs = []
+    for sampler in (plain, recording, snapshot, plain):
+        out = sampler.sample(prompt, 3, greedy).result()
+        outputs.append(out)
+        ids.extend(seq.sequence_id for seq in out.sequences)
+    assert all(isinstance(i, str) and i for i in ids), f"[SDK-2] empty sequence ids: {ids}"
+    assert len(set(ids)) == len(ids), f"[SDK-2] sequence ids repeat within one ServiceClient: {ids}"
+    for got, what in ((outputs[1], "create_sampling_client"), (outputs[2], "save_weights_and_get_sampling_client")):
+        for a, b in zip(outputs[0].sequences, got.sequences, strict=True):
+            assert a.tokens == b.tokens, f"[SDK-3] recording ({what}) changed the tokens: {a.tokens} vs {b.tokens}"
+            assert_close(b.logprobs or [], a.logprobs or [], "token", "SDK-3", what=f"logprobs with recording ({what})")
+    for call in (
+        lambda: service.create_sampling_client(model_path=path, record_stability_info="yes"),  # type: ignore[arg-type]
+        lambda: tc.create_sampling_client(path, record_stability_info=1),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ts.BadRequestError) as err:
+            call()
+        assert err.value.field == "record_stability_info", f"[SDK-3] field {err.value.field!r}"

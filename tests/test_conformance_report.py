@@ -126,6 +126,17 @@ def test_declaring_less_never_gives_a_cleaner_verdict() -> None:
     assert any(r["kind"] == "skipped" and "A-1" in r["statements"] for r in reasons)  # type: ignore[union-attr]
 
 
+
+def test_a_capability_skip_does_not_withhold_a_statement_other_tests_checked() -> None:
+    """A test that needs an undeclared capability may also cite capability-free statements: its
+    skip leaves them to the tests that ran (pass when those passed), but never makes a statement
+    pass on its own, and a plain skip still withholds."""
+    needs = TestResult("t1", ["A-1"], "not-declared", reason="capability introspection not declared by backend x")
+    assert _results([needs, TestResult("t2", ["A-1"])])["A-1"] == "pass"
+    assert _results([needs])["A-1"] == "skipped"
+    assert _results([needs, TestResult("t3", ["A-1"], "skipped", reason="no EOS")])["A-1"] == "skipped"
+    assert _results([needs, _failed("t4", ["A-1"], "AssertionError: [A-1] wrong")])["A-1"] == "fail"
+
 def test_a_known_failure_is_listed_with_its_justification() -> None:
     known = TestResult("t1", ["A-1"], "known-failure", reason="listed in skip file (A-1): upstream bug #12")
     results = statement_results(SPEC, [known], frozenset())

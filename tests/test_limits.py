@@ -48,3 +48,26 @@ def test_torch_rank_above_the_model_width_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ts.LimitExceededError) as info:
             service.create_lora_training_client(base_model="tiny-llama", rank=4096).result()
         assert info.value.field == "rank" and "width" in str(info.value)
+
+
+def test_the_server_bounds_num_samples_by_its_services_limits(tmp_path: Path) -> None:
+    """Over HTTP with the official SDK, ``asample`` is bounded by the served ServiceClient's
+    ``Limits.max_num_samples`` (spec/11 server table, LIM-3): the same bound and error as in process."""
+    import tinker
+
+    from tinker_std.server import TinkerServer
+
+    service = ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path), limits=ts.Limits(max_num_samples=4))
+    try:
+        with TinkerServer(service, api_key="tml-limits-test") as server:
+            sdk = tinker.ServiceClient(base_url=server.url, api_key="tml-limits-test")
+            sampler = sdk.create_sampling_client(base_model="mock/tiny").result()
+            prompt, params = tinker.ModelInput.from_ints([1, 2, 3]), tinker.SamplingParams(max_tokens=2)
+            assert len(sampler.sample(prompt, num_samples=4, sampling_params=params).result().sequences) == 4
+            with pytest.raises(tinker.BadRequestError) as info:
+                sampler.sample(prompt, num_samples=5, sampling_params=params).result()
+            body = info.value.body
+            assert isinstance(body, dict) and body.get("field") == "num_samples", body
+            assert "LimitExceededError" in str(body.get("error")) and "limit of 4" in str(body.get("error")), body
+    finally:
+        service.close()

@@ -11,6 +11,7 @@ import pytest
 import tinker_std as ts
 from tinker_std.backends import minimal
 from tinker_std.backends.minimal import MODEL_NAME, MinimalBackend
+from tinker_std.capabilities import OPTIONAL_CAPABILITIES
 from tinker_std.conformance.plugin import read_skip_file, skip_entry_matches
 from tinker_std.registry import load_backend_class
 
@@ -25,8 +26,9 @@ def test_the_whole_suite_passes_with_undeclared_statements_skipped(tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert report["backend"] == "minimal" and report["tolerance_class"] == "fp32"
     assert report["backend_class"] == "tinker_std.backends.minimal:MinimalBackend"
-    undeclared = {"introspection", "deterministic", "seeded_sampling", "topk_prompt_logprobs"}
-    assert not undeclared & set(report["capabilities"])
+    undeclared = OPTIONAL_CAPABILITIES - set(report["capabilities"])
+    assert undeclared == OPTIONAL_CAPABILITIES - MinimalBackend.capabilities.optional
+    assert {"introspection", "deterministic", "seeded_sampling", "topk_prompt_logprobs"} <= undeclared
     statements = report["statements"]
     results = {sid: entry["result"] for sid, entry in statements.items()}
     assert not [sid for sid, result in results.items() if result == "fail"]

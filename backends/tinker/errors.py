@@ -19,8 +19,12 @@ from tinker_std.errors import (
     BadRequestError,
     ConflictError,
     ContextLengthError,
+    CorruptCheckpointError,
+    LimitExceededError,
+    NonFiniteError,
     NotFoundError,
     RequestFailedError,
+    StorageFullError,
     TinkerError,
     Unsupported,
 )
@@ -72,7 +76,17 @@ _TYPED = re.compile(r"^(?P<kind>[A-Za-z_]\w*): (?P<rest>.*)$", re.DOTALL)
 #: The error types a tinker-std server names at the start of its messages.
 _KINDS = frozenset(
     {"BadRequestError", "ContextLengthError", "NotFoundError", "ConflictError", "Unsupported", "RequestFailedError"}
+    | {"NonFiniteError", "LimitExceededError", "CorruptCheckpointError", "StorageFullError"}
 )
+#: ``BadRequestError`` and its subclasses, whose messages are ``"<field>: <problem>"``.
+_BAD_REQUEST: dict[str, type[BadRequestError]] = {
+    "BadRequestError": BadRequestError,
+    "ContextLengthError": ContextLengthError,
+    "NonFiniteError": NonFiniteError,
+    "LimitExceededError": LimitExceededError,
+}
+_CORRUPT = re.compile(r"^checkpoint (?P<path>\S+) is corrupt: (?P<problem>.*)$", re.DOTALL)
+_FULL = re.compile(r"^no space left to save (?P<path>\S+?); ")
 _UNSUPPORTED = re.compile(r"^backend '(?P<backend>.*)' does not declare the optional capability '(?P<cap>[^']*)'$")
 
 
@@ -80,8 +94,8 @@ def _typed(message: str, field: str | None, category: str, request_id: str) -> T
     """The tinker-std error a server message ``"<Type>: <text>"`` names."""
     match = _TYPED.match(message)
     kind, rest = (match["kind"], match["rest"]) if match else ("", message)
-    if kind in ("BadRequestError", "ContextLengthError"):
-        cls = ContextLengthError if kind == "ContextLengthError" else BadRequestError
+    if kind in _BAD_REQUEST:
+        cls = _BAD_REQUEST[kind]
         if field is not None and rest.startswith(f"{field}: "):
             return cls(field, rest[len(field) + 2 :])
         where, sep, problem = rest.partition(": ")
@@ -94,6 +108,10 @@ def _typed(message: str, field: str | None, category: str, request_id: str) -> T
         found = _UNSUPPORTED.match(rest)
         if found:
             return Unsupported(found["cap"], found["backend"])
+    if kind == "CorruptCheckpointError" and (corrupt := _CORRUPT.match(rest)):
+        return CorruptCheckpointError(corrupt["path"], corrupt["problem"])
+    if kind == "StorageFullError" and (full := _FULL.match(rest)):
+        return StorageFullError(full["path"])
     if kind == "RequestFailedError":
         return RequestFailedError(rest, request_id=request_id, category=category)
     return RequestFailedError(message, request_id=request_id, category=category)

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tinker_std.client.service import ServiceClient
-from tinker_std.errors import BadRequestError
+from tinker_std.errors import BadRequestError, LimitExceededError
 from tinker_std.types import ModelInput, SamplingParams
 
 from .checkpoint_files import CheckpointFiles
@@ -67,8 +67,11 @@ class SamplingRoutes:
         body = request.json()
         sampler = self.state.sampler(request.tenant, body.get("sampling_session_id"))
         num_samples = body.get("num_samples", 1)
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or not 1 <= num_samples <= 1024:
-            raise BadRequestError("num_samples", f"must be an integer in [1, 1024], got {num_samples!r}")
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise BadRequestError("num_samples", f"must be a positive integer, got {num_samples!r}")
+        limit = self.service.limits.max_num_samples  # the served ServiceClient's bound, as in process (LIM-3)
+        if num_samples > limit:
+            raise LimitExceededError("num_samples", f"{num_samples} samples in one request exceed the limit of {limit}")
         self.futures.check_capacity(request.tenant)  # 429 before any work (LIM-6)
         answer: Future[Any] = Future()
         request_id = uuid.uuid4().hex

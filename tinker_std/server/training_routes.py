@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from tinker_std.client.service import ServiceClient
 from tinker_std.client.training import TrainingClient
-from tinker_std.errors import BadRequestError, ConflictError
+from tinker_std.errors import BadRequestError, ConflictError, CorruptCheckpointError, StorageFullError
 from tinker_std.futures import APIFuture
 from tinker_std.types import AdamParams
 
@@ -170,7 +170,10 @@ class TrainingRoutes:
             future = self.service.create_training_client_from_state_with_optimizer(backend_path, base_model=base_model)
         else:
             future = self.service.create_training_client_from_state(backend_path, base_model=base_model)
-        return future.result()
+        try:
+            return future.result()
+        except CorruptCheckpointError as exc:  # name the tenant's path, not the backend's (CKPT-14)
+            raise CorruptCheckpointError(str(path), exc.problem) from None
 
     # -- information ------------------------------------------------------------------------
 
@@ -264,10 +267,13 @@ class TrainingRoutes:
             if prior is not None and not overwrite:
                 raise ConflictError(f"checkpoint {prior.tinker_path} exists; pass overwrite=True to replace it")
             client = model.ready()
-            if kind == "training":
-                saved_path = client.save_state(name, overwrite=overwrite).result().path
-            else:
-                saved_path = client.save_weights_for_sampler(name, overwrite=overwrite).result().path
+            try:
+                if kind == "training":
+                    saved_path = client.save_state(name, overwrite=overwrite).result().path
+                else:
+                    saved_path = client.save_weights_for_sampler(name, overwrite=overwrite).result().path
+            except StorageFullError:  # name the tenant's path, not the backend's (CKPT-15, CKPT-16)
+                raise StorageFullError(f"tinker://{model.model_id}/{checkpoint_id}") from None
             self.records.add_checkpoint(
                 model.model_id,
                 checkpoint_id,
