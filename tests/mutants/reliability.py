@@ -19,7 +19,7 @@ from . import Mutant
 
 __all__ = ["MUTANTS"]
 
-T = "tinker_std.conformance.test_training::"
+T = "tinker_std.conformance.test_atomicity::"
 
 
 class RestoreIgnoredMock(MockBackend):
@@ -90,7 +90,11 @@ def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Muta
 
 
 MUTANTS = [
-    _m(SharedAdapterMock, "LORA-5", "test_clients_on_one_base_model_are_isolated"),
+    Mutant(
+        "mutants.reliability:SharedAdapterMock",
+        "LORA-5",
+        ("tinker_std.conformance.test_training::test_clients_on_one_base_model_are_isolated",),
+    ),
     Mutant(
         "mutants.reliability:RankClampedMock",
         "LORA-6",

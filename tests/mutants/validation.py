@@ -84,5 +84,5 @@ def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Muta
 MUTANTS = [
     _m(BareLearningRateMock, "OPT-9", "test_optimizer::test_the_optimizer_is_adamw", also=("TYP-14",)),
     _m(SpansUncheckedMock, "LOSS-17", "test_losses_v02::test_provenance_spans_must_tile_for_every_loss"),
-    _m(LongNamesMock, "CKPT-17", "test_checkpoints::test_checkpoint_names_are_bounded", also=("CKPT-16",)),
+    _m(LongNamesMock, "CKPT-17", "test_checkpoint_integrity::test_checkpoint_names_are_bounded", also=("CKPT-16",)),
 ]
