@@ -1,8 +1,8 @@
 """Mutants of client isolation and all-or-nothing calls (LORA-5, LORA-6, FB-14, FB-15): the mock
 backend with shared adapters, clamped ranks, its gradient restore or its loss finite check broken.
 
-(OPT-10 has no mutant: on the mock both overflow probes of the suite are refused at
-``forward_backward`` (FB-15), so no non-finite gradient ever reaches ``optim_step``; see EXEMPT.)
+(OPT-10 has no mutant: the mock computes in float64, so no probe of the suite gives it a non-finite
+gradient norm; see EXEMPT.)
 """
 
 from __future__ import annotations
