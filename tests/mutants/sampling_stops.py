@@ -1,6 +1,6 @@
 """Mutants of the sampling statements added in spec 0.2 (SMP-1, SMP-2, SMP-4, SMP-5, SMP-7, SMP-8,
-SMP-9, SMP-14): the mock backend with its request's stop rule, its token budget, its response's
-sequences or its snapshot samplers' weights altered.
+SMP-9, SMP-14, SMP-18): the mock backend with its request's stop rule or seed, its token budget,
+its response's sequences or its snapshot samplers' weights altered.
 """
 
 from __future__ import annotations
@@ -148,6 +148,21 @@ class SnapshotRefreshedMock(MockBackend):
         return await super().sample(sampler_id, request)
 
 
+class AdapterSeedOffsetMock(MockBackend):
+    """SMP-18: a sampler with an adapter offsets the seed by one, so a fresh adapter samples other
+    tokens than its base model under the same seed (scores are unchanged)."""
+
+    name: ClassVar[str] = "mock-adapter-seed-offset"
+
+    async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
+        state = self._samplers.get(sampler_id)
+        seed = request.sampling_params.seed
+        if state is not None and state.adapter is not None and seed is not None:
+            params = request.sampling_params.model_copy(update={"seed": seed + 1})
+            request = dataclasses.replace(request, sampling_params=params)
+        return await super().sample(sampler_id, request)
+
+
 def _m(cls: type, statement: str, *tests: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.sampling_stops:{cls.__name__}",
@@ -167,6 +182,7 @@ MUTANTS = [
     _m(MaxTokensDefaultOffByOneMock, "SMP-2", "test_max_tokens_defaults_to_the_rest_of_the_context"),
     _m(StopCheckedLateMock, "SMP-8", "test_unseeded_sampling_stops_at_the_first_stop_token", also=("SMP-6", "SMP-9")),
     _m(SnapshotRefreshedMock, "SMP-14", "test_a_snapshot_sampler_does_not_move", also=("ORD-13",)),
+    _m(AdapterSeedOffsetMock, "SMP-18", "test_a_fresh_adapter_behaves_like_the_base_model"),
     _m(StopReasonAlwaysLengthMock, "SMP-9", "test_stop_tokens_and_strings", also=("SMP-8",)),
     _m(
         LogprobsOneShortMock,

@@ -1,9 +1,9 @@
 """Mutants of the SDK-surface statements (spec/10-*.md, SDK).
 
-Sequence ids (SDK-2), ``prompt_logprobs_last_n`` (SDK-4), the refusal of unsupported SDK extras
-(SDK-5), the choice between ``model_path`` and ``base_model`` (SMP-15) and ``compute_logprobs``
-(SMP-16) are kept by the shared client layer (``tinker_std.client.sampling``) for every backend, so
-each mutant replaces one of its functions
+Sequence ids (SDK-2), the ``record_stability_info`` flag (SDK-3), ``prompt_logprobs_last_n``
+(SDK-4), the refusal of unsupported SDK extras (SDK-5), the choice between ``model_path`` and
+``base_model`` (SMP-15) and ``compute_logprobs`` (SMP-16) are kept by the shared client layer
+(``tinker_std.client.sampling``) for every backend, so each mutant replaces one of its functions
 (``mutants._mock.PatchingMock``): a provider shipping its own client, or a server, with that bug.
 """
 
@@ -112,6 +112,27 @@ class ScoredFirstEntryMock(PatchingMock):
         replace(sampling.SamplingClient, "compute_logprobs", make)
 
 
+class RecordFlagCoercedMock(PatchingMock):
+    """SDK-3: ``record_stability_info`` takes any value and reads it as a truth value (``"yes"`` or
+    ``1`` record) instead of refusing a non-bool by name."""
+
+    name: ClassVar[str] = "mock-record-flag-coerced"
+
+    @classmethod
+    def patch(cls) -> None:
+        original = sampling.create_sampling_client
+        if getattr(original, "__mutant__", False):
+            return
+
+        def create_sampling_client(
+            session: Any, model_path: Any = None, base_model: Any = None, record_stability_info: Any = False
+        ) -> Any:
+            return original(session, model_path, base_model, bool(record_stability_info))
+
+        create_sampling_client.__mutant__ = True  # type: ignore[attr-defined]
+        replace_everywhere(original, create_sampling_client)
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.sdk:{cls.__name__}",
@@ -136,5 +157,11 @@ MUTANTS = [
         also=("LORA-6", "ERR-4"),
     ),
     _m(ScoredFirstEntryMock, "SMP-16", "test_sampling::test_compute_logprobs_agrees_with_forward"),
+    _m(
+        RecordFlagCoercedMock,
+        "SDK-3",
+        "test_sdk_surface::test_sequence_ids_are_distinct_and_recording_changes_no_result",
+        also=("SDK-2",),
+    ),
     _m(LastNIgnoredMock, "SDK-4", "test_sdk_surface::test_prompt_logprobs_last_n_scores_only_the_tail"),
 ]

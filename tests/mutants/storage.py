@@ -15,7 +15,7 @@ from . import Mutant
 
 __all__ = ["MUTANTS"]
 
-T = "tinker_std.conformance.test_checkpoints::"
+T = "tinker_std.conformance.test_checkpoint_integrity::"
 
 
 class DigestUncheckedMock(MockBackend):

@@ -1,9 +1,9 @@
-"""Mutants of request validation added in spec 0.2 (OPT-9, CKPT-17).
+"""Mutants of request validation added in spec 0.2 (OPT-9, CKPT-17, LOSS-17).
 
-Both statements are kept by the shared client layer for every backend (``tinker_std.client.
-validation`` and the checkpoint-name rule of ``tinker_std.types.checkpoint``), so each mutant
-replaces one piece of it (``mutants._mock.PatchingMock``): a provider shipping its own client, or a
-server, with that bug.
+These statements are kept by the shared client layer for every backend (``tinker_std.client.
+validation``, the checkpoint-name rule of ``tinker_std.types.checkpoint``, the span check of
+``tinker_std.stability``), so each mutant replaces one piece of it (``mutants._mock.PatchingMock``):
+a provider shipping its own client, or a server, with that bug.
 """
 
 from __future__ import annotations
@@ -51,6 +51,27 @@ class LongNamesMock(PatchingMock):
         checkpoint.MAX_NAME_LENGTH = 1000
 
 
+class SpansUncheckedMock(PatchingMock):
+    """LOSS-17: provenance spans are never checked against the datum (a span list that does not
+    tile ``model_input`` is accepted)."""
+
+    name: ClassVar[str] = "mock-spans-unchecked"
+
+    @classmethod
+    def patch(cls) -> None:
+        from tinker_std import stability
+
+        original = stability.check_span_tiling
+        if getattr(original, "__mutant__", False):
+            return
+
+        def check_span_tiling(i: int, datum: Any) -> None:
+            return None
+
+        check_span_tiling.__mutant__ = True  # type: ignore[attr-defined]
+        replace_everywhere(original, check_span_tiling)
+
+
 def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
     return Mutant(
         backend=f"mutants.validation:{cls.__name__}",
@@ -62,5 +83,6 @@ def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Muta
 
 MUTANTS = [
     _m(BareLearningRateMock, "OPT-9", "test_optimizer::test_the_optimizer_is_adamw", also=("TYP-14",)),
-    _m(LongNamesMock, "CKPT-17", "test_checkpoints::test_checkpoint_names_are_bounded", also=("CKPT-16",)),
+    _m(SpansUncheckedMock, "LOSS-17", "test_losses_v02::test_provenance_spans_must_tile_for_every_loss"),
+    _m(LongNamesMock, "CKPT-17", "test_checkpoint_integrity::test_checkpoint_names_are_bounded", also=("CKPT-16",)),
 ]
