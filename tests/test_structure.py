@@ -174,3 +174,19 @@ def test_the_checker_sees_circles_and_resolves_imports(tmp_path: Path) -> None:
     assert "tinker_std.conformance.report" in graph["tinker_std.conformance.plugin"]  # inside a function
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\ndef f():\n    import y\n")
     assert sorted(a.name for node in imports(tree) for a in node.names) == ["TYPE_CHECKING", "x", "y"]
+
+
+def test_every_package_folder_is_shipped_in_the_wheel() -> None:
+    """Every folder with an ``__init__.py`` under the installed names is listed in pyproject's
+    ``packages`` (a new subpackage missing there imports in a checkout and fails in the wheel:
+    ``backends/torch/fast`` did, caught only by the slow install test)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for name, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([name, *rel.parts]))
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
