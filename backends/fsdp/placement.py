@@ -112,10 +112,21 @@ class FsdpPlacement(Placement):
             if backward and logits.requires_grad:
                 (logits.sum() * 0.0).backward()
 
-    def gather(self, local: ForwardBackwardOutput | None, chunk: Sequence[Datum]) -> ForwardBackwardOutput:
-        parts: list[ForwardBackwardOutput | None] = [None] * self.world_size
+    def abandon_pass(self, logprobs: Sequence[torch.Tensor], backward: bool) -> None:
+        if backward and logprobs and any(lp.requires_grad for lp in logprobs):
+            # The same graph as the refused loss's backward, times zero: every rank meets the same
+            # collectives and no gradient changes (the engine also restores it on failure).
+            (torch.stack([lp.sum() for lp in logprobs if lp.requires_grad]).sum() * 0.0).backward()
+
+    def gather(
+        self, local: ForwardBackwardOutput | BaseException | None, chunk: Sequence[Datum]
+    ) -> ForwardBackwardOutput:
+        parts: list[ForwardBackwardOutput | BaseException | None] = [None] * self.world_size
         dist.all_gather_object(parts, local)
-        present = [p for p in parts if p is not None]
+        failed = [p for p in parts if isinstance(p, BaseException)]
+        if failed:  # every rank raises the same refusal, so none goes on to the next chunk alone
+            raise failed[0]
+        present = [p for p in parts if isinstance(p, ForwardBackwardOutput)]
         return merge_outputs(present, [len(p.loss_fn_outputs) for p in present])
 
     # -- gradients --------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.client.chunking import merge_outputs
-from tinker_std.errors import BadRequestError, NotFoundError
+from tinker_std.errors import BadRequestError, NotFoundError, TinkerError
 from tinker_std.limits import check_rank_for_width
 from tinker_std.losses import gradient_positions
 from tinker_std.training_math import adamw_step, datum_inputs, run_forward_backward
@@ -205,17 +205,25 @@ class TorchEngine:
         chunks = self.passes.micro_batches(data, model.base.vocab_size)
         saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.params.items()} if backward else {}
 
+        computed: list[torch.Tensor] = []
+
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
             hints = [gradient_positions(loss_fn, datum_inputs(d)) for d in batch] if backward else None
             layout = self.passes.layout(model.base, batch)
-            return self.passes.logprobs(model.base, batch, layout, [model.adapter] * len(batch), hints)
+            computed[:] = self.passes.logprobs(model.base, batch, layout, [model.adapter] * len(batch), hints)
+            return list(computed)
 
         def run_pass(chunk: Sequence[Datum]) -> ForwardBackwardOutput:
             rows = self.placement.rows(chunk)
             if not rows:
                 self.placement.idle_pass(model.base.model, backward)
                 return self.placement.gather(None, chunk)
-            local = run_forward_backward(logprob_fn, rows, loss_fn, loss_fn_config, backward)
+            computed.clear()
+            try:
+                local = run_forward_backward(logprob_fn, rows, loss_fn, loss_fn_config, backward)
+            except TinkerError as refusal:  # refused after the forward (FB-15): other ranks wait on us
+                self.placement.abandon_pass(computed, backward)
+                return self.placement.gather(refusal, chunk)
             return self.placement.gather(local, chunk)
 
         try:

@@ -54,10 +54,20 @@ class Placement:
     def idle_pass(self, model: Any, backward: bool) -> None:
         """Run in place of a pass when ``rows`` is empty."""
 
-    def gather(self, local: ForwardBackwardOutput | None, chunk: Sequence[Datum]) -> ForwardBackwardOutput:
-        """The output of the whole pass over ``chunk``, given this process's part."""
+    def gather(
+        self, local: ForwardBackwardOutput | BaseException | None, chunk: Sequence[Datum]
+    ) -> ForwardBackwardOutput:
+        """The output of the whole pass over ``chunk``, given this process's part; a part that is
+        an exception (a refusal after the forward, FB-15) is raised."""
+        if isinstance(local, BaseException):
+            raise local
         assert local is not None
         return local
+
+    def abandon_pass(self, logprobs: Sequence[torch.Tensor], backward: bool) -> None:
+        """Called when this process's pass is refused after its forward (a non-finite loss, FB-15)
+        and before its backward: with ranks, the others still wait in this pass's backward
+        collectives, so the refusing rank runs a backward that adds exactly zero."""
 
     def reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Make each ``.grad`` the gradient accumulated over all processes (in place)."""
