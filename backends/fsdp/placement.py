@@ -116,7 +116,7 @@ class FsdpPlacement(Placement):
         if backward and logprobs and any(lp.requires_grad for lp in logprobs):
             # The same graph as the refused loss's backward, times zero: every rank meets the same
             # collectives and no gradient changes (the engine also restores it on failure).
-            (torch.stack([lp.sum() for lp in logprobs if lp.requires_grad]).sum() * 0.0).backward()
+            (torch.stack([lp.sum() for lp in logprobs if lp.requires_grad]).sum() * 0.0).backward()  # type: ignore[no-untyped-call]
 
     def gather(
         self, local: ForwardBackwardOutput | BaseException | None, chunk: Sequence[Datum]
