@@ -160,6 +160,13 @@ class FsdpPlacement(Placement):
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    def agree(self, failure: BaseException | None) -> None:
+        ok = self._all_ok(failure is None)
+        if failure is not None:
+            raise failure
+        if not ok:
+            raise RuntimeError("another rank failed while writing; nothing was committed")
+
     @contextmanager
     def writing(
         self, store: CheckpointStore, path: ParsedCheckpointTinkerPath, overwrite: bool, meta: dict[str, Any]

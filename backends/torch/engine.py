@@ -293,8 +293,13 @@ class TorchEngine:
         model = self._model(model_id)
         meta = storage.metadata(model.spec.base_model, model.spec.lora, path, "training")
         with self.placement.writing(self.checkpoint_store, path, overwrite, meta) as folder:
+            failure: BaseException | None = None
             if self.placement.is_writer:
-                storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+                try:
+                    storage.write_adapter(folder, model.params, model.spec.lora, model.spec.base_model)
+                except Exception as exc:  # e.g. a full disk (CKPT-15): every rank must learn it first
+                    failure = exc
+            self.placement.agree(failure)
             self.placement.write_optimizer(folder, model.optimizer, model.params)
 
     def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:

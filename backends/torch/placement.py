@@ -64,6 +64,12 @@ class Placement:
         assert local is not None
         return local
 
+    def agree(self, failure: BaseException | None) -> None:
+        """Raise ``failure`` here, and on every other process something that says one failed, so
+        that no process goes on into the next collective alone (a single process: raise it)."""
+        if failure is not None:
+            raise failure
+
     def abandon_pass(self, logprobs: Sequence[torch.Tensor], backward: bool) -> None:
         """Called when this process's pass is refused after its forward (a non-finite loss, FB-15)
         and before its backward: with ranks, the others still wait in this pass's backward
