@@ -17,6 +17,8 @@ __all__ = [
     "sequence_datum",
     "rl_datum",
     "probe_batch",
+    "two_batches",
+    "with_rl_inputs",
     "logprobs_of",
     "forward_logprobs",
     "state_arrays",
@@ -68,6 +70,27 @@ def probe_batch(vocab_size: int, explicit: bool = False) -> list[ts.Datum]:
         [200 % v, 31 % v, 8 % v, 150 % v, 77 % v, 2 % v],
     ]
     return [sequence_datum(s, explicit=explicit) for s in seqs]
+
+
+def two_batches(vocab_size: int) -> tuple[list[ts.Datum], list[ts.Datum]]:
+    """Two small cross-entropy batches (the second with uneven real weights) for training tests."""
+    v = vocab_size
+    a = [sequence_datum([(7 * i + 3) % v for i in range(9)]), sequence_datum([(5 * i + 1) % v for i in range(6)])]
+    b = [sequence_datum([(11 * i + 2) % v for i in range(7)], [1.0, -0.5, 2.0, 0.0, 1.0, 1.0])]
+    return a, b
+
+
+def with_rl_inputs(d: ts.Datum) -> ts.Datum:
+    """``d`` with decreasing advantages and sampling logprobs of -3, for the policy losses."""
+    n = d.model_input.length
+    return ts.Datum(
+        model_input=d.model_input,
+        loss_fn_inputs={
+            "target_tokens": d.loss_fn_inputs["target_tokens"],
+            "advantages": [1.0 - 0.3 * i for i in range(n)],
+            "logprobs": [-3.0] * n,
+        },
+    )
 
 
 def logprobs_of(out: ts.ForwardBackwardOutput) -> list[Array]:

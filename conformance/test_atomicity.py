@@ -13,29 +13,19 @@ import numpy as np
 import pytest
 
 import tinker_std as ts
-from tinker_std.conformance.helpers import ADAM, forward_logprobs, probe_batch, sequence_datum, snapshot
+from tinker_std.conformance.helpers import (
+    ADAM,
+    forward_logprobs,
+    probe_batch,
+    sequence_datum,
+    snapshot,
+    two_batches,
+    with_rl_inputs,
+)
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.tolerances import assert_close, assert_mapping_close, assert_replay
 
 Factory = Callable[..., ts.TrainingClient]
-
-
-def _batches(v: int) -> tuple[list[ts.Datum], list[ts.Datum]]:
-    a = [sequence_datum([(7 * i + 3) % v for i in range(9)]), sequence_datum([(5 * i + 1) % v for i in range(6)])]
-    b = [sequence_datum([(11 * i + 2) % v for i in range(7)], [1.0, -0.5, 2.0, 0.0, 1.0, 1.0])]
-    return a, b
-
-
-def _rl(d: ts.Datum) -> ts.Datum:
-    n = d.model_input.length
-    return ts.Datum(
-        model_input=d.model_input,
-        loss_fn_inputs={
-            "target_tokens": d.loss_fn_inputs["target_tokens"],
-            "advantages": [1.0 - 0.3 * i for i in range(n)],
-            "logprobs": [-3.0] * n,
-        },
-    )
 
 
 def _overflowing(v: int) -> ts.Datum:
@@ -54,7 +44,7 @@ def test_a_call_whose_chunk_fails_leaves_no_gradient(
     v = conformance_backend.vocab_size
     introspection = conformance_backend.supports("introspection")
     probe = probe_batch(v)
-    a, b = _batches(v)
+    a, b = two_batches(v)
     chunked = service_factory(max_chunk_datums=1)
 
     def client() -> ts.TrainingClient:
@@ -66,7 +56,7 @@ def test_a_call_whose_chunk_fails_leaves_no_gradient(
     before = snapshot(tc, probe, introspection)
     # the good datums run first (one chunk each) and accumulate; the last chunk's loss is infinite
     with pytest.raises(ts.NonFiniteError):
-        tc.forward_backward([_rl(d) for d in a + b] + [_overflowing(v)], "importance_sampling").result()
+        tc.forward_backward([with_rl_inputs(d) for d in a + b] + [_overflowing(v)], "importance_sampling").result()
     assert_mapping_close(
         snapshot(tc, probe, introspection), before, "token", "FB-14", what="state after the failed call", replay=True
     )
@@ -84,7 +74,7 @@ def test_overflowing_loss_inputs_are_refused_and_never_poison_the_adapter(
     v = conformance_backend.vocab_size
     introspection = conformance_backend.supports("introspection")
     probe = probe_batch(v)
-    a, _ = _batches(v)
+    a, _ = two_batches(v)
     tc = training_client()
     tc.forward_backward(a, "cross_entropy").result()
     before = snapshot(tc, probe, introspection)

@@ -18,6 +18,8 @@ from tinker_std.conformance.helpers import (
     sequence_datum,
     snapshot,
     state_arrays,
+    two_batches,
+    with_rl_inputs,
 )
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.strategies import batches, ce_datums, conformance_settings, rl_datums
@@ -26,18 +28,12 @@ from tinker_std.conformance.tolerances import assert_close, assert_mapping_close
 Factory = Callable[..., ts.TrainingClient]
 
 
-def _batches(v: int) -> tuple[list[ts.Datum], list[ts.Datum]]:
-    a = [sequence_datum([(7 * i + 3) % v for i in range(9)]), sequence_datum([(5 * i + 1) % v for i in range(6)])]
-    b = [sequence_datum([(11 * i + 2) % v for i in range(7)], [1.0, -0.5, 2.0, 0.0, 1.0, 1.0])]
-    return a, b
-
-
 @pytest.mark.spec("FB-1", "TOL-4")
 def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend, training_client: Factory) -> None:
     v = conformance_backend.vocab_size
     introspection = conformance_backend.supports("introspection")
     probe = probe_batch(v)
-    a, b = _batches(v)
+    a, b = two_batches(v)
     tc, twin = training_client(), training_client()
     for client in (tc, twin):
         client.forward_backward(a, "cross_entropy")
@@ -50,7 +46,7 @@ def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend,
         for i, (x, y) in enumerate(zip(logprobs_of(again), logprobs_of(first), strict=True)):
             assert_replay(x, y, "token", "TOL-4", what=f"[FB-1] repeated forward, datum {i}")
     for loss_fn in ("importance_sampling", "ppo"):
-        tc.forward([_rl(d) for d in a], loss_fn).result()
+        tc.forward([with_rl_inputs(d) for d in a], loss_fn).result()
     assert_mapping_close(
         snapshot(tc, probe, introspection), before, "token", "FB-1", what="after forwards", replay=True
     )
@@ -58,18 +54,6 @@ def test_forward_is_pure_and_repeatable(conformance_backend: ConformanceBackend,
     twin.optim_step(ADAM)
     for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), forward_logprobs(twin, probe), strict=True)):
         assert_replay(x, y, "token", "FB-1", what=f"probe {i}: forwards changed the gradient or optimizer state")
-
-
-def _rl(d: ts.Datum) -> ts.Datum:
-    n = d.model_input.length
-    return ts.Datum(
-        model_input=d.model_input,
-        loss_fn_inputs={
-            "target_tokens": d.loss_fn_inputs["target_tokens"],
-            "advantages": [1.0 - 0.3 * i for i in range(n)],
-            "logprobs": [-3.0] * n,
-        },
-    )
 
 
 @pytest.mark.spec("ALN-1", "ALN-2")
@@ -150,7 +134,7 @@ def test_forward_backward_changes_no_weight_or_optimizer_state(
 ) -> None:
     v = conformance_backend.vocab_size
     probe = probe_batch(v)
-    a, _ = _batches(v)
+    a, _ = two_batches(v)
     tc = training_client()
     tc.forward_backward(a, "cross_entropy")
     tc.optim_step(ADAM)
@@ -208,7 +192,7 @@ def test_optim_step_consumes_the_gradient(
 ) -> None:
     v = conformance_backend.vocab_size
     probe = probe_batch(v)
-    a, _ = _batches(v)
+    a, _ = two_batches(v)
     tc = training_client()
     tc.forward_backward(a, "cross_entropy")
     tc.optim_step(ts.AdamParams(learning_rate=0.0))
@@ -234,10 +218,10 @@ def test_chunk_size_one_equals_one_call(
 ) -> None:
     v = conformance_backend.vocab_size
     probe = probe_batch(v)
-    a, b = _batches(v)
+    a, b = two_batches(v)
     data = probe + a + b
     if loss_fn != "cross_entropy":
-        data = [_rl(d) for d in data]
+        data = [with_rl_inputs(d) for d in data]
     chunked_service = service_factory(max_chunk_datums=1)
     whole = training_client()
     chunked = chunked_service.create_lora_training_client(base_model=conformance_backend.base_model, rank=4, seed=0)
@@ -264,7 +248,7 @@ def test_clients_on_one_base_model_are_isolated(
     v = conformance_backend.vocab_size
     introspection = conformance_backend.supports("introspection")
     probe = probe_batch(v)
-    a, b = _batches(v)
+    a, b = two_batches(v)
     quiet, busy = training_client(), training_client()
     quiet.forward_backward(a, "cross_entropy")
     quiet.optim_step(ADAM)
@@ -276,7 +260,7 @@ def test_clients_on_one_base_model_are_isolated(
     futures: list[ts.APIFuture[Any]] = []
     for _ in range(3):
         futures += [busy.forward_backward(a + b, "cross_entropy"), busy.optim_step(ADAM), quiet.forward(probe)]
-        futures.append(busy.forward_backward([_rl(d) for d in a], "ppo"))
+        futures.append(busy.forward_backward([with_rl_inputs(d) for d in a], "ppo"))
     busy.save_state("isolation").result()
     for f in futures:
         f.result()
