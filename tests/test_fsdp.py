@@ -339,11 +339,12 @@ def test_attach_to_ranks_launched_by_torchrun(tmp_path: Path) -> None:
     key = secrets.token_hex(16)
     env = {**os.environ, "TINKER_STD_FSDP_AUTHKEY": key}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    log = tmp_path / "torchrun.log"
     launcher = subprocess.Popen(
         [*torchrun, "-m", "tinker_std.backends.fsdp.worker", "--connect", f"127.0.0.1:{port}"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     data = _batch(80, 3)
     try:
@@ -365,7 +366,8 @@ def test_attach_to_ranks_launched_by_torchrun(tmp_path: Path) -> None:
             ref.optim_step(ADAM).result()
             expected = ref.forward_backward(data, "cross_entropy").result().metrics["loss:sum"]
         np.testing.assert_allclose(got, expected, rtol=SUM_RTOL)
-        assert launcher.wait(timeout=120) == 0  # the ranks exit when the client closes
+        code = launcher.wait(timeout=120)
+        assert code == 0, log.read_text(errors="replace")[-4000:]  # the ranks exit when the client closes
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -113,7 +113,10 @@ def serve(conn: Connection, rank: int, world_size: int) -> None:
                 engine.close()
                 placement.close()
             finally:
-                conn.send(("closed", rank))
+                try:
+                    conn.send(("closed", rank))
+                except OSError:  # the coordinator stopped waiting; the rank still exits cleanly
+                    pass
             break
         _, seq, method, args, kwargs = message
         try:
@@ -152,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     conn = _connect((host, int(port)), bytes.fromhex(key), float(os.environ.get(CONNECT_TIMEOUT_ENV, "300")))
     conn.send(("hello", rank, world_size, os.getpid()))
     serve(conn, rank, world_size)
-    return 0
+    # The rank's work is done and its process group destroyed. Skip interpreter finalization:
+    # tearing down the communication library's threads there can crash a process whose work
+    # succeeded, and torchrun reports any non-zero rank as a failed job.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
