@@ -6,8 +6,9 @@ Each request passes, in this order:
 1. the middleware of ``middleware.py``: access log, body size limit, authentication;
 2. Starlette's router, over the routes ``WireService.endpoints`` declares (a path no route
    declares is 404, a method its route does not answer is 405);
-3. the route's handler, on a worker thread, with the body read (limited again as it streams and
-   after zstd decompression: ``read_body``);
+3. the route's handler, with the body read (limited again as it streams and after zstd
+   decompression: ``read_body``): on a worker thread, or on the event loop for an ``inline``
+   endpoint's small body (cheap work: a thread hop would cost more than the work);
 4. for an error the handler raised, its answer from ``failures.error_reply``.
 
 Every 4xx/5xx answer except 404 and 408 carries ``x-should-retry: false``, so the SDK fails fast
@@ -41,9 +42,12 @@ from .operations import WireService
 from .records import ServerRecords
 from .tenants import Tenants
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "PREFIX", "create_app", "default_records_path", "read_body"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "INLINE_BODY_BYTES", "PREFIX", "create_app", "default_records_path", "read_body"]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: The largest body an ``inline`` endpoint's handler decodes on the event loop; a larger one goes to
+#: a worker thread (decoding it would hold up every other request).
+INLINE_BODY_BYTES = 256 * 1024
 
 
 def default_records_path(service: ServiceClient) -> Path | None:
@@ -128,7 +132,8 @@ def create_app(
 
 
 def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> Route:
-    """A Starlette route that reads the body and runs ``endpoint``'s handler on a worker thread."""
+    """A Starlette route that reads the body and runs ``endpoint``'s handler: awaited if it is
+    async, on the event loop if it is ``inline`` and the body small, else on a worker thread."""
 
     async def handle(request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
@@ -147,6 +152,8 @@ def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> 
         try:
             if endpoint.async_handler is not None:
                 return _response(await endpoint.async_handler(wire_request))
+            if endpoint.inline and len(body) <= INLINE_BODY_BYTES:
+                return _response(endpoint.handler(wire_request))
             return _response(await run_in_threadpool(endpoint.handler, wire_request))
         except Exception:
             if operations.closing:  # e.g. the records closed under it: not a 500

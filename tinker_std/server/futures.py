@@ -7,6 +7,11 @@ the SDK polls again) if none came; a result is protobuf for ``forward_backward``
 requests, JSON otherwise; a failure is encoded by ``failures.failure_reply``. ``close`` fails every
 unfinished future with ``ServerShutdown`` (their long polls answer at once), and so does ``store``
 for a future stored after it.
+
+The HTTP path's cost (bench/server_overhead.py): a result is encoded once, by the thread that
+settles the future, right as it settles (``Pending.reply``); a waiting long poll is woken by that
+same callback and answers on the event loop with the bytes, with no worker-thread hop; a poll that
+comes after the result answers at once; a repeated poll (the SDK's retry) reuses the bytes.
 """
 
 from __future__ import annotations
@@ -18,10 +23,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anyio
 from pydantic import BaseModel
 
 from tinker_std.errors import TinkerError
@@ -40,13 +44,27 @@ LONG_POLL_S = 20.0
 ResultKind = Literal["forward_backward", "sample", "json"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Pending:
-    """One stored request: its future, how its result is encoded, whose it is."""
+    """One stored request: its future, how its result is encoded, whose it is; once the future is
+    settled, ``reply`` is its encoded answer (``encode_reply``, done once)."""
 
     future: Future[Any]
     kind: ResultKind
     tenant: str
+    reply: WireReply | None = field(default=None, compare=False)
+    _encode_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def encode_reply(self) -> WireReply:
+        """The answer for the settled ``future``: its result encoded, or its failure; encoded on the
+        first call only (the settling thread's callback, or a poll that raced it)."""
+        reply = self.reply
+        if reply is not None:
+            return reply
+        with self._encode_lock:
+            if self.reply is None:
+                self.reply = _encode(self)
+            return self.reply
 
 
 #: Default of ``FutureStore.max_queued_per_tenant`` (LIM-6).
@@ -112,6 +130,7 @@ class FutureStore:
                     self._queued[tenant] -= 1
 
             future.add_done_callback(done)
+        future.add_done_callback(lambda _: _encode_quietly(entry))
         return request_id
 
     def forget(self, request_id: str) -> None:
@@ -142,13 +161,14 @@ class FutureStore:
             return _try_again(request_id, self.paused(entry.tenant))
         except Exception:
             pass
-        return self._answer(entry)
+        return entry.encode_reply()
 
     async def retrieve_async(self, request: WireRequest) -> WireReply:
-        """The ``retrieve_future`` endpoint as the server runs it: the long poll waits on the event
-        loop, holding no worker thread (a thread per waiting poll starved every other request of
-        threads under load: the issue's unanswered ``save_weights_for_sampler``); only encoding the
-        finished result runs on a worker thread."""
+        """The ``retrieve_future`` endpoint as the server runs it, on the event loop: a finished
+        request is answered at once with its encoded reply; an unfinished one waits holding no
+        worker thread (a thread per waiting poll starved every other request of threads under
+        load) until the settling thread, having encoded the reply, wakes it, or ``LONG_POLL_S``
+        passes (``try_again``)."""
         request_id, entry = self._entry(request)
         if entry is None:
             return not_found_reply(f"unknown request_id {request_id!r}")
@@ -161,6 +181,7 @@ class FutureStore:
                     woken.set_result(None)
 
             def wake(_: Future[Any]) -> None:
+                _encode_quietly(entry)  # on the settling thread, before the loop is woken
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(settle)
 
@@ -168,19 +189,7 @@ class FutureStore:
             await asyncio.wait([woken], timeout=LONG_POLL_S)
             if not entry.future.done():
                 return _try_again(request_id, self.paused(entry.tenant))
-        return await anyio.to_thread.run_sync(self._answer, entry)
-
-    def _answer(self, entry: Pending) -> WireReply:
-        """The reply for a finished ``entry``: its result encoded, or its failure."""
-        try:
-            result = entry.future.result(timeout=0)
-        except Exception as exc:
-            return failure_reply(exc)
-        if entry.kind == "forward_backward":
-            return WireReply.protobuf(protobuf.encode_forward_backward_output(result))
-        if entry.kind == "sample":
-            return WireReply.protobuf(protobuf.encode_sample_response(result))
-        return WireReply.json(result.model_dump(mode="json") if isinstance(result, BaseModel) else result)
+        return entry.encode_reply()
 
     def close(self) -> None:
         """Fail every unfinished future with ``ServerShutdown``."""
@@ -189,6 +198,26 @@ class FutureStore:
             pending = [p.future for p in self._entries.values()]
         for future in pending:
             settle_exception(future, ServerShutdown("the server is shutting down"))
+
+
+def _encode(entry: Pending) -> WireReply:
+    """The reply for a settled ``entry``: its result encoded, or its failure."""
+    try:
+        result = entry.future.result(timeout=0)
+    except Exception as exc:
+        return failure_reply(exc)
+    if entry.kind == "forward_backward":
+        return WireReply.protobuf(protobuf.encode_forward_backward_output(result))
+    if entry.kind == "sample":
+        return WireReply.protobuf(protobuf.encode_sample_response(result))
+    return WireReply.json(result.model_dump(mode="json") if isinstance(result, BaseModel) else result)
+
+
+def _encode_quietly(entry: Pending) -> None:
+    """Encode ``entry``'s reply now (a done callback); an encoding that raises is left for the
+    poll, where it raises again and is answered like any error of a route."""
+    with contextlib.suppress(Exception):
+        entry.encode_reply()
 
 
 def _try_again(request_id: str, paused: bool = False) -> WireReply:

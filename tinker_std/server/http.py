@@ -5,11 +5,20 @@
 unfinished future fails at once with ``ServerShutdown`` (so long polls answer), in-flight requests
 get up to ``shutdown_grace_s`` to finish, and ``serve_forever`` returns (the caller then closes
 its ``ServiceClient``; nothing is left running).
+
+While it serves, the process's GIL switch interval is at most ``gil_switch_interval_s`` (1 ms;
+Python's default is 5 ms). The engine's Python code (a model's forward, the optimizer's loop)
+holds the GIL; every time the event loop comes back from a system call (``epoll``, ``send``) it
+must take the GIL back, and waits up to one switch interval for it. A request costs several such
+waits, so with 5 ms a step's requests waited tens of milliseconds behind a busy engine
+(bench/server_overhead.py); the SDK's own event loop, in the same process as a test's server, paid
+the same. ``None`` leaves the interval alone; the last server to stop restores the old value.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from types import FrameType
@@ -22,7 +31,36 @@ from tinker_std.client.service import ServiceClient
 from .asgi import create_app
 from .operations import WireService
 
-__all__ = ["TinkerServer"]
+__all__ = ["DEFAULT_GIL_SWITCH_INTERVAL_S", "TinkerServer"]
+
+#: The GIL switch interval while a server serves (module docstring).
+DEFAULT_GIL_SWITCH_INTERVAL_S = 0.001
+
+
+class _SwitchInterval:
+    """The process's GIL switch interval, lowered while at least one server serves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved = sys.getswitchinterval()
+
+    def lower(self, interval: float) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._saved = sys.getswitchinterval()
+            self._holders += 1
+            if interval < sys.getswitchinterval():
+                sys.setswitchinterval(interval)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                sys.setswitchinterval(self._saved)
+
+
+_switch_interval = _SwitchInterval()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -44,7 +82,8 @@ class TinkerServer:
     """Serves ``service`` over the Tinker wire protocol on ``host:port`` (port 0: a free one).
 
     ``url`` is the ``base_url`` to give the official SDK. The keyword options are
-    ``create_app``'s (keys, records, limits, reaping)."""
+    ``create_app``'s (keys, records, limits, reaping). ``gil_switch_interval_s``: module
+    docstring."""
 
     def __init__(
         self,
@@ -54,8 +93,10 @@ class TinkerServer:
         api_key: str | None = None,
         sdk_chunk_datums: int | None = None,
         shutdown_grace_s: int = 5,
+        gil_switch_interval_s: float | None = DEFAULT_GIL_SWITCH_INTERVAL_S,
         **app_options: Any,
     ) -> None:
+        self.gil_switch_interval_s = gil_switch_interval_s
         self.app = create_app(service, api_key=api_key, sdk_chunk_datums=sdk_chunk_datums, **app_options)
         self.operations: WireService = self.app.state.operations
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,7 +136,14 @@ class TinkerServer:
 
     def serve_forever(self) -> None:
         """Serve until ``close()`` or (from the main thread) SIGTERM/SIGINT."""
-        self._server.run(sockets=[self._socket])
+        if self.gil_switch_interval_s is None:
+            self._server.run(sockets=[self._socket])
+            return
+        _switch_interval.lower(self.gil_switch_interval_s)
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            _switch_interval.restore()
 
     def close(self) -> None:
         """Stop serving (the ``ServiceClient`` stays open: its owner closes it)."""

@@ -119,12 +119,15 @@ class Endpoint:
 
     ``handler`` runs on a worker thread; an endpoint that waits (a long poll) gives
     ``async_handler`` instead, which the transport awaits on its event loop, so waiting requests
-    never occupy the worker threads every other request needs."""
+    never occupy the worker threads every other request needs. ``inline``: the handler is cheap
+    and never blocks (no I/O, no waiting, only short locks), so the transport runs it on its event
+    loop for a body up to ``asgi.INLINE_BODY_BYTES``, sparing the two thread hops of a worker."""
 
     path: str
     handler: Handler
     methods: tuple[str, ...] = RPC_METHODS
     async_handler: AsyncHandler | None = None
+    inline: bool = False
 
 
 def body_digest(body: bytes) -> str:

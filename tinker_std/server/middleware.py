@@ -4,7 +4,8 @@ Outermost first (``asgi.create_app`` stacks them so):
 
 1. ``AccessLog``: one structured record per request (logger ``tinker_std.server.access``, JSON
    in the message: method, path, status, tenant, bytes in/out, milliseconds, SDK method,
-   encoding), whatever answered it, written just before the last byte of the answer is sent;
+   encoding), whatever answered it, written just before the last byte of the answer is sent
+   (nothing is measured or encoded while that logger is off for INFO);
 2. ``BodySizeLimit``: a ``Content-Length`` over the limit is answered 413 before one byte of the
    body is read (and before authentication); the connection is closed after it. A body without
    a length is limited while it is read (``asgi.read_body``);
@@ -39,7 +40,7 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -115,7 +116,14 @@ class Authentication:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    """The request's headers by lower-case name, decoded once per request (kept in the scope)."""
+    headers: dict[str, str] | None = scope.get(_HEADERS_KEY)
+    if headers is None:
+        headers = scope[_HEADERS_KEY] = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    return headers
+
+
+_HEADERS_KEY = "tinker_std.headers"
 
 
 async def send_error(status: int, error: str, send: Send) -> None:

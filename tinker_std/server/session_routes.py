@@ -38,13 +38,13 @@ class SessionRoutes:
 
     def endpoints(self) -> list[Endpoint]:
         return [
-            Endpoint("client/config", self.client_config),
-            Endpoint("client/dynamic_config", self.client_config),
+            Endpoint("client/config", self.client_config, inline=True),
+            Endpoint("client/dynamic_config", self.client_config, inline=True),
             Endpoint("create_session", self.create_session),
-            Endpoint("session_heartbeat", self.heartbeat),
+            Endpoint("session_heartbeat", self.heartbeat, inline=True),
             Endpoint("sessions/{session_id}/finish", self.finish_session),
-            Endpoint("telemetry", lambda r: WireReply.json({"status": "accepted"})),
-            Endpoint("healthz", lambda r: WireReply.json({"status": "ok"})),
+            Endpoint("telemetry", lambda r: WireReply.json({"status": "accepted"}), inline=True),
+            Endpoint("healthz", lambda r: WireReply.json({"status": "ok"}), inline=True),
             Endpoint("get_server_capabilities", self.capabilities),
         ]
 

@@ -66,8 +66,8 @@ class TrainingRoutes:
         return [
             Endpoint("create_model", self.create_model),
             Endpoint("get_info", self.get_info),
-            Endpoint("forward_backward", self.forward_backward),
-            Endpoint("optim_step", self.optim_step),
+            Endpoint("forward_backward", self.forward_backward, inline=True),
+            Endpoint("optim_step", self.optim_step, inline=True),
             Endpoint("save_weights", self.save_weights),
             Endpoint("save_weights_for_sampler", self.save_weights_for_sampler),
             Endpoint("load_weights", self.load_weights),
@@ -227,7 +227,7 @@ class TrainingRoutes:
                 raise field_error(exc, "adam_params") from None
             return model.ready().optim_step(params)
 
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), run, "json")
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), run, "json", touch_at_start=True)
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -310,11 +310,16 @@ class TrainingRoutes:
         run: Callable[[TrainingModel], Any],
         kind: ResultKind,
         idempotent: bool = False,
+        touch_at_start: bool = False,
     ) -> WireReply:
         """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
         ``seq_id``; whatever it raises or returns (a value or an ``APIFuture``) settles this
         request's future. A retry of an admitted request answers its original request id. Only an
-        ``idempotent`` request (one that changes nothing) may come without a ``seq_id``."""
+        ``idempotent`` request (one that changes nothing) may come without a ``seq_id``.
+
+        A ``"json"`` request marks the run's last request time (a SQLite write) at admission, or
+        with ``touch_at_start`` on the lane once ``run`` has started its work (off the answer's
+        path: the ``inline`` endpoints admit on the event loop, which must not wait for a disk)."""
         model = self.state.model(request.tenant, model_id)
         if seq_id is None and not idempotent:
             # without a seq_id a resend cannot be told from a new request: it would apply twice
@@ -335,11 +340,13 @@ class TrainingRoutes:
                 chain(outcome.future(), answer)
             else:
                 settle_result(answer, outcome)
+            if touch_at_start:
+                self.records.touch_run(model.model_id)
 
         self.futures.store(answer, kind, request.tenant, request_id)
         answered = model.lane.admit(seq, operation_digest(request), request_id, step)
         if answered != request_id:
             self.futures.forget(request_id)
-        if kind == "json":
+        if kind == "json" and not touch_at_start:
             self.records.touch_run(model.model_id)
         return WireReply.json({"request_id": answered, "model_id": model.model_id})
