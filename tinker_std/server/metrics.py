@@ -183,7 +183,11 @@ class MetricsMiddleware:
 
 def _endpoint(routes: Sequence[BaseRoute], scope: Scope) -> str:
     """The path template of the route for ``scope`` below ``/api/v1/`` (``unmatched`` if none),
-    found by matching, so a request refused before routing (401, 413) is still labelled."""
+    found by matching, so a request refused before routing (401, 413) is still labelled (a routed
+    request's route is the one the router left in ``scope["route"]``)."""
+    routed = scope.get("route")
+    if isinstance(routed, Route):
+        return routed.path[len(PREFIX) :] if routed.path.startswith(PREFIX) else routed.path
     for route in routes:
         match, _ = route.matches(scope)
         if match != Match.NONE and isinstance(route, Route):

@@ -1,0 +1,107 @@
+"""The server's fast path (issue 23 item 3), through the official SDK 0.38 and raw wire calls on
+loopback: a result is encoded once, by the thread that settles it, and every ``retrieve_future``
+for it answers those same bytes; cheap endpoints run on the event loop (no worker-thread hop);
+the GIL switch interval is lowered while a server serves and restored after. Speed itself is
+measured by bench/server_overhead.py, never here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tinker_std as ts
+from tinker_std.server import TinkerServer, protobuf
+from tinker_std.server.http import DEFAULT_GIL_SWITCH_INTERVAL_S
+
+from server_support import KEY, Wire, fb_body, proto_headers, sdk_datum, served
+
+tinker = pytest.importorskip("tinker")
+os.environ["TINKER_TELEMETRY"] = "0"
+
+TOKENS = [1, 5, 9, 14, 3, 7]
+
+
+@pytest.fixture
+def mock_server(tmp_path: Path) -> Iterator[tuple[TinkerServer, ts.ServiceClient, str]]:
+    with served("mock", tmp_path) as triple:
+        yield triple
+
+
+def test_a_result_is_encoded_once_and_every_poll_answers_the_same_bytes(
+    mock_server: tuple[TinkerServer, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _, base = mock_server
+    encoded: list[threading.Thread] = []
+    original = protobuf.encode_forward_backward_output
+
+    def counting(result: Any) -> bytes:
+        encoded.append(threading.current_thread())
+        return original(result)
+
+    monkeypatch.setattr(protobuf, "encode_forward_backward_output", counting)
+    wire = Wire(server.url)
+    model_id = wire.create_model(wire.session(), base)
+    submitted = wire.post("forward_backward", content=fb_body(model_id, 1, TOKENS), headers=proto_headers())
+    assert submitted.status_code == 200, submitted.text
+    request_id = submitted.json()["request_id"]
+    first = wire.result(request_id)
+    again = wire.result(request_id)  # the SDK's retry of a poll whose answer was lost
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"].startswith("application/x-protobuf")
+    assert first.content == again.content and len(first.content) > 0
+    assert len(encoded) == 1, f"the result was encoded {len(encoded)} times"
+    assert encoded[0].name != "tinker-std-server", "the event loop encoded the result"
+    pending = [p for p in server.operations.futures.pending() if p.kind == "forward_backward"]
+    assert len(pending) == 1 and pending[0].reply is not None and pending[0].reply.body == first.content
+
+
+def test_a_failed_request_answers_its_error_once_settled(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    server, _, base = mock_server
+    wire = Wire(server.url)
+    model_id = wire.create_model(wire.session(), base)
+    bad = wire.post("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": {"learning_rate": -1.0}})
+    assert bad.status_code == 200, bad.text
+    answer = wire.result(bad.json()["request_id"])
+    assert answer.status_code == 200 and "BadRequestError" in answer.json()["error"], answer.text
+    assert answer.json()["category"] == "user"
+
+
+def test_submits_of_a_training_step_run_on_the_event_loop(
+    mock_server: tuple[TinkerServer, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``forward_backward`` and ``optim_step`` are admitted on the server's event loop (a worker
+    thread would add two thread hops); their work still runs on the model's lane, in order."""
+    server, _, base = mock_server
+    sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+    tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=0).result()
+    state = server.operations.state
+    admitted_on: list[str] = []
+    lookup = state.model
+
+    def recording(tenant: str, model_id: Any) -> Any:  # every training request looks its model up
+        admitted_on.append(threading.current_thread().name)
+        return lookup(tenant, model_id)
+
+    monkeypatch.setattr(state, "model", recording)
+    fb = tc.forward_backward([sdk_datum(tinker, TOKENS)], "cross_entropy")
+    step = tc.optim_step(tinker.AdamParams(learning_rate=1e-2))
+    assert fb.result().loss_fn_outputs and step.result() is not None
+    assert admitted_on == ["tinker-std-server", "tinker-std-server"], admitted_on
+
+
+def test_the_switch_interval_is_lowered_while_serving_and_restored_after(tmp_path: Path) -> None:
+    before = sys.getswitchinterval()
+    assert before > DEFAULT_GIL_SWITCH_INTERVAL_S  # Python's default, 5 ms
+    with served("mock", tmp_path) as (server, _, _):
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT_GIL_SWITCH_INTERVAL_S)
+        with served("mock", tmp_path, gil_switch_interval_s=None):
+            pass  # a second server that leaves it alone does not restore it under the first
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT_GIL_SWITCH_INTERVAL_S)
+        assert Wire(server.url).http.get("healthz").json() == {"status": "ok"}
+    assert sys.getswitchinterval() == pytest.approx(before)
