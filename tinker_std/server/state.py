@@ -102,6 +102,11 @@ class ServerState:
             session.last_seen = time.monotonic()
             return session
 
+    def has_session(self, session_id: str) -> bool:
+        """Whether the session exists (any tenant); touches nothing."""
+        with self._lock:
+            return session_id in self._sessions
+
     def heartbeat(self, tenant: str, session_id: str) -> bool:
         """Mark ``tenant``'s session as seen; ``False`` if it is gone (or never was)."""
         with self._lock:

@@ -30,6 +30,7 @@ from tinker_std.types import AdamParams
 
 from . import protobuf
 from .checkpoint_files import CheckpointFiles
+from .custom_loss_routes import CustomLossRoutes
 from .failures import ServerUnsupported
 from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
@@ -54,8 +55,12 @@ class TrainingRoutes:
         futures: FutureStore,
         records: ServerRecords,
         checkpoints: CheckpointFiles,
+        custom_losses: CustomLossRoutes | None = None,
     ) -> None:
+        """``custom_losses``: where ``loss_fn="custom"`` requests find their uploaded loss (spec
+        12); without it they are refused as an unknown loss."""
         self.service = service
+        self.custom_losses = custom_losses
         self.state = state
         self.futures = futures
         self.records = records
@@ -207,6 +212,8 @@ class TrainingRoutes:
         msg = protobuf.parse_forward_backward(request.body)
 
         def run(model: TrainingModel) -> APIFuture[Any]:
+            if msg.loss_fn == "custom" and self.custom_losses is not None:  # an uploaded loss (CLG-3)
+                return self.custom_losses.forward_backward(model, msg)
             call = protobuf.decode_forward_backward(msg)
             client = model.ready()
             method = client.forward if call.forward_only else client.forward_backward
