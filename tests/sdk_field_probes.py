@@ -211,7 +211,6 @@ def probe_chunks(ctx: Ctx) -> None:
 
 ENDPOINT_OF = {
     "CopyWeightsRequest": "copy_weights",
-    "CreateCustomLossRequest": "create_custom_loss",
     "FuturesRetrieveRequest": "retrieve_futures",
     "GetBillingUsageRequest": "billing/usage/events",
     "GetCurrentCheckpointStorageUsageRequest": "billing/usage/checkpoints/current",
@@ -228,6 +227,30 @@ def probe_refused_endpoints(ctx: Ctx) -> None:
     _refused(lambda: tc.save_weights_external("ext"), "save_weights_external")
     reply = ctx.wire.post("unload_model", {"model_id": tc.model_id})
     assert reply.status_code == 404, reply.text
+
+
+def probe_custom_loss_upload(ctx: Ctx) -> None:
+    """The SDK uploads a traced loss (the server advertises custom_loss_server_side) and runs it by id."""
+    import torch
+
+    def neg_ll(logprobs: Any, weights: Any) -> Any:
+        loss = -(logprobs * weights).sum()
+        return loss, {"custom/neg_ll:sum": loss}
+
+    sdk = tinker.ServiceClient(base_url=ctx.url, api_key=KEY)  # a fresh session: each loss once per session
+    handle = sdk.create_custom_loss(neg_ll, {"logprobs": 1, "weights": 1}).result()
+    assert handle.loss_id is not None and handle.loss_id.endswith(":loss:0"), handle.loss_id
+    tc = sdk.create_lora_training_client(base_model=ctx.base, rank=4, seed=0).result()
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(PROMPT[:-1]),
+        loss_fn_inputs={"target_tokens": PROMPT[1:], "weights": [1.0, 0.5, 0.0, 2.0]},
+    )
+    custom = tc.forward_backward_custom([datum], handle).result()
+    builtin = tc.forward([datum], "cross_entropy").result()
+    lps = torch.tensor(builtin.loss_fn_outputs[0]["logprobs"].data)
+    expected = float(-(lps * torch.tensor([1.0, 0.5, 0.0, 2.0])).sum())
+    assert abs(custom.metrics["loss:sum"] - expected) < 1e-4 * max(1.0, abs(expected)), (custom.metrics, expected)
+    assert custom.metrics["custom/neg_ll:sum"] == custom.metrics["loss:sum"]
 
 
 def probe_checkpoint_metadata_and_ttl(ctx: Ctx) -> None:
@@ -341,6 +364,10 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
         tuple(
             k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest")
         ),
+    ),
+    "custom loss upload": (
+        probe_custom_loss_upload,
+        tuple(k for k in FIELDS if k.startswith("CreateCustomLossRequest.") and FIELDS[k].status == "effect"),
     ),
     "checkpoint ttl": (
         probe_checkpoint_metadata_and_ttl,

@@ -317,7 +317,7 @@ def test_client_local_methods_need_no_server_support(mock_server: tuple[Any, Any
         return logprobs.sum(), {}
 
     handle = sdk.create_custom_loss(loss, {"logprobs": 1}).result(timeout=30)
-    assert handle.loss_id is None  # server-side custom losses are off: a client-local handle
+    assert handle.loss_id is not None  # uploaded: the server runs custom losses (tests/test_custom_loss.py)
     sampler = sdk.create_sampling_client(base_model=base).result()
     again = tinker.SamplingClient.from_sampler_handle(sampler.get_sampler_handle(), api_key=KEY)
     assert again.get_base_model() == base

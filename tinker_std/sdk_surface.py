@@ -124,7 +124,11 @@ FIELDS: dict[str, FieldRule] = {
     "ForwardRequest.model_id": _e(ROUTING),
     "ForwardRequest.seq_id": _e(ORDER, "ORD-1"),
     "ForwardBackwardInput.data": _e("the datums", "FB-2"),
-    "ForwardBackwardInput.loss_fn": _e("the built-in loss; 'custom' and unknown names are BadRequestError", "LOSS-8"),
+    "ForwardBackwardInput.loss_fn": _e(
+        "the built-in loss, or 'custom' with loss_fn_config {'loss_id': ...} for an uploaded loss (spec 12); "
+        "unknown names are BadRequestError",
+        "LOSS-8",
+    ),
     "ForwardBackwardInput.loss_fn_config": _e(
         "the loss's config keys; unknown keys and string values are BadRequestError", "LOSS-11"
     ),
@@ -157,6 +161,22 @@ FIELDS: dict[str, FieldRule] = {
     "TensorData.shape": _e("row-major shape", "TYP-4"),
     "TensorData.sparse_crow_indices": _e("CSR row pointers of a sparse 2-D tensor, densified on arrival", "TYP-4"),
     "TensorData.sparse_col_indices": _e("CSR column indices of a sparse 2-D tensor", "TYP-4"),
+    # -- server-side custom losses (spec 12) ----------------------------------------------------
+    "CreateCustomLossRequest.session_id": _e("the session that owns the loss (only its models can run it); " + ROUTING),
+    "CreateCustomLossRequest.custom_loss_seq_id": _e(
+        "the loss id is '{session_id}:loss:{custom_loss_seq_id}'; a retry answers the original, another body "
+        "is ConflictError"
+    ),
+    "CreateCustomLossRequest.name": _e("the loss's name, in its errors; must be an identifier", "CLG-1"),
+    "CreateCustomLossRequest.inputs": _e(
+        "the graph's inputs in call order with their ranks; checked against every datum", "CLG-3"
+    ),
+    "CreateCustomLossRequest.graph": _e(
+        "validated against the allow-list before it is stored (BadRequestError naming the node), then run as "
+        "the loss of forward_backward",
+        "CLG-1",
+    ),
+    "CreateCustomLossRequest.type": FIXED,
     # -- optimizer ------------------------------------------------------------------------------
     "OptimStepRequest.optim_params": _e(
         "AdamParams: one AdamW step; DimuonParams is a BadRequestError naming optimizer_params", "OPT-9"
@@ -239,11 +259,6 @@ FIELDS: dict[str, FieldRule] = {
         "copy_weights is refused: no projects to copy between",
     ),
     **_endpoint(
-        "CreateCustomLossRequest",
-        ("session_id", "custom_loss_seq_id", "name", "inputs", "graph", "type"),
-        "server-side custom losses are refused (off in the client config; the SDK runs them on the client)",
-    ),
-    **_endpoint(
         "FuturesRetrieveRequest",
         ("target", "prev_cursor", "timeout", "retrieved_request_ids"),
         "batch future polling is refused (off in the client config)",
@@ -285,7 +300,6 @@ SERVER_REFUSED_METHODS: dict[str, str] = {
     "RestClient.get_current_checkpoint_storage_usage": "hosted-service accounting",
     "RestClient.get_audit_log": "hosted-service accounting",
     "RestClient.get_billing_usage": "hosted-service accounting",
-    "ServiceClient.create_custom_loss": "server-side custom losses: the SDK computes the loss on the client instead",
     "RestClient.whoami": "answered by the SDK from a JWT; the server uses API keys",
 }
 #: Methods that never reach a server (client-local in the SDK).
