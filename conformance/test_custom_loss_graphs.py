@@ -100,7 +100,17 @@ def _data(v: int) -> list[ts.Datum]:
         _node("get_attr", "mul", "weight"),
         _node("call_module", "mul", "linear", _ref("logprobs")),
     ],
-    ids=["os.system", "eval", "torch.save", "torch.zeros", "in-place", "dunder-method", "getattr", "get_attr", "module"],
+    ids=[
+        "os.system",
+        "eval",
+        "torch.save",
+        "torch.zeros",
+        "in-place",
+        "dunder-method",
+        "getattr",
+        "get_attr",
+        "module",
+    ],
 )
 def test_a_graph_outside_the_allow_list_is_refused_naming_the_node(node: dict[str, Any]) -> None:
     validate_loss("pg", INPUTS, GRAPH)  # the graph itself is valid
@@ -153,6 +163,9 @@ def test_inputs_are_checked_and_a_failing_graph_changes_nothing(
     with pytest.raises(ts.RequestFailedError):
         tc.forward_backward_custom(short, graph_loss_fn(graph)).result()
     assert_same_gradient(tc, twin, conformance_backend, "CLG-3", "a failed graph loss must accumulate nothing")
-    plain = [ts.Datum(model_input=d.model_input, loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"]}) for d in data]
+    plain = [
+        ts.Datum(model_input=d.model_input, loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"]})
+        for d in data
+    ]
     for i, (a, b) in enumerate(zip(forward_logprobs(tc, plain), forward_logprobs(twin, plain), strict=True)):
         assert_replay(a, b, "token", "CLG-3", what=f"datum {i}: a failed graph loss changed the model")

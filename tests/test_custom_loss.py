@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from tinker_std.custom_loss import validate_loss
 from tinker_std.errors import BadRequestError

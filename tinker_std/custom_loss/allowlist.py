@@ -1,4 +1,4 @@
-"""The operations a server-side custom loss graph may use (spec CLG-2), as explicit tables.
+"""The operations a server-side custom loss graph may use (spec CLG-1), as explicit tables.
 
 A node's target is looked up *by name* in these tables and nowhere else: the server never imports a
 module or resolves an attribute path from the wire, so a graph naming ``os.system``,
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (the conventional name)
+import torch.nn.functional as F
 
 __all__ = ["ALLOWED_ATTRIBUTES", "ALLOWED_FUNCTIONS", "ALLOWED_METHODS", "MAX_NODES", "constant"]
 
@@ -46,7 +46,18 @@ _TORCH_FUNCTIONS = (
     "zeros_like", "ones_like", "full_like", "tensor", "as_tensor",
 )  # fmt: skip
 
-_FUNCTIONAL = ("logsigmoid", "softplus", "relu", "log_softmax", "softmax", "sigmoid", "tanh", "silu", "gelu", "mse_loss")
+_FUNCTIONAL = (
+    "logsigmoid",
+    "softplus",
+    "relu",
+    "log_softmax",
+    "softmax",
+    "sigmoid",
+    "tanh",
+    "silu",
+    "gelu",
+    "mse_loss",
+)
 
 _MATH = ("log", "exp", "sqrt", "log1p", "expm1", "tanh", "fabs", "pow", "isfinite", "isnan", "floor", "ceil")
 
@@ -83,15 +94,12 @@ def _functions() -> dict[str, Callable[..., Any]]:
 ALLOWED_FUNCTIONS: dict[str, Callable[..., Any]] = _functions()
 
 #: ``call_method`` names, called on a ``torch.Tensor`` receiver only
-ALLOWED_METHODS: frozenset[str] = frozenset(
-    {
-        *(n for n in _TORCH_FUNCTIONS if n not in ("stack", "cat", "tensor", "as_tensor", "zeros_like",
-                                                     "ones_like", "full_like", "where")),  # fmt: skip
-        "where", "masked_fill", "detach", "float", "double", "long", "int", "bool", "to", "type_as", "view",
-        "view_as", "expand", "expand_as", "contiguous", "clone", "t", "size", "dim", "numel", "unbind", "softmax",
-        "log_softmax", "sort", "topk", "mm",
-    }
+_NOT_METHODS = frozenset({"stack", "cat", "tensor", "as_tensor", "zeros_like", "ones_like", "full_like"})
+_METHODS_ONLY = (
+    "masked_fill", "detach", "float", "double", "long", "int", "bool", "to", "type_as", "view", "view_as",
+    "expand", "expand_as", "contiguous", "clone", "t", "size", "dim", "numel", "unbind", "sort", "topk", "mm",
 )  # fmt: skip
+ALLOWED_METHODS: frozenset[str] = frozenset({*(n for n in _TORCH_FUNCTIONS if n not in _NOT_METHODS), *_METHODS_ONLY})
 
 #: attributes ``builtins.getattr`` may read (of a tensor only)
 ALLOWED_ATTRIBUTES: frozenset[str] = frozenset({"shape", "dtype", "ndim", "T", "mT"})
@@ -107,7 +115,7 @@ def constant(kind: str, name: Any) -> Any:
     """The torch constant an encoded ``{"dtype": "float32"}`` (``layout``, ``memory_format``,
     ``device``) names; ``ValueError`` for anything else. Looked up as an attribute of ``torch``
     and kept only if it has the constant's own type."""
-    if not isinstance(name, str) or not name.isidentifier() and kind != "device":
+    if not isinstance(name, str) or (not name.isidentifier() and kind != "device"):
         raise ValueError(f"{kind} {name!r} is not a name")
     if kind == "device":
         if name != "cpu":

@@ -1,4 +1,4 @@
-"""Running a validated custom loss (spec CLG-3, CLG-4).
+"""Running a validated custom loss (spec CLG-2, CLG-3).
 
 ``run_graph`` interprets a ``LossGraph`` step by step on one datum's tensors: no code is generated
 or compiled, each step calls the allow-listed object ``validate`` put in it, and a method step

@@ -1,5 +1,5 @@
 """Validating an uploaded custom loss (the SDK's ``CreateCustomLossRequest``) before it is stored
-(spec CLG-1, CLG-2).
+(spec CLG-1).
 
 ``validate_loss(name, inputs, graph)`` checks the request's plain JSON and returns a ``LossGraph``
 whose every step holds an object from ``allowlist`` (never one resolved from a wire string) and
@@ -79,7 +79,7 @@ class LossGraph:
 
 def validate_loss(name: Any, inputs: Any, graph: Any) -> LossGraph:
     """The loss of a ``CreateCustomLossRequest``'s ``name``, ``inputs`` and ``graph`` (plain JSON),
-    or ``BadRequestError`` naming what is wrong (CLG-1, CLG-2)."""
+    or ``BadRequestError`` naming what is wrong (CLG-1)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise BadRequestError("name", f"must be a Python identifier of at most 128 characters, got {name!r}")
     declared = _inputs(inputs)

@@ -4,10 +4,10 @@ and uploaded, and ``forward_backward`` with ``loss_fn="custom"`` and ``{"loss_id
 The client config tells the SDK 0.38 these exist (``custom_loss_server_side``), so
 ``ServiceClient.create_custom_loss`` uploads its graph here and ``forward_backward_custom`` sends
 one ``forward_backward`` with the datums unchanged. The graph is validated against
-``tinker_std.custom_loss``'s allow-list *before* it is stored (CLG-1, CLG-2); a loss belongs to
-the session that created it (CLG-5), and runs through the library's
+``tinker_std.custom_loss``'s allow-list *before* it is stored (CLG-1); a loss belongs to
+the session that created it, and runs through the library's
 ``TrainingClient.forward_backward_custom`` (the same surrogate as in process, FB-9), so it takes
-one position in the model's order and the gradient is that of the summed per-datum losses (CLG-4).
+one position in the model's order and the gradient is that of the summed per-datum losses (CLG-2, CLG-3).
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ class CustomLossRoutes:
                     raise ConflictError(f"custom_loss_seq_id {seq} of this session already created another loss")
                 return WireReply.json({"request_id": prior.request_id})
             if len(losses) >= MAX_LOSSES_PER_SESSION:
-                raise BadRequestError("custom_loss_seq_id", f"a session creates at most {MAX_LOSSES_PER_SESSION} losses")
+                raise BadRequestError(
+                    "custom_loss_seq_id", f"a session creates at most {MAX_LOSSES_PER_SESSION} losses"
+                )
             future: Future[Any] = Future()
             request_id = self.futures.store(future, "json", request.tenant)
             losses[loss_id] = _Stored(graph, digest, request_id)
@@ -91,9 +93,11 @@ class CustomLossRoutes:
                 del self._losses[session_id]
 
     def loss(self, session_id: str, loss_id: Any) -> LossGraph:
-        """The stored loss ``loss_id`` of ``session_id``; ``NotFoundError`` for any other (CLG-5)."""
+        """The stored loss ``loss_id`` of ``session_id``; ``NotFoundError`` for any other."""
         if not isinstance(loss_id, str):
-            raise BadRequestError("loss_fn_config.loss_id", "loss_fn 'custom' needs the loss_id create_custom_loss gave")
+            raise BadRequestError(
+                "loss_fn_config.loss_id", "loss_fn 'custom' needs the loss_id create_custom_loss gave"
+            )
         with self._lock:
             stored = self._losses.get(session_id, {}).get(loss_id)
         if stored is None:
