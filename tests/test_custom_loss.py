@@ -6,8 +6,9 @@ the loss with torch.fx and uploads its graph, and ``forward_backward_custom`` se
 the same traced loss: the handle with ``loss_id=None`` (the SDK then runs the graph on the client
 and sends the surrogate weights). Two training clients with the same seed take one step each;
 loss, metrics, the accumulated gradient and the weights after ``optim_step`` must agree within
-1e-5 relative + 1e-6 absolute (both sides compute in float32 on the same backend; only the
-order of float sums may differ).
+1e-5 relative + 1e-6 absolute, on the mock backend and on the torch backend's tiny model (both
+sides compute in float32 on the same backend and send the same surrogate weights; only the order
+of float sums may differ).
 
 Forbidden graphs are sent as the SDK's own JSON with a node swapped for one the allow-list lacks
 (the SDK's tracer refuses them on the client, so a hostile client must hand-write them), and must be
@@ -79,6 +80,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any,
         yield srv, tinker.ServiceClient(base_url=srv.url, api_key=KEY), base
 
 
+@pytest.fixture(scope="module", params=["mock", "torch"])
+def any_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A served mock backend, and the torch backend's tiny model (a real transformers + peft LoRA)."""
+    if request.param == "mock":
+        yield request.getfixturevalue("server")
+        return
+    with served("torch", tmp_path_factory.mktemp("customloss-torch")) as (srv, _service, base):
+        yield srv, tinker.ServiceClient(base_url=srv.url, api_key=KEY), base
+
+
 def _state(srv: Any, model_id: str) -> Any:
     return srv.operations.state.model("default", model_id).ready().read_state().result()
 
@@ -89,8 +100,8 @@ def _close(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> Non
         np.testing.assert_allclose(a[key], b[key], rtol=RTOL, atol=ATOL, err_msg=f"{what} {key}")
 
 
-def test_server_side_loss_matches_the_sdk_client_side_fallback(server: tuple[Any, Any, str]) -> None:
-    srv, sdk, base = server
+def test_server_side_loss_matches_the_sdk_client_side_fallback(any_server: tuple[Any, Any, str]) -> None:
+    srv, sdk, base = any_server
     handle = sdk.create_custom_loss(pairwise, RANKS).result(timeout=60)
     assert handle.loss_id is not None, "the server advertises custom_loss_server_side: the loss is uploaded"
     local = dataclasses.replace(handle, loss_id=None)  # the SDK's client-side fallback for the same graph
