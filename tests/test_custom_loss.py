@@ -203,6 +203,11 @@ def test_refused_uploads_store_nothing_and_bad_use_is_typed(server: tuple[Any, A
     assert good.status_code == 200, good.text
     loss_id = wire.result(good.json()["request_id"]).json()["loss_id"]
     assert loss_id == f"{session}:loss:0"
+    # a retry answers the original request; another body under the same seq id is a conflict
+    again = wire.post("create_custom_loss", {**body, "graph": graph})
+    assert again.json()["request_id"] == good.json()["request_id"], again.text
+    other = wire.post("create_custom_loss", {**body, "name": "renamed", "graph": graph})
+    assert other.status_code == 409 and "ConflictError" in other.json()["error"], other.text
     # another session's model cannot use it, and a datum without an input the loss reads is refused
     sdk = tinker.ServiceClient(base_url=srv.url, api_key=KEY)  # a session of its own
     handle = sdk.create_custom_loss(pairwise, RANKS).result(timeout=60)
@@ -219,3 +224,7 @@ def test_refused_uploads_store_nothing_and_bad_use_is_typed(server: tuple[Any, A
     state = _state(srv, tc.model_id)
     assert all(not np.any(g) for g in state.grads.values()), "a refused request changed the gradient"
     _close(dict(before), dict(state.weights), "weights")
+    # a session's losses go with it
+    assert wire.post(f"sessions/{session}/finish").status_code == 200
+    wire.post("create_custom_loss", {**body, "session_id": wire.session(), "graph": graph})
+    assert session not in srv.operations.custom_losses._losses
