@@ -228,3 +228,22 @@ def test_refused_uploads_store_nothing_and_bad_use_is_typed(server: tuple[Any, A
     assert wire.post(f"sessions/{session}/finish").status_code == 200
     wire.post("create_custom_loss", {**body, "session_id": wire.session(), "graph": graph})
     assert session not in srv.operations.custom_losses._losses
+
+
+def test_runtime_guards_refuse_python_blowups_and_oversized_steps() -> None:
+    """Valid nodes whose values would exhaust the server: refused before the step runs (CLG-3)."""
+    from tinker_std.custom_loss import run_graph
+
+    inputs, graph = _graph_json()
+    lp = torch.randn(5, requires_grad=True)
+    tensors = [lp, torch.randn(5), torch.ones(5), torch.tensor(0.5)]
+    nodes = graph["nodes"]
+    cases = {
+        "exponent": {"op": "call_function", "target": "operator.pow", "args": [10, 10**9]},
+        "string": {"op": "call_function", "target": "operator.mul", "args": ["a", 10**12]},
+        "broadcast": {"op": "call_method", "target": "expand", "args": [{"ref": "logprobs"}, 1 << 20, 5]},
+    }
+    for change in cases.values():
+        bad = {**graph, "nodes": [dict(n, **change) if n["name"] == "sub" else n for n in nodes]}
+        with pytest.raises(ValueError, match="node 'sub'"):
+            run_graph(validate_loss("pairwise", inputs, bad), tensors)

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ALLOWED_ATTRIBUTES", "ALLOWED_FUNCTIONS", "ALLOWED_METHODS", "MAX_NODES", "constant"]
+__all__ = [
+    "ALLOWED_ATTRIBUTES",
+    "ALLOWED_FUNCTIONS",
+    "ALLOWED_METHODS",
+    "MAX_NODES",
+    "PYTHON_FUNCTIONS",
+    "constant",
+]
 
 #: Most nodes a graph may have (placeholders and output included).
 MAX_NODES = 512
@@ -92,6 +99,12 @@ def _functions() -> dict[str, Callable[..., Any]]:
 
 #: wire name -> the function a ``call_function`` node runs
 ALLOWED_FUNCTIONS: dict[str, Callable[..., Any]] = _functions()
+
+#: The ``math`` and ``operator`` functions: on Python values (no tensor among the arguments) they
+#: run only on numbers (``execute`` checks), so ``"a" * 10**12`` or ``10 ** 10**9`` never runs.
+PYTHON_FUNCTIONS: frozenset[Any] = frozenset(
+    fn for name, fn in ALLOWED_FUNCTIONS.items() if name.startswith(("math.", "operator."))
+)
 
 #: ``call_method`` names, called on a ``torch.Tensor`` receiver only
 _NOT_METHODS = frozenset({"stack", "cat", "tensor", "as_tensor", "zeros_like", "ones_like", "full_like"})

@@ -10,6 +10,8 @@ same definition as the SDK's client-side ``run_loss_handle``, so both give the s
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +20,8 @@ import torch
 from tinker_std.errors import BadRequestError
 from tinker_std.types import Datum
 
-from .validate import LossGraph, Ref
+from .allowlist import PYTHON_FUNCTIONS
+from .validate import LossGraph, Ref, Step
 
 __all__ = ["check_graph_inputs", "graph_loss_fn", "run_graph"]
 
@@ -26,6 +29,9 @@ __all__ = ["check_graph_inputs", "graph_loss_fn", "run_graph"]
 #: (and at least ``_MIN_ELEMENTS``): broadcasting cannot grow memory without bound.
 _GROWTH = 64
 _MIN_ELEMENTS = 1 << 20
+#: Python numbers a ``math``/``operator`` step may take (and the largest integer exponent)
+_MAX_PY_INT = 1 << 62
+_MAX_PY_EXPONENT = 64
 
 
 def run_graph(graph: LossGraph, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -38,6 +44,7 @@ def run_graph(graph: LossGraph, tensors: list[torch.Tensor]) -> tuple[torch.Tens
         kwargs = {k: _resolve(env, v) for k, v in step.kwargs.items()}
         if "out" in kwargs:
             raise ValueError(f"node {step.name!r}: out= is not allowed (a custom loss writes no tensor in place)")
+        _check_before(step, args, kwargs, bound)
         if step.kind == "method":
             receiver = args[0]
             if not isinstance(receiver, torch.Tensor):
@@ -61,6 +68,55 @@ def run_graph(graph: LossGraph, tensors: list[torch.Tensor]) -> tuple[torch.Tens
             raise ValueError(f"metric {key!r} must be a scalar tensor")
         metrics[key] = value
     return loss, metrics
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    return [value]
+
+
+def _check_before(step: Step, args: list[Any], kwargs: dict[str, Any], bound: int) -> None:
+    """Refuse a step before it runs if it would compute on Python values other than bounded numbers
+    (a ``math``/``operator`` step without a tensor), or if its result, computed on the ``meta``
+    device (shapes only, no memory), would hold more than ``bound`` values."""
+    name, target = step.name, step.target
+    leaves = _leaves(args) + _leaves(kwargs)
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if not tensors:
+        if target in PYTHON_FUNCTIONS:
+            for leaf in leaves:
+                if not isinstance(leaf, int | float | bool) or (isinstance(leaf, int) and abs(leaf) > _MAX_PY_INT):
+                    raise ValueError(f"node {name!r}: math/operator steps on Python values take numbers only")
+            if target in (pow, math.pow, operator.pow) and len(args) == 2 and isinstance(args[1], int):
+                if abs(args[1]) > _MAX_PY_EXPONENT:
+                    raise ValueError(f"node {name!r}: an integer exponent above {_MAX_PY_EXPONENT}")
+        return
+    meta_args = [_to_meta(a) for a in args]
+    meta_kwargs = {k: _to_meta(v) for k, v in kwargs.items()}
+    try:
+        if step.kind == "method":
+            if not isinstance(meta_args[0], torch.Tensor):
+                return  # refused when it runs
+            out = getattr(meta_args[0], step.method)(*meta_args[1:], **meta_kwargs)
+        else:
+            out = target(*meta_args, **meta_kwargs)
+    except Exception:
+        return  # data-dependent shapes (masked_select, ...): the check after the step applies
+    if isinstance(out, torch.Tensor) and out.numel() > bound:
+        raise ValueError(f"node {name!r} would make {out.numel()} values; this datum allows at most {bound}")
+
+
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, list):
+        return [_to_meta(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_meta(v) for v in value)
+    return value
 
 
 def _resolve(env: Mapping[str, Any], arg: Any) -> Any:
