@@ -1,6 +1,7 @@
 """The OpenAI-compatible response bodies (pydantic), whole and as stream chunks, built from a
 ``generate.Generation``.
 
+A token is named by its text, or ``token_id:<id>`` when it is only part of a UTF-8 character.
 Completions (``object: text_completion``): ``logprobs`` is OpenAI's legacy shape, ``tokens``,
 ``token_logprobs``, ``top_logprobs`` (one ``{token: logprob}`` per token, or ``null`` with
 ``logprobs: 0``) and ``text_offset`` (each token's offset in ``text``). Chat
@@ -119,7 +120,10 @@ def usage_of(generations: list[Generation]) -> Usage:
 
 
 def _piece(tokenizer: Tokenizer, token: int) -> str:
-    return tokenizer.decode([token], skip_special_tokens=False)
+    """A token's text; ``token_id:<id>`` (vLLM's convention) for a token that is only part of a
+    UTF-8 character, whose text alone would be ``\ufffd`` for several tokens alike."""
+    text = tokenizer.decode([token], skip_special_tokens=False)
+    return f"token_id:{token}" if "\ufffd" in text else text
 
 
 def _legacy(
@@ -162,7 +166,7 @@ def completion_reply(
     logprobs: bool,
     echo: bool,
 ) -> CompletionReply:
-    choices = []
+    choices: list[CompletionChoice] = []
     for g in generations:
         prefix = "".join(g.prompt.deltas) if echo and g.prompt is not None else ""
         if echo and g.prompt is None:
@@ -251,10 +255,9 @@ def chat_chunks(
     reply: ChatReply, tokenizer: Tokenizer, generations: list[Generation], *, logprobs: bool, usage: bool
 ) -> Iterator[dict[str, Any]]:
     """The stream of ``reply`` (built from the same ``generations``)."""
-    head = {"id": reply.id, "created": reply.created, "model": reply.model}
 
     def chunk(choice: ChatChunkChoice) -> dict[str, Any]:
-        return ChatChunk(**head, choices=[choice]).model_dump(exclude_none=False)
+        return ChatChunk(id=reply.id, created=reply.created, model=reply.model, choices=[choice]).model_dump()
 
     for index, c in enumerate(generations[0].completions):
         yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
@@ -263,7 +266,9 @@ def chat_chunks(
             yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta), logprobs=lp))
         yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=c.finish_reason))
     if usage:
-        yield ChatChunk(**head, choices=[], usage=reply.usage).model_dump()
+        yield ChatChunk(
+            id=reply.id, created=reply.created, model=reply.model, choices=[], usage=reply.usage
+        ).model_dump()
 
 
 def _dump(model: BaseModel | None) -> Any:

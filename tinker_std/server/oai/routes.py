@@ -176,7 +176,8 @@ def _validated(kind: type[BaseModel], body: Any) -> Any:
     try:
         return kind.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()  # the deepest location is the most specific (a union reports each member)
+        first = max(errors, key=lambda e: _depth(e["loc"]))
         raise BadRequestError(_field_of(first["loc"]) or "body", first["msg"]) from None
 
 
@@ -190,6 +191,10 @@ def _field_of(loc: tuple[Any, ...]) -> str:
         elif isinstance(part, str) and part.isidentifier() and part not in _UNION_TAGS:
             out += f".{part}" if out else part
     return out
+
+
+def _depth(loc: tuple[Any, ...]) -> int:
+    return sum(1 for part in loc if isinstance(part, int) or (part.isidentifier() and part not in _UNION_TAGS))
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "text"}
