@@ -291,7 +291,7 @@ def test_chat_refuses_what_it_does_not_implement(world: World, field: str, extra
     assert refused.value.param == field, refused.value.body
 
 
-def test_chat_without_a_template_keys_and_models(world: World) -> None:
+def test_chat_without_a_template_keys_limits_and_models(world: World) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client(world).chat.completions.create(model=world.base, messages=[{"role": "user", "content": "hi"}])
     assert refused.value.param == "messages" and "chat template" in refused.value.message
@@ -300,6 +300,13 @@ def test_chat_without_a_template_keys_and_models(world: World) -> None:
     with pytest.raises(openai.NotFoundError) as unknown:
         client(world).completions.create(model="no-such-model", prompt="x")
     assert unknown.value.param == "model"
+    for field, code, extra in [
+        ("n", "LimitExceededError", {"n": 100_000}),
+        ("max_tokens", "ContextLengthError", {"max_tokens": 10_000}),
+    ]:
+        with pytest.raises(openai.BadRequestError) as limited:  # the library's checks, named as OpenAI names them
+            client(world).completions.create(model=world.base, prompt="x", **extra)
+        assert (limited.value.param, limited.value.code) == (field, code), limited.value.body
     listed = [m.id for m in client(world).models.list()]
     assert world.service.get_server_capabilities().supported_models[0].model_name in listed
     raw = httpx.post(world.url + "/oai/api/v1/completions", content=b"{", headers={"X-API-Key": KEY})

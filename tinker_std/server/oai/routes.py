@@ -44,6 +44,8 @@ _ERROR_TYPES = {
     404: "not_found_error",
     429: "rate_limit_error",
 }
+#: The OpenAI name of a field the sampling library names otherwise.
+_LIBRARY_FIELDS = {"num_samples": "n", "topk_sample_logprobs": "logprobs", "topk_prompt_logprobs": "logprobs"}
 #: A completion's ``max_tokens`` when the request gives none (OpenAI's default).
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
@@ -141,6 +143,16 @@ class _OaiApi:
         max_tokens = req.max_tokens
         if max_tokens is None and isinstance(req, CompletionRequest):
             max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
+        try:
+            return self._sample(client, req, prompts, k, max_tokens, echo_logprobs)
+        except BadRequestError as exc:  # the library names its own fields: name the OpenAI one
+            renamed = _LIBRARY_FIELDS.get(exc.field, exc.field.removeprefix("sampling_params."))
+            exc.field, exc.args = renamed, (f"{renamed}: {exc.problem}",)
+            raise
+
+    def _sample(
+        self, client: Any, req: Any, prompts: list[list[int]], k: int, max_tokens: int | None, echo_logprobs: bool
+    ) -> list[Generation]:
         return generate(
             client,
             prompts,
