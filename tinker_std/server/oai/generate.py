@@ -9,8 +9,10 @@ completion the way OpenAI's API defines it.
 - ``stop``: OpenAI stops at the end-of-sequence token *and* at each stop string, and the text
   excludes the stop string. tinker-std's explicit stop strings replace EOS (SMP-4), so a
   completion is cut here at its first EOS token, then its text at the first stop string.
-- The EOS token is not part of a completion's text or logprobs; the tokens that spelled a stop
-  string are in the logprobs, but the string is not in the text.
+- The EOS token that ended a completion is in its logprobs (and ``usage``), not in its text; the
+  tokens that spelled a stop string are in the logprobs, but the string is not in the text. (An
+  echo-scoring harness such as lm-eval drops the last logprob as the generated one: it must be
+  there even when the model chose EOS.)
 - ``finish_reason`` is ``"stop"`` when EOS or a stop string ended the completion, else
   ``"length"``.
 - ``Completion.deltas``: per kept token, the text it adds; joined, they are exactly ``text`` (a
@@ -116,7 +118,7 @@ def _cut(tokenizer: Tokenizer, seq: Any, stop: list[str], with_top: bool) -> Com
     finish: FinishReason = "stop" if seq.stop_reason == "stop" else "length"
     eos = tokenizer.eos_token_id
     if eos is not None and eos in tokens:
-        keep = tokens.index(eos)
+        keep = tokens.index(eos) + 1
         tokens, logprobs, finish = tokens[:keep], logprobs[:keep], "stop"
         top = None if top is None else top[:keep]
     text = tokenizer.decode(tokens, skip_special_tokens=True)
