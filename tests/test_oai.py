@@ -84,14 +84,14 @@ def test_completion_equals_the_servers_own_sample_and_logprobs(world: World) -> 
     tok = sampler.get_tokenizer()
     prompt = "def add(a, b):"
     got = client(world).completions.create(
-        model=world.base, prompt=prompt, max_tokens=12, temperature=0.9, seed=11, logprobs=3
+        model=world.base, prompt=prompt, max_tokens=12, temperature=0.9, top_p=0.8, seed=11, logprobs=3
     )
     (choice,) = got.choices
     want = (
         sampler.sample(
             ts.ModelInput.from_ints(tok.encode(prompt)),
             1,
-            ts.SamplingParams(max_tokens=12, temperature=0.9, seed=11),
+            ts.SamplingParams(max_tokens=12, temperature=0.9, top_p=0.8, seed=11),
             topk_sample_logprobs=3,
         )
         .result()

@@ -24,4 +24,4 @@ __all__ = ["OAI_PREFIX", "oai_routes"]
 def oai_routes(operations: WireService, tenants: Tenants, max_body_bytes: int) -> list[Route]:
     """The OpenAI-compatible routes over ``operations``' service, checkpoints and quotas."""
     models = OaiModels(operations.service, operations.checkpoints)
-    return _routes(models, tenants, operations.futures, max_body_bytes)
+    return _routes(models, tenants, operations.futures, max_body_bytes, lambda: operations.closing)

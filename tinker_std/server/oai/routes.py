@@ -50,9 +50,12 @@ _LIBRARY_FIELDS = {"num_samples": "n", "topk_sample_logprobs": "logprobs", "topk
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 
 
-def oai_routes(models: OaiModels, tenants: Tenants, futures: FutureStore, max_body_bytes: int) -> list[Route]:
-    """The routes, served by the server's ASGI app beside the Tinker API's."""
-    api = _OaiApi(models, tenants, futures, max_body_bytes)
+def oai_routes(
+    models: OaiModels, tenants: Tenants, futures: FutureStore, max_body_bytes: int, closing: Callable[[], bool]
+) -> list[Route]:
+    """The routes, served by the server's ASGI app beside the Tinker API's; while ``closing()``
+    every request is answered 503 (retryable), as the Tinker API's are."""
+    api = _OaiApi(models, tenants, futures, max_body_bytes, closing)
     return [
         Route(f"{OAI_PREFIX}/completions", api.completions, methods=["POST"]),
         Route(f"{OAI_PREFIX}/chat/completions", api.chat_completions, methods=["POST"]),
@@ -61,8 +64,16 @@ def oai_routes(models: OaiModels, tenants: Tenants, futures: FutureStore, max_bo
 
 
 class _OaiApi:
-    def __init__(self, models: OaiModels, tenants: Tenants, futures: FutureStore, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        models: OaiModels,
+        tenants: Tenants,
+        futures: FutureStore,
+        max_body_bytes: int,
+        closing: Callable[[], bool],
+    ) -> None:
         self.models, self.tenants, self.futures, self.max_body_bytes = models, tenants, futures, max_body_bytes
+        self.closing = closing
 
     async def list_models(self, request: Request) -> Response:
         if self._tenant(request) is None:
@@ -84,6 +95,9 @@ class _OaiApi:
         tenant = self._tenant(request)
         if tenant is None:
             return _error(401, "invalid API key (send it as Authorization: Bearer <key>)", None, "AuthenticationError")
+        request.scope.setdefault("state", {})["tenant"] = tenant  # for the access log
+        if self.closing():
+            return _error(503, "ServerShutdown: the server is shutting down; retry", None, "ServerShutdown")
         try:
             body = await read_json_body(request, self.max_body_bytes)
             parsed = _validated(kind, body)
