@@ -254,6 +254,7 @@ def test_a_sampler_path_serves_the_trained_weights_and_only_to_its_tenant(world:
         ("guided_json", {"extra_body": {"guided_json": {}}}),
         ("max_tokens", {"max_tokens": 0}),
         ("n", {"n": 0}),
+        ("n", {"n": True}),  # strict: not coerced to 1
         ("top_p", {"top_p": 0.0}),
         ("stop", {"stop": ["a", "b", "c", "d", "e"]}),
     ],
@@ -279,6 +280,8 @@ def test_completions_refuse_what_they_do_not_implement(world: World, field: str,
         ("messages[0].role", {"messages": [{"role": "tool", "content": "x"}]}),
         ("reasoning_effort", {"reasoning_effort": "high"}),
         ("messages[0].tool_call_id", {"messages": [{"role": "user", "content": "x", "tool_call_id": "1"}]}),
+        ("messages[0].name", {"messages": [{"role": "user", "content": "x", "name": "bob"}]}),  # TEMPLATE has no names
+        ("logprobs", {"logprobs": 1}),  # strict: a bool field, not coerced
         ("echo", {"extra_body": {"echo": True}}),
     ],
 )

@@ -99,8 +99,7 @@ class _OaiApi:
         if self.closing():
             return _error(503, "ServerShutdown: the server is shutting down; retry", None, "ServerShutdown")
         try:
-            body = await read_json_body(request, self.max_body_bytes)
-            parsed = _validated(kind, body)
+            parsed = _validated(kind, await read_body(request, self.max_body_bytes))
             self.futures.check_capacity(tenant)
             return await run_in_threadpool(run, parsed, tenant)
         except TinkerError as exc:
@@ -138,9 +137,15 @@ class _OaiApi:
             raise BadRequestError(
                 "messages", f"the tokenizer of {req.model!r} has no chat template; use /completions with a prompt"
             )
-        text = tokenizer.apply_chat_template(
-            [m.template_dict() for m in req.messages], add_generation_prompt=True, tokenize=False
-        )
+        for i, message in enumerate(req.messages):
+            if message.name is not None and "name" not in str(tokenizer.chat_template):
+                raise BadRequestError(f"messages[{i}].name", f"the chat template of {req.model!r} does not use names")
+        try:
+            text = tokenizer.apply_chat_template(
+                [m.template_dict() for m in req.messages], add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # a template's own raise_exception (e.g. an unsupported role), a jinja error
+            raise BadRequestError("messages", f"the chat template of {req.model!r} refused them: {exc}") from None
         prompt = list(tokenizer.encode(text, add_special_tokens=False))
         k = (req.top_logprobs or 0) if req.logprobs else 0
         generations = self._generate(client, req, [prompt], k, echo_logprobs=False)
@@ -181,26 +186,23 @@ class _OaiApi:
         )
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request's JSON body; ``BadRequestError`` on ``body`` if it is over ``limit`` bytes or not
-    JSON (the transport's ``BodySizeLimit`` already refused an over-long ``Content-Length``)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body; ``BadRequestError`` on ``body`` if it is over ``limit`` bytes (the
+    transport's ``BodySizeLimit`` already refused an over-long ``Content-Length``)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BadRequestError("body", f"request body over {limit} bytes")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError as exc:
-        raise BadRequestError("body", f"not JSON: {exc}") from None
+    return b"".join(chunks)
 
 
-def _validated(kind: type[BaseModel], body: Any) -> Any:
-    if not isinstance(body, dict):
-        raise BadRequestError("body", "must be a JSON object")
+def _validated(kind: type[BaseModel], raw: bytes) -> Any:
+    """``raw`` JSON as a ``kind``, strictly (``"n": true`` or ``"stream": "yes"`` is refused, not
+    coerced); the field of the most specific problem is named."""
     try:
-        return kind.model_validate(body)
+        return kind.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = exc.errors()  # the deepest location is the most specific (a union reports each member)
         first = max(errors, key=lambda e: _depth(e["loc"]))
