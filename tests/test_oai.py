@@ -312,3 +312,22 @@ def test_chat_without_a_template_keys_limits_and_models(world: World) -> None:
     assert world.service.get_server_capabilities().supported_models[0].model_name in listed
     raw = httpx.post(world.url + "/oai/api/v1/completions", content=b"{", headers={"X-API-Key": KEY})
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "body"
+
+
+def _sampled_tokens(world: World, tenant: str) -> float:
+    text = httpx.get(world.url + "/metrics", headers={"X-API-Key": KEY}).text
+    for line in text.splitlines():
+        if line.startswith(f'tinker_std_sampled_tokens_total{{tenant="{tenant}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_requests_count_in_the_tenants_metrics_and_quota(world: World) -> None:
+    before = _sampled_tokens(world, "alice")
+    reply = client(world).completions.create(model=world.base, prompt="x", max_tokens=5, n=2, seed=0)
+    assert _sampled_tokens(world, "alice") - before == reply.usage.completion_tokens  # no stop strings: the same
+    with TinkerServer(world.service, api_key=KEY, max_queued_per_tenant=0) as full:  # every request over quota
+        oai = openai.OpenAI(base_url=full.url + "/oai/api/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:
+            oai.completions.create(model=world.base, prompt="x", max_tokens=2)
+        assert refused.value.code == "TenantQueueFull"

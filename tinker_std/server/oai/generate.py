@@ -21,6 +21,7 @@ completion the way OpenAI's API defines it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -74,8 +75,11 @@ def generate(
     stop: list[str],
     top_logprobs: int,
     echo_logprobs: bool,
+    track: Callable[[Future[SampleResponse]], None] = lambda future: None,
 ) -> list[Generation]:
-    """Sample ``n`` completions of every prompt (all requests in flight at once; blocking)."""
+    """Sample ``n`` completions of every prompt (all requests in flight at once; blocking). Each
+    sampling request's future is passed to ``track`` (the server counts it against the tenant's
+    quota and in its metrics)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop or None)
     futures: list[Future[SampleResponse]] = [
         client.sample(
@@ -88,6 +92,8 @@ def generate(
         ).future()
         for tokens in prompts
     ]
+    for future in futures:
+        track(future)
     tokenizer = client.get_tokenizer()
     out = []
     for tokens, future in zip(prompts, futures, strict=True):

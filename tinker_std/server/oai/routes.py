@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -110,7 +111,9 @@ class _OaiApi:
         tokenizer = client.get_tokenizer()
         prompts = _prompt_tokens(tokenizer, req.prompt)
         k = req.logprobs or 0
-        generations = self._generate(client, req, prompts, k, echo_logprobs=req.echo and req.logprobs is not None)
+        generations = self._generate(
+            client, req, prompts, k, tenant, echo_logprobs=req.echo and req.logprobs is not None
+        )
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         reply = completion_reply(
             tokenizer,
@@ -148,7 +151,7 @@ class _OaiApi:
             raise BadRequestError("messages", f"the chat template of {req.model!r} refused them: {exc}") from None
         prompt = list(tokenizer.encode(text, add_special_tokens=False))
         k = (req.top_logprobs or 0) if req.logprobs else 0
-        generations = self._generate(client, req, [prompt], k, echo_logprobs=False)
+        generations = self._generate(client, req, [prompt], k, tenant, echo_logprobs=False)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         reply = chat_reply(tokenizer, generations, rid=rid, created=created, model=req.model, logprobs=req.logprobs)
         if not req.stream:
@@ -157,20 +160,27 @@ class _OaiApi:
         return _sse(chat_chunks(reply, tokenizer, generations, logprobs=req.logprobs, usage=usage))
 
     def _generate(
-        self, client: Any, req: Any, prompts: list[list[int]], k: int, *, echo_logprobs: bool
+        self, client: Any, req: Any, prompts: list[list[int]], k: int, tenant: str, *, echo_logprobs: bool
     ) -> list[Generation]:
         max_tokens = req.max_tokens
         if max_tokens is None and isinstance(req, CompletionRequest):
             max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
         try:
-            return self._sample(client, req, prompts, k, max_tokens, echo_logprobs)
+            return self._sample(client, req, prompts, k, max_tokens, tenant, echo_logprobs)
         except BadRequestError as exc:  # the library names its own fields: name the OpenAI one
             renamed = _LIBRARY_FIELDS.get(exc.field, exc.field.removeprefix("sampling_params."))
             exc.field, exc.args = renamed, (f"{renamed}: {exc.problem}",)
             raise
 
     def _sample(
-        self, client: Any, req: Any, prompts: list[list[int]], k: int, max_tokens: int | None, echo_logprobs: bool
+        self,
+        client: Any,
+        req: Any,
+        prompts: list[list[int]],
+        k: int,
+        max_tokens: int | None,
+        tenant: str,
+        echo_logprobs: bool,
     ) -> list[Generation]:
         return generate(
             client,
@@ -183,7 +193,14 @@ class _OaiApi:
             stop=req.stop_strings(),
             top_logprobs=k,
             echo_logprobs=echo_logprobs,
+            track=lambda future: self._track(future, tenant),
         )
+
+    def _track(self, future: Future[Any], tenant: str) -> None:
+        """Count a sampling request against ``tenant``'s quota (LIM-6) and in the metrics while it
+        runs, as the Tinker API's ``asample`` does; it is not kept for ``retrieve_future`` after."""
+        request_id = self.futures.store(future, "sample", tenant)
+        future.add_done_callback(lambda _: self.futures.forget(request_id))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
