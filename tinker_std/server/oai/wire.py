@@ -78,8 +78,6 @@ class _Request(BaseModel):
             allowed = _NOOP_DEFAULTS.get(name)
             if allowed is not None and getattr(self, name) not in allowed:
                 raise BadRequestError(name, f"{name}={getattr(self, name)!r} is not supported by tinker-std serve")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise BadRequestError("stop", "at most 4 stop sequences")
         for text in [self.stop] if isinstance(self.stop, str) else self.stop or []:
             if not text:
                 raise BadRequestError("stop", "a stop sequence must not be empty")
