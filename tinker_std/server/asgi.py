@@ -112,7 +112,10 @@ def create_app(
             operations.close()
 
     app = Starlette(
-        routes=[_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()],
+        routes=[
+            *operations.external.routes(tenants),  # external weights: signed download URLs
+            *(_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()),
+        ],
         middleware=[
             Middleware(AccessLog),
             Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),
