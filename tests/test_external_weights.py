@@ -106,9 +106,9 @@ def test_export_is_a_peft_adapter_with_the_servers_logprobs(served: Served, trai
     worst = max(abs(a - b) for a, b in zip(server_lp, reference, strict=True))
     assert worst <= TOLERANCE, f"peft vs the server's sampler: max |diff| {worst:.2e}"
     # The check can fail: the trained adapter moved the logprobs well away from the base model's.
-    base_sampler = tinker.ServiceClient(base_url=served.url, api_key=KEY_A).create_sampling_client(
-        base_model=served.base
-    ).result()
+    base_sampler = (
+        tinker.ServiceClient(base_url=served.url, api_key=KEY_A).create_sampling_client(base_model=served.base).result()
+    )
     base_lp = base_sampler.compute_logprobs(tinker.ModelInput.from_ints(TOKENS)).result()[1:]
     assert max(abs(a - b) for a, b in zip(base_lp, reference, strict=True)) > 100 * TOLERANCE
 
@@ -165,3 +165,21 @@ def test_age_recipients_encrypt_every_file(served: Served, trained: Any, tmp_pat
         assert pyrage.decrypt(ciphertext, [identity]) == (tmp_path / "plain" / name).read_bytes()
     with pytest.raises(tinker.RequestFailedError, match="BadRequestError: age_encryption_recipients"):
         trained.save_weights_external("bad", age_encryption_recipients=["age1notakey"]).result()
+
+
+def test_an_expired_export_is_deleted_with_its_files(served: Served, trained: Any) -> None:
+    from tinker_std.server.checkpoint_files import EXTERNAL_SCHEME, external_root
+
+    path = trained.save_weights_external("short", ttl_seconds=3600).result().path
+    url = tinker.RestClient(base_url=served.url, api_key=KEY_A).get_external_weights_urls(path).result().urls
+    operations = served.server.app.state.operations
+    record = operations.records.checkpoint("alice", trained.model_id, "external_weights/short")
+    root = external_root(operations.service)
+    assert root is not None and record is not None
+    folder = root / record.backend_path.removeprefix(EXTERNAL_SCHEME)
+    assert folder.is_dir()
+    operations.records.set_expiry("alice", trained.model_id, "external_weights/short", 1.0)  # long past
+    assert status_of(url["adapter_config.json"]) == 404  # refused before the reaper runs
+    operations.reap()
+    assert not folder.exists()
+    assert operations.records.checkpoint("alice", trained.model_id, "external_weights/short") is None
