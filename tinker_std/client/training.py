@@ -158,6 +158,7 @@ class TrainingClient:
         """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1);
         ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("weights", name)
+        _check_overwrite(overwrite)
         check_ttl(self.session, ttl_seconds)
         check_user_metadata(self.session, user_metadata)
 
@@ -178,6 +179,7 @@ class TrainingClient:
         """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2);
         ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("sampler_weights", name)
+        _check_overwrite(overwrite)
         check_ttl(self.session, ttl_seconds)
         check_user_metadata(self.session, user_metadata)
 
@@ -287,3 +289,10 @@ class TrainingClient:
 
     async def get_info_async(self) -> GetInfoResponse:
         return self.get_info()
+
+
+def _check_overwrite(overwrite: Any) -> None:
+    """``overwrite`` must be a bool: the SDK's ``save_weights_for_sampler`` takes ``user_metadata``
+    third, so a dict passed positionally lands here and must not read as ``True``."""
+    if not isinstance(overwrite, bool):
+        raise BadRequestError("overwrite", f"must be a bool, got {type(overwrite).__name__}")
