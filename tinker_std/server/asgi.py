@@ -114,6 +114,7 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *operations.external.routes(tenants),  # external weights: signed download URLs
             *(_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()),
             *oai_routes(operations, tenants, max_body_bytes),
         ],
