@@ -28,6 +28,7 @@ from tinker_std.client.service import ServiceClient
 
 from .checkpoint_files import CheckpointFiles
 from .custom_loss_routes import CustomLossRoutes
+from .external_weights import ExternalWeights
 from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
@@ -70,9 +71,16 @@ class WireService:
         self.futures = FutureStore(max_queued_per_tenant)
         self.checkpoints = CheckpointFiles(service, self.records)
         self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
+        self.external = ExternalWeights(service, self.records, self.checkpoints)
         self.custom_losses = CustomLossRoutes(self.state, self.futures)
         self.training = TrainingRoutes(
-            service, self.state, self.futures, self.records, self.checkpoints, self.custom_losses
+            service,
+            self.state,
+            self.futures,
+            self.records,
+            self.checkpoints,
+            self.external,
+            custom_losses=self.custom_losses,
         )
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)
