@@ -11,7 +11,15 @@ from . import types
 from .backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from .capabilities import Capabilities
 from .checkpoints import CheckpointStore
-from .client import RestClient, SamplingClient, ServiceClient, TrainingClient
+from .client import (
+    BackcompatSamplingClientFuture,
+    BackcompatTrainingClientFuture,
+    LossHandle,
+    RestClient,
+    SamplingClient,
+    ServiceClient,
+    TrainingClient,
+)
 from .errors import (
     BackendValidationError,
     BadRequestError,
@@ -71,6 +79,8 @@ __all__ = [
     "AdamOptimizerConfig",
     "AdamParams",
     "AdapterState",
+    "BackcompatSamplingClientFuture",
+    "BackcompatTrainingClientFuture",
     "Backend",
     "BackendValidationError",
     "IncompatibleEnvironmentError",
@@ -93,6 +103,7 @@ __all__ = [
     "Limits",
     "LoraConfig",
     "LossFnType",
+    "LossHandle",
     "ModelData",
     "ModelID",
     "ModelInput",

@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
-from ..futures import APIFuture
 from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
+from .backcompat import BackcompatSamplingClientFuture, BackcompatTrainingClientFuture
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
 from .session import DEFAULT_MAX_CHUNK_DATUMS, BackendSession
@@ -117,7 +117,7 @@ class ServiceClient:
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
         optimizer: AdamOptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9).
         ``user_metadata`` is refused in process (CKPT-13)."""
         _refuse_metadata(user_metadata)
@@ -136,18 +136,18 @@ class ServiceClient:
         async def run(backend: Backend) -> TrainingClient:
             return TrainingClient(self.session, await backend.create_model(base_model, lora))
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4)."""
         _refuse_metadata(user_metadata)
         return self._load(validate_checkpoint_path(path), base_model, with_optimizer=False)
 
     def _load(
         self, path: ParsedCheckpointTinkerPath, base_model: str | None, with_optimizer: bool
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         async def run(backend: Backend) -> TrainingClient:
             spec = await backend.load_model(path, with_optimizer=with_optimizer)
             if base_model is not None and spec.base_model != base_model:
@@ -157,11 +157,11 @@ class ServiceClient:
                 )
             return TrainingClient(self.session, spec)
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state_with_optimizer(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5)."""
         _refuse_metadata(user_metadata)
         parsed = validate_checkpoint_path(path)
@@ -173,10 +173,12 @@ class ServiceClient:
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
-    ) -> APIFuture[SamplingClient]:
+    ) -> BackcompatSamplingClientFuture:
         """A sampler over saved weights (``model_path``) or the plain ``base_model`` (SMP-15;
         ``sampling.create_sampling_client``); ``record_stability_info``: SDK-3."""
-        return create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        return BackcompatSamplingClientFuture(
+            create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        )
 
     # -- checkpoint management --------------------------------------------------------------
 
