@@ -151,7 +151,9 @@ def probe_inflight(ctx: Ctx) -> None:
     ``optim_step``'s weights; an older one follows a newer save; a snapshot stays put."""
     tc = _training(ctx)
     prompt = types.ModelInput.from_ints(PROMPT)
-    datum = types.Datum(model_input=types.ModelInput.from_ints(PROMPT[:-1]), loss_fn_inputs={"target_tokens": PROMPT[1:]})
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(PROMPT[:-1]), loss_fn_inputs={"target_tokens": PROMPT[1:]}
+    )
 
     def step() -> None:
         tc.forward_backward([datum], "cross_entropy").result()

@@ -68,9 +68,7 @@ def check_handle_inputs(handle: Any, data: list[Datum]) -> None:
     for i, datum in enumerate(data):
         for loss_input, key in [(logprobs, "target_tokens"), *((x, str(x.name)) for x in inputs)]:
             if key not in datum.loss_fn_inputs:
-                raise BadRequestError(
-                    f"data[{i}].loss_fn_inputs.{key}", f"missing; loss {handle.name!r} takes {key!r}"
-                )
+                raise BadRequestError(f"data[{i}].loss_fn_inputs.{key}", f"missing; loss {handle.name!r} takes {key!r}")
             rank = len(datum.loss_fn_inputs[key].resolved_shape)
             if rank != int(loss_input.rank):
                 raise BadRequestError(
