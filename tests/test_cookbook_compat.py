@@ -351,4 +351,6 @@ def test_cookbook_on_policy_distillation_from_a_teacher_checkpoint(served: Serve
     kls = [r["teacher_kl"] for r in rows]
     assert all(math.isfinite(k) for k in kls), kls
     # On-policy samples of the base model score higher under it than under the SL-trained teacher.
-    assert kls[0] > 0.05, kls
+    # Measured: teacher_kl 7.08, 6.35 (a teacher served from the base model would give 0 at step 0);
+    # sample/train KL (v2) 0.0 on both steps; about 2 s of training after the SL fixture.
+    assert kls[0] > 1.0, kls
