@@ -311,7 +311,9 @@ teacher = TeacherConfig(base_model=cfg["model"], load_checkpoint_path=cfg["teach
 config = train_on_policy.Config(
     recipe_name="recipe_distillation_on_policy",
     learning_rate=1e-3,
-    dataset_configs=[DistillationDatasetConfig(dataset_builder=builder, teacher_config=teacher, groups_per_batch=cfg["groups"])],
+    dataset_configs=[
+        DistillationDatasetConfig(dataset_builder=builder, teacher_config=teacher, groups_per_batch=cfg["groups"])
+    ],
     model_name=cfg["model"],
     renderer_name="role_colon",
     lora_rank=8,

@@ -5,7 +5,9 @@ Before SDK 0.38, ``ServiceClient.create_lora_training_client`` (and the other cl
 methods) returned the client itself; since then they return a future of it. The SDK's futures of
 clients may still be used as the client, deprecated: every attribute read and method call on the
 future waits for the client and forwards to it, with a ``FutureWarning``. tinker-std returns the
-same two classes from the same methods, so code written either way runs unchanged.
+same two classes from the same methods, so code written either way runs unchanged
+(``BackcompatTrainingClientFuture`` lives in ``client/service.py``, next to the methods that
+return it, so that this module needs no ``TrainingClient``).
 
 The future half is ``APIFuture`` (ORD: ``result``, ``result_async``, ``await``); only names the
 future itself does not have are forwarded. Unlike the SDK's wrappers, these are not instances of
@@ -15,14 +17,12 @@ future itself does not have are forwarded. Unlike the SDK's wrappers, these are 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..futures import APIFuture
+from .sampling import SamplingClient
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["BackcompatClientFuture", "BackcompatSamplingClientFuture", "BackcompatTrainingClientFuture"]
+__all__ = ["BackcompatClientFuture", "BackcompatSamplingClientFuture"]
 
 C = TypeVar("C")
 
@@ -58,11 +58,6 @@ class BackcompatClientFuture(APIFuture[C]):
         return f"<{type(self).__name__}: {state}>"
 
 
-class BackcompatTrainingClientFuture(BackcompatClientFuture["TrainingClient"]):
-    """What ``ServiceClient.create_lora_training_client`` and ``create_training_client_from_state*``
-    return: a future of the ``TrainingClient``, usable (deprecated) as the client itself."""
-
-
-class BackcompatSamplingClientFuture(BackcompatClientFuture["SamplingClient"]):
+class BackcompatSamplingClientFuture(BackcompatClientFuture[SamplingClient]):
     """What ``create_sampling_client`` and ``save_weights_and_get_sampling_client`` return: a
     future of the ``SamplingClient``, usable (deprecated) as the client itself."""

@@ -16,7 +16,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
-from .backcompat import BackcompatSamplingClientFuture, BackcompatTrainingClientFuture
+from .backcompat import BackcompatClientFuture, BackcompatSamplingClientFuture
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
 from .session import DEFAULT_MAX_CHUNK_DATUMS, BackendSession
@@ -30,6 +30,12 @@ def _bad_request(exc: ValidationError, prefix: str = "") -> BadRequestError:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or prefix
     return BadRequestError(f"{prefix}{field}" if prefix and field != prefix else field, first["msg"])
+
+
+class BackcompatTrainingClientFuture(BackcompatClientFuture[TrainingClient]):
+    """What ``create_lora_training_client`` and ``create_training_client_from_state*`` return: a
+    future of the ``TrainingClient``, usable (deprecated) as the client itself
+    (``client/backcompat.py``)."""
 
 
 class ServiceClient:
