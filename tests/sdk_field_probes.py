@@ -174,6 +174,10 @@ def probe_inflight(ctx: Ctx) -> None:
     assert w2 != pytest.approx(w1, abs=1e-4), "training did not move the probe"
     assert scored(old) == w2, "an older inflight sampler did not follow the newer save (INF-2)"
     assert scored(snapshot) == w1, "an inflight save moved a snapshot (INF-4)"
+    copy = tinker.SamplingClient.from_sampler_handle(old.get_sampler_handle(), api_key=KEY)
+    step()
+    tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    assert scored(copy) == scored(new) != w2, "a handle's client of an inflight session follows it too (INF-7)"
 
 
 def probe_dimuon(ctx: Ctx) -> None:

@@ -168,12 +168,13 @@ class InflightHandleMock(PatchingMock):
         replace(inflight.InflightSamplingClient, "__reduce__", make_reduce)
 
 
-def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = ()) -> Mutant:
+def _m(cls: type, statement: str, test: str, also: tuple[str, ...] = (), slow: bool = False) -> Mutant:
     return Mutant(
         backend=f"mutants.inflight:{cls.__name__}",
         statement=statement,
         selection=(f"tinker_std.conformance.test_inflight::{test}",),
         also=frozenset(also),
+        slow=slow,
     )
 
 
@@ -184,8 +185,9 @@ MUTANTS = [
     _m(InflightBaseWeightsMock, "INF-1", FOLLOW, also=("INF-2", "INF-3")),
     _m(InflightPinnedMock, "INF-2", FOLLOW, also=("INF-1",)),
     _m(InflightFollowsOptimStepMock, "INF-3", FOLLOW),
-    _m(SnapshotIsInflightMock, "INF-4", ALONE),
-    _m(SharedInflightTargetMock, "INF-5", ALONE),
-    _m(UnknownKindIsSnapshotMock, "INF-6", "test_an_unknown_sampler_kind_is_refused"),
-    _m(InflightHandleMock, "INF-7", "test_an_inflight_sampler_has_no_handle"),
+    # the default tier runs the three that define which weights are served; the rest run in the slow tier
+    _m(SnapshotIsInflightMock, "INF-4", ALONE, slow=True),
+    _m(SharedInflightTargetMock, "INF-5", ALONE, slow=True),
+    _m(UnknownKindIsSnapshotMock, "INF-6", "test_an_unknown_sampler_kind_is_refused", slow=True),
+    _m(InflightHandleMock, "INF-7", "test_an_inflight_sampler_has_no_handle", slow=True),
 ]
