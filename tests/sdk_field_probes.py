@@ -147,8 +147,37 @@ def probe_stable_reinforce_provenance(ctx: Ctx) -> None:
 
 
 def probe_inflight(ctx: Ctx) -> None:
+    """INF-1..INF-3 over the server: an inflight sampler serves the newest inflight save, not
+    ``optim_step``'s weights; an older one follows a newer save; a snapshot stays put."""
     tc = _training(ctx)
-    _refused(lambda: tc.save_weights_and_get_sampling_client(kind="inflight"), "kind")
+    prompt = types.ModelInput.from_ints(PROMPT)
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(PROMPT[:-1]), loss_fn_inputs={"target_tokens": PROMPT[1:]}
+    )
+
+    def step() -> None:
+        tc.forward_backward([datum], "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=0.05)).result()
+
+    def scored(sc: Any) -> list[float]:
+        return sc.compute_logprobs(prompt).result()[1:]
+
+    step()
+    old = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    snapshot = tc.save_weights_and_get_sampling_client().result()
+    w1 = scored(old)
+    assert w1 == scored(snapshot)
+    step()
+    assert scored(old) == w1, "optim_step moved the inflight weights (INF-3)"
+    new = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    w2 = scored(new)
+    assert w2 != pytest.approx(w1, abs=1e-4), "training did not move the probe"
+    assert scored(old) == w2, "an older inflight sampler did not follow the newer save (INF-2)"
+    assert scored(snapshot) == w1, "an inflight save moved a snapshot (INF-4)"
+    copy = tinker.SamplingClient.from_sampler_handle(old.get_sampler_handle(), api_key=KEY)
+    step()
+    tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    assert scored(copy) == scored(new) != w2, "a handle's client of an inflight session follows it too (INF-7)"
 
 
 def probe_dimuon(ctx: Ctx) -> None:

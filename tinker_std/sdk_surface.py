@@ -212,7 +212,10 @@ FIELDS: dict[str, FieldRule] = {
     "SaveWeightsForSamplerRequest.sampling_session_seq_id": FieldRule(
         "descriptive", "the SDK's counter for the snapshot sampler it asks for; the server names samplers itself"
     ),
-    "SaveWeightsForSamplerRequest.kind": _r("only 'snapshot': kind='inflight' is a BadRequestError naming kind"),
+    "SaveWeightsForSamplerRequest.kind": _e(
+        "'inflight': samplers that serve the training client's newest inflight save; a path with it is refused",
+        "INF-1",
+    ),
     "SaveWeightsForSamplerRequest.seq_id": _e(ORDER, "ORD-1"),
     "SaveWeightsForSamplerRequest.ttl_seconds": _e("the server deletes the checkpoint when it expires"),
     "SaveWeightsForSamplerRequest.user_metadata": _e("recorded on the checkpoint (RestClient listings)"),

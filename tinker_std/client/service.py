@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
-from ..futures import APIFuture
 from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
+from .backcompat import BackcompatClientFuture, BackcompatSamplingClientFuture
 from .checkpoint_notes import check_user_metadata, local_store
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
@@ -31,6 +31,12 @@ def _bad_request(exc: ValidationError, prefix: str = "") -> BadRequestError:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or prefix
     return BadRequestError(f"{prefix}{field}" if prefix and field != prefix else field, first["msg"])
+
+
+class BackcompatTrainingClientFuture(BackcompatClientFuture[TrainingClient]):
+    """What ``create_lora_training_client`` and ``create_training_client_from_state*`` return: a
+    future of the ``TrainingClient``, usable (deprecated) as the client itself
+    (``client/backcompat.py``)."""
 
 
 class ServiceClient:
@@ -118,7 +124,7 @@ class ServiceClient:
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
         optimizer: AdamOptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9).
         ``user_metadata`` is kept on the training run (CKPT-13)."""
         check_user_metadata(self.session, user_metadata)
@@ -139,11 +145,11 @@ class ServiceClient:
                 TrainingClient(self.session, await backend.create_model(base_model, lora)), user_metadata
             )
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4);
         ``user_metadata`` is kept on its new training run (CKPT-13)."""
         check_user_metadata(self.session, user_metadata)
@@ -161,7 +167,7 @@ class ServiceClient:
         base_model: str | None,
         with_optimizer: bool,
         user_metadata: dict[str, str] | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         async def run(backend: Backend) -> TrainingClient:
             spec = await backend.load_model(path, with_optimizer=with_optimizer)
             if base_model is not None and spec.base_model != base_model:
@@ -171,11 +177,11 @@ class ServiceClient:
                 )
             return self._noted(TrainingClient(self.session, spec), user_metadata)
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state_with_optimizer(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5);
         ``user_metadata``: CKPT-13."""
         check_user_metadata(self.session, user_metadata)
@@ -188,10 +194,12 @@ class ServiceClient:
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
-    ) -> APIFuture[SamplingClient]:
+    ) -> BackcompatSamplingClientFuture:
         """A sampler over saved weights (``model_path``) or the plain ``base_model`` (SMP-15;
         ``sampling.create_sampling_client``); ``record_stability_info``: SDK-3."""
-        return create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        return BackcompatSamplingClientFuture(
+            create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        )
 
     # -- checkpoint management --------------------------------------------------------------
 

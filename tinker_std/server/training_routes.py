@@ -244,21 +244,23 @@ class TrainingRoutes:
 
     def save_weights_for_sampler(self, request: WireRequest) -> WireReply:
         body = request.json()
-        if body.get("kind") not in (None, "snapshot"):
+        kind = body.get("kind")
+        if kind not in (None, "snapshot", "inflight") or (kind == "inflight" and body.get("path")):
 
             def refuse(model: TrainingModel) -> None:
-                check_sampler_kind(body.get("kind"))
+                check_sampler_kind(kind, named=bool(body.get("path")))
 
             return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
         if body.get("path"):
             return self._save(request, "sampler")
 
-        def snapshot(model: TrainingModel) -> dict[str, Any]:
-            sampler = model.ready().save_weights_and_get_sampling_client().result()
-            sampler_id = self.state.register_sampler(model.tenant, model.session_id, sampler, None)
+        def sampler(model: TrainingModel) -> dict[str, Any]:
+            """A snapshot or inflight sampler (INF-1), registered like any sampling session."""
+            client = model.ready().save_weights_and_get_sampling_client(kind=kind or "snapshot").result()
+            sampler_id = self.state.register_sampler(model.tenant, model.session_id, client, None)
             return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), snapshot, "json")
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), sampler, "json")
 
     def _save(self, request: WireRequest, kind: str) -> WireReply:
         body = request.json()
