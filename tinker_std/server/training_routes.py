@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -31,7 +30,7 @@ from tinker_std.types import AdamParams
 from . import protobuf
 from .checkpoint_files import CheckpointFiles
 from .failures import ServerUnsupported
-from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
+from .futures import FutureStore, ResultKind, chain, new_request_id, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
 from .refusals import UNSUPPORTED
@@ -323,7 +322,7 @@ class TrainingRoutes:
         if seq != model.lane.next_seq:  # the request the lane waits for is never refused: it unblocks the rest
             self.futures.check_capacity(request.tenant)
         answer: Future[Any] = Future()
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
 
         def step() -> None:
             try:
