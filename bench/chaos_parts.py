@@ -123,10 +123,10 @@ class ServerProcess:
             log.write(f"--- start {len(self.starts) + 1}\n")
         for _attempt in range(20):  # the port of a SIGKILLed server can take a moment to free
             log_file = self.log.open("a")
-            self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
+            proc = self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
             log_file.close()
             while time.monotonic() - began < timeout:
-                if self.proc.poll() is not None:
+                if proc.poll() is not None:
                     break
                 if "tinker-std server on" in self.log.read_text().rsplit("--- start", 1)[-1]:
                     self.starts.append(time.monotonic() - began)
@@ -135,7 +135,7 @@ class ServerProcess:
             else:
                 raise TimeoutError(f"server did not start in {timeout} s; see {self.log}")
             time.sleep(0.5)
-        raise RuntimeError(f"server exited at start (code {self.proc.returncode}); see {self.log}")
+        raise RuntimeError(f"server exited at start (code {proc.returncode}); see {self.log}")
 
     def kill(self) -> None:
         """SIGKILL the server (its fsdp ranks notice their parent is gone and exit)."""

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from chaos_parts import (  # bench scripts run as files: their folder is on sys.
 )
 
 os.environ.setdefault("TINKER_TELEMETRY", "0")
+warnings.filterwarnings("ignore", category=FutureWarning)  # the SDK's deprecation of get_server_capabilities
 
 
 class Interrupted(Exception):
@@ -192,8 +194,12 @@ def soak(root: Path, plan: Plan, kills: int = 2, backend: str = "torch", bound: 
     try:
         base = tinker.ServiceClient(base_url=server.url, api_key=KEY).get_server_capabilities()
         base_model = base.supported_models[0].model_name
+        assert base_model is not None
         clients = [SoakClient(server.url, base_model, c, plan, bound) for c in range(plan.clients)]
-        progress = lambda: sum(c.acknowledged_steps() for c in clients)  # noqa: E731
+
+        def progress() -> int:
+            return sum(c.acknowledged_steps() for c in clients)
+
         with ThreadPoolExecutor(plan.clients) as pool:
             futures = [pool.submit(c.execute) for c in clients]
             total = plan.clients * plan.steps
@@ -226,10 +232,10 @@ def soak(root: Path, plan: Plan, kills: int = 2, backend: str = "torch", bound: 
                 worst = max(worst, abs(got - want))
                 if abs(got - want) > LOSS_ATOL + LOSS_RTOL * abs(want):
                     problems.append(f"client {r.client} step {step}: loss {got!r}, replay {want!r}")
-        for step, seen in sorted(r.tokens.items()):
+        for step, sampled in sorted(r.tokens.items()):
             problems += [
                 f"client {r.client} sample at {step}: {t}, replay {refs[r.client].tokens[step]}"
-                for t in seen
+                for t in sampled
                 if t != refs[r.client].tokens[step]
             ]
         if set(r.losses) != set(range(plan.steps)):
@@ -238,8 +244,8 @@ def soak(root: Path, plan: Plan, kills: int = 2, backend: str = "torch", bound: 
         if check.error is not None:
             problems.append(f"checkpoint {check.path}: {check.error}")
         elif check.optimizer_steps != check.acknowledged_steps:
-            seen = check.acknowledged_steps
-            problems.append(f"checkpoint {check.path}: optimizer step {check.optimizer_steps}, client saw {seen}")
+            acked = check.acknowledged_steps
+            problems.append(f"checkpoint {check.path}: optimizer step {check.optimizer_steps}, client saw {acked}")
         elif check.expected_loss is not None and check.loss_after_load is not None:
             if abs(check.loss_after_load - check.expected_loss) > LOSS_ATOL + LOSS_RTOL * abs(check.expected_loss):
                 problems.append(f"checkpoint {check.path}: loss {check.loss_after_load}, replay {check.expected_loss}")
@@ -281,6 +287,7 @@ def rank_kill(root: Path, bound: float = 120.0) -> Outcome:
     try:
         sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
         base = sdk.get_server_capabilities().supported_models[0].model_name
+        assert base is not None
         tc = sdk.create_lora_training_client(base_model=base, rank=4, seed=3).result(timeout=bound)
 
         def step(tc: Any, at: int) -> float:
@@ -297,7 +304,7 @@ def rank_kill(root: Path, bound: float = 120.0) -> Outcome:
         if sorted(ranks) != [0, 1]:
             problems.append(f"expected ranks 0 and 1 under the server, found {ranks}")
         data = [_sdk_datum(tinker, t) for t in batch(0, 4)]
-        pending = [tc.forward_backward(data, "cross_entropy"), tc.optim_step(adam)]
+        pending: list[Any] = [tc.forward_backward(data, "cross_entropy"), tc.optim_step(adam)]
         pending.append(tc.forward_backward(data, "cross_entropy"))
         killed = time.monotonic()
         os.kill(ranks[1], 9)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from chaos_parts import Plan
 from chaos_soak import rank_kill, soak
+
 from server_support import Wire, served
 
 #: 16 SDK clients x 9 steps (1 forward_backward + 1 optim_step each, a save_state every 3 steps,
