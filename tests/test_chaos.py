@@ -37,7 +37,8 @@ from chaos_soak import rank_kill, soak
 from server_support import Wire, served
 
 #: 16 SDK clients x 9 steps (1 forward_backward + 1 optim_step each, a save_state every 3 steps,
-#: a sampler snapshot + sample every 4): about 100 s on 2 shared CPU cores
+#: a sampler snapshot + sample every 4): 680 SDK calls, about 55 s of CPU; 5.5 min of wall time on
+#: the shared 2-core machine at load 10 (much of it server restarts and the SDK's reconnect backoff)
 PLAN = Plan(clients=16, steps=9, save_every=3, sample_every=4)
 
 
