@@ -225,9 +225,22 @@ def probe_refused_endpoints(ctx: Ctx) -> None:
         reply = ctx.wire.post(endpoint, {})
         assert reply.status_code == 400 and "Unsupported" in reply.json()["error"], (type_name, reply.text)
     tc = _training(ctx)
-    _refused(lambda: tc.save_weights_external("ext"), "save_weights_external")
     reply = ctx.wire.post("unload_model", {"model_id": tc.model_id})
     assert reply.status_code == 404, reply.text
+
+
+def probe_save_weights_external(ctx: Ctx) -> None:
+    """Each field of ``save_weights_external`` is checked by name before anything is written; the
+    mock backend's checkpoints are not peft adapters, so a valid request is refused as such. The
+    effect (a peft folder with the sampler's logprobs, signed URLs, TTL, age encryption) is checked
+    on the torch backend by tests/test_external_weights.py and tests/test_cookbook_compat.py."""
+    tc = _training(ctx)
+    _refused(lambda: tc.save_weights_external("../x"), "path")
+    _refused(lambda: tc.save_weights_external("ext", ttl_seconds=-1), "ttl_seconds")
+    _refused(lambda: tc.save_weights_external("ext", age_encryption_recipients=["nope"]), "age_encryption_recipients")
+    _refused(lambda: tc.save_weights_external("ext", ttl_seconds=3600), "peft adapters")
+    listed = ctx.sdk.create_rest_client().list_checkpoints(tc.model_id).result().checkpoints
+    assert listed == [], f"a refused save_weights_external left checkpoints: {listed}"
 
 
 def probe_checkpoint_metadata_and_ttl(ctx: Ctx) -> None:
@@ -338,8 +351,12 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
     ),
     "refused endpoints": (
         probe_refused_endpoints,
+        tuple(k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "UnloadModelRequest")),
+    ),
+    "save_weights_external": (
+        probe_save_weights_external,
         tuple(
-            k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest")
+            k for k in FIELDS if k.startswith("SaveWeightsExternalRequest.") and k != "SaveWeightsExternalRequest.type"
         ),
     ),
     "checkpoint ttl": (

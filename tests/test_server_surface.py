@@ -101,9 +101,6 @@ def test_rest_client_lists_reads_and_deletes_runs_and_checkpoints(mock_server: t
 
 
 UNSUPPORTED_CALLS: dict[str, Callable[[Any, Any, Any, str], Any]] = {
-    "RestClient.get_external_weights_urls": lambda sdk, rest, tc, url: rest.get_external_weights_urls(
-        f"tinker://{tc.model_id}/external_weights/x"
-    ),
     "RestClient.copy_weights": lambda sdk, rest, tc, url: rest.copy_weights(
         f"tinker://{tc.model_id}/weights/x", destination_project_id="p"
     ),
@@ -117,7 +114,6 @@ UNSUPPORTED_CALLS: dict[str, Callable[[Any, Any, Any, str], Any]] = {
     ),
     "RestClient.get_audit_log": lambda sdk, rest, tc, url: rest.get_audit_log(),
     "RestClient.get_billing_usage": lambda sdk, rest, tc, url: rest.get_billing_usage("2026-01-01", "2026-02-01"),
-    "TrainingClient.save_weights_external": lambda sdk, rest, tc, url: tc.save_weights_external("ext"),
 }
 
 

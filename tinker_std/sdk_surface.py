@@ -197,6 +197,16 @@ FIELDS: dict[str, FieldRule] = {
     "SaveWeightsForSamplerRequest.ttl_seconds": _e("the server deletes the checkpoint when it expires"),
     "SaveWeightsForSamplerRequest.user_metadata": _e("recorded on the checkpoint (RestClient listings)"),
     "SaveWeightsForSamplerRequest.type": FIXED,
+    "SaveWeightsExternalRequest.model_id": _e(ROUTING),
+    "SaveWeightsExternalRequest.path": _e(
+        "the name: tinker://<model>/external_weights/<name>, a standard peft adapter folder (docs/server.md)"
+    ),
+    "SaveWeightsExternalRequest.seq_id": _e(ORDER, "ORD-1"),
+    "SaveWeightsExternalRequest.ttl_seconds": _e("the server deletes the export when it expires"),
+    "SaveWeightsExternalRequest.age_encryption_recipients": _e(
+        "every exported file is age-encrypted to the recipients and stored as <file>.age (pyrage)"
+    ),
+    "SaveWeightsExternalRequest.type": FIXED,
     # -- sampling -------------------------------------------------------------------------------
     "CreateSamplingSessionRequest.session_id": _e("the session that owns the sampler; " + ROUTING),
     "CreateSamplingSessionRequest.sampling_session_seq_id": FieldRule(
@@ -258,11 +268,6 @@ FIELDS: dict[str, FieldRule] = {
         "joining sampling sessions is refused (off in the client config)",
     ),
     **_endpoint(
-        "SaveWeightsExternalRequest",
-        ("model_id", "path", "seq_id", "ttl_seconds", "age_encryption_recipients", "type"),
-        "save_weights_external is refused: no external weight store (left for a later version)",
-    ),
-    **_endpoint(
         "SessionSearchRequest",
         ("session_id", "project_ids", "user_metadata", "display_name", "owner", "statuses", "limit", "cursor"),
         "session search is refused",
@@ -275,8 +280,6 @@ REQUEST_TYPES: tuple[str, ...] = tuple(sorted({key.split(".", 1)[0] for key in F
 #: Public SDK 0.38 client methods (``*_async`` twins counted with their method) that the server
 #: refuses, with why (docs/server.md); every other method is served.
 SERVER_REFUSED_METHODS: dict[str, str] = {
-    "TrainingClient.save_weights_external": "no external weight store",
-    "RestClient.get_external_weights_urls": "no external weight store",
     "ServiceClient.copy_weights": "no projects to copy between",
     "RestClient.copy_weights": "no projects to copy between",
     "RestClient.assign_session_project": "no projects",

@@ -20,6 +20,7 @@ from ..types import (
     SaveWeightsForSamplerResponse,
     SaveWeightsResponse,
 )
+from .checkpoint_notes import check_ttl, check_user_metadata, expiry, local_store
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
 from .ordering import RequestLane
@@ -148,32 +149,53 @@ class TrainingClient:
     # -- checkpoints and samplers -----------------------------------------------------------
 
     def save_state(
-        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[SaveWeightsResponse]:
-        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1).
-        ``ttl_seconds`` is refused in process (CKPT-13)."""
-        _refuse_ttl(ttl_seconds)
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1);
+        ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("weights", name)
+        _check_overwrite(overwrite)
+        check_ttl(self.session, ttl_seconds)
+        check_user_metadata(self.session, user_metadata)
 
         async def run(backend: Backend) -> SaveWeightsResponse:
             await backend.save_state(self.model_id, path, overwrite)
+            self._annotate(path, ttl_seconds, user_metadata)
             return SaveWeightsResponse(path=path.tinker_path, type="save_weights")
 
         return self._ordered(run)
 
     def save_weights_for_sampler(
-        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2).
-        ``ttl_seconds`` is refused in process (CKPT-13)."""
-        _refuse_ttl(ttl_seconds)
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2);
+        ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("sampler_weights", name)
+        _check_overwrite(overwrite)
+        check_ttl(self.session, ttl_seconds)
+        check_user_metadata(self.session, user_metadata)
 
         async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
             await backend.save_weights_for_sampler(self.model_id, path, overwrite)
+            self._annotate(path, ttl_seconds, user_metadata)
             return SaveWeightsForSamplerResponse(path=path.tinker_path, type="save_weights_for_sampler")
 
         return self._ordered(run)
+
+    def _annotate(
+        self, path: ParsedCheckpointTinkerPath, ttl_seconds: int | None, user_metadata: dict[str, str] | None
+    ) -> None:
+        store = local_store(self.session)
+        if store is not None and (ttl_seconds is not None or user_metadata is not None):
+            store.annotate(path, expiry(ttl_seconds), user_metadata)
 
     def save_weights_and_get_sampling_client(
         self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
@@ -269,9 +291,8 @@ class TrainingClient:
         return self.get_info()
 
 
-def _refuse_ttl(ttl_seconds: Any) -> None:
-    """CKPT-13 / SDK-1: nothing in process would expire a checkpoint, so a TTL is refused by name."""
-    if ttl_seconds is not None:
-        raise BadRequestError(
-            "ttl_seconds", "in-process checkpoints never expire; checkpoint TTLs are kept by the tinker-std server"
-        )
+def _check_overwrite(overwrite: Any) -> None:
+    """``overwrite`` must be a bool: the SDK's ``save_weights_for_sampler`` takes ``user_metadata``
+    third, so a dict passed positionally lands here and must not read as ``True``."""
+    if not isinstance(overwrite, bool):
+        raise BadRequestError("overwrite", f"must be a bool, got {type(overwrite).__name__}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 from tinker_std.client.service import ServiceClient
 
 from .checkpoint_files import CheckpointFiles
+from .external_weights import ExternalWeights
 from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
@@ -67,7 +68,8 @@ class WireService:
         self.futures = FutureStore(max_queued_per_tenant)
         self.checkpoints = CheckpointFiles(service, self.records)
         self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
-        self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints)
+        self.external = ExternalWeights(service, self.records, self.checkpoints)
+        self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints, self.external)
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)
         self.closing = False

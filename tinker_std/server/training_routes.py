@@ -29,11 +29,10 @@ from tinker_std.types import AdamParams
 
 from . import protobuf
 from .checkpoint_files import CheckpointFiles
-from .failures import ServerUnsupported
+from .external_weights import ExternalWeights
 from .futures import FutureStore, ResultKind, chain, new_request_id, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
-from .refusals import UNSUPPORTED
 from .sdk_fields import check_optimizer_config, check_sampler_kind, check_weights_access_token, scoped_datums
 from .state import ServerState, TrainingModel
 
@@ -53,12 +52,14 @@ class TrainingRoutes:
         futures: FutureStore,
         records: ServerRecords,
         checkpoints: CheckpointFiles,
+        external: ExternalWeights | None = None,
     ) -> None:
         self.service = service
         self.state = state
         self.futures = futures
         self.records = records
         self.checkpoints = checkpoints
+        self.external = external or ExternalWeights(service, records, checkpoints)
         self._tokenizer_dirs: dict[str, str | None] = {}
 
     def endpoints(self) -> list[Endpoint]:
@@ -292,12 +293,12 @@ class TrainingRoutes:
         return self._sequenced(request, body.get("model_id"), body.get("seq_id"), save, "json")
 
     def save_weights_external(self, request: WireRequest) -> WireReply:
+        """A standard peft adapter folder at ``tinker://<model>/external_weights/<name>``
+        (``external_weights.py``)."""
         body = request.json()
-
-        def refuse(model: TrainingModel) -> None:
-            raise ServerUnsupported(UNSUPPORTED["save_weights_external"])
-
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
+        return self._sequenced(
+            request, body.get("model_id"), body.get("seq_id"), lambda model: self.external.save(model, body), "json"
+        )
 
     # -- ordering ---------------------------------------------------------------------------
 
