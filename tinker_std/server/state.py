@@ -19,6 +19,7 @@ from tinker_std.client.sampling import SamplingClient
 from tinker_std.client.training import TrainingClient
 from tinker_std.errors import ConflictError, NotFoundError
 
+from .futures import new_request_id
 from .lanes import SeqLane
 
 __all__ = ["ServerState", "Session", "TrainingModel", "Sampler"]
@@ -178,7 +179,7 @@ class ServerState:
                 tenant,
                 model_id.split(":train:")[0],
                 digest,
-                uuid.uuid4().hex,
+                new_request_id(),
                 SeqLane(model_id, self.gap_timeout_s),
             )
             session.models.add(model_id)

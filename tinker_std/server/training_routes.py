@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -32,7 +31,7 @@ from . import protobuf
 from .checkpoint_files import CheckpointFiles
 from .custom_loss_routes import CustomLossRoutes
 from .external_weights import ExternalWeights
-from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
+from .futures import FutureStore, ResultKind, chain, new_request_id, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
 from .sdk_fields import check_optimizer_config, check_sampler_kind, check_weights_access_token, scoped_datums
@@ -333,7 +332,7 @@ class TrainingRoutes:
         if seq != model.lane.next_seq:  # the request the lane waits for is never refused: it unblocks the rest
             self.futures.check_capacity(request.tenant)
         answer: Future[Any] = Future()
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
 
         def step() -> None:
             try:
