@@ -15,7 +15,7 @@ Report keys (``REPORT_FORMAT``; statement results and verdict rules in ``verdict
     spec {version, hash, hash_command, statements, must},
     provider {spec, module, package, version},
     environment {python, implementation, platform, machine, torch, hypothesis, device},
-    hypothesis {max_examples, seed, profile, derandomize},
+    hypothesis {max_examples, seed, derandomize, database},
     run {complete, args, selected, ran},
     skip_file {path, entries[{entry, line, reason, matched}], unmatched} | null,
     summary {result: count}, summary_by_origin {tinker|tinker-std: {result: count}},

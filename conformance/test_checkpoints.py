@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -361,17 +362,71 @@ def test_a_snapshot_sampler_writes_no_checkpoint(
 
 
 @pytest.mark.spec("CKPT-13")
-def test_ttl_and_user_metadata_are_refused_by_name_in_process(
+def test_ttl_and_user_metadata_are_applied_or_refused_by_name(
     conformance_backend: ConformanceBackend, service: ts.ServiceClient
 ) -> None:
-    """In process nothing would apply a TTL or keep metadata, so a value other than ``None`` is a
-    ``BadRequestError`` naming it, raised by the call itself, before any state changes."""
+    """A backend either applies ``ttl_seconds`` and ``user_metadata`` (listed ``expires_at`` and
+    ``user_metadata``; an expired checkpoint is neither listed nor loadable) or refuses a value
+    other than ``None`` with a ``BadRequestError`` naming it, raised by the call itself. Malformed
+    values are refused by name either way."""
     base_model = conformance_backend.base_model
+    tc0 = _load("CKPT-13", "a client", lambda: service.create_lora_training_client(base_model, rank=4, seed=0))
+    for bad in (0, -5, 1.5, True):
+        _refused_by_call(
+            f"save_state(ttl_seconds={bad!r})",
+            lambda bad=bad: tc0.save_state("ckpt-13", ttl_seconds=bad),
+            "ttl_seconds",
+        )
     _refused_by_call(
-        "create_lora_training_client(user_metadata=...)",
-        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata={"k": "v"}),
+        "create_lora_training_client(user_metadata={'k': 1})",
+        lambda: service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata={"k": 1}),  # type: ignore[dict-item]
         "user_metadata",
     )
+    try:
+        created = service.create_lora_training_client(base_model, rank=4, seed=0, user_metadata={"task": "ckpt-13"})
+    except ts.BadRequestError as exc:
+        assert exc.field == "user_metadata", f"[CKPT-13] refused on field {exc.field!r}, expected 'user_metadata'"
+        _ttl_and_metadata_refused(conformance_backend, service)
+        return
+    tc = _load("CKPT-13", "user_metadata={'task': 'ckpt-13'}", lambda: created)
+    start = time.time()
+    state = tc.save_state("ckpt-13", ttl_seconds=3600, user_metadata={"k": "state"}).result().path
+    short = tc.save_weights_for_sampler("ckpt-13-short", ttl_seconds=2, user_metadata={"k": "s"}).result().path
+    kept = tc.save_weights_for_sampler("ckpt-13-kept").result().path
+    try:
+        rest = service.create_rest_client()
+    except ts.Unsupported as exc:
+        raise AssertionError(f"[CKPT-13] TTL and metadata accepted, but no RestClient shows them: {exc}") from exc
+    listed = {c.tinker_path: c for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    assert set(listed) == {state, short, kept}, f"[CKPT-13] listed {sorted(listed)}"
+    assert listed[state].user_metadata == {"k": "state"}, f"[CKPT-13] user_metadata {listed[state].user_metadata}"
+    assert listed[short].user_metadata == {"k": "s"}, f"[CKPT-13] user_metadata {listed[short].user_metadata}"
+    assert listed[kept].user_metadata is None and listed[kept].expires_at is None, "[CKPT-13] no TTL, no metadata"
+    expires = listed[state].expires_at
+    assert expires is not None, "[CKPT-13] a checkpoint saved with ttl_seconds lists no expires_at"
+    assert start + 3600 - 1 <= expires.timestamp() <= time.time() + 3600 + 1, f"[CKPT-13] expires_at {expires}"
+    run = rest.get_training_run(tc.model_id).result()
+    assert run.user_metadata == {"task": "ckpt-13"}, f"[CKPT-13] run user_metadata {run.user_metadata}"
+    time.sleep(max(0.0, start + 2.2 - time.time()))
+    listed_after = {c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints}
+    assert listed_after == {state, kept}, f"[CKPT-13] after its TTL, listed {sorted(listed_after)}"
+    try:
+        service.create_sampling_client(model_path=short).result(timeout=120)
+    except ts.NotFoundError:
+        pass
+    else:
+        raise AssertionError(f"[CKPT-13] {short} loaded after its TTL")
+    loaded = _load(
+        "CKPT-13",
+        f"{state} with user_metadata",
+        lambda: service.create_training_client_from_state(state, None, {"a": "b"}),
+    )
+    assert loaded.get_info().lora_rank == 4, "[CKPT-13] loaded client"
+
+
+def _ttl_and_metadata_refused(conformance_backend: ConformanceBackend, service: ts.ServiceClient) -> None:
+    """CKPT-13 for a backend that refuses: every call refuses a non-``None`` value by name."""
+    base_model = conformance_backend.base_model
     tc = _load(
         "CKPT-13",
         "user_metadata=None",
@@ -394,21 +449,10 @@ def test_ttl_and_user_metadata_are_refused_by_name_in_process(
             lambda path=path: service.create_training_client_from_state(path, None, {"k": "v"}),
             "user_metadata",
         )
-        loaded = _load(
-            "CKPT-13",
-            f"{path} with user_metadata=None",
-            lambda path=path: service.create_training_client_from_state(path, user_metadata=None),
-        )
-        assert loaded.get_info().lora_rank == 4, "[CKPT-13] loaded client"
     _refused_by_call(
         "create_training_client_from_state_with_optimizer(user_metadata=...)",
         lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata={"k": "v"}),
         "user_metadata",
-    )
-    _load(
-        "CKPT-13",
-        f"{paths[0]} with optimizer, user_metadata=None",
-        lambda: service.create_training_client_from_state_with_optimizer(paths[0], user_metadata=None),
     )
 
 

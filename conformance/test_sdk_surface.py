@@ -103,7 +103,7 @@ def test_sdk_features_outside_the_spec_are_refused_by_name(
             prompt, 1, params, target_prompt_logprobs=ts.TensorData(data=[1, 2], dtype="int64", shape=[2, 1])
         ),
         "prompt_alt_tokens_k": lambda: base_sampler.sample(prompt, 1, params, prompt_alt_tokens_k=1),
-        "kind": lambda: tc.save_weights_and_get_sampling_client(kind="inflight"),
+        "kind": lambda: tc.save_weights_and_get_sampling_client(kind="live"),  # type: ignore[arg-type]
         "record_stability_info": lambda: tc.save_weights_and_get_sampling_client(record_stability_info="yes"),  # type: ignore[arg-type]
         "optimizer": lambda: service.create_lora_training_client(
             base_model=conformance_backend.base_model,

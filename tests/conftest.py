@@ -28,3 +28,13 @@ def sdk_sessions_end_with_their_server() -> Iterator[None]:
     undo = install_for_session()
     yield
     undo()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def sdk_sessions_end_with_their_module() -> Iterator[None]:
+    """Whatever SDK client a module left open is stopped when the module ends: no test module
+    shares a server with another, so none is still in use (tests/sdk_sessions.py)."""
+    yield
+    from sdk_sessions import end_all_sessions
+
+    end_all_sessions()

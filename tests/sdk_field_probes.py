@@ -147,8 +147,37 @@ def probe_stable_reinforce_provenance(ctx: Ctx) -> None:
 
 
 def probe_inflight(ctx: Ctx) -> None:
+    """INF-1..INF-3 over the server: an inflight sampler serves the newest inflight save, not
+    ``optim_step``'s weights; an older one follows a newer save; a snapshot stays put."""
     tc = _training(ctx)
-    _refused(lambda: tc.save_weights_and_get_sampling_client(kind="inflight"), "kind")
+    prompt = types.ModelInput.from_ints(PROMPT)
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(PROMPT[:-1]), loss_fn_inputs={"target_tokens": PROMPT[1:]}
+    )
+
+    def step() -> None:
+        tc.forward_backward([datum], "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=0.05)).result()
+
+    def scored(sc: Any) -> list[float]:
+        return sc.compute_logprobs(prompt).result()[1:]
+
+    step()
+    old = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    snapshot = tc.save_weights_and_get_sampling_client().result()
+    w1 = scored(old)
+    assert w1 == scored(snapshot)
+    step()
+    assert scored(old) == w1, "optim_step moved the inflight weights (INF-3)"
+    new = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    w2 = scored(new)
+    assert w2 != pytest.approx(w1, abs=1e-4), "training did not move the probe"
+    assert scored(old) == w2, "an older inflight sampler did not follow the newer save (INF-2)"
+    assert scored(snapshot) == w1, "an inflight save moved a snapshot (INF-4)"
+    copy = tinker.SamplingClient.from_sampler_handle(old.get_sampler_handle(), api_key=KEY)
+    step()
+    tc.save_weights_and_get_sampling_client(kind="inflight").result()
+    assert scored(copy) == scored(new) != w2, "a handle's client of an inflight session follows it too (INF-7)"
 
 
 def probe_dimuon(ctx: Ctx) -> None:
@@ -211,7 +240,6 @@ def probe_chunks(ctx: Ctx) -> None:
 
 ENDPOINT_OF = {
     "CopyWeightsRequest": "copy_weights",
-    "CreateCustomLossRequest": "create_custom_loss",
     "FuturesRetrieveRequest": "retrieve_futures",
     "GetBillingUsageRequest": "billing/usage/events",
     "GetCurrentCheckpointStorageUsageRequest": "billing/usage/checkpoints/current",
@@ -225,9 +253,46 @@ def probe_refused_endpoints(ctx: Ctx) -> None:
         reply = ctx.wire.post(endpoint, {})
         assert reply.status_code == 400 and "Unsupported" in reply.json()["error"], (type_name, reply.text)
     tc = _training(ctx)
-    _refused(lambda: tc.save_weights_external("ext"), "save_weights_external")
     reply = ctx.wire.post("unload_model", {"model_id": tc.model_id})
     assert reply.status_code == 404, reply.text
+
+
+def probe_custom_loss_upload(ctx: Ctx) -> None:
+    """The SDK uploads a traced loss (the server advertises custom_loss_server_side) and runs it by id."""
+    import torch
+
+    def neg_ll(logprobs: Any, weights: Any) -> Any:
+        loss = -(logprobs * weights).sum()
+        return loss, {"custom/neg_ll:sum": loss}
+
+    sdk = tinker.ServiceClient(base_url=ctx.url, api_key=KEY)  # a fresh session: each loss once per session
+    handle = sdk.create_custom_loss(neg_ll, {"logprobs": 1, "weights": 1}).result()
+    assert handle.loss_id is not None and handle.loss_id.endswith(":loss:0"), handle.loss_id
+    tc = sdk.create_lora_training_client(base_model=ctx.base, rank=4, seed=0).result()
+    datum = types.Datum(
+        model_input=types.ModelInput.from_ints(PROMPT[:-1]),
+        loss_fn_inputs={"target_tokens": PROMPT[1:], "weights": [1.0, 0.5, 0.0, 2.0]},
+    )
+    custom = tc.forward_backward_custom([datum], handle).result()
+    builtin = tc.forward([datum], "cross_entropy").result()
+    lps = torch.tensor(builtin.loss_fn_outputs[0]["logprobs"].data)
+    expected = float(-(lps * torch.tensor([1.0, 0.5, 0.0, 2.0])).sum())
+    assert abs(custom.metrics["loss:sum"] - expected) < 1e-4 * max(1.0, abs(expected)), (custom.metrics, expected)
+    assert custom.metrics["custom/neg_ll:sum"] == custom.metrics["loss:sum"]
+
+
+def probe_save_weights_external(ctx: Ctx) -> None:
+    """Each field of ``save_weights_external`` is checked by name before anything is written; the
+    mock backend's checkpoints are not peft adapters, so a valid request is refused as such. The
+    effect (a peft folder with the sampler's logprobs, signed URLs, TTL, age encryption) is checked
+    on the torch backend by tests/test_external_weights.py and tests/test_cookbook_compat.py."""
+    tc = _training(ctx)
+    _refused(lambda: tc.save_weights_external("../x"), "path")
+    _refused(lambda: tc.save_weights_external("ext", ttl_seconds=-1), "ttl_seconds")
+    _refused(lambda: tc.save_weights_external("ext", age_encryption_recipients=["nope"]), "age_encryption_recipients")
+    _refused(lambda: tc.save_weights_external("ext", ttl_seconds=3600), "peft adapters")
+    listed = ctx.sdk.create_rest_client().list_checkpoints(tc.model_id).result().checkpoints
+    assert listed == [], f"a refused save_weights_external left checkpoints: {listed}"
 
 
 def probe_checkpoint_metadata_and_ttl(ctx: Ctx) -> None:
@@ -338,9 +403,17 @@ PROBES: dict[str, tuple[Callable[[Ctx], None], tuple[str, ...]]] = {
     ),
     "refused endpoints": (
         probe_refused_endpoints,
+        tuple(k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "UnloadModelRequest")),
+    ),
+    "save_weights_external": (
+        probe_save_weights_external,
         tuple(
-            k for k in FIELDS if k.split(".")[0] in (*ENDPOINT_OF, "SaveWeightsExternalRequest", "UnloadModelRequest")
+            k for k in FIELDS if k.startswith("SaveWeightsExternalRequest.") and k != "SaveWeightsExternalRequest.type"
         ),
+    ),
+    "custom loss upload": (
+        probe_custom_loss_upload,
+        tuple(k for k in FIELDS if k.startswith("CreateCustomLossRequest.") and FIELDS[k].status == "effect"),
     ),
     "checkpoint ttl": (
         probe_checkpoint_metadata_and_ttl,

@@ -60,6 +60,14 @@ def end_sessions(url: str, server_alive: bool = True) -> int:
     return closed
 
 
+def end_all_sessions() -> int:
+    """Stop every recorded SDK client still open (its loops and pools only: its server may be
+    gone); how many were. ``conftest.py`` calls it after each test module, so a client made
+    against a server this module started and stopped by other means cannot outlive the module."""
+    urls = {str(getattr(client, "_base_url", "") or "") for client in list(_clients)}
+    return sum(end_sessions(url, server_alive=False) for url in urls)
+
+
 def install_for_session() -> Callable[[], None]:
     """``track`` the SDK (if a test module imported it) and end sessions as each in-process
     ``TinkerServer`` closes; the function that undoes both."""

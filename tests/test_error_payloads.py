@@ -20,6 +20,8 @@ from tinker_std.server.futures import TenantQueueFull
 #: one instance of every class of tinker_std.errors (the test below checks none is missing)
 EXAMPLES: list[TinkerError] = [
     errors.TinkerError("plain"),
+    errors.APIError("api"),
+    errors.APIStatusError("status"),
     errors.BadRequestError("data[2].loss_fn_inputs.weights", "must be finite"),
     errors.ContextLengthError("data[1]", "too long"),
     errors.NotFoundError("no model x"),

@@ -216,9 +216,10 @@ def test_every_tinker_std_argument_with_no_effect_is_refused_by_name(service: ti
         "target_prompt_logprobs": lambda: sampler.sample(
             prompt, 1, params, target_prompt_logprobs=types.TensorData(data=[1] * 4, dtype="int64", shape=[4, 1])
         ),
-        "kind": lambda: tc.save_weights_and_get_sampling_client(kind="inflight"),
-        "ttl_seconds": lambda: tc.save_state("t", ttl_seconds=60),
-        "user_metadata": lambda: service.create_lora_training_client(base_model=BASE, user_metadata={"a": "b"}),
+        "kind": lambda: tc.save_weights_and_get_sampling_client(kind="live"),  # type: ignore[arg-type]
+        # ttl_seconds and user_metadata have their effect in process (CKPT-13); malformed, refused by name
+        "ttl_seconds": lambda: tc.save_state("t", ttl_seconds=0),
+        "user_metadata": lambda: service.create_lora_training_client(base_model=BASE, user_metadata={"a": 1}),  # type: ignore[dict-item]
         "optimizer": lambda: service.create_lora_training_client(base_model=BASE, optimizer="dimuon"),  # type: ignore[arg-type]
         "base_model": lambda: service.create_sampling_client(
             model_path=tc.save_weights_for_sampler("b").result().path, base_model="other/model"

@@ -101,9 +101,6 @@ def test_rest_client_lists_reads_and_deletes_runs_and_checkpoints(mock_server: t
 
 
 UNSUPPORTED_CALLS: dict[str, Callable[[Any, Any, Any, str], Any]] = {
-    "RestClient.get_external_weights_urls": lambda sdk, rest, tc, url: rest.get_external_weights_urls(
-        f"tinker://{tc.model_id}/external_weights/x"
-    ),
     "RestClient.copy_weights": lambda sdk, rest, tc, url: rest.copy_weights(
         f"tinker://{tc.model_id}/weights/x", destination_project_id="p"
     ),
@@ -117,7 +114,6 @@ UNSUPPORTED_CALLS: dict[str, Callable[[Any, Any, Any, str], Any]] = {
     ),
     "RestClient.get_audit_log": lambda sdk, rest, tc, url: rest.get_audit_log(),
     "RestClient.get_billing_usage": lambda sdk, rest, tc, url: rest.get_billing_usage("2026-01-01", "2026-02-01"),
-    "TrainingClient.save_weights_external": lambda sdk, rest, tc, url: tc.save_weights_external("ext"),
 }
 
 
@@ -317,7 +313,7 @@ def test_client_local_methods_need_no_server_support(mock_server: tuple[Any, Any
         return logprobs.sum(), {}
 
     handle = sdk.create_custom_loss(loss, {"logprobs": 1}).result(timeout=30)
-    assert handle.loss_id is None  # server-side custom losses are off: a client-local handle
+    assert handle.loss_id is not None  # uploaded: the server runs custom losses (tests/test_custom_loss.py)
     sampler = sdk.create_sampling_client(base_model=base).result()
     again = tinker.SamplingClient.from_sampler_handle(sampler.get_sampler_handle(), api_key=KEY)
     assert again.get_base_model() == base

@@ -11,8 +11,18 @@ from . import types
 from .backend import AdapterState, Backend, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from .capabilities import Capabilities
 from .checkpoints import CheckpointStore
-from .client import RestClient, SamplingClient, ServiceClient, TrainingClient
+from .client import (
+    BackcompatSamplingClientFuture,
+    BackcompatTrainingClientFuture,
+    LossHandle,
+    RestClient,
+    SamplingClient,
+    ServiceClient,
+    TrainingClient,
+)
 from .errors import (
+    APIError,
+    APIStatusError,
     BackendValidationError,
     BadRequestError,
     ConflictError,
@@ -29,6 +39,22 @@ from .errors import (
 )
 from .futures import APIFuture
 from .limits import Limits
+from .sdk_names import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    AuthenticationError,
+    BillingError,
+    ExperimentalWarning,
+    InternalServerError,
+    ModelInputChunk,
+    OptimParams,
+    PerDatumLossFn,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+from .sdk_names import refuse as _refuse_sdk_name
 from .types import (
     AdamOptimizerConfig,
     AdamParams,
@@ -58,6 +84,7 @@ from .types import (
     StopReason,
     SupportedModel,
     TensorData,
+    TensorDtype,
     TrainingRun,
     TrainingRunsResponse,
 )
@@ -65,48 +92,66 @@ from .types import (
 SPEC_VERSION = "0.2"
 __version__ = "0.1.0"
 
+
 __all__ = [
     "SPEC_VERSION",
+    "APIConnectionError",
+    "APIError",
     "APIFuture",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
     "AdamOptimizerConfig",
     "AdamParams",
     "AdapterState",
+    "AuthenticationError",
+    "BackcompatSamplingClientFuture",
+    "BackcompatTrainingClientFuture",
     "Backend",
     "BackendValidationError",
-    "IncompatibleEnvironmentError",
     "BadRequestError",
+    "BillingError",
     "Capabilities",
     "Checkpoint",
     "CheckpointStore",
     "CheckpointType",
     "CheckpointsListResponse",
-    "Cursor",
     "ConflictError",
     "ContextLengthError",
     "CorruptCheckpointError",
+    "Cursor",
     "Datum",
     "EncodedTextChunk",
+    "ExperimentalWarning",
     "ForwardBackwardOutput",
     "GetInfoResponse",
     "GetServerCapabilitiesResponse",
+    "IncompatibleEnvironmentError",
+    "InternalServerError",
     "LimitExceededError",
     "Limits",
     "LoraConfig",
     "LossFnType",
+    "LossHandle",
     "ModelData",
     "ModelID",
     "ModelInput",
+    "ModelInputChunk",
     "ModelSpec",
     "NonFiniteError",
     "NotFoundError",
+    "OptimParams",
     "OptimStepResponse",
     "ParsedCheckpointTinkerPath",
+    "PerDatumLossFn",
+    "PermissionDeniedError",
     "PromptProvenanceSpan",
-    "SampledProvenanceSpan",
+    "RateLimitError",
     "RequestFailedError",
     "RestClient",
     "SampleRequest",
     "SampleResponse",
+    "SampledProvenanceSpan",
     "SampledSequence",
     "SamplerSpec",
     "SamplingClient",
@@ -118,11 +163,21 @@ __all__ = [
     "StorageFullError",
     "SupportedModel",
     "TensorData",
+    "TensorDtype",
     "TinkerError",
     "Tokenizer",
     "TrainingClient",
     "TrainingRun",
     "TrainingRunsResponse",
+    "UnprocessableEntityError",
     "Unsupported",
     "types",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """SDK 0.38 names with no in-process meaning are refused by name (``sdk_names.REFUSED``)."""
+    error = _refuse_sdk_name(name)
+    if error is None:
+        raise AttributeError(f"module 'tinker_std' has no attribute {name!r}")
+    raise error

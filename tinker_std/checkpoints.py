@@ -16,6 +16,11 @@ them, so a damaged or truncated checkpoint is a ``CorruptCheckpointError`` namin
 path. Running out of space while saving is a ``StorageFullError`` and leaves the previous version
 intact; no error names a file-system path. Staging folders are named after the host and process
 that made them, and those of processes no longer alive are removed when a store is opened.
+
+TTL and metadata (CKPT-13): ``annotate`` records a checkpoint's ``expires_at`` (unix seconds) and
+``user_metadata`` in its ``checkpoint.json`` (outside the content digest); an expired checkpoint is
+deleted when next seen (listing, load, existence check), so it is never listed or loaded.
+``write_run_metadata`` keeps a run's ``user_metadata`` in ``<run>/run.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from .types.checkpoint import KIND_OF_SEGMENT
 __all__ = ["CheckpointStore", "default_checkpoint_dir", "METADATA_FILE"]
 
 METADATA_FILE = "checkpoint.json"
+RUN_FILE = "run.json"
 VERSIONS_DIR = ".versions"
 TMP_DIR = ".tmp"
 DIGEST_KEY = "content_digest"
@@ -130,7 +136,50 @@ class CheckpointStore:
         return link.resolve() if link.is_symlink() else link
 
     def exists(self, path: ParsedCheckpointTinkerPath) -> bool:
-        return (self.directory(path) / METADATA_FILE).is_file()
+        """Whether ``path`` names a checkpoint (an expired one is deleted and does not exist)."""
+        file = self.directory(path) / METADATA_FILE
+        if not file.is_file():
+            return False
+        return not self._purge_if_expired(path, _read_json(file))
+
+    # -- TTL and metadata (CKPT-13) -------------------------------------------------------------
+
+    def annotate(
+        self, path: ParsedCheckpointTinkerPath, expires_at: float | None, user_metadata: dict[str, str] | None
+    ) -> None:
+        """Record ``expires_at`` and ``user_metadata`` in the metadata of the saved ``path``
+        (written to a new file renamed over the old one)."""
+        file = self.directory(path) / METADATA_FILE
+        data = _read_json(file)
+        data.update(expires_at=expires_at, user_metadata=user_metadata)
+        staging = file.with_name(f".{METADATA_FILE}.{uuid.uuid4().hex[:8]}")
+        staging.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(staging, file)
+
+    def _purge_if_expired(self, path: ParsedCheckpointTinkerPath, meta: dict[str, Any]) -> bool:
+        expires_at = meta.get("expires_at")
+        if not isinstance(expires_at, (int, float)) or expires_at > time.time():
+            return False
+        link, folder = self.link(path), self.directory(path)
+        if link.is_symlink():
+            link.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def write_run_metadata(self, training_run_id: str, user_metadata: dict[str, str]) -> None:
+        """Keep ``user_metadata`` of a training run (``TrainingRun.user_metadata`` in listings)."""
+        folder = self.root / training_run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".{RUN_FILE}.{uuid.uuid4().hex[:8]}"
+        staging.write_text(json.dumps({"user_metadata": user_metadata}))
+        os.replace(staging, folder / RUN_FILE)
+
+    def run_metadata(self, training_run_id: str) -> dict[str, str] | None:
+        file = self.root / training_run_id / RUN_FILE
+        if not file.is_file():
+            return None
+        value = _read_json(file).get("user_metadata")
+        return value if isinstance(value, dict) else None
 
     def check_writable(self, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
         """``ConflictError`` if ``path`` exists and ``overwrite`` is false."""
@@ -239,6 +288,8 @@ class CheckpointStore:
             ) from None
         if not isinstance(data, dict):
             raise CorruptCheckpointError(path.tinker_path, "its metadata is not an object")
+        if self._purge_if_expired(path, data):
+            raise NotFoundError(f"no checkpoint at {path.tinker_path} (it expired)")
         recorded = data.get(DIGEST_KEY)
         if verify and isinstance(recorded, dict):
             try:
@@ -274,6 +325,7 @@ class CheckpointStore:
                     base_model=str(meta.get("base_model", "")),
                     lora_rank=meta.get("lora", {}).get("rank"),
                     last_checkpoint_time=max(c.time for c in checkpoints),
+                    user_metadata=self.run_metadata(run_dir.name),
                 )
             )
         return runs
@@ -287,6 +339,10 @@ class CheckpointStore:
                 if folder.name.startswith(".") or not meta_file.is_file():
                     continue
                 meta = json.loads(meta_file.read_text())
+                parsed = ParsedCheckpointTinkerPath.from_tinker_path(meta["tinker_path"])
+                if self._purge_if_expired(parsed, meta):
+                    continue
+                expires_at = meta.get("expires_at")
                 size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
                 found.append(
                     Checkpoint(
@@ -296,6 +352,7 @@ class CheckpointStore:
                         tinker_path=meta["tinker_path"],
                         size_bytes=size,
                         user_metadata=meta.get("user_metadata"),
+                        expires_at=None if expires_at is None else datetime.fromtimestamp(expires_at, UTC),
                     )
                 )
         return sorted(found, key=lambda c: c.time)
@@ -308,3 +365,11 @@ class CheckpointStore:
         if link.is_symlink():
             link.unlink()  # the name goes first: a crash after this leaves only an unreachable folder
         shutil.rmtree(folder)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

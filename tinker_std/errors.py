@@ -95,7 +95,16 @@ class TinkerError(Exception):
         return error
 
 
-class BadRequestError(TinkerError):
+class APIError(TinkerError):
+    """The tinker SDK's base of the errors an API call answers (everything but ``RequestFailedError``
+    and tinker-std's own environment and storage errors): ``except APIError`` catches the same here."""
+
+
+class APIStatusError(APIError):
+    """The tinker SDK's base of the errors an API answers with an HTTP status (``status_code``)."""
+
+
+class BadRequestError(APIStatusError):
     """A request was rejected before it changed any state.
 
     ``field`` names the offending field with a dotted path such as ``data[2].loss_fn_inputs.weights``
@@ -114,13 +123,13 @@ class ContextLengthError(BadRequestError):
     """A sequence is longer than the model's maximum context length."""
 
 
-class NotFoundError(TinkerError):
+class NotFoundError(APIStatusError):
     """A model, checkpoint, sampler or training client does not exist."""
 
     status_code = 404
 
 
-class ConflictError(TinkerError):
+class ConflictError(APIStatusError):
     """A checkpoint already exists under the requested name and ``overwrite`` was not set."""
 
     status_code = 409
@@ -141,7 +150,7 @@ class RequestFailedError(TinkerError):
         super().__init__(message)
 
 
-class Unsupported(TinkerError):
+class Unsupported(APIStatusError):
     """An optional capability was requested from a backend that does not declare it."""
 
     def __init__(self, capability: str, backend: str) -> None:

@@ -124,7 +124,11 @@ FIELDS: dict[str, FieldRule] = {
     "ForwardRequest.model_id": _e(ROUTING),
     "ForwardRequest.seq_id": _e(ORDER, "ORD-1"),
     "ForwardBackwardInput.data": _e("the datums", "FB-2"),
-    "ForwardBackwardInput.loss_fn": _e("the built-in loss; 'custom' and unknown names are BadRequestError", "LOSS-8"),
+    "ForwardBackwardInput.loss_fn": _e(
+        "the built-in loss, or 'custom' with loss_fn_config {'loss_id': ...} for an uploaded loss (spec 12); "
+        "unknown names are BadRequestError",
+        "LOSS-8",
+    ),
     "ForwardBackwardInput.loss_fn_config": _e(
         "the loss's config keys; unknown keys and string values are BadRequestError", "LOSS-11"
     ),
@@ -157,6 +161,22 @@ FIELDS: dict[str, FieldRule] = {
     "TensorData.shape": _e("row-major shape", "TYP-4"),
     "TensorData.sparse_crow_indices": _e("CSR row pointers of a sparse 2-D tensor, densified on arrival", "TYP-4"),
     "TensorData.sparse_col_indices": _e("CSR column indices of a sparse 2-D tensor", "TYP-4"),
+    # -- server-side custom losses (spec 12) ----------------------------------------------------
+    "CreateCustomLossRequest.session_id": _e("the session that owns the loss (only its models can run it); " + ROUTING),
+    "CreateCustomLossRequest.custom_loss_seq_id": _e(
+        "the loss id is '{session_id}:loss:{custom_loss_seq_id}'; a retry answers the original, another body "
+        "is ConflictError"
+    ),
+    "CreateCustomLossRequest.name": _e("the loss's name, in its errors; must be an identifier", "CLG-1"),
+    "CreateCustomLossRequest.inputs": _e(
+        "the graph's inputs in call order with their ranks; checked against every datum", "CLG-3"
+    ),
+    "CreateCustomLossRequest.graph": _e(
+        "validated against the allow-list before it is stored (BadRequestError naming the node), then run as "
+        "the loss of forward_backward",
+        "CLG-1",
+    ),
+    "CreateCustomLossRequest.type": FIXED,
     # -- optimizer ------------------------------------------------------------------------------
     "OptimStepRequest.optim_params": _e(
         "AdamParams: one AdamW step; DimuonParams is a BadRequestError naming optimizer_params", "OPT-9"
@@ -192,11 +212,24 @@ FIELDS: dict[str, FieldRule] = {
     "SaveWeightsForSamplerRequest.sampling_session_seq_id": FieldRule(
         "descriptive", "the SDK's counter for the snapshot sampler it asks for; the server names samplers itself"
     ),
-    "SaveWeightsForSamplerRequest.kind": _r("only 'snapshot': kind='inflight' is a BadRequestError naming kind"),
+    "SaveWeightsForSamplerRequest.kind": _e(
+        "'inflight': samplers that serve the training client's newest inflight save; a path with it is refused",
+        "INF-1",
+    ),
     "SaveWeightsForSamplerRequest.seq_id": _e(ORDER, "ORD-1"),
     "SaveWeightsForSamplerRequest.ttl_seconds": _e("the server deletes the checkpoint when it expires"),
     "SaveWeightsForSamplerRequest.user_metadata": _e("recorded on the checkpoint (RestClient listings)"),
     "SaveWeightsForSamplerRequest.type": FIXED,
+    "SaveWeightsExternalRequest.model_id": _e(ROUTING),
+    "SaveWeightsExternalRequest.path": _e(
+        "the name: tinker://<model>/external_weights/<name>, a standard peft adapter folder (docs/server.md)"
+    ),
+    "SaveWeightsExternalRequest.seq_id": _e(ORDER, "ORD-1"),
+    "SaveWeightsExternalRequest.ttl_seconds": _e("the server deletes the export when it expires"),
+    "SaveWeightsExternalRequest.age_encryption_recipients": _e(
+        "every exported file is age-encrypted to the recipients and stored as <file>.age (pyrage)"
+    ),
+    "SaveWeightsExternalRequest.type": FIXED,
     # -- sampling -------------------------------------------------------------------------------
     "CreateSamplingSessionRequest.session_id": _e("the session that owns the sampler; " + ROUTING),
     "CreateSamplingSessionRequest.sampling_session_seq_id": FieldRule(
@@ -239,11 +272,6 @@ FIELDS: dict[str, FieldRule] = {
         "copy_weights is refused: no projects to copy between",
     ),
     **_endpoint(
-        "CreateCustomLossRequest",
-        ("session_id", "custom_loss_seq_id", "name", "inputs", "graph", "type"),
-        "server-side custom losses are refused (off in the client config; the SDK runs them on the client)",
-    ),
-    **_endpoint(
         "FuturesRetrieveRequest",
         ("target", "prev_cursor", "timeout", "retrieved_request_ids"),
         "batch future polling is refused (off in the client config)",
@@ -258,11 +286,6 @@ FIELDS: dict[str, FieldRule] = {
         "joining sampling sessions is refused (off in the client config)",
     ),
     **_endpoint(
-        "SaveWeightsExternalRequest",
-        ("model_id", "path", "seq_id", "ttl_seconds", "age_encryption_recipients", "type"),
-        "save_weights_external is refused: no external weight store (left for a later version)",
-    ),
-    **_endpoint(
         "SessionSearchRequest",
         ("session_id", "project_ids", "user_metadata", "display_name", "owner", "statuses", "limit", "cursor"),
         "session search is refused",
@@ -275,8 +298,6 @@ REQUEST_TYPES: tuple[str, ...] = tuple(sorted({key.split(".", 1)[0] for key in F
 #: Public SDK 0.38 client methods (``*_async`` twins counted with their method) that the server
 #: refuses, with why (docs/server.md); every other method is served.
 SERVER_REFUSED_METHODS: dict[str, str] = {
-    "TrainingClient.save_weights_external": "no external weight store",
-    "RestClient.get_external_weights_urls": "no external weight store",
     "ServiceClient.copy_weights": "no projects to copy between",
     "RestClient.copy_weights": "no projects to copy between",
     "RestClient.assign_session_project": "no projects",
@@ -285,7 +306,6 @@ SERVER_REFUSED_METHODS: dict[str, str] = {
     "RestClient.get_current_checkpoint_storage_usage": "hosted-service accounting",
     "RestClient.get_audit_log": "hosted-service accounting",
     "RestClient.get_billing_usage": "hosted-service accounting",
-    "ServiceClient.create_custom_loss": "server-side custom losses: the SDK computes the loss on the client instead",
     "RestClient.whoami": "answered by the SDK from a JWT; the server uses API keys",
 }
 #: Methods that never reach a server (client-local in the SDK).

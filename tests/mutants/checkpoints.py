@@ -213,7 +213,7 @@ class SnapshotWritesCheckpointMock(PatchingMock):
 
 
 class IgnoredTtlMock(PatchingMock):
-    """CKPT-13: ``ttl_seconds`` is accepted and ignored (spec 0.1's rule) instead of refused by name:
+    """CKPT-13: ``ttl_seconds`` is accepted and ignored (spec 0.1's rule) instead of applied:
     both saves run as if it were ``None``."""
 
     name: ClassVar[str] = "mock-ignored-ttl"
@@ -252,5 +252,5 @@ MUTANTS = [
     _m(LoadFollowsOverwriteMock, "CKPT-9", "test_overwrite_rules_and_immutability"),
     _m(SavesIntoSourceRunMock, "CKPT-10", "test_checkpoint_paths", slow=True),
     _m(SnapshotWritesCheckpointMock, "CKPT-12", "test_a_snapshot_sampler_writes_no_checkpoint", slow=True),
-    _m(IgnoredTtlMock, "CKPT-13", "test_ttl_and_user_metadata_are_refused_by_name_in_process"),
+    _m(IgnoredTtlMock, "CKPT-13", "test_ttl_and_user_metadata_are_applied_or_refused_by_name"),
 ]

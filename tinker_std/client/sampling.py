@@ -110,6 +110,11 @@ class SamplingClient:
         """Pickle as its handle: another process gets a client of the same weights."""
         return (client_from_handle, (self.get_sampler_handle(),))
 
+    def _serving(self) -> SamplingClient:
+        """The client whose backend sampler runs a request submitted now: this one; an inflight
+        client (``client/inflight.py``) answers its training client's newest weights."""
+        return self
+
     @property
     def sampler_id(self) -> str:
         return self.spec.sampler_id
@@ -134,6 +139,8 @@ class SamplingClient:
         ``prompt_alt_tokens_k`` are not part of spec 0.2 and any non-default value is a
         ``BadRequestError`` naming it (SDK-5)."""
         session = self.session
+        serving = self._serving()  # the sampler this request runs on, fixed now (INF-2)
+        spec = serving.spec
         _refuse_sampling_extras(target_prompt_logprobs, prompt_alt_tokens_k)
         topk_sample = _check_topk_sample(topk_sample_logprobs, session)
         tokens, params = validate_sample(
@@ -141,11 +148,11 @@ class SamplingClient:
             num_samples,
             sampling_params,
             topk_prompt_logprobs,
-            self.spec,
+            spec,
             session.capabilities,
             session.backend_name,
         )
-        room = self.spec.max_context_length - len(tokens)
+        room = spec.max_context_length - len(tokens)
         session.limits.check_sample(num_samples, room if params.max_tokens is None else params.max_tokens)
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
         request = SampleRequest(
@@ -154,7 +161,7 @@ class SamplingClient:
         records = session.stability_records if self.record_stability_info else None
 
         async def run(backend: Backend) -> SampleResponse:
-            response = await backend.sample(self.spec.sampler_id, request)
+            response = await backend.sample(serving.spec.sampler_id, request)  # holds ``serving`` (SMP-19)
             response = _with_sequence_ids(response)
             if last_n is not None:
                 response = _keep_last(response, last_n)

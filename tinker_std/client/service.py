@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
-from ..futures import APIFuture
 from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
+from .backcompat import BackcompatClientFuture, BackcompatSamplingClientFuture
+from .checkpoint_notes import check_user_metadata, local_store
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
 from .session import DEFAULT_MAX_CHUNK_DATUMS, BackendSession
@@ -30,6 +31,12 @@ def _bad_request(exc: ValidationError, prefix: str = "") -> BadRequestError:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or prefix
     return BadRequestError(f"{prefix}{field}" if prefix and field != prefix else field, first["msg"])
+
+
+class BackcompatTrainingClientFuture(BackcompatClientFuture[TrainingClient]):
+    """What ``create_lora_training_client`` and ``create_training_client_from_state*`` return: a
+    future of the ``TrainingClient``, usable (deprecated) as the client itself
+    (``client/backcompat.py``)."""
 
 
 class ServiceClient:
@@ -117,10 +124,10 @@ class ServiceClient:
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
         optimizer: AdamOptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> BackcompatTrainingClientFuture:
         """A new LoRA training client on ``base_model`` (LORA-1..LORA-5); AdamW is the only optimizer (OPT-9).
-        ``user_metadata`` is refused in process (CKPT-13)."""
-        _refuse_metadata(user_metadata)
+        ``user_metadata`` is kept on the training run (CKPT-13)."""
+        check_user_metadata(self.session, user_metadata)
         if not isinstance(base_model, str) or not base_model:
             raise BadRequestError("base_model", "must be a non-empty model name")
         if optimizer is not None and not isinstance(optimizer, AdamOptimizerConfig):
@@ -134,20 +141,33 @@ class ServiceClient:
             raise _bad_request(exc) from None
 
         async def run(backend: Backend) -> TrainingClient:
-            return TrainingClient(self.session, await backend.create_model(base_model, lora))
+            return self._noted(
+                TrainingClient(self.session, await backend.create_model(base_model, lora)), user_metadata
+            )
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
-        """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4)."""
-        _refuse_metadata(user_metadata)
-        return self._load(validate_checkpoint_path(path), base_model, with_optimizer=False)
+    ) -> BackcompatTrainingClientFuture:
+        """A new training client with the weights at ``path`` and a fresh optimizer (CKPT-4);
+        ``user_metadata`` is kept on its new training run (CKPT-13)."""
+        check_user_metadata(self.session, user_metadata)
+        return self._load(validate_checkpoint_path(path), base_model, with_optimizer=False, user_metadata=user_metadata)
+
+    def _noted(self, client: TrainingClient, user_metadata: dict[str, str] | None) -> TrainingClient:
+        store = local_store(self.session)
+        if store is not None and user_metadata is not None:
+            store.write_run_metadata(client.model_id, user_metadata)
+        return client
 
     def _load(
-        self, path: ParsedCheckpointTinkerPath, base_model: str | None, with_optimizer: bool
-    ) -> APIFuture[TrainingClient]:
+        self,
+        path: ParsedCheckpointTinkerPath,
+        base_model: str | None,
+        with_optimizer: bool,
+        user_metadata: dict[str, str] | None = None,
+    ) -> BackcompatTrainingClientFuture:
         async def run(backend: Backend) -> TrainingClient:
             spec = await backend.load_model(path, with_optimizer=with_optimizer)
             if base_model is not None and spec.base_model != base_model:
@@ -155,28 +175,31 @@ class ServiceClient:
                 raise BadRequestError(
                     "base_model", f"{path.tinker_path} was trained on {spec.base_model!r}, not {base_model!r}"
                 )
-            return TrainingClient(self.session, spec)
+            return self._noted(TrainingClient(self.session, spec), user_metadata)
 
-        return self.session.submit(run)
+        return BackcompatTrainingClientFuture(self.session.submit(run))
 
     def create_training_client_from_state_with_optimizer(
         self, path: str, base_model: str | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[TrainingClient]:
-        """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5)."""
-        _refuse_metadata(user_metadata)
+    ) -> BackcompatTrainingClientFuture:
+        """A new training client with the weights and AdamW state saved at ``path`` (CKPT-5);
+        ``user_metadata``: CKPT-13."""
+        check_user_metadata(self.session, user_metadata)
         parsed = validate_checkpoint_path(path)
         if parsed.checkpoint_type != "training":
             raise BadRequestError("path", f"{path} holds no optimizer state; use a tinker://<run>/weights/<name> path")
-        return self._load(parsed, base_model, with_optimizer=True)
+        return self._load(parsed, base_model, with_optimizer=True, user_metadata=user_metadata)
 
     # -- sampling clients -------------------------------------------------------------------
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None, record_stability_info: bool = False
-    ) -> APIFuture[SamplingClient]:
+    ) -> BackcompatSamplingClientFuture:
         """A sampler over saved weights (``model_path``) or the plain ``base_model`` (SMP-15;
         ``sampling.create_sampling_client``); ``record_stability_info``: SDK-3."""
-        return create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        return BackcompatSamplingClientFuture(
+            create_sampling_client(self.session, model_path, base_model, record_stability_info)
+        )
 
     # -- checkpoint management --------------------------------------------------------------
 
@@ -204,14 +227,6 @@ class ServiceClient:
     ) -> SamplingClient:
         return await self.create_sampling_client(
             model_path=model_path, base_model=base_model, record_stability_info=record_stability_info
-        )
-
-
-def _refuse_metadata(user_metadata: Any) -> None:
-    """CKPT-13 / SDK-1: in process a run is known from its checkpoints and keeps no metadata."""
-    if user_metadata is not None:
-        raise BadRequestError(
-            "user_metadata", "in process, runs keep no metadata; the tinker-std server records it (RestClient)"
         )
 
 

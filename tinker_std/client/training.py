@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -20,8 +21,12 @@ from ..types import (
     SaveWeightsForSamplerResponse,
     SaveWeightsResponse,
 )
+from .backcompat import BackcompatSamplingClientFuture
+from .checkpoint_notes import check_ttl, check_user_metadata, expiry, local_store
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
+from .inflight import InflightSamplingClient, InflightTarget, check_sampler_kind
+from .loss_handle import LossHandle, as_loss_fn, is_loss_handle
 from .ordering import RequestLane
 from .sampling import SamplingClient, create_sampling_client
 from .session import BackendSession
@@ -49,6 +54,7 @@ class TrainingClient:
         self.session = session
         self.spec = spec
         self._lane = RequestLane()
+        self._inflight = InflightTarget()  # what this client's inflight samplers serve (INF)
 
     @property
     def model_id(self) -> str:
@@ -120,17 +126,25 @@ class TrainingClient:
         datums = self._resolve_provenance(datums, loss_fn)
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=True))
 
-    def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFn) -> APIFuture[ForwardBackwardOutput]:
-        """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9)."""
+    def forward_backward_custom(
+        self, data: list[Datum], loss_fn: CustomLossFn | LossHandle, *, loss_type_input: str | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9).
+
+        ``loss_fn`` may be a ``LossHandle`` (``client/loss_handle.py``), run per datum on the
+        client. ``loss_type_input`` is deprecated in the SDK: ``"logprobs"`` (what the loss always
+        gets) warns, anything else is a ``BadRequestError`` naming it."""
+        _check_loss_type_input(loss_type_input)
         session = self.session
         session.limits.check_datums(len(data) if isinstance(data, list) else 0)
         datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
+        fn: CustomLossFn = as_loss_fn(loss_fn, datums) if is_loss_handle(loss_fn) else loss_fn  # type: ignore[assignment]
 
         def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
             def run_ce(chunk: list[Datum], backward: bool) -> Awaitable[ForwardBackwardOutput]:
                 return self._chunked(backend, chunk, "cross_entropy", {}, backward)
 
-            return run_custom_loss(datums, loss_fn, run_ce)
+            return run_custom_loss(datums, fn, run_ce)
 
         return self._ordered(run)
 
@@ -148,55 +162,84 @@ class TrainingClient:
     # -- checkpoints and samplers -----------------------------------------------------------
 
     def save_state(
-        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[SaveWeightsResponse]:
-        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1).
-        ``ttl_seconds`` is refused in process (CKPT-13)."""
-        _refuse_ttl(ttl_seconds)
+        """Save adapter weights and optimizer state to ``tinker://<run>/weights/<name>`` (CKPT-1);
+        ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("weights", name)
+        _check_overwrite(overwrite)
+        check_ttl(self.session, ttl_seconds)
+        check_user_metadata(self.session, user_metadata)
 
         async def run(backend: Backend) -> SaveWeightsResponse:
             await backend.save_state(self.model_id, path, overwrite)
+            self._annotate(path, ttl_seconds, user_metadata)
             return SaveWeightsResponse(path=path.tinker_path, type="save_weights")
 
         return self._ordered(run)
 
     def save_weights_for_sampler(
-        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2).
-        ``ttl_seconds`` is refused in process (CKPT-13)."""
-        _refuse_ttl(ttl_seconds)
+        """Save adapter weights to ``tinker://<run>/sampler_weights/<name>`` (CKPT-2);
+        ``ttl_seconds`` and ``user_metadata``: CKPT-13 (``checkpoint_notes``)."""
         path = self._checkpoint_path("sampler_weights", name)
+        _check_overwrite(overwrite)
+        check_ttl(self.session, ttl_seconds)
+        check_user_metadata(self.session, user_metadata)
 
         async def run(backend: Backend) -> SaveWeightsForSamplerResponse:
             await backend.save_weights_for_sampler(self.model_id, path, overwrite)
+            self._annotate(path, ttl_seconds, user_metadata)
             return SaveWeightsForSamplerResponse(path=path.tinker_path, type="save_weights_for_sampler")
 
         return self._ordered(run)
 
+    def _annotate(
+        self, path: ParsedCheckpointTinkerPath, ttl_seconds: int | None, user_metadata: dict[str, str] | None
+    ) -> None:
+        store = local_store(self.session)
+        if store is not None and (ttl_seconds is not None or user_metadata is not None):
+            store.annotate(path, expiry(ttl_seconds), user_metadata)
+
     def save_weights_and_get_sampling_client(
         self, name: str | None = None, record_stability_info: bool = False, kind: str = "snapshot"
-    ) -> APIFuture[SamplingClient]:
-        """A sampler over a snapshot of the current weights (SMP-14); ``name`` is deprecated in the
-        SDK and has no effect there either. ``kind="inflight"`` is not part of spec 0.2: a
-        ``BadRequestError`` on ``kind`` (SDK-5). ``record_stability_info``: SDK-3."""
-        if kind != "snapshot":
-            raise BadRequestError(
-                "kind", f"only 'snapshot' samplers are part of tinker-std spec 0.2 (not inflight ones), got {kind!r}"
-            )
+    ) -> BackcompatSamplingClientFuture:
+        """A sampler of the weights at this point in the order; ``name`` is deprecated in the SDK
+        and has no effect there either. ``record_stability_info``: SDK-3.
+
+        ``kind="snapshot"``: the weights stay fixed (SMP-14). ``kind="inflight"``: publishes them
+        as this training client's inflight weights and returns a sampler that serves, at each
+        request, the weights of the newest inflight save of this training client (INF-1..INF-4);
+        any other ``kind`` is a ``BadRequestError`` naming it (INF-6)."""
+        kind = check_sampler_kind(kind)
         if not isinstance(record_stability_info, bool):
             raise BadRequestError("record_stability_info", f"must be a bool, got {record_stability_info!r}")
 
         async def run(backend: Backend) -> SamplingClient:
             spec = await backend.create_sampler(model_id=self.model_id)
-            return SamplingClient(self.session, spec, record_stability_info)
+            if kind == "snapshot":
+                return SamplingClient(self.session, spec, record_stability_info)
+            self._inflight.publish(SamplingClient(self.session, spec))
+            return InflightSamplingClient(self.session, self._inflight, spec, record_stability_info)
 
-        return self._ordered(run)
+        return BackcompatSamplingClientFuture(self._ordered(run))
 
-    def create_sampling_client(self, model_path: str, record_stability_info: bool = False) -> APIFuture[SamplingClient]:
+    def create_sampling_client(
+        self, model_path: str, record_stability_info: bool = False
+    ) -> BackcompatSamplingClientFuture:
         """A sampler over saved weights (same as ``ServiceClient.create_sampling_client``)."""
-        return create_sampling_client(self.session, model_path=model_path, record_stability_info=record_stability_info)
+        return BackcompatSamplingClientFuture(
+            create_sampling_client(self.session, model_path=model_path, record_stability_info=record_stability_info)
+        )
 
     def release(self) -> APIFuture[None]:
         """Free this model on the backend once every request before this one has run; the client
@@ -238,9 +281,9 @@ class TrainingClient:
         return self.forward_backward(data, loss_fn, loss_fn_config)
 
     async def forward_backward_custom_async(
-        self, data: list[Datum], loss_fn: CustomLossFn
+        self, data: list[Datum], loss_fn: CustomLossFn | LossHandle, *, loss_type_input: str | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
-        return self.forward_backward_custom(data, loss_fn)
+        return self.forward_backward_custom(data, loss_fn, loss_type_input=loss_type_input)
 
     async def optim_step_async(
         self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
@@ -269,9 +312,21 @@ class TrainingClient:
         return self.get_info()
 
 
-def _refuse_ttl(ttl_seconds: Any) -> None:
-    """CKPT-13 / SDK-1: nothing in process would expire a checkpoint, so a TTL is refused by name."""
-    if ttl_seconds is not None:
-        raise BadRequestError(
-            "ttl_seconds", "in-process checkpoints never expire; checkpoint TTLs are kept by the tinker-std server"
-        )
+def _check_loss_type_input(loss_type_input: Any) -> None:
+    """The SDK's deprecated ``loss_type_input``: ``None`` or ``"logprobs"`` (warned), else refused."""
+    if loss_type_input is None:
+        return
+    if loss_type_input != "logprobs":
+        raise BadRequestError("loss_type_input", f"only 'logprobs' (deprecated, the default), got {loss_type_input!r}")
+    warnings.warn(
+        "loss_type_input is deprecated (as in the tinker SDK 0.38): a custom loss always receives logprobs",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _check_overwrite(overwrite: Any) -> None:
+    """``overwrite`` must be a bool: the SDK's ``save_weights_for_sampler`` takes ``user_metadata``
+    third, so a dict passed positionally lands here and must not read as ``True``."""
+    if not isinstance(overwrite, bool):
+        raise BadRequestError("overwrite", f"must be a bool, got {type(overwrite).__name__}")

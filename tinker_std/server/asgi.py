@@ -38,6 +38,7 @@ from .futures import DEFAULT_MAX_QUEUED_PER_TENANT
 from .messages import Endpoint, WireReply, WireRequest
 from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
+from .oai import oai_routes
 from .operations import WireService
 from .records import ServerRecords
 from .tenants import Tenants
@@ -116,7 +117,11 @@ def create_app(
             operations.close()
 
     app = Starlette(
-        routes=[_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()],
+        routes=[
+            *operations.external.routes(tenants),  # external weights: signed download URLs
+            *(_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()),
+            *oai_routes(operations, tenants, max_body_bytes),
+        ],
         middleware=[
             Middleware(AccessLog),
             Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),

@@ -4,12 +4,15 @@ The SDK sees a checkpoint as ``tinker://{model_id}/{weights|sampler_weights}/{na
 server's record); the backend stores it under a path of its own (``backend_path``). This module
 goes from one to the other: ``resolve`` finds the backend path of a tenant's wire path, ``size``
 measures a stored checkpoint, ``delete`` removes a record and then its files, ``delete_expired``
-enforces TTLs (the reaper calls it).
+enforces TTLs (the reaper calls it). External weights (``external_weights.py``) live outside the
+backend's store, under ``external_root``; their records' backend path is ``external://<folder>``.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from tinker_std.client.service import ServiceClient
@@ -18,7 +21,16 @@ from tinker_std.types import ParsedCheckpointTinkerPath
 
 from .records import CheckpointRecord, ServerRecords
 
-__all__ = ["CheckpointFiles"]
+__all__ = ["EXTERNAL_SCHEME", "CheckpointFiles", "external_root"]
+
+EXTERNAL_SCHEME = "external://"
+
+
+def external_root(service: ServiceClient) -> Path | None:
+    """Where external weights are kept: ``.external`` in the backend's checkpoint directory (a
+    dot folder, so never taken for a run); ``None`` for a backend without local files."""
+    root = getattr(getattr(service.backend, "checkpoint_store", None), "root", None)
+    return None if root is None else Path(root) / ".external"
 
 
 class CheckpointFiles:
@@ -54,6 +66,12 @@ class CheckpointFiles:
 
     def delete_files(self, backend_path: str) -> None:
         """Delete a stored checkpoint's files (nothing if they are already gone)."""
+        if backend_path.startswith(EXTERNAL_SCHEME):
+            root = external_root(self.service)
+            folder_id = backend_path[len(EXTERNAL_SCHEME) :]
+            if root is not None and folder_id and "/" not in folder_id and not folder_id.startswith("."):
+                shutil.rmtree(root / folder_id, ignore_errors=True)
+            return
         store = getattr(self.service.backend, "checkpoint_store", None)
         if store is None:
             return

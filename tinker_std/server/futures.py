@@ -31,10 +31,20 @@ from pydantic import BaseModel
 from tinker_std.errors import TinkerError
 
 from . import protobuf
-from .failures import ServerShutdown, failure_reply, not_found_reply
+from .failures import ServerShutdown, error_reply, failure_reply, not_found_reply
 from .messages import WireReply, WireRequest
 
-__all__ = ["LONG_POLL_S", "FutureStore", "Pending", "ResultKind", "chain", "settle_exception", "settle_result"]
+__all__ = [
+    "LONG_POLL_S",
+    "FutureStore",
+    "Pending",
+    "RequestLost",
+    "ResultKind",
+    "chain",
+    "new_request_id",
+    "settle_exception",
+    "settle_result",
+]
 
 #: How long ``retrieve_future`` waits for a result before answering ``try_again`` (the SDK's
 #: own HTTP timeout is 45 s).
@@ -65,6 +75,28 @@ class Pending:
             if self.reply is None:
                 self.reply = _encode(self)
             return self.reply
+
+
+#: The first characters of every request id this server process mints. A well-formed id with
+#: another prefix was admitted by an earlier process (killed or restarted): its result is gone.
+PROCESS_PREFIX = uuid.uuid4().hex[:8]
+_ID_LENGTH = len(PROCESS_PREFIX) + 32
+
+
+def new_request_id() -> str:
+    """A fresh request id of this server process (see ``PROCESS_PREFIX``)."""
+    return PROCESS_PREFIX + uuid.uuid4().hex
+
+
+class RequestLost(TinkerError):
+    """``retrieve_future`` of a request admitted by an earlier server process: the server was
+    killed or restarted since, and the result died with it. HTTP 410, which the SDK reads as a
+    broken promise (``RetryableException``): the caller sends the request again or resumes from
+    its last checkpoint. (Without it, the SDK turned the 404 of an unknown id into a bare
+    ``ValueError``.)"""
+
+    status_code = 410
+    retryable = True
 
 
 #: Default of ``FutureStore.max_queued_per_tenant`` (LIM-6).
@@ -111,7 +143,7 @@ class FutureStore:
     def store(self, future: Future[Any], kind: ResultKind, tenant: str, request_id: str | None = None) -> str:
         """Keep ``future`` under ``request_id`` (default: a new id); the id. It counts against
         ``tenant``'s quota until it finishes."""
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         with self._lock:
             if self._closing:
                 settle_exception(future, ServerShutdown("the server is shutting down"))
@@ -154,7 +186,7 @@ class FutureStore:
         """The ``retrieve_future`` endpoint, waiting on the calling thread (in-process use)."""
         request_id, entry = self._entry(request)
         if entry is None:
-            return not_found_reply(f"unknown request_id {request_id!r}")
+            return _unknown(request_id)
         try:
             entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:
@@ -171,7 +203,7 @@ class FutureStore:
         passes (``try_again``)."""
         request_id, entry = self._entry(request)
         if entry is None:
-            return not_found_reply(f"unknown request_id {request_id!r}")
+            return _unknown(request_id)
         if not entry.future.done():
             loop = asyncio.get_running_loop()
             woken: asyncio.Future[None] = loop.create_future()
@@ -218,6 +250,20 @@ def _encode_quietly(entry: Pending) -> None:
     poll, where it raises again and is answered like any error of a route."""
     with contextlib.suppress(Exception):
         entry.encode_reply()
+
+
+def _unknown(request_id: str) -> WireReply:
+    """404 for an id this process never minted for the caller; 410 (``RequestLost``) for one an
+    earlier server process minted."""
+    minted = len(request_id) == _ID_LENGTH and all(c in "0123456789abcdef" for c in request_id)
+    if minted and not request_id.startswith(PROCESS_PREFIX):
+        return error_reply(
+            RequestLost(
+                f"request {request_id!r} was admitted by an earlier server process (restarted since); "
+                "its result is lost: send it again or resume from the last checkpoint"
+            )
+        )
+    return not_found_reply(f"unknown request_id {request_id!r}")
 
 
 def _try_again(request_id: str, paused: bool = False) -> WireReply:

@@ -6,6 +6,8 @@ use, so validation, ordering and errors are the library's:
 
 - ``session_routes``: client configuration, sessions, heartbeats, health, capabilities;
 - ``training_routes``: training models, strictly in the SDK's ``seq_id`` order per model;
+- ``custom_loss_routes``: uploaded custom losses (``create_custom_loss``, spec 12) and the
+  ``forward_backward`` requests that run them;
 - ``sampling_routes``: sampling sessions and ``asample``;
 - ``futures``: every asynchronous operation answers ``{"request_id": ...}`` at once and its
   result is fetched with ``retrieve_future`` (a long poll): protobuf for
@@ -25,6 +27,8 @@ from __future__ import annotations
 from tinker_std.client.service import ServiceClient
 
 from .checkpoint_files import CheckpointFiles
+from .custom_loss_routes import CustomLossRoutes
+from .external_weights import ExternalWeights
 from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
@@ -67,7 +71,17 @@ class WireService:
         self.futures = FutureStore(max_queued_per_tenant)
         self.checkpoints = CheckpointFiles(service, self.records)
         self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
-        self.training = TrainingRoutes(service, self.state, self.futures, self.records, self.checkpoints)
+        self.external = ExternalWeights(service, self.records, self.checkpoints)
+        self.custom_losses = CustomLossRoutes(self.state, self.futures)
+        self.training = TrainingRoutes(
+            service,
+            self.state,
+            self.futures,
+            self.records,
+            self.checkpoints,
+            self.external,
+            custom_losses=self.custom_losses,
+        )
         self.sampling = SamplingRoutes(service, self.state, self.futures, self.checkpoints)
         self.rest = RestRoutes(self.records, self.state, self.checkpoints)
         self.closing = False
@@ -78,6 +92,7 @@ class WireService:
         return [
             *self.sessions.endpoints(),
             *self.training.endpoints(),
+            *self.custom_losses.endpoints(),
             *self.sampling.endpoints(),
             Endpoint("retrieve_future", self.futures.retrieve, async_handler=self.futures.retrieve_async),
             *refusal_endpoints(),

@@ -4,8 +4,7 @@ routes: each answers any method with a typed ``Unsupported`` refusal (HTTP 400,
 
 A refusal matches its own paths only, segment by segment (Starlette route syntax): a checkpoint
 or session whose *name* contains a refused endpoint's word (``project_v1``, ``audit-2``,
-``billing_test``) is an ordinary object. ``save_weights_external`` is a training request (it
-consumes its ``seq_id``), refused by ``TrainingRoutes`` with the message kept here.
+``billing_test``) is an ordinary object. External weights are served (``external_weights.py``).
 """
 
 from __future__ import annotations
@@ -19,13 +18,10 @@ ANY_METHOD = ("GET", "POST", "PUT", "DELETE", "PATCH")
 
 #: refused endpoint -> what the refusal says
 UNSUPPORTED = {
-    "external_weights_urls": "external weight URLs (save_weights_external) are not supported by the tinker-std server",
     "copy_weights": "copying weights between training runs is not supported by the tinker-std server",
     "project": "session projects are not supported by the tinker-std server",
     "sessions/search": "session search is not supported by the tinker-std server",
     "trace_export": "session trace export is not supported by the tinker-std server",
-    "save_weights_external": "save_weights_external is not supported by the tinker-std server",
-    "create_custom_loss": "server-side custom losses are not supported by the tinker-std server",
     "audit": "the audit log is not part of the tinker-std server",
     "billing": "billing is not part of the tinker-std server",
     "auth/token": "JWT exchange is not supported by the tinker-std server (use an API key)",
@@ -37,12 +33,10 @@ UNSUPPORTED = {
 #: route path under ``/api/v1/`` -> the ``UNSUPPORTED`` entry it answers with. Order matters only
 #: against other routes: ``sessions/search`` is declared before ``sessions/{session_id}``.
 REFUSED_PATHS = {
-    "training_runs/{run_id}/checkpoints/{kind}/{name}/external_weights_urls": "external_weights_urls",
     "copy_weights": "copy_weights",
     "sessions/{session_id}/project": "project",
     "sessions/search": "sessions/search",
     "sessions/{session_id}/trace_export": "trace_export",
-    "create_custom_loss": "create_custom_loss",
     "audit": "audit",
     "audit/{rest:path}": "audit",
     "billing": "billing",

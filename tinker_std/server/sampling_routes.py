@@ -7,7 +7,6 @@ validate or to run fails its own future (read with ``retrieve_future``), like a 
 
 from __future__ import annotations
 
-import uuid
 from concurrent.futures import Future
 from typing import Any
 
@@ -18,7 +17,7 @@ from tinker_std.errors import BadRequestError, LimitExceededError
 from tinker_std.types import ModelInput, SamplingParams
 
 from .checkpoint_files import CheckpointFiles
-from .futures import FutureStore, chain, settle_exception, settle_result
+from .futures import FutureStore, chain, new_request_id, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, require_int
 from .sdk_fields import record_sample, sample_options
 from .state import ServerState
@@ -74,7 +73,7 @@ class SamplingRoutes:
             raise LimitExceededError("num_samples", f"{num_samples} samples in one request exceed the limit of {limit}")
         self.futures.check_capacity(request.tenant)  # 429 before any work (LIM-6)
         answer: Future[Any] = Future()
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         ids = [f"{request_id}-{j}" for j in range(num_samples)]
         try:
             options = sample_options(body)

@@ -3,7 +3,7 @@ LOSS-16..LOSS-19; the classification is ``tinker_std.sdk_surface``).
 
 - refusals by name: ``project_id`` on a session, non-Adam ``optimizer_config``,
   ``weights_access_token``, sampling extras outside spec 0.2, ``base_model``/``model_path`` in an
-  ``asample`` body, ``kind`` other than ``snapshot``;
+  ``asample`` body, ``kind`` other than ``snapshot`` / ``inflight``;
 - stability records: the SDK names a sampled sequence by the id the server answers ``asample``
   with (``{request_id}-{j}``); the server records a ``record_stability_info`` sample under that id
   *scoped to the tenant* in the service's ``StabilityRecords``, and rewrites the span ids of a
@@ -56,11 +56,13 @@ def check_weights_access_token(value: Any) -> None:
         raise BadRequestError("weights_access_token", "cross-account weight access is not part of tinker-std (SDK-1)")
 
 
-def check_sampler_kind(value: Any) -> None:
-    if value not in (None, "snapshot"):
-        raise BadRequestError(
-            "kind", f"only 'snapshot' samplers are part of tinker-std spec 0.2 (SDK-5), got {value!r}"
-        )
+def check_sampler_kind(value: Any, named: bool = False) -> None:
+    """``kind`` of a sampler save: ``snapshot`` or ``inflight`` (INF-6); an inflight save has no
+    checkpoint name (``named``), as in the SDK, which sends none."""
+    if value not in (None, "snapshot", "inflight"):
+        raise BadRequestError("kind", f"must be 'snapshot' or 'inflight', got {value!r}")
+    if value == "inflight" and named:
+        raise BadRequestError("kind", "an inflight save publishes weights to samplers and takes no checkpoint path")
 
 
 class SampleOptions:

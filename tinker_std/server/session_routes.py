@@ -49,13 +49,15 @@ class SessionRoutes:
         ]
 
     def client_config(self, request: WireRequest) -> WireReply:
-        # The SDK's defaults, except plain httpx and chunks as large as the server's limits (FB-14).
+        # The SDK's defaults, except plain httpx, chunks as large as the server's limits (FB-14) and
+        # server-side custom losses (spec 12: custom_loss_routes).
         return WireReply.json(
             {
                 "use_pyqwest_transport": False,
                 "proto_compress_fwdbwd": self.compress_requests,
                 "fwdbwd_max_chunk_len": self.sdk_chunk_datums or self.service.limits.max_datums_per_call,
                 "fwdbwd_max_chunk_bytes_count": self.max_body_bytes // 2,
+                "custom_loss_server_side": True,
             }
         )
 

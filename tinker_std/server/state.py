@@ -19,6 +19,7 @@ from tinker_std.client.sampling import SamplingClient
 from tinker_std.client.training import TrainingClient
 from tinker_std.errors import ConflictError, NotFoundError
 
+from .futures import new_request_id
 from .lanes import SeqLane
 
 __all__ = ["ServerState", "Session", "TrainingModel", "Sampler"]
@@ -102,6 +103,11 @@ class ServerState:
             session.last_seen = time.monotonic()
             return session
 
+    def has_session(self, session_id: str) -> bool:
+        """Whether the session exists (any tenant); touches nothing."""
+        with self._lock:
+            return session_id in self._sessions
+
     def heartbeat(self, tenant: str, session_id: str) -> bool:
         """Mark ``tenant``'s session as seen; ``False`` if it is gone (or never was)."""
         with self._lock:
@@ -173,7 +179,7 @@ class ServerState:
                 tenant,
                 model_id.split(":train:")[0],
                 digest,
-                uuid.uuid4().hex,
+                new_request_id(),
                 SeqLane(model_id, self.gap_timeout_s),
             )
             session.models.add(model_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -30,11 +29,11 @@ from tinker_std.types import AdamParams
 
 from . import protobuf
 from .checkpoint_files import CheckpointFiles
-from .failures import ServerUnsupported
-from .futures import FutureStore, ResultKind, chain, settle_exception, settle_result
+from .custom_loss_routes import CustomLossRoutes
+from .external_weights import ExternalWeights
+from .futures import FutureStore, ResultKind, chain, new_request_id, settle_exception, settle_result
 from .messages import Endpoint, WireReply, WireRequest, field_error, operation_digest, require_int
 from .records import ServerRecords
-from .refusals import UNSUPPORTED
 from .sdk_fields import check_optimizer_config, check_sampler_kind, check_weights_access_token, scoped_datums
 from .state import ServerState, TrainingModel
 
@@ -54,12 +53,18 @@ class TrainingRoutes:
         futures: FutureStore,
         records: ServerRecords,
         checkpoints: CheckpointFiles,
+        external: ExternalWeights | None = None,
+        custom_losses: CustomLossRoutes | None = None,
     ) -> None:
+        """``custom_losses``: where ``loss_fn="custom"`` requests find their uploaded loss (spec
+        12); without it they are refused as an unknown loss."""
         self.service = service
+        self.custom_losses = custom_losses
         self.state = state
         self.futures = futures
         self.records = records
         self.checkpoints = checkpoints
+        self.external = external or ExternalWeights(service, records, checkpoints)
         self._tokenizer_dirs: dict[str, str | None] = {}
 
     def endpoints(self) -> list[Endpoint]:
@@ -207,6 +212,8 @@ class TrainingRoutes:
         msg = protobuf.parse_forward_backward(request.body)
 
         def run(model: TrainingModel) -> APIFuture[Any]:
+            if msg.loss_fn == "custom" and self.custom_losses is not None:  # an uploaded loss (CLG-3)
+                return self.custom_losses.forward_backward(model, msg)
             call = protobuf.decode_forward_backward(msg)
             client = model.ready()
             method = client.forward if call.forward_only else client.forward_backward
@@ -236,21 +243,23 @@ class TrainingRoutes:
 
     def save_weights_for_sampler(self, request: WireRequest) -> WireReply:
         body = request.json()
-        if body.get("kind") not in (None, "snapshot"):
+        kind = body.get("kind")
+        if kind not in (None, "snapshot", "inflight") or (kind == "inflight" and body.get("path")):
 
             def refuse(model: TrainingModel) -> None:
-                check_sampler_kind(body.get("kind"))
+                check_sampler_kind(kind, named=bool(body.get("path")))
 
             return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
         if body.get("path"):
             return self._save(request, "sampler")
 
-        def snapshot(model: TrainingModel) -> dict[str, Any]:
-            sampler = model.ready().save_weights_and_get_sampling_client().result()
-            sampler_id = self.state.register_sampler(model.tenant, model.session_id, sampler, None)
+        def sampler(model: TrainingModel) -> dict[str, Any]:
+            """A snapshot or inflight sampler (INF-1), registered like any sampling session."""
+            client = model.ready().save_weights_and_get_sampling_client(kind=kind or "snapshot").result()
+            sampler_id = self.state.register_sampler(model.tenant, model.session_id, client, None)
             return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), snapshot, "json")
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), sampler, "json")
 
     def _save(self, request: WireRequest, kind: str) -> WireReply:
         body = request.json()
@@ -293,12 +302,12 @@ class TrainingRoutes:
         return self._sequenced(request, body.get("model_id"), body.get("seq_id"), save, "json")
 
     def save_weights_external(self, request: WireRequest) -> WireReply:
+        """A standard peft adapter folder at ``tinker://<model>/external_weights/<name>``
+        (``external_weights.py``)."""
         body = request.json()
-
-        def refuse(model: TrainingModel) -> None:
-            raise ServerUnsupported(UNSUPPORTED["save_weights_external"])
-
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), refuse, "json")
+        return self._sequenced(
+            request, body.get("model_id"), body.get("seq_id"), lambda model: self.external.save(model, body), "json"
+        )
 
     # -- ordering ---------------------------------------------------------------------------
 
@@ -328,7 +337,7 @@ class TrainingRoutes:
         if seq != model.lane.next_seq:  # the request the lane waits for is never refused: it unblocks the rest
             self.futures.check_capacity(request.tenant)
         answer: Future[Any] = Future()
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
 
         def step() -> None:
             try:

@@ -19,8 +19,9 @@ __all__ = [
     "KIND_OF_SEGMENT",
 ]
 
-#: As in tinker 0.38. tinker-std writes ``training`` and ``sampler`` checkpoints; ``external``
-#: (``save_weights_external``) is a type it reads in listings but never writes (SDK-5).
+#: As in tinker 0.38. The library writes ``training`` and ``sampler`` checkpoints; ``external``
+#: (``save_weights_external``, a peft adapter folder) is written by the tinker-std server only
+#: (``tinker_std/server/external_weights.py``), so in-process paths never name it.
 CheckpointType = Literal["training", "sampler", "external"]
 
 #: Path segment -> checkpoint type. ``weights`` holds adapter + optimizer state (``save_state``),

@@ -1,0 +1,171 @@
+"""Uploaded custom loss graphs (spec 12, CLG-1..CLG-3): the allow-list validator and the graph
+interpreter of ``tinker_std.custom_loss``, run as the loss of ``forward_backward_custom`` on the
+backend under test. The graph below is what the SDK 0.38 sends for
+
+    def pg(logprobs, advantages, scale):
+        pg = (logprobs * advantages).sum()
+        p = torch.exp(logprobs).mean()
+        return scale * p - pg, {"custom/pg:sum": pg, "custom/p:mean": p}
+
+(``ServiceClient.create_custom_loss(pg, {"logprobs": 1, "advantages": 1, "scale": 0})``), written
+out here so the suite does not need the SDK.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+import tinker_std as ts
+from tinker_std.conformance.helpers import forward_logprobs
+from tinker_std.conformance.loss_checks import Factory, assert_same_gradient
+from tinker_std.conformance.plugin import ConformanceBackend
+from tinker_std.conformance.tolerances import assert_close, assert_replay
+from tinker_std.custom_loss import check_graph_inputs, graph_loss_fn, validate_loss
+from tinker_std.errors import BadRequestError
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"ref": name}
+
+
+def _node(op: str, name: str, target: str, *args: Any) -> dict[str, Any]:
+    return {"op": op, "name": name, "target": target, "args": list(args), "kwargs": {}}
+
+
+INPUTS = [{"name": "logprobs", "rank": 1}, {"name": "advantages", "rank": 1}, {"name": "scale", "rank": 0}]
+GRAPH = {
+    "format": 1,
+    "nodes": [
+        _node("placeholder", "logprobs", "logprobs"),
+        _node("placeholder", "advantages", "advantages"),
+        _node("placeholder", "scale", "scale"),
+        _node("call_function", "mul", "operator.mul", _ref("logprobs"), _ref("advantages")),
+        _node("call_method", "sum_1", "sum", _ref("mul")),
+        _node("call_function", "exp", "torch.exp", _ref("logprobs")),
+        _node("call_method", "mean", "mean", _ref("exp")),
+        _node("call_function", "mul_1", "operator.mul", _ref("scale"), _ref("mean")),
+        _node("call_function", "sub", "operator.sub", _ref("mul_1"), _ref("sum_1")),
+        _node(
+            "output",
+            "output",
+            "output",
+            {"tuple": [_ref("sub"), {"dict": {"custom/pg:sum": _ref("sum_1"), "custom/p:mean": _ref("mean")}}]},
+        ),
+    ],
+}
+
+
+def _python_pg(data: list[ts.Datum], lps: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The same loss written directly (the reference CLG-2 compares the graph with)."""
+    total = torch.zeros(())
+    pg_sum, p_sum = 0.0, 0.0
+    for d, lp in zip(data, lps, strict=True):
+        pg = (lp * d.loss_fn_inputs["advantages"].to_torch()).sum()
+        p = torch.exp(lp).mean()
+        total = total + d.loss_fn_inputs["scale"].to_torch().reshape(()) * p - pg
+        pg_sum, p_sum = pg_sum + float(pg), p_sum + float(p)
+    return total, {"custom/pg:sum": pg_sum, "custom/p:mean": p_sum / len(data)}
+
+
+def _data(v: int) -> list[ts.Datum]:
+    rows = [([3, 9, 14, 2, 7, 11], [0.0, 1.5, -0.5, 2.0, 1.0], 0.5), ([5, 1, 8, 13], [1.0, -1.0, 0.25], 2.0)]
+    return [
+        ts.Datum(
+            model_input=ts.ModelInput.from_ints([t % v for t in tokens[:-1]]),
+            loss_fn_inputs={
+                "target_tokens": ts.TensorData(data=[t % v for t in tokens[1:]], dtype="int64", shape=[len(adv)]),
+                "advantages": ts.TensorData(data=adv, dtype="float32", shape=[len(adv)]),
+                "scale": ts.TensorData(data=[scale], dtype="float32", shape=[]),
+            },
+        )
+        for tokens, adv, scale in rows
+    ]
+
+
+@pytest.mark.spec("CLG-1")
+@pytest.mark.parametrize(
+    "node",
+    [
+        _node("call_function", "mul", "os.system", "true"),
+        _node("call_function", "mul", "builtins.eval", "1"),
+        _node("call_function", "mul", "torch.save", _ref("logprobs"), "/tmp/x"),
+        _node("call_function", "mul", "torch.zeros", 1 << 40),
+        _node("call_method", "mul", "exp_", _ref("logprobs")),
+        _node("call_method", "mul", "__reduce_ex__", _ref("logprobs"), 2),
+        _node("call_function", "mul", "getattr", _ref("logprobs"), "__class__"),
+        _node("get_attr", "mul", "weight"),
+        _node("call_module", "mul", "linear", _ref("logprobs")),
+    ],
+    ids=[
+        "os.system",
+        "eval",
+        "torch.save",
+        "torch.zeros",
+        "in-place",
+        "dunder-method",
+        "getattr",
+        "get_attr",
+        "module",
+    ],
+)
+def test_a_graph_outside_the_allow_list_is_refused_naming_the_node(node: dict[str, Any]) -> None:
+    validate_loss("pg", INPUTS, GRAPH)  # the graph itself is valid
+    bad = copy.deepcopy(GRAPH)
+    bad["nodes"][3] = node
+    try:
+        validate_loss("pg", INPUTS, bad)
+    except BadRequestError as exc:
+        assert exc.field == "graph.nodes[3] ('mul')", f"[CLG-1] the refusal names {exc.field!r}, not the node"
+    else:
+        raise AssertionError(f"[CLG-1] a graph calling {node['target']!r} ({node['op']}) was accepted")
+
+
+@pytest.mark.spec("CLG-2")
+def test_a_graph_loss_equals_its_python_definition(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    data = _data(conformance_backend.vocab_size)
+    graph, direct = make_training_client(), make_training_client()
+    out_g = graph.forward_backward_custom(data, graph_loss_fn(validate_loss("pg", INPUTS, GRAPH))).result()
+    out_d = direct.forward_backward_custom(data, _python_pg).result()
+    assert_same_gradient(graph, direct, conformance_backend, "CLG-2", "graph loss vs the same loss in Python")
+    for key in ("loss:sum", "custom/pg:sum", "custom/p:mean"):
+        assert key in out_g.metrics, f"[CLG-2] metric {key} missing"
+        assert_close(out_g.metrics[key], out_d.metrics[key], "sum", "CLG-2", what=key)
+
+
+@pytest.mark.spec("CLG-3")
+def test_inputs_are_checked_and_a_failing_graph_changes_nothing(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    data = _data(conformance_backend.vocab_size)
+    graph = validate_loss("pg", INPUTS, GRAPH)
+    missing = [data[0], ts.Datum(model_input=data[1].model_input, loss_fn_inputs={**data[1].loss_fn_inputs})]
+    del missing[1].loss_fn_inputs["advantages"]
+    wrong_rank = [data[0], ts.Datum(model_input=data[1].model_input, loss_fn_inputs={**data[1].loss_fn_inputs})]
+    wrong_rank[1].loss_fn_inputs["scale"] = ts.TensorData(data=[1.0, 2.0], dtype="float32", shape=[2])
+    for bad, field in ((missing, "data[1].loss_fn_inputs.advantages"), (wrong_rank, "data[1].loss_fn_inputs.scale")):
+        try:
+            check_graph_inputs(graph, bad)
+        except BadRequestError as exc:
+            assert exc.field == field, f"[CLG-3] the refusal names {exc.field!r}, not {field!r}"
+        else:
+            raise AssertionError(f"[CLG-3] {field} was not checked")
+    # advantages one position short: the graph fails while it runs, after the forward pass
+    short = [ts.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs}) for d in data]
+    adv = short[0].loss_fn_inputs["advantages"].data[:-1]
+    short[0].loss_fn_inputs["advantages"] = ts.TensorData(data=adv, dtype="float32", shape=[len(adv)])
+    tc, twin = make_training_client(), make_training_client()
+    with pytest.raises(ts.RequestFailedError):
+        tc.forward_backward_custom(short, graph_loss_fn(graph)).result()
+    assert_same_gradient(tc, twin, conformance_backend, "CLG-3", "a failed graph loss must accumulate nothing")
+    plain = [
+        ts.Datum(model_input=d.model_input, loss_fn_inputs={"target_tokens": d.loss_fn_inputs["target_tokens"]})
+        for d in data
+    ]
+    for i, (a, b) in enumerate(zip(forward_logprobs(tc, plain), forward_logprobs(twin, plain), strict=True)):
+        assert_replay(a, b, "token", "CLG-3", what=f"datum {i}: a failed graph loss changed the model")

@@ -1,0 +1,287 @@
+"""The OpenAI-compatible HTTP routes: ``/oai/api/v1/completions``, ``/oai/api/v1/chat/completions``
+and ``GET /oai/api/v1/models`` (hosted Tinker's paths: point an OpenAI client's ``base_url`` at
+``<server>/oai/api/v1``).
+
+Each request is authenticated with the server's own keys (``Authorization: Bearer <key>``, as
+OpenAI clients send it, or ``X-API-Key``; 401 otherwise), admitted against the tenant's quota of
+unfinished requests (429, LIM-6), validated in full (a 400 naming the field, before any sampling),
+then sampled on a worker thread (``generate``). Errors use OpenAI's body
+``{"error": {"message", "type", "param", "code"}}``: ``param`` is the offending field, ``code`` the
+tinker-std error type. A stream is ``text/event-stream``: ``data: <chunk>`` events, then
+``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tinker_std.errors import BadRequestError, TinkerError
+
+from ..futures import FutureStore
+from ..tenants import Tenants
+from .generate import Generation, generate
+from .models import OaiModels, tenant_of_request
+from .replies import chat_chunks, chat_reply, completion_chunks, completion_reply
+from .wire import ChatCompletionRequest, CompletionRequest
+
+__all__ = ["OAI_PREFIX", "oai_routes"]
+
+OAI_PREFIX = "/oai/api/v1"
+#: OpenAI's error ``type`` for each status.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+#: The OpenAI name of a field the sampling library names otherwise.
+_LIBRARY_FIELDS = {"num_samples": "n", "topk_sample_logprobs": "logprobs", "topk_prompt_logprobs": "logprobs"}
+#: A completion's ``max_tokens`` when the request gives none (OpenAI's default).
+DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+
+def oai_routes(
+    models: OaiModels, tenants: Tenants, futures: FutureStore, max_body_bytes: int, closing: Callable[[], bool]
+) -> list[Route]:
+    """The routes, served by the server's ASGI app beside the Tinker API's; while ``closing()``
+    every request is answered 503 (retryable), as the Tinker API's are."""
+    api = _OaiApi(models, tenants, futures, max_body_bytes, closing)
+    return [
+        Route(f"{OAI_PREFIX}/completions", api.completions, methods=["POST"]),
+        Route(f"{OAI_PREFIX}/chat/completions", api.chat_completions, methods=["POST"]),
+        Route(f"{OAI_PREFIX}/models", api.list_models, methods=["GET"]),
+    ]
+
+
+class _OaiApi:
+    def __init__(
+        self,
+        models: OaiModels,
+        tenants: Tenants,
+        futures: FutureStore,
+        max_body_bytes: int,
+        closing: Callable[[], bool],
+    ) -> None:
+        self.models, self.tenants, self.futures, self.max_body_bytes = models, tenants, futures, max_body_bytes
+        self.closing = closing
+
+    async def list_models(self, request: Request) -> Response:
+        if self._tenant(request) is None:
+            return _error(401, "invalid API key", None, "AuthenticationError")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tinker-std"} for m in self.models.base_models()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, CompletionRequest, self._complete)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, ChatCompletionRequest, self._chat)
+
+    def _tenant(self, request: Request) -> str | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return tenant_of_request(self.tenants, headers)
+
+    async def _serve(self, request: Request, kind: type[BaseModel], run: Callable[[Any, str], Response]) -> Response:
+        tenant = self._tenant(request)
+        if tenant is None:
+            return _error(401, "invalid API key (send it as Authorization: Bearer <key>)", None, "AuthenticationError")
+        request.scope.setdefault("state", {})["tenant"] = tenant  # for the access log
+        if self.closing():
+            return _error(503, "ServerShutdown: the server is shutting down; retry", None, "ServerShutdown")
+        try:
+            parsed = _validated(kind, await read_body(request, self.max_body_bytes))
+            self.futures.check_capacity(tenant)
+            return await run_in_threadpool(run, parsed, tenant)
+        except TinkerError as exc:
+            return _tinker_error(exc)
+
+    def _complete(self, req: CompletionRequest, tenant: str) -> Response:
+        client = self.models.sampler(tenant, req.model)
+        tokenizer = client.get_tokenizer()
+        prompts = _prompt_tokens(tokenizer, req.prompt)
+        k = req.logprobs or 0
+        generations = self._generate(
+            client, req, prompts, k, tenant, echo_logprobs=req.echo and req.logprobs is not None
+        )
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        reply = completion_reply(
+            tokenizer,
+            generations,
+            rid=rid,
+            created=created,
+            model=req.model,
+            logprobs=req.logprobs is not None,
+            echo=req.echo,
+        )
+        if not req.stream:
+            return JSONResponse(reply.model_dump())
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        return _sse(
+            completion_chunks(
+                reply, tokenizer, generations, logprobs=req.logprobs is not None, echo=req.echo, usage=usage
+            )
+        )
+
+    def _chat(self, req: ChatCompletionRequest, tenant: str) -> Response:
+        client = self.models.sampler(tenant, req.model)
+        tokenizer: Any = client.get_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            raise BadRequestError(
+                "messages", f"the tokenizer of {req.model!r} has no chat template; use /completions with a prompt"
+            )
+        for i, message in enumerate(req.messages):
+            if message.name is not None and "name" not in str(tokenizer.chat_template):
+                raise BadRequestError(f"messages[{i}].name", f"the chat template of {req.model!r} does not use names")
+        try:
+            text = tokenizer.apply_chat_template(
+                [m.template_dict() for m in req.messages], add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # a template's own raise_exception (e.g. an unsupported role), a jinja error
+            raise BadRequestError("messages", f"the chat template of {req.model!r} refused them: {exc}") from None
+        prompt = list(tokenizer.encode(text, add_special_tokens=False))
+        k = (req.top_logprobs or 0) if req.logprobs else 0
+        generations = self._generate(client, req, [prompt], k, tenant, echo_logprobs=False)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        reply = chat_reply(tokenizer, generations, rid=rid, created=created, model=req.model, logprobs=req.logprobs)
+        if not req.stream:
+            return JSONResponse(reply.model_dump())
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        return _sse(chat_chunks(reply, tokenizer, generations, logprobs=req.logprobs, usage=usage))
+
+    def _generate(
+        self, client: Any, req: Any, prompts: list[list[int]], k: int, tenant: str, *, echo_logprobs: bool
+    ) -> list[Generation]:
+        max_tokens = req.max_tokens
+        if max_tokens is None and isinstance(req, CompletionRequest):
+            max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
+        try:
+            return self._sample(client, req, prompts, k, max_tokens, tenant, echo_logprobs)
+        except BadRequestError as exc:  # the library names its own fields: name the OpenAI one
+            renamed = _LIBRARY_FIELDS.get(exc.field, exc.field.removeprefix("sampling_params."))
+            exc.field, exc.args = renamed, (f"{renamed}: {exc.problem}",)
+            raise
+
+    def _sample(
+        self,
+        client: Any,
+        req: Any,
+        prompts: list[list[int]],
+        k: int,
+        max_tokens: int | None,
+        tenant: str,
+        echo_logprobs: bool,
+    ) -> list[Generation]:
+        return generate(
+            client,
+            prompts,
+            n=req.n,
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stop_strings(),
+            top_logprobs=k,
+            echo_logprobs=echo_logprobs,
+            track=lambda future: self._track(future, tenant),
+        )
+
+    def _track(self, future: Future[Any], tenant: str) -> None:
+        """Count a sampling request against ``tenant``'s quota (LIM-6) and in the metrics while it
+        runs, as the Tinker API's ``asample`` does; it is not kept for ``retrieve_future`` after."""
+        request_id = self.futures.store(future, "sample", tenant)
+        future.add_done_callback(lambda _: self.futures.forget(request_id))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body; ``BadRequestError`` on ``body`` if it is over ``limit`` bytes (the
+    transport's ``BodySizeLimit`` already refused an over-long ``Content-Length``)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequestError("body", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _validated(kind: type[BaseModel], raw: bytes) -> Any:
+    """``raw`` JSON as a ``kind``, strictly (``"n": true`` or ``"stream": "yes"`` is refused, not
+    coerced); the field of the most specific problem is named."""
+    try:
+        return kind.model_validate_json(raw, strict=True)
+    except ValidationError as exc:
+        errors = exc.errors()  # the deepest location is the most specific (a union reports each member)
+        first = max(errors, key=lambda e: _depth(e["loc"]))
+        raise BadRequestError(_field_of(first["loc"]) or "body", first["msg"]) from None
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as a field path (``messages[0].content``), without the names
+    pydantic gives the members of a union (``str``, ``list[int]``, ...)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier() and part not in _UNION_TAGS:
+            out += f".{part}" if out else part
+    return out
+
+
+def _depth(loc: tuple[Any, ...]) -> int:
+    return sum(1 for part in loc if isinstance(part, int) or (part.isidentifier() and part not in _UNION_TAGS))
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "text"}
+
+
+def _prompt_tokens(tokenizer: Any, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    """Each prompt's tokens: text is encoded as the model's tokenizer does by default (special tokens
+    such as a BOS included), token ids are taken as they are."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif prompt and all(isinstance(t, int) for t in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    if not items:
+        raise BadRequestError("prompt", "must not be empty")
+    out = []
+    for i, item in enumerate(items):
+        tokens = list(tokenizer.encode(item)) if isinstance(item, str) else list(item)
+        if not tokens:
+            raise BadRequestError(f"prompt[{i}]" if len(items) > 1 else "prompt", "encodes to no tokens")
+        out.append(tokens)
+    return out
+
+
+def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
+    def events() -> Iterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def _tinker_error(exc: TinkerError) -> Response:
+    param = getattr(exc, "field", None)
+    message = f"{type(exc).__name__}: {exc}"
+    return _error(exc.status_code, message, param, type(exc).__name__)
+
+
+def _error(status: int, message: str, param: str | None, code: str) -> JSONResponse:
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    headers = {"x-should-retry": "true" if status in (429, 503) else "false"}
+    return JSONResponse(body, status_code=status, headers=headers)
