@@ -40,7 +40,7 @@ def test_every_property_test_uses_the_suites_settings() -> None:
     tests = _property_tests()
     assert len(tests) >= 10, "the scan found too few @given tests: is the conformance folder where it was?"
     loose = [name for name, decorators in tests if "conformance_settings" not in decorators]
-    assert not loose, f"@given without @conformance_settings (its examples would follow the Hypothesis profile): {loose}"
+    assert not loose, f"@given without @conformance_settings (examples would follow the profile): {loose}"
 
 
 def test_the_suites_settings_are_derandomized_without_a_database() -> None:
