@@ -4,8 +4,9 @@ The wire protocol names a training run by the SDK-facing model id (``"{session}:
 a checkpoint by ``tinker://<that id>/<kind>/<name>``. The backend keeps its own run ids and paths,
 so every checkpoint record stores the backend path it lives at; the REST listings, loads and
 samplers resolve wire paths through these records. Each row names its tenant: a record of another
-tenant is invisible (``None`` / not listed). Writes commit at once (WAL journal), so a server
-killed at any point and started again on the same database lists what it had saved.
+tenant is invisible (``None`` / not listed). Writes commit at once (WAL journal, synchronous=NORMAL),
+so a server process killed at any point (kill -9 included) and started again on the same database
+lists what it had saved; a power loss or OS crash may lose the last commits (no fsync per commit).
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ class ServerRecords:
         with self._lock:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: a commit is in the WAL file (the OS's page cache) before the call
+            # returns, so it survives a crash or kill -9 of this process; only the checkpoint of
+            # the WAL is fsynced, so a power loss or OS crash may lose the last commits.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
