@@ -159,7 +159,9 @@ class TinkerBackend(Backend):
         try:
             self._sdk = tinker.ServiceClient(base_url=self.base_url, api_key=self._api_key)
             self._sdk.holder  # noqa: B018 - creates the session now (blocking), not inside a later call
-            self._rest = tinker.RestClient(base_url=self.base_url, api_key=self._api_key)
+            # Over the session's holder: no second holder (its thread, config fetch and connection
+            # pools, which the SDK keeps for the life of the process), and closed with the session.
+            self._rest = tinker.RestClient(self._sdk.holder)
         except Exception as exc:
             raise _mapped(exc) from exc
         _drop_stale_sockets(self._sdk.holder.get_loop())
@@ -169,8 +171,10 @@ class TinkerBackend(Backend):
         """One plain request, so a missing server fails now instead of after the SDK's retries."""
         import httpx
 
+        # A plain-HTTP URL needs no certificates: loading them costs ~30 ms per client here.
+        verify = base_url.lower().startswith("https:")
         try:
-            httpx.get(f"{base_url}/api/v1/healthz", timeout=self.connect_timeout_s)
+            httpx.get(f"{base_url}/api/v1/healthz", timeout=self.connect_timeout_s, verify=verify)
         except httpx.HTTPError as exc:
             raise TinkerServerUnreachableError(base_url, f"{type(exc).__name__}: {exc}") from exc
 
