@@ -30,6 +30,7 @@ CAP2_NAMES = frozenset(
         "seeded_sampling",
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
+        "target_prompt_logprobs",
         "checkpoint_management",
     }
 )
@@ -199,6 +200,11 @@ def _declared_requests(
         "seeded_sampling": seeded,
         "topk_prompt_logprobs": topk,
         "topk_sample_logprobs": topk_sample,
+        "target_prompt_logprobs": lambda: sc.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=ts.TensorData(
+                data=[1, 2], dtype="int64", shape=[len(prompt.to_ints()) - 1, 2]
+            )
+        ).result(timeout=120),
         "checkpoint_management": lambda: service.create_rest_client().list_training_runs().result(timeout=120),
     }
 

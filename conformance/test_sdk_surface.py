@@ -81,6 +81,43 @@ def test_topk_sample_logprobs_are_the_raw_distribution_each_token_was_drawn_from
     assert err.value.field == "topk_sample_logprobs", f"[SDK-6] field {err.value.field!r}"
 
 
+@pytest.mark.requires("target_prompt_logprobs")
+@pytest.mark.spec("SDK-7", "SMP-16")
+def test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = [1 % v, 7 % v, 42 % v, 99 % v, 3 % v]
+    # row i names ids scored at prompt position i + 1: the prompt's own token, two others, a -1 cell
+    rows = [[prompt[i + 1], (5 * i + 2) % v, -1, (prompt[i + 1] + 1) % v] for i in range(len(prompt) - 1)]
+    request = ts.TensorData(data=[t for row in rows for t in row], dtype="int64", shape=[len(rows), 4])
+    out = base_sampler.sample(
+        ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=request
+    ).result()
+    got = out.target_prompt_logprobs
+    assert got is not None, "[SDK-7] asked for target_prompt_logprobs, got None"
+    assert got.dtype == "float32" and got.shape == [len(rows), 4], f"[SDK-7] {got.dtype} {got.shape}"
+    values = [got.data[r * 4 : (r + 1) * 4] for r in range(len(rows))]
+    for i, row in enumerate(rows):
+        assert values[i][2] == 0.0, f"[SDK-7] a -1 cell at row {i} is {values[i][2]}, not 0.0"
+        for j in (0, 1, 3):  # reference: compute_logprobs of the prompt prefix followed by that id
+            ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*prompt[: i + 1], row[j]])).result()[-1]
+            assert_close(values[i][j], ref, "token", "SDK-7", what=f"target logprob [{i}, {j}] (id {row[j]})")
+    plain = base_sampler.sample(ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1)).result()
+    assert plain.target_prompt_logprobs is None, "[SDK-7] not asked for: None"
+    bad = {
+        "rows": ts.TensorData(data=[1] * 3, dtype="int64", shape=[3, 1]),  # len(prompt) - 1 is 4
+        "id": ts.TensorData(data=[v] * 4, dtype="int64", shape=[4, 1]),
+        "dtype": ts.TensorData(data=[1.0] * 4, dtype="float32", shape=[4, 1]),
+    }
+    for what, tensor in bad.items():
+        with pytest.raises(ts.BadRequestError) as err:
+            base_sampler.sample(
+                ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=tensor
+            )
+        assert err.value.field == "target_prompt_logprobs", f"[SDK-7] bad {what}: field {err.value.field!r}"
+
+
 class _NotAdam:
     """Stands for an optimizer config tinker-std does not implement (e.g. the SDK's Dimuon)."""
 
@@ -99,9 +136,6 @@ def test_sdk_features_outside_the_spec_are_refused_by_name(
     probe = probe_batch(v)
     before = tc.forward(probe).result().metrics
     refused: dict[str, Callable[[], Any]] = {
-        "target_prompt_logprobs": lambda: base_sampler.sample(
-            prompt, 1, params, target_prompt_logprobs=ts.TensorData(data=[1, 2], dtype="int64", shape=[2, 1])
-        ),
         "prompt_alt_tokens_k": lambda: base_sampler.sample(prompt, 1, params, prompt_alt_tokens_k=1),
         "kind": lambda: tc.save_weights_and_get_sampling_client(kind="live"),  # type: ignore[arg-type]
         "record_stability_info": lambda: tc.save_weights_and_get_sampling_client(record_stability_info="yes"),  # type: ignore[arg-type]

@@ -72,8 +72,18 @@ def probe_sample_extras(ctx: Ctx) -> None:
     prompt, params = types.ModelInput.from_ints(PROMPT), types.SamplingParams(max_tokens=2)
     seq = sc.sample(prompt, 1, params, topk_sample_logprobs=2).result().sequences[0]
     assert seq.topk_logprobs is not None and [len(row) for row in seq.topk_logprobs] == [2] * len(seq.tokens), seq
-    target = types.TensorData(data=[1, 2, 3, 4], dtype="int64", shape=[4, 1])
-    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=target), "target_prompt_logprobs")
+    ids = [PROMPT[1], 5, PROMPT[2], -1, PROMPT[3], 9, PROMPT[4], 0]  # [4, 2]: the prompt's token, another
+    target = types.TensorData(data=ids, dtype="int64", shape=[4, 2])
+    got = sc.sample(prompt, 1, params, target_prompt_logprobs=target).result().target_prompt_logprobs
+    assert got is not None and got.dtype == "float32" and list(got.shape or []) == [4, 2], got
+    scored = got.tolist()
+    reference = sc.compute_logprobs(prompt).result()
+    for i in range(4):  # the prompt's own token: compute_logprobs; the -1 cell: 0.0
+        assert abs(scored[i][0] - reference[i + 1]) < 1e-4, (i, scored, reference)
+    assert scored[1][1] == 0.0, scored
+    sparse = types.TensorData(data=[5], dtype="int64", shape=[4, 1], sparse_crow_indices=[0, 1, 1, 1, 1],
+                              sparse_col_indices=[0])  # fmt: skip
+    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=sparse), "target_prompt_logprobs")
     _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=2), "prompt_alt_tokens_k")
 
 

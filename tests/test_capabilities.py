@@ -28,9 +28,11 @@ TORCH = {
     "seeded_sampling",
     "topk_prompt_logprobs",
     "topk_sample_logprobs",
+    "target_prompt_logprobs",
     "checkpoint_management",
 }
-MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs"}  # the modal wire does not carry it
+#: the modal wire does not carry these two
+MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs", "target_prompt_logprobs"}
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

@@ -38,7 +38,7 @@ import torch
 
 from .backend import Tokenizer
 from .errors import BadRequestError, ContextLengthError
-from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams
+from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams, TensorData
 
 __all__ = [
     "DRAW_RULE",
@@ -51,6 +51,8 @@ __all__ = [
     "kept_count",
     "prompt_scores",
     "sequence_generator",
+    "target_scores",
+    "target_tensor",
     "token_budget",
 ]
 
@@ -207,6 +209,27 @@ def prompt_scores(
         for row_ids, row_values in zip(ids[:, :k].tolist(), values[:, :k].tolist(), strict=True):
             tops.append(list(zip(row_ids, row_values, strict=True)) + padding)
     return lps, tops
+
+
+def target_scores(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Per prompt position ``i + 1``, the logprob of each id in ``targets[i]`` under the prompt's
+    logits (P, V), row ``i`` predicting ``prompt[i + 1]``; a ``-1`` id gets 0.0 (SDK-7)."""
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    ids = torch.as_tensor([list(row) for row in targets], dtype=torch.long, device=logp.device)
+    if ids.numel() == 0:
+        return [[] for _ in targets]
+    picked = logp.gather(-1, ids.clamp(min=0))
+    return torch.where(ids < 0, torch.zeros_like(picked), picked).tolist()  # type: ignore[no-any-return]
+
+
+def target_tensor(logits: torch.Tensor, targets: Sequence[Sequence[int]] | None) -> TensorData | None:
+    """``SampleResponse.target_prompt_logprobs`` for the request's ``target_prompt_ids`` (SDK-7):
+    float32, the request's ``[len(prompt) - 1, K]`` shape; None when none were requested."""
+    if targets is None:
+        return None
+    rows = target_scores(logits, targets)
+    width = len(targets[0]) if targets else 0
+    return TensorData(data=[v for row in rows for v in row], dtype="float32", shape=[len(targets), width])
 
 
 def top_logprobs(logp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

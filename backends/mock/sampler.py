@@ -25,6 +25,7 @@ from tinker_std.sampling_rules import (
     StopRule,
     choose_token,
     prompt_scores,
+    target_tensor,
     sequence_generator,
     token_budget,
     top_logprobs,
@@ -112,4 +113,11 @@ def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer:
         for j in range(request.num_samples)
     ]
     lps, tops = prompt_scores(prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs)
-    return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+    targets = target_tensor(prompt_logits, request.target_prompt_ids)
+    return SampleResponse(
+        sequences=sequences,
+        prompt_logprobs=lps,
+        topk_prompt_logprobs=tops,
+        target_prompt_logprobs=targets,
+        type="sample",
+    )

@@ -39,6 +39,7 @@ from tinker_std.sampling_rules import (
     StopRule,
     choose_tokens,
     prompt_scores,
+    target_tensor,
     sequence_generator,
     token_budget,
     top_logprobs,
@@ -101,7 +102,11 @@ class DecodeJob:
 
     @property
     def wants_prompt_scores(self) -> bool:
-        return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
+        return (
+            self.request.include_prompt_logprobs
+            or self.request.topk_prompt_logprobs > 0
+            or self.request.target_prompt_ids is not None
+        )
 
 
 def _accepts(model: Any, argument: str) -> bool:
@@ -207,14 +212,17 @@ def _run_loop(
     prompts = _prompt_pass(model, jobs, device, rows, alone)
     lengths, pads, attention, cache = prompts.lengths, prompts.pads, prompts.attention, prompts.cache
     scores = [
-        prompt_scores(
-            prompts.logits[b, -lengths[b] :].float(),
-            job.request.prompt,
-            job.request.include_prompt_logprobs,
-            job.request.topk_prompt_logprobs,
+        (
+            *prompt_scores(
+                prompts.logits[b, -lengths[b] :].float(),
+                job.request.prompt,
+                job.request.include_prompt_logprobs,
+                job.request.topk_prompt_logprobs,
+            ),
+            target_tensor(prompts.logits[b, -lengths[b] :].float(), job.request.target_prompt_ids),
         )
         if job.wants_prompt_scores
-        else (None, None)
+        else (None, None, None)
         for b, job in enumerate(jobs)
     ]
 
@@ -300,10 +308,10 @@ def _step_tokens(
     return tokens, positions
 
 
-def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> list[SampleResponse]:
-    """Each job's response: its sequences, prompt logprobs and top-k prompt logprobs."""
+def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any]]) -> list[SampleResponse]:
+    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs."""
     responses = []
-    for job, (lps, tops) in zip(jobs, scores, strict=True):
+    for job, (lps, tops, targets) in zip(jobs, scores, strict=True):
         want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
             SampledSequence(
@@ -316,7 +324,13 @@ def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> 
             for tokens, logprobs, reason, tops in zip(job.tokens, job.logprobs, job.reasons, job.tops, strict=True)
         ]
         responses.append(
-            SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+            SampleResponse(
+                sequences=sequences,
+                prompt_logprobs=lps,
+                topk_prompt_logprobs=tops,
+                target_prompt_logprobs=targets,
+                type="sample",
+            )
         )
     return responses
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
+from tinker_std.backends.mock import sampler as mock_sampler
 from tinker_std.client import sampling
 from tinker_std.types import SampleResponse
 
@@ -62,12 +65,50 @@ class AltTokensIgnoredMock(PatchingMock):
     @classmethod
     def patch(cls) -> None:
         def make(original: Any) -> Any:
-            def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
-                original(target_prompt_logprobs, 0)
+            def _refuse_sampling_extras(prompt_alt_tokens_k: Any) -> None:
+                original(0)
 
             return _refuse_sampling_extras
 
         replace(sampling, "_refuse_sampling_extras", make)
+
+
+class TargetOffByOneMock(PatchingMock):
+    """SDK-7: ``target_prompt_logprobs`` cell ``[i, j]`` is scored at prompt position ``i`` (the
+    distribution over ``prompt[i]``) instead of ``i + 1``: its rows are shifted by one."""
+
+    name: ClassVar[str] = "mock-target-off-by-one"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def target_tensor(logits: Any, targets: Any) -> Any:
+                if targets is None:
+                    return None
+                shifted = torch.cat([logits[:1], logits[:-1]])  # row i now predicts prompt[i]
+                return original(shifted, targets)
+
+            return target_tensor
+
+        replace(mock_sampler, "target_tensor", make)
+
+
+class TargetPlaceholderScoredMock(PatchingMock):
+    """SDK-7: a ``-1`` cell of ``target_prompt_logprobs`` gets the logprob of token 0 instead of 0.0."""
+
+    name: ClassVar[str] = "mock-target-placeholder-scored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def target_tensor(logits: Any, targets: Any) -> Any:
+                if targets is None:
+                    return None
+                return original(logits, tuple(tuple(max(t, 0) for t in row) for row in targets))
+
+            return target_tensor
+
+        replace(mock_sampler, "target_tensor", make)
 
 
 class BaseModelPreferredMock(PatchingMock):
@@ -150,6 +191,12 @@ MUTANTS = [
         also=("SDK-3", "LOSS-16", "LOSS-19"),
     ),
     _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(TargetOffByOneMock, "SDK-7", "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids"),
+    _m(
+        TargetPlaceholderScoredMock,
+        "SDK-7",
+        "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids",
+    ),
     _m(
         BaseModelPreferredMock,
         "SMP-15",

@@ -247,4 +247,9 @@ def encode_sample_response(response: SampleResponse) -> bytes:
             ).tobytes()
             msg.topk_prompt_logprobs.k = k
             msg.topk_prompt_logprobs.length = len(cells)
+    targets = response.target_prompt_logprobs
+    if targets is not None:  # SDK-7: float32, dense, the request's shape
+        msg.target_prompt_logprobs.dense = np.asarray(targets.data, dtype="<f4").tobytes()
+        msg.target_prompt_logprobs.dtype = pb.DTYPE_FLOAT32
+        msg.target_prompt_logprobs.shape.extend(targets.shape or [len(targets.data)])
     return bytes(msg.SerializeToString())

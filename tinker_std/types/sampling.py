@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ._base import RequestModel, ResponseModel
+from .tensor_data import TensorData
 
 __all__ = ["SamplingParams", "SampledSequence", "SampleResponse", "StopReason", "TOPK_PAD_TOKEN", "TOPK_PAD_LOGPROB"]
 
@@ -76,4 +77,7 @@ class SampleResponse(ResponseModel):
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    #: with ``target_prompt_logprobs``: float32 ``[len(prompt) - 1, K]``, cell ``[i, j]`` the logprob
+    #: of the requested id at prompt position ``i + 1``, 0.0 where the request had ``-1`` (SDK-7)
+    target_prompt_logprobs: TensorData | None = None
     type: Literal["sample"] | None = None
