@@ -219,7 +219,7 @@ def target_scores(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> lis
     if ids.numel() == 0:
         return [[] for _ in targets]
     picked = logp.gather(-1, ids.clamp(min=0))
-    return torch.where(ids < 0, torch.zeros_like(picked), picked).tolist()  # type: ignore[no-any-return]
+    return torch.where(ids < 0, torch.zeros_like(picked), picked).tolist()
 
 
 def target_tensor(logits: torch.Tensor, targets: Sequence[Sequence[int]] | None) -> TensorData | None:

@@ -25,8 +25,8 @@ from tinker_std.sampling_rules import (
     StopRule,
     choose_token,
     prompt_scores,
-    target_tensor,
     sequence_generator,
+    target_tensor,
     token_budget,
     top_logprobs,
 )

@@ -39,8 +39,8 @@ from tinker_std.sampling_rules import (
     StopRule,
     choose_tokens,
     prompt_scores,
-    target_tensor,
     sequence_generator,
+    target_tensor,
     token_budget,
     top_logprobs,
 )
