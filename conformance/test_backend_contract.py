@@ -31,6 +31,7 @@ CAP2_NAMES = frozenset(
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
         "target_prompt_logprobs",
+        "prompt_alt_tokens",
         "checkpoint_management",
     }
 )
@@ -205,6 +206,9 @@ def _declared_requests(
                 data=[1 % v, 2 % v], dtype="int64", shape=[2, 1]
             )
         ).result(timeout=120),
+        "prompt_alt_tokens": lambda: sc.sample(prompt, 1, ts.SamplingParams(max_tokens=1), prompt_alt_tokens_k=2)
+        .result(timeout=120)
+        .prompt_alt_tokens,
         "checkpoint_management": lambda: service.create_rest_client().list_training_runs().result(timeout=120),
     }
 

@@ -84,7 +84,13 @@ def probe_sample_extras(ctx: Ctx) -> None:
     sparse = types.TensorData(data=[5], dtype="int64", shape=[4, 1], sparse_crow_indices=[0, 1, 1, 1, 1],
                               sparse_col_indices=[0])  # fmt: skip
     _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=sparse), "target_prompt_logprobs")
-    _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=2), "prompt_alt_tokens_k")
+    alts = sc.sample(prompt, 1, params, prompt_alt_tokens_k=3).result().prompt_alt_tokens
+    assert alts is not None and list(alts.tokens.shape or []) == [4, 3], alts
+    drawn, drawn_lps = alts.tokens.tolist(), alts.logprobs.tolist()
+    for i in range(4):  # each draw's logprob is the prompt prefix scored with that id
+        ref = sc.compute_logprobs(types.ModelInput.from_ints([*PROMPT[: i + 1], drawn[i][0]])).result()[-1]
+        assert abs(drawn_lps[i][0] - ref) < 1e-4, (i, drawn, drawn_lps, ref)
+    _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=-1), "prompt_alt_tokens_k")
 
 
 def probe_sample_without_session(ctx: Ctx) -> None:

@@ -29,10 +29,11 @@ TORCH = {
     "topk_prompt_logprobs",
     "topk_sample_logprobs",
     "target_prompt_logprobs",
+    "prompt_alt_tokens",
     "checkpoint_management",
 }
-#: the modal wire does not carry these two
-MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs", "target_prompt_logprobs"}
+#: the modal wire does not carry these
+MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens"}
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

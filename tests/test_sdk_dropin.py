@@ -212,7 +212,7 @@ def test_every_tinker_std_argument_with_no_effect_is_refused_by_name(service: ti
     prompt = types.ModelInput.from_ints(PROMPT)
     params = types.SamplingParams(max_tokens=2)
     calls = {
-        "prompt_alt_tokens_k": lambda: sampler.sample(prompt, 1, params, prompt_alt_tokens_k=2),
+        "prompt_alt_tokens_k": lambda: sampler.sample(prompt, 1, params, prompt_alt_tokens_k=-1),  # SDK-8: malformed
         # target_prompt_logprobs has its effect (SDK-7); with a row count other than len(prompt) - 1, refused
         "target_prompt_logprobs": lambda: sampler.sample(
             prompt, 1, params, target_prompt_logprobs=types.TensorData(data=[1] * 3, dtype="int64", shape=[3, 1])

@@ -44,6 +44,7 @@ OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
         "target_prompt_logprobs",
+        "prompt_alt_tokens",
         "soft_targets",
         "checkpoint_management",
     }

@@ -39,11 +39,14 @@ import torch
 from .backend import Tokenizer
 from .errors import BadRequestError, ContextLengthError
 from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams, TensorData
+from .types.sampling import PromptAltTokens
 
 __all__ = [
+    "ALT_STREAM",
     "DRAW_RULE",
     "SEED_STRIDE",
     "StopRule",
+    "alt_draws",
     "choose_token",
     "choose_tokens",
     "draw_in_id_order",
@@ -230,6 +233,30 @@ def target_tensor(logits: torch.Tensor, targets: Sequence[Sequence[int]] | None)
     rows = target_scores(logits, targets)
     width = len(targets[0]) if targets else 0
     return TensorData(data=[v for row in rows for v in row], dtype="float32", shape=[len(targets), width])
+
+
+#: The index of a request's prompt-draw stream in ``sequence_generator``: past any sequence's.
+ALT_STREAM = SEED_STRIDE - 1
+
+
+def alt_draws(logits: torch.Tensor, k: int, params: SamplingParams) -> PromptAltTokens | None:
+    """``SampleResponse.prompt_alt_tokens`` (SDK-8): from the prompt's logits (P, V), row ``i``
+    predicting ``prompt[i + 1]``, ``k`` independent draws with replacement per row at
+    ``params.temperature`` (0: the argmax ``k`` times; top-k/top-p do not apply), from the request's
+    seeded stream ``ALT_STREAM``, with their raw logprobs. None when ``k`` is 0."""
+    if k <= 0:
+        return None
+    raw = logits[:-1].to("cpu", torch.float64)
+    logp = torch.log_softmax(raw, dim=-1)
+    if params.temperature == 0:
+        ids = raw.argmax(dim=-1, keepdim=True).expand(-1, k)
+    else:
+        probs = torch.softmax(raw / params.temperature, dim=-1)
+        ids = torch.multinomial(probs, k, replacement=True, generator=sequence_generator(params.seed, ALT_STREAM))
+    rows, shape = ids.shape[0], [ids.shape[0], k]
+    tokens = TensorData(data=ids.reshape(-1).tolist(), dtype="int64", shape=shape)
+    values = logp.gather(-1, ids).reshape(-1).tolist() if rows else []
+    return PromptAltTokens(tokens=tokens, logprobs=TensorData(data=values, dtype="float32", shape=shape))
 
 
 def top_logprobs(logp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

@@ -23,6 +23,7 @@ from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.sampling_rules import (
     SEED_STRIDE,
     StopRule,
+    alt_draws,
     choose_token,
     prompt_scores,
     sequence_generator,
@@ -119,5 +120,6 @@ def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer:
         prompt_logprobs=lps,
         topk_prompt_logprobs=tops,
         target_prompt_logprobs=targets,
+        prompt_alt_tokens=alt_draws(prompt_logits, request.prompt_alt_tokens_k, params),
         type="sample",
     )

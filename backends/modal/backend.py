@@ -54,6 +54,7 @@ MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {
     "checkpoint_management",
     "topk_sample_logprobs",
     "target_prompt_logprobs",
+    "prompt_alt_tokens",
 }
 
 

@@ -63,6 +63,7 @@ TORCH_OPTIONAL_CAPABILITIES = frozenset(
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
         "target_prompt_logprobs",
+        "prompt_alt_tokens",
         "checkpoint_management",
     }
 )

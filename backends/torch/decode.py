@@ -37,6 +37,7 @@ import torch
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.sampling_rules import (
     StopRule,
+    alt_draws,
     choose_tokens,
     prompt_scores,
     sequence_generator,
@@ -106,6 +107,7 @@ class DecodeJob:
             self.request.include_prompt_logprobs
             or self.request.topk_prompt_logprobs > 0
             or self.request.target_prompt_ids is not None
+            or self.request.prompt_alt_tokens_k > 0
         )
 
 
@@ -220,9 +222,12 @@ def _run_loop(
                 job.request.topk_prompt_logprobs,
             ),
             target_tensor(prompts.logits[b, -lengths[b] :].float(), job.request.target_prompt_ids),
+            alt_draws(
+                prompts.logits[b, -lengths[b] :].float(), job.request.prompt_alt_tokens_k, job.request.sampling_params
+            ),
         )
         if job.wants_prompt_scores
-        else (None, None, None)
+        else (None, None, None, None)
         for b, job in enumerate(jobs)
     ]
 
@@ -308,10 +313,10 @@ def _step_tokens(
     return tokens, positions
 
 
-def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any]]) -> list[SampleResponse]:
-    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs."""
+def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any, Any]]) -> list[SampleResponse]:
+    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs, prompt draws."""
     responses = []
-    for job, (lps, tops, targets) in zip(jobs, scores, strict=True):
+    for job, (lps, tops, targets, alts) in zip(jobs, scores, strict=True):
         want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
             SampledSequence(
@@ -329,6 +334,7 @@ def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any]]
                 prompt_logprobs=lps,
                 topk_prompt_logprobs=tops,
                 target_prompt_logprobs=targets,
+                prompt_alt_tokens=alts,
                 type="sample",
             )
         )

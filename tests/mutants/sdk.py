@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+import tinker_std as ts
 from tinker_std.backends.mock import sampler as mock_sampler
 from tinker_std.client import sampling
 from tinker_std.types import SampleResponse
@@ -57,20 +58,54 @@ class LastNIgnoredMock(PatchingMock):
         replace(sampling, "_keep_last", make)
 
 
-class AltTokensIgnoredMock(PatchingMock):
-    """SDK-5: ``sample(prompt_alt_tokens_k=k)`` is accepted and ignored instead of refused by name."""
+class OptimizerIgnoredMock(PatchingMock):
+    """SDK-5: ``create_lora_training_client(optimizer=...)`` with a non-Adam optimizer is accepted and
+    ignored (AdamW used) instead of refused by name."""
 
-    name: ClassVar[str] = "mock-alt-tokens-ignored"
+    name: ClassVar[str] = "mock-optimizer-ignored"
 
     @classmethod
     def patch(cls) -> None:
         def make(original: Any) -> Any:
-            def _refuse_sampling_extras(prompt_alt_tokens_k: Any) -> None:
-                original(0)
+            def create_lora_training_client(self: Any, *args: Any, optimizer: Any = None, **kwargs: Any) -> Any:
+                return original(self, *args, **kwargs)
 
-            return _refuse_sampling_extras
+            return create_lora_training_client
 
-        replace(sampling, "_refuse_sampling_extras", make)
+        replace(ts.ServiceClient, "create_lora_training_client", make)
+
+
+class AltTokensGreedyMock(PatchingMock):
+    """SDK-8: ``prompt_alt_tokens_k`` draws ignore the request's temperature (always the argmax)."""
+
+    name: ClassVar[str] = "mock-alt-tokens-greedy"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def alt_draws(logits: Any, k: int, params: Any) -> Any:
+                return original(logits, k, params.model_copy(update={"temperature": 0.0}))
+
+            return alt_draws
+
+        replace(mock_sampler, "alt_draws", make)
+
+
+class AltTokensOffByOneMock(PatchingMock):
+    """SDK-8: row ``i`` of ``prompt_alt_tokens`` is drawn from the distribution over ``prompt[i]``
+    instead of ``prompt[i + 1]``."""
+
+    name: ClassVar[str] = "mock-alt-tokens-off-by-one"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def alt_draws(logits: Any, k: int, params: Any) -> Any:
+                return original(torch.cat([logits[:1], logits[:-1]]), k, params)
+
+            return alt_draws
+
+        replace(mock_sampler, "alt_draws", make)
 
 
 class TargetOffByOneMock(PatchingMock):
@@ -190,7 +225,9 @@ MUTANTS = [
         "test_losses_v02::test_stable_reinforce_is_the_formula_of_the_recorded_logprobs",
         also=("SDK-3", "LOSS-16", "LOSS-19"),
     ),
-    _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(OptimizerIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(AltTokensGreedyMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
+    _m(AltTokensOffByOneMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
     _m(TargetOffByOneMock, "SDK-7", "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids"),
     _m(
         TargetPlaceholderScoredMock,

@@ -137,12 +137,12 @@ class SamplingClient:
         ``topk_sample_logprobs = k`` returns each sampled position's top-k raw logprobs
         (capability ``topk_sample_logprobs``, SDK-6); ``target_prompt_logprobs`` returns the
         logprobs of chosen ids at each prompt position (capability ``target_prompt_logprobs``,
-        SDK-7); ``prompt_alt_tokens_k`` is not part of spec 0.2 and any non-default value is a
-        ``BadRequestError`` naming it (SDK-5)."""
+        SDK-7); ``prompt_alt_tokens_k = k`` returns ``k`` draws at every prompt position after
+        the first (capability ``prompt_alt_tokens``, SDK-8)."""
         session = self.session
         serving = self._serving()  # the sampler this request runs on, fixed now (INF-2)
         spec = serving.spec
-        _refuse_sampling_extras(prompt_alt_tokens_k)
+        alt_k = _check_alt_k(prompt_alt_tokens_k, session)
         topk_sample = _check_topk_sample(topk_sample_logprobs, session)
         tokens, params = validate_sample(
             prompt,
@@ -158,7 +158,14 @@ class SamplingClient:
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
         targets = check_target_ids(target_prompt_logprobs, len(tokens), spec.vocab_size, session)
         request = SampleRequest(
-            tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs, topk_sample, targets
+            tokens,
+            num_samples,
+            params,
+            bool(include_prompt_logprobs),
+            topk_prompt_logprobs,
+            topk_sample,
+            target_prompt_ids=targets,
+            prompt_alt_tokens_k=alt_k,
         )
         records = session.stability_records if self.record_stability_info else None
 
@@ -248,10 +255,15 @@ def check_target_ids(
     return tuple(tuple(ids[r * width : (r + 1) * width]) for r in range(shape[0]))
 
 
-def _refuse_sampling_extras(prompt_alt_tokens_k: Any) -> None:
-    """SDK-5: the SDK's sampling extras that spec 0.2 does not define are refused, never ignored."""
-    if prompt_alt_tokens_k not in (0, None):
-        raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of tinker-std spec v0.2")
+def _check_alt_k(value: Any, session: BackendSession) -> int:
+    """SDK-8: ``prompt_alt_tokens_k``, an int >= 0 (``None`` is 0); ``Unsupported`` without the capability."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError("prompt_alt_tokens_k", f"must be an int >= 0, got {value!r}")
+    if value > 0 and not session.capabilities.supports("prompt_alt_tokens"):
+        raise Unsupported("prompt_alt_tokens", session.backend_name)
+    return value
 
 
 def _check_last_n(last_n: Any, prompt_len: int, include_prompt_logprobs: bool, topk: int) -> int | None:

@@ -98,6 +98,7 @@ class SamplingRoutes:
                 topk_sample_logprobs=require_int(options.topk_sample_logprobs, "topk_sample_logprobs"),
                 prompt_logprobs_last_n=options.prompt_logprobs_last_n,
                 target_prompt_logprobs=options.target_prompt_logprobs,
+                prompt_alt_tokens_k=options.prompt_alt_tokens_k,
             )
             if options.record:
                 future.future().add_done_callback(

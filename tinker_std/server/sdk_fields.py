@@ -75,26 +75,29 @@ class SampleOptions:
         prompt_logprobs_last_n: int | None,
         record: bool,
         target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: Any = 0,
     ) -> None:
         self.topk_sample_logprobs = topk_sample_logprobs
         self.prompt_logprobs_last_n = prompt_logprobs_last_n
         self.record = record
         #: SDK-7: the ids to score, dense; checked against the prompt by the client layer
         self.target_prompt_logprobs = target_prompt_logprobs
+        #: SDK-8: checked by the client layer
+        self.prompt_alt_tokens_k = prompt_alt_tokens_k
 
 
 def sample_options(body: Mapping[str, Any]) -> SampleOptions:
     for name in ("base_model", "model_path"):
         if body.get(name) is not None:
             raise BadRequestError(name, "sample through a sampling session (sampling_session_id), not a model (SDK-1)")
-    if body.get("prompt_alt_tokens_k") not in (None, 0):
-        raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of spec 0.2")
     topk = body.get("topk_sample_logprobs") or 0
     last_n = body.get("prompt_logprobs_last_n")
     record = body.get("record_stability_info")
     if record is not None and not isinstance(record, bool):
         raise BadRequestError("record_stability_info", f"must be a bool, got {record!r}")
-    return SampleOptions(topk, last_n, bool(record), _target_ids(body.get("target_prompt_logprobs")))
+    return SampleOptions(
+        topk, last_n, bool(record), _target_ids(body.get("target_prompt_logprobs")), body.get("prompt_alt_tokens_k")
+    )
 
 
 def _target_ids(raw: Any) -> TensorData | None:
