@@ -142,6 +142,15 @@ def _undeclared_requests(v: int) -> dict[str, Callable[[ts.TrainingClient, ts.Sa
         "topk_sample_logprobs": lambda tc, sc: sc.sample(
             prompt, 1, ts.SamplingParams(max_tokens=1), topk_sample_logprobs=2
         ),
+        "target_prompt_logprobs": lambda tc, sc: sc.sample(
+            prompt,
+            1,
+            ts.SamplingParams(max_tokens=1),
+            target_prompt_logprobs=ts.TensorData(data=[1], dtype="int64", shape=[1, 1]),
+        ),
+        "prompt_alt_tokens": lambda tc, sc: sc.sample(
+            prompt, 1, ts.SamplingParams(max_tokens=1), prompt_alt_tokens_k=2
+        ),
     }
 
 

@@ -3,6 +3,7 @@ checkpoint with its base model named too (SDK-1, SDK-4, SDK-5, SMP-15)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,88 @@ def test_topk_sample_logprobs_are_the_raw_distribution_each_token_was_drawn_from
     assert err.value.field == "topk_sample_logprobs", f"[SDK-6] field {err.value.field!r}"
 
 
+@pytest.mark.requires("target_prompt_logprobs")
+@pytest.mark.spec("SDK-7", "SMP-16")
+def test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = [1 % v, 7 % v, 42 % v, 99 % v, 3 % v]
+    # row i names ids scored at prompt position i + 1: the prompt's own token, two others, a -1 cell
+    rows = [[prompt[i + 1], (5 * i + 2) % v, -1, (prompt[i + 1] + 1) % v] for i in range(len(prompt) - 1)]
+    request = ts.TensorData(data=[t for row in rows for t in row], dtype="int64", shape=[len(rows), 4])
+    out = base_sampler.sample(
+        ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=request
+    ).result()
+    got = out.target_prompt_logprobs
+    assert got is not None, "[SDK-7] asked for target_prompt_logprobs, got None"
+    assert got.dtype == "float32" and got.shape == [len(rows), 4], f"[SDK-7] {got.dtype} {got.shape}"
+    values = [got.data[r * 4 : (r + 1) * 4] for r in range(len(rows))]
+    for i, row in enumerate(rows):
+        assert values[i][2] == 0.0, f"[SDK-7] a -1 cell at row {i} is {values[i][2]}, not 0.0"
+        for j in (0, 1, 3):  # reference: compute_logprobs of the prompt prefix followed by that id
+            ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*prompt[: i + 1], row[j]])).result()[-1]
+            assert_close(values[i][j], ref, "token", "SDK-7", what=f"target logprob [{i}, {j}] (id {row[j]})")
+    plain = base_sampler.sample(ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1)).result()
+    assert plain.target_prompt_logprobs is None, "[SDK-7] not asked for: None"
+    bad = {
+        "rows": ts.TensorData(data=[1] * 3, dtype="int64", shape=[3, 1]),  # len(prompt) - 1 is 4
+        "id": ts.TensorData(data=[v] * 4, dtype="int64", shape=[4, 1]),
+        "dtype": ts.TensorData(data=[1.0] * 4, dtype="float32", shape=[4, 1]),
+    }
+    for what, tensor in bad.items():
+        with pytest.raises(ts.BadRequestError) as err:
+            base_sampler.sample(
+                ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=tensor
+            )
+        assert err.value.field == "target_prompt_logprobs", f"[SDK-7] bad {what}: field {err.value.field!r}"
+
+
+@pytest.mark.requires("prompt_alt_tokens")
+@pytest.mark.spec("SDK-8", "SMP-16")
+def test_prompt_alt_tokens_are_draws_from_each_prompt_position(
+    conformance_backend: ConformanceBackend, base_sampler: ts.SamplingClient
+) -> None:
+    v = conformance_backend.vocab_size
+    prompt = [1 % v, 7 % v, 42 % v, 99 % v, 3 % v]
+    n = 400
+    model_input = ts.ModelInput.from_ints(prompt)
+    out = base_sampler.sample(model_input, 1, ts.SamplingParams(max_tokens=1, seed=5), prompt_alt_tokens_k=n).result()
+    alts = out.prompt_alt_tokens
+    assert alts is not None, "[SDK-8] asked for prompt_alt_tokens, got None"
+    shape = [len(prompt) - 1, n]
+    assert alts.tokens.dtype == "int64" and alts.tokens.shape == shape, f"[SDK-8] tokens {alts.tokens.shape}"
+    assert alts.logprobs.dtype == "float32" and alts.logprobs.shape == shape, f"[SDK-8] logprobs {alts.logprobs.shape}"
+    for i in range(len(prompt) - 1):
+        row = [int(t) for t in alts.tokens.data[i * n : (i + 1) * n]]
+        lps = alts.logprobs.data[i * n : (i + 1) * n]
+        counts = {t: row.count(t) for t in set(row)}
+        for token in sorted(counts, key=lambda t: -counts[t])[:3]:  # reference: the prefix scored with that id
+            ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*prompt[: i + 1], token])).result()[-1]
+            got = lps[row.index(token)]
+            assert_close(got, ref, "token", "SDK-8", what=f"logprob of draw {token} at prompt position {i + 1}")
+            p = math.exp(ref)  # temperature 1: its frequency is p within 5 binomial sigmas
+            bound = 5 * math.sqrt(p * (1 - p) / n) + 1 / n
+            assert abs(counts[token] / n - p) <= bound, (
+                f"[SDK-8] position {i + 1}: token {token} drawn {counts[token]}/{n} times, p = {p:.4f}"
+            )
+        greedy = base_sampler.sample(
+            model_input, 1, ts.SamplingParams(max_tokens=1, temperature=0.0), prompt_alt_tokens_k=2
+        ).result().prompt_alt_tokens
+        assert greedy is not None, "[SDK-8] temperature 0: None"
+        pair = greedy.tokens.data[2 * i : 2 * i + 2]
+        best = max(lps)
+        assert pair[0] == pair[1] and greedy.logprobs.data[2 * i] >= best - 1e-4, (
+            f"[SDK-8] temperature 0 at position {i + 1}: {pair} is not the argmax (logprob "
+            f"{greedy.logprobs.data[2 * i]} < {best} of a temperature-1 draw)"
+        )
+    plain = base_sampler.sample(model_input, 1, ts.SamplingParams(max_tokens=1)).result()
+    assert plain.prompt_alt_tokens is None, "[SDK-8] not asked for: None"
+    with pytest.raises(ts.BadRequestError) as err:
+        base_sampler.sample(model_input, 1, ts.SamplingParams(max_tokens=1), prompt_alt_tokens_k=-1)
+    assert err.value.field == "prompt_alt_tokens_k", f"[SDK-8] field {err.value.field!r}"
+
+
 class _NotAdam:
     """Stands for an optimizer config tinker-std does not implement (e.g. the SDK's Dimuon)."""
 
@@ -93,16 +176,10 @@ def test_sdk_features_outside_the_spec_are_refused_by_name(
     service: ts.ServiceClient,
 ) -> None:
     v = conformance_backend.vocab_size
-    prompt = ts.ModelInput.from_ints([1 % v, 7 % v, 42 % v])
-    params = ts.SamplingParams(max_tokens=2)
     tc = training_client()
     probe = probe_batch(v)
     before = tc.forward(probe).result().metrics
     refused: dict[str, Callable[[], Any]] = {
-        "target_prompt_logprobs": lambda: base_sampler.sample(
-            prompt, 1, params, target_prompt_logprobs=ts.TensorData(data=[1, 2], dtype="int64", shape=[2, 1])
-        ),
-        "prompt_alt_tokens_k": lambda: base_sampler.sample(prompt, 1, params, prompt_alt_tokens_k=1),
         "kind": lambda: tc.save_weights_and_get_sampling_client(kind="live"),  # type: ignore[arg-type]
         "record_stability_info": lambda: tc.save_weights_and_get_sampling_client(record_stability_info="yes"),  # type: ignore[arg-type]
         "optimizer": lambda: service.create_lora_training_client(

@@ -72,9 +72,25 @@ def probe_sample_extras(ctx: Ctx) -> None:
     prompt, params = types.ModelInput.from_ints(PROMPT), types.SamplingParams(max_tokens=2)
     seq = sc.sample(prompt, 1, params, topk_sample_logprobs=2).result().sequences[0]
     assert seq.topk_logprobs is not None and [len(row) for row in seq.topk_logprobs] == [2] * len(seq.tokens), seq
-    target = types.TensorData(data=[1, 2, 3, 4], dtype="int64", shape=[4, 1])
-    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=target), "target_prompt_logprobs")
-    _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=2), "prompt_alt_tokens_k")
+    ids = [PROMPT[1], 5, PROMPT[2], -1, PROMPT[3], 9, PROMPT[4], 0]  # [4, 2]: the prompt's token, another
+    target = types.TensorData(data=ids, dtype="int64", shape=[4, 2])
+    got = sc.sample(prompt, 1, params, target_prompt_logprobs=target).result().target_prompt_logprobs
+    assert got is not None and got.dtype == "float32" and list(got.shape or []) == [4, 2], got
+    scored = got.tolist()
+    reference = sc.compute_logprobs(prompt).result()
+    for i in range(4):  # the prompt's own token: compute_logprobs; the -1 cell: 0.0
+        assert abs(scored[i][0] - reference[i + 1]) < 1e-4, (i, scored, reference)
+    assert scored[1][1] == 0.0, scored
+    sparse = types.TensorData(data=[5], dtype="int64", shape=[4, 1], sparse_crow_indices=[0, 1, 1, 1, 1],
+                              sparse_col_indices=[0])  # fmt: skip
+    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=sparse), "target_prompt_logprobs")
+    alts = sc.sample(prompt, 1, params, prompt_alt_tokens_k=3).result().prompt_alt_tokens
+    assert alts is not None and list(alts.tokens.shape or []) == [4, 3], alts
+    drawn, drawn_lps = alts.tokens.tolist(), alts.logprobs.tolist()
+    for i in range(4):  # each draw's logprob is the prompt prefix scored with that id
+        ref = sc.compute_logprobs(types.ModelInput.from_ints([*PROMPT[: i + 1], drawn[i][0]])).result()[-1]
+        assert abs(drawn_lps[i][0] - ref) < 1e-4, (i, drawn, drawn_lps, ref)
+    _refused(lambda: sc.sample(prompt, 1, params, prompt_alt_tokens_k=-1), "prompt_alt_tokens_k")
 
 
 def probe_sample_without_session(ctx: Ctx) -> None:

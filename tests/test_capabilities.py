@@ -28,9 +28,12 @@ TORCH = {
     "seeded_sampling",
     "topk_prompt_logprobs",
     "topk_sample_logprobs",
+    "target_prompt_logprobs",
+    "prompt_alt_tokens",
     "checkpoint_management",
 }
-MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs"}  # the modal wire does not carry it
+#: the modal wire does not carry these
+MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens"}
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

@@ -212,9 +212,10 @@ def test_every_tinker_std_argument_with_no_effect_is_refused_by_name(service: ti
     prompt = types.ModelInput.from_ints(PROMPT)
     params = types.SamplingParams(max_tokens=2)
     calls = {
-        "prompt_alt_tokens_k": lambda: sampler.sample(prompt, 1, params, prompt_alt_tokens_k=2),
+        "prompt_alt_tokens_k": lambda: sampler.sample(prompt, 1, params, prompt_alt_tokens_k=-1),  # SDK-8: malformed
+        # target_prompt_logprobs has its effect (SDK-7); with a row count other than len(prompt) - 1, refused
         "target_prompt_logprobs": lambda: sampler.sample(
-            prompt, 1, params, target_prompt_logprobs=types.TensorData(data=[1] * 4, dtype="int64", shape=[4, 1])
+            prompt, 1, params, target_prompt_logprobs=types.TensorData(data=[1] * 3, dtype="int64", shape=[3, 1])
         ),
         "kind": lambda: tc.save_weights_and_get_sampling_client(kind="live"),  # type: ignore[arg-type]
         # ttl_seconds and user_metadata have their effect in process (CKPT-13); malformed, refused by name

@@ -93,6 +93,11 @@ class SampleRequest:
     topk_prompt_logprobs: int = 0
     #: k > 0: each sequence's ``topk_logprobs`` (capability ``topk_sample_logprobs``, SDK-6)
     topk_sample_logprobs: int = 0
+    #: per prompt position ``i + 1``, the token ids whose logprob to return; ``-1`` asks nothing
+    #: (capability ``target_prompt_logprobs``, SDK-7)
+    target_prompt_ids: tuple[tuple[int, ...], ...] | None = None
+    #: k > 0: ``k`` draws at every prompt position after the first (capability ``prompt_alt_tokens``, SDK-8)
+    prompt_alt_tokens_k: int = 0
 
 
 #: What ``Backend.gradient_snapshot`` returns: opaque to everyone but the backend that made it.

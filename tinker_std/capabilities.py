@@ -43,6 +43,8 @@ OPTIONAL_CAPABILITIES: frozenset[str] = frozenset(
         "seeded_sampling",
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
+        "target_prompt_logprobs",
+        "prompt_alt_tokens",
         "soft_targets",
         "checkpoint_management",
     }

@@ -38,12 +38,15 @@ import torch
 
 from .backend import Tokenizer
 from .errors import BadRequestError, ContextLengthError
-from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams
+from .types import TOPK_PAD_LOGPROB, TOPK_PAD_TOKEN, SamplingParams, TensorData
+from .types.sampling import PromptAltTokens
 
 __all__ = [
+    "ALT_STREAM",
     "DRAW_RULE",
     "SEED_STRIDE",
     "StopRule",
+    "alt_draws",
     "choose_token",
     "choose_tokens",
     "draw_in_id_order",
@@ -51,6 +54,8 @@ __all__ = [
     "kept_count",
     "prompt_scores",
     "sequence_generator",
+    "target_scores",
+    "target_tensor",
     "token_budget",
 ]
 
@@ -207,6 +212,51 @@ def prompt_scores(
         for row_ids, row_values in zip(ids[:, :k].tolist(), values[:, :k].tolist(), strict=True):
             tops.append(list(zip(row_ids, row_values, strict=True)) + padding)
     return lps, tops
+
+
+def target_scores(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[list[float]]:
+    """Per prompt position ``i + 1``, the logprob of each id in ``targets[i]`` under the prompt's
+    logits (P, V), row ``i`` predicting ``prompt[i + 1]``; a ``-1`` id gets 0.0 (SDK-7)."""
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    ids = torch.as_tensor([list(row) for row in targets], dtype=torch.long, device=logp.device)
+    if ids.numel() == 0:
+        return [[] for _ in targets]
+    picked = logp.gather(-1, ids.clamp(min=0))
+    return torch.where(ids < 0, torch.zeros_like(picked), picked).tolist()
+
+
+def target_tensor(logits: torch.Tensor, targets: Sequence[Sequence[int]] | None) -> TensorData | None:
+    """``SampleResponse.target_prompt_logprobs`` for the request's ``target_prompt_ids`` (SDK-7):
+    float32, the request's ``[len(prompt) - 1, K]`` shape; None when none were requested."""
+    if targets is None:
+        return None
+    rows = target_scores(logits, targets)
+    width = len(targets[0]) if targets else 0
+    return TensorData(data=[v for row in rows for v in row], dtype="float32", shape=[len(targets), width])
+
+
+#: The index of a request's prompt-draw stream in ``sequence_generator``: past any sequence's.
+ALT_STREAM = SEED_STRIDE - 1
+
+
+def alt_draws(logits: torch.Tensor, k: int, params: SamplingParams) -> PromptAltTokens | None:
+    """``SampleResponse.prompt_alt_tokens`` (SDK-8): from the prompt's logits (P, V), row ``i``
+    predicting ``prompt[i + 1]``, ``k`` independent draws with replacement per row at
+    ``params.temperature`` (0: the argmax ``k`` times; top-k/top-p do not apply), from the request's
+    seeded stream ``ALT_STREAM``, with their raw logprobs. None when ``k`` is 0."""
+    if k <= 0:
+        return None
+    raw = logits[:-1].to("cpu", torch.float64)
+    logp = torch.log_softmax(raw, dim=-1)
+    if params.temperature == 0:
+        ids = raw.argmax(dim=-1, keepdim=True).expand(-1, k)
+    else:
+        probs = torch.softmax(raw / params.temperature, dim=-1)
+        ids = torch.multinomial(probs, k, replacement=True, generator=sequence_generator(params.seed, ALT_STREAM))
+    rows, shape = ids.shape[0], [ids.shape[0], k]
+    tokens = TensorData(data=ids.reshape(-1).tolist(), dtype="int64", shape=shape)
+    values = logp.gather(-1, ids).reshape(-1).tolist() if rows else []
+    return PromptAltTokens(tokens=tokens, logprobs=TensorData(data=values, dtype="float32", shape=shape))
 
 
 def top_logprobs(logp: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

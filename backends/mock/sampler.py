@@ -23,9 +23,11 @@ from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.sampling_rules import (
     SEED_STRIDE,
     StopRule,
+    alt_draws,
     choose_token,
     prompt_scores,
     sequence_generator,
+    target_tensor,
     token_budget,
     top_logprobs,
 )
@@ -112,4 +114,12 @@ def sample(model: ModelFn, request: SampleRequest, spec: SamplerSpec, tokenizer:
         for j in range(request.num_samples)
     ]
     lps, tops = prompt_scores(prompt_logits, prompt, request.include_prompt_logprobs, request.topk_prompt_logprobs)
-    return SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+    targets = target_tensor(prompt_logits, request.target_prompt_ids)
+    return SampleResponse(
+        sequences=sequences,
+        prompt_logprobs=lps,
+        topk_prompt_logprobs=tops,
+        target_prompt_logprobs=targets,
+        prompt_alt_tokens=alt_draws(prompt_logits, request.prompt_alt_tokens_k, params),
+        type="sample",
+    )

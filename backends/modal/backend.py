@@ -50,7 +50,12 @@ __all__ = ["MODAL_OPTIONAL_CAPABILITIES", "ModalBackend", "ModalBackendFP32", "M
 
 #: As ``torch`` declares, less ``checkpoint_management``: the checkpoints live on a Modal Volume,
 #: listed and downloaded with Modal's tools (docs/modal.md), not through a local store.
-MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {"checkpoint_management", "topk_sample_logprobs"}
+MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {
+    "checkpoint_management",
+    "topk_sample_logprobs",
+    "target_prompt_logprobs",
+    "prompt_alt_tokens",
+}
 
 
 def _env(name: str) -> str | None:

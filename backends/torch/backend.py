@@ -62,6 +62,8 @@ TORCH_OPTIONAL_CAPABILITIES = frozenset(
         "seeded_sampling",
         "topk_prompt_logprobs",
         "topk_sample_logprobs",
+        "target_prompt_logprobs",
+        "prompt_alt_tokens",
         "checkpoint_management",
     }
 )

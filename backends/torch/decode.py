@@ -37,9 +37,11 @@ import torch
 from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.sampling_rules import (
     StopRule,
+    alt_draws,
     choose_tokens,
     prompt_scores,
     sequence_generator,
+    target_tensor,
     token_budget,
     top_logprobs,
 )
@@ -101,7 +103,12 @@ class DecodeJob:
 
     @property
     def wants_prompt_scores(self) -> bool:
-        return self.request.include_prompt_logprobs or self.request.topk_prompt_logprobs > 0
+        return (
+            self.request.include_prompt_logprobs
+            or self.request.topk_prompt_logprobs > 0
+            or self.request.target_prompt_ids is not None
+            or self.request.prompt_alt_tokens_k > 0
+        )
 
 
 def _accepts(model: Any, argument: str) -> bool:
@@ -207,14 +214,20 @@ def _run_loop(
     prompts = _prompt_pass(model, jobs, device, rows, alone)
     lengths, pads, attention, cache = prompts.lengths, prompts.pads, prompts.attention, prompts.cache
     scores = [
-        prompt_scores(
-            prompts.logits[b, -lengths[b] :].float(),
-            job.request.prompt,
-            job.request.include_prompt_logprobs,
-            job.request.topk_prompt_logprobs,
+        (
+            *prompt_scores(
+                prompts.logits[b, -lengths[b] :].float(),
+                job.request.prompt,
+                job.request.include_prompt_logprobs,
+                job.request.topk_prompt_logprobs,
+            ),
+            target_tensor(prompts.logits[b, -lengths[b] :].float(), job.request.target_prompt_ids),
+            alt_draws(
+                prompts.logits[b, -lengths[b] :].float(), job.request.prompt_alt_tokens_k, job.request.sampling_params
+            ),
         )
         if job.wants_prompt_scores
-        else (None, None)
+        else (None, None, None, None)
         for b, job in enumerate(jobs)
     ]
 
@@ -300,10 +313,10 @@ def _step_tokens(
     return tokens, positions
 
 
-def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> list[SampleResponse]:
-    """Each job's response: its sequences, prompt logprobs and top-k prompt logprobs."""
+def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any, Any]]) -> list[SampleResponse]:
+    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs, prompt draws."""
     responses = []
-    for job, (lps, tops) in zip(jobs, scores, strict=True):
+    for job, (lps, tops, targets, alts) in zip(jobs, scores, strict=True):
         want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
             SampledSequence(
@@ -316,7 +329,14 @@ def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any]]) -> 
             for tokens, logprobs, reason, tops in zip(job.tokens, job.logprobs, job.reasons, job.tops, strict=True)
         ]
         responses.append(
-            SampleResponse(sequences=sequences, prompt_logprobs=lps, topk_prompt_logprobs=tops, type="sample")
+            SampleResponse(
+                sequences=sequences,
+                prompt_logprobs=lps,
+                topk_prompt_logprobs=tops,
+                target_prompt_logprobs=targets,
+                prompt_alt_tokens=alts,
+                type="sample",
+            )
         )
     return responses
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
+import tinker_std as ts
+from tinker_std.backends.mock import sampler as mock_sampler
 from tinker_std.client import sampling
 from tinker_std.types import SampleResponse
 
@@ -54,20 +58,92 @@ class LastNIgnoredMock(PatchingMock):
         replace(sampling, "_keep_last", make)
 
 
-class AltTokensIgnoredMock(PatchingMock):
-    """SDK-5: ``sample(prompt_alt_tokens_k=k)`` is accepted and ignored instead of refused by name."""
+class OptimizerIgnoredMock(PatchingMock):
+    """SDK-5: ``create_lora_training_client(optimizer=...)`` with a non-Adam optimizer is accepted and
+    ignored (AdamW used) instead of refused by name."""
 
-    name: ClassVar[str] = "mock-alt-tokens-ignored"
+    name: ClassVar[str] = "mock-optimizer-ignored"
 
     @classmethod
     def patch(cls) -> None:
         def make(original: Any) -> Any:
-            def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
-                original(target_prompt_logprobs, 0)
+            def create_lora_training_client(self: Any, *args: Any, optimizer: Any = None, **kwargs: Any) -> Any:
+                return original(self, *args, **kwargs)
 
-            return _refuse_sampling_extras
+            return create_lora_training_client
 
-        replace(sampling, "_refuse_sampling_extras", make)
+        replace(ts.ServiceClient, "create_lora_training_client", make)
+
+
+class AltTokensGreedyMock(PatchingMock):
+    """SDK-8: ``prompt_alt_tokens_k`` draws ignore the request's temperature (always the argmax)."""
+
+    name: ClassVar[str] = "mock-alt-tokens-greedy"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def alt_draws(logits: Any, k: int, params: Any) -> Any:
+                return original(logits, k, params.model_copy(update={"temperature": 0.0}))
+
+            return alt_draws
+
+        replace(mock_sampler, "alt_draws", make)
+
+
+class AltTokensOffByOneMock(PatchingMock):
+    """SDK-8: row ``i`` of ``prompt_alt_tokens`` is drawn from the distribution over ``prompt[i]``
+    instead of ``prompt[i + 1]``."""
+
+    name: ClassVar[str] = "mock-alt-tokens-off-by-one"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def alt_draws(logits: Any, k: int, params: Any) -> Any:
+                return original(torch.cat([logits[:1], logits[:-1]]), k, params)
+
+            return alt_draws
+
+        replace(mock_sampler, "alt_draws", make)
+
+
+class TargetOffByOneMock(PatchingMock):
+    """SDK-7: ``target_prompt_logprobs`` cell ``[i, j]`` is scored at prompt position ``i`` (the
+    distribution over ``prompt[i]``) instead of ``i + 1``: its rows are shifted by one."""
+
+    name: ClassVar[str] = "mock-target-off-by-one"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def target_tensor(logits: Any, targets: Any) -> Any:
+                if targets is None:
+                    return None
+                shifted = torch.cat([logits[:1], logits[:-1]])  # row i now predicts prompt[i]
+                return original(shifted, targets)
+
+            return target_tensor
+
+        replace(mock_sampler, "target_tensor", make)
+
+
+class TargetPlaceholderScoredMock(PatchingMock):
+    """SDK-7: a ``-1`` cell of ``target_prompt_logprobs`` gets the logprob of token 0 instead of 0.0."""
+
+    name: ClassVar[str] = "mock-target-placeholder-scored"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def target_tensor(logits: Any, targets: Any) -> Any:
+                if targets is None:
+                    return None
+                return original(logits, tuple(tuple(max(t, 0) for t in row) for row in targets))
+
+            return target_tensor
+
+        replace(mock_sampler, "target_tensor", make)
 
 
 class BaseModelPreferredMock(PatchingMock):
@@ -149,7 +225,15 @@ MUTANTS = [
         "test_losses_v02::test_stable_reinforce_is_the_formula_of_the_recorded_logprobs",
         also=("SDK-3", "LOSS-16", "LOSS-19"),
     ),
-    _m(AltTokensIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(OptimizerIgnoredMock, "SDK-5", "test_sdk_surface::test_sdk_features_outside_the_spec_are_refused_by_name"),
+    _m(AltTokensGreedyMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
+    _m(AltTokensOffByOneMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
+    _m(TargetOffByOneMock, "SDK-7", "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids"),
+    _m(
+        TargetPlaceholderScoredMock,
+        "SDK-7",
+        "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids",
+    ),
     _m(
         BaseModelPreferredMock,
         "SMP-15",

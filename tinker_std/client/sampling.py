@@ -135,13 +135,14 @@ class SamplingClient:
 
         ``prompt_logprobs_last_n`` scores only the last N prompt positions (SDK-4);
         ``topk_sample_logprobs = k`` returns each sampled position's top-k raw logprobs
-        (capability ``topk_sample_logprobs``, SDK-6); ``target_prompt_logprobs`` and
-        ``prompt_alt_tokens_k`` are not part of spec 0.2 and any non-default value is a
-        ``BadRequestError`` naming it (SDK-5)."""
+        (capability ``topk_sample_logprobs``, SDK-6); ``target_prompt_logprobs`` returns the
+        logprobs of chosen ids at each prompt position (capability ``target_prompt_logprobs``,
+        SDK-7); ``prompt_alt_tokens_k = k`` returns ``k`` draws at every prompt position after
+        the first (capability ``prompt_alt_tokens``, SDK-8)."""
         session = self.session
         serving = self._serving()  # the sampler this request runs on, fixed now (INF-2)
         spec = serving.spec
-        _refuse_sampling_extras(target_prompt_logprobs, prompt_alt_tokens_k)
+        alt_k = _check_alt_k(prompt_alt_tokens_k, session)
         topk_sample = _check_topk_sample(topk_sample_logprobs, session)
         tokens, params = validate_sample(
             prompt,
@@ -155,8 +156,16 @@ class SamplingClient:
         room = spec.max_context_length - len(tokens)
         session.limits.check_sample(num_samples, room if params.max_tokens is None else params.max_tokens)
         last_n = _check_last_n(prompt_logprobs_last_n, len(tokens), include_prompt_logprobs, topk_prompt_logprobs)
+        targets = check_target_ids(target_prompt_logprobs, len(tokens), spec.vocab_size, session)
         request = SampleRequest(
-            tokens, num_samples, params, bool(include_prompt_logprobs), topk_prompt_logprobs, topk_sample
+            tokens,
+            num_samples,
+            params,
+            bool(include_prompt_logprobs),
+            topk_prompt_logprobs,
+            topk_sample,
+            target_prompt_ids=targets,
+            prompt_alt_tokens_k=alt_k,
         )
         records = session.stability_records if self.record_stability_info else None
 
@@ -219,14 +228,42 @@ def _check_topk_sample(value: Any, session: BackendSession) -> int:
     return value
 
 
-def _refuse_sampling_extras(target_prompt_logprobs: Any, prompt_alt_tokens_k: Any) -> None:
-    """SDK-5: the SDK's sampling extras that spec 0.2 does not define are refused, never ignored."""
-    if target_prompt_logprobs is not None:
+def check_target_ids(
+    value: Any, prompt_len: int, vocab_size: int, session: BackendSession
+) -> tuple[tuple[int, ...], ...] | None:
+    """SDK-7: ``target_prompt_logprobs`` as rows of ids, one per prompt position after the first;
+    a dense int64 ``[len(prompt) - 1, K]`` tensor of ids in ``[-1, vocab_size)``, else a
+    ``BadRequestError`` naming it; ``Unsupported`` without the capability."""
+    if value is None:
+        return None
+    if not isinstance(value, TensorData):
+        raise BadRequestError("target_prompt_logprobs", f"must be TensorData, got {type(value).__name__}")
+    if not session.capabilities.supports("target_prompt_logprobs"):
+        raise Unsupported("target_prompt_logprobs", session.backend_name)
+    shape = value.shape if value.shape is not None else [len(value.data)]
+    if value.dtype != "int64" or len(shape) != 2 or shape[0] != prompt_len - 1:
         raise BadRequestError(
-            "target_prompt_logprobs", "logprobs of chosen prompt targets are not part of tinker-std spec v0.2"
+            "target_prompt_logprobs",
+            f"must be an int64 tensor of shape [len(prompt) - 1 = {prompt_len - 1}, K], "
+            f"got {value.dtype} {shape}",
         )
-    if prompt_alt_tokens_k not in (0, None):
-        raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of tinker-std spec v0.2")
+    ids = [int(v) for v in value.data]
+    bad = [v for v in ids if not -1 <= v < vocab_size]
+    if bad:
+        raise BadRequestError("target_prompt_logprobs", f"ids must be -1 or in [0, {vocab_size}), got {bad[0]}")
+    width = shape[1]
+    return tuple(tuple(ids[r * width : (r + 1) * width]) for r in range(shape[0]))
+
+
+def _check_alt_k(value: Any, session: BackendSession) -> int:
+    """SDK-8: ``prompt_alt_tokens_k``, an int >= 0 (``None`` is 0); ``Unsupported`` without the capability."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError("prompt_alt_tokens_k", f"must be an int >= 0, got {value!r}")
+    if value > 0 and not session.capabilities.supports("prompt_alt_tokens"):
+        raise Unsupported("prompt_alt_tokens", session.backend_name)
+    return value
 
 
 def _check_last_n(last_n: Any, prompt_len: int, include_prompt_logprobs: bool, topk: int) -> int | None:

@@ -247,4 +247,17 @@ def encode_sample_response(response: SampleResponse) -> bytes:
             ).tobytes()
             msg.topk_prompt_logprobs.k = k
             msg.topk_prompt_logprobs.length = len(cells)
+    targets = response.target_prompt_logprobs
+    if targets is not None:  # SDK-7: float32, dense, the request's shape
+        msg.target_prompt_logprobs.dense = np.asarray(targets.data, dtype="<f4").tobytes()
+        msg.target_prompt_logprobs.dtype = pb.DTYPE_FLOAT32
+        msg.target_prompt_logprobs.shape.extend(targets.shape or [len(targets.data)])
+    alts = response.prompt_alt_tokens
+    if alts is not None:  # SDK-8: two dense [P - 1, k] tensors, int64 ids and float32 logprobs
+        msg.prompt_alt_tokens.tokens.dense = np.asarray(alts.tokens.data, dtype="<i8").tobytes()
+        msg.prompt_alt_tokens.tokens.dtype = pb.DTYPE_INT64
+        msg.prompt_alt_tokens.tokens.shape.extend(alts.tokens.shape or [])
+        msg.prompt_alt_tokens.logprobs.dense = np.asarray(alts.logprobs.data, dtype="<f4").tobytes()
+        msg.prompt_alt_tokens.logprobs.dtype = pb.DTYPE_FLOAT32
+        msg.prompt_alt_tokens.logprobs.shape.extend(alts.logprobs.shape or [])
     return bytes(msg.SerializeToString())

@@ -97,6 +97,8 @@ class SamplingRoutes:
                 topk_prompt_logprobs=require_int(body.get("topk_prompt_logprobs") or 0, "topk_prompt_logprobs"),
                 topk_sample_logprobs=require_int(options.topk_sample_logprobs, "topk_sample_logprobs"),
                 prompt_logprobs_last_n=options.prompt_logprobs_last_n,
+                target_prompt_logprobs=options.target_prompt_logprobs,
+                prompt_alt_tokens_k=options.prompt_alt_tokens_k,
             )
             if options.record:
                 future.future().add_done_callback(

@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from tinker_std.errors import BadRequestError
 from tinker_std.stability import StabilityRecords
-from tinker_std.types import Datum, PromptProvenanceSpan, SampledProvenanceSpan, SampleResponse
+from tinker_std.types import Datum, PromptProvenanceSpan, SampledProvenanceSpan, SampleResponse, TensorData
 from tinker_std.types.provenance import ProvenanceSpans
 
 __all__ = [
@@ -68,26 +69,50 @@ def check_sampler_kind(value: Any, named: bool = False) -> None:
 class SampleOptions:
     """The ``asample`` body fields beyond prompt, count and parameters, checked."""
 
-    def __init__(self, topk_sample_logprobs: int, prompt_logprobs_last_n: int | None, record: bool) -> None:
+    def __init__(
+        self,
+        topk_sample_logprobs: int,
+        prompt_logprobs_last_n: int | None,
+        record: bool,
+        target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: Any = 0,
+    ) -> None:
         self.topk_sample_logprobs = topk_sample_logprobs
         self.prompt_logprobs_last_n = prompt_logprobs_last_n
         self.record = record
+        #: SDK-7: the ids to score, dense; checked against the prompt by the client layer
+        self.target_prompt_logprobs = target_prompt_logprobs
+        #: SDK-8: checked by the client layer
+        self.prompt_alt_tokens_k = prompt_alt_tokens_k
 
 
 def sample_options(body: Mapping[str, Any]) -> SampleOptions:
     for name in ("base_model", "model_path"):
         if body.get(name) is not None:
             raise BadRequestError(name, "sample through a sampling session (sampling_session_id), not a model (SDK-1)")
-    if body.get("target_prompt_logprobs") is not None:
-        raise BadRequestError("target_prompt_logprobs", "logprobs of chosen prompt targets are not part of spec 0.2")
-    if body.get("prompt_alt_tokens_k") not in (None, 0):
-        raise BadRequestError("prompt_alt_tokens_k", "alternative prompt tokens are not part of spec 0.2")
     topk = body.get("topk_sample_logprobs") or 0
     last_n = body.get("prompt_logprobs_last_n")
     record = body.get("record_stability_info")
     if record is not None and not isinstance(record, bool):
         raise BadRequestError("record_stability_info", f"must be a bool, got {record!r}")
-    return SampleOptions(topk, last_n, bool(record))
+    return SampleOptions(
+        topk, last_n, bool(record), _target_ids(body.get("target_prompt_logprobs")), body.get("prompt_alt_tokens_k")
+    )
+
+
+def _target_ids(raw: Any) -> TensorData | None:
+    """The request's ``target_prompt_logprobs`` as a dense tensor (SDK-7). A sparse CSR form is
+    refused by name: densifying would turn its unlisted cells into requests for token 0."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequestError("target_prompt_logprobs", "must be a TensorData object")
+    if raw.get("sparse_crow_indices") is not None or raw.get("sparse_col_indices") is not None:
+        raise BadRequestError("target_prompt_logprobs", "the sparse CSR form is not supported; send it dense")
+    try:
+        return TensorData.model_validate(raw)
+    except ValidationError as exc:
+        raise BadRequestError("target_prompt_logprobs", str(exc.errors()[0].get("msg", exc))) from None
 
 
 def _scoped(tenant: str, sequence_id: str) -> str:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ._base import RequestModel, ResponseModel
+from .tensor_data import TensorData
 
 __all__ = ["SamplingParams", "SampledSequence", "SampleResponse", "StopReason", "TOPK_PAD_TOKEN", "TOPK_PAD_LOGPROB"]
 
@@ -66,6 +67,15 @@ class SampledSequence(ResponseModel):
     topk_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
+class PromptAltTokens(ResponseModel):
+    """``prompt_alt_tokens_k = k`` draws (SDK-8): both tensors ``[len(prompt) - 1, k]``; row ``i`` holds
+    ``k`` independent draws at the request's temperature from the distribution over prompt token
+    ``i + 1``, and ``logprobs[i][j]`` is the raw logprob of ``tokens[i][j]`` there."""
+
+    tokens: TensorData
+    logprobs: TensorData
+
+
 class SampleResponse(ResponseModel):
     """``num_samples`` sequences plus prompt logprobs when asked for.
 
@@ -76,4 +86,9 @@ class SampleResponse(ResponseModel):
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    #: with ``target_prompt_logprobs``: float32 ``[len(prompt) - 1, K]``, cell ``[i, j]`` the logprob
+    #: of the requested id at prompt position ``i + 1``, 0.0 where the request had ``-1`` (SDK-7)
+    target_prompt_logprobs: TensorData | None = None
+    #: with ``prompt_alt_tokens_k = k > 0``: the draws at every prompt position after the first (SDK-8)
+    prompt_alt_tokens: PromptAltTokens | None = None
     type: Literal["sample"] | None = None
