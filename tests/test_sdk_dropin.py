@@ -148,6 +148,53 @@ def test_tensor_data_accepts_the_sdks_csr_form() -> None:
         types.TensorData(data=[1], dtype="int64", shape=[2, 2], sparse_crow_indices=[0, 1, 2], sparse_col_indices=[0])
 
 
+def test_csr_tensor_data_pads_unlisted_cells_as_the_sdk_does() -> None:
+    """tinker 0.38: a CSR tensor's unlisted cells take the ``pad_value`` given at conversion."""
+    import tinker as sdk
+    import torch
+
+    dense = torch.full((6, 4), -1)
+    dense[0, 1], dense[2, 0], dense[5, 3] = 5, 7, 0
+    csr = sdk.TensorData.from_torch_sparse(dense, pad_value=-1)
+    assert csr.sparse_crow_indices is not None
+    ours = types.TensorData(
+        data=list(csr.data),
+        dtype=csr.dtype,
+        shape=csr.shape,
+        sparse_crow_indices=csr.sparse_crow_indices,
+        sparse_col_indices=csr.sparse_col_indices,
+    )
+    for pad in (0, -1, 3):
+        np.testing.assert_array_equal(ours.to_numpy(pad_value=pad), csr.to_numpy(pad_value=pad))
+        assert ours.tolist(pad) == csr.tolist(pad)
+    np.testing.assert_array_equal(ours.to_torch(-1).numpy(), dense.numpy())
+    plain = types.TensorData(data=[0, 1], dtype="int64")
+    assert plain.to_numpy(pad_value=-1).tolist() == [0, 1]  # a dense tensor has no unlisted cells
+
+
+def test_sparse_target_prompt_logprobs_request_only_their_listed_cells(service: tinker.ServiceClient) -> None:
+    """SDK-7 in process with the SDK's CSR form: an unlisted cell requests nothing (0.0, like -1),
+    it is not read as token 0."""
+    import torch
+
+    training = service.create_lora_training_client(base_model=BASE, rank=4, seed=0).result()
+    sampler = training.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints(PROMPT)
+    params = types.SamplingParams(max_tokens=1, seed=0)
+    dense_ids = torch.tensor([[-1, 5], [-1, -1], [7, -1], [-1, 0]])
+    sparse = types.TensorData(
+        data=[5, 7, 0], dtype="int64", shape=[4, 2], sparse_crow_indices=[0, 1, 1, 2, 3], sparse_col_indices=[1, 0, 1]
+    )
+    dense = types.TensorData.from_torch(dense_ids)
+    got_sparse = sampler.sample(prompt, 1, params, target_prompt_logprobs=sparse).result().target_prompt_logprobs
+    got_dense = sampler.sample(prompt, 1, params, target_prompt_logprobs=dense).result().target_prompt_logprobs
+    assert got_sparse is not None and got_dense is not None
+    np.testing.assert_array_equal(got_sparse.to_numpy(), got_dense.to_numpy())
+    values = got_dense.to_numpy()
+    assert values[0, 0] == 0.0 and values[1].tolist() == [0.0, 0.0]  # unrequested cells
+    assert values[0, 1] < 0.0 and values[3, 1] < 0.0  # listed ids (token 0 included) are scored
+
+
 def test_cookbook_rl_loop_with_stable_reinforce_runs_unchanged(service: tinker.ServiceClient) -> None:
     """tinker-cookbook 0.6.1 ``recipes/rl_loop.py``, its sampling and datum code as written."""
     training_client = service.create_lora_training_client(base_model=BASE, rank=4, seed=0).result()

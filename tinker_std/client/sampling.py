@@ -233,7 +233,8 @@ def check_target_ids(
 ) -> tuple[tuple[int, ...], ...] | None:
     """SDK-7: ``target_prompt_logprobs`` as rows of ids, one per prompt position after the first;
     a dense int64 ``[len(prompt) - 1, K]`` tensor of ids in ``[-1, vocab_size)``, else a
-    ``BadRequestError`` naming it; ``Unsupported`` without the capability."""
+    ``BadRequestError`` naming it; ``Unsupported`` without the capability. Given in the SDK's CSR
+    form, its unlisted cells are -1 (they request nothing), as the SDK's ``pad_value`` reads them."""
     if value is None:
         return None
     if not isinstance(value, TensorData):
@@ -247,7 +248,7 @@ def check_target_ids(
             f"must be an int64 tensor of shape [len(prompt) - 1 = {prompt_len - 1}, K], "
             f"got {value.dtype} {shape}",
         )
-    ids = [int(v) for v in value.data]
+    ids = [int(v) for v in value.to_numpy(pad_value=-1).reshape(-1)]  # CSR: unlisted cells request nothing
     bad = [v for v in ids if not -1 <= v < vocab_size]
     if bad:
         raise BadRequestError("target_prompt_logprobs", f"ids must be -1 or in [0, {vocab_size}), got {bad[0]}")

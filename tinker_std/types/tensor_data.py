@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import model_validator
+from pydantic import PrivateAttr, ValidatorFunctionWrapHandler, model_validator
 
 from ._base import RequestModel
 
@@ -38,6 +38,9 @@ class TensorData(RequestModel):
     #: ``shape``, the tensor is densified on construction (unlisted entries 0) and both are None after.
     sparse_crow_indices: list[int] | None = None
     sparse_col_indices: list[int] | None = None
+    #: which cells a CSR tensor listed (row pointers, column indices); ``None`` for a dense one.
+    #: tinker 0.38 gives unlisted cells "the pad value given when converting" (``to_numpy(pad_value)``).
+    _csr_layout: tuple[tuple[int, ...], tuple[int, ...]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +78,19 @@ class TensorData(RequestModel):
                 raise ValueError(f"shape {shape} holds {math.prod(shape)} values but data has {len(out)}")
         return {**values, "data": out, "shape": shape}
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_csr_layout(cls, values: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Defined after ``_normalise`` so that it wraps it: it still sees the CSR fields.
+        layout = None
+        if isinstance(values, dict) and values.get("sparse_crow_indices") is not None:
+            crow, col = values.get("sparse_crow_indices") or [], values.get("sparse_col_indices") or []
+            layout = (tuple(int(x) for x in crow), tuple(int(x) for x in col))
+        model = handler(values)
+        if layout is not None and isinstance(model, TensorData):
+            model._csr_layout = layout
+        return model
+
     @property
     def resolved_shape(self) -> list[int]:
         """``shape``, or ``[len(data)]`` when no shape was given."""
@@ -105,16 +121,26 @@ class TensorData(RequestModel):
             tensor = tensor.float()
         return cls.from_numpy(tensor.detach().cpu().contiguous().numpy())
 
-    def to_numpy(self) -> npt.NDArray[Any]:
-        return np.asarray(self.data, dtype=_NUMPY_DTYPE[self.dtype]).reshape(self.resolved_shape)
+    def to_numpy(self, pad_value: int = 0) -> npt.NDArray[Any]:
+        """The dense array; a tensor given in CSR form has ``pad_value`` in every unlisted cell
+        (tinker 0.38's ``to_numpy(pad_value)``; the stored ``data`` has 0 there)."""
+        array = np.asarray(self.data, dtype=_NUMPY_DTYPE[self.dtype]).reshape(self.resolved_shape)
+        if pad_value != 0 and self._csr_layout is not None:
+            array = array.copy()
+            listed = np.zeros(array.shape, dtype=bool)
+            crow, col = self._csr_layout
+            for r in range(array.shape[0]):
+                listed[r, list(col[crow[r] : crow[r + 1]])] = True
+            array[~listed] = pad_value
+        return array
 
-    def to_torch(self) -> torch.Tensor:
+    def to_torch(self, pad_value: int = 0) -> torch.Tensor:
         import torch
 
-        return torch.from_numpy(self.to_numpy())
+        return torch.from_numpy(self.to_numpy(pad_value))
 
-    def tolist(self) -> list[Any]:
-        result: list[Any] = self.to_numpy().tolist()
+    def tolist(self, pad_value: int = 0) -> list[Any]:
+        result: list[Any] = self.to_numpy(pad_value).tolist()
         return result
 
 
