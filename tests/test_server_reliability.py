@@ -273,3 +273,32 @@ def test_the_sdk_waits_out_back_pressure_instead_of_failing(tmp_path: Path) -> N
         assert 429 in statuses, "the quota never pushed back: the test did not exercise back-pressure"
     finally:
         logging.getLogger("tinker_std.server.access").removeHandler(handler)
+
+
+def test_finished_results_expire_after_the_result_ttl(mock_server: tuple[TinkerServer, Any, str]) -> None:
+    """The future store does not grow with every request ever answered: a result is dropped
+    ``result_ttl_s`` after it settled, and a poll for it is then 410 ``RequestLost`` (typed,
+    not a 404 the SDK would turn into a bare ``ValueError``); a fresh result is still served."""
+    server, _, base = mock_server
+    store = server.operations.futures
+    store.result_ttl_s = 0.2
+    wire = Wire(server.url)
+    model_id = wire.create_model(wire.session(), base)
+
+    def step(seq: int) -> str:
+        submitted = wire.post("forward_backward", content=fb_body(model_id, seq, [1, 5, 9, 3]), headers=proto_headers())
+        assert submitted.status_code == 200, submitted.text
+        request_id = str(submitted.json()["request_id"])
+        assert wire.result(request_id).status_code == 200
+        return request_id
+
+    old = step(1)
+    time.sleep(0.3)
+    swept_at = time.monotonic()
+    fresh = step(2)  # storing sweeps what expired
+    gone = wire.result(old)
+    assert gone.status_code == 410, gone.text
+    assert gone.json()["error"].startswith("RequestLost: ") and "expired" in gone.json()["error"], gone.json()
+    assert wire.result(fresh).status_code == 200
+    stale = [p for p in store.pending() if p.settled_at is not None and p.settled_at < swept_at - 0.2]
+    assert not stale, f"{len(stale)} results older than the TTL are still held"

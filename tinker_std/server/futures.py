@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import itertools
+import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +41,7 @@ from .messages import WireReply, WireRequest
 
 __all__ = [
     "LONG_POLL_S",
+    "RESULT_TTL_S",
     "FutureStore",
     "Pending",
     "RequestLost",
@@ -50,6 +56,11 @@ __all__ = [
 #: own HTTP timeout is 45 s).
 LONG_POLL_S = 20.0
 
+#: How long a finished request's result stays fetchable after it settled. The SDK fetches it at
+#: once and retries within minutes; older results are dropped so that a long-running server's
+#: memory does not grow with every request it ever answered. A poll for a dropped one is 410.
+RESULT_TTL_S = 3600.0
+
 #: How a result is encoded: protobuf ``ForwardBackwardOutput`` / ``SampleResponse``, or JSON.
 ResultKind = Literal["forward_backward", "sample", "json"]
 
@@ -63,6 +74,8 @@ class Pending:
     kind: ResultKind
     tenant: str
     reply: WireReply | None = field(default=None, compare=False)
+    #: ``time.monotonic()`` when the future settled (``None`` while it runs)
+    settled_at: float | None = field(default=None, compare=False)
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def encode_reply(self) -> WireReply:
@@ -83,9 +96,20 @@ PROCESS_PREFIX = uuid.uuid4().hex[:8]
 _ID_LENGTH = len(PROCESS_PREFIX) + 32
 
 
+_ID_SECRET = os.urandom(16)
+_id_counter = itertools.count()
+
+
 def new_request_id() -> str:
-    """A fresh request id of this server process (see ``PROCESS_PREFIX``)."""
-    return PROCESS_PREFIX + uuid.uuid4().hex
+    """A fresh request id of this server process: ``PROCESS_PREFIX``, a counter and a MAC of it
+    under a per-process secret, so the process can tell an id it minted (whose result it may have
+    dropped: 410) from one it never did (404) without remembering either."""
+    body = f"{next(_id_counter):016x}"
+    return PROCESS_PREFIX + body + _id_mac(body)
+
+
+def _id_mac(body: str) -> str:
+    return hmac.new(_ID_SECRET, body.encode("ascii"), hashlib.sha256).hexdigest()[:16]
 
 
 class RequestLost(TinkerError):
@@ -115,9 +139,15 @@ class FutureStore:
     """Request id -> ``Pending``, with the long poll that answers ``retrieve_future``, and each
     tenant's count of unfinished requests (its quota, LIM-6)."""
 
-    def __init__(self, max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT) -> None:
+    def __init__(
+        self, max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT, result_ttl_s: float = RESULT_TTL_S
+    ) -> None:
+        if not result_ttl_s > 0:
+            raise ValueError(f"result_ttl_s must be > 0, got {result_ttl_s!r}")
         self._lock = threading.Lock()
         self._entries: dict[str, Pending] = {}
+        self.result_ttl_s = result_ttl_s
+        self._last_sweep = time.monotonic()
         self._closing = False
         #: called with each stored request, under no lock (``metrics.ServerMetrics`` counts tokens)
         self.observers: list[Callable[[Pending], None]] = []
@@ -145,6 +175,7 @@ class FutureStore:
         ``tenant``'s quota until it finishes."""
         request_id = request_id or new_request_id()
         with self._lock:
+            self._drop_expired(time.monotonic())
             if self._closing:
                 settle_exception(future, ServerShutdown("the server is shutting down"))
             entry = self._entries[request_id] = Pending(future, kind, tenant)
@@ -162,8 +193,22 @@ class FutureStore:
                     self._queued[tenant] -= 1
 
             future.add_done_callback(done)
-        future.add_done_callback(lambda _: _encode_quietly(entry))
+        future.add_done_callback(lambda _: _settled(entry))
         return request_id
+
+    def _drop_expired(self, now: float) -> None:
+        """Drop results that settled over ``result_ttl_s`` ago; at most one sweep per ``ttl / 4``
+        (and per minute), so storing stays O(1) amortised. Called under the lock."""
+        if now - self._last_sweep < min(60.0, self.result_ttl_s / 4):
+            return
+        self._last_sweep = now
+        expired = [
+            request_id
+            for request_id, entry in self._entries.items()
+            if entry.settled_at is not None and now - entry.settled_at > self.result_ttl_s
+        ]
+        for request_id in expired:
+            del self._entries[request_id]
 
     def forget(self, request_id: str) -> None:
         with self._lock:
@@ -178,15 +223,28 @@ class FutureStore:
         request_id = str(request.json().get("request_id"))
         with self._lock:
             entry = self._entries.get(request_id)
-        if entry is None or entry.tenant != request.tenant:
-            return request_id, None
         return request_id, entry
+
+    def _missing(self, request_id: str, entry: Pending | None, tenant: str) -> WireReply | None:
+        """The answer when ``request_id`` is not the caller's stored request: another tenant's is
+        404 as if unknown; one this process minted and no longer holds expired (410)."""
+        if entry is not None:
+            return None if entry.tenant == tenant else not_found_reply(f"unknown request_id {request_id!r}")
+        if _minted_here(request_id):
+            return error_reply(
+                RequestLost(
+                    f"the result of request {request_id!r} expired: results are kept "
+                    f"{self.result_ttl_s:g} s after they finish"
+                )
+            )
+        return _unknown(request_id)
 
     def retrieve(self, request: WireRequest) -> WireReply:
         """The ``retrieve_future`` endpoint, waiting on the calling thread (in-process use)."""
         request_id, entry = self._entry(request)
-        if entry is None:
-            return _unknown(request_id)
+        missing = self._missing(request_id, entry, request.tenant)
+        if missing is not None or entry is None:
+            return missing or _unknown(request_id)
         try:
             entry.future.result(timeout=LONG_POLL_S)
         except TimeoutError:
@@ -202,8 +260,9 @@ class FutureStore:
         load) until the settling thread, having encoded the reply, wakes it, or ``LONG_POLL_S``
         passes (``try_again``)."""
         request_id, entry = self._entry(request)
-        if entry is None:
-            return _unknown(request_id)
+        missing = self._missing(request_id, entry, request.tenant)
+        if missing is not None or entry is None:
+            return missing or _unknown(request_id)
         if not entry.future.done():
             loop = asyncio.get_running_loop()
             woken: asyncio.Future[None] = loop.create_future()
@@ -250,6 +309,18 @@ def _encode_quietly(entry: Pending) -> None:
     poll, where it raises again and is answered like any error of a route."""
     with contextlib.suppress(Exception):
         entry.encode_reply()
+
+
+def _settled(entry: Pending) -> None:
+    entry.settled_at = time.monotonic()
+    _encode_quietly(entry)
+
+
+def _minted_here(request_id: str) -> bool:
+    if len(request_id) != _ID_LENGTH or not request_id.startswith(PROCESS_PREFIX):
+        return False
+    body, mac = request_id[len(PROCESS_PREFIX) : -16], request_id[-16:]
+    return all(c in "0123456789abcdef" for c in body) and hmac.compare_digest(mac, _id_mac(body))
 
 
 def _unknown(request_id: str) -> WireReply:
