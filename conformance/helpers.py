@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import tinker_std as ts
 from .tolerances import assert_mapping_close, assert_replay
 
 __all__ = [
+    "fill_file_system",
     "ADAM",
     "sequence_datum",
     "rl_datum",
@@ -165,3 +167,17 @@ def next_token_distribution(
         scores.append((token, float(value)))
     scores.sort(key=lambda pair: (-pair[1], pair[0]))
     return scores[:k]
+
+
+def fill_file_system(directory: Path) -> Path:
+    """Write zeros to ``directory/filler`` until the file system holds no more (ENOSPC); the
+    filler's path, for the caller to remove. For the full-disk checks (CKPT-15) on a small tmpfs."""
+    filler_path = directory / "filler"
+    with open(filler_path, "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    return filler_path

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tinker_std as ts
-from tinker_std.conformance.helpers import forward_logprobs, probe_batch, sequence_datum
+from tinker_std.conformance.helpers import fill_file_system, forward_logprobs, probe_batch, sequence_datum
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.tolerances import assert_replay
 
@@ -102,17 +102,11 @@ def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(
         path = tc.save_state("keep").result().path
         saved = forward_logprobs(tc, probe)
         _train(tc, v, 1, offset=5)
-        with open(mount / "filler", "wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
-            except OSError:
-                pass
+        filler = fill_file_system(mount)
         with pytest.raises(ts.StorageFullError) as info:
             tc.save_state("keep", overwrite=True).result()
         assert str(mount) not in str(info.value), f"[CKPT-16] path revealed: {info.value}"
-        (mount / "filler").unlink()
+        filler.unlink()
         loaded = service.create_training_client_from_state(path).result()
         _assert_same_lps(forward_logprobs(loaded, probe), saved, "CKPT-15", "the previous checkpoint after ENOSPC")
     finally:

@@ -20,6 +20,7 @@ import pytest
 
 import tinker_std as ts
 from tinker_std.checkpoints import METADATA_FILE, STALE_STAGING_S, CheckpointStore
+from tinker_std.conformance.helpers import fill_file_system
 from tinker_std.types import ParsedCheckpointTinkerPath
 
 from _support import make_service, sequence_datum
@@ -139,20 +140,14 @@ def test_a_full_disk_fails_the_save_typed_and_keeps_the_previous_checkpoint(tmp_
             expected = _logprobs(tc)
             tc.forward_backward(PROBE, "cross_entropy").result()
             tc.optim_step(ADAM).result()  # the weights move: an overwrite would change the checkpoint
-            with open(mount / "filler", "wb") as filler:  # fill the file system to the last byte
-                try:
-                    while True:
-                        filler.write(b"\0" * 65536)
-                        filler.flush()
-                except OSError:
-                    pass
+            filler = fill_file_system(mount)  # the file system is full to the last byte
             with pytest.raises(ts.StorageFullError) as info:
                 tc.save_state("keep", overwrite=True).result()
             assert str(mount) not in str(info.value) and path in str(info.value)
             with pytest.raises(ts.StorageFullError):
                 tc.save_weights_for_sampler("other").result()
             assert not any((mount / ".tmp").iterdir())  # no half-written staging folder stays
-            (mount / "filler").unlink()
+            filler.unlink()
             loaded = service.create_training_client_from_state(path).result()
             for x, y in zip(_logprobs(loaded), expected, strict=True):
                 np.testing.assert_array_equal(x, y)
