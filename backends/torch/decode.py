@@ -289,6 +289,9 @@ def _take_tokens(
         job.logprobs[j].append(float(chosen_lps[r]))
         if job.request.topk_sample_logprobs > 0:
             job.tops[j].append(top_logprobs(raw[r : r + 1], job.request.topk_sample_logprobs)[0])
+        if job.request.on_tokens is not None:  # incremental decode: report the token as it is taken (TokenSink)
+            top = job.tops[j][-1] if job.request.topk_sample_logprobs > 0 else None
+            job.request.on_tokens(j, chosen[r], job.logprobs[j][-1], top)
         if job.stop.reached(job.tokens[j], tokenizer):
             job.reasons[j] = "stop"
         elif len(job.tokens[j]) < job.max_tokens:
