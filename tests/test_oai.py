@@ -218,6 +218,14 @@ def test_streams_keep_stop_strings_max_tokens_and_logprobs_of_the_whole_reply(wo
     assert tops == oai.completions.create(**args, max_tokens=6).choices[0].logprobs.top_logprobs
 
 
+def test_a_stream_refused_before_its_first_token_is_an_http_error(world: World) -> None:
+    """The engine's own refusal (``ContextLengthError``, found when the request is decoded) comes
+    before any token: an ordinary 400 naming the field, not an error inside a started stream."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(world).completions.create(model=world.base, prompt="x", max_tokens=10_000, stream=True)
+    assert (refused.value.param, refused.value.code) == ("max_tokens", "ContextLengthError")
+
+
 def test_chat_uses_the_tokenizers_template_and_streams_the_same(world: World) -> None:
     from transformers import AutoTokenizer
 

@@ -8,7 +8,8 @@ unfinished requests (429, LIM-6), validated in full (a 400 naming the field, bef
 then sampled on a worker thread (``generate``). Errors use OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``: ``param`` is the offending field, ``code`` the
 tinker-std error type. A stream is ``text/event-stream``: ``data: <chunk>`` events, then
-``data: [DONE]``.
+``data: [DONE]``; it sends tokens as they are decoded where the backend decodes incrementally
+(``stream.py``), else the finished reply in chunks (``replies.py``; ``GET /models`` says which).
 """
 
 from __future__ import annotations
