@@ -21,6 +21,8 @@ adapters are already arranged (one active, or ``rows``: per-row segments) to com
 5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone.
 6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
+7. Incremental decode: a request with ``on_tokens`` (a ``TokenSink``) is told each token as
+   ``_take_tokens`` takes it (the server's token-incremental OpenAI streams).
 """
 
 from __future__ import annotations
