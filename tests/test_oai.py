@@ -218,6 +218,31 @@ def test_streams_keep_stop_strings_max_tokens_and_logprobs_of_the_whole_reply(wo
     assert tops == oai.completions.create(**args, max_tokens=6).choices[0].logprobs.top_logprobs
 
 
+def test_a_streamed_choice_holds_back_only_what_a_stop_string_could_still_take(world: World) -> None:
+    """``ChoiceText`` against the tokenizer's own decoding of each prefix: a tail ``@`` (the start
+    of stop string ``@@``) is held until the next token decides it; the text ends before ``@@``;
+    a token after it releases nothing; an EOS ends the choice."""
+    from transformers import AutoTokenizer
+
+    from tinker_std.server.oai.stream import ChoiceText
+
+    tok = AutoTokenizer.from_pretrained(world.base, local_files_only=True)
+    ids = tok.encode("ab@c@@d", add_special_tokens=False)
+    text = ChoiceText(tok, ["@@"])
+    released = ""
+    for i, token in enumerate(ids):
+        released += text.push(token) or ""
+        full = tok.decode(ids[: i + 1], skip_special_tokens=True)
+        if "@@" in full:
+            assert released == full[: full.find("@@")] == "ab@c"
+        else:
+            assert released == (full[:-1] if full.endswith("@") else full), (i, full, released)
+    assert text.cut and text.push(ids[0]) == ""  # past the stop string: logprobs only, no text
+    ended = ChoiceText(tok, [])
+    assert ended.push(ids[0]) == tok.decode(ids[:1]) and ended.push(tok.eos_token_id) == ""
+    assert ended.push(ids[1]) is None  # after EOS: not part of the completion
+
+
 def test_a_stream_refused_before_its_first_token_is_an_http_error(world: World) -> None:
     """The engine's own refusal (``ContextLengthError``, found when the request is decoded) comes
     before any token: an ordinary 400 naming the field, not an error inside a started stream."""
