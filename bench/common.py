@@ -61,15 +61,33 @@ def base_model_name(model: str) -> str:
     return "tiny-llama"
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line of /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """``AMD``, ``Intel`` or the raw vendor id: MKL takes different code paths on the two vendors,
+    so a figure is only comparable with one measured on the same vendor (issue 23)."""
+    vendor = _cpuinfo("vendor_id") or "unknown"
+    return {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor)
+
+
+def cpu_family() -> str:
+    """``family F model M`` from /proc/cpuinfo (e.g. AMD family 25 model 17: Zen 4), else empty."""
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"family {family} model {model}" if family and model else ""
 
 
 def print_machine() -> None:
@@ -77,7 +95,8 @@ def print_machine() -> None:
     import transformers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# cpu: {cpu_model()} | cores available: {cores} | torch threads: {torch.get_num_threads()}")
+    print(f"# cpu: {cpu_model()} | vendor: {cpu_vendor()} {cpu_family()} | cores available: {cores} | "
+          f"torch threads: {torch.get_num_threads()} | SIMD: {torch.backends.cpu.get_cpu_capability()}")
     print(f"# python {platform.python_version()} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | peft {peft.__version__} | tinker-std {ts.__version__}")
 

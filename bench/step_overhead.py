@@ -1,7 +1,10 @@
 """Per-step cost of tinker-std vs a plain transformers + peft loop.
 
 One step = forward_backward (summed cross-entropy) + AdamW optim_step on a batch of 4 x 128 tokens,
-LoRA rank 16 on every attention and MLP projection. Target (issue 14): tinker-std / plain <= 0.9.
+LoRA rank 16 on every attention and MLP projection. Target (issues 14, 23): tinker-std / plain
+<= 0.9 on AMD and Intel CPUs alike, at 1 and 2 threads. The header names the CPU model, its vendor
+(MKL takes different paths on AMD and Intel) and the SIMD level torch uses; compare figures only
+between runs on the same vendor.
 
     python bench/step_overhead.py --model smollm2 [--warmup 2 --steps 5]
 """
