@@ -1,7 +1,8 @@
 """Custom loss graphs (spec 12, CLG-1..CLG-6): the allow-list validator and the graph
 interpreter of ``tinker_std.custom_loss``, run as the loss of ``forward_backward_custom`` on the
 backend under test (in one pass where it declares ``one_pass_datum_loss``, CLG-4), ``forward``
-with a graph loss (CLG-5) and the in-process ``ServiceClient.create_custom_loss`` (CLG-6). The graph below is what the SDK 0.38 sends for
+with a graph loss (CLG-5) and the in-process ``ServiceClient.create_custom_loss`` (CLG-6). The
+graph below is what the SDK 0.38 sends for
 
     def pg(logprobs, advantages, scale):
         pg = (logprobs * advantages).sum()
