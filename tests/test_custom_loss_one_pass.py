@@ -203,3 +203,29 @@ def test_the_handle_matches_the_sdks(tmp_path: Path) -> None:
         f for f in vars(theirs) if not f.startswith("_")
     }, "the handle's fields differ from the SDK's LossHandle"
     assert sdk is not None
+
+
+@pytest.mark.slow
+def test_fsdp_runs_the_graph_loss_in_its_ranks_pass(tmp_path: Path) -> None:
+    """fsdp runs the torch engine on each rank: the per-datum loss travels with the job (pickled)
+    and each rank applies it to its rows; gradients are reduced as for a built-in loss."""
+    fsdp = ts.ServiceClient(backend="fsdp", world_size=2, checkpoint_dir=str(tmp_path / "fsdp"))
+    ref = ts.ServiceClient(backend=TwoPassTorch(checkpoint_dir=str(tmp_path / "ref")))
+    try:
+        assert type(fsdp.backend).one_pass_datum_loss
+        base = _base(fsdp)
+        a = fsdp.create_lora_training_client(base_model=base, rank=4, seed=3).result()
+        b = ref.create_lora_training_client(base_model=base, rank=4, seed=3).result()
+        out_a = a.forward_backward_custom(_data(), fsdp.create_custom_loss(pairwise, RANKS).result()).result()
+        out_b = b.forward_backward_custom(_data(), ref.create_custom_loss(pairwise, RANKS).result()).result()
+        for key in out_b.metrics:
+            assert out_a.metrics[key] == pytest.approx(out_b.metrics[key], rel=RTOL, abs=ATOL), key
+        # two ranks sum their partial gradients: float32 sums in another order than one process,
+        # so the bound is relative to the gradient's scale (max |g| about 5 here, differences ~5e-6)
+        ga, gb = a.read_state().result().grads, b.read_state().result().grads
+        scale = max(float(np.abs(g).max()) for g in gb.values())
+        for key in gb:
+            np.testing.assert_allclose(ga[key], gb[key], rtol=1e-4, atol=2e-6 * scale, err_msg=f"gradient {key}")
+    finally:
+        fsdp.close()
+        ref.close()
