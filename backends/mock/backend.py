@@ -143,7 +143,23 @@ class MockBackend(Backend):
         loss_fn: str,
         loss_fn_config: Mapping[str, float],
         backward: bool,
-        datum_loss: DatumLoss | None = None,
+    ) -> ForwardBackwardOutput:
+        return self._pass(model_id, data, loss_fn, loss_fn_config, backward, None)
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        """The one-pass seam (CLG-4): ``loss`` in place of a built-in loss, in the same pass."""
+        return self._pass(model_id, data, "custom", {}, backward, loss)
+
+    def _pass(
+        self,
+        model_id: str,
+        data: list[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+        datum_loss: DatumLoss | None,
     ) -> ForwardBackwardOutput:
         model = self._model(model_id)
 
@@ -165,12 +181,6 @@ class MockBackend(Backend):
             return out
 
         return run_forward_backward(logprob_fn, data, loss_fn, loss_fn_config, backward, datum_loss)
-
-    async def forward_backward_datum_loss(
-        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
-    ) -> ForwardBackwardOutput:
-        """The one-pass seam (CLG-4): ``loss`` in place of a built-in loss, in the same pass."""
-        return await self.forward_backward(model_id, data, "custom", {}, backward, loss)
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         return adamw_step(self._model(model_id).optimizer, params)

@@ -69,13 +69,17 @@ class SessionLosses:
 
 
 def custom_loss_id(loss_fn_config: Mapping[str, Any] | None) -> Any:
-    """The ``loss_id`` of ``loss_fn="custom"``'s config; ``BadRequestError`` naming any other key."""
+    """The ``loss_id`` of ``loss_fn="custom"``'s config. Without one, ``"custom"`` names no loss:
+    a ``BadRequestError`` naming ``loss_fn`` (as for any unknown loss, LOSS-8); any key other
+    than ``loss_id`` is one naming that key."""
     config = dict(loss_fn_config or {})
+    if "loss_id" not in config:
+        raise BadRequestError(
+            "loss_fn", "'custom' names a loss of create_custom_loss: give loss_fn_config={'loss_id': ...}"
+        )
     other = sorted(k for k in config if k != "loss_id")
     if other:
         raise BadRequestError(f"loss_fn_config.{other[0]}", "loss_fn 'custom' takes loss_id only")
-    if "loss_id" not in config:
-        raise BadRequestError("loss_fn_config.loss_id", "loss_fn 'custom' needs the loss_id create_custom_loss gave")
     return config["loss_id"]
 
 
