@@ -229,3 +229,20 @@ def test_fsdp_runs_the_graph_loss_in_its_ranks_pass(tmp_path: Path) -> None:
     finally:
         fsdp.close()
         ref.close()
+
+
+def overflowing(logprobs: Any) -> Any:
+    return (logprobs * 1e30 * 1e30).sum(), {}
+
+
+@pytest.mark.parametrize("which", ["one", "two"])
+def test_a_non_finite_graph_loss_is_refused_on_both_paths(
+    services: tuple[ts.ServiceClient, ts.ServiceClient], which: str
+) -> None:
+    """FB-15 on either path: a loss that overflows float32 is a ``NonFiniteError`` and leaves no gradient."""
+    svc = services[0] if which == "one" else services[1]
+    handle = svc.create_custom_loss(overflowing, {"logprobs": 1}).result()
+    tc = svc.create_lora_training_client(base_model=_base(svc), rank=4, seed=1).result()
+    with pytest.raises(ts.NonFiniteError):
+        tc.forward_backward_custom(_data(), handle).result()
+    assert all(not np.any(g) for g in tc.read_state().result().grads.values()), "a refused loss left a gradient"

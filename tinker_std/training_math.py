@@ -90,29 +90,34 @@ def run_datum_loss(
     Metrics as ``forward_backward_custom`` reports them (FB-12, CLG-2): ``loss:sum``, the loss's
     metrics (``:sum`` summed, ``:mean`` averaged over ``data``) and, with ``backward``,
     ``surrogate_loss:sum = sum(g * logprobs)`` (the cross-entropy of weights ``-g``). A loss that
-    raises or returns no scalar is a ``RequestFailedError`` of category ``user`` (FB-13), raised
-    before the backward (so nothing accumulates)."""
+    raises or returns no scalar is a ``RequestFailedError`` of category ``user`` (FB-13); a datum
+    loss or gradient that is not finite a ``NonFiniteError`` (FB-15); both before the backward, so
+    nothing accumulates."""
     with torch.set_grad_enabled(backward):
         logprobs = logprob_fn(data)
     leaves = [lp.detach().to(torch.float32).requires_grad_(backward) for lp in logprobs]
     try:
         with torch.set_grad_enabled(backward):
-            total: torch.Tensor | None = None
+            values: list[torch.Tensor] = []
             sums: dict[str, float] = {}
             for datum, lp in zip(data, leaves, strict=True):
                 value, metrics = loss(datum, lp)
                 if not isinstance(value, torch.Tensor) or value.dim() != 0:
                     raise TypeError(f"loss {loss.name!r} must return a scalar tensor")
-                total = value if total is None else total + value
+                values.append(value)
                 for key, metric in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(metric.detach().reshape(()))
-            if total is None:
-                raise ValueError("no datums")
+            total = torch.stack(values).sum()
             grads: Sequence[torch.Tensor | None] = ()
             if backward and total.requires_grad:
                 grads = torch.autograd.grad(total, leaves, allow_unused=True)
     except Exception as exc:
         raise RequestFailedError(f"custom loss {loss.name!r} failed: {exc!r}", category="user") from exc
+    for i, value in enumerate(values):  # FB-15, as the surrogate's cross-entropy would refuse it
+        if not bool(torch.isfinite(value.detach())):
+            raise NonFiniteError("loss_fn_inputs", f"loss {loss.name!r} of datum {i} is {float(value.detach())}")
+    if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+        raise NonFiniteError("loss_fn_inputs", f"the gradient of loss {loss.name!r} is not finite")
     reduced = {k: v / len(data) if k.endswith(":mean") else v for k, v in sums.items()}
     out = forward_backward_output(logprobs, total)
     out.metrics.update(reduced)
