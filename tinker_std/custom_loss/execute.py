@@ -165,8 +165,9 @@ class GraphLoss:
         self.name = graph.name
 
     def __call__(self, datum: Datum, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        tensors = [logprobs, *(_input_tensor(datum, x.name, x.rank) for x in self.graph.inputs[1:])]
-        return run_graph(self.graph, tensors)
+        # the inputs go where the engine computed the logprobs (an accelerator, for instance)
+        inputs = (_input_tensor(datum, x.name, x.rank).to(logprobs.device) for x in self.graph.inputs[1:])
+        return run_graph(self.graph, [logprobs, *inputs])
 
 
 def graph_loss_fn(graph: LossGraph) -> Any:
