@@ -19,13 +19,14 @@ in-process step (issue 23 asks for <= 1.3 on tiny-llama). Measurement only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import common as c
@@ -114,8 +115,8 @@ async def _answer(send: Any, content_type: str | bytes, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def serve_null(port_file: str, threads: int, config: dict[str, Any]) -> None:
-    """The null server's process: a real server (torch backend) behind ``Canned``."""
+def serve(port_file: str, threads: int, config: dict[str, Any], canned: bool) -> None:
+    """A server process: the real server (torch backend), behind ``Canned`` if ``canned``."""
     import torch
 
     from tinker_std.server import TinkerServer
@@ -124,12 +125,33 @@ def serve_null(port_file: str, threads: int, config: dict[str, Any]) -> None:
     service = c.open_service("torch")
     assert service is not None
     server = TinkerServer(service, api_key=KEY)
-    server._server.config.app = Canned(server.app, config)
+    if canned:
+        server._server.config.app = Canned(server.app, config)
     server.start()
     with open(port_file, "w") as f:
         f.write(server.url)
     while True:
         time.sleep(3600)
+
+
+@contextlib.contextmanager
+def server_process(threads: int, config: dict[str, Any] | None = None, canned: bool = False) -> Iterator[str]:
+    """The URL of a server (``serve``) in a child process, killed on exit."""
+    port_file = f"/tmp/sdk_floor.{os.getpid()}.{time.monotonic_ns()}.url"
+    args = [sys.executable, __file__, "--serve", port_file, str(threads), json.dumps(config or {}), str(int(canned))]
+    child = subprocess.Popen(args, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(port_file) or not open(port_file).read():
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server process did not start")
+            time.sleep(0.1)
+        yield open(port_file).read()
+    finally:
+        child.kill()
+        child.wait()
+        if os.path.exists(port_file):
+            os.remove(port_file)
 
 
 def main() -> None:
@@ -142,17 +164,7 @@ def main() -> None:
         config = json.loads(sys.argv[at + 1])
         del sys.argv[at : at + 2]
     args = c.parse_args(__doc__ or "", warmup=2, steps=30)
-    port_file = f"/tmp/sdk_floor.{os.getpid()}.url"
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-null", port_file, str(args.threads), json.dumps(config)], env=os.environ.copy()
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not os.path.exists(port_file) or not open(port_file).read():
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the null server did not start")
-            time.sleep(0.1)
-        url = open(port_file).read()
+    with server_process(args.threads, config, canned=True) as url:
         local_svc = c.open_service(args.backend)
         assert local_svc is not None
         local = c.training_client(local_svc, args.base_model, RANK)
@@ -166,7 +178,9 @@ def main() -> None:
             for r in tokens.tolist()
         ]
         sdk = tinker.ServiceClient(base_url=url, api_key=KEY)
-        remote = sdk.create_lora_training_client(base_model="tiny-llama", rank=RANK, seed=0, train_unembed=False).result()
+        remote = sdk.create_lora_training_client(
+            base_model=args.base_model, rank=RANK, seed=0, train_unembed=False
+        ).result()
 
         def local_step() -> None:
             fb, op = local.forward_backward(data, "cross_entropy"), local.optim_step(c.ADAM)
@@ -197,11 +211,6 @@ def main() -> None:
         )
         print(f"# load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at {time.strftime('%H:%M:%S')}")
         local_svc.close()
-    finally:
-        child.kill()
-        child.wait()
-        if os.path.exists(port_file):
-            os.remove(port_file)
 
 
 def _interleaved(
@@ -222,7 +231,7 @@ def _interleaved(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve-null":
-        serve_null(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1")
     else:
         main()
