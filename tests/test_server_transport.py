@@ -101,6 +101,8 @@ def test_a_head_and_its_body_go_out_as_one_write_in_order() -> None:
         transport.write(memoryview(b"ok"))
         transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n")
         transport.write(b"yes")
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+        transport.write(b"x" * 100_000)  # a large body is not copied to join its head
         await asyncio.sleep(0)
         assert transport.get_extra_info("peername") == "info:peername"  # everything else is the transport's
         return inner.written
@@ -108,6 +110,8 @@ def test_a_head_and_its_body_go_out_as_one_write_in_order() -> None:
     assert asyncio.run(run()) == [
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n",
+        b"x" * 100_000,
     ]
 
 

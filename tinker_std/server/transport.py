@@ -8,7 +8,8 @@ per answer, was most of the server loop's share of an SDK step (bench/server_ove
 
 ``CoalescingTransport`` holds a write that ends an answer's head and sends it with the next write
 (the body, which Starlette sends right after it, without yielding to the loop): one ``send`` per
-answer. A head with nothing after it in the same turn of the loop (a streamed answer whose first
+answer (a body over 64 KiB is not copied to join its head: it follows it in a ``send`` of its
+own). A head with nothing after it in the same turn of the loop (a streamed answer whose first
 chunk comes later) is sent by a callback at the loop's next turn. Nothing is reordered or
 dropped: every write and ``close`` sends what is held first.
 """
@@ -21,6 +22,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
+
+#: The largest body joined to its head (a copy); a larger one follows its head in a send of its own.
+_JOIN_BYTES = 64 * 1024
 
 
 class CoalescingTransport:
@@ -35,7 +39,9 @@ class CoalescingTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         held, self._held = self._held, None
-        if held is not None:
+        if held is not None and len(data) > _JOIN_BYTES:
+            self._transport.write(held)  # a large body: one more send costs less than copying it
+        elif held is not None:
             data = held + bytes(data)
         elif bytes(data[-4:]) == b"\r\n\r\n" and data[:5] == b"HTTP/":
             self._held = bytes(data)
