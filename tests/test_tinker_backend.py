@@ -452,6 +452,32 @@ def test_the_sampling_extras_are_carried(over_mock: ts.ServiceClient, in_process
     assert over.prompt_alt_tokens.tokens.to_numpy().shape == (4, 2)
 
 
+def test_inflight_samplers_through_the_sdk_behave_as_in_process(
+    over_mock: ts.ServiceClient, in_process: ts.ServiceClient
+) -> None:
+    """spec/13 through the tinker backend: the inflight sampler keeps the newest inflight save's
+    weights across an optim_step (INF-3) and moves with the next inflight save (INF-2), with the
+    same logprobs as in process (float32 on the wire)."""
+    prompt = ts.ModelInput.from_ints([104, 101, 108, 108, 111])
+    datum = ts.Datum(model_input=ts.ModelInput.from_ints([104, 101, 108, 108]),
+                     loss_fn_inputs={"target_tokens": [101, 108, 108, 111], "weights": [1.0] * 4})
+    runs = []
+    for service in (over_mock, in_process):
+        tc = service.create_lora_training_client(base_model="mock/tiny", rank=4, seed=3).result()
+        inflight = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        first = inflight.compute_logprobs(prompt).result()
+        tc.forward_backward([datum], "cross_entropy")
+        tc.optim_step(AdamParams(learning_rate=0.05)).result()
+        unchanged = inflight.compute_logprobs(prompt).result()
+        tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        moved = inflight.compute_logprobs(prompt).result()
+        runs.append((first, unchanged, moved))
+    (first, unchanged, moved), reference = runs
+    assert unchanged == first and moved != first
+    for got, want in zip(runs[0], reference, strict=True):
+        np.testing.assert_allclose(np.array(got[1:], dtype=float), np.array(want[1:], dtype=float), rtol=0, atol=1e-6)
+
+
 def test_stable_reinforce_is_refused_by_name(over_mock: ts.ServiceClient) -> None:
     tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
     datum = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]),
