@@ -293,7 +293,7 @@ def _take_tokens(
     ``max_tokens``)."""
     real = [r for r, slot in enumerate(slots) if slot is not None]
     live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
-    real_last = last[torch.tensor(real, device=last.device)]
+    real_last = last if len(real) == len(slots) else last[torch.tensor(real, device=last.device)]
     chosen = _choose_rows(real_last, live, jobs)
     raw = torch.log_softmax(real_last, dim=-1)
     chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()

@@ -68,9 +68,11 @@ class _Layer:
     scaling: float
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated: ``rotate_half(x) * sin == x.roll(half, -1) * signed``
+    bit for bit (``(-a) * b == a * (-b)`` exactly), one negation per step instead of per layer."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 class FusedStep:
@@ -94,7 +96,8 @@ class FusedStep:
     ) -> torch.Tensor:
         hidden = self._embed(input_ids)  # (rows, 1, hidden)
         cos, sin = self._rotary(hidden, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # apply_rotary_pos_emb's unsqueeze_dim=1
+        cos, sin = cos.unsqueeze(1), _signed_sin(sin.unsqueeze(1))  # apply_rotary_pos_emb's unsqueeze_dim=1
+        half = cos.shape[-1] // 2
         rows = hidden.shape[0]
         attention_kwargs = {ROW_PADS: pads}
         for index, layer in enumerate(self._layers):
@@ -107,8 +110,9 @@ class FusedStep:
                 q, k = layer.q_norm(q), layer.k_norm(k)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = layer.v_proj(x).view(shape).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            # apply_rotary_pos_emb: x * cos + rotate_half(x) * sin
+            q = (q * cos) + (q.roll(half, -1) * sin)
+            k = (k * cos) + (k.roll(half, -1) * sin)
             keys, values = cache.layers[index].update(k, v)
             out, _ = row_attention(
                 layer.attention, q, keys, values, None, scaling=layer.scaling, **attention_kwargs
