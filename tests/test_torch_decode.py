@@ -114,8 +114,13 @@ def test_other_architectures_keep_the_plain_path() -> None:
     small = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
     moe = Qwen3MoeForCausalLM(
         Qwen3MoeConfig(
-            **small, intermediate_size=64, moe_intermediate_size=16, num_key_value_heads=2, num_experts=4,
-            num_experts_per_tok=2, head_dim=8,
+            **small,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            head_dim=8,
         )
     )
     assert fused_decode.fused_step(moe) is None

@@ -114,9 +114,7 @@ class FusedStep:
             q = (q * cos) + (q.roll(half, -1) * sin)
             k = (k * cos) + (k.roll(half, -1) * sin)
             keys, values = cache.layers[index].update(k, v)
-            out, _ = row_attention(
-                layer.attention, q, keys, values, None, scaling=layer.scaling, **attention_kwargs
-            )
+            out, _ = row_attention(layer.attention, q, keys, values, None, scaling=layer.scaling, **attention_kwargs)
             hidden = residual + layer.o_proj(out.reshape(rows, 1, -1).contiguous())
             residual = hidden
             x = layer.post_norm(hidden)
@@ -130,7 +128,7 @@ def _norm(module: Any) -> _Norm:
     return _Norm(module.weight, float(module.variance_epsilon))
 
 
-def _families() -> dict[type, tuple[type, type, type, type, type]]:
+def _families() -> dict[Any, tuple[Any, Any, Any, Any, Any]]:
     """Each supported causal LM class: its (decoder layer, attention, MLP, RMSNorm, rotary) classes."""
     from transformers.models.llama import modeling_llama as llama
     from transformers.models.qwen3 import modeling_qwen3 as qwen3
@@ -161,8 +159,7 @@ def _causal_lm(model: Any) -> Any:
 
 def _unhooked(*modules: Any) -> bool:
     return all(
-        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-        for m in modules
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks) for m in modules
     )
 
 
@@ -212,10 +209,10 @@ def fused_step(model: Any) -> FusedStep | None:
             return None
         q_norm = getattr(attention, "q_norm", None)
         k_norm = getattr(attention, "k_norm", None)
-        if (q_norm is None) != (k_norm is None) or (
-            q_norm is not None and not (type(q_norm) is norm_cls and type(k_norm) is norm_cls and _unhooked(q_norm, k_norm))
-        ):
-            return None
+        qk_norms = (q_norm, k_norm)
+        if q_norm is not None or k_norm is not None:
+            if not (type(q_norm) is norm_cls and type(k_norm) is norm_cls and _unhooked(*qk_norms)):
+                return None
         layers.append(
             _Layer(
                 input_norm=_norm(layer.input_layernorm),
