@@ -104,6 +104,30 @@ def test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids(
         for j in (0, 1, 3):  # reference: compute_logprobs of the prompt prefix followed by that id
             ref = base_sampler.compute_logprobs(ts.ModelInput.from_ints([*prompt[: i + 1], row[j]])).result()[-1]
             assert_close(values[i][j], ref, "token", "SDK-7", what=f"target logprob [{i}, {j}] (id {row[j]})")
+    # the SDK's CSR form of the same ids, the -1 cells unlisted: the same result (unlisted cells request nothing)
+    listed = [[(j, t) for j, t in enumerate(row) if t != -1] for row in rows]
+    crow = [0]
+    for cells in listed:
+        crow.append(crow[-1] + len(cells))
+    sparse = ts.TensorData(
+        data=[t for cells in listed for _, t in cells],
+        dtype="int64",
+        shape=[len(rows), 4],
+        sparse_crow_indices=crow,
+        sparse_col_indices=[j for cells in listed for j, _ in cells],
+    )
+    got_sparse = (
+        base_sampler.sample(
+            ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=sparse
+        )
+        .result()
+        .target_prompt_logprobs
+    )
+    assert got_sparse is not None and got_sparse.shape == [len(rows), 4], f"[SDK-7] sparse t: {got_sparse}"
+    for i in range(len(rows)):
+        assert got_sparse.data[i * 4 + 2] == 0.0, f"[SDK-7] an unlisted CSR cell at row {i} is scored"
+        for j in (0, 1, 3):
+            assert_close(got_sparse.data[i * 4 + j], values[i][j], "token", "SDK-7", what=f"sparse t cell [{i}, {j}]")
     plain = base_sampler.sample(ts.ModelInput.from_ints(prompt), 1, ts.SamplingParams(max_tokens=1)).result()
     assert plain.target_prompt_logprobs is None, "[SDK-7] not asked for: None"
     bad = {

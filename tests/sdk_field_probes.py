@@ -81,9 +81,21 @@ def probe_sample_extras(ctx: Ctx) -> None:
     for i in range(4):  # the prompt's own token: compute_logprobs; the -1 cell: 0.0
         assert abs(scored[i][0] - reference[i + 1]) < 1e-4, (i, scored, reference)
     assert scored[1][1] == 0.0, scored
-    sparse = types.TensorData(data=[5], dtype="int64", shape=[4, 1], sparse_crow_indices=[0, 1, 1, 1, 1],
-                              sparse_col_indices=[0])  # fmt: skip
-    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=sparse), "target_prompt_logprobs")
+    # the SDK's CSR form (as from_torch_sparse(ids, pad_value=-1) makes it): unlisted cells are not
+    # scored (0.0, like -1), a listed token 0 is; the same numbers as the dense form with -1
+    sparse = types.TensorData(data=[5, 0], dtype="int64", shape=[4, 2], sparse_crow_indices=[0, 1, 1, 2, 2],
+                              sparse_col_indices=[1, 0])  # fmt: skip
+    dense = types.TensorData(data=[-1, 5, -1, -1, 0, -1, -1, -1], dtype="int64", shape=[4, 2])
+    got_sparse = sc.sample(prompt, 1, params, target_prompt_logprobs=sparse).result().target_prompt_logprobs
+    got_dense = sc.sample(prompt, 1, params, target_prompt_logprobs=dense).result().target_prompt_logprobs
+    assert got_sparse is not None and got_dense is not None
+    assert got_sparse.tolist() == got_dense.tolist(), (got_sparse, got_dense)
+    sparse_scores = got_sparse.tolist()
+    assert sparse_scores[0][1] < 0.0 and sparse_scores[2][0] < 0.0, sparse_scores  # listed, token 0 included
+    assert [sparse_scores[0][0], *sparse_scores[1], sparse_scores[2][1], *sparse_scores[3]] == [0.0] * 6
+    bad_csr = types.TensorData(data=[5], dtype="int64", shape=[4, 1], sparse_crow_indices=[0, 1, 1, 1, 1],
+                               sparse_col_indices=[3])  # fmt: skip
+    _refused(lambda: sc.sample(prompt, 1, params, target_prompt_logprobs=bad_csr), "target_prompt_logprobs")
     alts = sc.sample(prompt, 1, params, prompt_alt_tokens_k=3).result().prompt_alt_tokens
     assert alts is not None and list(alts.tokens.shape or []) == [4, 3], alts
     drawn, drawn_lps = alts.tokens.tolist(), alts.logprobs.tolist()

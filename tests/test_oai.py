@@ -10,8 +10,10 @@ paths.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +141,116 @@ def test_streaming_equals_the_whole_reply(world: World) -> None:
     assert usage == whole.usage
 
 
+def _stream_completion(oai: Any, **args: Any) -> tuple[str, list[float], list[int], str | None]:
+    """A completion stream's joined text, per-token logprobs, text offsets and finish reason (one choice)."""
+    text, lps, offsets, reason = "", [], [], None
+    for chunk in oai.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            text += c.text
+            if c.logprobs is not None:
+                lps += c.logprobs.token_logprobs
+                offsets += c.logprobs.text_offset
+            reason = c.finish_reason or reason
+    return text, lps, offsets, reason
+
+
+def test_a_stream_sends_tokens_while_the_request_is_still_decoding(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic, no timing: the backend's token sink is wrapped so that the engine stops after
+    its second token until the test has read the stream's first chunk. A server that sent the reply
+    only when generation ended could not deliver that chunk before the gate opens (after 30 s
+    the gate gives up, and the assertion below fails)."""
+    args = dict(model=world.base, prompt="def add(a, b):", max_tokens=12, temperature=0.9, seed=21, logprobs=0)
+    whole = client(world).completions.create(**args).choices[0]
+    assert len(whole.logprobs.tokens) >= 3, "the gate needs a completion of 3 tokens or more"
+    backend = world.service.backend
+    original = backend.sample
+    release, gave_up, reported = threading.Event(), threading.Event(), []
+
+    async def gated(sampler_id: str, request: Any) -> Any:
+        sink = request.on_tokens
+        if sink is None:
+            return await original(sampler_id, request)
+
+        def gate(sequence: int, token: int, logprob: float, top: Any) -> None:
+            sink(sequence, token, logprob, top)
+            reported.append(token)
+            if len(reported) == 2 and not release.wait(30):
+                gave_up.set()
+
+        return await original(sampler_id, dataclasses.replace(request, on_tokens=gate))
+
+    monkeypatch.setattr(backend, "sample", gated)
+    stream = client(world).completions.create(**args, stream=True)
+    chunks = iter(stream)
+    first = next(chunks)
+    assert not gave_up.is_set() and 1 <= len(reported) <= 2, "the first chunk came only after the request finished"
+    assert first.choices[0].logprobs.tokens == whole.logprobs.tokens[:1]
+    release.set()
+    rest = list(chunks)
+    assert not gave_up.is_set()
+    assert "".join(c.choices[0].text for c in [first, *rest]) == whole.text
+    assert rest[-1].choices[0].finish_reason == whole.finish_reason
+    assert len(reported) >= len(whole.logprobs.tokens)  # every token went through the sink
+
+
+def test_streams_keep_stop_strings_max_tokens_and_logprobs_of_the_whole_reply(world: World) -> None:
+    oai = client(world)
+    args = dict(model=world.base, prompt="for i in", temperature=0, logprobs=2)
+    full = oai.completions.create(**args, max_tokens=24).choices[0]
+    visible = full.text.strip()
+    assert len(visible) >= 4, full.text
+    for extra in ({"max_tokens": 24, "stop": [visible[2:4], "@@"]}, {"max_tokens": 5}, {"max_tokens": 24}):
+        whole = oai.completions.create(**args, **extra).choices[0]
+        text, lps, offsets, reason = _stream_completion(oai, **args, **extra)
+        assert (text, reason) == (whole.text, whole.finish_reason), extra
+        assert lps == whole.logprobs.token_logprobs and offsets == whole.logprobs.text_offset, extra
+        if "stop" in extra:
+            assert reason == "stop" and text == full.text[: full.text.find(visible[2:4])]
+        elif extra["max_tokens"] == 5:
+            assert reason == "length" and len(lps) == 5
+    tops = [
+        c.choices[0].logprobs.top_logprobs[0]
+        for c in oai.completions.create(**args, max_tokens=6, stream=True)
+        if c.choices and c.choices[0].logprobs is not None
+    ]
+    assert tops == oai.completions.create(**args, max_tokens=6).choices[0].logprobs.top_logprobs
+
+
+def test_a_streamed_choice_holds_back_only_what_a_stop_string_could_still_take(world: World) -> None:
+    """``ChoiceText`` against the tokenizer's own decoding of each prefix: a tail ``@`` (the start
+    of stop string ``@@``) is held until the next token decides it; the text ends before ``@@``;
+    a token after it releases nothing; an EOS ends the choice."""
+    from transformers import AutoTokenizer
+
+    from tinker_std.server.oai.stream import ChoiceText
+
+    tok = AutoTokenizer.from_pretrained(world.base, local_files_only=True)
+    ids = tok.encode("ab@c@@d", add_special_tokens=False)
+    text = ChoiceText(tok, ["@@"])
+    released = ""
+    for i, token in enumerate(ids):
+        released += text.push(token) or ""
+        full = tok.decode(ids[: i + 1], skip_special_tokens=True)
+        if "@@" in full:
+            assert released == full[: full.find("@@")] == "ab@c"
+        else:
+            assert released == (full[:-1] if full.endswith("@") else full), (i, full, released)
+    assert text.cut and text.push(ids[0]) == ""  # past the stop string: logprobs only, no text
+    ended = ChoiceText(tok, [])
+    assert ended.push(ids[0]) == tok.decode(ids[:1]) and ended.push(tok.eos_token_id) == ""
+    assert ended.push(ids[1]) is None  # after EOS: not part of the completion
+
+
+def test_a_stream_refused_before_its_first_token_is_an_http_error(world: World) -> None:
+    """The engine's own refusal (``ContextLengthError``, found when the request is decoded) comes
+    before any token: an ordinary 400 naming the field, not an error inside a started stream."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(world).completions.create(model=world.base, prompt="x", max_tokens=10_000, stream=True)
+    assert (refused.value.param, refused.value.code) == ("max_tokens", "ContextLengthError")
+
+
 def test_chat_uses_the_tokenizers_template_and_streams_the_same(world: World) -> None:
     from transformers import AutoTokenizer
 
@@ -237,6 +349,13 @@ def test_a_sampler_path_serves_the_trained_weights_and_only_to_its_tenant(world:
     with pytest.raises(openai.NotFoundError) as refused:
         client(world, OTHER_KEY).completions.create(model=path, **args)
     assert refused.value.param == "model"
+    mine = {m.id: m for m in oai.models.list()}
+    assert path in mine and mine[path].root == world.base and mine[path].owned_by == "alice"
+    assert all(m.streaming == "incremental" for m in mine.values())  # the torch backend decodes incrementally
+    training_path = training.save_state("oai-state").result().path  # not a sampler checkpoint: not listed
+    assert training_path not in {m.id for m in oai.models.list()}
+    theirs = {m.id for m in client(world, OTHER_KEY).models.list()}
+    assert theirs == {m for m in mine if not m.startswith("tinker://")}  # another tenant's never appear
     with pytest.raises(openai.BadRequestError) as wrong_base:
         oai.completions.create(model=f"{world.chat}x;{path}", **args)
     assert wrong_base.value.param == "model"
@@ -314,6 +433,23 @@ def test_chat_without_a_template_keys_limits_and_models(world: World) -> None:
     assert world.service.get_server_capabilities().supported_models[0].model_name in listed
     raw = httpx.post(world.url + "/oai/api/v1/completions", content=b"{", headers={"X-API-Key": KEY})
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "body"
+
+
+def test_a_backend_without_incremental_decode_streams_the_finished_reply(world: World) -> None:
+    """The mock backend does not decode incrementally: ``GET /models`` says so and a stream carries
+    the finished reply (the same text and logprobs)."""
+    service = ts.ServiceClient(backend="mock")
+    try:
+        with TinkerServer(service, api_key=KEY) as server:
+            oai = openai.OpenAI(base_url=server.url + "/oai/api/v1", api_key=KEY, max_retries=0)
+            (model,) = oai.models.list()
+            assert model.streaming == "after_generation"
+            args = dict(model=model.id, prompt=[1, 2, 3], max_tokens=6, seed=4, logprobs=0)
+            whole = oai.completions.create(**args).choices[0]
+            text, lps, _, reason = _stream_completion(oai, **args)
+            assert (text, lps, reason) == (whole.text, whole.logprobs.token_logprobs, whole.finish_reason)
+    finally:
+        service.close()
 
 
 def _sampled_tokens(world: World, tenant: str) -> float:

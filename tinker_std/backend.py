@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "AdapterState",
     "Tokenizer",
     "SampleRequest",
+    "TokenSink",
     "new_model_id",
 ]
 
@@ -82,6 +83,18 @@ class SamplerSpec:
     max_context_length: int
 
 
+class TokenSink(Protocol):
+    """Where a backend with incremental decode (``Backend.incremental_decode``) reports a request's
+    sampled tokens as they are decoded: one call per token of sequence ``sequence`` (``0 ..
+    num_samples - 1``), in order, each before the request's response settles, with the token's raw
+    logprob (SMP-3) and, with ``topk_sample_logprobs = k > 0``, its top-k ``(id, logprob)`` pairs
+    (else ``None``). The calls come from the backend's engine thread: a sink must be quick, must not
+    raise and must not block (the server's OpenAI streams put each token on a queue). The response
+    stays the authority: it holds every reported token, in the same order, with the same logprobs."""
+
+    def __call__(self, sequence: int, token: int, logprob: float, top: list[tuple[int, float]] | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """One validated sampling request. ``prompt`` is a flat list of token ids."""
@@ -98,6 +111,8 @@ class SampleRequest:
     target_prompt_ids: tuple[tuple[int, ...], ...] | None = None
     #: k > 0: ``k`` draws at every prompt position after the first (capability ``prompt_alt_tokens``, SDK-8)
     prompt_alt_tokens_k: int = 0
+    #: told each token as it is decoded, by a backend with ``incremental_decode`` (never set for others)
+    on_tokens: TokenSink | None = field(default=None, compare=False, repr=False)
 
 
 #: What ``Backend.gradient_snapshot`` returns: opaque to everyone but the backend that made it.
@@ -131,6 +146,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: True for a backend that reports each decoded token to ``SampleRequest.on_tokens`` (a
+    #: ``TokenSink``) while it decodes; a client must not set ``on_tokens`` for any other backend.
+    incremental_decode: ClassVar[bool] = False
 
     async def start(self) -> None:
         """Acquire resources. Called once, on the client's event loop, before any other call."""

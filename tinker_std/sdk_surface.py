@@ -254,7 +254,9 @@ FIELDS: dict[str, FieldRule] = {
     "SampleRequest.prompt_logprobs": _e("return prompt logprobs", "SMP-13"),
     "SampleRequest.topk_prompt_logprobs": _e("return top-k prompt logprobs", "SMP-17"),
     "SampleRequest.topk_sample_logprobs": _e("top-k raw logprobs of every sampled token", "SDK-6"),
-    "SampleRequest.target_prompt_logprobs": _e("logprobs of chosen ids at every prompt position", "SDK-7"),
+    "SampleRequest.target_prompt_logprobs": _e(
+        "logprobs of chosen ids at every prompt position (dense or CSR: unlisted cells not scored)", "SDK-7"
+    ),
     "SampleRequest.prompt_alt_tokens_k": _e("k draws at every prompt position after the first", "SDK-8"),
     "SampleRequest.prompt_logprobs_last_n": _e("score only the last n prompt positions", "SDK-4"),
     "SampleRequest.record_stability_info": _e("record the sample for stable_reinforce", "SDK-3"),

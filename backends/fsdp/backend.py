@@ -157,6 +157,8 @@ class FsdpBackend(TorchBackend, family=True):
     """
 
     name: ClassVar[str] = "fsdp"
+    #: requests cross to the ranks' processes, where a token sink cannot follow: the finished reply only
+    incremental_decode: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -91,6 +91,8 @@ class TorchBackend(PrecisionVariants, Backend):
 
     name: ClassVar[str] = "torch"
     optional_capabilities: ClassVar[frozenset[str]] = TORCH_OPTIONAL_CAPABILITIES
+    #: the decode loop reports each token to ``SampleRequest.on_tokens`` (``decode._take_tokens``)
+    incremental_decode: ClassVar[bool] = True
 
     @classmethod
     def precision_for(cls, options: Mapping[str, Any]) -> Precision:

@@ -21,6 +21,8 @@ adapters are already arranged (one active, or ``rows``: per-row segments) to com
 5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone.
 6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
+7. Incremental decode: a request with ``on_tokens`` (a ``TokenSink``) is told each token as
+   ``_take_tokens`` takes it (the server's token-incremental OpenAI streams).
 """
 
 from __future__ import annotations
@@ -304,6 +306,9 @@ def _take_tokens(
         job.logprobs[j].append(float(chosen_lps[r]))
         if job.request.topk_sample_logprobs > 0:
             job.tops[j].append(top_logprobs(raw[r : r + 1], job.request.topk_sample_logprobs)[0])
+        if job.request.on_tokens is not None:  # incremental decode: report the token as it is taken (TokenSink)
+            top = job.tops[j][-1] if job.request.topk_sample_logprobs > 0 else None
+            job.request.on_tokens(j, chosen[r], job.logprobs[j][-1], top)
         if job.stop.reached(job.tokens[j], tokenizer):
             job.reasons[j] = "stop"
         elif len(job.tokens[j]) < job.max_tokens:

@@ -128,6 +128,25 @@ class TargetOffByOneMock(PatchingMock):
         replace(mock_sampler, "target_tensor", make)
 
 
+class SparseTargetZeroPaddedMock(PatchingMock):
+    """SDK-7: a CSR ``target_prompt_logprobs`` is densified with 0, so its unlisted cells request
+    token 0 (the server's old bug had it accepted that way)."""
+
+    name: ClassVar[str] = "mock-sparse-target-zero-padded"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def check_target_ids(value: Any, *args: Any) -> Any:
+                if isinstance(value, ts.TensorData):  # a plain copy forgets which cells a CSR tensor listed
+                    value = ts.TensorData(data=list(value.data), dtype=value.dtype, shape=value.shape)
+                return original(value, *args)
+
+            return check_target_ids
+
+        replace(sampling, "check_target_ids", make)
+
+
 class TargetPlaceholderScoredMock(PatchingMock):
     """SDK-7: a ``-1`` cell of ``target_prompt_logprobs`` gets the logprob of token 0 instead of 0.0."""
 
@@ -229,6 +248,11 @@ MUTANTS = [
     _m(AltTokensGreedyMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
     _m(AltTokensOffByOneMock, "SDK-8", "test_sdk_surface::test_prompt_alt_tokens_are_draws_from_each_prompt_position"),
     _m(TargetOffByOneMock, "SDK-7", "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids"),
+    _m(
+        SparseTargetZeroPaddedMock,
+        "SDK-7",
+        "test_sdk_surface::test_target_prompt_logprobs_are_the_logprobs_of_the_named_ids",
+    ),
     _m(
         TargetPlaceholderScoredMock,
         "SDK-7",

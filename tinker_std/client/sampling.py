@@ -7,7 +7,7 @@ import uuid
 import weakref
 from typing import Any
 
-from ..backend import Backend, SampleRequest, SamplerSpec, Tokenizer
+from ..backend import Backend, SampleRequest, SamplerSpec, Tokenizer, TokenSink
 from ..errors import BadRequestError, Unsupported
 from ..futures import APIFuture
 from ..types import ModelInput, SampleResponse, SamplingParams, TensorData
@@ -15,7 +15,7 @@ from .sampler_handles import SamplerOrigin, encode_handle, live_sampler, parse_h
 from .session import BackendSession
 from .validation import validate_checkpoint_path, validate_sample
 
-__all__ = ["SamplingClient", "create_sampling_client"]
+__all__ = ["SamplingClient", "create_sampling_client", "decodes_incrementally", "sample_with_sink"]
 
 
 def create_sampling_client(
@@ -139,6 +139,32 @@ class SamplingClient:
         logprobs of chosen ids at each prompt position (capability ``target_prompt_logprobs``,
         SDK-7); ``prompt_alt_tokens_k = k`` returns ``k`` draws at every prompt position after
         the first (capability ``prompt_alt_tokens``, SDK-8)."""
+        return self._submit(
+            prompt,
+            num_samples,
+            sampling_params,
+            include_prompt_logprobs,
+            topk_prompt_logprobs,
+            topk_sample_logprobs,
+            target_prompt_logprobs,
+            prompt_alt_tokens_k,
+            prompt_logprobs_last_n,
+            None,
+        )
+
+    def _submit(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        include_prompt_logprobs: bool,
+        topk_prompt_logprobs: int,
+        topk_sample_logprobs: int,
+        target_prompt_logprobs: TensorData | None,
+        prompt_alt_tokens_k: int,
+        prompt_logprobs_last_n: int | None,
+        on_tokens: TokenSink | None,
+    ) -> APIFuture[SampleResponse]:
         session = self.session
         serving = self._serving()  # the sampler this request runs on, fixed now (INF-2)
         spec = serving.spec
@@ -166,6 +192,7 @@ class SamplingClient:
             topk_sample,
             target_prompt_ids=targets,
             prompt_alt_tokens_k=alt_k,
+            on_tokens=on_tokens,
         )
         records = session.stability_records if self.record_stability_info else None
 
@@ -226,6 +253,42 @@ def _check_topk_sample(value: Any, session: BackendSession) -> int:
     if value > 0 and not session.capabilities.supports("topk_sample_logprobs"):
         raise Unsupported("topk_sample_logprobs", session.backend_name)
     return value
+
+
+def decodes_incrementally(client: SamplingClient) -> bool:
+    """Whether ``client``'s backend reports tokens as it decodes them (``Backend.incremental_decode``)."""
+    return type(client.session.backend).incremental_decode
+
+
+def sample_with_sink(
+    client: SamplingClient,
+    prompt: ModelInput,
+    num_samples: int,
+    sampling_params: SamplingParams,
+    on_tokens: TokenSink,
+    *,
+    include_prompt_logprobs: bool = False,
+    topk_prompt_logprobs: int = 0,
+    topk_sample_logprobs: int = 0,
+) -> APIFuture[SampleResponse]:
+    """``client.sample`` whose backend also reports each token to ``on_tokens`` as it decodes it
+    (the seam of the server's token-incremental OpenAI streams). ``Unsupported``
+    (``incremental_decode``) when the backend does not decode incrementally (``decodes_incrementally``):
+    a caller that can do without checks that first and waits for the response instead."""
+    if not decodes_incrementally(client):
+        raise Unsupported("incremental_decode", client.session.backend_name)
+    return client._submit(
+        prompt,
+        num_samples,
+        sampling_params,
+        include_prompt_logprobs,
+        topk_prompt_logprobs,
+        topk_sample_logprobs,
+        None,
+        0,
+        None,
+        on_tokens,
+    )
 
 
 def check_target_ids(

@@ -80,7 +80,7 @@ class SampleOptions:
         self.topk_sample_logprobs = topk_sample_logprobs
         self.prompt_logprobs_last_n = prompt_logprobs_last_n
         self.record = record
-        #: SDK-7: the ids to score, dense; checked against the prompt by the client layer
+        #: SDK-7: the ids to score (dense or CSR); checked against the prompt by the client layer
         self.target_prompt_logprobs = target_prompt_logprobs
         #: SDK-8: checked by the client layer
         self.prompt_alt_tokens_k = prompt_alt_tokens_k
@@ -101,14 +101,14 @@ def sample_options(body: Mapping[str, Any]) -> SampleOptions:
 
 
 def _target_ids(raw: Any) -> TensorData | None:
-    """The request's ``target_prompt_logprobs`` as a dense tensor (SDK-7). A sparse CSR form is
-    refused by name: densifying would turn its unlisted cells into requests for token 0."""
+    """The request's ``target_prompt_logprobs`` (SDK-7), dense or in the SDK's sparse CSR form.
+    A CSR tensor keeps which cells it listed (``TensorData``), so the client layer reads its
+    unlisted cells as ``-1`` (not scored), exactly as in process; a malformed CSR layout is a
+    ``BadRequestError`` naming the field."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise BadRequestError("target_prompt_logprobs", "must be a TensorData object")
-    if raw.get("sparse_crow_indices") is not None or raw.get("sparse_col_indices") is not None:
-        raise BadRequestError("target_prompt_logprobs", "the sparse CSR form is not supported; send it dense")
     try:
         return TensorData.model_validate(raw)
     except ValidationError as exc:

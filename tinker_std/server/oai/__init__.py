@@ -4,7 +4,9 @@
 - ``models``: which weights a request's ``model`` names, per tenant (base model or ``tinker://``
   sampler path), and the API key of a request;
 - ``generate``: sampling through the library's ``SamplingClient`` and OpenAI's stop/EOS rules;
-- ``replies``: the response bodies and stream chunks;
+- ``replies``: the response bodies, and the stream chunks of a finished reply;
+- ``stream``, ``stream_replies``: token-incremental streams on a backend that decodes
+  incrementally (``Backend.incremental_decode``, through the ``TokenSink`` seam);
 - ``routes``: the HTTP routes (``create_app`` adds them beside the Tinker API's).
 """
 

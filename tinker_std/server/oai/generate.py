@@ -30,7 +30,7 @@ from tinker_std.backend import Tokenizer
 from tinker_std.client.sampling import SamplingClient
 from tinker_std.types import ModelInput, SampleResponse, SamplingParams
 
-__all__ = ["Completion", "Generation", "Scored", "generate", "token_deltas"]
+__all__ = ["Completion", "Generation", "Scored", "cut_completion", "generate", "token_deltas"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -99,7 +99,7 @@ def generate(
     for tokens, future in zip(prompts, futures, strict=True):
         response = future.result()
         prompt = _echoed(tokenizer, tokens, response) if echo_logprobs else None
-        completions = [_cut(tokenizer, seq, stop, top_logprobs > 0) for seq in response.sequences]
+        completions = [cut_completion(tokenizer, seq, stop, top_logprobs > 0) for seq in response.sequences]
         out.append(Generation(tokens, prompt, completions))
     return out
 
@@ -117,7 +117,8 @@ def _echoed(tokenizer: Tokenizer, tokens: list[int], response: SampleResponse) -
     )
 
 
-def _cut(tokenizer: Tokenizer, seq: Any, stop: list[str], with_top: bool) -> Completion:
+def cut_completion(tokenizer: Tokenizer, seq: Any, stop: list[str], with_top: bool) -> Completion:
+    """One sampled sequence as an OpenAI completion: cut at its first EOS, its text at the first stop string."""
     tokens = list(seq.tokens)
     logprobs: list[float | None] = list(seq.logprobs or [])
     top = [list(row or []) for row in seq.topk_logprobs] if with_top and seq.topk_logprobs else None

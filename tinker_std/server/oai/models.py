@@ -8,6 +8,9 @@
   it was trained on;
 - ``<base model>;<tinker:// path>``: the same, and the base model must be the checkpoint's.
 
+``GET /models`` lists, for the caller's tenant, the base models and the tenant's own unexpired
+sampler checkpoints (``sampler_checkpoints``); another tenant's never appear.
+
 A path is resolved through the server's checkpoint records for the caller's tenant exactly as
 ``create_sampling_session`` resolves ``model_path``: another tenant's path is ``NotFoundError``
 (404), like a path that does not exist. The sampler of each resolved model is kept (the last
@@ -17,13 +20,14 @@ A path is resolved through the server's checkpoint records for the caller's tena
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 from tinker_std.client.sampling import SamplingClient
 from tinker_std.client.service import ServiceClient
 from tinker_std.errors import BadRequestError, NotFoundError
 
-from ..checkpoint_files import CheckpointFiles
+from ..checkpoint_files import EXTERNAL_SCHEME, CheckpointFiles
 from ..tenants import Tenants
 
 __all__ = ["ModelNotFound", "OaiModels", "tenant_of_request"]
@@ -49,6 +53,25 @@ class OaiModels:
         """The base models the server serves (its capabilities' ``supported_models``)."""
         models = self.service.get_server_capabilities().supported_models
         return [m.model_name for m in models if m.model_name]
+
+    def decodes_incrementally(self) -> bool:
+        """Whether the backend reports tokens while it decodes (``Backend.incremental_decode``)."""
+        return type(self.service.backend).incremental_decode
+
+    def sampler_checkpoints(self, tenant: str) -> list[tuple[str, str | None, int]]:
+        """``(tinker:// path, base model, unix time saved)`` of every unexpired sampler checkpoint of ``tenant``
+        (``save_weights_for_sampler``), oldest first: the paths ``sampler`` accepts from it."""
+        records = self.checkpoints.records
+        now = time.time()
+        out = []
+        for record in records.checkpoints(tenant)[0]:
+            if record.kind != "sampler" or (record.expires_at is not None and record.expires_at <= now):
+                continue
+            if record.backend_path.startswith(EXTERNAL_SCHEME):
+                continue  # a download folder (save_weights_external), not something a sampler loads
+            run = records.run(tenant, record.run_id)
+            out.append((record.tinker_path, None if run is None else run.base_model, int(record.time)))
+        return out
 
     def sampler(self, tenant: str, model: str) -> SamplingClient:
         """The sampler of ``model`` for ``tenant`` (blocking: may load weights)."""

@@ -10,8 +10,9 @@ Completions (``object: text_completion``): ``logprobs`` is OpenAI's legacy shape
 A stream sends, per choice, one chunk per token (its text delta and logprobs; the deltas join to
 the whole reply's text), then one chunk with its ``finish_reason``; with
 ``stream_options.include_usage`` a last chunk has ``usage`` and no choices. Chat streams open each
-choice with a ``{"role": "assistant", "content": ""}`` delta. Generation happens before the first
-chunk is sent: the stream carries exactly what the non-streamed reply would.
+choice with a ``{"role": "assistant", "content": ""}`` delta. The chunks here are those of the
+finished reply (a backend without incremental decode); ``stream.py`` sends tokens as they are
+decoded, in chunks of the same shapes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,20 @@ from tinker_std.backend import Tokenizer
 
 from .generate import Generation, Scored
 
-__all__ = ["Usage", "chat_chunks", "chat_reply", "completion_chunks", "completion_reply", "usage_of"]
+__all__ = [
+    "ChatChunk",
+    "ChatChunkChoice",
+    "ChatDelta",
+    "Usage",
+    "chat_chunks",
+    "chat_logprobs",
+    "chat_reply",
+    "completion_chunks",
+    "completion_reply",
+    "legacy_logprobs",
+    "token_piece",
+    "usage_of",
+]
 
 
 class Usage(BaseModel):
@@ -119,14 +133,14 @@ def usage_of(generations: list[Generation]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _piece(tokenizer: Tokenizer, token: int) -> str:
+def token_piece(tokenizer: Tokenizer, token: int) -> str:
     """A token's text; ``token_id:<id>`` (vLLM's convention) for a token that is only part of a
     UTF-8 character, whose text alone would be ``\ufffd`` for several tokens alike."""
     text = tokenizer.decode([token], skip_special_tokens=False)
     return f"token_id:{token}" if "\ufffd" in text else text
 
 
-def _legacy(
+def legacy_logprobs(
     tokenizer: Tokenizer, scored: Scored, start: int, offset: int, stop: int | None = None
 ) -> CompletionLogprobs:
     """Legacy logprobs of ``scored``'s tokens ``start:stop``; offsets count from ``offset``."""
@@ -137,9 +151,9 @@ def _legacy(
         at += len(delta)
     tops = None
     if scored.top is not None:
-        tops = [{_piece(tokenizer, t): lp for t, lp in row} or None for row in scored.top[start:end]]
+        tops = [{token_piece(tokenizer, t): lp for t, lp in row} or None for row in scored.top[start:end]]
     return CompletionLogprobs(
-        tokens=[_piece(tokenizer, t) for t in scored.tokens[start:end]],
+        tokens=[token_piece(tokenizer, t) for t in scored.tokens[start:end]],
         token_logprobs=list(scored.logprobs[start:end]),
         top_logprobs=tops,
         text_offset=offsets,
@@ -174,9 +188,9 @@ def completion_reply(
         for c in g.completions:
             lp = None
             if logprobs:
-                lp = _legacy(tokenizer, c.scored, 0, len(prefix))
+                lp = legacy_logprobs(tokenizer, c.scored, 0, len(prefix))
                 if echo and g.prompt is not None:
-                    lp = _joined(_legacy(tokenizer, g.prompt, 0, 0), lp)
+                    lp = _joined(legacy_logprobs(tokenizer, g.prompt, 0, 0), lp)
             choices.append(
                 CompletionChoice(index=len(choices), text=prefix + c.text, logprobs=lp, finish_reason=c.finish_reason)
             )
@@ -201,13 +215,13 @@ def completion_chunks(
             if echo:
                 prefix = reply.choices[index].text[: len(reply.choices[index].text) - len(c.text)]
                 prefix_len = len(prefix)
-                lp = _legacy(tokenizer, g.prompt, 0, 0) if logprobs and g.prompt is not None else None
+                lp = legacy_logprobs(tokenizer, g.prompt, 0, 0) if logprobs and g.prompt is not None else None
                 yield {
                     **head,
                     "choices": [{"index": index, "text": prefix, "logprobs": _dump(lp), "finish_reason": None}],
                 }
             for i, delta in enumerate(c.scored.deltas):
-                lp = _legacy(tokenizer, c.scored, i, prefix_len, i + 1) if logprobs else None
+                lp = legacy_logprobs(tokenizer, c.scored, i, prefix_len, i + 1) if logprobs else None
                 yield {
                     **head,
                     "choices": [{"index": index, "text": delta, "logprobs": _dump(lp), "finish_reason": None}],
@@ -221,12 +235,12 @@ def completion_chunks(
         yield {**head, "choices": [], "usage": _dump(reply.usage)}
 
 
-def _chat_logprobs(tokenizer: Tokenizer, scored: Scored, start: int, stop: int) -> ChatLogprobs:
+def chat_logprobs(tokenizer: Tokenizer, scored: Scored, start: int, stop: int) -> ChatLogprobs:
     content = []
     for j in range(start, stop):
-        piece = _piece(tokenizer, scored.tokens[j])
+        piece = token_piece(tokenizer, scored.tokens[j])
         tops = [
-            TopLogprob(token=(p := _piece(tokenizer, t)), logprob=lp, bytes=list(p.encode()))
+            TopLogprob(token=(p := token_piece(tokenizer, t)), logprob=lp, bytes=list(p.encode()))
             for t, lp in (scored.top[j] if scored.top is not None else [])
         ]
         value = scored.logprobs[j]
@@ -243,7 +257,7 @@ def chat_reply(
         ChatChoice(
             index=i,
             message=ChatMessageOut(content=c.text),
-            logprobs=_chat_logprobs(tokenizer, c.scored, 0, len(c.scored.tokens)) if logprobs else None,
+            logprobs=chat_logprobs(tokenizer, c.scored, 0, len(c.scored.tokens)) if logprobs else None,
             finish_reason=c.finish_reason,
         )
         for i, c in enumerate(g.completions)
@@ -262,7 +276,7 @@ def chat_chunks(
     for index, c in enumerate(generations[0].completions):
         yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
         for i, delta in enumerate(c.scored.deltas):
-            lp = _chat_logprobs(tokenizer, c.scored, i, i + 1) if logprobs else None
+            lp = chat_logprobs(tokenizer, c.scored, i, i + 1) if logprobs else None
             yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=delta), logprobs=lp))
         yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=c.finish_reason))
     if usage:

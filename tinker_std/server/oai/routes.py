@@ -8,7 +8,8 @@ unfinished requests (429, LIM-6), validated in full (a 400 naming the field, bef
 then sampled on a worker thread (``generate``). Errors use OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}``: ``param`` is the offending field, ``code`` the
 tinker-std error type. A stream is ``text/event-stream``: ``data: <chunk>`` events, then
-``data: [DONE]``.
+``data: [DONE]``; it sends tokens as they are decoded where the backend decodes incrementally
+(``stream.py``), else the finished reply in chunks (``replies.py``; ``GET /models`` says which).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -26,18 +27,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tinker_std.client.sampling import decodes_incrementally
 from tinker_std.errors import BadRequestError, TinkerError
+from tinker_std.types import SamplingParams
 
 from ..futures import FutureStore
 from ..tenants import Tenants
 from .generate import Generation, generate
 from .models import OaiModels, tenant_of_request
 from .replies import chat_chunks, chat_reply, completion_chunks, completion_reply
+from .stream import IncrementalSampling
+from .stream_replies import chat_stream, completion_stream, first_event
 from .wire import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["OAI_PREFIX", "oai_routes"]
 
 OAI_PREFIX = "/oai/api/v1"
+_T = TypeVar("_T")
 #: OpenAI's error ``type`` for each status.
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -77,9 +83,23 @@ class _OaiApi:
         self.closing = closing
 
     async def list_models(self, request: Request) -> Response:
-        if self._tenant(request) is None:
+        """The base models and the caller's sampler checkpoints. Each entry's ``streaming`` says
+        how ``stream=True`` is served: ``"incremental"`` (tokens as they are decoded) or
+        ``"after_generation"`` (a backend without incremental decode: the finished reply in chunks)."""
+        tenant = self._tenant(request)
+        if tenant is None:
             return _error(401, "invalid API key", None, "AuthenticationError")
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tinker-std"} for m in self.models.base_models()]
+        streaming = "incremental" if self.models.decodes_incrementally() else "after_generation"
+        base = await run_in_threadpool(self.models.base_models)
+        paths = await run_in_threadpool(self.models.sampler_checkpoints, tenant)
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "tinker-std", "root": m, "streaming": streaming}
+            for m in base
+        ]
+        data += [
+            {"id": path, "object": "model", "created": at, "owned_by": tenant, "root": root, "streaming": streaming}
+            for path, root, at in paths
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(self, request: Request) -> Response:
@@ -111,10 +131,19 @@ class _OaiApi:
         tokenizer = client.get_tokenizer()
         prompts = _prompt_tokens(tokenizer, req.prompt)
         k = req.logprobs or 0
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        # echoed prompt logprobs come with the finished request: that stream is the whole reply's
+        if req.stream and decodes_incrementally(client) and not (req.echo and req.logprobs is not None):
+            sampling = self._renamed(lambda: self._incremental(client, req, prompts, k, tenant))
+            head = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+            events = self._renamed(lambda: first_event(sampling))
+            return _sse(
+                completion_stream(sampling, events, head, logprobs=req.logprobs is not None, echo=req.echo, usage=usage)
+            )
         generations = self._generate(
             client, req, prompts, k, tenant, echo_logprobs=req.echo and req.logprobs is not None
         )
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         reply = completion_reply(
             tokenizer,
             generations,
@@ -126,7 +155,6 @@ class _OaiApi:
         )
         if not req.stream:
             return JSONResponse(reply.model_dump())
-        usage = req.stream_options is not None and req.stream_options.include_usage
         return _sse(
             completion_chunks(
                 reply, tokenizer, generations, logprobs=req.logprobs is not None, echo=req.echo, usage=usage
@@ -151,23 +179,49 @@ class _OaiApi:
             raise BadRequestError("messages", f"the chat template of {req.model!r} refused them: {exc}") from None
         prompt = list(tokenizer.encode(text, add_special_tokens=False))
         k = (req.top_logprobs or 0) if req.logprobs else 0
-        generations = self._generate(client, req, [prompt], k, tenant, echo_logprobs=False)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        usage = req.stream_options is not None and req.stream_options.include_usage
+        if req.stream and decodes_incrementally(client):
+            sampling = self._renamed(lambda: self._incremental(client, req, [prompt], k, tenant))
+            events = self._renamed(lambda: first_event(sampling))
+            head = {"id": rid, "created": created, "model": req.model}
+            return _sse(chat_stream(sampling, events, head, logprobs=req.logprobs, usage=usage))
+        generations = self._generate(client, req, [prompt], k, tenant, echo_logprobs=False)
         reply = chat_reply(tokenizer, generations, rid=rid, created=created, model=req.model, logprobs=req.logprobs)
         if not req.stream:
             return JSONResponse(reply.model_dump())
-        usage = req.stream_options is not None and req.stream_options.include_usage
         return _sse(chat_chunks(reply, tokenizer, generations, logprobs=req.logprobs, usage=usage))
 
     def _generate(
         self, client: Any, req: Any, prompts: list[list[int]], k: int, tenant: str, *, echo_logprobs: bool
     ) -> list[Generation]:
-        max_tokens = req.max_tokens
-        if max_tokens is None and isinstance(req, CompletionRequest):
-            max_tokens = DEFAULT_COMPLETION_MAX_TOKENS
+        max_tokens = _max_tokens(req)
+        return self._renamed(lambda: self._sample(client, req, prompts, k, max_tokens, tenant, echo_logprobs))
+
+    def _incremental(self, client: Any, req: Any, prompts: list[list[int]], k: int, tenant: str) -> IncrementalSampling:
+        params = SamplingParams(
+            max_tokens=_max_tokens(req),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stop_strings() or None,
+        )
+        return IncrementalSampling(
+            client,
+            prompts,
+            n=req.n,
+            params=params,
+            stop=req.stop_strings(),
+            top_logprobs=k,
+            track=lambda future: self._track(future, tenant),
+        )
+
+    @staticmethod
+    def _renamed(run: Callable[[], _T]) -> _T:
+        """``run()``; a ``BadRequestError`` names the OpenAI field, not the library's."""
         try:
-            return self._sample(client, req, prompts, k, max_tokens, tenant, echo_logprobs)
-        except BadRequestError as exc:  # the library names its own fields: name the OpenAI one
+            return run()
+        except BadRequestError as exc:
             renamed = _LIBRARY_FIELDS.get(exc.field, exc.field.removeprefix("sampling_params."))
             exc.field, exc.args = renamed, (f"{renamed}: {exc.problem}",)
             raise
@@ -201,6 +255,12 @@ class _OaiApi:
         runs, as the Tinker API's ``asample`` does; it is not kept for ``retrieve_future`` after."""
         request_id = self.futures.store(future, "sample", tenant)
         future.add_done_callback(lambda _: self.futures.forget(request_id))
+
+
+def _max_tokens(req: Any) -> int | None:
+    if req.max_tokens is None and isinstance(req, CompletionRequest):
+        return DEFAULT_COMPLETION_MAX_TOKENS
+    return req.max_tokens  # type: ignore[no-any-return]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
