@@ -18,7 +18,9 @@ adapters are already arranged (one active, or ``rows``: per-row segments) to com
 4. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row
    (``sampling_rules.choose_tokens``; draw rule 2 of SMP-20).
-5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone.
+5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone; there the
+   steps after the prompt pass run through ``fast/fused_decode.py`` (Llama, Qwen3; bit-identical
+   to the model's forward, ``TorchSettings.fused_decode``).
 6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 7. Incremental decode: a request with ``on_tokens`` (a ``TokenSink``) is told each token as
