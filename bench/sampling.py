@@ -20,6 +20,7 @@ then run 1.6x (SmolLM2) to 4x (tiny) slower than alone, which is no longer what 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -147,6 +148,9 @@ def main() -> None:
     where = "this process" if model is not None else "a child process"
     print(f"# model {args.model}; {SAMPLES} samples x {NEW_TOKENS} new tokens per request, rank {RANK}")
     print(f"# plain side in {where}")
+    fused = os.environ.get("TINKER_STD_FUSED_DECODE", "1") != "0"
+    steps = "fused (fast/fused_decode.py)" if fused else "through transformers (TINKER_STD_FUSED_DECODE=0)"
+    print(f"# tinker-std decode steps: {steps}")
     report(f"one request, prompt {PROMPT_LEN} tokens", one, SAMPLES * NEW_TOKENS, args.warmup, args.steps)
     if args.concurrent > 0:
         title = f"{args.concurrent} concurrent requests, prompts {min(lengths)}..{max(lengths)} tokens"

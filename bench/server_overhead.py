@@ -16,22 +16,29 @@ loop, lanes, worker threads, engine), next to the in-process step (the engine's 
 one trivial request (``get_server_capabilities``) by raw HTTP and through the SDK, and a timeline
 of one step. Measurement only.
 
-    python bench/server_overhead.py --model smollm2 [--warmup 1 --steps 4 --breakdown-steps 8]
+``--server-process`` serves from a child process instead (as ``tinker-std serve`` does; the
+SDK's work then runs beside the engine's rather than sharing its GIL): the breakdown then shows
+this process's threads only, and no timeline.
+
+    python bench/server_overhead.py --model smollm2 [--warmup 1 --steps 4 --breakdown-steps 8] [--server-process]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import common as c
 import httpx
+import sdk_floor
 from prometheus_client.parser import text_string_to_metric_families
 
 import tinker_std as ts
@@ -45,10 +52,12 @@ def main() -> None:
     os.environ.setdefault("TINKER_TELEMETRY", "0")
     import tinker
 
+    separate = "--server-process" in sys.argv
+    if separate:
+        sys.argv.remove("--server-process")
     args = c.parse_args(__doc__ or "", warmup=1, steps=4, breakdown_steps=8)
     local_svc = c.open_service(args.backend)
-    served_svc = c.open_service(args.backend)
-    assert local_svc is not None and served_svc is not None
+    assert local_svc is not None
     local = c.training_client(local_svc, args.base_model, RANK)
     vocab = local.spec.vocab_size
     tokens = c.random_tokens(BATCH, SEQ + 1, vocab)
@@ -64,11 +73,11 @@ def main() -> None:
     prompt = rows[0][:PROMPT]
     print(
         f"# backend {args.backend}, model {args.base_model}; step: batch {BATCH} x {SEQ}, rank {RANK}; "
-        f"sample: {SAMPLES} x {NEW} new tokens"
+        f"sample: {SAMPLES} x {NEW} new tokens; server in {'a child' if separate else 'this'} process"
     )
 
-    with TinkerServer(served_svc, api_key=KEY) as server:
-        sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+    with serving(args, separate) as url:
+        sdk = tinker.ServiceClient(base_url=url, api_key=KEY)
         remote = sdk.create_lora_training_client(
             base_model=args.base_model, rank=RANK, seed=0, train_unembed=False
         ).result()
@@ -96,7 +105,7 @@ def main() -> None:
             + ", ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in cpu.items())
             + f"; ratio {statistics.median(cpu['sdk-http']) / statistics.median(cpu['in-process']):.3f}"
         )
-        breakdown(server.url, sdk, sdk_step, times["in-process"], args.breakdown_steps)
+        breakdown(url, sdk, sdk_step, times["in-process"], args.breakdown_steps)
 
         local_sampler = local.save_weights_and_get_sampling_client().result()
         remote_sampler = remote.save_weights_and_get_sampling_client().result()
@@ -115,7 +124,22 @@ def main() -> None:
             print(f"sample {name:>10}: {SAMPLES * NEW / (sum(t) / len(t)):.1f} tok/s ({c.summary(t)})")
         print(f"sampling time ratio sdk-http / in-process: {c.ratio(stimes['sdk-http'], stimes['in-process'])}")
     local_svc.close()
-    served_svc.close()
+
+
+@contextlib.contextmanager
+def serving(args: Any, separate: bool) -> Iterator[str]:
+    """The URL of a server of ``args.backend``: in this process, or in a child (torch backend)."""
+    if separate:
+        with sdk_floor.server_process(args.threads) as url:
+            yield url
+        return
+    served_svc = c.open_service(args.backend)
+    assert served_svc is not None
+    try:
+        with TinkerServer(served_svc, api_key=KEY) as server:
+            yield server.url
+    finally:
+        served_svc.close()
 
 
 def interleaved_with_cpu(

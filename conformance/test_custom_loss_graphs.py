@@ -1,6 +1,8 @@
-"""Uploaded custom loss graphs (spec 12, CLG-1..CLG-3): the allow-list validator and the graph
+"""Custom loss graphs (spec 12, CLG-1..CLG-6): the allow-list validator and the graph
 interpreter of ``tinker_std.custom_loss``, run as the loss of ``forward_backward_custom`` on the
-backend under test. The graph below is what the SDK 0.38 sends for
+backend under test (in one pass where it declares ``one_pass_datum_loss``, CLG-4), ``forward``
+with a graph loss (CLG-5) and the in-process ``ServiceClient.create_custom_loss`` (CLG-6). The
+graph below is what the SDK 0.38 sends for
 
     def pg(logprobs, advantages, scale):
         pg = (logprobs * advantages).sum()
@@ -20,12 +22,12 @@ import pytest
 import torch
 
 import tinker_std as ts
-from tinker_std.conformance.helpers import forward_logprobs
+from tinker_std.conformance.helpers import forward_logprobs, logprobs_of
 from tinker_std.conformance.loss_checks import Factory, assert_same_gradient
 from tinker_std.conformance.plugin import ConformanceBackend
 from tinker_std.conformance.tolerances import assert_close, assert_replay
 from tinker_std.custom_loss import check_graph_inputs, graph_loss_fn, validate_loss
-from tinker_std.errors import BadRequestError
+from tinker_std.errors import BadRequestError, NotFoundError
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -169,3 +171,106 @@ def test_inputs_are_checked_and_a_failing_graph_changes_nothing(
     ]
     for i, (a, b) in enumerate(zip(forward_logprobs(tc, plain), forward_logprobs(twin, plain), strict=True)):
         assert_replay(a, b, "token", "CLG-3", what=f"datum {i}: a failed graph loss changed the model")
+
+
+def pg(logprobs: Any, advantages: Any, scale: Any) -> Any:
+    """The loss of ``GRAPH``, as a user passes it to ``create_custom_loss``."""
+    pg = (logprobs * advantages).sum()
+    p = torch.exp(logprobs).mean()
+    return scale * p - pg, {"custom/pg:sum": pg, "custom/p:mean": p}
+
+
+RANKS = {"logprobs": 1, "advantages": 1, "scale": 0}
+
+
+@pytest.mark.spec("CLG-4")
+def test_a_graph_loss_gives_the_two_pass_result(
+    conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    data = _data(conformance_backend.vocab_size)
+    graph = validate_loss("pg", INPUTS, GRAPH)
+    engine, two_pass = make_training_client(), make_training_client()
+    out_e = engine.run_graph_loss(data, graph, backward=True).result()  # the backend's own path
+    out_t = two_pass.forward_backward_custom(data, _python_pg).result()  # FB-11: forward + surrogate
+    for key in ("loss:sum", "surrogate_loss:sum", "custom/pg:sum", "custom/p:mean"):
+        assert key in out_e.metrics, f"[CLG-4] metric {key} missing"
+        assert_close(out_e.metrics[key], out_t.metrics[key], "sum", "CLG-4", what=key)
+    for i, (a, b) in enumerate(zip(logprobs_of(out_e), logprobs_of(out_t), strict=True)):
+        assert_close(a, b, "token", "CLG-4", what=f"datum {i} logprobs")
+    assert_same_gradient(engine, two_pass, conformance_backend, "CLG-4", "graph loss vs the two-pass surrogate")
+
+
+@pytest.mark.spec("CLG-5")
+def test_forward_with_a_graph_loss_scores_it_without_gradient(
+    service: ts.ServiceClient, conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    data = _data(conformance_backend.vocab_size)
+    handle = service.create_custom_loss(pg, RANKS).result()
+    scored, trained, untouched = make_training_client(), make_training_client(), make_training_client()
+    out_f = scored.forward(data, "custom", {"loss_id": handle.loss_id}).result()
+    out_b = trained.forward_backward(data, "custom", {"loss_id": handle.loss_id}).result()
+    assert "surrogate_loss:sum" not in out_f.metrics, "[CLG-5] forward reported a surrogate (a backward phase)"
+    for key in ("loss:sum", "custom/pg:sum", "custom/p:mean"):
+        assert key in out_f.metrics, f"[CLG-5] metric {key} missing"
+        assert_close(out_f.metrics[key], out_b.metrics[key], "sum", "CLG-5", what=f"{key}: forward vs forward_backward")
+    for i, (a, b) in enumerate(zip(logprobs_of(out_f), logprobs_of(out_b), strict=True)):
+        assert_close(a, b, "token", "CLG-5", what=f"datum {i} logprobs")
+    missing = [data[0], ts.Datum(model_input=data[1].model_input, loss_fn_inputs={**data[1].loss_fn_inputs})]
+    del missing[1].loss_fn_inputs["advantages"]
+    try:
+        scored.forward(missing, "custom", {"loss_id": handle.loss_id})
+    except BadRequestError as exc:
+        assert exc.field == "data[1].loss_fn_inputs.advantages", f"[CLG-5] the refusal names {exc.field!r}"
+    else:
+        raise AssertionError("[CLG-5] forward with a graph loss did not check its inputs")
+    with pytest.raises(NotFoundError):
+        scored.forward(data, "custom", {"loss_id": handle.loss_id + "9"}).result()
+    assert_same_gradient(scored, untouched, conformance_backend, "CLG-5", "forward with a graph loss")
+
+
+def _allocating(logprobs: Any) -> Any:
+    noise = torch.rand_like(logprobs)
+    return (logprobs * noise).sum(), {}
+
+
+def _two_first(advantages: Any, logprobs: Any) -> Any:
+    return (logprobs * advantages).sum(), {}
+
+
+@pytest.mark.spec("CLG-6")
+def test_create_custom_loss_in_process_uses_the_allow_list(
+    service: ts.ServiceClient, conformance_backend: ConformanceBackend, make_training_client: Factory
+) -> None:
+    for fn, ranks, field in (
+        (_allocating, {"logprobs": 1}, "graph.nodes[1] ('rand_like')"),
+        (_two_first, {"advantages": 1, "logprobs": 1}, "fn"),
+        (pg, {"logprobs": 1, "advantages": 1}, "input_ranks"),
+    ):
+        try:
+            service.create_custom_loss(fn, ranks)
+        except BadRequestError as exc:
+            assert exc.field == field, f"[CLG-6] the refusal of {fn.__name__} names {exc.field!r}, not {field!r}"
+        else:
+            raise AssertionError(f"[CLG-6] create_custom_loss accepted {fn.__name__} ({field})")
+    handle = service.create_custom_loss(pg, RANKS).result()
+    assert handle.name == "pg" and [(i.name, i.rank) for i in handle.inputs] == list(RANKS.items()), (
+        f"[CLG-6] the handle's name and inputs are {handle.name!r} {handle.inputs!r}"
+    )
+    assert handle.loss_id is not None and handle.loss_id.startswith(f"{handle.session_id}:loss:"), (
+        f"[CLG-6] loss_id {handle.loss_id!r} is not '{{session_id}}:loss:{{n}}'"
+    )
+    data = _data(conformance_backend.vocab_size)
+    graph, direct = make_training_client(), make_training_client()
+    out_g = graph.forward_backward_custom(data, handle).result()
+    out_d = direct.forward_backward_custom(data, _python_pg).result()
+    for key in ("loss:sum", "custom/pg:sum", "custom/p:mean"):
+        assert key in out_g.metrics, f"[CLG-6] metric {key} missing"
+        assert_close(out_g.metrics[key], out_d.metrics[key], "sum", "CLG-6", what=key)
+    assert_same_gradient(graph, direct, conformance_backend, "CLG-6", "a create_custom_loss handle")
+    other = ts.LossHandle(name="pg", inputs=handle.inputs, session_id="elsewhere", graph=None, loss_id=handle.loss_id)
+    try:
+        graph.forward_backward_custom(data, other)
+    except BadRequestError as exc:
+        assert exc.field == "loss_fn", f"[CLG-6] a foreign handle's refusal names {exc.field!r}"
+    else:
+        raise AssertionError("[CLG-6] a handle of another session was accepted")

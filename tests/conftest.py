@@ -33,8 +33,12 @@ def sdk_sessions_end_with_their_server() -> Iterator[None]:
 @pytest.fixture(autouse=True, scope="module")
 def sdk_sessions_end_with_their_module() -> Iterator[None]:
     """Whatever SDK client a module left open is stopped when the module ends: no test module
-    shares a server with another, so none is still in use (tests/sdk_sessions.py)."""
+    shares a server with another, so none is still in use (tests/sdk_sessions.py). Then no SDK
+    session heartbeat may be left running: one would log "Session heartbeat failed" once its
+    server is gone."""
     yield
-    from sdk_sessions import end_all_sessions
+    from sdk_sessions import end_all_sessions, live_heartbeats
 
     end_all_sessions()
+    left = live_heartbeats()
+    assert not left, f"SDK session heartbeats still running after the module's sweep: {left}"

@@ -32,8 +32,8 @@ TORCH = {
     "prompt_alt_tokens",
     "checkpoint_management",
 }
-#: the modal wire does not carry these
-MODAL = TORCH - {"checkpoint_management", "topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens"}
+#: the checkpoints live on a Modal Volume, not in a local store
+MODAL = TORCH - {"checkpoint_management"}
 
 DECLARED = [
     (TorchBackend, "torch", TORCH | {"deterministic"}, "fp32"),

@@ -247,3 +247,20 @@ def test_runtime_guards_refuse_python_blowups_and_oversized_steps() -> None:
         bad = {**graph, "nodes": [dict(n, **change) if n["name"] == "sub" else n for n in nodes]}
         with pytest.raises(ValueError, match="node 'sub'"):
             run_graph(validate_loss("pairwise", inputs, bad), tensors)
+
+
+def test_forward_with_an_uploaded_loss_scores_it_without_gradient(any_server: tuple[Any, Any, str]) -> None:
+    """CLG-5 over HTTP: the SDK's ``forward(data, "custom", {"loss_id": ...})`` answers the loss and
+    its metrics (those ``forward_backward`` reports for the same weights) and leaves no gradient."""
+    srv, _sdk, base = any_server
+    sdk = tinker.ServiceClient(base_url=srv.url, api_key=KEY)  # a session of its own: the SDK creates a loss once
+    handle = sdk.create_custom_loss(pairwise, RANKS).result(timeout=60)
+    scored = sdk.create_lora_training_client(base_model=base, rank=4, seed=7).result()
+    trained = sdk.create_lora_training_client(base_model=base, rank=4, seed=7).result()
+    out_f = scored.forward(_data(), "custom", {"loss_id": handle.loss_id}).result(timeout=60)
+    out_b = trained.forward_backward(_data(), "custom", {"loss_id": handle.loss_id}).result(timeout=60)
+    assert set(out_f.metrics) == {"loss:sum", "custom/margin:mean", "custom/tokens:sum"}
+    for key in out_f.metrics:
+        assert out_f.metrics[key] == pytest.approx(out_b.metrics[key], rel=RTOL, abs=ATOL), key
+    assert all(not np.any(g) for g in _state(srv, scored.model_id).grads.values()), "forward left a gradient"
+    assert any(np.any(g) for g in _state(srv, trained.model_id).grads.values())

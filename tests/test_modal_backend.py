@@ -84,16 +84,45 @@ def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClie
 
     params = ts.SamplingParams(max_tokens=6, seed=11, temperature=0.8)
     prompt = ts.ModelInput.from_ints([3, 17, 42])
+    targets = ts.TensorData.from_numpy(np.array([[17, 5], [42, -1]], dtype=np.int64))  # SDK-7
     outs = []
     for tc in (tc_m, tc_t):
         sampler = tc.save_weights_and_get_sampling_client().result()
         outs.append(
             sampler.sample(
-                prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True, topk_prompt_logprobs=2
+                prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True, topk_prompt_logprobs=2,
+                topk_sample_logprobs=2, target_prompt_logprobs=targets, prompt_alt_tokens_k=2,
             ).result()
         )
     assert _without_ids(outs[0]) == _without_ids(outs[1])
+    extras = outs[0]  # the extras came back (an equality of two Nones would prove nothing)
+    assert extras.target_prompt_logprobs is not None and extras.prompt_alt_tokens is not None
+    assert all(seq.topk_logprobs is not None for seq in extras.sequences)
     assert tc_m.get_tokenizer().encode("hello world") == tc_t.get_tokenizer().encode("hello world")
+
+
+def test_inflight_samplers_follow_the_newest_inflight_save_as_on_torch(
+    clients: tuple[ts.ServiceClient, ts.ServiceClient],
+) -> None:
+    """spec/13 on modal: an inflight sampler keeps the weights of the newest inflight save while
+    training steps run (INF-3) and moves with the next inflight save (INF-2); every figure equals
+    torch's exactly."""
+    prompt = ts.ModelInput.from_ints([3, 17, 42, 99, 7])
+    runs = []
+    for client in clients:
+        tc, _ = _train(client, 1)
+        inflight = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        first = inflight.compute_logprobs(prompt).result()
+        tc.forward_backward(DATA, "cross_entropy")
+        tc.optim_step(ts.AdamParams(learning_rate=5e-3)).result()
+        unchanged = inflight.compute_logprobs(prompt).result()
+        tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        moved = inflight.compute_logprobs(prompt).result()
+        runs.append((first, unchanged, moved))
+    (first, unchanged, moved), reference = runs
+    assert unchanged == first  # INF-3: an optim_step does not move the target
+    assert moved != first  # INF-2: the next inflight save does
+    assert runs[0] == reference
 
 
 def test_concurrent_sampling_fans_out_and_matches_sequential(

@@ -99,6 +99,42 @@ def test_sample_request_and_response_round_trip_with_nones_and_topk() -> None:
     assert decoded.prompt_logprobs is not None and decoded.prompt_logprobs[1] == -1.0 / 3.0  # float64 kept
 
 
+def test_sampling_extras_cross_the_wire_exactly() -> None:
+    """SDK-6/7/8 requests and results: every field survives encode -> pickle -> decode, and a
+    request field the wire dropped would fail the equality (the engine would silently not see it)."""
+    from tinker_std.backend import SampleRequest
+    from tinker_std.types.sampling import PromptAltTokens
+
+    request = SampleRequest(
+        prompt=[5, 6, 7, 8],
+        num_samples=1,
+        sampling_params=ts.SamplingParams(max_tokens=2, seed=1),
+        topk_sample_logprobs=3,
+        target_prompt_ids=((6, -1), (7, 2**40), (1, 2)),
+        prompt_alt_tokens_k=2,
+    )
+    payload = wire.encode_sample_request(request)
+    wire.check_plain(payload)
+    assert wire.decode_sample_request(pickle.loads(pickle.dumps(payload))) == request
+    rng = np.random.default_rng(0)
+    response = ts.SampleResponse(
+        sequences=[
+            ts.SampledSequence(
+                stop_reason="length", tokens=[1, 2], logprobs=[-0.1, -2.0],
+                topk_logprobs=[[(1, -0.1), (4, -2.5), (0, -3.0)], [(2, -2.0), (3, -2.25), (9, -4.0)]],
+            )
+        ],
+        target_prompt_logprobs=ts.TensorData.from_numpy(-rng.random((3, 2)).astype(np.float32)),
+        prompt_alt_tokens=PromptAltTokens(
+            tokens=ts.TensorData.from_numpy(rng.integers(0, 100, (3, 2)).astype(np.int64)),
+            logprobs=ts.TensorData.from_numpy(-rng.random((3, 2)).astype(np.float32)),
+        ),
+    )
+    payload = wire.encode_sample_response(response)
+    wire.check_plain(payload)
+    assert wire.decode_sample_response(pickle.loads(pickle.dumps(payload))) == response
+
+
 @pytest.mark.parametrize(
     "error",
     [

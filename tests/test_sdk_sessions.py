@@ -37,3 +37,26 @@ def test_end_sessions_touches_only_that_servers_clients(tmp_path: Path) -> None:
         assert end_sessions(first.url) == 1
         assert not heartbeat_running(one) and heartbeat_running(other)
         assert end_sessions(first.url) == 0  # nothing left open there
+
+
+def test_holders_without_a_live_service_client_end_with_their_server(tmp_path: Path) -> None:
+    """A shadow holder (a SamplingClient rebuilt from a sampler handle) has no ServiceClient, and
+    a dropped ServiceClient's holder outlives it through its own heartbeat task: both stop too."""
+    import gc
+
+    from sdk_sessions import live_heartbeats
+
+    with served("mock", tmp_path) as (server, _, base):
+        sdk = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+        sampler = sdk.create_sampling_client(base_model=base).result()
+        again = tinker.SamplingClient.from_sampler_handle(sampler.get_sampler_handle(), api_key=KEY)
+        shadow = again.holder
+        dropped = tinker.ServiceClient(base_url=server.url, api_key=KEY)
+        dropped.create_sampling_client(base_model=base).result()
+        dropped_holder = dropped._session_holder
+        del dropped
+        gc.collect()
+        assert shadow is not sdk._session_holder and not shadow._closed
+        assert not dropped_holder._closed and len(live_heartbeats()) >= 3
+    assert shadow._closed and dropped_holder._closed
+    assert live_heartbeats() == []

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import tinker_std as ts
+from tinker_std.cli import build_parser
 from tinker_std.server import TinkerServer
 
 from server_support import KEY, Wire, fb_body, proto_headers, served
@@ -275,13 +276,19 @@ def test_the_sdk_waits_out_back_pressure_instead_of_failing(tmp_path: Path) -> N
         logging.getLogger("tinker_std.server.access").removeHandler(handler)
 
 
-def test_finished_results_expire_after_the_result_ttl(mock_server: tuple[TinkerServer, Any, str]) -> None:
+def test_finished_results_expire_after_the_result_ttl(tmp_path: Path) -> None:
     """The future store does not grow with every request ever answered: a result is dropped
     ``result_ttl_s`` after it settled, and a poll for it is then 410 ``RequestLost`` (typed,
-    not a 404 the SDK would turn into a bare ``ValueError``); a fresh result is still served."""
-    server, _, base = mock_server
+    not a 404 the SDK would turn into a bare ``ValueError``); a fresh result is still served.
+    The TTL is the server's option (``tinker-std serve --result-ttl-s``)."""
+    args = build_parser().parse_args(["serve", "--result-ttl-s", "0.2"])
+    with served("mock", tmp_path, result_ttl_s=args.result_ttl_s) as (server, _, base):
+        _check_results_expire(server, base)
+
+
+def _check_results_expire(server: TinkerServer, base: str) -> None:
     store = server.operations.futures
-    store.result_ttl_s = 0.2
+    assert store.result_ttl_s == 0.2
     wire = Wire(server.url)
     model_id = wire.create_model(wire.session(), base)
 

@@ -382,7 +382,8 @@ def test_contradictory_options_name_the_field() -> None:
 
 def test_registered_and_declaring_only_what_the_protocol_carries() -> None:
     assert load_backend_class("tinker") is TinkerBackend
-    assert {"introspection", "topk_sample_logprobs", "loss:stable_reinforce"}.isdisjoint(PROTOCOL_CAPABILITIES)
+    assert {"introspection", "loss:stable_reinforce"}.isdisjoint(PROTOCOL_CAPABILITIES)
+    assert {"topk_sample_logprobs", "target_prompt_logprobs", "prompt_alt_tokens"} <= PROTOCOL_CAPABILITIES
     assert TinkerMockBackend.capabilities.optional == MockBackend.capabilities.optional & PROTOCOL_CAPABILITIES
     assert TinkerMockBackend.capabilities.tolerance == MockBackend.capabilities.tolerance
     torch_cls = load_backend_class("torch")
@@ -420,6 +421,70 @@ def test_the_backend_level_sample_request_is_carried(over_mock: ts.ServiceClient
         outs.append(sampler.sample(ts.ModelInput.from_ints(request.prompt), 2, request.sampling_params).result())
     assert [s.tokens for s in outs[0].sequences] == [s.tokens for s in outs[1].sequences]
     assert [s.stop_reason for s in outs[0].sequences] == [s.stop_reason for s in outs[1].sequences]
+
+
+def test_the_sampling_extras_are_carried(over_mock: ts.ServiceClient, in_process: ts.ServiceClient) -> None:
+    """SDK-6/7/8 through the SDK and back equal the same seeded request in process (field for field)."""
+    prompt = ts.ModelInput.from_ints([104, 101, 108, 108, 111])
+    targets = ts.TensorData.from_numpy(np.array([[101, -1], [108, 3], [-1, -1], [111, 104]], dtype=np.int64))
+    outs = []
+    for service in (over_mock, in_process):
+        sampler = service.create_sampling_client(base_model="mock/tiny").result()
+        outs.append(
+            sampler.sample(
+                prompt, 2, ts.SamplingParams(max_tokens=4, seed=7), topk_sample_logprobs=3,
+                target_prompt_logprobs=targets, prompt_alt_tokens_k=2,
+            ).result()
+        )
+    over, local = outs
+    for got, want in zip(over.sequences, local.sequences, strict=True):
+        assert got.tokens == want.tokens and got.topk_logprobs is not None and want.topk_logprobs is not None
+        assert len(got.topk_logprobs) == len(got.tokens)
+        assert [[t for t, _ in row or []] for row in got.topk_logprobs] == [
+            [t for t, _ in row or []] for row in want.topk_logprobs]
+        np.testing.assert_allclose([[lp for _, lp in row or []] for row in got.topk_logprobs],
+                                   [[lp for _, lp in row or []] for row in want.topk_logprobs], rtol=0, atol=1e-6)
+    assert over.target_prompt_logprobs is not None and local.target_prompt_logprobs is not None
+    np.testing.assert_allclose(over.target_prompt_logprobs.to_numpy(), local.target_prompt_logprobs.to_numpy(),
+                               rtol=0, atol=1e-6)  # float32 on the wire
+    assert over.prompt_alt_tokens is not None and local.prompt_alt_tokens is not None
+    assert over.prompt_alt_tokens.tokens.to_numpy().tolist() == local.prompt_alt_tokens.tokens.to_numpy().tolist()
+    assert over.prompt_alt_tokens.tokens.to_numpy().shape == (4, 2)
+
+
+def test_inflight_samplers_through_the_sdk_behave_as_in_process(
+    over_mock: ts.ServiceClient, in_process: ts.ServiceClient
+) -> None:
+    """spec/13 through the tinker backend: the inflight sampler keeps the newest inflight save's
+    weights across an optim_step (INF-3) and moves with the next inflight save (INF-2), with the
+    same logprobs as in process (float32 on the wire)."""
+    prompt = ts.ModelInput.from_ints([104, 101, 108, 108, 111])
+    datum = ts.Datum(model_input=ts.ModelInput.from_ints([104, 101, 108, 108]),
+                     loss_fn_inputs={"target_tokens": [101, 108, 108, 111], "weights": [1.0] * 4})
+    runs = []
+    for service in (over_mock, in_process):
+        tc = service.create_lora_training_client(base_model="mock/tiny", rank=4, seed=3).result()
+        inflight = tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        first = inflight.compute_logprobs(prompt).result()
+        tc.forward_backward([datum], "cross_entropy")
+        tc.optim_step(AdamParams(learning_rate=0.05)).result()
+        unchanged = inflight.compute_logprobs(prompt).result()
+        tc.save_weights_and_get_sampling_client(kind="inflight").result()
+        moved = inflight.compute_logprobs(prompt).result()
+        runs.append((first, unchanged, moved))
+    (first, unchanged, moved), reference = runs
+    assert unchanged == first and moved != first
+    for got, want in zip(runs[0], reference, strict=True):
+        np.testing.assert_allclose(np.array(got[1:], dtype=float), np.array(want[1:], dtype=float), rtol=0, atol=1e-6)
+
+
+def test_stable_reinforce_is_refused_by_name(over_mock: ts.ServiceClient) -> None:
+    tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
+    datum = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]),
+                     loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]})
+    with pytest.raises(ts.Unsupported) as err:
+        tc.forward_backward([datum], "stable_reinforce").result()
+    assert err.value.capability == "loss:stable_reinforce"
 
 
 def test_adam_params_travel_whole() -> None:

@@ -15,6 +15,7 @@ FLAGS = {
     "TINKER_STD_FUSED_HEAD": "fused_head",
     "TINKER_STD_SHARED_PREFIX": "shared_prefix",
     "TINKER_STD_MERGED_LORA": "merged_lora",
+    "TINKER_STD_FUSED_DECODE": "fused_decode",
 }
 
 

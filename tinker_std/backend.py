@@ -14,12 +14,15 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from .capabilities import Capabilities
+
+if TYPE_CHECKING:
+    from .training_math import DatumLoss
 from .errors import Unsupported
 from .types import (
     AdamParams,
@@ -146,6 +149,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: Whether ``forward_backward_datum_loss`` is implemented: the one-pass seam for per-datum
+    #: custom losses (spec CLG-4). Without it the client layer runs them in two passes (FB-11).
+    one_pass_datum_loss: ClassVar[bool] = False
     #: True for a backend that reports each decoded token to ``SampleRequest.on_tokens`` (a
     #: ``TokenSink``) while it decodes; a client must not set ``on_tokens`` for any other backend.
     incremental_decode: ClassVar[bool] = False
@@ -183,6 +189,14 @@ class Backend(ABC):
     ) -> ForwardBackwardOutput:
         """Score ``data`` under the current weights; with ``backward`` add d(loss)/d(weights) to the
         accumulated gradient (FB-1..FB-6). ``loss_fn_config`` holds only keys the loss declares."""
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        """``forward_backward`` with a per-datum ``loss`` in place of a built-in one, in one pass:
+        logprobs with autograd, ``loss`` on them, one backward (``training_math.run_datum_loss``
+        gives the outputs and metrics, CLG-4). Only where ``one_pass_datum_loss`` is declared."""
+        raise Unsupported("one_pass_datum_loss", self.name)
 
     @abstractmethod
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:

@@ -166,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
             keys_file=args.keys_file,
             max_body_bytes=args.max_body_mb * 1024 * 1024,
             idle_session_s=args.idle_session_s,
+            result_ttl_s=args.result_ttl_s,
         )
         models = [m.model_name for m in service.get_server_capabilities().supported_models]
         print(f"tinker-std server on {server.url} (backend {service.backend_name}; models {models})", flush=True)
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-mb", type=int, default=64, help="largest request body, MiB (default 64; 413 above)")
     serve.add_argument(
         "--idle-session-s", type=float, default=900.0, help="reap sessions idle this long, seconds (default 900)"
+    )
+    serve.add_argument(
+        "--result-ttl-s",
+        type=float,
+        default=3600.0,
+        help="keep a finished request's result this long for its polls, seconds (default 3600; then 410)",
     )
     serve.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (backend option)")
     serve.set_defaults(func=_serve)

@@ -125,8 +125,9 @@ FIELDS: dict[str, FieldRule] = {
     "ForwardRequest.seq_id": _e(ORDER, "ORD-1"),
     "ForwardBackwardInput.data": _e("the datums", "FB-2"),
     "ForwardBackwardInput.loss_fn": _e(
-        "the built-in loss, or 'custom' with loss_fn_config {'loss_id': ...} for an uploaded loss (spec 12); "
-        "unknown names are BadRequestError",
+        "the built-in loss, or 'custom' with loss_fn_config {'loss_id': ...} for an uploaded loss (spec 12: "
+        "forward_backward runs it, in one pass where the backend has the seam, CLG-4; forward scores it without "
+        "gradient, CLG-5); unknown names are BadRequestError",
         "LOSS-8",
     ),
     "ForwardBackwardInput.loss_fn_config": _e(

@@ -8,15 +8,17 @@ target tokens; ``run_forward_backward`` does the rest (loss, backward, outputs, 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 
-from .errors import NonFiniteError
+from .errors import NonFiniteError, RequestFailedError
 from .losses import compute_loss
 from .types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResponse, TensorData
 
 __all__ = [
     "CLIP_EPS",
+    "DatumLoss",
     "adamw_step",
     "datum_inputs",
     "forward_backward_output",
@@ -28,6 +30,18 @@ __all__ = [
 CLIP_EPS = 1e-6
 
 LogprobFn = Callable[[Sequence[Datum]], list[torch.Tensor]]
+
+
+class DatumLoss(Protocol):
+    """A loss defined per datum and summed over the datums (spec CLG-4): ``loss(datum, logprobs)``
+    returns the datum's scalar loss and its metrics (scalar tensors keyed ``name:sum`` or
+    ``name:mean``), ``logprobs`` being the datum's float32 target logprobs. Because it decomposes
+    over datums, a backend may evaluate it on any split of a request (micro-batches, ranks) inside
+    its own pass; it must pickle (fsdp sends it to every rank). ``name``: what errors call it."""
+
+    name: str
+
+    def __call__(self, datum: Datum, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def datum_inputs(datum: Datum) -> dict[str, torch.Tensor]:
@@ -52,14 +66,74 @@ def run_forward_backward(
     loss_fn: str,
     loss_fn_config: Mapping[str, float],
     backward: bool,
+    datum_loss: DatumLoss | None = None,
 ) -> ForwardBackwardOutput:
-    """Evaluate ``loss_fn`` on ``data``; with ``backward`` accumulate gradients into the parameters."""
+    """Evaluate ``loss_fn`` on ``data``; with ``backward`` accumulate gradients into the parameters.
+    With ``datum_loss``, that loss replaces ``loss_fn`` (``run_datum_loss``)."""
+    if datum_loss is not None:
+        return run_datum_loss(logprob_fn, data, datum_loss, backward)
     with torch.set_grad_enabled(backward):
         logprobs = logprob_fn(data)
         loss = compute_loss(loss_fn, logprobs, [datum_inputs(d) for d in data], loss_fn_config)
         if backward and loss.requires_grad:
             loss.backward()  # type: ignore[no-untyped-call]
     return forward_backward_output(logprobs, loss)
+
+
+def run_datum_loss(
+    logprob_fn: LogprobFn, data: Sequence[Datum], loss: DatumLoss, backward: bool
+) -> ForwardBackwardOutput:
+    """One pass of a per-datum loss (CLG-4): the logprobs (with autograd when ``backward``), the
+    loss on float32 copies of them, ``g = dL/dlogprobs``, then one backward from the logprobs with
+    ``g``: the gradient of the client layer's surrogate (FB-11) without its second pass.
+
+    Metrics as ``forward_backward_custom`` reports them (FB-12, CLG-2): ``loss:sum``, the loss's
+    metrics (``:sum`` summed, ``:mean`` averaged over ``data``) and, with ``backward``,
+    ``surrogate_loss:sum = sum(g * logprobs)`` (the cross-entropy of weights ``-g``). A loss that
+    raises or returns no scalar is a ``RequestFailedError`` of category ``user`` (FB-13); a datum
+    loss or gradient that is not finite a ``NonFiniteError`` (FB-15); both before the backward, so
+    nothing accumulates."""
+    with torch.set_grad_enabled(backward):
+        logprobs = logprob_fn(data)
+    leaves = [lp.detach().to(torch.float32).requires_grad_(backward) for lp in logprobs]
+    try:
+        with torch.set_grad_enabled(backward):
+            values: list[torch.Tensor] = []
+            sums: dict[str, float] = {}
+            for datum, lp in zip(data, leaves, strict=True):
+                value, metrics = loss(datum, lp)
+                if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                    raise TypeError(f"loss {loss.name!r} must return a scalar tensor")
+                values.append(value)
+                for key, metric in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(metric.detach().reshape(()))
+            total = torch.stack(values).sum()
+            grads: Sequence[torch.Tensor | None] = ()
+            if backward and total.requires_grad:
+                grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    except Exception as exc:
+        raise RequestFailedError(f"custom loss {loss.name!r} failed: {exc!r}", category="user") from exc
+    for i, value in enumerate(values):  # FB-15, as the surrogate's cross-entropy would refuse it
+        if not bool(torch.isfinite(value.detach())):
+            raise NonFiniteError("loss_fn_inputs", f"loss {loss.name!r} of datum {i} is {float(value.detach())}")
+    if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+        raise NonFiniteError("loss_fn_inputs", f"the gradient of loss {loss.name!r} is not finite")
+    reduced = {k: v / len(data) if k.endswith(":mean") else v for k, v in sums.items()}
+    out = forward_backward_output(logprobs, total)
+    out.metrics.update(reduced)
+    out.metrics["loss:sum"] = float(total.detach())
+    if backward:
+        weights = [torch.zeros_like(lp) for lp in leaves]
+        for i, g in enumerate(grads):
+            if g is not None:
+                weights[i] = g
+        out.metrics["surrogate_loss:sum"] = sum(
+            float((g * lp.detach()).sum()) for g, lp in zip(weights, leaves, strict=True)
+        )
+        pairs = [(lp, g.to(lp.dtype)) for lp, g in zip(logprobs, weights, strict=True) if lp.requires_grad]
+        if pairs:
+            torch.autograd.backward([lp for lp, _ in pairs], [g for _, g in pairs])
+    return out
 
 
 def forward_backward_output(logprobs: Sequence[torch.Tensor], loss: torch.Tensor) -> ForwardBackwardOutput:

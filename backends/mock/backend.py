@@ -37,7 +37,7 @@ from tinker_std.capabilities import Capabilities
 from tinker_std.checkpoints import CheckpointStore
 from tinker_std.errors import BadRequestError, ContextLengthError, NotFoundError
 from tinker_std.limits import check_rank_for_width
-from tinker_std.training_math import adamw_step, run_forward_backward, target_logprobs
+from tinker_std.training_math import DatumLoss, adamw_step, run_forward_backward, target_logprobs
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -85,6 +85,7 @@ class MockBackend(Backend):
 
     name: ClassVar[str] = "mock"
     capabilities: ClassVar[Capabilities] = Capabilities.everything(tolerance="mock")
+    one_pass_datum_loss: ClassVar[bool] = True  # forward_backward_datum_loss: CLG-4
 
     def __init__(self, *, checkpoint_dir: str | Path | None = None) -> None:
         self.checkpoint_store = CheckpointStore(checkpoint_dir)
@@ -143,6 +144,23 @@ class MockBackend(Backend):
         loss_fn_config: Mapping[str, float],
         backward: bool,
     ) -> ForwardBackwardOutput:
+        return self._pass(model_id, data, loss_fn, loss_fn_config, backward, None)
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        """The one-pass seam (CLG-4): ``loss`` in place of a built-in loss, in the same pass."""
+        return self._pass(model_id, data, "custom", {}, backward, loss)
+
+    def _pass(
+        self,
+        model_id: str,
+        data: list[Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float],
+        backward: bool,
+        datum_loss: DatumLoss | None,
+    ) -> ForwardBackwardOutput:
         model = self._model(model_id)
 
         def logprob_fn(batch: Sequence[Datum]) -> list[torch.Tensor]:
@@ -162,7 +180,7 @@ class MockBackend(Backend):
                 out.append(target_logprobs(forward(model.base, tokens, model.adapter), targets))
             return out
 
-        return run_forward_backward(logprob_fn, data, loss_fn, loss_fn_config, backward)
+        return run_forward_backward(logprob_fn, data, loss_fn, loss_fn_config, backward, datum_loss)
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
         return adamw_step(self._model(model_id).optimizer, params)

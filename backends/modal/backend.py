@@ -49,13 +49,9 @@ from .wire import Payload
 __all__ = ["MODAL_OPTIONAL_CAPABILITIES", "ModalBackend", "ModalBackendFP32", "ModalBackendBF16", "offline_from_env"]
 
 #: As ``torch`` declares, less ``checkpoint_management``: the checkpoints live on a Modal Volume,
-#: listed and downloaded with Modal's tools (docs/modal.md), not through a local store.
-MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {
-    "checkpoint_management",
-    "topk_sample_logprobs",
-    "target_prompt_logprobs",
-    "prompt_alt_tokens",
-}
+#: listed and downloaded with Modal's tools (docs/modal.md), not through a local store. The
+#: sampling extras (SDK-6/7/8) cross the wire (``wire.encode_sample_request``) to the same engine.
+MODAL_OPTIONAL_CAPABILITIES = TORCH_OPTIONAL_CAPABILITIES - {"checkpoint_management"}
 
 
 def _env(name: str) -> str | None:

@@ -17,6 +17,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
+from .service import ContainerStoppedError
 from .settings import CLASS_NAME
 from .wire import Payload, check_plain
 
@@ -150,9 +151,14 @@ class LocalHandle:
         self.executor = ThreadPoolExecutor(max_workers=max_inputs, thread_name_prefix="tinker-std-modal-local")
         self._lock = threading.Lock()
         self._instance: Any = None
+        self._closed = False
 
     def instance(self) -> Any:
+        """The running instance, started on first use; after ``close`` a ``ContainerStoppedError``
+        (a late call, e.g. a finalizer's release, must not start a new container)."""
         with self._lock:
+            if self._closed:
+                raise ContainerStoppedError(f"a call to the closed container of {self.params['base_model']!r}")
             if self._instance is None:
                 from .app import TinkerStdTrainer
 
@@ -174,6 +180,8 @@ class LocalHandle:
             old._cached_user_cls_instance().service.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.executor.shutdown(wait=True)
         self.restart()
 

@@ -16,19 +16,21 @@ Volume) are callbacks the Modal class passes in, so the offline path does not ca
 
 from __future__ import annotations
 
+import concurrent.futures
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tinker_std.client.runtime import EventLoopThread
-from tinker_std.errors import BadRequestError
+from tinker_std.errors import BadRequestError, RequestFailedError
 
 from . import wire
 from .wire import Payload
 
-__all__ = ["ContainerService", "METHODS"]
+__all__ = ["ContainerService", "ContainerStoppedError", "METHODS"]
 
 T = TypeVar("T")
 
@@ -50,11 +52,22 @@ METHODS: tuple[str, ...] = (
     "sample",
 )
 
+#: How long ``close`` lets the engine finish what was submitted before it stops the loop regardless.
+_CLOSE_TIMEOUT_S = 120.0
+
 _ENGINE_OPTIONS = frozenset({"dtype", "device", "models", "max_context_length", "batching"})
 
 
 def _no_op() -> None:
     return None
+
+
+class ContainerStoppedError(RequestFailedError):
+    """A call reached a container whose service was already stopped (``close``: ``@modal.exit``,
+    or in tests a ``LocalHandle`` restart or close). Its in-memory state is gone; nothing ran."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"{call}: the container was stopped before the call ran, so nothing ran", category="server")
 
 
 class ContainerService:
@@ -86,6 +99,13 @@ class ContainerService:
         self._after_write = after_write
         self._before_read = before_read
         self._loop = EventLoopThread("tinker-std-modal-container")
+        # Calls and close() agree under this lock: a call either is submitted (and then close()
+        # lets it finish, or fails it) or sees the container stopped; never one left waiting on a
+        # loop that stopped before running it (a finalizer's release_sampler racing the backend's
+        # close once hung interpreter exit: concurrent.futures joins the thread that waits).
+        self._state_lock = threading.Lock()
+        self._stopped = False
+        self._pending: set[concurrent.futures.Future[Any]] = set()
         self.backend = TorchBackend(checkpoint_dir=checkpoint_dir, **engine_options)
         self._run(self.backend.start())
         if base_model:  # load the base weights once per container (through the public contract)
@@ -93,13 +113,42 @@ class ContainerService:
             self._run(self.backend.release_sampler(sampler.sampler_id))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.submit(coro).result()
+        """``coro``'s result on the container loop; ``ContainerStoppedError`` (and ``coro`` never
+        runs) once ``close`` has begun, or if the loop stopped before running it."""
+        with self._state_lock:
+            if self._stopped:
+                coro.close()
+                raise ContainerStoppedError(getattr(coro, "__qualname__", "the call"))
+            future = self._loop.submit(coro).future()
+            self._pending.add(future)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise ContainerStoppedError(getattr(coro, "__qualname__", "the call")) from None
+        finally:
+            with self._state_lock:
+                self._pending.discard(future)
 
     def close(self) -> None:
+        """Stop the engine and its loop (``@modal.exit``). Calls already submitted run first (the
+        engine's queue is FIFO and ``backend.close`` queues behind them); later calls raise
+        ``ContainerStoppedError`` at once; any call the stopped loop did not run is failed, so
+        no caller waits forever. Idempotent."""
+        with self._state_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            closing = self._loop.submit(self.backend.close()).future()
         try:
-            self._run(self.backend.close())
+            closing.result(timeout=_CLOSE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            pass  # an engine call that does not end: stop the loop anyway, its callers are failed below
         finally:
             self._loop.stop()
+            with self._state_lock:
+                left = list(self._pending)
+            for future in left:
+                future.cancel()
 
     def call(self, method: str, payload: Payload) -> Payload:
         """Run one contract call; never raises: errors come back in the envelope."""

@@ -38,6 +38,7 @@ from tinker_std.types import (
     SamplingParams,
     TensorData,
 )
+from tinker_std.types.sampling import PromptAltTokens
 
 __all__ = [
     "Payload",
@@ -290,6 +291,11 @@ def encode_sample_request(request: SampleRequest) -> Payload:
         "sampling_params": request.sampling_params.model_dump(mode="json"),
         "include_prompt_logprobs": request.include_prompt_logprobs,
         "topk_prompt_logprobs": request.topk_prompt_logprobs,
+        "topk_sample_logprobs": request.topk_sample_logprobs,
+        "target_prompt_ids": None
+        if request.target_prompt_ids is None
+        else [pack_tokens(row) for row in request.target_prompt_ids],
+        "prompt_alt_tokens_k": request.prompt_alt_tokens_k,
     }
 
 
@@ -300,6 +306,11 @@ def decode_sample_request(payload: Payload) -> SampleRequest:
         sampling_params=SamplingParams.model_validate(payload["sampling_params"]),
         include_prompt_logprobs=bool(payload["include_prompt_logprobs"]),
         topk_prompt_logprobs=int(payload["topk_prompt_logprobs"]),
+        topk_sample_logprobs=int(payload["topk_sample_logprobs"]),
+        target_prompt_ids=None
+        if payload["target_prompt_ids"] is None
+        else tuple(tuple(_ints(row)) for row in payload["target_prompt_ids"]),
+        prompt_alt_tokens_k=int(payload["prompt_alt_tokens_k"]),
     )
 
 
@@ -335,6 +346,7 @@ def encode_sample_response(response: SampleResponse) -> Payload:
                 "tokens": pack_tokens(seq.tokens),
                 "logprobs": None if seq.logprobs is None else pack_floats(seq.logprobs),
                 "sequence_id": seq.sequence_id,
+                "topk_logprobs": None if seq.topk_logprobs is None else _encode_topk(seq.topk_logprobs),
             }
             for seq in response.sequences
         ],
@@ -344,6 +356,15 @@ def encode_sample_response(response: SampleResponse) -> Payload:
         "topk_prompt_logprobs": None
         if response.topk_prompt_logprobs is None
         else _encode_topk(response.topk_prompt_logprobs),
+        "target_prompt_logprobs": None
+        if response.target_prompt_logprobs is None
+        else _pack_tensor(response.target_prompt_logprobs),
+        "prompt_alt_tokens": None
+        if response.prompt_alt_tokens is None
+        else {
+            "tokens": _pack_tensor(response.prompt_alt_tokens.tokens),
+            "logprobs": _pack_tensor(response.prompt_alt_tokens.logprobs),
+        },
         "type": response.type,
     }
 
@@ -356,6 +377,7 @@ def decode_sample_response(payload: Payload) -> SampleResponse:
                 tokens=_ints(seq["tokens"]),
                 logprobs=None if seq["logprobs"] is None else _floats(seq["logprobs"]),
                 sequence_id=seq["sequence_id"],
+                topk_logprobs=None if seq["topk_logprobs"] is None else _decode_topk(seq["topk_logprobs"]),
             )
             for seq in payload["sequences"]
         ],
@@ -365,6 +387,15 @@ def decode_sample_response(payload: Payload) -> SampleResponse:
         topk_prompt_logprobs=None
         if payload["topk_prompt_logprobs"] is None
         else _decode_topk(payload["topk_prompt_logprobs"]),
+        target_prompt_logprobs=None
+        if payload["target_prompt_logprobs"] is None
+        else _unpack_tensor(payload["target_prompt_logprobs"]),
+        prompt_alt_tokens=None
+        if payload["prompt_alt_tokens"] is None
+        else PromptAltTokens(
+            tokens=_unpack_tensor(payload["prompt_alt_tokens"]["tokens"]),
+            logprobs=_unpack_tensor(payload["prompt_alt_tokens"]["logprobs"]),
+        ),
         type=payload["type"],
     )
 

@@ -366,9 +366,12 @@ class TinkerBackend(Backend):
                 sampling_params=convert.sampling_params_to_sdk(request.sampling_params),
                 include_prompt_logprobs=request.include_prompt_logprobs,
                 topk_prompt_logprobs=request.topk_prompt_logprobs,
+                topk_sample_logprobs=request.topk_sample_logprobs,
+                target_prompt_logprobs=convert.target_ids_to_sdk(request.target_prompt_ids),
+                prompt_alt_tokens_k=request.prompt_alt_tokens_k,
             )
         )
-        return convert.sample_response_from_sdk(response, request.include_prompt_logprobs, request.topk_prompt_logprobs)
+        return convert.sample_response_from_sdk(response, request)
 
 
 def _drop_stale_sockets(loop: asyncio.AbstractEventLoop) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tinker_std.backend import SampleRequest
 from tinker_std.types import (
     TOPK_PAD_LOGPROB,
     TOPK_PAD_TOKEN,
@@ -22,6 +23,7 @@ from tinker_std.types import (
     TensorData,
     TrainingRun,
 )
+from tinker_std.types.sampling import PromptAltTokens
 
 __all__ = [
     "adam_to_sdk",
@@ -30,6 +32,7 @@ __all__ = [
     "datum_to_sdk",
     "forward_backward_output_from_sdk",
     "sample_response_from_sdk",
+    "target_ids_to_sdk",
     "sampling_params_to_sdk",
     "tensor_from_sdk",
     "training_run_from_sdk",
@@ -85,24 +88,56 @@ def _maybe_nan(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def sample_response_from_sdk(response: Any, include_prompt_logprobs: bool, topk: int) -> SampleResponse:
-    """``tinker.SampleResponse`` as tinker-std's; prompt logprobs the wire marks NaN become ``None``."""
+def target_ids_to_sdk(ids: tuple[tuple[int, ...], ...] | None) -> Any:
+    """SDK-7's request ids (``SampleRequest.target_prompt_ids``) as the SDK's dense int64
+    ``TensorData`` ``[len(prompt) - 1, K]`` (``-1``: no logprob asked), or ``None``."""
+    if ids is None:
+        return None
+    import tinker
+
+    return tinker.TensorData.from_numpy(np.asarray(ids, dtype=np.int64).reshape(len(ids), -1))
+
+
+def sample_response_from_sdk(response: Any, request: SampleRequest) -> SampleResponse:
+    """``tinker.SampleResponse`` as tinker-std's, with what ``request`` asked for: prompt logprobs
+    the wire marks NaN become ``None``; the extras (SDK-6/7/8) are copied when asked for."""
     sequences = [
         SampledSequence(
             stop_reason=seq.stop_reason,
             tokens=[int(t) for t in seq.tokens],
             logprobs=None if seq.logprobs is None else [float(v) for v in seq.logprobs],
             sequence_id=seq.sequence_id or "",
+            topk_logprobs=_sample_topk(seq) if request.topk_sample_logprobs else None,
         )
         for seq in response.sequences
     ]
-    prompt = response.prompt_logprobs if include_prompt_logprobs else None
+    prompt = response.prompt_logprobs if request.include_prompt_logprobs else None
+    target = response.target_prompt_logprobs if request.target_prompt_ids is not None else None
+    alt = response.prompt_alt_tokens if request.prompt_alt_tokens_k else None
     return SampleResponse(
         sequences=sequences,
         prompt_logprobs=None if prompt is None else [_maybe_nan(v) for v in prompt],
-        topk_prompt_logprobs=_topk_rows(response.topk_prompt_logprobs_np) if topk else None,
+        topk_prompt_logprobs=_topk_rows(response.topk_prompt_logprobs_np) if request.topk_prompt_logprobs else None,
+        target_prompt_logprobs=None if target is None else _tensor(target, np.float32),
+        prompt_alt_tokens=None
+        if alt is None
+        else PromptAltTokens(tokens=_tensor(alt.tokens, np.int64), logprobs=_tensor(alt.logprobs, np.float32)),
         type="sample",
     )
+
+
+def _tensor(data: Any, dtype: type[np.generic]) -> TensorData:
+    """An SDK ``TensorData`` (dense or CSR) as tinker-std's dense one of ``dtype``."""
+    return TensorData.from_numpy(np.asarray(data.to_numpy(), dtype=dtype))
+
+
+def _sample_topk(seq: Any) -> list[list[tuple[int, float]] | None] | None:
+    """A sequence's SDK-6 rows, from the wire's matrices when the SDK kept them (padding kept as
+    for prompt rows), else from its list view."""
+    if getattr(seq, "topk_logprobs_np", None) is not None:
+        return _topk_rows(seq.topk_logprobs_np)
+    rows = seq.topk_logprobs
+    return None if rows is None else [None if r is None else [(int(t), float(lp)) for t, lp in r] for r in rows]
 
 
 def _topk_rows(topk: Any) -> list[list[tuple[int, float]] | None] | None:

@@ -29,18 +29,11 @@ from tinker_std.errors import BadRequestError
 __all__ = ["PROTOCOL_CAPABILITIES", "ENV_CAPABILITIES", "ENV_TOLERANCE", "declared_capabilities", "subclass_declaring"]
 
 #: What this backend carries over the protocol: every optional capability except ``introspection``
-#: (no SDK call reads weights) and, for now, the spec 0.2 additions ``topk_sample_logprobs`` and
-#: ``loss:stable_reinforce``, which ``convert``/``sample`` do not pass through yet (a conformance run
-#: through the loopback server failed SDK-6 and LOSS-16..19 with them declared), and
-#: ``target_prompt_logprobs`` (SDK-7) and ``prompt_alt_tokens`` (SDK-8), which ``sample`` does not pass
-#: through either.
-PROTOCOL_CAPABILITIES: frozenset[str] = OPTIONAL_CAPABILITIES - {
-    "introspection",
-    "topk_sample_logprobs",
-    "target_prompt_logprobs",
-    "prompt_alt_tokens",
-    "loss:stable_reinforce",
-}
+#: (no SDK call reads weights) and ``loss:stable_reinforce``: its provenance is checked against the
+#: samples the *server* recorded (SDK-3, LOSS-18), under the server's sequence ids, while this
+#: backend's client layer records its own; so it is refused (CAP-4, ``Unsupported`` naming it)
+#: rather than sent with spans the server cannot match.
+PROTOCOL_CAPABILITIES: frozenset[str] = OPTIONAL_CAPABILITIES - {"introspection", "loss:stable_reinforce"}
 ENV_CAPABILITIES = "TINKER_STD_TINKER_CAPABILITIES"
 ENV_TOLERANCE = "TINKER_STD_TINKER_TOLERANCE"
 UNKNOWN_SERVER = Capabilities(optional=frozenset(), tolerance="bf16")

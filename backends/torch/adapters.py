@@ -11,8 +11,9 @@ Adapter config (LORA-1..LORA-4): ``r = rank``, ``lora_alpha = 32``, no dropout, 
 (``a = sqrt(5)``), ``B = 0``; targets ``q_proj, k_proj, v_proj, o_proj`` (``train_attn``),
 ``gate_proj, up_proj, down_proj`` (``train_mlp``) and ``lm_head`` (``train_unembed``; only the
 output projection, even when its weight is tied to the embedding). Initialisation draws from the
-CPU generator seeded with ``LoraConfig.seed`` inside ``torch.random.fork_rng``, so the caller's
-global random state is left alone. Adapter tensors are always float32, whatever the base dtype.
+CPU generator seeded with ``LoraConfig.seed`` under ``seeded_init.seeded_global_rng``, so the
+caller's global random state is left alone and concurrent engines cannot interleave their draws.
+Adapter tensors are always float32, whatever the base dtype.
 
 Stable parameter names are ``<module path>.lora_A`` / ``<module path>.lora_B`` (for example
 ``model.layers.0.self_attn.q_proj.lora_A``), in module order; ``peft_key`` maps them to the keys
@@ -30,6 +31,7 @@ from tinker_std.types import LoraConfig
 
 from .fast import merged, module_walk
 from .models import quiet_transformers
+from .seeded_init import seeded_global_rng
 
 __all__ = [
     "LORA_ALPHA",
@@ -83,8 +85,7 @@ def add_adapter(model: Any, name: str, lora: LoraConfig, seed: int | None) -> di
     from peft.functional import cast_adapter_dtype
 
     config = peft_config(lora, getattr(model, "name_or_path", None))
-    with torch.random.fork_rng(devices=[]), quiet_transformers():
-        torch.manual_seed(seed if seed is not None else secrets.randbits(63))
+    with seeded_global_rng(seed if seed is not None else secrets.randbits(63)), quiet_transformers():
         try:
             model.add_adapter(config, adapter_name=name)
         finally:

@@ -28,6 +28,7 @@ import torch
 from tinker_std.backend import AdapterState, Backend, GradientSnapshot, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.capabilities import Precision, PrecisionVariants
 from tinker_std.checkpoints import CheckpointStore
+from tinker_std.training_math import DatumLoss
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -68,6 +69,7 @@ TORCH_OPTIONAL_CAPABILITIES = frozenset(
     }
 )
 
+
 class TorchBackend(PrecisionVariants, Backend):
     """Hugging Face causal LMs with one peft LoRA adapter per training client.
 
@@ -91,6 +93,7 @@ class TorchBackend(PrecisionVariants, Backend):
 
     name: ClassVar[str] = "torch"
     optional_capabilities: ClassVar[frozenset[str]] = TORCH_OPTIONAL_CAPABILITIES
+    one_pass_datum_loss: ClassVar[bool] = True  # forward_backward_datum_loss: CLG-4
     #: the decode loop reports each token to ``SampleRequest.on_tokens`` (``decode._take_tokens``)
     incremental_decode: ClassVar[bool] = True
 
@@ -179,6 +182,14 @@ class TorchBackend(PrecisionVariants, Backend):
         backward: bool,
     ) -> ForwardBackwardOutput:
         job = ForwardBackwardJob(model_id, data, loss_fn, loss_fn_config, backward)
+        result: ForwardBackwardOutput = await self.queue.submit("forward_backward", job)
+        return result
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        """The one-pass seam (CLG-4): the job runs through the engine's own forward_backward pass."""
+        job = ForwardBackwardJob(model_id, data, "custom", {}, backward, loss)
         result: ForwardBackwardOutput = await self.queue.submit("forward_backward", job)
         return result
 

@@ -18,7 +18,9 @@ adapters are already arranged (one active, or ``rows``: per-row segments) to com
 4. Sequence ``j`` of a request draws from its own ``sequence_generator(seed, j)`` with exactly the
    draws of ``choose_token`` on a CPU ``float64`` copy of its logits row
    (``sampling_rules.choose_tokens``; draw rule 2 of SMP-20).
-5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone.
+5. The key/value cache grows in place (``fast/kv_cache.py``) where rows attend alone; there the
+   steps after the prompt pass run through ``fast/fused_decode.py`` (Llama, Qwen3; bit-identical
+   to the model's forward, ``TorchSettings.fused_decode``).
 6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 7. Incremental decode: a request with ``on_tokens`` (a ``TokenSink``) is told each token as
@@ -50,6 +52,7 @@ from tinker_std.sampling_rules import (
 from tinker_std.types import SampledSequence, SampleResponse, StopReason
 
 from .fast import kv_cache
+from .fast.fused_decode import FusedStep, fused_step
 from .fast.row_segments import RowSegments, Segment
 from .row_attention import ROW_PADS, rows_attend_alone, supports_row_attention
 
@@ -145,7 +148,12 @@ def _layout(live: Sequence[tuple[int, int]], jobs: Sequence[DecodeJob]) -> list[
 
 
 def decode(
-    model: Any, jobs: Sequence[DecodeJob], tokenizer: Tokenizer, device: torch.device, rows: RowSegments | None
+    model: Any,
+    jobs: Sequence[DecodeJob],
+    tokenizer: Tokenizer,
+    device: torch.device,
+    rows: RowSegments | None,
+    fused: bool = False,
 ) -> list[SampleResponse]:
     """Run ``jobs`` (each adapter's jobs contiguous) to completion; the responses in job order.
 
@@ -153,10 +161,15 @@ def decode(
     adapter is active already. On CPU, with ``row_attention`` (``supports_row_attention``) and
     every matrix product in full blocks of rows, each row's logits are bit-identical to what the
     same request gives alone; elsewhere (GPU kernels are not batch-invariant anyway) rows attend
-    through a padding mask and agree within float tolerance only."""
+    through a padding mask and agree within float tolerance only.
+
+    ``fused`` (``TorchSettings.fused_decode``): where rows attend alone, decode steps run through
+    ``fast/fused_decode.py``'s step when the model has one (Llama, Qwen3), bit-identical to the
+    model's forward; the prompt pass always runs through the model."""
     alone = device.type == "cpu" and supports_row_attention(model)
+    step = fused_step(model) if fused and alone else None
     with rows_attend_alone(model) if alone else nullcontext():
-        return _run_loop(model, jobs, tokenizer, device, rows, alone)
+        return _run_loop(model, jobs, tokenizer, device, rows, alone, step)
 
 
 @dataclass
@@ -212,6 +225,7 @@ def _run_loop(
     device: torch.device,
     rows: RowSegments | None,
     alone: bool,
+    fused: FusedStep | None,
 ) -> list[SampleResponse]:
     prompts = _prompt_pass(model, jobs, device, rows, alone)
     lengths, pads, attention, cache = prompts.lengths, prompts.pads, prompts.attention, prompts.cache
@@ -268,7 +282,10 @@ def _run_loop(
             if max(pads) > 0:
                 step["attention_mask"] = attention
         step_input = torch.tensor(tokens, device=device).unsqueeze(-1)
-        last = model(input_ids=step_input, past_key_values=cache, use_cache=True, **step).logits[:, -1].float()
+        if fused is not None:
+            last = fused(step_input, step["position_ids"], cache, step[ROW_PADS]).float()
+        else:
+            last = model(input_ids=step_input, past_key_values=cache, use_cache=True, **step).logits[:, -1].float()
     return _responses(jobs, scores)
 
 
@@ -280,7 +297,7 @@ def _take_tokens(
     ``max_tokens``)."""
     real = [r for r, slot in enumerate(slots) if slot is not None]
     live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
-    real_last = last[torch.tensor(real, device=last.device)]
+    real_last = last if len(real) == len(slots) else last[torch.tensor(real, device=last.device)]
     chosen = _choose_rows(real_last, live, jobs)
     raw = torch.log_softmax(real_last, dim=-1)
     chosen_lps = raw.gather(-1, torch.tensor(chosen, device=raw.device).unsqueeze(-1)).squeeze(-1).tolist()

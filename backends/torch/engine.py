@@ -36,7 +36,7 @@ from tinker_std.client.chunking import merge_outputs
 from tinker_std.errors import BadRequestError, NotFoundError, TinkerError
 from tinker_std.limits import check_rank_for_width
 from tinker_std.losses import gradient_positions
-from tinker_std.training_math import adamw_step, datum_inputs, run_forward_backward
+from tinker_std.training_math import DatumLoss, adamw_step, datum_inputs, run_forward_backward
 from tinker_std.types import (
     AdamParams,
     Datum,
@@ -130,7 +130,9 @@ class TorchEngine:
             self.path_chooser,
             self.training.models,
             self._model,
-            lambda job: self.forward_backward(job.model_id, job.data, job.loss_fn, job.loss_fn_config, job.backward),
+            lambda job: self.forward_backward(
+                job.model_id, job.data, job.loss_fn, job.loss_fn_config, job.backward, job.datum_loss
+            ),
         )
 
     @property
@@ -196,9 +198,11 @@ class TorchEngine:
         loss_fn: str,
         loss_fn_config: Mapping[str, float],
         backward: bool,
+        datum_loss: DatumLoss | None = None,
     ) -> ForwardBackwardOutput:
         """FB-1..FB-6 for one validated batch; with ``backward`` gradients accumulate into the
-        client's adapter only. A failure leaves the accumulated gradient as it was."""
+        client's adapter only. A failure leaves the accumulated gradient as it was. ``datum_loss``
+        replaces ``loss_fn`` in the same single pass (the one-pass seam, CLG-4)."""
         model = self._model(model_id)
         self.passes.check_lengths(model.spec, data)
         adapters.activate(model.base.model, model.adapter, trainable=True)
@@ -220,7 +224,7 @@ class TorchEngine:
                 return self.placement.gather(None, chunk)
             computed.clear()
             try:
-                local = run_forward_backward(logprob_fn, rows, loss_fn, loss_fn_config, backward)
+                local = run_forward_backward(logprob_fn, rows, loss_fn, loss_fn_config, backward, datum_loss)
             except TinkerError as refusal:  # refused after the forward (FB-15): other ranks wait on us
                 self.placement.abandon_pass(computed, backward)
                 return self.placement.gather(refusal, chunk)

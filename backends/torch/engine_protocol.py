@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from tinker_std.backend import AdapterState, ModelSpec, SampleRequest, SamplerSpec, Tokenizer
 from tinker_std.capabilities import Precision
@@ -32,18 +32,24 @@ from tinker_std.types import (
     SupportedModel,
 )
 
+if TYPE_CHECKING:
+    from tinker_std.training_math import DatumLoss
+
 __all__ = ["Engine", "ForwardBackwardJob"]
 
 
 @dataclass(frozen=True)
 class ForwardBackwardJob:
-    """One ``forward_backward`` request (the arguments of ``TorchEngine.forward_backward``)."""
+    """One ``forward_backward`` request (the arguments of ``TorchEngine.forward_backward``).
+    ``datum_loss``: a per-datum custom loss that replaces ``loss_fn`` (CLG-4); such a job runs
+    alone (never in a multi-tenant pass)."""
 
     model_id: str
     data: Sequence[Datum]
     loss_fn: str
     loss_fn_config: Mapping[str, float]
     backward: bool
+    datum_loss: DatumLoss | None = None
 
 
 @runtime_checkable

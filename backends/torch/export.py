@@ -13,6 +13,7 @@ from . import adapters
 from .holdings import TrainingModel
 from .models import load_causal_lm, quiet_transformers
 from .precision import resolve_dtype
+from .seeded_init import seeded_global_rng
 
 __all__ = ["export_merged"]
 
@@ -32,7 +33,7 @@ def export_merged(model: TrainingModel, out_dir: str | Path, dtype: str | torch.
         raise ConflictError(f"{out} exists and is not empty")
     save_dtype = resolve_dtype(dtype, torch.device("cpu"))
     copy = load_causal_lm(model.base.path, torch.float32, torch.device("cpu"))
-    with torch.random.fork_rng(devices=[]), quiet_transformers():
+    with seeded_global_rng(None), quiet_transformers():
         wrapped = peft.get_peft_model(copy, adapters.peft_config(model.spec.lora))
     target = adapters.adapter_params(wrapped.base_model.model, "default")
     if set(target) != set(model.params):

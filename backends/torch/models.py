@@ -36,6 +36,8 @@ import torch
 
 from tinker_std.errors import NotFoundError
 
+from .seeded_init import seeded_global_rng
+
 __all__ = [
     "BUILTIN_MODELS",
     "CORPUS",
@@ -189,8 +191,7 @@ def _build_builtin(recipe: BuiltinRecipe, folder: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         **recipe.config,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(WEIGHT_SEED)
+    with seeded_global_rng(WEIGHT_SEED):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with quiet_transformers():
         model.save_pretrained(folder)

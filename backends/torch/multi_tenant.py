@@ -79,6 +79,8 @@ class MultiTenant:
         """Whether job ``i`` may share one pass with ``group``: another training model on the same
         base, and the stacked batch (each job's own layout, padded to the widest) stays within the
         token and logit budgets. Fills ``layouts`` for the jobs it looks at."""
+        if jobs[i].datum_loss is not None or jobs[group[0]].datum_loss is not None:
+            return False  # a per-datum custom loss runs in its own pass (CLG-4)
         model = self.models[jobs[i].model_id]
         members = [self.models[jobs[j].model_id] for j in group]
         if model.base is not members[0].base or any(m is model for m in members):

@@ -91,12 +91,12 @@ def sample_batch(
                     if not merged_on:  # the merged layers do not look at which adapter is active
                         adapters.activate(model, jobs[0].adapter, trainable=False)
                     with nullcontext() if merged_on else direct_lora(model, jobs[0].adapter):
-                        responses = decode(model, jobs, tokenizer, device, None)
+                        responses = decode(model, jobs, tokenizer, device, None, settings.fused_decode)
             else:
                 state = RowSegments([])
                 with _merged(model, device, list(order), settings, state) as merged_on:
                     with nullcontext(state) if merged_on else per_row.per_row_adapters(model, []) as rows:
-                        responses = decode(model, jobs, tokenizer, device, rows)
+                        responses = decode(model, jobs, tokenizer, device, rows, settings.fused_decode)
         for job, response in zip(jobs, responses, strict=True):
             results[job.slot] = response
     answered = [r for r in results if r is not None]

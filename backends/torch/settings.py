@@ -34,6 +34,7 @@ _FLAGS = {
     "fused_head": "TINKER_STD_FUSED_HEAD",
     "shared_prefix": "TINKER_STD_SHARED_PREFIX",
     "merged_lora": "TINKER_STD_MERGED_LORA",
+    "fused_decode": "TINKER_STD_FUSED_DECODE",
 }
 _MERGED_ADAPTERS = "TINKER_STD_MERGED_ADAPTERS"
 
@@ -47,6 +48,7 @@ class TorchSettings:
     fused_head: bool = True
     shared_prefix: bool = True
     merged_lora: bool = True
+    fused_decode: bool = True
     merged_adapters: int = 2
 
     def __post_init__(self) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tinker_std.custom_loss import execute, validate
+from tinker_std.backends.mock import MockBackend
+from tinker_std.custom_loss import execute, trace, validate
+from tinker_std.training_math import DatumLoss
+from tinker_std.types import Datum, ForwardBackwardOutput
 
 from . import Mutant
 from ._mock import PatchingMock, replace
@@ -79,6 +82,54 @@ class InputsUncheckedMock(PatchingMock):
         replace_everywhere(original, check_graph_inputs)
 
 
+class OnePassWithoutBackwardMock(MockBackend):
+    """CLG-4: the one-pass seam scores the loss but never runs its backward (no gradient)."""
+
+    name: ClassVar[str] = "mock-custom-loss-one-pass-no-backward"
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        out = await super().forward_backward_datum_loss(model_id, data, loss, False)
+        return out.model_copy(update={"metrics": {**out.metrics, "surrogate_loss:sum": out.metrics["loss:sum"]}})
+
+
+class ForwardAccumulatesMock(MockBackend):
+    """CLG-5: ``forward`` with a graph loss runs its backward too (accumulates a gradient)."""
+
+    name: ClassVar[str] = "mock-custom-loss-forward-accumulates"
+
+    async def forward_backward_datum_loss(
+        self, model_id: str, data: list[Datum], loss: DatumLoss, backward: bool
+    ) -> ForwardBackwardOutput:
+        out = await super().forward_backward_datum_loss(model_id, data, loss, True)
+        if not backward:
+            out.metrics.pop("surrogate_loss:sum", None)
+        return out
+
+
+class InProcessUncheckedMock(PatchingMock):
+    """CLG-6: in-process ``create_custom_loss`` validates against an allow-list that lets any
+    function through (uploads are still checked)."""
+
+    name: ClassVar[str] = "mock-custom-loss-in-process-unchecked"
+
+    @classmethod
+    def patch(cls) -> None:
+        def make(original: Any) -> Any:
+            def validate_loss(name: Any, inputs: Any, graph: Any) -> Any:
+                saved = validate.ALLOWED_FUNCTIONS
+                validate.ALLOWED_FUNCTIONS = _Permissive(saved)  # type: ignore[misc]
+                try:
+                    return original(name, inputs, graph)
+                finally:
+                    validate.ALLOWED_FUNCTIONS = saved  # type: ignore[misc]
+
+            return validate_loss
+
+        replace(trace, "validate_loss", make)
+
+
 def _m(cls: type, statement: str, test: str) -> Mutant:
     return Mutant(backend=f"mutants.custom_loss:{cls.__name__}", statement=statement, selection=(f"{GRAPHS}::{test}",))
 
@@ -87,4 +138,7 @@ MUTANTS = [
     _m(AnyFunctionAllowedMock, "CLG-1", "test_a_graph_outside_the_allow_list_is_refused_naming_the_node"),
     _m(MeanOverDatumsMock, "CLG-2", "test_a_graph_loss_equals_its_python_definition"),
     _m(InputsUncheckedMock, "CLG-3", "test_inputs_are_checked_and_a_failing_graph_changes_nothing"),
+    _m(OnePassWithoutBackwardMock, "CLG-4", "test_a_graph_loss_gives_the_two_pass_result"),
+    _m(ForwardAccumulatesMock, "CLG-5", "test_forward_with_a_graph_loss_scores_it_without_gradient"),
+    _m(InProcessUncheckedMock, "CLG-6", "test_create_custom_loss_in_process_uses_the_allow_list"),
 ]

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from ..errors import RequestFailedError
 from ..types import Datum, ForwardBackwardOutput, TensorData
 
-__all__ = ["CustomLossFn", "run_custom_loss"]
+__all__ = ["CustomLossFn", "RunCrossEntropy", "run_custom_loss", "score_custom_loss"]
 
 #: ``fn(data, logprobs) -> (loss, metrics)``; ``logprobs[i]`` is a float32 tensor shaped like
 #: ``data[i]``'s target_tokens, and ``loss`` a scalar tensor differentiable in them.
@@ -64,4 +64,25 @@ async def run_custom_loss(data: list[Datum], fn: CustomLossFn, run_ce: RunCrossE
     }
     return ForwardBackwardOutput(
         loss_fn_output_type=surrogate.loss_fn_output_type, loss_fn_outputs=surrogate.loss_fn_outputs, metrics=metrics
+    )
+
+
+async def score_custom_loss(data: list[Datum], fn: CustomLossFn, run_ce: RunCrossEntropy) -> ForwardBackwardOutput:
+    """Evaluate ``fn`` without a gradient (``forward`` with a graph loss, CLG-5): one forward,
+    then the loss on its logprobs. Metrics: ``loss:sum`` and ``fn``'s; outputs: the forward's."""
+    import torch
+
+    zeros = [torch.zeros(d.loss_fn_inputs["target_tokens"].resolved_shape, dtype=torch.float32) for d in data]
+    scored = await run_ce(_with_weights(data, zeros), False)
+    logprobs = [out["logprobs"].to_torch() for out in scored.loss_fn_outputs]
+    try:
+        with torch.no_grad():
+            loss, user_metrics = fn(data, logprobs)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError("a custom loss function must return (scalar tensor, metrics dict)")
+    except Exception as exc:
+        raise RequestFailedError(f"custom loss function failed: {exc!r}", category="user") from exc
+    metrics = {**{k: float(v) for k, v in user_metrics.items()}, "loss:sum": float(loss)}
+    return ForwardBackwardOutput(
+        loss_fn_output_type=scored.loss_fn_output_type, loss_fn_outputs=scored.loss_fn_outputs, metrics=metrics
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,12 +14,14 @@ from pydantic import ValidationError
 from ..backend import Backend
 from ..capabilities import Capabilities
 from ..errors import BadRequestError, Unsupported
+from ..futures import APIFuture
 from ..limits import DEFAULT_LIMITS, Limits
 from ..registry import create_backend
 from ..stability import StabilityRecords
 from ..types import AdamOptimizerConfig, GetServerCapabilitiesResponse, LoraConfig, ParsedCheckpointTinkerPath
 from .backcompat import BackcompatClientFuture, BackcompatSamplingClientFuture
 from .checkpoint_notes import check_user_metadata, local_store
+from .loss_handle import LossHandle
 from .rest import RestClient
 from .sampling import SamplingClient, create_sampling_client
 from .session import DEFAULT_MAX_CHUNK_DATUMS, BackendSession
@@ -200,6 +204,25 @@ class ServiceClient:
         return BackcompatSamplingClientFuture(
             create_sampling_client(self.session, model_path, base_model, record_stability_info)
         )
+
+    def create_custom_loss(self, fn: Callable[..., Any], input_ranks: Mapping[str, int]) -> APIFuture[LossHandle]:
+        """The SDK's ``create_custom_loss`` (CLG-6): ``fn(logprobs, *inputs) -> (loss, metrics)``
+        traced with ``torch.fx`` and validated by the server's own allow-list (CLG-1) now, so a
+        bad ``fn`` or ``input_ranks`` is a ``BadRequestError`` naming it before anything is kept.
+        The future's ``LossHandle`` carries a ``loss_id`` of this session: ``forward_backward_custom``
+        runs it as the validated graph (one pass where the backend has the seam, CLG-4), as do
+        ``forward``/``forward_backward`` with ``loss_fn="custom"`` and ``{"loss_id": ...}``."""
+        from ..custom_loss.trace import trace_loss
+
+        graph, module = trace_loss(fn, input_ranks)
+        losses = self.session.custom_losses
+        loss_id = losses.add(graph)
+        handle = LossHandle(
+            name=graph.name, inputs=graph.inputs, session_id=losses.session_id, graph=module, loss_id=loss_id
+        )
+        done: concurrent.futures.Future[LossHandle] = concurrent.futures.Future()
+        done.set_result(handle)
+        return APIFuture(done)
 
     # -- checkpoint management --------------------------------------------------------------
 

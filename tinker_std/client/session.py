@@ -19,6 +19,7 @@ from ..errors import RequestFailedError, TinkerError
 from ..futures import APIFuture
 from ..limits import DEFAULT_LIMITS, Limits
 from ..stability import StabilityRecords
+from .graph_loss import SessionLosses
 from .runtime import EventLoopThread
 
 __all__ = ["BackendSession", "DEFAULT_MAX_CHUNK_DATUMS"]
@@ -45,6 +46,8 @@ class BackendSession:
         self._started: asyncio.Task[None] | None = None
         #: Sequences sampled with ``record_stability_info=True`` (SDK-3), read by ``stable_reinforce``.
         self.stability_records = StabilityRecords()
+        #: Graph losses made by ``ServiceClient.create_custom_loss`` in this session (CLG-6).
+        self.custom_losses = SessionLosses()
 
     @property
     def backend_name(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..backend import AdapterState, Backend, ModelSpec, Tokenizer
 from ..errors import BadRequestError, Unsupported
@@ -25,6 +25,7 @@ from .backcompat import BackcompatSamplingClientFuture
 from .checkpoint_notes import check_ttl, check_user_metadata, expiry, local_store
 from .chunking import merge_outputs, split_chunks
 from .custom_loss import CustomLossFn, run_custom_loss
+from .graph_loss import custom_loss_id, run_graph_loss
 from .inflight import InflightSamplingClient, InflightTarget, check_sampler_kind
 from .loss_handle import LossHandle, as_loss_fn, is_loss_handle
 from .ordering import RequestLane
@@ -38,6 +39,10 @@ from .validation import (
 )
 
 __all__ = ["TrainingClient"]
+
+if TYPE_CHECKING:
+    from ..custom_loss import LossGraph
+    from ..training_math import DatumLoss
 
 T = TypeVar("T")
 
@@ -67,11 +72,18 @@ class TrainingClient:
         return self.session.submit(lambda backend: self._lane.run(ticket, lambda: operation(backend)))
 
     async def _chunked(
-        self, backend: Backend, data: list[Datum], loss_fn: str, config: Mapping[str, float], backward: bool
+        self,
+        backend: Backend,
+        data: list[Datum],
+        loss_fn: str,
+        config: Mapping[str, float],
+        backward: bool,
+        datum_loss: DatumLoss | None = None,
     ) -> ForwardBackwardOutput:
         """One call, all or nothing (FB-14): with ``backward`` and several chunks, the gradient is
         snapshotted first and restored if any chunk fails; a backend that cannot snapshot gets
-        the whole call as one ``forward_backward``."""
+        the whole call as one ``forward_backward``. ``datum_loss``: each chunk goes through the
+        backend's one-pass seam with it instead (``forward_backward_datum_loss``, CLG-4)."""
         chunks = split_chunks(data, self.session.max_chunk_datums)
         snapshot = None
         if backward and len(chunks) > 1:
@@ -79,7 +91,14 @@ class TrainingClient:
             if snapshot is None:
                 chunks = [data]
         try:
-            outputs = [await backend.forward_backward(self.model_id, c, loss_fn, config, backward) for c in chunks]
+            outputs = [
+                await (
+                    backend.forward_backward(self.model_id, c, loss_fn, config, backward)
+                    if datum_loss is None
+                    else backend.forward_backward_datum_loss(self.model_id, c, datum_loss, backward)
+                )
+                for c in chunks
+            ]
         except BaseException:
             if snapshot is not None:
                 await backend.restore_gradient(self.model_id, snapshot)
@@ -105,7 +124,10 @@ class TrainingClient:
     def forward(
         self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
-        """Score ``data`` without changing any state (FB-1)."""
+        """Score ``data`` without changing any state (FB-1); ``loss_fn="custom"`` with
+        ``loss_fn_config={"loss_id": ...}``: a loss from ``ServiceClient.create_custom_loss`` (CLG-5)."""
+        if loss_fn == "custom":
+            return self.run_graph_loss(data, self._session_graph(loss_fn_config), backward=False)
         session = self.session
         session.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
@@ -117,7 +139,10 @@ class TrainingClient:
     def forward_backward(
         self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
-        """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4)."""
+        """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4);
+        ``loss_fn="custom"`` as in ``forward`` (CLG-4)."""
+        if loss_fn == "custom":
+            return self.run_graph_loss(data, self._session_graph(loss_fn_config), backward=True)
         session = self.session
         session.limits.check_datums(len(data) if isinstance(data, list) else 0)  # before validating them all
         datums, config = validate_forward_backward(
@@ -131,10 +156,18 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         """Accumulate the gradient of ``loss_fn(data, logprobs)`` via the surrogate trick (FB-9).
 
-        ``loss_fn`` may be a ``LossHandle`` (``client/loss_handle.py``), run per datum on the
-        client. ``loss_type_input`` is deprecated in the SDK: ``"logprobs"`` (what the loss always
-        gets) warns, anything else is a ``BadRequestError`` naming it."""
+        ``loss_fn`` may be a ``LossHandle`` (``client/loss_handle.py``): run per datum on the
+        client, or, with the ``loss_id`` of ``ServiceClient.create_custom_loss``, as that
+        validated graph (``run_graph_loss``). ``loss_type_input`` is deprecated in the SDK:
+        ``"logprobs"`` (what the loss always gets) warns, anything else is a ``BadRequestError``."""
         _check_loss_type_input(loss_type_input)
+        if is_loss_handle(loss_fn) and getattr(loss_fn, "loss_id", None) is not None:
+            handle: Any = loss_fn
+            if handle.session_id != self.session.custom_losses.session_id:
+                raise BadRequestError(
+                    "loss_fn", f"loss {handle.name!r} was created in session {handle.session_id}, not this one"
+                )
+            return self.run_graph_loss(data, self.session.custom_losses.get(handle.loss_id, "loss_fn"), backward=True)
         session = self.session
         session.limits.check_datums(len(data) if isinstance(data, list) else 0)
         datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
@@ -145,6 +178,35 @@ class TrainingClient:
                 return self._chunked(backend, chunk, "cross_entropy", {}, backward)
 
             return run_custom_loss(datums, fn, run_ce)
+
+        return self._ordered(run)
+
+    def _session_graph(self, loss_fn_config: Mapping[str, Any] | None) -> LossGraph:
+        return self.session.custom_losses.get(custom_loss_id(loss_fn_config), "loss_fn_config.loss_id")
+
+    def run_graph_loss(
+        self, data: list[Datum], graph: LossGraph, *, backward: bool
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """A validated graph loss (``tinker_std.custom_loss``, CLG-1) as ``forward_backward``
+        (``backward``) or ``forward``: one position of this client's order (ORD-11); one pass where
+        the backend declares ``one_pass_datum_loss`` (CLG-4), else two (FB-11); without
+        ``backward`` no gradient (CLG-5). The datums are checked first (CLG-3). The server runs
+        uploaded losses through this too."""
+        from ..custom_loss import check_graph_inputs
+
+        session = self.session
+        session.limits.check_datums(len(data) if isinstance(data, list) else 0)
+        datums = validate_custom_loss_data(data, self.spec, session.capabilities, session.backend_name)
+        check_graph_inputs(graph, datums)
+
+        def run(backend: Backend) -> Awaitable[ForwardBackwardOutput]:
+            def run_ce(chunk: list[Datum], ce_backward: bool) -> Awaitable[ForwardBackwardOutput]:
+                return self._chunked(backend, chunk, "cross_entropy", {}, ce_backward)
+
+            def run_datum_loss(chunk: list[Datum], loss: DatumLoss) -> Awaitable[ForwardBackwardOutput]:
+                return self._chunked(backend, chunk, "custom", {}, backward, loss)
+
+            return run_graph_loss(backend, datums, graph, backward, run_datum_loss, run_ce)
 
         return self._ordered(run)
 

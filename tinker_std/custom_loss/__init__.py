@@ -4,7 +4,7 @@ operator functions before it is stored (``validate``), then interpreted as the l
 ``forward_backward`` (``execute``). No code from the request is imported, compiled or evaluated.
 """
 
-from .execute import check_graph_inputs, graph_loss_fn, run_graph
+from .execute import GraphLoss, check_graph_inputs, graph_loss_fn, run_graph
 from .validate import LossGraph, LossInput, validate_loss
 
-__all__ = ["LossGraph", "LossInput", "check_graph_inputs", "graph_loss_fn", "run_graph", "validate_loss"]
+__all__ = ["GraphLoss", "LossGraph", "LossInput", "check_graph_inputs", "graph_loss_fn", "run_graph", "validate_loss"]

@@ -23,7 +23,7 @@ from tinker_std.types import Datum
 from .allowlist import PYTHON_FUNCTIONS
 from .validate import LossGraph, Ref, Step
 
-__all__ = ["check_graph_inputs", "graph_loss_fn", "run_graph"]
+__all__ = ["GraphLoss", "check_graph_inputs", "graph_loss_fn", "run_graph"]
 
 #: A step's tensor result may hold at most this many times the elements of the datum's inputs
 #: (and at least ``_MIN_ELEMENTS``): broadcasting cannot grow memory without bound.
@@ -155,6 +155,21 @@ def _input_tensor(datum: Datum, key: str, rank: int) -> torch.Tensor:
     return tensor.reshape(()) if rank == 0 else tensor
 
 
+class GraphLoss:
+    """``graph`` as a per-datum loss (``tinker_std.training_math.DatumLoss``, CLG-4): what a
+    backend with the one-pass seam runs inside its own ``forward_backward`` pass. Pickles as its
+    validated graph (every step's target is an allow-listed function, pickled by reference)."""
+
+    def __init__(self, graph: LossGraph) -> None:
+        self.graph = graph
+        self.name = graph.name
+
+    def __call__(self, datum: Datum, logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # the inputs go where the engine computed the logprobs (an accelerator, for instance)
+        inputs = (_input_tensor(datum, x.name, x.rank).to(logprobs.device) for x in self.graph.inputs[1:])
+        return run_graph(self.graph, [logprobs, *inputs])
+
+
 def graph_loss_fn(graph: LossGraph) -> Any:
     """``graph`` as a ``CustomLossFn`` for ``TrainingClient.forward_backward_custom``: the sum of
     the per-datum losses; metrics summed (``:sum``) or averaged over the datums (``:mean``)."""
@@ -162,9 +177,9 @@ def graph_loss_fn(graph: LossGraph) -> Any:
     def loss_fn(data: list[Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         total: torch.Tensor | None = None
         sums: dict[str, float] = {}
+        per_datum = GraphLoss(graph)
         for datum, lp in zip(data, logprobs, strict=True):
-            tensors = [lp, *(_input_tensor(datum, x.name, x.rank) for x in graph.inputs[1:])]
-            loss, metrics = run_graph(graph, tensors)
+            loss, metrics = per_datum(datum, lp)
             total = loss if total is None else total + loss
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach().reshape(()))

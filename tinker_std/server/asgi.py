@@ -34,7 +34,7 @@ from starlette.routing import Route
 from tinker_std.client.service import ServiceClient
 
 from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
-from .futures import DEFAULT_MAX_QUEUED_PER_TENANT
+from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, RESULT_TTL_S
 from .messages import Endpoint, WireReply, WireRequest
 from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
@@ -76,13 +76,15 @@ def create_app(
     worker_threads: int = 256,
     gap_timeout_s: float = 30.0,
     max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT,
+    result_ttl_s: float = RESULT_TTL_S,
 ) -> Starlette:
     """A Starlette app speaking the Tinker wire protocol for ``service``.
 
     Keys: ``tenants`` if given, else ``Tenants.load(api_key, keys_file)`` (no key at all: open,
     single tenant). Records: SQLite at ``records_path`` (default beside the checkpoint directory,
     ``default_records_path``). ``idle_session_s``: reap sessions silent this long (checked every
-    ``reap_every_s``; expired checkpoint TTLs are enforced on the same tick). The app's
+    ``reap_every_s``; expired checkpoint TTLs are enforced on the same tick). ``result_ttl_s``:
+    how long a finished request's result stays retrievable (then 410 ``RequestLost``). The app's
     ``state.operations`` is its ``WireService``; closing the app (lifespan shutdown) fails every
     unfinished future with ``ServerShutdown``."""
     tenants = tenants or Tenants.load(api_key, keys_file)
@@ -97,6 +99,7 @@ def create_app(
         gap_timeout_s=gap_timeout_s,
         max_body_bytes=max_body_bytes,
         max_queued_per_tenant=max_queued_per_tenant,
+        result_ttl_s=result_ttl_s,
     )
     stop = threading.Event()
 

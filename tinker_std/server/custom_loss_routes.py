@@ -5,9 +5,10 @@ The client config tells the SDK 0.38 these exist (``custom_loss_server_side``), 
 ``ServiceClient.create_custom_loss`` uploads its graph here and ``forward_backward_custom`` sends
 one ``forward_backward`` with the datums unchanged. The graph is validated against
 ``tinker_std.custom_loss``'s allow-list *before* it is stored (CLG-1); a loss belongs to
-the session that created it, and runs through the library's
-``TrainingClient.forward_backward_custom`` (the same surrogate as in process, FB-9), so it takes
-one position in the model's order and the gradient is that of the summed per-datum losses (CLG-2, CLG-3).
+the session that created it, and runs through the library's ``TrainingClient.run_graph_loss``
+(as in process: one pass on a backend with the seam, CLG-4, else the surrogate of FB-11), so it
+takes one position in the model's order and the gradient is that of the summed per-datum losses
+(CLG-2, CLG-3); ``forward`` scores it without gradient (CLG-5).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from tinker_std.custom_loss import LossGraph, check_graph_inputs, graph_loss_fn, validate_loss
+from tinker_std.custom_loss import LossGraph, validate_loss
 from tinker_std.errors import BadRequestError, ConflictError, NotFoundError
 from tinker_std.futures import APIFuture
 
@@ -105,9 +106,9 @@ class CustomLossRoutes:
         return stored.graph
 
     def forward_backward(self, model: TrainingModel, msg: Any) -> APIFuture[Any]:
-        """Run ``forward_backward`` request ``msg`` (``loss_fn == "custom"``) on ``model`` with
-        its stored loss: validated whole before any step (CLG-3), then one position of the
-        model's order (the library's ``forward_backward_custom``)."""
+        """Run ``forward_backward`` or ``forward`` request ``msg`` (``loss_fn == "custom"``) on
+        ``model`` with its stored loss: validated whole before any step (CLG-3), then one position
+        of the model's order (the library's ``run_graph_loss``)."""
         bare = type(msg)()
         bare.CopyFrom(msg)
         loss_id = None
@@ -120,8 +121,6 @@ class CustomLossRoutes:
         if call.loss_fn_config:
             key = sorted(call.loss_fn_config)[0]
             raise BadRequestError(f"loss_fn_config.{key}", "loss_fn 'custom' takes loss_id only")
-        if call.forward_only:
-            raise BadRequestError("loss_fn", "'custom' losses run in forward_backward only, not forward")
         data = scoped_datums(call.data, model.tenant)
-        check_graph_inputs(graph, data)
-        return model.ready().forward_backward_custom(data, graph_loss_fn(graph))
+        # forward: the loss without gradient (CLG-5); one pass where the backend has the seam (CLG-4)
+        return model.ready().run_graph_loss(data, graph, backward=not call.forward_only)

@@ -31,6 +31,13 @@ from tinker_std.client.service import ServiceClient
 from .asgi import create_app
 from .operations import WireService
 
+try:  # the server extra installs httptools; without it uvicorn parses with h11, one write per part
+    from .transport import CoalescingHttpToolsProtocol
+
+    _HTTP_PROTOCOL: Any = CoalescingHttpToolsProtocol
+except ImportError:  # pragma: no cover
+    _HTTP_PROTOCOL = "auto"
+
 __all__ = ["DEFAULT_GIL_SWITCH_INTERVAL_S", "TinkerServer"]
 
 #: The GIL switch interval while a server serves (module docstring).
@@ -114,6 +121,8 @@ class TinkerServer:
             lifespan="on",
             timeout_graceful_shutdown=shutdown_grace_s,
             timeout_keep_alive=60,
+            http=_HTTP_PROTOCOL,  # one send per answer: transport.py
+            server_header=False,  # a header fewer for every answer to build and the SDK to parse
         )
         self._server = _Uvicorn(config, self.operations)
         self._thread: threading.Thread | None = None

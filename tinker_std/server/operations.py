@@ -29,7 +29,7 @@ from tinker_std.client.service import ServiceClient
 from .checkpoint_files import CheckpointFiles
 from .custom_loss_routes import CustomLossRoutes
 from .external_weights import ExternalWeights
-from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, FutureStore
+from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, RESULT_TTL_S, FutureStore
 from .messages import Endpoint, WireReply, WireRequest
 from .records import ServerRecords
 from .refusals import refusal_endpoints
@@ -55,6 +55,7 @@ class WireService:
         gap_timeout_s: float = 30.0,
         max_body_bytes: int = 64 * 1024 * 1024,
         max_queued_per_tenant: int = DEFAULT_MAX_QUEUED_PER_TENANT,
+        result_ttl_s: float = RESULT_TTL_S,
     ) -> None:
         """``sdk_chunk_datums``: tell the SDK to send at most this many datums per
         ``forward_backward`` request (its default is 1024); each chunk is a request of its own.
@@ -64,11 +65,12 @@ class WireService:
         (``reap``) and their models and samplers released. ``gap_timeout_s``: how long later
         requests wait for a ``seq_id`` that never arrives (``SeqLane``). ``max_body_bytes``: the
         transport's body limit, which the SDK is told to keep its chunks under.
-        ``max_queued_per_tenant``: each key's quota of unfinished requests (LIM-6)."""
+        ``max_queued_per_tenant``: each key's quota of unfinished requests (LIM-6).
+        ``result_ttl_s``: how long a finished request's result can be retrieved (``FutureStore``)."""
         self.service = service
         self.records = records or ServerRecords()
         self.state = ServerState(idle_session_s, gap_timeout_s)
-        self.futures = FutureStore(max_queued_per_tenant)
+        self.futures = FutureStore(max_queued_per_tenant, result_ttl_s)
         self.checkpoints = CheckpointFiles(service, self.records)
         self.sessions = SessionRoutes(service, self.state, sdk_chunk_datums, compress_requests, max_body_bytes)
         self.external = ExternalWeights(service, self.records, self.checkpoints)
