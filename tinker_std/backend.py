@@ -44,6 +44,7 @@ __all__ = [
     "AdapterState",
     "Tokenizer",
     "SampleRequest",
+    "SinkClosed",
     "TokenSink",
     "new_model_id",
 ]
@@ -86,14 +87,23 @@ class SamplerSpec:
     max_context_length: int
 
 
+class SinkClosed(Exception):
+    """Raised by a ``TokenSink`` to stop its request (e.g. the client of an OpenAI stream went
+    away): the backend decodes no further token for that request and settles it with
+    ``RequestFailedError`` (category ``"user"``, this exception as ``__cause__``). Other requests
+    decoded beside it are unaffected (SMP-12)."""
+
+
 class TokenSink(Protocol):
     """Where a backend with incremental decode (``Backend.incremental_decode``) reports a request's
     sampled tokens as they are decoded: one call per token of sequence ``sequence`` (``0 ..
     num_samples - 1``), in order, each before the request's response settles, with the token's raw
     logprob (SMP-3) and, with ``topk_sample_logprobs = k > 0``, its top-k ``(id, logprob)`` pairs
-    (else ``None``). The calls come from the backend's engine thread: a sink must be quick, must not
-    raise and must not block (the server's OpenAI streams put each token on a queue). The response
-    stays the authority: it holds every reported token, in the same order, with the same logprobs."""
+    (else ``None``). The calls come from the backend's engine thread: a sink must be quick and must
+    not block (the server's OpenAI streams put each token on a queue). A sink stops its request by
+    raising ``SinkClosed``; any other exception it raises also fails its own request only
+    (``RequestFailedError``, category ``"server"``). The response stays the authority: it holds
+    every reported token, in the same order, with the same logprobs."""
 
     def __call__(self, sequence: int, token: int, logprob: float, top: list[tuple[int, float]] | None) -> None: ...
 

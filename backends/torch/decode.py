@@ -24,7 +24,9 @@ adapters are already arranged (one active, or ``rows``: per-row segments) to com
 6. ``logprobs[n]`` is the float32 ``log_softmax`` of the raw logits at the sampled token
    (temperature 1, no filtering): the quantity ``forward`` computes (SMP-3).
 7. Incremental decode: a request with ``on_tokens`` (a ``TokenSink``) is told each token as
-   ``_take_tokens`` takes it (the server's token-incremental OpenAI streams).
+   ``_take_tokens`` takes it (the server's token-incremental OpenAI streams). A sink that raises
+   (``SinkClosed``: its client went away) fails its own request only: its rows leave the batch at
+   once and its slot holds a ``RequestFailedError``; the other rows decode on as if alone.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from typing import Any
 
 import torch
 
-from tinker_std.backend import SampleRequest, SamplerSpec, Tokenizer
+from tinker_std.backend import SampleRequest, SamplerSpec, SinkClosed, Tokenizer
+from tinker_std.errors import RequestFailedError
 from tinker_std.sampling_rules import (
     StopRule,
     alt_draws,
@@ -84,6 +87,8 @@ class DecodeJob:
     reasons: list[StopReason] = field(default_factory=list)
     #: per sequence, the top-k raw logprobs of each sampled position (``topk_sample_logprobs``, SDK-6)
     tops: list[list[list[tuple[int, float]] | None]] = field(default_factory=list)
+    #: set when its token sink raised: the request stops and answers this error
+    error: RequestFailedError | None = None
 
     @classmethod
     def start(
@@ -154,8 +159,9 @@ def decode(
     device: torch.device,
     rows: RowSegments | None,
     fused: bool = False,
-) -> list[SampleResponse]:
-    """Run ``jobs`` (each adapter's jobs contiguous) to completion; the responses in job order.
+) -> list[SampleResponse | Exception]:
+    """Run ``jobs`` (each adapter's jobs contiguous) to completion; the responses in job order
+    (a ``RequestFailedError`` for a job whose token sink raised, see point 7).
 
     ``rows``: the per-row adapter selection installed on ``model``, or ``None`` when the (single)
     adapter is active already. On CPU, with ``row_attention`` (``supports_row_attention``) and
@@ -226,7 +232,7 @@ def _run_loop(
     rows: RowSegments | None,
     alone: bool,
     fused: FusedStep | None,
-) -> list[SampleResponse]:
+) -> list[SampleResponse | Exception]:
     prompts = _prompt_pass(model, jobs, device, rows, alone)
     lengths, pads, attention, cache = prompts.lengths, prompts.pads, prompts.attention, prompts.cache
     scores = [
@@ -294,7 +300,7 @@ def _take_tokens(
 ) -> list[tuple[int, int]]:
     """Choose every live row's next token from ``last`` (its logits, one row per slot), append it
     and its raw logprob to its sequence, and return the rows that go on (not stopped, not at
-    ``max_tokens``)."""
+    ``max_tokens``, not failed by its token sink)."""
     real = [r for r, slot in enumerate(slots) if slot is not None]
     live = [(b, j) for b, j in (slot for slot in slots if slot is not None)]
     real_last = last if len(real) == len(slots) else last[torch.tensor(real, device=last.device)]
@@ -304,18 +310,34 @@ def _take_tokens(
     kept: list[tuple[int, int]] = []
     for r, (b, j) in enumerate(live):
         job = jobs[b]
+        if job.error is not None:  # its sink failed on an earlier sequence this step
+            continue
         job.tokens[j].append(chosen[r])
         job.logprobs[j].append(float(chosen_lps[r]))
         if job.request.topk_sample_logprobs > 0:
             job.tops[j].append(top_logprobs(raw[r : r + 1], job.request.topk_sample_logprobs)[0])
         if job.request.on_tokens is not None:  # incremental decode: report the token as it is taken (TokenSink)
             top = job.tops[j][-1] if job.request.topk_sample_logprobs > 0 else None
-            job.request.on_tokens(j, chosen[r], job.logprobs[j][-1], top)
+            try:
+                job.request.on_tokens(j, chosen[r], job.logprobs[j][-1], top)
+            except Exception as exc:  # a sink's failure is its own request's, never the batch's
+                job.error = _sink_error(exc)
+                continue
         if job.stop.reached(job.tokens[j], tokenizer):
             job.reasons[j] = "stop"
         elif len(job.tokens[j]) < job.max_tokens:
             kept.append((b, j))
-    return kept
+    return [(b, j) for b, j in kept if jobs[b].error is None]
+
+
+def _sink_error(exc: Exception) -> RequestFailedError:
+    """The error of a request whose token sink raised ``exc`` (chained as its cause)."""
+    if isinstance(exc, SinkClosed):
+        error = RequestFailedError(f"the token sink closed the request: {exc}", category="user")
+    else:
+        error = RequestFailedError(f"the token sink raised {type(exc).__name__}: {exc}", category="server")
+    error.__cause__ = exc
+    return error
 
 
 def _step_tokens(
@@ -335,10 +357,16 @@ def _step_tokens(
     return tokens, positions
 
 
-def _responses(jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any, Any]]) -> list[SampleResponse]:
-    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs, prompt draws."""
-    responses = []
+def _responses(
+    jobs: Sequence[DecodeJob], scores: Sequence[tuple[Any, Any, Any, Any]]
+) -> list[SampleResponse | Exception]:
+    """Each job's response: its sequences, prompt logprobs, top-k and target prompt logprobs, prompt
+    draws; or the error of a job whose token sink raised."""
+    responses: list[SampleResponse | Exception] = []
     for job, (lps, tops, targets, alts) in zip(jobs, scores, strict=True):
+        if job.error is not None:
+            responses.append(job.error)
+            continue
         want_tops = job.request.topk_sample_logprobs > 0
         sequences = [
             SampledSequence(
