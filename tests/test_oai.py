@@ -469,3 +469,60 @@ def test_requests_count_in_the_tenants_metrics_and_quota(world: World) -> None:
         with pytest.raises(openai.RateLimitError) as refused:
             oai.completions.create(model=world.base, prompt="x", max_tokens=2)
         assert refused.value.code == "TenantQueueFull"
+
+
+def test_a_client_that_disconnects_mid_stream_stops_its_generation(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic, no timing: the backend's token sink is wrapped so that the engine waits after
+    its second token until the stream is closed (``IncrementalSampling.close``, called on the ASGI
+    ``http.disconnect``). The raw client reads the first chunk and hangs up; the sink then refuses
+    the third token (``SinkClosed``), the request settles with ``RequestFailedError`` after 3 of its
+    40 tokens, and the server answers the next request as before."""
+    from tinker_std.server.oai.stream import IncrementalSampling
+
+    args = dict(model=world.base, prompt="def add(a, b):", max_tokens=40, temperature=0.9, seed=21)
+    whole = client(world).completions.create(**args, logprobs=0).choices[0]
+    assert len(whole.logprobs.tokens) > 3, "the completion must outlive the disconnect"
+    backend = world.service.backend
+    original, close = backend.sample, IncrementalSampling.close
+    closed, settled, reported, errors = threading.Event(), threading.Event(), [], []
+
+    def closing(self: IncrementalSampling) -> None:
+        close(self)
+        closed.set()
+
+    async def gated(sampler_id: str, request: Any) -> Any:
+        sink = request.on_tokens
+        if sink is None:
+            return await original(sampler_id, request)
+
+        def gate(sequence: int, token: int, logprob: float, top: Any) -> None:
+            reported.append(token)
+            sink(sequence, token, logprob, top)
+            if len(reported) == 2:
+                closed.wait(30)
+
+        try:
+            return await original(sampler_id, dataclasses.replace(request, on_tokens=gate))
+        except Exception as exc:
+            errors.append(exc)
+            raise
+        finally:
+            settled.set()
+
+    monkeypatch.setattr(backend, "sample", gated)
+    monkeypatch.setattr(IncrementalSampling, "close", closing)
+    headers = {"authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=world.url + "/oai/api/v1", headers=headers, timeout=30) as http:
+        with http.stream("POST", "/completions", json={**args, "stream": True}) as response:
+            assert response.status_code == 200
+            first = next(line for line in response.iter_lines() if line.startswith("data: "))
+            assert first.startswith("data: {"), first
+        assert settled.wait(30), "the request never settled"
+    assert closed.is_set(), "the disconnect did not close the stream"
+    assert len(reported) == 3, reported  # tokens 1, 2 and the refused 3rd: not 40
+    assert len(errors) == 1 and isinstance(errors[0], ts.RequestFailedError), errors
+    monkeypatch.undo()
+    again = client(world).completions.create(**args, logprobs=0).choices[0]
+    assert again.text == whole.text and again.finish_reason == whole.finish_reason

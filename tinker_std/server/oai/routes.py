@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -139,7 +140,10 @@ class _OaiApi:
             head = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
             events = self._renamed(lambda: first_event(sampling))
             return _sse(
-                completion_stream(sampling, events, head, logprobs=req.logprobs is not None, echo=req.echo, usage=usage)
+                completion_stream(
+                    sampling, events, head, logprobs=req.logprobs is not None, echo=req.echo, usage=usage
+                ),
+                on_close=sampling.close,
             )
         generations = self._generate(
             client, req, prompts, k, tenant, echo_logprobs=req.echo and req.logprobs is not None
@@ -185,7 +189,9 @@ class _OaiApi:
             sampling = self._renamed(lambda: self._incremental(client, req, [prompt], k, tenant))
             events = self._renamed(lambda: first_event(sampling))
             head = {"id": rid, "created": created, "model": req.model}
-            return _sse(chat_stream(sampling, events, head, logprobs=req.logprobs, usage=usage))
+            return _sse(
+                chat_stream(sampling, events, head, logprobs=req.logprobs, usage=usage), on_close=sampling.close
+            )
         generations = self._generate(client, req, [prompt], k, tenant, echo_logprobs=False)
         reply = chat_reply(tokenizer, generations, rid=rid, created=created, model=req.model, logprobs=req.logprobs)
         if not req.stream:
@@ -325,13 +331,40 @@ def _prompt_tokens(tokenizer: Any, prompt: str | list[str] | list[int] | list[li
     return out
 
 
-def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
+def _sse(chunks: Iterator[dict[str, Any]], on_close: Callable[[], None] | None = None) -> StreamingResponse:
     def events() -> Iterator[str]:
         for chunk in chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    headers = {"cache-control": "no-cache"}
+    if on_close is None:
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return _ClosingStream(events(), on_close, media_type="text/event-stream", headers=headers)
+
+
+class _ClosingStream(StreamingResponse):
+    """A stream that calls ``on_close`` when its client disconnects (ASGI ``http.disconnect``, which
+    uvicorn sends while the body is still streaming, or a failed send) and when it ends: uvicorn
+    drops writes to a closed connection silently, so the body alone would run to its end."""
+
+    def __init__(self, content: Iterator[str], on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.on_close()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watch)
+                await super().__call__(scope, receive, send)
+                group.cancel_scope.cancel()
+        finally:
+            self.on_close()
 
 
 def _tinker_error(exc: TinkerError) -> Response:

@@ -15,6 +15,10 @@ Which text a token releases (``ChoiceText``): the decoding of the choice's token
   it are not part of the completion and are not sent).
 The last chunk of a choice carries the rest of its text and its ``finish_reason``.
 
+``close()`` (called when the HTTP client disconnects) makes the sink raise ``SinkClosed`` at the
+request's next token: the engine stops decoding it, and its response settles with
+``RequestFailedError``.
+
 A backend without incremental decode sends the finished reply in chunks instead (``replies``);
 ``GET /models`` says which a server does (``streaming``), and docs/openai.md states it.
 """
@@ -26,7 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from tinker_std.backend import Tokenizer, TokenSink
+from tinker_std.backend import SinkClosed, Tokenizer, TokenSink
 from tinker_std.client.sampling import SamplingClient, sample_with_sink
 from tinker_std.types import ModelInput, SampleResponse, SamplingParams
 
@@ -129,6 +133,7 @@ class IncrementalSampling:
         self.tokenizer = client.get_tokenizer()
         self.prompts, self.n, self.stop, self.with_top = prompts, n, stop, top_logprobs > 0
         self.choices = [ChoiceText(self.tokenizer, stop) for _ in range(len(prompts) * n)]
+        self.closed = False
         self._queue: queue.SimpleQueue[_Decoded | tuple[int, Future[SampleResponse]]] = queue.SimpleQueue()
         futures = [
             sample_with_sink(
@@ -145,8 +150,14 @@ class IncrementalSampling:
             track(future)
             future.add_done_callback(lambda done, p=p: self._queue.put((p, done)))  # type: ignore[misc]
 
+    def close(self) -> None:
+        """Stop every request still decoding (its client went away): see the module doc."""
+        self.closed = True
+
     def _sink(self, prompt: int) -> TokenSink:
         def on_token(sequence: int, token: int, logprob: float, top: list[tuple[int, float]] | None) -> None:
+            if self.closed:
+                raise SinkClosed("the client of the OpenAI stream disconnected")
             self._queue.put(_Decoded(prompt * self.n + sequence, token, logprob, top))
 
         return on_token
