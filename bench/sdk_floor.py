@@ -154,6 +154,34 @@ def server_process(threads: int, config: dict[str, Any] | None = None, canned: b
             os.remove(port_file)
 
 
+def step_pair(local: Any, remote: Any, tokens: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One training step (``forward_backward`` on ``tokens`` + ``optim_step``) on the in-process
+    client ``local`` and on the SDK client ``remote``, the same data and AdamW parameters on both."""
+    import tinker
+
+    data = c.datums(tokens)
+    sdk_data = [
+        tinker.Datum(
+            model_input=tinker.ModelInput.from_ints(r[:-1]),
+            loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
+        )
+        for r in tokens.tolist()
+    ]
+
+    def local_step() -> None:
+        fb, op = local.forward_backward(data, "cross_entropy"), local.optim_step(c.ADAM)
+        fb.result()
+        op.result()
+
+    def sdk_step() -> None:
+        fb = remote.forward_backward(sdk_data, "cross_entropy")
+        op = remote.optim_step(tinker.AdamParams(learning_rate=c.ADAM.learning_rate))
+        fb.result()
+        op.result()
+
+    return local_step, sdk_step
+
+
 def main() -> None:
     os.environ.setdefault("TINKER_TELEMETRY", "0")
     import tinker
@@ -169,30 +197,11 @@ def main() -> None:
         assert local_svc is not None
         local = c.training_client(local_svc, args.base_model, RANK)
         tokens = c.random_tokens(BATCH, SEQ + 1, local.spec.vocab_size)
-        data = c.datums(tokens)
-        sdk_data = [
-            tinker.Datum(
-                model_input=tinker.ModelInput.from_ints(r[:-1]),
-                loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
-            )
-            for r in tokens.tolist()
-        ]
         sdk = tinker.ServiceClient(base_url=url, api_key=KEY)
         remote = sdk.create_lora_training_client(
             base_model=args.base_model, rank=RANK, seed=0, train_unembed=False
         ).result()
-
-        def local_step() -> None:
-            fb, op = local.forward_backward(data, "cross_entropy"), local.optim_step(c.ADAM)
-            fb.result()
-            op.result()
-
-        def sdk_step() -> None:
-            fb = remote.forward_backward(sdk_data, "cross_entropy")
-            op = remote.optim_step(tinker.AdamParams(learning_rate=c.ADAM.learning_rate))
-            fb.result()
-            op.result()
-
+        local_step, sdk_step = step_pair(local, remote, tokens)
         sdk_step()  # the real step the null server records
         print(f"# load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at {time.strftime('%H:%M:%S')}")
         steps: dict[str, Callable[[], object]] = {"in-process": local_step, "sdk-null-server": sdk_step}

@@ -61,16 +61,7 @@ def main() -> None:
     local = c.training_client(local_svc, args.base_model, RANK)
     vocab = local.spec.vocab_size
     tokens = c.random_tokens(BATCH, SEQ + 1, vocab)
-    rows = tokens.tolist()
-    data = c.datums(tokens)
-    sdk_data = [
-        tinker.Datum(
-            model_input=tinker.ModelInput.from_ints(r[:-1]),
-            loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
-        )
-        for r in rows
-    ]
-    prompt = rows[0][:PROMPT]
+    prompt = tokens.tolist()[0][:PROMPT]
     print(
         f"# backend {args.backend}, model {args.base_model}; step: batch {BATCH} x {SEQ}, rank {RANK}; "
         f"sample: {SAMPLES} x {NEW} new tokens; server in {'a child' if separate else 'this'} process"
@@ -81,18 +72,7 @@ def main() -> None:
         remote = sdk.create_lora_training_client(
             base_model=args.base_model, rank=RANK, seed=0, train_unembed=False
         ).result()
-
-        def local_step() -> None:
-            fb, op = local.forward_backward(data, "cross_entropy"), local.optim_step(c.ADAM)
-            fb.result()
-            op.result()
-
-        def sdk_step() -> None:
-            fb = remote.forward_backward(sdk_data, "cross_entropy")
-            op = remote.optim_step(tinker.AdamParams(learning_rate=c.ADAM.learning_rate))
-            fb.result()
-            op.result()
-
+        local_step, sdk_step = sdk_floor.step_pair(local, remote, tokens)
         steps: dict[str, Callable[[], object]] = {"in-process": local_step, "sdk-http": sdk_step}
         times, cpu = interleaved_with_cpu(steps, args.warmup, args.steps)
         for name, t in times.items():
