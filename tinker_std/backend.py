@@ -20,9 +20,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .capabilities import Capabilities
-
-if TYPE_CHECKING:
-    from .training_math import DatumLoss
 from .errors import Unsupported
 from .types import (
     AdamParams,
@@ -35,6 +32,9 @@ from .types import (
     SampleResponse,
     SamplingParams,
 )
+
+if TYPE_CHECKING:
+    from .training_math import DatumLoss
 
 __all__ = [
     "Backend",

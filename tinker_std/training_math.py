@@ -20,6 +20,7 @@ __all__ = [
     "CLIP_EPS",
     "DatumLoss",
     "adamw_step",
+    "datum_losses",
     "datum_inputs",
     "forward_backward_output",
     "run_forward_backward",
@@ -80,6 +81,23 @@ def run_forward_backward(
     return forward_backward_output(logprobs, loss)
 
 
+def datum_losses(
+    loss: DatumLoss, data: Sequence[Datum], logprobs: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """``loss`` on each datum: the per-datum scalar losses, and their metrics reduced over ``data``
+    (``:sum`` summed, ``:mean`` averaged). ``TypeError`` for a loss that is not a scalar tensor."""
+    values: list[torch.Tensor] = []
+    sums: dict[str, float] = {}
+    for datum, lp in zip(data, logprobs, strict=True):
+        value, metrics = loss(datum, lp)
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            raise TypeError(f"loss {loss.name!r} must return a scalar tensor")
+        values.append(value)
+        for key, metric in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(metric.detach().reshape(()))
+    return values, {k: v / len(data) if k.endswith(":mean") else v for k, v in sums.items()}
+
+
 def run_datum_loss(
     logprob_fn: LogprobFn, data: Sequence[Datum], loss: DatumLoss, backward: bool
 ) -> ForwardBackwardOutput:
@@ -98,15 +116,7 @@ def run_datum_loss(
     leaves = [lp.detach().to(torch.float32).requires_grad_(backward) for lp in logprobs]
     try:
         with torch.set_grad_enabled(backward):
-            values: list[torch.Tensor] = []
-            sums: dict[str, float] = {}
-            for datum, lp in zip(data, leaves, strict=True):
-                value, metrics = loss(datum, lp)
-                if not isinstance(value, torch.Tensor) or value.dim() != 0:
-                    raise TypeError(f"loss {loss.name!r} must return a scalar tensor")
-                values.append(value)
-                for key, metric in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + float(metric.detach().reshape(()))
+            values, reduced = datum_losses(loss, data, leaves)
             total = torch.stack(values).sum()
             grads: Sequence[torch.Tensor | None] = ()
             if backward and total.requires_grad:
@@ -118,7 +128,6 @@ def run_datum_loss(
             raise NonFiniteError("loss_fn_inputs", f"loss {loss.name!r} of datum {i} is {float(value.detach())}")
     if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
         raise NonFiniteError("loss_fn_inputs", f"the gradient of loss {loss.name!r} is not finite")
-    reduced = {k: v / len(data) if k.endswith(":mean") else v for k, v in sums.items()}
     out = forward_backward_output(logprobs, total)
     out.metrics.update(reduced)
     out.metrics["loss:sum"] = float(total.detach())

@@ -143,13 +143,12 @@ class SamplingClient:
             prompt,
             num_samples,
             sampling_params,
-            include_prompt_logprobs,
-            topk_prompt_logprobs,
-            topk_sample_logprobs,
-            target_prompt_logprobs,
-            prompt_alt_tokens_k,
-            prompt_logprobs_last_n,
-            None,
+            include_prompt_logprobs=include_prompt_logprobs,
+            topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
 
     def _submit(
@@ -157,13 +156,14 @@ class SamplingClient:
         prompt: ModelInput,
         num_samples: int,
         sampling_params: SamplingParams,
-        include_prompt_logprobs: bool,
-        topk_prompt_logprobs: int,
-        topk_sample_logprobs: int,
-        target_prompt_logprobs: TensorData | None,
-        prompt_alt_tokens_k: int,
-        prompt_logprobs_last_n: int | None,
-        on_tokens: TokenSink | None,
+        *,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+        on_tokens: TokenSink | None = None,
     ) -> APIFuture[SampleResponse]:
         session = self.session
         serving = self._serving()  # the sampler this request runs on, fixed now (INF-2)
@@ -281,13 +281,10 @@ def sample_with_sink(
         prompt,
         num_samples,
         sampling_params,
-        include_prompt_logprobs,
-        topk_prompt_logprobs,
-        topk_sample_logprobs,
-        None,
-        0,
-        None,
-        on_tokens,
+        include_prompt_logprobs=include_prompt_logprobs,
+        topk_prompt_logprobs=topk_prompt_logprobs,
+        topk_sample_logprobs=topk_sample_logprobs,
+        on_tokens=on_tokens,
     )
 
 
@@ -308,8 +305,7 @@ def check_target_ids(
     if value.dtype != "int64" or len(shape) != 2 or shape[0] != prompt_len - 1:
         raise BadRequestError(
             "target_prompt_logprobs",
-            f"must be an int64 tensor of shape [len(prompt) - 1 = {prompt_len - 1}, K], "
-            f"got {value.dtype} {shape}",
+            f"must be an int64 tensor of shape [len(prompt) - 1 = {prompt_len - 1}, K], got {value.dtype} {shape}",
         )
     ids = [int(v) for v in value.to_numpy(pad_value=-1).reshape(-1)]  # CSR: unlisted cells request nothing
     bad = [v for v in ids if not -1 <= v < vocab_size]

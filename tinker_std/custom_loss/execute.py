@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tinker_std.errors import BadRequestError
+from tinker_std.training_math import datum_losses
 from tinker_std.types import Datum
 
 from .allowlist import PYTHON_FUNCTIONS
@@ -175,17 +176,9 @@ def graph_loss_fn(graph: LossGraph) -> Any:
     the per-datum losses; metrics summed (``:sum``) or averaged over the datums (``:mean``)."""
 
     def loss_fn(data: list[Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        total: torch.Tensor | None = None
-        sums: dict[str, float] = {}
-        per_datum = GraphLoss(graph)
-        for datum, lp in zip(data, logprobs, strict=True):
-            loss, metrics = per_datum(datum, lp)
-            total = loss if total is None else total + loss
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach().reshape(()))
-        assert total is not None, "forward_backward_custom refuses an empty batch"
-        reduced = {k: v / len(data) if k.endswith(":mean") else v for k, v in sums.items()}
-        return total, reduced
+        assert data, "forward_backward_custom refuses an empty batch"
+        values, reduced = datum_losses(GraphLoss(graph), data, logprobs)
+        return sum(values[1:], values[0]), reduced
 
     loss_fn.__name__ = graph.name
     return loss_fn
