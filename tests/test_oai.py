@@ -10,75 +10,35 @@ paths.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from oai_support import (
+    ATOL,
+    KEY,
+    OTHER_KEY,
+    World,
+    client,
+    openai,
+    piece,
+    reference,
+    serving_world,
+)
+from oai_support import stream_completion as _stream_completion
 
 import tinker_std as ts
 from tinker_std.server import TinkerServer
-from tinker_std.server.tenants import Tenants
 
-openai = pytest.importorskip("openai")
 tinker = pytest.importorskip("tinker")
-os.environ["TINKER_TELEMETRY"] = "0"
-
-KEY, OTHER_KEY = "tml-oai-alice", "tml-oai-bob"
-ATOL = 1e-4  # per-element atol of the fp32 class (spec TOL-2): other batch shapes, other GEMM blocks
-TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
-
-
-@dataclass
-class World:
-    url: str
-    service: ts.ServiceClient
-    base: str  # the tiny model's folder: no chat template
-    chat: str  # a copy whose tokenizer has TEMPLATE
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from transformers import AutoTokenizer
-
-    from tinker_std.backends.torch.models import builtin_path
-
-    root = tmp_path_factory.mktemp("oai")
-    base = builtin_path("tiny-llama", root / "cache")
-    chat = root / "tiny-chat"
-    shutil.copytree(base, chat)
-    tokenizer = AutoTokenizer.from_pretrained(str(chat), local_files_only=True)
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(str(chat))
-    service = ts.ServiceClient(backend="torch", checkpoint_dir=str(root / "ckpt"))
-    try:
-        with TinkerServer(service, tenants=Tenants({KEY: "alice", OTHER_KEY: "bob"})) as server:
-            yield World(server.url, service, str(base), str(chat))
-    finally:
-        service.close()
-
-
-def piece(tok: Any, token: int) -> str:
-    """A token's name in logprobs: its text, or ``token_id:<id>`` for part of a UTF-8 character."""
-    text = tok.decode([token])
-    return f"token_id:{token}" if "\ufffd" in text else text
-
-
-def client(world: World, key: str = KEY) -> Any:
-    return openai.OpenAI(base_url=world.url + "/oai/api/v1", api_key=key, max_retries=0)
-
-
-def reference(world: World, model: str) -> Any:
-    return world.service.create_sampling_client(base_model=model).result()
+    with serving_world(tmp_path_factory) as served:
+        yield served
 
 
 def test_completion_equals_the_servers_own_sample_and_logprobs(world: World) -> None:
@@ -139,60 +99,6 @@ def test_streaming_equals_the_whole_reply(world: World) -> None:
         assert logprobs.get(c.index, []) == c.logprobs.token_logprobs
     assert whole.choices[0].text != whole.choices[1].text  # n draws are distinct sequences
     assert usage == whole.usage
-
-
-def _stream_completion(oai: Any, **args: Any) -> tuple[str, list[float], list[int], str | None]:
-    """A completion stream's joined text, per-token logprobs, text offsets and finish reason (one choice)."""
-    text, lps, offsets, reason = "", [], [], None
-    for chunk in oai.completions.create(**args, stream=True):
-        for c in chunk.choices:
-            text += c.text
-            if c.logprobs is not None:
-                lps += c.logprobs.token_logprobs
-                offsets += c.logprobs.text_offset
-            reason = c.finish_reason or reason
-    return text, lps, offsets, reason
-
-
-def test_a_stream_sends_tokens_while_the_request_is_still_decoding(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Deterministic, no timing: the backend's token sink is wrapped so that the engine stops after
-    its second token until the test has read the stream's first chunk. A server that sent the reply
-    only when generation ended could not deliver that chunk before the gate opens (after 30 s
-    the gate gives up, and the assertion below fails)."""
-    args = dict(model=world.base, prompt="def add(a, b):", max_tokens=12, temperature=0.9, seed=21, logprobs=0)
-    whole = client(world).completions.create(**args).choices[0]
-    assert len(whole.logprobs.tokens) >= 3, "the gate needs a completion of 3 tokens or more"
-    backend = world.service.backend
-    original = backend.sample
-    release, gave_up, reported = threading.Event(), threading.Event(), []
-
-    async def gated(sampler_id: str, request: Any) -> Any:
-        sink = request.on_tokens
-        if sink is None:
-            return await original(sampler_id, request)
-
-        def gate(sequence: int, token: int, logprob: float, top: Any) -> None:
-            sink(sequence, token, logprob, top)
-            reported.append(token)
-            if len(reported) == 2 and not release.wait(30):
-                gave_up.set()
-
-        return await original(sampler_id, dataclasses.replace(request, on_tokens=gate))
-
-    monkeypatch.setattr(backend, "sample", gated)
-    stream = client(world).completions.create(**args, stream=True)
-    chunks = iter(stream)
-    first = next(chunks)
-    assert not gave_up.is_set() and 1 <= len(reported) <= 2, "the first chunk came only after the request finished"
-    assert first.choices[0].logprobs.tokens == whole.logprobs.tokens[:1]
-    release.set()
-    rest = list(chunks)
-    assert not gave_up.is_set()
-    assert "".join(c.choices[0].text for c in [first, *rest]) == whole.text
-    assert rest[-1].choices[0].finish_reason == whole.finish_reason
-    assert len(reported) >= len(whole.logprobs.tokens)  # every token went through the sink
 
 
 def test_streams_keep_stop_strings_max_tokens_and_logprobs_of_the_whole_reply(world: World) -> None:
@@ -435,23 +341,6 @@ def test_chat_without_a_template_keys_limits_and_models(world: World) -> None:
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "body"
 
 
-def test_a_backend_without_incremental_decode_streams_the_finished_reply(world: World) -> None:
-    """The mock backend does not decode incrementally: ``GET /models`` says so and a stream carries
-    the finished reply (the same text and logprobs)."""
-    service = ts.ServiceClient(backend="mock")
-    try:
-        with TinkerServer(service, api_key=KEY) as server:
-            oai = openai.OpenAI(base_url=server.url + "/oai/api/v1", api_key=KEY, max_retries=0)
-            (model,) = oai.models.list()
-            assert model.streaming == "after_generation"
-            args = dict(model=model.id, prompt=[1, 2, 3], max_tokens=6, seed=4, logprobs=0)
-            whole = oai.completions.create(**args).choices[0]
-            text, lps, _, reason = _stream_completion(oai, **args)
-            assert (text, lps, reason) == (whole.text, whole.logprobs.token_logprobs, whole.finish_reason)
-    finally:
-        service.close()
-
-
 def _sampled_tokens(world: World, tenant: str) -> float:
     text = httpx.get(world.url + "/metrics", headers={"X-API-Key": KEY}).text
     for line in text.splitlines():
@@ -469,60 +358,3 @@ def test_requests_count_in_the_tenants_metrics_and_quota(world: World) -> None:
         with pytest.raises(openai.RateLimitError) as refused:
             oai.completions.create(model=world.base, prompt="x", max_tokens=2)
         assert refused.value.code == "TenantQueueFull"
-
-
-def test_a_client_that_disconnects_mid_stream_stops_its_generation(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Deterministic, no timing: the backend's token sink is wrapped so that the engine waits after
-    its first token until the stream is closed (``IncrementalSampling.close``, called on the ASGI
-    ``http.disconnect``). The raw client reads the first chunk and hangs up; the sink then refuses
-    the second token (``SinkClosed``), the request settles with ``RequestFailedError`` after 2 of its
-    40 tokens, and the server answers the next request as before."""
-    from tinker_std.server.oai.stream import IncrementalSampling
-
-    args = dict(model=world.base, prompt="def add(a, b):", max_tokens=40, temperature=0.9, seed=21)
-    whole = client(world).completions.create(**args, logprobs=0).choices[0]
-    assert len(whole.logprobs.tokens) > 2, "the completion must outlive the disconnect"
-    backend = world.service.backend
-    original, close = backend.sample, IncrementalSampling.close
-    closed, settled, reported, errors = threading.Event(), threading.Event(), [], []
-
-    def closing(self: IncrementalSampling) -> None:
-        close(self)
-        closed.set()
-
-    async def gated(sampler_id: str, request: Any) -> Any:
-        sink = request.on_tokens
-        if sink is None:
-            return await original(sampler_id, request)
-
-        def gate(sequence: int, token: int, logprob: float, top: Any) -> None:
-            reported.append(token)
-            sink(sequence, token, logprob, top)
-            if len(reported) == 1:
-                closed.wait(30)
-
-        try:
-            return await original(sampler_id, dataclasses.replace(request, on_tokens=gate))
-        except Exception as exc:
-            errors.append(exc)
-            raise
-        finally:
-            settled.set()
-
-    monkeypatch.setattr(backend, "sample", gated)
-    monkeypatch.setattr(IncrementalSampling, "close", closing)
-    headers = {"authorization": f"Bearer {KEY}"}
-    with httpx.Client(base_url=world.url + "/oai/api/v1", headers=headers, timeout=30) as http:
-        with http.stream("POST", "/completions", json={**args, "stream": True}) as response:
-            assert response.status_code == 200
-            first = next(line for line in response.iter_lines() if line.startswith("data: "))
-            assert first.startswith("data: {"), first
-        assert settled.wait(30), "the request never settled"
-    assert closed.is_set(), "the disconnect did not close the stream"
-    assert len(reported) == 2, reported  # token 1 and the refused 2nd: not 40
-    assert len(errors) == 1 and isinstance(errors[0], ts.RequestFailedError), errors
-    monkeypatch.undo()
-    again = client(world).completions.create(**args, logprobs=0).choices[0]
-    assert again.text == whole.text and again.finish_reason == whole.finish_reason
