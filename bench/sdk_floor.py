@@ -134,6 +134,27 @@ def serve(port_file: str, threads: int, config: dict[str, Any], canned: bool) ->
         time.sleep(3600)
 
 
+#: url -> process id of each running ``server_process`` (bench/server_overhead.py reads its CPU)
+CHILDREN: dict[str, int] = {}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds so far of every thread of process ``pid`` (Linux ``schedstat``, nanoseconds;
+    0.0 elsewhere)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 @contextlib.contextmanager
 def server_process(threads: int, config: dict[str, Any] | None = None, canned: bool = False) -> Iterator[str]:
     """The URL of a server (``serve``) in a child process, killed on exit."""
@@ -146,7 +167,9 @@ def server_process(threads: int, config: dict[str, Any] | None = None, canned: b
             if child.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server process did not start")
             time.sleep(0.1)
-        yield open(port_file).read()
+        url = open(port_file).read()
+        CHILDREN[url] = child.pid
+        yield url
     finally:
         child.kill()
         child.wait()

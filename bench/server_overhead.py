@@ -18,7 +18,9 @@ of one step. Measurement only.
 
 ``--server-process`` serves from a child process instead (as ``tinker-std serve`` does; the
 SDK's work then runs beside the engine's rather than sharing its GIL): the breakdown then shows
-this process's threads only, and no timeline.
+this process's threads, the server process's CPU per SDK step (the engine's step plus the
+server's own work; compare with the in-process step's CPU, which a loaded machine disturbs less
+than the wall times), and no timeline.
 
     python bench/server_overhead.py --model smollm2 [--warmup 1 --steps 4 --breakdown-steps 8] [--server-process]
 """
@@ -254,8 +256,11 @@ def breakdown(url: str, sdk: Any, sdk_step: Callable[[], None], engine: list[flo
     """Print where an SDK step's time goes (module docstring)."""
     if steps <= 0:
         return
+    child = sdk_floor.CHILDREN.get(url)
     before, cpu_before = server_time(url), thread_cpu()
+    child_before = sdk_floor.process_cpu(child) if child else 0.0
     walls = [c.seconds(sdk_step) for _ in range(steps)]
+    child_after = sdk_floor.process_cpu(child) if child else 0.0
     cpu_after, after = thread_cpu(), server_time(url)
     wall, engine_s = statistics.median(walls), statistics.median(engine)
     print(f"# breakdown over {steps} SDK steps (median wall {wall * 1e3:.1f} ms, in-process {engine_s * 1e3:.1f} ms)")
@@ -273,6 +278,9 @@ def breakdown(url: str, sdk: Any, sdk_step: Callable[[], None], engine: list[flo
             "  CPU per SDK step by thread (ms, /proc): "
             + ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(roles.items(), key=lambda kv: -kv[1]) if ms >= 0.05)
         )
+    if child:  # the server's process spends the engine's step plus its own HTTP work
+        server_cpu = (child_after - child_before) / steps * 1e3
+        print(f"  CPU per SDK step of the server process (all threads): {server_cpu:.1f} ms")
     raw = httpx.Client(base_url=url + "/api/v1/", headers={"X-API-Key": KEY}, timeout=30)
     healthz = [c.seconds(lambda: raw.get("healthz").raise_for_status()) for _ in range(20)]
     caps_http = [c.seconds(lambda: raw.get("get_server_capabilities").raise_for_status()) for _ in range(20)]

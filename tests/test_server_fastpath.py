@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import tinker_std as ts
@@ -105,3 +106,55 @@ def test_the_switch_interval_is_lowered_while_serving_and_restored_after(tmp_pat
         assert sys.getswitchinterval() == pytest.approx(DEFAULT_GIL_SWITCH_INTERVAL_S)
         assert Wire(server.url).http.get("healthz").json() == {"status": "ok"}
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_a_decoded_forward_backward_equals_the_validated_types_and_a_bad_shape_is_refused() -> None:
+    """The decoder builds its datums without re-validating them (they are on a step's critical
+    path); they must equal what full pydantic validation makes of the same values, float32
+    rounding included, and a dense tensor whose shape disagrees with its values is refused
+    naming that tensor."""
+    from tinker.proto import tinker_public_pb2 as pb
+
+    weights = [0.1, 1e-8, float("inf"), -2.5, 3.0]
+    msg = pb.ForwardBackwardRequest.FromString(fb_body("m", 1, TOKENS))
+    dense = msg.data[0].loss_fn_inputs["weights"]
+    dense.dense = np.asarray(weights, dtype="<f4").tobytes()
+    targets = msg.data[0].loss_fn_inputs["target_tokens"]
+    targets.dense, targets.dtype = np.asarray(TOKENS[1:], dtype="<i4").tobytes(), pb.DTYPE_INT32
+    call = protobuf.decode_forward_backward(msg.SerializeToString())
+    expected = ts.Datum(
+        model_input=ts.ModelInput.from_ints(TOKENS[:-1]),
+        loss_fn_inputs={
+            "target_tokens": ts.TensorData(data=TOKENS[1:], dtype="int64", shape=[5]),
+            "weights": ts.TensorData(data=weights, dtype="float32", shape=[5]),
+        },
+    )
+    assert call.data == [expected]
+    assert call.data[0].loss_fn_inputs["weights"].data[1] == np.float32(1e-8)  # float32-rounded
+    dense.shape[:] = [2, 3]
+    with pytest.raises(ts.BadRequestError) as refused:
+        protobuf.decode_forward_backward(msg.SerializeToString())
+    assert refused.value.field == "data[0].loss_fn_inputs.weights", refused.value
+
+
+def test_a_training_steps_requests_answer_as_their_routes_and_are_counted(tmp_path: Path) -> None:
+    """``hot_routes.HotRoutes`` answers ``forward_backward``, ``optim_step`` and ``retrieve_future``
+    without Starlette's router: its refusals carry the same status, JSON error and
+    ``x-should-retry`` as every route's, a streamed body over the limit is 413, and the metrics
+    label each request with its endpoint (the route it left in the scope)."""
+    with served("mock", tmp_path, max_body_bytes=4096) as (server, _, base):
+        wire = Wire(server.url)
+        model_id = wire.create_model(wire.session(), base)
+        unknown = wire.post("retrieve_future", {"request_id": "nope"})
+        assert unknown.status_code == 404 and "x-should-retry" not in unknown.headers, unknown.text
+        garbage = wire.http.post("forward_backward", content=b"\xff\x00garbage", headers=proto_headers())
+        assert garbage.status_code == 400 and garbage.headers["x-should-retry"] == "false", garbage.text
+        assert garbage.json()["error"].startswith("BadRequestError") and garbage.json()["category"] == "user"
+        assert garbage.headers["content-type"] == "application/json"
+        streamed = wire.http.post("optim_step", content=iter([b"{" + b" " * 5000 + b"}"]))  # no content-length
+        assert streamed.status_code == 413 and streamed.headers["x-should-retry"] == "false", streamed.text
+        fine = wire.post("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": {"learning_rate": 1e-3}})
+        assert fine.status_code == 200 and wire.result(fine.json()["request_id"]).status_code == 200
+        scrape = wire.http.get(server.url + "/metrics").text
+        for endpoint, status in (("retrieve_future", "404"), ("forward_backward", "400"), ("optim_step", "413")):
+            assert f'endpoint="{endpoint}",method="POST",status="{status}"' in scrape, (endpoint, status)

@@ -309,3 +309,23 @@ def _check_results_expire(server: TinkerServer, base: str) -> None:
     assert wire.result(fresh).status_code == 200
     stale = [p for p in store.pending() if p.settled_at is not None and p.settled_at < swept_at - 0.2]
     assert not stale, f"{len(stale)} results older than the TTL are still held"
+
+
+def test_resent_requests_do_not_use_up_the_quota(tmp_path: Path) -> None:
+    """A resend of an admitted request (same ``seq_id``, same body: the SDK retrying a submit whose
+    answer it lost) answers the original request id and holds none of the tenant's quota (LIM-6):
+    ten resends under a quota of 3 still leave room for the next request."""
+    with served("mock", tmp_path, max_queued_per_tenant=3) as (server, _, base):
+        wire = Wire(server.url)
+        model = wire.create_model(wire.session(), base)
+        first = wire.http.post("forward_backward", content=fb_body(model, 1, [1, 2, 3]), headers=proto_headers())
+        assert first.status_code == 200, first.text
+        for _ in range(10):
+            again = wire.http.post("forward_backward", content=fb_body(model, 1, [1, 2, 3]), headers=proto_headers())
+            assert again.status_code == 200, again.text
+            assert again.json()["request_id"] == first.json()["request_id"]
+        assert wire.result(first.json()["request_id"]).status_code == 200
+        for seq in (2, 3, 4, 5):
+            step = wire.post("optim_step", {"model_id": model, "seq_id": seq, "adam_params": {"learning_rate": 1e-3}})
+            assert step.status_code == 200, f"seq_id {seq}: {step.text}"
+            assert wire.result(step.json()["request_id"]).status_code == 200

@@ -3,7 +3,9 @@ any ASGI host (a Modal web endpoint imports ``create_app``).
 
 Each request passes, in this order:
 
-1. the middleware of ``middleware.py``: access log, body size limit, authentication;
+1. the middleware of ``middleware.py``: access log, body size limit, authentication; then
+   ``hot_routes.HotRoutes`` answers a training step's requests (``forward_backward``,
+   ``optim_step``, ``retrieve_future``) itself, as steps 2-4 would, with less work;
 2. Starlette's router, over the routes ``WireService.endpoints`` declares (a path no route
    declares is 404, a method its route does not answer is 405);
 3. the route's handler, with the body read (limited again as it streams and after zstd
@@ -35,6 +37,7 @@ from tinker_std.client.service import ServiceClient
 
 from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
 from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, RESULT_TTL_S
+from .hot_routes import HotRoutes, reply_headers
 from .messages import Endpoint, WireReply, WireRequest
 from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
@@ -119,16 +122,26 @@ def create_app(
             stop.set()
             operations.close()
 
+    endpoints = operations.endpoints()
+    wire_routes = [_route(endpoint, max_body_bytes, operations) for endpoint in endpoints]
     app = Starlette(
         routes=[
             *operations.external.routes(tenants),  # external weights: signed download URLs
-            *(_route(endpoint, max_body_bytes, operations) for endpoint in operations.endpoints()),
+            *wire_routes,
             *oai_routes(operations, tenants, max_body_bytes),
         ],
         middleware=[
             Middleware(AccessLog),
             Middleware(BodySizeLimit, max_body_bytes=max_body_bytes),
             Middleware(Authentication, tenants=tenants),
+            Middleware(
+                HotRoutes,  # a training step's requests, answered as their routes would, with less work
+                operations=operations,
+                endpoints=endpoints,
+                routes=wire_routes,
+                max_body_bytes=max_body_bytes,
+                inline_body_bytes=INLINE_BODY_BYTES,
+            ),
         ],
         exception_handlers={HTTPException: _http_error, **{cls: _mapped_error for cls in MAPPED}},
         lifespan=lifespan,
@@ -218,9 +231,5 @@ def _json_response(status: int, error: str) -> Response:
 
 
 def _response(reply: WireReply) -> Response:
-    headers = {}
-    if reply.status in (429, 503):  # back-pressure and shutdown: the SDK backs off and resends
-        headers["x-should-retry"] = "true"
-    elif reply.status >= 400 and reply.status not in (404, 408):
-        headers["x-should-retry"] = "false"
+    headers = {name.decode(): value.decode() for name, value in reply_headers(reply)}
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)

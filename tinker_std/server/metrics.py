@@ -150,6 +150,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app, self.metrics, self.routes = app, metrics, routes
+        self._series: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == METRICS_PATH:
@@ -174,8 +175,15 @@ class MetricsMiddleware:
             endpoint = _endpoint(self.routes, scope)
             tenant = str(scope.get("state", {}).get("tenant") or "")
             status = int(answer["status"])
-            self.metrics.requests.labels(endpoint, scope["method"], str(status), tenant).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            key = (endpoint, scope["method"], status, tenant)
+            series = self._series.get(key)
+            if series is None:  # labels() costs a lock and a validation per call: once per label set
+                series = self._series[key] = (
+                    self.metrics.requests.labels(endpoint, scope["method"], str(status), tenant),
+                    self.metrics.latency.labels(endpoint),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
             error_type = _error_type(status, answer["body"] if answer["json"] else b"")
             if error_type is not None:
                 self.metrics.errors.labels(endpoint, error_type, tenant).inc()
@@ -198,7 +206,7 @@ def _endpoint(routes: Sequence[BaseRoute], scope: Scope) -> str:
 def _error_type(status: int, body: bytes) -> str | None:
     """The wire error's type name if the answer is an error, else ``None``."""
     error: object = None
-    if body and len(body) < _ERROR_BODY_LIMIT:
+    if body and len(body) < _ERROR_BODY_LIMIT and b'"error"' in body:  # most answers are not errors: not parsed
         try:
             decoded = json.loads(body)
         except ValueError:

@@ -133,7 +133,9 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
             raise BadRequestError(
                 f"{field}.model_input.chunks[{j}].tokens", f"token id {int(tokens.min())} is negative"
             )
-        chunks.append(EncodedTextChunk(tokens=tokens.tolist()))
+        # built without re-validation: int32 values, none negative (checked above), are what the
+        # model's validator would accept unchanged (decoding is on a forward_backward's critical path)
+        chunks.append(EncodedTextChunk.model_construct(tokens=tokens.tolist()))
     length = sum(len(c.tokens) for c in chunks)
     inputs = {
         name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}", length) for name, t in msg.loss_fn_inputs.items()
@@ -181,10 +183,14 @@ def _tensor(pb: Any, msg: Any, field: str, length: int) -> TensorData:
         dense = np.zeros(shape, dtype=numpy_dtypes[msg.dtype])
         for r in range(shape[0]):
             dense[r, cols[rows[r] : rows[r + 1]]] = values[rows[r] : rows[r + 1]]
-        flat = dense.reshape(-1)
-    else:
-        flat = np.frombuffer(msg.dense, dtype=numpy_dtypes[msg.dtype])
-    return TensorData(data=flat.tolist(), dtype=dtype, shape=shape or None)
+        return TensorData(data=dense.reshape(-1).tolist(), dtype=dtype, shape=shape)
+    flat = np.frombuffer(msg.dense, dtype=numpy_dtypes[msg.dtype])
+    if shape and math.prod(shape) != len(flat):
+        raise BadRequestError(field, f"shape {shape} holds {math.prod(shape)} values but the tensor has {len(flat)}")
+    # A dense tensor is built without re-validation (TensorData._normalise): values read as float32
+    # are already float32-rounded and int32/int64 ones are whole numbers in range, so validating
+    # would return the same lists at several times the cost, on the request's critical path.
+    return TensorData.model_construct(data=flat.tolist(), dtype=dtype, shape=shape or None)
 
 
 def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:

@@ -352,10 +352,11 @@ class TrainingRoutes:
             if touch_at_start:
                 self.records.touch_run(model.model_id)
 
-        self.futures.store(answer, kind, request.tenant, request_id)
         answered = model.lane.admit(seq, operation_digest(request), request_id, step)
-        if answered != request_id:
-            self.futures.forget(request_id)
+        if answered == request_id:  # a resend answers the original id: its own future never settles,
+            # so storing it would hold one unit of the tenant's quota (LIM-6) for good. Stored after
+            # admission: nothing can poll the id before this answer carries it.
+            self.futures.store(answer, kind, request.tenant, request_id)
         if kind == "json" and not touch_at_start:
             self.records.touch_run(model.model_id)
         return WireReply.json({"request_id": answered, "model_id": model.model_id})
