@@ -85,3 +85,20 @@ def test_a_layer_gets_its_columns_of_its_own_input(setup: Setup) -> None:
     assert own["k"] is not None and own["v"] is not None
     assert torch.equal(got_k, packed.apply_rows(own["k"], x)), "joint columns differ from the layer's own product"
     assert torch.equal(got_v, packed.apply_rows(own["v"], x))
+
+
+def test_the_fused_step_computes_each_joint_product_once(setup: Setup) -> None:
+    """With one adapter's merged weights, the fused decode step takes q/k/v and gate/up from the
+    joint products directly (no memo); in a batch mixing adapters it calls the layers."""
+    from tinker_std.backends.torch.fast import fused_decode
+
+    model, _, _ = setup
+    with torch.inference_mode(), packed.packed_linears(model, {"a", "b"}):
+        with merged.merged_lora_linears(model, ["a"], capacity=2):
+            step = fused_decode.fused_step(model)
+            assert step is not None
+            assert all(layer.qkv is not None and layer.gate_up is not None for layer in step._layers)
+        with merged.merged_lora_linears(model, ["a", "b"], lambda: [(0, 4, "a", None)], capacity=2):
+            step = fused_decode.fused_step(model)
+            assert step is not None
+            assert all(layer.qkv is None and layer.gate_up is None for layer in step._layers)

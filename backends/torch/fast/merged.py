@@ -61,7 +61,7 @@ import torch
 from . import module_walk, packed
 from .forward_swap import swapped_forwards
 
-__all__ = ["cached_adapters", "forget", "merged_lora_linears"]
+__all__ = ["cached_adapters", "forget", "joint_columns", "merged_lora_linears"]
 
 Rows = Callable[[torch.Tensor], torch.Tensor]
 #: ``(start, stop, adapter, length)`` batch segments, as ``row_segments.Segment``.
@@ -261,7 +261,7 @@ def _products(layer: Any, entries: dict[str, _Entry], memos: dict[int, _Memo]) -
         joint = entry.joints.get(id(layer))
         if joint is not None:
             rows, start, stop = joint
-            products[name] = _columns(rows, memos.setdefault(id(rows), _Memo()), start, stop)
+            products[name] = _Columns(rows, memos.setdefault(id(rows), _Memo()), start, stop)
             continue
         merged = entry.products[id(layer)]
         if merged is None:
@@ -294,11 +294,25 @@ class _Memo:
         return out
 
 
-def _columns(rows: Rows, memo: _Memo, start: int, stop: int) -> Rows:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return memo.output(rows, x)[..., start:stop]
+class _Columns:
+    """A grouped layer's forward for one adapter: columns ``start:stop`` of the group's joint
+    product ``rows`` (computed once per input, ``_Memo``). A plain object, never a module."""
 
-    return forward
+    def __init__(self, rows: Rows, memo: _Memo, start: int, stop: int) -> None:
+        self.rows, self.memo, self.start, self.stop = rows, memo, start, stop
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.memo.output(self.rows, x)[..., self.start : self.stop]
+
+
+def joint_columns(forward: object) -> tuple[Rows, int, int] | None:
+    """``(joint product, start, stop)`` when ``forward`` (a layer's swapped forward) computes every
+    row as columns ``start:stop`` of that product (``packed.apply_rows(product, x)``), else
+    ``None``: a caller that has all of a group's layers may compute the product once itself and
+    slice (``fused_decode.py``), the same bits as calling the layers."""
+    if isinstance(forward, _Columns):
+        return forward.rows, forward.start, forward.stop
+    return None
 
 
 def _applied(rows: Rows) -> Rows:
