@@ -9,11 +9,15 @@ operations, in the same order, as ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` (R
 embedding, grouped-query attention through ``row_attention.row_attention``, SiLU MLP, final norm,
 output layer), so its logits are bit-identical to the plain path's.
 
-What it reads is what the plain path reads: every linear layer (base, peft LoRA, lm_head) is called
-as a module, so the swapped forwards of ``packed.py``, ``merged.py``, ``direct_lora.py`` and the
-hooks of ``per_row.py`` apply unchanged; the rotary embedding is the model's own module; keys and
-values go through the cache's own layers (``kv_cache.py``). Only the glue between them (norms,
-rotary arithmetic, reshapes, residual adds) is computed here, with the operations transformers uses.
+What it reads is what the plain path reads: every linear layer (base, peft LoRA, lm_head) computes
+as the module would, so the swapped forwards of ``packed.py``, ``merged.py``, ``direct_lora.py`` and
+the hooks of ``per_row.py`` apply unchanged: a layer with hooks of its own is called as a module,
+one without through its (swapped) ``forward`` directly (``Module.__call__`` would only look for
+hooks), and where ``merged.py`` computes q/k/v or gate/up as columns of one joint product
+(``merged.joint_columns``) the step computes that product once and slices it, as the layers' memo
+would. The rotary embedding is the model's own module; keys and values go through the cache's own
+layers (``kv_cache.py``). Only the glue between them (norms, rotary arithmetic, reshapes, residual
+adds) is computed here, with the operations transformers uses.
 
 It applies (``fused_step`` returns a step, else ``None`` and the loop calls the model) to exactly
 ``LlamaForCausalLM`` and ``Qwen3ForCausalLM`` (under a peft wrapper or not) whose decoder layers,
