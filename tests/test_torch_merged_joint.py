@@ -3,7 +3,8 @@
 * every sampled adapter's q/k/v and gate/up layers compute from one joint product per group, and a
   decode step computes each joint product once per run of rows (the siblings take their columns);
 * a layer's output is its columns of the joint product on exactly its input: also when the input
-  changed in place between the sibling calls (the memo compares contents), and bit-identical to
+  changed in place between the sibling calls (the memo compares contents; it lets a joint output go
+  once every sibling took its columns), and bit-identical to
   the layer computed from its own merged product (columns of oneDNN's packed product do not
   depend on the other output rows of the weight: checked here, not assumed by batch invariance,
   which ``test_torch_merged.py`` checks with the joint products in place).
@@ -79,6 +80,13 @@ def test_a_layer_gets_its_columns_of_its_own_input(setup: Setup) -> None:
             got_q = q(x)
             x.mul_(2.0)  # an in-place change between the sibling calls: not the memo's input any more
             got_k, want_k2, got_v = k(x), k(x.clone()), v(x)
+            memo = q.forward.memo
+            memo.pairs.clear()
+            y = torch.randn(4, 1, width)
+            q(y), k(y)
+            assert len(memo.pairs) == 1, "the joint output is kept until every sibling took its columns"
+            v(y)
+            assert memo.pairs == [], "a joint output outlived its last sibling's call"
         assert torch.equal(got_q, want_q) and torch.equal(want_k2, got_k)
         assert not torch.equal(got_k, want_k)
         own = {name: merged._merge(module, "a") for name, module in (("k", k), ("v", v))}

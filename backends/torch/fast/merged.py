@@ -261,7 +261,9 @@ def _products(layer: Any, entries: dict[str, _Entry], memos: dict[int, _Memo]) -
         joint = entry.joints.get(id(layer))
         if joint is not None:
             rows, start, stop = joint
-            products[name] = _Columns(rows, memos.setdefault(id(rows), _Memo()), start, stop)
+            if id(rows) not in memos:
+                memos[id(rows)] = _Memo([(a, b) for r, a, b in entry.joints.values() if r is rows])
+            products[name] = _Columns(rows, memos[id(rows)], start, stop)
             continue
         merged = entry.products[id(layer)]
         if merged is None:
@@ -272,26 +274,34 @@ def _products(layer: Any, entries: dict[str, _Entry], memos: dict[int, _Memo]) -
 
 
 class _Memo:
-    """The last few ``(input, joint output)`` pairs of one joint product: the layers of a group are
+    """The pending ``(input, joint output)`` pairs of one joint product: the layers of a group are
     called one after another on the same rows (``q_proj(x)``, ``k_proj(x)``, ``v_proj(x)``), so the
-    first computes the product and the others take their columns of it. An input counts as the same
-    when it is at the same address with the same shape and dtype and equal to a copy taken when the
-    output was computed (inference tensors have no version counter to tell an in-place change), so
-    the memo changes no result; a copy and a comparison cost far less than a product."""
+    first computes the product and the others take their columns of it; a pair is dropped once
+    every layer of the group took its columns (a prompt pass's outputs are large), and at most
+    ``SIZE`` are kept. An input counts as the same when it is at the same address with the same
+    shape and dtype and equal to a copy taken when the output was computed (inference tensors have
+    no version counter to tell an in-place change), so the memo changes no result; a copy and a
+    comparison cost far less than a product."""
 
     SIZE = 4
 
-    def __init__(self) -> None:
-        self.pairs: list[tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]] = []
+    def __init__(self, members: Collection[tuple[int, int]]) -> None:
+        self.members = frozenset(members)  # each layer's (start, stop) columns
+        self.pairs: list[tuple[tuple[Any, ...], torch.Tensor, torch.Tensor, set[tuple[int, int]]]] = []
 
-    def output(self, rows: Rows, x: torch.Tensor) -> torch.Tensor:
+    def columns(self, rows: Rows, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         key = (x.data_ptr(), x.shape, x.dtype)
-        for known, copy, out in self.pairs:
-            if known == key and torch.equal(copy, x):
-                return out
+        for i, (known, copy, out, waiting) in enumerate(self.pairs):
+            if known == key and (start, stop) in waiting and torch.equal(copy, x):
+                waiting.discard((start, stop))
+                if not waiting:
+                    del self.pairs[i]
+                return out[..., start:stop]
         out = packed.apply_rows(rows, x)
-        self.pairs = [*self.pairs[-(self.SIZE - 1) :], (key, x.clone(), out)]
-        return out
+        waiting = set(self.members - {(start, stop)})
+        if waiting:
+            self.pairs = [*self.pairs[-(self.SIZE - 1) :], (key, x.clone(), out, waiting)]
+        return out[..., start:stop]
 
 
 class _Columns:
@@ -302,7 +312,7 @@ class _Columns:
         self.rows, self.memo, self.start, self.stop = rows, memo, start, stop
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.memo.output(self.rows, x)[..., self.start : self.stop]
+        return self.memo.columns(self.rows, x, self.start, self.stop)
 
 
 def joint_columns(forward: object) -> tuple[Rows, int, int] | None:
