@@ -51,3 +51,36 @@ def test_choose_tokens_falls_back_on_nan() -> None:
     params = SamplingParams(temperature=1.0)
     got = choose_tokens(logits, [params], [torch.Generator().manual_seed(1)])
     assert got == [choose_token(logits[0], params, torch.Generator().manual_seed(1))]
+
+
+def test_mixed_rows_draw_what_each_row_alone_draws() -> None:
+    """A batch mixing temperatures, filters, greedy rows and a NaN row (the decode loop's case):
+    each row gets the token and generator state ``choose_token`` gives it alone, and one generator
+    shared by two rows is drawn from in row order."""
+    vocab = 49152
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(9, vocab, generator=gen, dtype=torch.float64) * 4
+    logits[7, 3] = float("nan")
+    grid = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.3, top_k=20),
+        SamplingParams(temperature=1e-3),
+        SamplingParams(temperature=2.5),
+        SamplingParams(temperature=0.9, top_p=0.8),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.31),
+    ]
+    seeds = [7, 8, 9, 10, 11, 12, 13, 14, 7]
+    ours = [torch.Generator().manual_seed(s) for s in seeds[:-1]]
+    ours.append(ours[0])  # the last row shares the first row's generator
+    reference = [torch.Generator().manual_seed(s) for s in seeds[:-1]]
+    reference.append(reference[0])
+    got = choose_tokens(logits, grid, ours)
+    want = [choose_token(logits[r], grid[r], reference[r]) for r in range(len(grid))]
+    assert got == want
+    for a, b in zip(ours, reference, strict=True):
+        assert torch.equal(a.get_state(), b.get_state())
+    for r in range(8):
+        assert choose_tokens(logits[r : r + 1], grid[r : r + 1], [torch.Generator().manual_seed(seeds[r])]) == [got[r]]

@@ -9,11 +9,15 @@ operations, in the same order, as ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` (R
 embedding, grouped-query attention through ``row_attention.row_attention``, SiLU MLP, final norm,
 output layer), so its logits are bit-identical to the plain path's.
 
-What it reads is what the plain path reads: every linear layer (base, peft LoRA, lm_head) is called
-as a module, so the swapped forwards of ``packed.py``, ``merged.py``, ``direct_lora.py`` and the
-hooks of ``per_row.py`` apply unchanged; the rotary embedding is the model's own module; keys and
-values go through the cache's own layers (``kv_cache.py``). Only the glue between them (norms,
-rotary arithmetic, reshapes, residual adds) is computed here, with the operations transformers uses.
+What it reads is what the plain path reads: every linear layer (base, peft LoRA, lm_head) computes
+as the module would, so the swapped forwards of ``packed.py``, ``merged.py``, ``direct_lora.py`` and
+the hooks of ``per_row.py`` apply unchanged: a layer with hooks of its own is called as a module,
+one without through its (swapped) ``forward`` directly (``Module.__call__`` would only look for
+hooks), and where ``merged.py`` computes q/k/v or gate/up as columns of one joint product
+(``merged.joint_columns``) the step computes that product once and slices it, as the layers' memo
+would. The rotary embedding is the model's own module; keys and values go through the cache's own
+layers (``kv_cache.py``). Only the glue between them (norms, rotary arithmetic, reshapes, residual
+adds) is computed here, with the operations transformers uses.
 
 It applies (``fused_step`` returns a step, else ``None`` and the loop calls the model) to exactly
 ``LlamaForCausalLM`` and ``Qwen3ForCausalLM`` (under a peft wrapper or not) whose decoder layers,
@@ -24,13 +28,14 @@ the plain path. ``TorchSettings.fused_decode`` (``TINKER_STD_FUSED_DECODE=0``) t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..row_attention import ROW_PADS, row_attention
+from . import merged, packed
 
 __all__ = ["FusedStep", "fused_step"]
 
@@ -43,9 +48,36 @@ class _Norm:
     eps: float
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # LlamaRMSNorm.forward for float32 ``x`` (its ``.to`` calls are no-ops there)
+        # LlamaRMSNorm.forward for float32 ``x`` (its ``.to`` calls are no-ops there), in place on
+        # this call's own temporaries: ``weight * y`` is ``y * weight`` bit for bit
         variance = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(variance + self.eps))
+        return (x * variance.add_(self.eps).rsqrt_()).mul_(self.weight)
+
+
+@dataclass(frozen=True)
+class _Joint:
+    """One product whose columns ``slices[i]`` are what sibling layer ``i`` computes (``merged.py``)."""
+
+    product: Callable[[torch.Tensor], torch.Tensor]
+    slices: tuple[tuple[int, int], ...]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = packed.apply_rows(self.product, x)
+        return [out[..., start:stop] for start, stop in self.slices]
+
+    @property
+    def adjacent(self) -> bool:
+        """Three slices (q, k, v) with k's columns right after q's."""
+        return len(self.slices) == 3 and self.slices[0][1] == self.slices[1][0]
+
+    def qk_v(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q's and k's columns as one slice, and v's (``adjacent`` products only)."""
+        out = packed.apply_rows(self.product, x)
+        (q_start, _), (_, k_stop), (v_start, v_stop) = self.slices
+        return out[..., q_start:k_stop], out[..., v_start:v_stop]
+
+    def q_heads(self, head_dim: int) -> int:
+        return (self.slices[0][1] - self.slices[0][0]) // head_dim
 
 
 @dataclass(frozen=True)
@@ -66,6 +98,9 @@ class _Layer:
     down_proj: Any
     head_dim: int
     scaling: float
+    #: q/k/v and gate/up as columns of one joint product (``merged.joint_columns``), or ``None``
+    qkv: _Joint | None = None
+    gate_up: _Joint | None = None
 
 
 def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
@@ -88,7 +123,7 @@ class FusedStep:
         self._embed = lm.model.embed_tokens
         self._rotary = lm.model.rotary_emb
         self._norm = _norm(lm.model.norm)
-        self._head = lm.lm_head
+        self._head = _direct(lm.lm_head)
         self._layers = list(layers)
 
     def __call__(
@@ -104,21 +139,35 @@ class FusedStep:
             residual = hidden
             x = layer.input_norm(hidden)
             shape = (rows, 1, -1, layer.head_dim)
-            q = layer.q_proj(x).view(shape)
-            k = layer.k_proj(x).view(shape)
-            if layer.q_norm is not None and layer.k_norm is not None:
-                q, k = layer.q_norm(q), layer.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = layer.v_proj(x).view(shape).transpose(1, 2)
-            # apply_rotary_pos_emb: x * cos + rotate_half(x) * sin
-            q = (q * cos) + (q.roll(half, -1) * sin)
-            k = (k * cos) + (k.roll(half, -1) * sin)
+            if layer.qkv is not None and layer.qkv.adjacent and layer.q_norm is None:
+                # q and k side by side in the joint product: the rotary arithmetic once for both heads'
+                # sets (elementwise, so every element is what it is computed apart)
+                qk_out, v_out = layer.qkv.qk_v(x)
+                qk = qk_out.view(shape).transpose(1, 2)
+                qk = (qk * cos) + (qk.roll(half, -1) * sin)
+                heads = layer.qkv.q_heads(layer.head_dim)
+                q, k = qk[:, :heads], qk[:, heads:]
+                v = v_out.view(shape).transpose(1, 2)
+            else:
+                if layer.qkv is not None:
+                    q_out, k_out, v_out = layer.qkv(x)
+                else:
+                    q_out, k_out, v_out = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
+                q, k = q_out.view(shape), k_out.view(shape)
+                if layer.q_norm is not None and layer.k_norm is not None:
+                    q, k = layer.q_norm(q), layer.k_norm(k)
+                q, k = q.transpose(1, 2), k.transpose(1, 2)
+                v = v_out.view(shape).transpose(1, 2)
+                # apply_rotary_pos_emb: x * cos + rotate_half(x) * sin
+                q = (q * cos) + (q.roll(half, -1) * sin)
+                k = (k * cos) + (k.roll(half, -1) * sin)
             keys, values = cache.layers[index].update(k, v)
             out, _ = row_attention(layer.attention, q, keys, values, None, scaling=layer.scaling, **attention_kwargs)
             hidden = residual + layer.o_proj(out.reshape(rows, 1, -1).contiguous())
             residual = hidden
             x = layer.post_norm(hidden)
-            x = layer.down_proj(torch.nn.functional.silu(layer.gate_proj(x)) * layer.up_proj(x))
+            gate, up = layer.gate_up(x) if layer.gate_up is not None else (layer.gate_proj(x), layer.up_proj(x))
+            x = layer.down_proj(torch.nn.functional.silu(gate) * up)
             hidden = residual + x
         logits: torch.Tensor = self._head(self._norm(hidden))
         return logits[:, -1]
@@ -161,6 +210,23 @@ def _unhooked(*modules: Any) -> bool:
     return all(
         not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks) for m in modules
     )
+
+
+def _direct(module: Any) -> Any:
+    """What calling ``module`` runs: its (possibly swapped) ``forward`` itself when no hook of its
+    own would run around it (global hooks are refused in ``fused_step``), else the module."""
+    return module.forward if _unhooked(module) else module
+
+
+def _joint(modules: Sequence[Any]) -> _Joint | None:
+    """The joint product ``modules`` (siblings called on one input) compute as columns of, when
+    each is unhooked and its forward is such a column slice of one and the same product
+    (``merged.joint_columns``: one adapter's merged weights in a batch of that adapter only)."""
+    found = [merged.joint_columns(m.__dict__.get("forward")) if _unhooked(m) else None for m in modules]
+    if any(f is None for f in found) or len({id(f[0]) for f in found if f is not None}) != 1:
+        return None
+    columns = [f for f in found if f is not None]
+    return _Joint(columns[0][0], tuple((start, stop) for _, start, stop in columns))
 
 
 def _silu(mlp: Any) -> bool:
@@ -213,22 +279,27 @@ def fused_step(model: Any) -> FusedStep | None:
         if q_norm is not None or k_norm is not None:
             if not (type(q_norm) is norm_cls and type(k_norm) is norm_cls and _unhooked(*qk_norms)):
                 return None
+        qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
+        linears = [*qkv, attention.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj = (_direct(m) for m in linears)
         layers.append(
             _Layer(
                 input_norm=_norm(layer.input_layernorm),
                 post_norm=_norm(layer.post_attention_layernorm),
                 attention=attention,
-                q_proj=attention.q_proj,
-                k_proj=attention.k_proj,
-                v_proj=attention.v_proj,
-                o_proj=attention.o_proj,
+                q_proj=q_proj,
+                k_proj=k_proj,
+                v_proj=v_proj,
+                o_proj=o_proj,
                 q_norm=None if q_norm is None else _norm(q_norm),
                 k_norm=None if k_norm is None else _norm(k_norm),
-                gate_proj=mlp.gate_proj,
-                up_proj=mlp.up_proj,
-                down_proj=mlp.down_proj,
+                gate_proj=gate_proj,
+                up_proj=up_proj,
+                down_proj=down_proj,
                 head_dim=int(attention.head_dim),
                 scaling=float(attention.scaling),
+                qkv=_joint(qkv),
+                gate_up=_joint((mlp.gate_proj, mlp.up_proj)),
             )
         )
     return FusedStep(lm, layers)
