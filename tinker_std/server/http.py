@@ -123,7 +123,6 @@ class TinkerServer:
             timeout_keep_alive=60,
             http=_HTTP_PROTOCOL,  # one send per answer: transport.py
             server_header=False,  # a header fewer for every answer to build and the SDK to parse
-            proxy_headers=False,  # no layer reading X-Forwarded-For per request: nothing here uses the peer address
         )
         self._server = _Uvicorn(config, self.operations)
         self._thread: threading.Thread | None = None
