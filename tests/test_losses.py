@@ -1,39 +1,43 @@
-"""Built-in losses (spec LOSS) against independent numpy float64 references.
+"""Built-in losses (spec LOSS) against independent numpy float64 references, on hypothesis-drawn data.
 
 Every reference below is written straight from the published formulas (notation: ``lp`` current
 logprobs, ``q`` the ``logprobs`` input, ``A`` advantages, ``w`` weights, ``r = exp(lp - q)``,
 ``sg`` stop-gradient) and shares no code with ``tinker_std.losses``. Each reference returns the
 per-token loss terms (already negated, so the loss is their sum) and the hand-derived gradient of
 the loss with respect to ``lp``.
+
+Hand-computed examples and edge cases are in ``tests/test_losses_examples.py``; the tolerances and
+the runner both use are in ``tests/losses_support.py``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from losses_support import (
+    FD_ATOL,
+    FD_STEP,
+    GRAD_ATOL,
+    GRAD_RTOL,
+    VALUE_RTOL,
+    Datum,
+    assert_grads,
+    assert_value,
+    run,
+    torch_inputs,
+    value_only,
+)
 
 from tinker_std.conformance.reference import DEFAULT_CONFIGS
 from tinker_std.losses import LOSSES, compute_loss
 from tinker_std.types import LOSS_FN_TYPES
 
-# Both sides compute in float64 from identical inputs; they differ only in summation order
-# (a few ulps per term), so 1e-12 relative is ~4 orders of magnitude above the expected error.
-VALUE_RTOL = 1e-12
-# Gradients are elementwise products of O(1) numbers computed the same way on both sides; the
-# absolute floor covers entries where terms cancel (e.g. DRO's A - beta*(lp - q)) near zero.
-GRAD_RTOL = 1e-12
-GRAD_ATOL = 1e-13
-# Central differences with step h: truncation O(h^2) ~ 1e-12, rounding ~ eps*|f|/h ~ 1e-9 for
-# |f| <= 100, so 1e-6 separates a right gradient from a wrong one (errors are O(0.01) or more).
-FD_STEP = 1e-6
-FD_ATOL = 1e-6
 # Ratios closer than this to a clip boundary are rejected: there the loss has a kink and the
 # gradient (and any finite difference straddling it) is ill-defined.
 BOUNDARY_MARGIN = 1e-4
@@ -59,7 +63,6 @@ CLIPPED_LOSSES = ("ppo", "cispo", "gspo")
 # numpy references
 # --------------------------------------------------------------------------------------------
 
-Datum = dict[str, Any]  # "lp" plus numpy inputs keyed like loss_fn_inputs
 Reference = Callable[[Datum, Mapping[str, float]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -149,56 +152,6 @@ def reference(loss: str, batch: list[Datum], cfg: Mapping[str, float]) -> tuple[
     value = sum(float(t.sum()) for t in terms)
     scale = sum(float(np.abs(t).sum()) for t in terms)
     return value, scale, list(grads)
-
-
-# --------------------------------------------------------------------------------------------
-# running the library
-# --------------------------------------------------------------------------------------------
-
-INPUT_KEYS = (
-    "weights",
-    "logprobs",
-    "advantages",
-    "clip_low_threshold",
-    "clip_high_threshold",
-    "sequence_ratio_mask",
-    "sampled_mask",
-)
-
-
-def torch_inputs(d: Datum) -> dict[str, torch.Tensor]:
-    n = d["lp"].shape
-    inputs = {"target_tokens": torch.zeros(n, dtype=torch.int64)}
-    for key in INPUT_KEYS:
-        if key in d:
-            inputs[key] = torch.tensor(d[key], dtype=torch.float64)
-    return inputs
-
-
-def run(loss: str, batch: list[Datum], config: Mapping[str, Any] | None) -> tuple[float, list[np.ndarray]]:
-    lps = [torch.tensor(d["lp"], dtype=torch.float64, requires_grad=True) for d in batch]
-    value = compute_loss(loss, lps, [torch_inputs(d) for d in batch], config)
-    value.backward()
-    grads = [lp.grad.numpy() if lp.grad is not None else np.zeros(lp.shape) for lp in lps]
-    return float(value.detach()), grads
-
-
-def value_only(loss: str, batch: list[Datum], config: Mapping[str, Any] | None) -> float:
-    with torch.no_grad():
-        lps = [torch.tensor(d["lp"], dtype=torch.float64) for d in batch]
-        return float(compute_loss(loss, lps, [torch_inputs(d) for d in batch], config))
-
-
-def assert_value(actual: float, expected: float, scale: float) -> None:
-    # relative to the sum of |terms| so that a sum that cancels to ~0 is still judged fairly
-    assert abs(actual - expected) <= VALUE_RTOL * max(scale, abs(expected), 1e-300), (actual, expected)
-
-
-def assert_grads(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected, strict=True):
-        assert a.shape == e.shape
-        np.testing.assert_allclose(a, e, rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
 def ratios(loss: str, d: Datum) -> np.ndarray:
@@ -388,26 +341,6 @@ def test_sum_not_mean_within_a_datum(loss: str, data: st.DataObject) -> None:
     assert_value(value_only(loss, [tiled], None), 2 * base, scale)
 
 
-def test_cross_entropy_missing_weights_mean_ones() -> None:
-    lp = np.array([-0.25, -1.5, -3.0])
-    without, g_without = run("cross_entropy", [{"lp": lp}], None)
-    with_ones, g_ones = run("cross_entropy", [{"lp": lp, "weights": np.ones(3)}], None)
-    assert without == with_ones == 4.75
-    assert_grads(g_without, [-np.ones(3)])
-    assert_grads(g_ones, [-np.ones(3)])
-
-
-def test_cross_entropy_k1_soft_targets_equal_flat_targets() -> None:
-    rng = np.random.default_rng(0)
-    lp = -rng.random(5) * 3
-    w = rng.normal(size=5)
-    flat, g_flat = run("cross_entropy", [{"lp": lp, "weights": w}], None)
-    k1, g_k1 = run("cross_entropy", [{"lp": lp[:, None], "weights": w[:, None]}], None)
-    assert k1 == pytest.approx(flat, rel=VALUE_RTOL)
-    assert g_k1[0].shape == (5, 1)
-    np.testing.assert_allclose(g_k1[0][:, 0], g_flat[0], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-
-
 @pytest.mark.parametrize("loss", ["importance_sampling", "ppo", "cispo", "gspo"])
 @HYPOTHESIS
 @given(data=st.data())
@@ -433,79 +366,3 @@ def test_dro_with_q_equal_to_lp_is_minus_sum_lp_times_advantage(data: st.DataObj
     assert_value(value, expected, sum(float(np.abs(t).sum()) for t in terms))
     # the quadratic penalty has zero slope at lp == q: gradient is -A
     assert_grads(grads, [-d["advantages"] for d in batch])
-
-
-def test_config_values_given_as_strings_are_honoured() -> None:
-    d = {"lp": np.array([-1.0, -2.0]), "logprobs": np.array([-1.5, -1.0]), "advantages": np.array([1.0, -1.0])}
-    value, _ = run("dro", [d], {"beta": "0.25"})
-    # -( (-1)(1) - 0.125*0.25 + (-2)(-1) - 0.125*1 ) = -(1 - 0.03125 - 0.125)
-    assert value == pytest.approx(-(1 - 0.03125 - 0.125), rel=VALUE_RTOL)
-
-
-def test_ppo_hand_computed_example() -> None:
-    # r = e^{0.5} = 1.6487 (above hi 1.2), e^{-0.5} = 0.6065 (below lo 0.8), e^0 = 1 (inside)
-    lp = np.array([-1.0, -1.0, -1.0, -1.0])
-    q = np.array([-1.5, -0.5, -1.0, -1.5])
-    a = np.array([1.0, 1.0, -2.0, -1.0])
-    value, grads = run("ppo", [{"lp": lp, "logprobs": q, "advantages": a}], None)
-    e = math.exp(0.5)
-    # t0: min(e, 1.2) = 1.2 (clipped, no grad); t1: min(1/e, 0.8) = 1/e (grad -1/e);
-    # t2: min(-2, -2) = -2 (grad 2); t3: min(-e, -1.2) = -e (grad e)
-    assert value == pytest.approx(-(1.2 + 1 / e - 2 - e), rel=VALUE_RTOL)
-    np.testing.assert_allclose(grads[0], [0.0, -1 / e, 2.0, e], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-
-
-def test_gspo_hand_computed_example() -> None:
-    lp = np.array([-1.0, -2.0, -0.5])
-    q = lp - np.array([0.1, 0.2, 0.3])
-    a = np.array([1.0, -1.0, 2.0])
-    mask = np.array([1.0, 0.0, 1.0])
-    value, grads = run(
-        "gspo",
-        [{"lp": lp, "logprobs": q, "advantages": a, "sequence_ratio_mask": mask}],
-        {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    )
-    s = math.exp(0.2)  # mean of the masked log-ratios 0.1 and 0.3; 1.2214 > hi
-    # t0: min(s, 1.2) = 1.2 (no grad); t1: min(-s, -1.2) = -s (grad s); t2: min(2s, 2.4) = 2.4
-    assert value == pytest.approx(-(1.2 - s + 2.4), rel=VALUE_RTOL)
-    np.testing.assert_allclose(grads[0], [0.0, s, 0.0], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-
-
-def test_gspo_empty_mask_means_ratio_one() -> None:
-    d = {
-        "lp": np.array([-1.0, -2.0]),
-        "logprobs": np.array([-3.0, 0.0]),
-        "advantages": np.array([0.5, -1.5]),
-        "sequence_ratio_mask": np.zeros(2),
-    }
-    value, grads = run("gspo", [d], None)
-    assert value == pytest.approx(1.0, rel=VALUE_RTOL)  # -(0.5 - 1.5), s = 1 inside the band
-    np.testing.assert_allclose(grads[0], [-0.5, 1.5], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-
-
-def test_gspo_gradient_is_not_the_derivative_of_its_value() -> None:
-    """The sg() terms cancel in value but not in gradient: dL/dlp_t = -s*A_t, no cross terms."""
-    d = {"lp": np.array([-1.0, -2.0]), "logprobs": np.array([-1.1, -2.05]), "advantages": np.array([1.0, 2.0])}
-    cfg = {"clip_low_threshold": 0.5, "clip_high_threshold": 2.0}
-    _, grads = run("gspo", [d], cfg)
-    s = math.exp(0.075)
-    np.testing.assert_allclose(grads[0], [-s, -2 * s], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-    # d(value)/dlp_0 through log s would be -s*(A_0 + A_1)/2 = -1.5 s, not -s
-    plus = {**d, "lp": d["lp"] + np.array([FD_STEP, 0.0])}
-    minus = {**d, "lp": d["lp"] - np.array([FD_STEP, 0.0])}
-    fd0 = (value_only("gspo", [plus], cfg) - value_only("gspo", [minus], cfg)) / (2 * FD_STEP)
-    assert fd0 == pytest.approx(-1.5 * s, abs=FD_ATOL)
-
-
-def test_cispo_gradient_stops_at_the_ratio() -> None:
-    d = {"lp": np.array([-1.0, -1.0]), "logprobs": np.array([-1.2, -3.0]), "advantages": np.array([2.0, 1.0])}
-    _, grads = run("cispo", [d], None)
-    # r = e^0.2 inside [0, 4]; r = e^2 = 7.39 clipped to 4; gradient is -clip(r) * A only
-    np.testing.assert_allclose(grads[0], [-2 * math.exp(0.2), -4.0], rtol=GRAD_RTOL, atol=GRAD_ATOL)
-
-
-def test_unknown_loss_and_empty_batch_are_rejected() -> None:
-    with pytest.raises(KeyError):
-        compute_loss("nope", [torch.zeros(1)], [{}])
-    with pytest.raises(ValueError, match="at least one datum"):
-        compute_loss("cross_entropy", [], [])
