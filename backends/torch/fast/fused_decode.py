@@ -65,20 +65,6 @@ class _Joint:
         out = packed.apply_rows(self.product, x)
         return [out[..., start:stop] for start, stop in self.slices]
 
-    @property
-    def adjacent(self) -> bool:
-        """Three slices (q, k, v) with k's columns right after q's."""
-        return len(self.slices) == 3 and self.slices[0][1] == self.slices[1][0]
-
-    def qk_v(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q's and k's columns as one slice, and v's (``adjacent`` products only)."""
-        out = packed.apply_rows(self.product, x)
-        (q_start, _), (_, k_stop), (v_start, v_stop) = self.slices
-        return out[..., q_start:k_stop], out[..., v_start:v_stop]
-
-    def q_heads(self, head_dim: int) -> int:
-        return (self.slices[0][1] - self.slices[0][0]) // head_dim
-
 
 @dataclass(frozen=True)
 class _Layer:
@@ -139,28 +125,18 @@ class FusedStep:
             residual = hidden
             x = layer.input_norm(hidden)
             shape = (rows, 1, -1, layer.head_dim)
-            if layer.qkv is not None and layer.qkv.adjacent and layer.q_norm is None:
-                # q and k side by side in the joint product: the rotary arithmetic once for both heads'
-                # sets (elementwise, so every element is what it is computed apart)
-                qk_out, v_out = layer.qkv.qk_v(x)
-                qk = qk_out.view(shape).transpose(1, 2)
-                qk = (qk * cos) + (qk.roll(half, -1) * sin)
-                heads = layer.qkv.q_heads(layer.head_dim)
-                q, k = qk[:, :heads], qk[:, heads:]
-                v = v_out.view(shape).transpose(1, 2)
+            if layer.qkv is not None:
+                q_out, k_out, v_out = layer.qkv(x)
             else:
-                if layer.qkv is not None:
-                    q_out, k_out, v_out = layer.qkv(x)
-                else:
-                    q_out, k_out, v_out = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
-                q, k = q_out.view(shape), k_out.view(shape)
-                if layer.q_norm is not None and layer.k_norm is not None:
-                    q, k = layer.q_norm(q), layer.k_norm(k)
-                q, k = q.transpose(1, 2), k.transpose(1, 2)
-                v = v_out.view(shape).transpose(1, 2)
-                # apply_rotary_pos_emb: x * cos + rotate_half(x) * sin
-                q = (q * cos) + (q.roll(half, -1) * sin)
-                k = (k * cos) + (k.roll(half, -1) * sin)
+                q_out, k_out, v_out = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
+            q, k = q_out.view(shape), k_out.view(shape)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q, k = layer.q_norm(q), layer.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            v = v_out.view(shape).transpose(1, 2)
+            # apply_rotary_pos_emb: x * cos + rotate_half(x) * sin
+            q = (q * cos) + (q.roll(half, -1) * sin)
+            k = (k * cos) + (k.roll(half, -1) * sin)
             keys, values = cache.layers[index].update(k, v)
             out, _ = row_attention(layer.attention, q, keys, values, None, scaling=layer.scaling, **attention_kwargs)
             hidden = residual + layer.o_proj(out.reshape(rows, 1, -1).contiguous())
