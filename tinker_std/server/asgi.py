@@ -26,7 +26,6 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -35,9 +34,9 @@ from starlette.routing import Route
 
 from tinker_std.client.service import ServiceClient
 
-from .failures import MAPPED, ServerShutdown, error_reply, not_found_reply
+from .failures import MAPPED, error_reply, not_found_reply
 from .futures import DEFAULT_MAX_QUEUED_PER_TENANT, RESULT_TTL_S
-from .hot_routes import HotRoutes, reply_headers
+from .hot_routes import HotRoutes, answer, reply_headers
 from .messages import Endpoint, WireReply, WireRequest
 from .metrics import install_metrics
 from .middleware import PREFIX, AccessLog, Authentication, BodySizeLimit
@@ -153,8 +152,8 @@ def create_app(
 
 
 def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> Route:
-    """A Starlette route that reads the body and runs ``endpoint``'s handler: awaited if it is
-    async, on the event loop if it is ``inline`` and the body small, else on a worker thread."""
+    """A Starlette route that reads the body (zstd included) and answers with ``endpoint``'s
+    handler as ``hot_routes.answer`` runs it."""
 
     async def handle(request: Request) -> Response:
         body = await read_body(request, max_body_bytes)
@@ -168,18 +167,7 @@ def _route(endpoint: Endpoint, max_body_bytes: int, operations: WireService) -> 
             tenant=request.scope["state"]["tenant"],
             params={name: str(value) for name, value in request.path_params.items()},
         )
-        if operations.closing:  # a request arriving during shutdown: typed, retryable (503)
-            return _response(error_reply(ServerShutdown("the server is shutting down; retry")))
-        try:
-            if endpoint.async_handler is not None:
-                return _response(await endpoint.async_handler(wire_request))
-            if endpoint.inline and len(body) <= INLINE_BODY_BYTES:
-                return _response(endpoint.handler(wire_request))
-            return _response(await run_in_threadpool(endpoint.handler, wire_request))
-        except Exception:
-            if operations.closing:  # e.g. the records closed under it: not a 500
-                return _response(error_reply(ServerShutdown("the server shut down while answering; retry")))
-            raise
+        return _response(await answer(endpoint, wire_request, operations, INLINE_BODY_BYTES))
 
     return Route(PREFIX + endpoint.path, handle, methods=list(endpoint.methods))
 

@@ -8,7 +8,8 @@ lengthens the step (bench/server_overhead.py). ``HotRoutes``, the innermost midd
 access log, the size limit and authentication, so those and the metrics see these requests as
 any other), answers an uncompressed request to one of those paths itself, with exactly what the
 route (``asgi._route``) would answer: the same handler on the same thread, a ``MAPPED`` error
-as ``failures.error_reply``, anything else raised on to Starlette's 500, the same headers.
+as ``failures.error_reply``, anything else raised on to Starlette's 500, the same headers (both
+call ``answer``).
 Every other request, and a compressed body, goes on to Starlette unchanged.
 """
 
@@ -26,7 +27,7 @@ from .messages import Endpoint, WireReply, WireRequest
 from .middleware import PREFIX
 from .operations import WireService
 
-__all__ = ["HOT_ENDPOINTS", "HotRoutes", "reply_headers"]
+__all__ = ["HOT_ENDPOINTS", "HotRoutes", "answer", "reply_headers"]
 
 _DISCONNECTED = b"<disconnected>"  # compared by identity
 
@@ -113,20 +114,30 @@ class HotRoutes:
             query=dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {},
             tenant=scope["state"]["tenant"],
         )
-        if self.operations.closing:  # a request arriving during shutdown: typed, retryable (503)
-            return error_reply(ServerShutdown("the server is shutting down; retry"))
-        try:
-            if endpoint.async_handler is not None:
-                return await endpoint.async_handler(request)
-            if endpoint.inline and len(body) <= self.inline_body_bytes:
-                return endpoint.handler(request)
-            return await run_in_threadpool(endpoint.handler, request)
-        except Exception as exc:
-            if self.operations.closing:  # e.g. the records closed under it: not a 500
-                return error_reply(ServerShutdown("the server shut down while answering; retry"))
-            if isinstance(exc, MAPPED):
-                return error_reply(exc)
-            raise
+        return await answer(endpoint, request, self.operations, self.inline_body_bytes)
+
+
+async def answer(
+    endpoint: Endpoint, request: WireRequest, operations: WireService, inline_body_bytes: int
+) -> WireReply:
+    """``endpoint``'s reply to ``request``, as every wire route answers: its handler awaited if it
+    is async, run on the event loop if it is ``inline`` and the body at most ``inline_body_bytes``,
+    else on a worker thread; a ``MAPPED`` error as ``failures.error_reply``; during shutdown a
+    typed, retryable 503; anything else raised on (Starlette's 500)."""
+    if operations.closing:  # a request arriving during shutdown: typed, retryable (503)
+        return error_reply(ServerShutdown("the server is shutting down; retry"))
+    try:
+        if endpoint.async_handler is not None:
+            return await endpoint.async_handler(request)
+        if endpoint.inline and len(request.body) <= inline_body_bytes:
+            return endpoint.handler(request)
+        return await run_in_threadpool(endpoint.handler, request)
+    except Exception as exc:
+        if operations.closing:  # e.g. the records closed under it: not a 500
+            return error_reply(ServerShutdown("the server shut down while answering; retry"))
+        if isinstance(exc, MAPPED):
+            return error_reply(exc)
+        raise
 
 
 def _encoded(scope: Scope) -> bool:
