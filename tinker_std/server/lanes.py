@@ -14,6 +14,13 @@ A ``seq_id`` that never arrives (the SDK reserved it, then failed to encode the 
 side, e.g. a token id over int32) would hold every later request forever; once later requests
 have waited ``gap_timeout_s`` for it, the lane gives it up and runs on. If it arrives after all,
 it is refused with ``BadRequestError`` (field ``seq_id``).
+
+``admit(..., run_here=True)`` runs a step on the admitting thread instead when the lane is idle
+(nothing queued, waiting or running) and the step is the next in order: the answer's thread then
+starts the work without waking the lane's worker (a training step's request saves a thread
+hand-off). Order holds as before: a step admitted meanwhile is queued, and the worker runs a
+step only while it holds the lane's turn, which the step run here holds until it returns. Only
+steps that do not block (they hand their work to the client layer and return) may run here.
 """
 
 from __future__ import annotations
@@ -42,17 +49,21 @@ class SeqLane:
         self._waiting: dict[int, Step] = {}
         self._seen: dict[int, tuple[str, str]] = {}  # seq_id -> (request_id, body digest)
         self._lock = threading.Lock()
+        self._turn = threading.Lock()  # held by whoever runs a step
+        self._unfinished = 0  # steps queued or running (the worker's or one run here)
         self._queue: queue.SimpleQueue[Step | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name=f"lane-{name}", daemon=True)
         self._worker.start()
 
-    def admit(self, seq_id: int | None, digest: str, request_id: str, step: Step) -> str:
+    def admit(self, seq_id: int | None, digest: str, request_id: str, step: Step, run_here: bool = False) -> str:
         """Queue ``step`` as request ``seq_id`` and answer ``request_id``; for a retry of an
         admitted request, answer the original request id and drop ``step``. ``seq_id=None``
-        (a request the SDK does not number) runs after everything admitted so far."""
+        (a request the SDK does not number) runs after everything admitted so far. ``run_here``:
+        run a non-blocking ``step`` on this thread, before returning, if the lane is idle and it
+        is next (module doc)."""
         with self._lock:
             if seq_id is None:
-                self._queue.put(step)
+                self._put(step)
                 return request_id
             if seq_id < 1:
                 raise BadRequestError("seq_id", f"must be >= 1, got {seq_id}")
@@ -66,8 +77,18 @@ class SeqLane:
                     return prior[0]
                 raise ConflictError(f"seq_id {seq_id} of model {self.name} was already used by a different request")
             self._seen[seq_id] = (request_id, digest)
-            self._waiting[seq_id] = step
-            self._drain()
+            here = run_here and seq_id == self.next_seq and self._unfinished == 0 and not self._waiting
+            if here:
+                # _unfinished == 0: no step is queued or running, so the turn is free
+                self._turn.acquire()
+                self._unfinished += 1
+                self.next_seq += 1
+                self._gap_since = None
+            else:
+                self._waiting[seq_id] = step
+                self._drain()
+        if here:
+            self._run(step)
         return request_id
 
     def depth(self) -> int:
@@ -75,9 +96,13 @@ class SeqLane:
         with self._lock:
             return len(self._waiting) + self._queue.qsize()
 
+    def _put(self, step: Step) -> None:
+        self._unfinished += 1
+        self._queue.put(step)
+
     def _drain(self) -> None:
         while self.next_seq in self._waiting:
-            self._queue.put(self._waiting.pop(self.next_seq))
+            self._put(self._waiting.pop(self.next_seq))
             self.next_seq += 1
         self._gap_since = (self._gap_since or time.monotonic()) if self._waiting else None
 
@@ -105,7 +130,16 @@ class SeqLane:
                 continue
             if step is None:
                 return
-            try:
-                step()
-            except BaseException:  # a step settles its own future; never let one stop the lane
-                pass
+            self._turn.acquire()  # waits while a step runs on an admitting thread
+            self._run(step)
+
+    def _run(self, step: Step) -> None:
+        """Run ``step`` holding the turn (taken by the caller); then give the turn back."""
+        try:
+            step()
+        except BaseException:  # a step settles its own future; never let one stop the lane
+            pass
+        finally:
+            self._turn.release()  # before the count: _unfinished == 0 implies a free turn
+            with self._lock:
+                self._unfinished -= 1

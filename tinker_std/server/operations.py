@@ -102,9 +102,11 @@ class WireService:
         ]
 
     def reap(self) -> None:
-        """Release idle sessions and delete expired checkpoints (the reaper's tick)."""
+        """Release idle sessions, delete expired checkpoints and write the runs' request times
+        (the reaper's tick)."""
         self.state.reap_idle()
         self.checkpoints.delete_expired()
+        self.records.flush()
 
     def close(self) -> None:
         """Fail every unfinished future with ``ServerShutdown`` (their long polls answer at once),

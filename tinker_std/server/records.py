@@ -7,6 +7,12 @@ samplers resolve wire paths through these records. Each row names its tenant: a 
 tenant is invisible (``None`` / not listed). Writes commit at once (WAL journal, synchronous=NORMAL),
 so a server process killed at any point (kill -9 included) and started again on the same database
 lists what it had saved; a power loss or OS crash may lose the last commits (no fsync per commit).
+
+A run's ``last_request`` time is the exception: ``touch_run`` only notes it in memory (it is called
+on a training step's path, where a SQLite write cost 0.4 ms of the step), and the notes are written
+in one transaction before any read of these tables and on ``flush`` (the server's reaper tick) and
+``close``. A kill -9 therefore loses at most the touches since the last read or tick: the run then
+lists an older ``last_request_time``, never a newer one.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class ServerRecords:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}  # run id -> newest request time not yet written
+        self._touch_lock = threading.Lock()
         with self._lock:
             if self.path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -88,10 +96,28 @@ class ServerRecords:
 
     def close(self) -> None:
         with self._lock:
+            self._write_touches()
             self._db.close()
+
+    def flush(self) -> None:
+        """Write the request times ``touch_run`` noted (the reaper's tick calls this)."""
+        with self._lock:
+            self._write_touches()
+
+    def _write_touches(self) -> None:
+        """Under ``_lock``: the noted request times, in one transaction."""
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
+        if touched:
+            with self._db:  # one transaction (BEGIN ... COMMIT) for all of them
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "UPDATE runs SET last_request = ? WHERE run_id = ?", [(t, r) for r, t in touched.items()]
+                )
 
     def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
+            self._write_touches()
             return list(self._db.execute(sql, args).fetchall())
 
     def _write(self, sql: str, *args: Any) -> None:
@@ -123,7 +149,10 @@ class ServerRecords:
         )
 
     def touch_run(self, run_id: str) -> None:
-        self._write("UPDATE runs SET last_request = ? WHERE run_id = ?", time.time(), run_id)
+        """Note a request to ``run_id`` now; written before the next read (see the module doc)."""
+        now = time.time()
+        with self._touch_lock:
+            self._touched[run_id] = now
 
     def run(self, tenant: str, run_id: str) -> RunRecord | None:
         rows = self._rows("SELECT * FROM runs WHERE run_id = ? AND tenant = ?", run_id, tenant)

@@ -220,7 +220,15 @@ class TrainingRoutes:
             # span ids name this tenant's recorded samples only (sdk_fields.record_sample)
             return method(scoped_datums(call.data, model.tenant), call.loss_fn, call.loss_fn_config)
 
-        return self._sequenced(request, msg.model_id, msg.seq_id, run, "forward_backward", idempotent=msg.forward_only)
+        return self._sequenced(
+            request,
+            msg.model_id,
+            msg.seq_id,
+            run,
+            "forward_backward",
+            idempotent=msg.forward_only,
+            run_here=msg.loss_fn != "custom",  # an uploaded loss may block on its graph
+        )
 
     def optim_step(self, request: WireRequest) -> WireReply:
         body = request.json()
@@ -234,7 +242,9 @@ class TrainingRoutes:
                 raise field_error(exc, "adam_params") from None
             return model.ready().optim_step(params)
 
-        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), run, "json", touch_at_start=True)
+        return self._sequenced(
+            request, body.get("model_id"), body.get("seq_id"), run, "json", touch_at_start=True, run_here=True
+        )
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -320,15 +330,18 @@ class TrainingRoutes:
         kind: ResultKind,
         idempotent: bool = False,
         touch_at_start: bool = False,
+        run_here: bool = False,
     ) -> WireReply:
         """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
         ``seq_id``; whatever it raises or returns (a value or an ``APIFuture``) settles this
         request's future. A retry of an admitted request answers its original request id. Only an
         ``idempotent`` request (one that changes nothing) may come without a ``seq_id``.
 
-        A ``"json"`` request marks the run's last request time (a SQLite write) at admission, or
-        with ``touch_at_start`` on the lane once ``run`` has started its work (off the answer's
-        path: the ``inline`` endpoints admit on the event loop, which must not wait for a disk)."""
+        A ``"json"`` request marks the run's last request time (``ServerRecords.touch_run``) at
+        admission, or with ``touch_at_start`` once ``run`` has started its work.
+
+        ``run_here``: ``run`` does not block (it hands its work to the client layer), so on an
+        idle lane it runs on this thread (``SeqLane.admit``), without a hand-off to the lane's."""
         model = self.state.model(request.tenant, model_id)
         if seq_id is None and not idempotent:
             # without a seq_id a resend cannot be told from a new request: it would apply twice
@@ -352,7 +365,7 @@ class TrainingRoutes:
             if touch_at_start:
                 self.records.touch_run(model.model_id)
 
-        answered = model.lane.admit(seq, operation_digest(request), request_id, step)
+        answered = model.lane.admit(seq, operation_digest(request), request_id, step, run_here=run_here)
         if answered == request_id:  # a resend answers the original id: its own future never settles,
             # so storing it would hold one unit of the tenant's quota (LIM-6) for good. Stored after
             # admission: nothing can poll the id before this answer carries it.
