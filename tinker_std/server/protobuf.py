@@ -137,9 +137,7 @@ def _datum(pb: Any, msg: Any, field: str) -> Datum:
         # model's validator would accept unchanged (decoding is on a forward_backward's critical path)
         chunks.append(EncodedTextChunk.model_construct(tokens=tokens.tolist()))
     length = sum(len(c.tokens) for c in chunks)
-    inputs = {
-        name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}", length) for name, t in msg.loss_fn_inputs.items()
-    }
+    inputs = {name: _tensor(pb, t, f"{field}.loss_fn_inputs.{name}", length) for name, t in msg.loss_fn_inputs.items()}
     model_spans = decode_spans(msg.model_input_spans, f"{field}.model_input_spans")
     loss_spans = decode_spans(msg.loss_fn_input_spans, f"{field}.loss_fn_input_spans")
     if (model_spans is None) != (loss_spans is None):
