@@ -24,28 +24,17 @@ here is approximate (no linearisation): the probe reads ``c`` from outputs on ev
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 import tinker_std as ts
 
-from .helpers import logprobs_of
+from .helpers import forward_logprobs
 from .tolerances import ToleranceClass, resolve
 
-__all__ = [
-    "PROBE_LR",
-    "FirstStep",
-    "PendingFirstStep",
-    "first_step",
-    "first_steps",
-    "start_first_step",
-    "probe_params",
-    "c_allowance",
-]
+__all__ = ["PROBE_LR", "FirstStep", "first_step", "probe_params", "c_allowance"]
 
 #: Learning rate of the probe's step: large enough that ``c`` (~1) dwarfs the bf16 tolerance.
 PROBE_LR = 0.1
@@ -86,55 +75,6 @@ def _datum(prompt: Sequence[int], last: int) -> ts.Datum:
     )
 
 
-class PendingFirstStep:
-    """A probe whose calls are submitted and not yet awaited (``start_first_step``); ``result``
-    awaits every one of them (an error of any call is raised) and computes the ``FirstStep``."""
-
-    def __init__(
-        self,
-        before: ts.APIFuture[ts.ForwardBackwardOutput],
-        steps: list[ts.APIFuture[Any]],
-        after: ts.APIFuture[ts.ForwardBackwardOutput],
-    ) -> None:
-        self._before, self._steps, self._after = before, steps, after
-
-    def result(self) -> FirstStep:
-        before = [float(lp[-1]) for lp in logprobs_of(self._before.result())]
-        for pending in self._steps:
-            pending.result()
-        after = [float(lp[-1]) for lp in logprobs_of(self._after.result())]
-        change = np.array(after) - np.array(before)
-        rest = change[1:]
-        return FirstStep(
-            c=float((change[0] - rest.mean()) / 2), spread=float(rest.max() - rest.min()), before=tuple(before)
-        )
-
-
-def start_first_step(
-    new_client: Callable[..., ts.TrainingClient],
-    prompt: Sequence[int],
-    target: int,
-    others: Sequence[int],
-    *,
-    rank: int,
-    seed: int,
-    steps: Sequence[ts.AdamParams],
-) -> PendingFirstStep:
-    """Submit the probe: a fresh unembedding-only client of ``rank`` and ``seed``; a ``forward``
-    of the target datum and the others, the empty steps ``steps[:-1]`` (no gradient), one
-    ``forward_backward`` on the target datum, the step ``steps[-1]`` and the same ``forward``
-    again, all submitted at once (a client runs its calls in order, ORD-1), so a remote provider
-    answers them in about one round trip. ``c`` is half the target's logprob change minus the
-    mean non-target change."""
-    tc = new_client(seed=seed, rank=rank, train_attn=False, train_mlp=False, train_unembed=True)
-    data = [_datum(prompt, token) for token in (target, *others)]
-    before = tc.forward(data, "cross_entropy")
-    submitted: list[ts.APIFuture[Any]] = [tc.optim_step(params) for params in steps[:-1]]
-    submitted.append(tc.forward_backward(data[:1], "cross_entropy"))
-    submitted.append(tc.optim_step(steps[-1]))
-    return PendingFirstStep(before, submitted, tc.forward(data, "cross_entropy"))
-
-
 def first_step(
     new_client: Callable[..., ts.TrainingClient],
     prompt: Sequence[int],
@@ -145,32 +85,22 @@ def first_step(
     seed: int,
     steps: Sequence[ts.AdamParams],
 ) -> FirstStep:
-    """``start_first_step(...).result()``: one probe, awaited."""
-    return start_first_step(new_client, prompt, target, others, rank=rank, seed=seed, steps=steps).result()
-
-
-def first_steps(
-    new_client: Callable[..., ts.TrainingClient],
-    prompt: Sequence[int],
-    target: int,
-    others: Sequence[int],
-    *,
-    rank: int,
-    seeds: Sequence[int],
-    steps: Sequence[ts.AdamParams],
-    in_flight: int = 8,
-) -> list[FirstStep]:
-    """The probe for each of ``seeds``, at most ``in_flight`` of them submitted and not yet
-    awaited at a time (so a remote provider works on one while the next is created, and no
-    tenant quota is approached); in the order of ``seeds``."""
-    window: deque[PendingFirstStep] = deque()
-    results: list[FirstStep] = []
-    for seed in seeds:
-        if len(window) == in_flight:
-            results.append(window.popleft().result())
-        window.append(start_first_step(new_client, prompt, target, others, rank=rank, seed=seed, steps=steps))
-    results.extend(pending.result() for pending in window)
-    return results
+    """Run the probe: a fresh unembedding-only client of ``rank`` and ``seed``; the empty steps
+    ``steps[:-1]`` (no gradient), then one ``forward_backward`` on the target datum and the step
+    ``steps[-1]``. ``c`` is half the target's logprob change minus the mean non-target change."""
+    tc = new_client(seed=seed, rank=rank, train_attn=False, train_mlp=False, train_unembed=True)
+    data = [_datum(prompt, token) for token in (target, *others)]
+    before = [float(lp[-1]) for lp in forward_logprobs(tc, data)]
+    for params in steps[:-1]:
+        tc.optim_step(params)
+    tc.forward_backward(data[:1], "cross_entropy")
+    tc.optim_step(steps[-1])
+    after = [float(lp[-1]) for lp in forward_logprobs(tc, data)]
+    change = np.array(after) - np.array(before)
+    rest = change[1:]
+    return FirstStep(
+        c=float((change[0] - rest.mean()) / 2), spread=float(rest.max() - rest.min()), before=tuple(before)
+    )
 
 
 def c_allowance(c: float, before: Sequence[float], tolerance: str | ToleranceClass | None = None) -> float:
