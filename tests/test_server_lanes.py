@@ -7,13 +7,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tinker_std.server.lanes import SeqLane
 from tinker_std.server.records import ServerRecords
 
 
-def _recording_step(log: list[tuple[int, str]], seq: int, running: list[int]) -> object:
+def _recording_step(log: list[tuple[int, str]], seq: int, running: list[int]) -> Callable[[], None]:
     def step() -> None:
         running.append(seq)
         assert len(running) == 1, f"steps {running} ran at the same time"
@@ -30,7 +31,7 @@ def test_an_idle_lanes_next_step_runs_on_the_admitting_thread() -> None:
     running: list[int] = []
     try:
         for seq in (1, 2, 3):
-            lane.admit(seq, "d", f"r{seq}", _recording_step(log, seq, running), run_here=True)  # type: ignore[arg-type]
+            lane.admit(seq, "d", f"r{seq}", _recording_step(log, seq, running), run_here=True)
         assert log == [(s, threading.current_thread().name) for s in (1, 2, 3)]
         # without run_here the lane's worker runs it
         done = threading.Event()
@@ -88,7 +89,7 @@ def test_steps_admitted_out_of_order_from_many_threads_run_in_order_one_at_a_tim
 
     def admit_all(chunk: list[int]) -> None:
         for seq in chunk:
-            lane.admit(seq, "d", f"r{seq}", _recording_step(log, seq, running), run_here=seq % 3 != 0)  # type: ignore[arg-type]
+            lane.admit(seq, "d", f"r{seq}", _recording_step(log, seq, running), run_here=seq % 3 != 0)
 
     threads = [threading.Thread(target=admit_all, args=(c,)) for c in chunks]
     try:

@@ -83,7 +83,6 @@ class SeqLane:
                 self._turn.acquire()
                 self._unfinished += 1
                 self.next_seq += 1
-                self._gap_since = None
             else:
                 self._waiting[seq_id] = step
                 self._drain()

@@ -242,9 +242,7 @@ class TrainingRoutes:
                 raise field_error(exc, "adam_params") from None
             return model.ready().optim_step(params)
 
-        return self._sequenced(
-            request, body.get("model_id"), body.get("seq_id"), run, "json", touch_at_start=True, run_here=True
-        )
+        return self._sequenced(request, body.get("model_id"), body.get("seq_id"), run, "json", run_here=True)
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -329,7 +327,6 @@ class TrainingRoutes:
         run: Callable[[TrainingModel], Any],
         kind: ResultKind,
         idempotent: bool = False,
-        touch_at_start: bool = False,
         run_here: bool = False,
     ) -> WireReply:
         """Admit ``run`` as request ``seq_id`` of ``model_id``: it runs after every lower
@@ -337,8 +334,8 @@ class TrainingRoutes:
         request's future. A retry of an admitted request answers its original request id. Only an
         ``idempotent`` request (one that changes nothing) may come without a ``seq_id``.
 
-        A ``"json"`` request marks the run's last request time (``ServerRecords.touch_run``) at
-        admission, or with ``touch_at_start`` once ``run`` has started its work.
+        A ``"json"`` request marks the run's last request time at admission
+        (``ServerRecords.touch_run``, an in-memory note).
 
         ``run_here``: ``run`` does not block (it hands its work to the client layer), so on an
         idle lane it runs on this thread (``SeqLane.admit``), without a hand-off to the lane's."""
@@ -362,14 +359,12 @@ class TrainingRoutes:
                 chain(outcome.future(), answer)
             else:
                 settle_result(answer, outcome)
-            if touch_at_start:
-                self.records.touch_run(model.model_id)
 
         answered = model.lane.admit(seq, operation_digest(request), request_id, step, run_here=run_here)
         if answered == request_id:  # a resend answers the original id: its own future never settles,
             # so storing it would hold one unit of the tenant's quota (LIM-6) for good. Stored after
             # admission: nothing can poll the id before this answer carries it.
             self.futures.store(answer, kind, request.tenant, request_id)
-        if kind == "json" and not touch_at_start:
+        if kind == "json":
             self.records.touch_run(model.model_id)
         return WireReply.json({"request_id": answered, "model_id": model.model_id})
