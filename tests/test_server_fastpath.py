@@ -48,6 +48,18 @@ def test_a_result_is_encoded_once_and_every_poll_answers_the_same_bytes(
     monkeypatch.setattr(protobuf, "encode_forward_backward_output", counting)
     wire = Wire(server.url)
     model_id = wire.create_model(wire.session(), base)
+    # the step's outcome is settled before the step returns (the worst case of a fast backend):
+    # its future must be stored before the step starts, or the event loop encodes it
+    model = server.operations.state.model("default", model_id)
+    client = model.ready()
+    real = client.forward_backward
+
+    def settled_first(*args: Any, **kwargs: Any) -> Any:
+        outcome = real(*args, **kwargs)
+        outcome.result(timeout=30)
+        return outcome
+
+    monkeypatch.setattr(client, "forward_backward", settled_first)
     submitted = wire.post("forward_backward", content=fb_body(model_id, 1, TOKENS), headers=proto_headers())
     assert submitted.status_code == 200, submitted.text
     request_id = submitted.json()["request_id"]

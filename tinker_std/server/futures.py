@@ -312,8 +312,17 @@ def _encode_quietly(entry: Pending) -> None:
 
 
 def _settled(entry: Pending) -> None:
+    """Note when ``entry`` settled and encode its reply, off the event loop: a future that is
+    already settled when stored (a step run on the admitting thread whose backend answered at
+    once) calls this on the server's loop, which hands the encoding to its thread pool (a poll
+    arriving meanwhile waits on ``Pending``'s lock and gets the same bytes)."""
     entry.settled_at = time.monotonic()
-    _encode_quietly(entry)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _encode_quietly(entry)
+    else:
+        loop.run_in_executor(None, _encode_quietly, entry)
 
 
 def _minted_here(request_id: str) -> bool:
