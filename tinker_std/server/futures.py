@@ -315,11 +315,14 @@ def _settled(entry: Pending) -> None:
     """Note when ``entry`` settled and encode its reply, off the event loop: a future that is
     already settled when stored (a step run on the admitting thread whose backend answered at
     once) calls this on the server's loop, which hands the encoding to its thread pool (a poll
-    arriving meanwhile waits on ``Pending``'s lock and gets the same bytes)."""
+    arriving meanwhile waits on ``Pending``'s lock and gets the same bytes). A ``json`` reply (an
+    optimizer step's metrics) is small: it is encoded where it settles."""
     entry.settled_at = time.monotonic()
     try:
-        loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop() if entry.kind != "json" else None
     except RuntimeError:
+        loop = None
+    if loop is None:
         _encode_quietly(entry)
     else:
         loop.run_in_executor(None, _encode_quietly, entry)
