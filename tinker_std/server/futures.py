@@ -9,9 +9,10 @@ unfinished future with ``ServerShutdown`` (their long polls answer at once), and
 for a future stored after it.
 
 The HTTP path's cost (bench/server_overhead.py): a result is encoded once, by the thread that
-settles the future, right as it settles (``Pending.reply``); a waiting long poll is woken by that
-same callback and answers on the event loop with the bytes, with no worker-thread hop; a poll that
-comes after the result answers at once; a repeated poll (the SDK's retry) reuses the bytes.
+settles the future, right as it settles (``Pending.reply``; never on the event loop: ``_settled``);
+a waiting long poll is woken by that same callback and answers on the event loop with the bytes,
+with no worker-thread hop; a poll that comes after the result answers at once; a repeated poll (the
+SDK's retry) reuses the bytes.
 """
 
 from __future__ import annotations
