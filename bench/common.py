@@ -95,10 +95,14 @@ def print_machine() -> None:
     import transformers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# cpu: {cpu_model()} | vendor: {cpu_vendor()} {cpu_family()} | cores available: {cores} | "
-          f"torch threads: {torch.get_num_threads()} | SIMD: {torch.backends.cpu.get_cpu_capability()}")
-    print(f"# python {platform.python_version()} | torch {torch.__version__} | transformers "
-          f"{transformers.__version__} | peft {peft.__version__} | tinker-std {ts.__version__}")
+    print(
+        f"# cpu: {cpu_model()} | vendor: {cpu_vendor()} {cpu_family()} | cores available: {cores} | "
+        f"torch threads: {torch.get_num_threads()} | SIMD: {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        f"# python {platform.python_version()} | torch {torch.__version__} | transformers "
+        f"{transformers.__version__} | peft {peft.__version__} | tinker-std {ts.__version__}"
+    )
 
 
 # -- tinker-std side -----------------------------------------------------------------------------
@@ -145,8 +149,13 @@ def plain_model(model: str, vocab_size: int | None = None) -> PreTrainedModel:
     except ImportError:  # no torch backend: a tiny Llama of the same layout
         pass
     config = LlamaConfig(
-        vocab_size=vocab_size or 512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=vocab_size or 512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)

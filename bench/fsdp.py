@@ -58,10 +58,11 @@ def main() -> None:
             bytes_per_rank[world] = svc.backend.engine.parameter_bytes()[base]  # type: ignore[attr-defined]
         print(f"# fsdp world {world}: started, loaded and released in {time.perf_counter() - start:.1f} s")
     one, two = bytes_per_rank[1], bytes_per_rank[2]
-    print(f"base parameter bytes per rank: 1 rank {one['base']:,} | 2 ranks {two['base']:,} "
-          f"| ratio {two['base'] / one['base']:.3f} (target <= 0.55)")
-    print(f"LoRA bytes per rank (replicated): {two['adapters']:,} "
-          f"({two['adapters'] / one['base']:.4f} of the base)")
+    print(
+        f"base parameter bytes per rank: 1 rank {one['base']:,} | 2 ranks {two['base']:,} "
+        f"| ratio {two['base'] / one['base']:.3f} (target <= 0.55)"
+    )
+    print(f"LoRA bytes per rank (replicated): {two['adapters']:,} ({two['adapters'] / one['base']:.4f} of the base)")
 
     torch_svc = ts.ServiceClient(backend="torch")
     fsdp_svc = _fsdp(2, args.rank_threads)
@@ -78,10 +79,13 @@ def main() -> None:
             losses[name].append(fb.result().metrics["loss:sum"])
             op.result()
 
-        print(f"# step: batch {BATCH} x {SEQ}, LoRA rank {RANK}; torch threads {args.threads}, "
-              f"fsdp 2 ranks x {args.rank_threads} thread(s)")
-        times = c.interleaved({"torch": lambda: step(ref, "torch"), "fsdp": lambda: step(tc, "fsdp")},
-                              args.warmup, args.steps)
+        print(
+            f"# step: batch {BATCH} x {SEQ}, LoRA rank {RANK}; torch threads {args.threads}, "
+            f"fsdp 2 ranks x {args.rank_threads} thread(s)"
+        )
+        times = c.interleaved(
+            {"torch": lambda: step(ref, "torch"), "fsdp": lambda: step(tc, "fsdp")}, args.warmup, args.steps
+        )
         for name, values in times.items():
             print(f"{name:6s} step: {c.summary(values)}")
         print(f"step time fsdp(2) / torch: {c.ratio(times['fsdp'], times['torch'])}")

@@ -126,8 +126,10 @@ def main() -> None:
     vocab = vocab or model.config.vocab_size
     prompts = [c.random_tokens(1, PROMPT_LEN - 4 + 2 * k, vocab, seed=200 + k)[0].tolist() for k in range(args.groups)]
     seeds = iter(range(0, 10**9, 1000))
-    print(f"# model {args.model}; {args.groups} prompts x {args.group_size} samples x {args.new_tokens} new tokens, "
-          f"importance_sampling, rank {RANK}; both sides in this process, interleaved")
+    print(
+        f"# model {args.model}; {args.groups} prompts x {args.group_size} samples x {args.new_tokens} new tokens, "
+        f"importance_sampling, rank {RANK}; both sides in this process, interleaved"
+    )
     steps: dict[str, Callable[[], object]] = {
         "plain": lambda: plain_rl_step(model, optimizer, prompts, args.group_size, args.new_tokens, next(seeds))
     }

@@ -27,8 +27,10 @@ def main() -> None:
     model = c.add_lora(c.plain_model(args.model, vocab), RANK)
     optimizer = c.adamw([p for p in model.parameters() if p.requires_grad])
     tokens = c.random_tokens(BATCH, SEQ + 1, vocab or model.config.vocab_size)
-    print(f"# model {args.model}: {model.num_parameters():,} params, "
-          f"{model.num_parameters(only_trainable=True):,} trainable; batch {BATCH} x {SEQ}, rank {RANK}")
+    print(
+        f"# model {args.model}: {model.num_parameters():,} params, "
+        f"{model.num_parameters(only_trainable=True):,} trainable; batch {BATCH} x {SEQ}, rank {RANK}"
+    )
 
     steps: dict[str, Callable[[], object]] = {"plain": lambda: c.plain_train_step(model, optimizer, tokens)}
     if tc is not None:

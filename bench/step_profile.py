@@ -76,8 +76,10 @@ def main() -> None:
     for name, table in tables.items():
         rows = sorted(table.items(), key=lambda kv: -kv[1][0])
         total = sum(ms for ms, _ in table.values())
-        print(f"\n== {name}: {min(cpu[name]):.3f} s CPU per step (least of {args.reps}); "
-              f"sum of per-operator least self times {total:.0f} ms (profiler overhead included)")
+        print(
+            f"\n== {name}: {min(cpu[name]):.3f} s CPU per step (least of {args.reps}); "
+            f"sum of per-operator least self times {total:.0f} ms (profiler overhead included)"
+        )
         for (op, shapes), (ms, calls) in rows[: args.rows]:
             print(f"{ms:9.1f} ms {100 * ms / total:5.1f}% {calls:5d}x  {op[:42]:42s} {shapes}")
     svc.close()

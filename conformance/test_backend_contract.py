@@ -202,13 +202,16 @@ def _declared_requests(
         "topk_prompt_logprobs": topk,
         "topk_sample_logprobs": topk_sample,
         "target_prompt_logprobs": lambda: sc.sample(  # prompt has 3 tokens: one id at each of positions 1, 2
-            prompt, 1, ts.SamplingParams(max_tokens=1), target_prompt_logprobs=ts.TensorData(
-                data=[1 % v, 2 % v], dtype="int64", shape=[2, 1]
-            )
+            prompt,
+            1,
+            ts.SamplingParams(max_tokens=1),
+            target_prompt_logprobs=ts.TensorData(data=[1 % v, 2 % v], dtype="int64", shape=[2, 1]),
         ).result(timeout=120),
-        "prompt_alt_tokens": lambda: sc.sample(prompt, 1, ts.SamplingParams(max_tokens=1), prompt_alt_tokens_k=2)
-        .result(timeout=120)
-        .prompt_alt_tokens,
+        "prompt_alt_tokens": lambda: (
+            sc.sample(prompt, 1, ts.SamplingParams(max_tokens=1), prompt_alt_tokens_k=2)
+            .result(timeout=120)
+            .prompt_alt_tokens
+        ),
         "checkpoint_management": lambda: service.create_rest_client().list_training_runs().result(timeout=120),
     }
 

@@ -40,9 +40,10 @@ def test_datums_per_call_are_bounded(
             call(data, "cross_entropy")
         assert info.value.field == "data", f"[LIM-2] field {info.value.field!r}"
     tc.forward_backward(probe, "cross_entropy").result()  # at the limit: accepted
-    assert tc.forward(probe).result().loss_fn_outputs[0]["logprobs"].tolist() == before.loss_fn_outputs[0][
-        "logprobs"
-    ].tolist(), "[LIM-2] forward_backward moved the weights"
+    assert (
+        tc.forward(probe).result().loss_fn_outputs[0]["logprobs"].tolist()
+        == before.loss_fn_outputs[0]["logprobs"].tolist()
+    ), "[LIM-2] forward_backward moved the weights"
 
 
 @pytest.mark.spec("LIM-3")

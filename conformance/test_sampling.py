@@ -488,12 +488,13 @@ def test_a_fresh_adapter_behaves_like_the_base_model(
 def test_creating_samplers_and_clients_for_unknown_models(
     conformance_backend: ConformanceBackend, service: ts.ServiceClient
 ) -> None:
+    base = conformance_backend.base_model
     with pytest.raises(ts.BadRequestError):
         service.create_sampling_client().result()
     with pytest.raises(ts.NotFoundError):  # both given: model_path is loaded (SMP-15, spec 0.2)
-        service.create_sampling_client(model_path="tinker://r/weights/x", base_model=conformance_backend.base_model).result()  # noqa: E501
+        service.create_sampling_client(model_path="tinker://r/weights/x", base_model=base).result()
     with pytest.raises(ts.NotFoundError):
         service.create_sampling_client(base_model="no-such/model-xyz").result()
     with pytest.raises(ts.NotFoundError) as err:
         service.create_lora_training_client(base_model="no-such/model-xyz", rank=4).result()
-    assert conformance_backend.base_model in str(err.value), f"[ERR-4] message must list served models: {err.value}"
+    assert base in str(err.value), f"[ERR-4] message must list served models: {err.value}"

@@ -171,9 +171,11 @@ def test_prompt_alt_tokens_are_draws_from_each_prompt_position(
             assert abs(counts[token] / n - p) <= bound, (
                 f"[SDK-8] position {i + 1}: token {token} drawn {counts[token]}/{n} times, p = {p:.4f}"
             )
-        greedy = base_sampler.sample(
-            model_input, 1, ts.SamplingParams(max_tokens=1, temperature=0.0), prompt_alt_tokens_k=2
-        ).result().prompt_alt_tokens
+        greedy = (
+            base_sampler.sample(model_input, 1, ts.SamplingParams(max_tokens=1, temperature=0.0), prompt_alt_tokens_k=2)
+            .result()
+            .prompt_alt_tokens
+        )
         assert greedy is not None, "[SDK-8] temperature 0: None"
         pair = greedy.tokens.data[2 * i : 2 * i + 2]
         best = max(lps)

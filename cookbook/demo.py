@@ -45,9 +45,7 @@ def _answers(sampler: ts.SamplingClient) -> list[str]:
     renderer = get_renderer(sampler.get_tokenizer(), "auto")
     params = ts.SamplingParams(max_tokens=24, temperature=0.0, stop=renderer.stop)
     futures = [
-        sampler.sample(
-            ts.ModelInput.from_ints(renderer.generation_prompt([{"role": "user", "content": q}])), 1, params
-        )
+        sampler.sample(ts.ModelInput.from_ints(renderer.generation_prompt([{"role": "user", "content": q}])), 1, params)
         for q in QUESTIONS
     ]
     return [renderer.parse_response(f.result().sequences[0].tokens) for f in futures]

@@ -67,10 +67,19 @@ def uncapped_tree(dest: Path) -> Path:
 
 def pytest(python: Path, args: list[str], tree: Path) -> set[str]:
     """Run pytest (the slow tier included); the node ids that failed or errored."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               TINKER_STD_INSTALL_RESOLVE="latest")
-    result = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", "-rfE",
-                  *args], cwd=tree, env=env, capture_output=True)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TINKER_STD_INSTALL_RESOLVE="latest",
+    )
+    result = run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", "-rfE", *args],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+    )
     print(result.stdout[-20000:], result.stderr[-5000:], sep="\n")
     failed = set(re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, re.M))
     if result.returncode not in (0, 1) and not failed:
@@ -92,12 +101,29 @@ def main() -> int:
         run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    run([str(python), "-m", "pip", "install", "-q", "--upgrade", "--upgrade-strategy", "eager", TORCH,
-         "-e", f"{tree}[{EXTRAS}]"], check=True)
+    run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--upgrade",
+            "--upgrade-strategy",
+            "eager",
+            TORCH,
+            "-e",
+            f"{tree}[{EXTRAS}]",
+        ],
+        check=True,
+    )
 
     pins, now = locked_versions(), installed(python)
-    moved = {name: (pins[name], version) for name, version in sorted(now.items())
-             if name in pins and pins[name] != version and name not in ("pip", "setuptools")}
+    moved = {
+        name: (pins[name], version)
+        for name, version in sorted(now.items())
+        if name in pins and pins[name] != version and name not in ("pip", "setuptools")
+    }
     print("\n== newest releases the ranges allow, against the lock")
     for name, (old, new) in moved.items():
         print(f"  {name}: {old} -> {new}")
@@ -106,8 +132,11 @@ def main() -> int:
 
     tests = [str(tree / t) if tree != REPO else t for t in TESTS]
     failed = pytest(python, tests, tree)
-    conformance = run([str(python), "-m", "tinker_std.conformance", "--backend", "torch", "--", "-q"], cwd=tree,
-                      env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    conformance = run(
+        [str(python), "-m", "tinker_std.conformance", "--backend", "torch", "--", "-q"],
+        cwd=tree,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+    )
     if conformance.returncode != 0:
         failed.add("conformance suite on torch")
     print("\n== result with the newest set")
@@ -124,11 +153,13 @@ def main() -> int:
     blame: dict[str, list[str]] = {}
     for name, (old, new) in moved.items():
         constraints = work / f"lock-without-{name}.txt"
-        lines = [line for line in LOCK.read_text().splitlines()
-                 if not (PIN.match(line.strip()) and canonical(PIN.match(line.strip()).group(1)) == name)]  # type: ignore[union-attr]
+        lines = [
+            line
+            for line in LOCK.read_text().splitlines()
+            if not (PIN.match(line.strip()) and canonical(PIN.match(line.strip()).group(1)) == name)
+        ]  # type: ignore[union-attr]
         constraints.write_text("\n".join([*lines, f"{name}=={new}", ""]))
-        ok = run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), TORCH,
-                  "-e", f"{tree}[{EXTRAS}]"])
+        ok = run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), TORCH, "-e", f"{tree}[{EXTRAS}]"])
         if ok.returncode != 0:
             print(f"  {name} {new}: cannot be installed beside the rest of the lock (it needs other moves)")
             continue

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install (into .venv) and run every check: ruff, mypy, the test suite, and the conformance suite
+# Install (into .venv) and run every check: ruff (lint, format), mypy, the test suite, and the conformance suite
 # against each in-repo backend (its certificates must match conformance/results/ and the README's matrix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,7 @@ bash scripts/setup.sh test,hf,server,modal,cookbook-compat
 # thread and the client's loop thread from spinning against each other on a loaded 2-core machine.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"
 if [ $# -eq 0 ]; then

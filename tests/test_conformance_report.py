@@ -126,7 +126,6 @@ def test_declaring_less_never_gives_a_cleaner_verdict() -> None:
     assert any(r["kind"] == "skipped" and "A-1" in r["statements"] for r in reasons)  # type: ignore[union-attr]
 
 
-
 def test_a_capability_skip_does_not_withhold_a_statement_other_tests_checked() -> None:
     """A test that needs an undeclared capability may also cite capability-free statements: its
     skip leaves them to the tests that ran (pass when those passed), but never makes a statement
@@ -136,6 +135,7 @@ def test_a_capability_skip_does_not_withhold_a_statement_other_tests_checked() -
     assert _results([needs])["A-1"] == "skipped"
     assert _results([needs, TestResult("t3", ["A-1"], "skipped", reason="no EOS")])["A-1"] == "skipped"
     assert _results([needs, _failed("t4", ["A-1"], "AssertionError: [A-1] wrong")])["A-1"] == "fail"
+
 
 def test_a_known_failure_is_listed_with_its_justification() -> None:
     known = TestResult("t1", ["A-1"], "known-failure", reason="listed in skip file (A-1): upstream bug #12")

@@ -199,9 +199,9 @@ def test_the_handle_matches_the_sdks(tmp_path: Path) -> None:
     assert graph == encode_graph(theirs).model_dump(mode="json"), "the in-process encoding differs from the SDK's"
     with ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path)) as svc:
         handle = svc.create_custom_loss(pairwise, RANKS).result()
-    assert {f for f in vars(handle) if not f.startswith("_")} == {
-        f for f in vars(theirs) if not f.startswith("_")
-    }, "the handle's fields differ from the SDK's LossHandle"
+    assert {f for f in vars(handle) if not f.startswith("_")} == {f for f in vars(theirs) if not f.startswith("_")}, (
+        "the handle's fields differ from the SDK's LossHandle"
+    )
     assert sdk is not None
 
 

@@ -90,8 +90,14 @@ def test_training_and_sampling_equal_torch_exactly(clients: tuple[ts.ServiceClie
         sampler = tc.save_weights_and_get_sampling_client().result()
         outs.append(
             sampler.sample(
-                prompt, num_samples=3, sampling_params=params, include_prompt_logprobs=True, topk_prompt_logprobs=2,
-                topk_sample_logprobs=2, target_prompt_logprobs=targets, prompt_alt_tokens_k=2,
+                prompt,
+                num_samples=3,
+                sampling_params=params,
+                include_prompt_logprobs=True,
+                topk_prompt_logprobs=2,
+                topk_sample_logprobs=2,
+                target_prompt_logprobs=targets,
+                prompt_alt_tokens_k=2,
             ).result()
         )
     assert _without_ids(outs[0]) == _without_ids(outs[1])

@@ -120,7 +120,9 @@ def test_sampling_extras_cross_the_wire_exactly() -> None:
     response = ts.SampleResponse(
         sequences=[
             ts.SampledSequence(
-                stop_reason="length", tokens=[1, 2], logprobs=[-0.1, -2.0],
+                stop_reason="length",
+                tokens=[1, 2],
+                logprobs=[-0.1, -2.0],
                 topk_logprobs=[[(1, -0.1), (4, -2.5), (0, -3.0)], [(2, -2.0), (3, -2.25), (9, -4.0)]],
             )
         ],

@@ -13,13 +13,10 @@ Errors keep their tinker-std class and field across the protocol.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -31,20 +28,14 @@ from tinker_std.types import AdamParams
 from _support import sequence_datum
 
 tinker = pytest.importorskip("tinker")
-from tinker.types.request_error_category import RequestErrorCategory  # noqa: E402
 
 from tinker_std.backends.mock import MockBackend  # noqa: E402
 from tinker_std.backends.tinker import (  # noqa: E402
     PROTOCOL_CAPABILITIES,
-    TinkerAuthenticationError,
     TinkerBackend,
-    TinkerCredentialsError,
     TinkerMockBackend,
-    TinkerServerUnreachableError,
     TinkerTorchBackend,
 )
-from tinker_std.backends.tinker.errors import to_std_error  # noqa: E402
-from tinker_std.server import TinkerServer  # noqa: E402
 
 os.environ["TINKER_TELEMETRY"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -283,100 +274,6 @@ def test_overwriting_sampler_weights_is_refused_with_the_field(over_mock: ts.Ser
     assert isinstance(err, ts.BadRequestError) and err.field == "overwrite"
 
 
-def test_sdk_errors_map_to_tinker_std_errors() -> None:
-    """The mapping on the SDK's own exception classes (as its HTTP layer builds them)."""
-    failed = tinker.RequestFailedError(
-        "Request failed: BadRequestError: adam_params.beta1: Input should be less than 1 for "
-        "self.request_id='abc' and expected type self.model_cls=<class 'tinker.OptimStepResponse'>",
-        request_id="abc",
-        category=RequestErrorCategory.User,
-    )
-    mapped = to_std_error(failed)
-    assert isinstance(mapped, ts.BadRequestError) and mapped.field == "adam_params.beta1"
-    assert mapped.problem == "Input should be less than 1"
-    server = to_std_error(
-        tinker.RequestFailedError(
-            "Request failed: RuntimeError: boom for self.request_id='r'", "r", RequestErrorCategory.Server
-        )
-    )
-    assert isinstance(server, ts.RequestFailedError) and server.category == "server" and "boom" in str(server)
-    request = httpx.Request("POST", "http://127.0.0.1:1/api/v1/create_model")
-    body = {"error": "BadRequestError: lora_config: must be an object", "field": "lora_config", "category": "user"}
-    status = tinker.BadRequestError("bad", response=httpx.Response(400, json=body, request=request), body=body)
-    mapped = to_std_error(status)
-    assert isinstance(mapped, ts.BadRequestError) and (mapped.field, mapped.problem) == (
-        "lora_config",
-        "must be an object",
-    )
-    body = {"error": "NotFoundError: no session 'x' on this server", "category": "user"}
-    missing = tinker.NotFoundError("nf", response=httpx.Response(404, json=body, request=request), body=body)
-    assert isinstance(to_std_error(missing), ts.NotFoundError)
-    # Another server's wording: the status decides (a 404 saying "model not found" is NotFoundError).
-    for code, body, wanted in (
-        (404, {"detail": "model not found"}, ts.NotFoundError),
-        (409, {"error": "already exists"}, ts.ConflictError),
-        (422, {"detail": [{"loc": ["body", "x"], "msg": "field required"}]}, ts.BadRequestError),
-        (500, {"error": "KeyError: 'weights'"}, ts.RequestFailedError),
-    ):
-        response = httpx.Response(code, json=body, request=request)
-        foreign = tinker.APIStatusError("foreign", response=response, body=body)
-        assert type(to_std_error(foreign)) is wanted, (code, body)
-    denied = tinker.AuthenticationError("no", response=httpx.Response(401, request=request), body=None)
-    assert isinstance(to_std_error(denied), TinkerAuthenticationError)
-    assert to_std_error(ValueError("not the SDK's")) is None
-
-
-# -- no server, no key ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_no_server_fails_at_once_with_a_typed_error() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
-    started = time.monotonic()
-    with ts.ServiceClient(backend="tinker", base_url=url, api_key="tml-nobody") as service:
-        with pytest.raises(TinkerServerUnreachableError) as err:
-            service.get_server_capabilities()
-    assert time.monotonic() - started < 10, "no retries against a missing server"
-    assert url in str(err.value) and "serve=" in str(err.value)
-
-
-def test_no_key_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TINKER_API_KEY", raising=False)
-    with pytest.raises(TinkerCredentialsError, match="TINKER_API_KEY"):
-        ts.ServiceClient(backend="tinker", base_url="http://127.0.0.1:1")
-    with pytest.raises(TinkerCredentialsError, match="tml-"):
-        ts.ServiceClient(backend="tinker", base_url="http://127.0.0.1:1", api_key="sk-not-a-tinker-key")
-    monkeypatch.setenv("TINKER_API_KEY", "tml-from-env")
-    monkeypatch.setenv("TINKER_BASE_URL", "http://127.0.0.1:9")
-    backend = TinkerBackend()
-    assert (backend.base_url, backend._api_key) == ("http://127.0.0.1:9", "tml-from-env")
-
-
-def test_a_wrong_key_is_a_typed_error(tmp_path: Path) -> None:
-    with ts.ServiceClient(backend="mock") as served, TinkerServer(served, api_key="tml-right") as server:
-        with ts.ServiceClient(backend="tinker", base_url=server.url, api_key="tml-wrong") as service:
-            with pytest.raises(TinkerAuthenticationError, match="401"):
-                service.get_server_capabilities()
-
-
-def test_contradictory_options_name_the_field() -> None:
-    for options, field in (
-        ({"serve": "mock", "base_url": "http://127.0.0.1:1"}, "serve"),
-        ({"serve": "no-such-backend"}, "serve"),
-        ({"serve": "tinker"}, "serve"),
-        ({"serve_options": {"a": 1}, "api_key": "tml-x"}, "serve_options"),
-        ({"serve": "mock", "connect_timeout_s": 0}, "connect_timeout_s"),
-    ):
-        with pytest.raises(ts.BadRequestError) as err:
-            TinkerBackend(**options)
-        assert err.value.field == field, options
-
-
 # -- registration and capabilities ---------------------------------------------------------------
 
 
@@ -432,8 +329,12 @@ def test_the_sampling_extras_are_carried(over_mock: ts.ServiceClient, in_process
         sampler = service.create_sampling_client(base_model="mock/tiny").result()
         outs.append(
             sampler.sample(
-                prompt, 2, ts.SamplingParams(max_tokens=4, seed=7), topk_sample_logprobs=3,
-                target_prompt_logprobs=targets, prompt_alt_tokens_k=2,
+                prompt,
+                2,
+                ts.SamplingParams(max_tokens=4, seed=7),
+                topk_sample_logprobs=3,
+                target_prompt_logprobs=targets,
+                prompt_alt_tokens_k=2,
             ).result()
         )
     over, local = outs
@@ -441,12 +342,18 @@ def test_the_sampling_extras_are_carried(over_mock: ts.ServiceClient, in_process
         assert got.tokens == want.tokens and got.topk_logprobs is not None and want.topk_logprobs is not None
         assert len(got.topk_logprobs) == len(got.tokens)
         assert [[t for t, _ in row or []] for row in got.topk_logprobs] == [
-            [t for t, _ in row or []] for row in want.topk_logprobs]
-        np.testing.assert_allclose([[lp for _, lp in row or []] for row in got.topk_logprobs],
-                                   [[lp for _, lp in row or []] for row in want.topk_logprobs], rtol=0, atol=1e-6)
+            [t for t, _ in row or []] for row in want.topk_logprobs
+        ]
+        np.testing.assert_allclose(
+            [[lp for _, lp in row or []] for row in got.topk_logprobs],
+            [[lp for _, lp in row or []] for row in want.topk_logprobs],
+            rtol=0,
+            atol=1e-6,
+        )
     assert over.target_prompt_logprobs is not None and local.target_prompt_logprobs is not None
-    np.testing.assert_allclose(over.target_prompt_logprobs.to_numpy(), local.target_prompt_logprobs.to_numpy(),
-                               rtol=0, atol=1e-6)  # float32 on the wire
+    np.testing.assert_allclose(
+        over.target_prompt_logprobs.to_numpy(), local.target_prompt_logprobs.to_numpy(), rtol=0, atol=1e-6
+    )  # float32 on the wire
     assert over.prompt_alt_tokens is not None and local.prompt_alt_tokens is not None
     assert over.prompt_alt_tokens.tokens.to_numpy().tolist() == local.prompt_alt_tokens.tokens.to_numpy().tolist()
     assert over.prompt_alt_tokens.tokens.to_numpy().shape == (4, 2)
@@ -459,8 +366,10 @@ def test_inflight_samplers_through_the_sdk_behave_as_in_process(
     weights across an optim_step (INF-3) and moves with the next inflight save (INF-2), with the
     same logprobs as in process (float32 on the wire)."""
     prompt = ts.ModelInput.from_ints([104, 101, 108, 108, 111])
-    datum = ts.Datum(model_input=ts.ModelInput.from_ints([104, 101, 108, 108]),
-                     loss_fn_inputs={"target_tokens": [101, 108, 108, 111], "weights": [1.0] * 4})
+    datum = ts.Datum(
+        model_input=ts.ModelInput.from_ints([104, 101, 108, 108]),
+        loss_fn_inputs={"target_tokens": [101, 108, 108, 111], "weights": [1.0] * 4},
+    )
     runs = []
     for service in (over_mock, in_process):
         tc = service.create_lora_training_client(base_model="mock/tiny", rank=4, seed=3).result()
@@ -480,8 +389,9 @@ def test_inflight_samplers_through_the_sdk_behave_as_in_process(
 
 def test_stable_reinforce_is_refused_by_name(over_mock: ts.ServiceClient) -> None:
     tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=0).result()
-    datum = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]),
-                     loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]})
+    datum = ts.Datum(
+        model_input=ts.ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]}
+    )
     with pytest.raises(ts.Unsupported) as err:
         tc.forward_backward([datum], "stable_reinforce").result()
     assert err.value.capability == "loss:stable_reinforce"

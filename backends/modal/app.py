@@ -33,8 +33,20 @@ from .wire import Payload
 
 __all__ = ["app", "image", "settings", "checkpoints_volume", "models_volume", "TinkerStdTrainer", "deploy"]
 
-_IGNORE = [".git", ".venv", "**/__pycache__", "*.egg-info", "**/*.egg-info", "runs", ".ci-reports", ".mypy_cache",
-           ".ruff_cache", ".pytest_cache", ".hypothesis", "bench/results"]
+_IGNORE = [
+    ".git",
+    ".venv",
+    "**/__pycache__",
+    "*.egg-info",
+    "**/*.egg-info",
+    "runs",
+    ".ci-reports",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "bench/results",
+]
 
 
 def build_image(settings: ContainerSettings) -> modal.Image:
@@ -83,8 +95,13 @@ def _download(name: str, weights: bool) -> bool:
 # serialized: Modal pickles the class by reference (the image has this tinker-std installed), instead of
 # locating the module's source folder, which fails for an editable checkout whose tinker_std.backends
 # lives outside tinker_std/ (pyproject's package-dir).
-@app.cls(image=image, volumes={CHECKPOINT_MOUNT: checkpoints_volume, MODELS_MOUNT: models_volume},
-         secrets=_secrets, serialized=True, **settings.cls_options())
+@app.cls(
+    image=image,
+    volumes={CHECKPOINT_MOUNT: checkpoints_volume, MODELS_MOUNT: models_volume},
+    secrets=_secrets,
+    serialized=True,
+    **settings.cls_options(),
+)
 @modal.concurrent(max_inputs=settings.max_inputs)
 class TinkerStdTrainer:
     """One base model's training service. Parameters: ``base_model`` (loaded in ``@modal.enter``),
@@ -100,8 +117,11 @@ class TinkerStdTrainer:
         options: dict[str, Any] = json.loads(self.engine_options)
         in_container = not modal.is_local()
         if in_container:
-            fetched = [_download(name, weights=(name == self.base_model))
-                       for name in dict.fromkeys([self.base_model, *options.get("models", [])]) if name]
+            fetched = [
+                _download(name, weights=(name == self.base_model))
+                for name in dict.fromkeys([self.base_model, *options.get("models", [])])
+                if name
+            ]
             if any(fetched):
                 models_volume.commit()
         self.service = ContainerService(

@@ -137,12 +137,16 @@ class ModalBackend(PrecisionVariants, Backend):
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if self.offline:
             self.factory = LocalApp(max_inputs=max_inputs)
-            self._scratch = None if checkpoint_dir is not None else tempfile.TemporaryDirectory(
-                prefix="tinker-std-modal-offline-")
+            self._scratch = (
+                None if checkpoint_dir is not None else tempfile.TemporaryDirectory(prefix="tinker-std-modal-offline-")
+            )
             self._checkpoint_dir = str(checkpoint_dir) if self._scratch is None else self._scratch.name
         else:
-            self.factory = EphemeralApp(gpu_spec, region) if ephemeral else DeployedApp(
-                app_name, gpu_spec, region, environment_name)
+            self.factory = (
+                EphemeralApp(gpu_spec, region)
+                if ephemeral
+                else DeployedApp(app_name, gpu_spec, region, environment_name)
+            )
             sub = str(checkpoint_dir or "").strip("/")
             self._checkpoint_dir = f"{CHECKPOINT_MOUNT}/{sub}" if sub else ""
         options: dict[str, Any] = {"batching": batching}
@@ -206,7 +210,13 @@ class ModalBackend(PrecisionVariants, Backend):
             ) from exc
 
     async def _call(
-        self, base_model: str, method: str, payload: Payload, *, owner: str | None = None, kind: str = "",
+        self,
+        base_model: str,
+        method: str,
+        payload: Payload,
+        *,
+        owner: str | None = None,
+        kind: str = "",
         spawn: bool = False,
     ) -> Any:
         envelope = await asyncio.to_thread(self._call_sync, base_model, method, payload, spawn)
@@ -266,13 +276,15 @@ class ModalBackend(PrecisionVariants, Backend):
         return spec
 
     async def create_model(self, base_model: str, lora: LoraConfig) -> ModelSpec:
-        return await self._spec_call(base_model, "create_model", {"base_model": base_model,
-                                                                   "lora": wire.encode_lora(lora)})
+        return await self._spec_call(
+            base_model, "create_model", {"base_model": base_model, "lora": wire.encode_lora(lora)}
+        )
 
     async def load_model(self, path: ParsedCheckpointTinkerPath, with_optimizer: bool) -> ModelSpec:
         base = await self._checkpoint_base(path)
-        return await self._spec_call(base, "load_model", {"path": wire.encode_path(path),
-                                                          "with_optimizer": with_optimizer})
+        return await self._spec_call(
+            base, "load_model", {"path": wire.encode_path(path), "with_optimizer": with_optimizer}
+        )
 
     async def release_model(self, model_id: str) -> None:
         base = self._base_of.get(model_id)
@@ -282,8 +294,13 @@ class ModalBackend(PrecisionVariants, Backend):
     # -- training ----------------------------------------------------------------------------------
 
     async def _model_call(self, model_id: str, method: str, payload: Payload) -> Any:
-        return await self._call(self._base(model_id, "training model"), method, {"model_id": model_id, **payload},
-                                owner=model_id, kind="training model")
+        return await self._call(
+            self._base(model_id, "training model"),
+            method,
+            {"model_id": model_id, **payload},
+            owner=model_id,
+            kind="training model",
+        )
 
     async def forward_backward(
         self,
@@ -293,12 +310,16 @@ class ModalBackend(PrecisionVariants, Backend):
         loss_fn_config: Mapping[str, float],
         backward: bool,
     ) -> ForwardBackwardOutput:
-        result = await self._model_call(model_id, "forward_backward", {
-            "data": wire.encode_datums(data),
-            "loss_fn": loss_fn,
-            "loss_fn_config": {key: float(value) for key, value in loss_fn_config.items()},
-            "backward": backward,
-        })
+        result = await self._model_call(
+            model_id,
+            "forward_backward",
+            {
+                "data": wire.encode_datums(data),
+                "loss_fn": loss_fn,
+                "loss_fn_config": {key: float(value) for key, value in loss_fn_config.items()},
+                "backward": backward,
+            },
+        )
         return wire.decode_forward_backward_output(result)
 
     async def optim_step(self, model_id: str, params: AdamParams) -> OptimStepResponse:
@@ -315,8 +336,9 @@ class ModalBackend(PrecisionVariants, Backend):
         self._base_of.setdefault(path.training_run_id, self._base(model_id, "training model"))
 
     async def save_weights_for_sampler(self, model_id: str, path: ParsedCheckpointTinkerPath, overwrite: bool) -> None:
-        await self._model_call(model_id, "save_weights_for_sampler",
-                               {"path": wire.encode_path(path), "overwrite": overwrite})
+        await self._model_call(
+            model_id, "save_weights_for_sampler", {"path": wire.encode_path(path), "overwrite": overwrite}
+        )
         self._base_of.setdefault(path.training_run_id, self._base(model_id, "training model"))
 
     # -- sampling ----------------------------------------------------------------------------------
@@ -334,8 +356,11 @@ class ModalBackend(PrecisionVariants, Backend):
             base, owner = await self._checkpoint_base(model_path), None
         else:
             base, owner = str(base_model), None
-        payload = {"base_model": base_model, "model_id": model_id,
-                   "model_path": None if model_path is None else wire.encode_path(model_path)}
+        payload = {
+            "base_model": base_model,
+            "model_id": model_id,
+            "model_path": None if model_path is None else wire.encode_path(model_path),
+        }
         envelope = await asyncio.to_thread(self._call_sync, base, "create_sampler", payload)
         spec = wire.decode_sampler_spec(self._unwrap(envelope, owner, "training model"))
         self._base_of[spec.sampler_id] = base
@@ -350,9 +375,12 @@ class ModalBackend(PrecisionVariants, Backend):
 
     async def sample(self, sampler_id: str, request: SampleRequest) -> SampleResponse:
         result = await self._call(
-            self._base(sampler_id, "sampler"), "sample",
+            self._base(sampler_id, "sampler"),
+            "sample",
             {"sampler_id": sampler_id, "request": wire.encode_sample_request(request)},
-            owner=sampler_id, kind="sampler", spawn=True,
+            owner=sampler_id,
+            kind="sampler",
+            spawn=True,
         )
         return wire.decode_sample_response(result)
 

@@ -30,24 +30,39 @@ def add_parser(sub: Any) -> None:
     _add_settings(deploy)
     deploy.set_defaults(func=_deploy)
     serve = commands.add_parser(
-        "serve", help="deploy `tinker-std serve` (the official tinker SDK's HTTP protocol) as a Modal web endpoint")
+        "serve", help="deploy `tinker-std serve` (the official tinker SDK's HTTP protocol) as a Modal web endpoint"
+    )
     _add_settings(serve)
-    serve.add_argument("--api-key-secret", default=None,
-                       help="name of a Modal Secret holding TINKER_STD_API_KEY (default: any key accepted)")
+    serve.add_argument(
+        "--api-key-secret",
+        default=None,
+        help="name of a Modal Secret holding TINKER_STD_API_KEY (default: any key accepted)",
+    )
     serve.set_defaults(func=_serve)
 
 
 def _add_settings(parser: Any) -> None:
     defaults = ContainerSettings()
-    parser.add_argument("--gpu", default=defaults.gpu, help="Modal GPU type: H100, H200, B200, A100-80GB, L40S, "
-                        f"A10, L4, T4 (default {defaults.gpu})")
+    parser.add_argument(
+        "--gpu",
+        default=defaults.gpu,
+        help=f"Modal GPU type: H100, H200, B200, A100-80GB, L40S, A10, L4, T4 (default {defaults.gpu})",
+    )
     parser.add_argument("--gpu-count", type=int, default=defaults.gpu_count, help="GPUs per container (default 1)")
     parser.add_argument("--region", default=None, help="Modal region, e.g. us-east (default: anywhere)")
     parser.add_argument("--timeout", type=int, default=defaults.timeout, help="seconds one call may run")
-    parser.add_argument("--scaledown-window", type=int, default=defaults.scaledown_window,
-                        help="idle seconds before a container stops; its in-memory state is lost, checkpoints stay")
-    parser.add_argument("--max-inputs", type=int, default=defaults.max_inputs,
-                        help="concurrent calls per container (sampling requests batch in the engine)")
+    parser.add_argument(
+        "--scaledown-window",
+        type=int,
+        default=defaults.scaledown_window,
+        help="idle seconds before a container stops; its in-memory state is lost, checkpoints stay",
+    )
+    parser.add_argument(
+        "--max-inputs",
+        type=int,
+        default=defaults.max_inputs,
+        help="concurrent calls per container (sampling requests batch in the engine)",
+    )
     parser.add_argument("--app-name", default=APP_NAME, help=f"Modal app name (default {APP_NAME})")
     parser.add_argument("--hf-secret", default=None, help="name of a Modal Secret with HF_TOKEN (gated models)")
     parser.add_argument("--environment", default=None, help="Modal environment (default: the profile's)")
@@ -100,8 +115,10 @@ def _deploy(args: argparse.Namespace) -> int:
     from . import app
 
     app.deploy(environment_name=args.environment)
-    print(f"deployed {settings.app_name}; use it with ServiceClient(backend='modal', gpu={settings.gpu!r}) or "
-          "`tinker-std sft --backend modal ...`")
+    print(
+        f"deployed {settings.app_name}; use it with ServiceClient(backend='modal', gpu={settings.gpu!r}) or "
+        "`tinker-std sft --backend modal ...`"
+    )
     return 0
 
 

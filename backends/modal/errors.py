@@ -6,8 +6,14 @@ import importlib.util
 
 from tinker_std.errors import RequestFailedError, TinkerError
 
-__all__ = ["ModalNotInstalledError", "ModalCredentialsError", "ContainerLostError", "require_modal",
-           "require_credentials", "OFFLINE_HINT"]
+__all__ = [
+    "ModalNotInstalledError",
+    "ModalCredentialsError",
+    "ContainerLostError",
+    "require_modal",
+    "require_credentials",
+    "OFFLINE_HINT",
+]
 
 OFFLINE_HINT = (
     "To run the Modal class in this process instead (no Modal account; tests), pass offline=True or set "

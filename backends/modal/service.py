@@ -247,7 +247,6 @@ class ContainerService:
         return wire.encode_sample_response(self._run(self.backend.sample(payload["sampler_id"], request)))
 
 
-
 def committing_torch_backend(after_write: Callable[[], None], **options: Any) -> Any:
     """A torch backend that calls ``after_write`` (the Volume commit) after every checkpoint it
     writes, for containers that serve it directly (``web.py``'s HTTP endpoint). Float32 gets

@@ -38,8 +38,17 @@ PYTHON_VERSION = "3.11"
 
 #: Packages the image installs, pinned to the versions installed here, so that the container runs
 #: the engine this machine tested. torch is installed from PyPI's default (CUDA) wheels.
-_ENGINE_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "numpy", "pydantic", "tqdm",
-                    "huggingface-hub")
+_ENGINE_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "numpy",
+    "pydantic",
+    "tqdm",
+    "huggingface-hub",
+)
 _GPU = re.compile(r"^[A-Za-z0-9-]+(?::[1-9][0-9]*)?$")
 
 

@@ -20,8 +20,11 @@ from .settings import CHECKPOINT_MOUNT, MODELS_MOUNT
 __all__ = ["web_app", "http_server", "create_asgi_app", "deploy"]
 
 web_app = modal.App(f"{settings.app_name}-http")
-_secrets = [modal.Secret.from_name(name) for name in (settings.hf_secret, os.environ.get(
-    "TINKER_STD_MODAL_API_KEY_SECRET")) if name]
+_secrets = [
+    modal.Secret.from_name(name)
+    for name in (settings.hf_secret, os.environ.get("TINKER_STD_MODAL_API_KEY_SECRET"))
+    if name
+]
 
 
 def create_asgi_app(checkpoint_dir: str, after_write: Any, api_key: str | None) -> Any:
@@ -35,8 +38,13 @@ def create_asgi_app(checkpoint_dir: str, after_write: Any, api_key: str | None) 
     return create_app(ts.ServiceClient(backend), api_key=api_key)
 
 
-@web_app.function(image=image, volumes={CHECKPOINT_MOUNT: checkpoints_volume, MODELS_MOUNT: models_volume},
-                  secrets=_secrets, serialized=True, **settings.cls_options())
+@web_app.function(
+    image=image,
+    volumes={CHECKPOINT_MOUNT: checkpoints_volume, MODELS_MOUNT: models_volume},
+    secrets=_secrets,
+    serialized=True,
+    **settings.cls_options(),
+)
 @modal.concurrent(max_inputs=settings.max_inputs)
 @modal.asgi_app(label=f"{settings.app_name}-http")
 def http_server() -> Any:

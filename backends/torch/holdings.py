@@ -95,9 +95,7 @@ class BaseModels:
 
     def supported(self) -> list[SupportedModel]:
         """Every listed model with its maximum context length (loads configs, not weights)."""
-        return [
-            SupportedModel(model_name=name, max_context_length=self.context_length(name)) for name in self.served()
-        ]
+        return [SupportedModel(model_name=name, max_context_length=self.context_length(name)) for name in self.served()]
 
     def tokenizer(self, base_model: str) -> Tokenizer:
         """The tokenizer of ``base_model`` (``NotFoundError`` when it cannot be loaded offline)."""
