@@ -194,7 +194,8 @@ class FutureStore:
                     self._queued[tenant] -= 1
 
             future.add_done_callback(done)
-        future.add_done_callback(lambda _: _settled(entry))
+        server_loop = _running_loop()  # set when stored by a route on the server's event loop
+        future.add_done_callback(lambda _: _settled(entry, server_loop))
         return request_id
 
     def _drop_expired(self, now: float) -> None:
@@ -312,21 +313,24 @@ def _encode_quietly(entry: Pending) -> None:
         entry.encode_reply()
 
 
-def _settled(entry: Pending) -> None:
-    """Note when ``entry`` settled and encode its reply, off the event loop: a future that is
-    already settled when stored (a step run on the admitting thread whose backend answered at
-    once) calls this on the server's loop, which hands the encoding to its thread pool (a poll
-    arriving meanwhile waits on ``Pending``'s lock and gets the same bytes). A ``json`` reply (an
-    optimizer step's metrics) is small: it is encoded where it settles."""
-    entry.settled_at = time.monotonic()
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        loop = asyncio.get_running_loop() if entry.kind != "json" else None
+        return asyncio.get_running_loop()
     except RuntimeError:
-        loop = None
-    if loop is None:
-        _encode_quietly(entry)
+        return None
+
+
+def _settled(entry: Pending, server_loop: asyncio.AbstractEventLoop | None) -> None:
+    """Note when ``entry`` settled and encode its reply where it settled, except on the server's
+    event loop (``server_loop``, the loop that stored it, if any): a step run on the admitting
+    thread whose backend answered at once settles there, and the loop hands a protobuf encoding to
+    its thread pool (a poll arriving meanwhile waits on ``Pending``'s lock and gets the same
+    bytes). A ``json`` reply (an optimizer step's metrics) is small: it is encoded in place."""
+    entry.settled_at = time.monotonic()
+    if server_loop is not None and entry.kind != "json" and _running_loop() is server_loop:
+        server_loop.run_in_executor(None, _encode_quietly, entry)
     else:
-        loop.run_in_executor(None, _encode_quietly, entry)
+        _encode_quietly(entry)
 
 
 def _minted_here(request_id: str) -> bool:
