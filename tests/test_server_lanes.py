@@ -117,25 +117,6 @@ def test_a_resend_of_a_step_run_here_answers_the_original_id() -> None:
         lane.close()
 
 
-def test_on_admitted_runs_before_the_step_and_not_for_a_resend() -> None:
-    """The server stores a request's future in ``on_admitted``: it must come before the step can
-    run (here or on the worker), or a result settled first is encoded on the admitting thread."""
-    lane = SeqLane("m", gap_timeout_s=30.0)
-    log: list[str] = []
-    done = threading.Event()
-    try:
-        lane.admit(1, "d", "r1", lambda: log.append("step 1"), run_here=True, on_admitted=lambda: log.append("admit 1"))
-        lane.admit(3, "d", "r3", lambda: (log.append("step 3"), done.set()), on_admitted=lambda: log.append("admit 3"))
-        lane.admit(2, "d", "r2", lambda: log.append("step 2"), on_admitted=lambda: log.append("admit 2"))
-        lane.admit(2, "d", "r2-again", lambda: log.append("resent 2"), on_admitted=lambda: log.append("readmit 2"))
-        assert done.wait(30)
-        assert log.index("admit 1") < log.index("step 1")
-        assert log.index("admit 2") < log.index("step 2") and log.index("admit 3") < log.index("step 3")
-        assert "readmit 2" not in log and "resent 2" not in log
-    finally:
-        lane.close()
-
-
 def test_touched_request_times_reach_reads_and_the_file(tmp_path: Path) -> None:
     path = tmp_path / "records.sqlite"
     records = ServerRecords(path)

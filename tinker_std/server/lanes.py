@@ -55,25 +55,14 @@ class SeqLane:
         self._worker = threading.Thread(target=self._work, name=f"lane-{name}", daemon=True)
         self._worker.start()
 
-    def admit(
-        self,
-        seq_id: int | None,
-        digest: str,
-        request_id: str,
-        step: Step,
-        run_here: bool = False,
-        on_admitted: Callable[[], object] | None = None,
-    ) -> str:
+    def admit(self, seq_id: int | None, digest: str, request_id: str, step: Step, run_here: bool = False) -> str:
         """Queue ``step`` as request ``seq_id`` and answer ``request_id``; for a retry of an
         admitted request, answer the original request id and drop ``step``. ``seq_id=None``
         (a request the SDK does not number) runs after everything admitted so far. ``run_here``:
         run a non-blocking ``step`` on this thread, before returning, if the lane is idle and it
-        is next (module doc). ``on_admitted`` is called once the request is admitted (not for a
-        retry), before ``step`` can start, so the caller can register the step's future first."""
+        is next (module doc)."""
         with self._lock:
             if seq_id is None:
-                if on_admitted is not None:
-                    on_admitted()
                 self._put(step)
                 return request_id
             if seq_id < 1:
@@ -88,8 +77,6 @@ class SeqLane:
                     return prior[0]
                 raise ConflictError(f"seq_id {seq_id} of model {self.name} was already used by a different request")
             self._seen[seq_id] = (request_id, digest)
-            if on_admitted is not None:
-                on_admitted()
             here = run_here and seq_id == self.next_seq and self._unfinished == 0 and not self._waiting
             if here:
                 # _unfinished == 0: no step is queued or running, so the turn is free

@@ -360,17 +360,12 @@ class TrainingRoutes:
             else:
                 settle_result(answer, outcome)
 
-        # Stored once admitted and before the step can start: a result settled before it was stored
-        # would be encoded on this thread (the event loop). Not for a resend, which answers the
-        # original id: its own future never settles and would hold a unit of quota (LIM-6) for good.
-        answered = model.lane.admit(
-            seq,
-            operation_digest(request),
-            request_id,
-            step,
-            run_here=run_here,
-            on_admitted=lambda: self.futures.store(answer, kind, request.tenant, request_id),
-        )
+        answered = model.lane.admit(seq, operation_digest(request), request_id, step, run_here=run_here)
+        if answered == request_id:  # a resend answers the original id: its own future never settles,
+            # so storing it would hold one unit of the tenant's quota (LIM-6) for good. Stored after
+            # admission: nothing can poll the id before this answer carries it. A result that settled
+            # meanwhile is encoded off the event loop all the same (futures._settled).
+            self.futures.store(answer, kind, request.tenant, request_id)
         if kind == "json":
             self.records.touch_run(model.model_id)
         return WireReply.json({"request_id": answered, "model_id": model.model_id})
