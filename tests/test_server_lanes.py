@@ -142,3 +142,30 @@ def test_touched_request_times_reach_reads_and_the_file(tmp_path: Path) -> None:
     reread = other.run("tenant", "run-1")
     assert reread is not None and reread.last_request >= last
     other.close()
+
+
+def test_an_idle_lanes_worker_sleeps_until_a_step_or_a_gap() -> None:
+    """An idle lane's worker blocks without polling (a server with hundreds of models must not
+    wake hundreds of threads every second); once a gap opens it polls again and gives the gap up
+    after ``gap_timeout_s``, so the later step still runs."""
+    lane = SeqLane("m", gap_timeout_s=0.08)  # would poll every 20 ms
+    checks: list[float] = []
+    check_gap = lane._check_gap
+
+    def counted() -> None:
+        checks.append(time.monotonic())
+        check_gap()
+
+    lane._check_gap = counted  # type: ignore[method-assign]
+    time.sleep(0.3)
+    assert checks == [], f"an idle worker woke {len(checks)} times in 0.3 s"
+    ran = threading.Event()
+    lane.admit(2, "d2", "r2", ran.set)  # seq_id 1 never arrives: a gap opens on a sleeping worker
+    assert lane.depth() == 1
+    assert ran.wait(5.0), "the gap was never given up"
+    assert len(checks) >= 2, "the worker did not watch the gap"
+    n = len(checks)
+    time.sleep(0.3)
+    assert len(checks) <= n + 1, "the worker kept polling after the gap closed"
+    assert lane.depth() == 0
+    lane.close()

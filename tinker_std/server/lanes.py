@@ -36,6 +36,9 @@ __all__ = ["SeqLane"]
 
 Step = Callable[[], None]
 
+#: Put on a lane's queue to make an idle worker (blocked without a timeout) start watching a gap.
+_WAKE: Step = lambda: None  # noqa: E731
+
 
 class SeqLane:
     """Runs admitted steps strictly in ``seq_id`` order on one worker thread."""
@@ -51,6 +54,7 @@ class SeqLane:
         self._lock = threading.Lock()
         self._turn = threading.Lock()  # held by whoever runs a step
         self._unfinished = 0  # steps queued or running (the worker's or one run here)
+        self._wakes = 0  # _WAKE markers on the queue (not steps)
         self._queue: queue.SimpleQueue[Step | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name=f"lane-{name}", daemon=True)
         self._worker.start()
@@ -93,7 +97,7 @@ class SeqLane:
     def depth(self) -> int:
         """Requests admitted and not yet started: queued, or waiting for a lower ``seq_id``."""
         with self._lock:
-            return len(self._waiting) + self._queue.qsize()
+            return len(self._waiting) + self._queue.qsize() - self._wakes
 
     def _put(self, step: Step) -> None:
         self._unfinished += 1
@@ -103,7 +107,12 @@ class SeqLane:
         while self.next_seq in self._waiting:
             self._put(self._waiting.pop(self.next_seq))
             self.next_seq += 1
-        self._gap_since = (self._gap_since or time.monotonic()) if self._waiting else None
+        if self._waiting and self._gap_since is None:
+            self._gap_since = time.monotonic()
+            self._wakes += 1
+            self._queue.put(_WAKE)  # the worker may be blocked with no timeout: make it watch the gap
+        elif not self._waiting:
+            self._gap_since = None
 
     def _check_gap(self) -> None:
         with self._lock:
@@ -120,15 +129,21 @@ class SeqLane:
         self._queue.put(None)
 
     def _work(self) -> None:
+        # An idle lane's worker sleeps until a step (or _WAKE) arrives: a server holding hundreds of
+        # models must not wake hundreds of threads every second. It polls only while a gap is open.
         poll = min(1.0, self.gap_timeout_s / 4)
         while True:
             try:
-                step = self._queue.get(timeout=poll)
+                step = self._queue.get(timeout=poll if self._gap_since is not None else None)
             except queue.Empty:
                 self._check_gap()
                 continue
             if step is None:
                 return
+            if step is _WAKE:
+                with self._lock:
+                    self._wakes -= 1
+                continue
             self._turn.acquire()  # waits while a step runs on an admitting thread
             self._run(step)
 
