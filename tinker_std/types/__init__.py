@@ -9,9 +9,9 @@ from .checkpoint import (
     TrainingRun,
     TrainingRunsResponse,
 )
-from .datum import LOSS_INPUT_DTYPES, Datum
+from .datum import LOSS_INPUT_DTYPES, Datum, TensorLike
 from .info import GetInfoResponse, GetServerCapabilitiesResponse, ModelData, SupportedModel
-from .model_input import EncodedTextChunk, ModelInput
+from .model_input import EncodedTextChunk, ModelInput, TokensLike
 from .provenance import PromptProvenanceSpan, ProvenanceSpan, ProvenanceSpans, SampledProvenanceSpan
 from .sampling import (
     TOPK_PAD_LOGPROB,
@@ -72,6 +72,8 @@ __all__ = [
     "TOPK_PAD_TOKEN",
     "TensorData",
     "TensorDtype",
+    "TensorLike",
+    "TokensLike",
     "TrainingRun",
     "TrainingRunsResponse",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import field_validator, model_validator
 
 from ._base import RequestModel
@@ -12,7 +14,15 @@ from .model_input import ModelInput
 from .provenance import ProvenanceSpans
 from .tensor_data import TensorData, TensorDtype
 
-__all__ = ["Datum", "LOSS_INPUT_DTYPES"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Datum", "LOSS_INPUT_DTYPES", "TensorLike"]
+
+#: What ``Datum(loss_fn_inputs=...)`` accepts per key and converts to ``TensorData`` (spec TYP-7):
+#: ``TensorData`` or its field dict, a numpy array, a torch tensor, or a plain (possibly nested,
+#: rectangular) list or tuple of numbers; a plain list only under a key of ``LOSS_INPUT_DTYPES``.
+TensorLike: TypeAlias = "TensorData | dict[str, Any] | npt.NDArray[Any] | torch.Tensor | list[Any] | tuple[Any, ...]"
 
 #: The dtype a plain Python list is given, per ``loss_fn_inputs`` key (as in the tinker SDK).
 LOSS_INPUT_DTYPES: dict[str, TensorDtype] = {
@@ -65,6 +75,18 @@ class Datum(RequestModel):
     loss_fn_inputs: dict[str, TensorData] = {}
     model_input_spans: ProvenanceSpans | None = None
     loss_fn_input_spans: ProvenanceSpans | None = None
+
+    if TYPE_CHECKING:
+        # The fields' types are what construction yields; these are what it accepts (the
+        # ``_coerce_inputs`` validator converts each ``loss_fn_inputs`` value to ``TensorData``).
+        def __init__(
+            self,
+            *,
+            model_input: ModelInput,
+            loss_fn_inputs: Mapping[str, TensorLike] = ...,
+            model_input_spans: ProvenanceSpans | None = ...,
+            loss_fn_input_spans: ProvenanceSpans | None = ...,
+        ) -> None: ...
 
     @model_validator(mode="after")
     def _spans_come_in_pairs(self) -> Datum:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import field_validator
 
 from ._base import RequestModel
 
-__all__ = ["EncodedTextChunk", "ModelInput"]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+__all__ = ["EncodedTextChunk", "ModelInput", "TokensLike"]
+
+#: What ``EncodedTextChunk(tokens=...)`` accepts and converts to ``list[int]`` (spec TYP-4): any
+#: iterable of non-negative ints (a generator is consumed), a numpy integer array or a torch tensor.
+TokensLike: TypeAlias = "Iterable[int] | npt.NDArray[np.integer[Any]] | torch.Tensor"
 
 
 class EncodedTextChunk(RequestModel):
@@ -17,6 +26,10 @@ class EncodedTextChunk(RequestModel):
 
     tokens: list[int]
     type: Literal["encoded_text"] = "encoded_text"
+
+    if TYPE_CHECKING:
+        # ``tokens`` is a ``list[int]`` once constructed; ``_coerce_tokens`` converts what is accepted.
+        def __init__(self, *, tokens: TokensLike, type: Literal["encoded_text"] = ...) -> None: ...
 
     @field_validator("tokens", mode="before")
     @classmethod
