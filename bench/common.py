@@ -127,7 +127,7 @@ def datums(tokens: torch.Tensor) -> list[ts.Datum]:
     return [
         ts.Datum(
             model_input=ts.ModelInput.from_ints(row[:-1]),
-            loss_fn_inputs={"target_tokens": row[1:], "weights": [1.0] * (len(row) - 1)},  # type: ignore[dict-item]
+            loss_fn_inputs={"target_tokens": row[1:], "weights": [1.0] * (len(row) - 1)},
         )
         for row in rows
     ]

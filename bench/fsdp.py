@@ -18,7 +18,6 @@ and add collectives to every layer.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import common as c
@@ -40,7 +39,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def _fsdp(world_size: int, threads: int) -> ts.ServiceClient:
-    return ts.ServiceClient(backend="fsdp", world_size=world_size, threads=threads)  # type: ignore[arg-type]
+    return ts.ServiceClient(backend="fsdp", world_size=world_size, threads=threads)
 
 
 def main() -> None:
@@ -100,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -102,7 +102,7 @@ def tinker_rl_step(tc: ts.TrainingClient, prompts: list[list[int]], group: int, 
         datums.append(
             ts.Datum(
                 model_input=ts.ModelInput.from_ints(tokens[:-1]),
-                loss_fn_inputs={  # type: ignore[dict-item]
+                loss_fn_inputs={
                     "target_tokens": tokens[1:],
                     "logprobs": pad + list(seq.logprobs or []),
                     "advantages": pad + [a] * len(seq.tokens),

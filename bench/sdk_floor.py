@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import common as c
@@ -34,6 +34,8 @@ import common as c
 BATCH, SEQ, RANK = 4, 128, 16
 KEY = "tml-bench"
 Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Canned:
@@ -45,7 +47,7 @@ class Canned:
         self.result: dict[str, tuple[bytes, bytes]] = {}  # path -> (content type, result bytes)
         self.ids: dict[str, str] = {}  # real request id -> path
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "").removeprefix("/api/v1/")
         ready = len(self.result) == 2
         if path == "client/config" and self.config:
@@ -97,7 +99,7 @@ class Canned:
                 self.result[of] = (sent["type"], sent["body"])
 
 
-async def _answer_of(app: Any, scope: Scope, receive: Any) -> bytes:
+async def _answer_of(app: Any, scope: Scope, receive: Receive) -> bytes:
     body = b""
 
     async def keep(message: dict[str, Any]) -> None:
@@ -108,7 +110,7 @@ async def _answer_of(app: Any, scope: Scope, receive: Any) -> bytes:
     return body
 
 
-async def _answer(send: Any, content_type: str | bytes, body: bytes) -> None:
+async def _answer(send: Send, content_type: str | bytes, body: bytes) -> None:
     kind = content_type.encode() if isinstance(content_type, str) else content_type
     headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -183,10 +185,10 @@ def step_pair(local: Any, remote: Any, tokens: Any) -> tuple[Callable[[], None],
     import tinker
 
     data = c.datums(tokens)
-    sdk_data = [
+    sdk_data = [  # the SDK converts plain lists at runtime but types loss_fn_inputs dict[str, TensorData]
         tinker.Datum(
             model_input=tinker.ModelInput.from_ints(r[:-1]),
-            loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},
+            loss_fn_inputs={"target_tokens": r[1:], "weights": [1.0] * (len(r) - 1)},  # type: ignore[dict-item]
         )
         for r in tokens.tolist()
     ]

@@ -69,9 +69,11 @@ def _client(url: str, index: int, seconds: float, burst: int, ready: Any, go: An
 
     service = tinker.ServiceClient(base_url=url, api_key=KEY)
     try:
+        # the SDK types model_name Optional; a tinker-std server names every model it lists
         base = service.get_server_capabilities().supported_models[0].model_name
         tc = timed(
-            "create_model", lambda: resolved(service.create_lora_training_client(base_model=base, rank=4, seed=index))
+            "create_model",
+            lambda: resolved(service.create_lora_training_client(base_model=base, rank=4, seed=index)),  # type: ignore[arg-type]
         )
         if tc is None:
             ready.put(index)
@@ -80,9 +82,10 @@ def _client(url: str, index: int, seconds: float, burst: int, ready: Any, go: An
         go.wait()
         until = time.time() + seconds
         tokens = [(7 * i + 3 * index + 1) % 200 + 1 for i in range(24)]
+        # the SDK converts plain lists at runtime but types loss_fn_inputs dict[str, TensorData]
         datum = tinker.Datum(
             model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-            loss_fn_inputs={"target_tokens": tokens[1:], "weights": [1.0] * (len(tokens) - 1)},
+            loss_fn_inputs={"target_tokens": tokens[1:], "weights": [1.0] * (len(tokens) - 1)},  # type: ignore[dict-item]
         )
         adam = tinker.AdamParams(learning_rate=1e-3)
         step = 0

@@ -15,10 +15,10 @@ from .spec_index import load_statements, spec_dir, spec_hash
 
 __all__ = ["suite_info", "spec_info", "provider_package", "environment", "hypothesis_info", "REPO_DIR"]
 
+_CHECKOUT = Path(__file__).resolve().parent.parent
 #: The source checkout the suite runs from (``None`` for an installed wheel).
-REPO_DIR: Path | None = Path(__file__).resolve().parent.parent
-if not (REPO_DIR / ".git").exists():  # a worktree has a .git file, a clone a .git folder
-    REPO_DIR = None
+#: A worktree has a .git file, a clone a .git folder.
+REPO_DIR: Path | None = _CHECKOUT if (_CHECKOUT / ".git").exists() else None
 
 
 def _git(*args: str) -> str | None:

@@ -31,6 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,14 @@ ALPHA_CALL = FALSE_FAILURE_PER_RUN / MAX_CALLS
 MAX_SINGLES = 8
 
 Array = npt.NDArray[np.float64]
+
+
+class _SharedParams(TypedDict):
+    """The ``SamplingParams`` fields every statistical scenario shares (one token, no stop, no seed)."""
+
+    max_tokens: int
+    stop: list[int]
+    seed: None
 
 
 def next_token_logprobs(
@@ -245,7 +254,7 @@ def choose_scenarios(logprobs: Array, tolerance: str | ToleranceClass | None = N
     cls = resolve(tolerance)
     lp = np.asarray(logprobs, np.float64)
     a = _allowance(lp, cls)
-    base = {"max_tokens": 1, "stop": [], "seed": None}
+    base: _SharedParams = {"max_tokens": 1, "stop": [], "seed": None}
     out = [DrawCheck(ts.SamplingParams(temperature=0.5, **base), "SMP-10", "temperature 0.5, no filter")]
     v = int(np.isfinite(lp).sum())
 

@@ -13,7 +13,7 @@ works for any backend. Floats are drawn as float32 values (what ``TensorData`` s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -237,7 +237,7 @@ def _bad_training(draw: st.DrawFn, vocab_size: int, max_context_length: int) -> 
     n = draw(st.integers(1, 6))
     tokens = draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n))
     targets = draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n))
-    rl = {"target_tokens": targets, "logprobs": [-1.0] * n, "advantages": [1.0] * n}
+    rl: dict[str, Sequence[float]] = {"target_tokens": targets, "logprobs": [-1.0] * n, "advantages": [1.0] * n}
     rl_loss = draw(st.sampled_from(["importance_sampling", "ppo"]))
     bad_value = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
     kind = draw(

@@ -109,7 +109,7 @@ def test_overflowing_loss_inputs_are_refused_and_never_poison_the_adapter(
             for i, (x, y) in enumerate(zip(forward_logprobs(tc, probe), weights_before, strict=True)):
                 assert_replay(x, y, "token", "OPT-10", what=f"probe {i}: a refused step moved the weights")
         else:
-            assert all(np.isfinite(m) for m in step.metrics.values()), f"[OPT-10] step metrics {step.metrics}"
+            assert all(np.isfinite(m) for m in step.metrics.values()), f"[OPT-10] step metrics {step.metrics}"  # type: ignore[union-attr]
         after = forward_logprobs(tc, probe)
         assert all(np.isfinite(lp).all() for lp in after), f"[OPT-10] weights {scale}: the adapter is poisoned"
         tc.forward_backward(a, "cross_entropy").result()  # still trainable

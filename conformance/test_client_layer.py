@@ -22,7 +22,7 @@ from tinker_std.conformance.plugin import ConformanceBackend
 BOOM_TOKEN = 201  # a datum starting with this token makes the faulty backend raise
 
 
-class RecordingBackend(MockBackend):
+class RecordingBackend(MockBackend):  # type: ignore[misc]
     """The mock backend, recording calls and the concurrency of calls per model."""
 
     name: ClassVar[str] = "mock-recording"
@@ -54,14 +54,14 @@ class RecordingBackend(MockBackend):
                 raise RuntimeError("injected backend failure")
             if data[0].model_input.to_ints()[0] == BOOM_TOKEN + 1:
                 raise ts.NotFoundError("injected typed failure")
-            return await super().forward_backward(model_id, data, loss_fn, loss_fn_config, backward)
+            return await super().forward_backward(model_id, data, loss_fn, loss_fn_config, backward)  # type: ignore[no-any-return]
         finally:
             self._leave(model_id)
 
     async def optim_step(self, model_id: str, params: ts.AdamParams) -> ts.OptimStepResponse:
         await self._enter(model_id, "step", params.learning_rate)
         try:
-            return await super().optim_step(model_id, params)
+            return await super().optim_step(model_id, params)  # type: ignore[no-any-return]
         finally:
             self._leave(model_id)
 
@@ -83,7 +83,7 @@ def _backend(service: ts.ServiceClient) -> RecordingBackend:
 def test_the_backend_sees_one_call_per_model_at_a_time_in_order(recording: ts.ServiceClient) -> None:
     backend = _backend(recording)
     clients = [recording.create_lora_training_client(base_model="mock/tiny", rank=4, seed=i).result() for i in range(3)]
-    futures = []
+    futures: list[ts.APIFuture[object]] = []
     expected: dict[str, list[tuple[str, Any]]] = {tc.model_id: [] for tc in clients}
     for k in range(4):
         for tc in clients:

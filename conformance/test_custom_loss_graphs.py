@@ -39,7 +39,7 @@ def _node(op: str, name: str, target: str, *args: Any) -> dict[str, Any]:
 
 
 INPUTS = [{"name": "logprobs", "rank": 1}, {"name": "advantages", "rank": 1}, {"name": "scale", "rank": 0}]
-GRAPH = {
+GRAPH: dict[str, Any] = {
     "format": 1,
     "nodes": [
         _node("placeholder", "logprobs", "logprobs"),
@@ -224,7 +224,7 @@ def test_forward_with_a_graph_loss_scores_it_without_gradient(
     else:
         raise AssertionError("[CLG-5] forward with a graph loss did not check its inputs")
     with pytest.raises(NotFoundError):
-        scored.forward(data, "custom", {"loss_id": handle.loss_id + "9"}).result()
+        scored.forward(data, "custom", {"loss_id": handle.loss_id + "9"}).result()  # type: ignore[operator]
     assert_same_gradient(scored, untouched, conformance_backend, "CLG-5", "forward with a graph loss")
 
 

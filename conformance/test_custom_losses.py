@@ -119,7 +119,7 @@ def test_a_failing_custom_loss_fails_its_future_only(
 ) -> None:
     probe = probe_batch(conformance_backend.vocab_size)
     tc, twin = trained(training_client, conformance_backend), trained(training_client, conformance_backend)
-    bad = tc.forward_backward_custom(probe, BROKEN_LOSSES[case])  # type: ignore[arg-type]
+    bad = tc.forward_backward_custom(probe, BROKEN_LOSSES[case])
     later = tc.forward_backward(probe, "cross_entropy")
     with pytest.raises(ts.RequestFailedError) as info:
         bad.result()

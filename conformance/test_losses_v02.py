@@ -41,7 +41,7 @@ def _cookbook_datum(
     full = prompt + sampled, input = full[:-1], targets = full[1:], A and q zero on the prompt."""
     full = list(prompt) + list(seq.tokens)
     pad = len(prompt) - 1
-    inputs: dict[str, object] = {
+    inputs: dict[str, ts.types.TensorLike] = {
         "target_tokens": full[1:],
         "advantages": [0.0] * pad + [advantage] * len(seq.tokens),
     }
@@ -280,6 +280,6 @@ def test_gspo_without_a_mask_takes_the_ratio_over_the_sampled_positions(
     for data in (plain, masked):
         twin = training_client(seed=11)
         twin.forward_backward(data, "gspo", config).result()
-        norms.append(twin.optim_step(ADAM).result().metrics["grad_norm:max"])
+        norms.append(twin.optim_step(ADAM).result().metrics["grad_norm:max"])  # type: ignore[index]
     assert norms[0] > 1e-3, f"[LOSS-7] no gradient from the cookbook's gspo datums: {norms}"
     assert_close(norms[0], norms[1], "sum", "LOSS-7", what="gradient norm without the mask vs with it")

@@ -30,7 +30,7 @@ MOVED = 0.05
 
 
 def _datum(tokens: list[int]) -> ts.Datum:
-    return sequence_datum(tokens, [1.0] * (len(tokens) - 1))
+    return sequence_datum(tokens, [1.0] * (len(tokens) - 1))  # type: ignore[no-any-return]
 
 
 def _batches(v: int) -> tuple[list[ts.Datum], list[ts.Datum], list[ts.Datum]]:
@@ -207,7 +207,7 @@ def test_async_twins(conformance_backend: ConformanceBackend, service: ts.Servic
     async def run() -> None:
         tc = await service.create_lora_training_client_async(backend.base_model, rank=4, seed=0)
         assert isinstance(tc, ts.TrainingClient), f"[ORD-8] create_lora_training_client_async gave {tc!r}"
-        twins = {
+        twins: dict[str, ts.APIFuture[Any]] = {
             "forward_async": await tc.forward_async(probe, "cross_entropy"),
             "forward_backward_async": await tc.forward_backward_async(probe, "cross_entropy"),
             "forward_backward_custom_async": await tc.forward_backward_custom_async(probe, _slow_loss(0.0)),

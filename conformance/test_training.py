@@ -227,7 +227,11 @@ def test_chunk_size_one_equals_one_call(
     chunked = chunked_service.create_lora_training_client(base_model=conformance_backend.base_model, rank=4, seed=0)
     chunked_tc = chunked.result()
     # pipelined: a step and a forward submitted right behind the chunked call must wait for all its chunks
-    futures = [chunked_tc.forward_backward(data, loss_fn), chunked_tc.optim_step(ADAM), chunked_tc.forward(probe)]
+    futures: list[ts.APIFuture[Any]] = [
+        chunked_tc.forward_backward(data, loss_fn),
+        chunked_tc.optim_step(ADAM),
+        chunked_tc.forward(probe),
+    ]
     results = [f.result() for f in reversed(futures)][::-1]
     out_whole = whole.forward_backward(data, loss_fn).result()
     whole.optim_step(ADAM)

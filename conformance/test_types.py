@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import tinker_std as ts
 
@@ -45,7 +45,7 @@ def _refused(
 @pytest.mark.spec("TYP-2")
 def test_request_types_forbid_unknown_fields_and_are_immutable() -> None:
     datum = ts.Datum(model_input=ts.ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3]})
-    requests: list[tuple[type[Any], dict[str, Any]]] = [
+    requests: list[tuple[type[BaseModel], dict[str, Any]]] = [
         (ts.ModelInput, {"chunks": []}),
         (ts.EncodedTextChunk, {"tokens": [1]}),
         (ts.TensorData, {"data": [1.0], "dtype": "float32"}),
@@ -65,7 +65,7 @@ def test_request_types_forbid_unknown_fields_and_are_immutable() -> None:
             partial(setattr, instance, name, getattr(instance, name)),
             (ValidationError, TypeError, AttributeError),
         )
-    out = ts.ForwardBackwardOutput(loss_fn_outputs=[], metrics={"loss:sum": 1.0}, server_side_extra=3)
+    out = ts.ForwardBackwardOutput(loss_fn_outputs=[], metrics={"loss:sum": 1.0}, server_side_extra=3)  # type: ignore[call-arg]
     assert out.metrics == {"loss:sum": 1.0}, "[TYP-2] response types ignore unknown fields"
 
 
@@ -117,7 +117,7 @@ def test_token_inputs() -> None:
     assert chunk.tokens == [3, 4] and chunk.type == "encoded_text", f"[TYP-4] {chunk}"
     assert ts.EncodedTextChunk(tokens=torch.tensor([5, 6])).tokens == [5, 6], "[TYP-4] torch tokens"
     for bad in ([True], [-1], [1.5]):
-        _refused("TYP-4", f"token ids {bad}", partial(ts.EncodedTextChunk, tokens=bad))
+        _refused("TYP-4", f"token ids {bad}", partial(ts.EncodedTextChunk, tokens=bad))  # type: ignore[arg-type]
     mi = ts.ModelInput.from_ints([1, 2])
     longer = mi.append(ts.EncodedTextChunk(tokens=[3])).append_int(4)
     assert longer.to_ints() == [1, 2, 3, 4] and longer.length == 4 and mi.to_ints() == [1, 2], "[TYP-4]"
@@ -134,7 +134,7 @@ def test_tensor_data() -> None:
     assert ts.TensorData(data=[1, 2], dtype="int64").resolved_shape == [2], "[TYP-5] shape=None means [len(data)]"
     for bad in ({"data": [1.0, 2.0], "dtype": "float32", "shape": [3]}, {"data": [1.5], "dtype": "int64"},
                 {"data": [1.0], "dtype": "float64"}):  # fmt: skip
-        _refused("TYP-5", f"TensorData({bad})", partial(ts.TensorData, **bad))
+        _refused("TYP-5", f"TensorData({bad})", partial(ts.TensorData, **bad))  # type: ignore[arg-type]
     assert ts.TensorData.from_numpy(np.array([1, 2], np.int16)).dtype == "int64", "[TYP-6]"
     assert ts.TensorData.from_numpy(np.array([1.0], np.float64)).dtype == "float32", "[TYP-6]"
     _refused("TYP-6", "from_numpy of a string array", lambda: ts.TensorData.from_numpy(np.array(["x"])), ValueError)
@@ -174,7 +174,7 @@ def test_output_types() -> None:
     assert set(typing.get_args(ts.LossFnType)) == set(ts.types.LOSS_FN_TYPES), "[TYP-11]"
     seq = ts.SampledSequence(stop_reason="length", tokens=[1], logprobs=[-0.5])
     assert seq.sequence_id == "" and ts.SampleResponse(sequences=[seq]).prompt_logprobs is None, "[TYP-13]"
-    _refused("TYP-13", "stop_reason 'eos'", lambda: ts.SampledSequence(stop_reason="eos", tokens=[1], logprobs=[-0.5]))
+    _refused("TYP-13", "stop_reason 'eos'", lambda: ts.SampledSequence(stop_reason="eos", tokens=[1], logprobs=[-0.5]))  # type: ignore[arg-type]
 
 
 @pytest.mark.spec("TYP-14")
