@@ -24,7 +24,7 @@ from tinker_std.backends.torch import TorchBackend
 BATCH, SEQ, RANK = 4, 128, 16
 
 
-class TwoPassTorch(TorchBackend):  # type: ignore[misc]
+class TwoPassTorch(TorchBackend):
     """The torch backend without the one-pass seam."""
 
     one_pass_datum_loss: ClassVar[bool] = False

@@ -82,9 +82,9 @@ def test_resuming_with_optimizer_reproduces_the_run(
         assert_replay(a.metrics["loss:sum"], b.metrics["loss:sum"], "sum", "CKPT-5", what=f"loss:sum of step {k}")
     _assert_same_lps(forward_logprobs(resumed_tc, probe), forward_logprobs(tc, probe), "CKPT-5", "after 3 steps")
     if conformance_backend.supports("introspection"):
-        a, b = state_arrays(resumed_tc), state_arrays(tc)
-        for key in b:
-            assert_replay(a[key], b[key], "token", "CKPT-5", what=key)
+        got, want = state_arrays(resumed_tc), state_arrays(tc)
+        for key in want:
+            assert_replay(got[key], want[key], "token", "CKPT-5", what=key)
 
 
 @pytest.mark.spec("CKPT-4", "OPT-8", "OPT-1")

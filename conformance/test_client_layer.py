@@ -22,7 +22,7 @@ from tinker_std.conformance.plugin import ConformanceBackend
 BOOM_TOKEN = 201  # a datum starting with this token makes the faulty backend raise
 
 
-class RecordingBackend(MockBackend):  # type: ignore[misc]
+class RecordingBackend(MockBackend):
     """The mock backend, recording calls and the concurrency of calls per model."""
 
     name: ClassVar[str] = "mock-recording"
@@ -54,14 +54,14 @@ class RecordingBackend(MockBackend):  # type: ignore[misc]
                 raise RuntimeError("injected backend failure")
             if data[0].model_input.to_ints()[0] == BOOM_TOKEN + 1:
                 raise ts.NotFoundError("injected typed failure")
-            return await super().forward_backward(model_id, data, loss_fn, loss_fn_config, backward)  # type: ignore[no-any-return]
+            return await super().forward_backward(model_id, data, loss_fn, loss_fn_config, backward)
         finally:
             self._leave(model_id)
 
     async def optim_step(self, model_id: str, params: ts.AdamParams) -> ts.OptimStepResponse:
         await self._enter(model_id, "step", params.learning_rate)
         try:
-            return await super().optim_step(model_id, params)  # type: ignore[no-any-return]
+            return await super().optim_step(model_id, params)
         finally:
             self._leave(model_id)
 

@@ -206,6 +206,7 @@ def test_forward_with_a_graph_loss_scores_it_without_gradient(
 ) -> None:
     data = _data(conformance_backend.vocab_size)
     handle = service.create_custom_loss(pg, RANKS).result()
+    assert handle.loss_id is not None, "[CLG-5] a handle from create_custom_loss carries its loss_id"
     scored, trained, untouched = make_training_client(), make_training_client(), make_training_client()
     out_f = scored.forward(data, "custom", {"loss_id": handle.loss_id}).result()
     out_b = trained.forward_backward(data, "custom", {"loss_id": handle.loss_id}).result()
@@ -224,7 +225,7 @@ def test_forward_with_a_graph_loss_scores_it_without_gradient(
     else:
         raise AssertionError("[CLG-5] forward with a graph loss did not check its inputs")
     with pytest.raises(NotFoundError):
-        scored.forward(data, "custom", {"loss_id": handle.loss_id + "9"}).result()  # type: ignore[operator]
+        scored.forward(data, "custom", {"loss_id": handle.loss_id + "9"}).result()
     assert_same_gradient(scored, untouched, conformance_backend, "CLG-5", "forward with a graph loss")
 
 

@@ -99,7 +99,7 @@ def test_custom_loss_accepts_soft_targets(conformance_backend: ConformanceBacken
     datum = ts.Datum(
         model_input=ts.ModelInput.from_ints(tokens), loss_fn_inputs={"target_tokens": np.array([[1, 2]] * 3)}
     )
-    out = tc.forward_backward_custom([datum], lambda d, lps: (-sum(lp.sum() for lp in lps), {})).result()
+    out = tc.forward_backward_custom([datum], lambda d, lps: (-torch.stack([x.sum() for x in lps]).sum(), {})).result()
     shape = out.loss_fn_outputs[0]["logprobs"].resolved_shape
     assert shape == [3, 2], f"[LOSS-12] forward_backward_custom with (N, K) targets: logprobs shape {shape}"
 

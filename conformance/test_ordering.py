@@ -30,7 +30,7 @@ MOVED = 0.05
 
 
 def _datum(tokens: list[int]) -> ts.Datum:
-    return sequence_datum(tokens, [1.0] * (len(tokens) - 1))  # type: ignore[no-any-return]
+    return sequence_datum(tokens, [1.0] * (len(tokens) - 1))
 
 
 def _batches(v: int) -> tuple[list[ts.Datum], list[ts.Datum], list[ts.Datum]]:
@@ -135,7 +135,7 @@ def test_a_failed_request_changes_nothing_and_blocks_nothing(
     later = [tc.forward_backward(b, "cross_entropy"), tc.optim_step(ADAM), tc.forward(probe)]
     with pytest.raises(ts.ConflictError):
         failing.result(timeout=120)
-    outcomes = []
+    outcomes: list[object] = []
     for future in later:
         try:
             outcomes.append(future.result(timeout=120))
@@ -144,7 +144,9 @@ def test_a_failed_request_changes_nothing_and_blocks_nothing(
     twin.forward_backward(a, "cross_entropy")
     twin.forward_backward(b, "cross_entropy")
     twin.optim_step(ADAM)
-    _same(logprobs_of(outcomes[-1]), forward_logprobs(twin, probe), "ORD-4", "after a failed save")
+    last = outcomes[-1]
+    assert isinstance(last, ts.ForwardBackwardOutput), f"[ORD-4] forward answered {type(last).__name__}"
+    _same(logprobs_of(last), forward_logprobs(twin, probe), "ORD-4", "after a failed save")
 
 
 @pytest.mark.spec("ORD-5")

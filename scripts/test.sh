@@ -9,7 +9,7 @@ bash scripts/setup.sh test,hf,server,modal,cookbook-compat
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest -q "$@"
 if [ $# -eq 0 ]; then
     echo "== slow tier: installs as a user would (fresh venvs from the built wheel), real-model checks"

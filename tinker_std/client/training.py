@@ -122,7 +122,7 @@ class TrainingClient:
     # -- training ---------------------------------------------------------------------------
 
     def forward(
-        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float | str] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` without changing any state (FB-1); ``loss_fn="custom"`` with
         ``loss_fn_config={"loss_id": ...}``: a loss from ``ServiceClient.create_custom_loss`` (CLG-5)."""
@@ -137,7 +137,7 @@ class TrainingClient:
         return self._ordered(lambda b: self._chunked(b, datums, loss_fn, config, backward=False))
 
     def forward_backward(
-        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
+        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float | str] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         """Score ``data`` and add the loss gradient to the accumulated gradient (FB-2..FB-4);
         ``loss_fn="custom"`` as in ``forward`` (CLG-4)."""
@@ -333,12 +333,12 @@ class TrainingClient:
     # -- async twins: coroutines resolving to the future (double-await style) -----------------
 
     async def forward_async(
-        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+        self, data: list[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float | str] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         return self.forward(data, loss_fn, loss_fn_config)
 
     async def forward_backward_async(
-        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float] | None = None
+        self, data: list[Datum], loss_fn: str, loss_fn_config: Mapping[str, float | str] | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
         return self.forward_backward(data, loss_fn, loss_fn_config)
 
