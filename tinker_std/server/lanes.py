@@ -54,7 +54,7 @@ class SeqLane:
         self._lock = threading.Lock()
         self._turn = threading.Lock()  # held by whoever runs a step
         self._unfinished = 0  # steps queued or running (the worker's or one run here)
-        self._wakes = 0  # _WAKE markers on the queue (not steps)
+        self._queued = 0  # steps on the queue (not _WAKE markers or the close sentinel)
         self._queue: queue.SimpleQueue[Step | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name=f"lane-{name}", daemon=True)
         self._worker.start()
@@ -97,10 +97,11 @@ class SeqLane:
     def depth(self) -> int:
         """Requests admitted and not yet started: queued, or waiting for a lower ``seq_id``."""
         with self._lock:
-            return len(self._waiting) + self._queue.qsize() - self._wakes
+            return len(self._waiting) + self._queued
 
     def _put(self, step: Step) -> None:
         self._unfinished += 1
+        self._queued += 1
         self._queue.put(step)
 
     def _drain(self) -> None:
@@ -109,7 +110,6 @@ class SeqLane:
             self.next_seq += 1
         if self._waiting and self._gap_since is None:
             self._gap_since = time.monotonic()
-            self._wakes += 1
             self._queue.put(_WAKE)  # the worker may be blocked with no timeout: make it watch the gap
         elif not self._waiting:
             self._gap_since = None
@@ -141,9 +141,9 @@ class SeqLane:
             if step is None:
                 return
             if step is _WAKE:
-                with self._lock:
-                    self._wakes -= 1
                 continue
+            with self._lock:
+                self._queued -= 1
             self._turn.acquire()  # waits while a step runs on an admitting thread
             self._run(step)
 
