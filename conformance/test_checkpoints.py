@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_resuming_with_optimizer_reproduces_the_run(
     _train(tc, v, 2)
     path = tc.save_state("resume").result().path
     continued = _train(tc, v, 3, offset=2)
-    resumed_tc = _load("CKPT-5", path, lambda path=path: service.create_training_client_from_state_with_optimizer(path))  # type: ignore[misc]
+    resumed_tc = _load("CKPT-5", path, partial(service.create_training_client_from_state_with_optimizer, path))
     resumed = _train(resumed_tc, v, 3, offset=2)
     for k, (a, b) in enumerate(zip(resumed, continued, strict=True)):
         assert_replay(a.metrics["loss:sum"], b.metrics["loss:sum"], "sum", "CKPT-5", what=f"loss:sum of step {k}")
@@ -200,13 +201,13 @@ def test_load_errors(
             ts.NotFoundError,
             "CKPT-8",
             f"from_state({path})",
-            lambda path=path: service.create_training_client_from_state(path),  # type: ignore[misc]
+            partial(service.create_training_client_from_state, path),
         )
         _expect_error(
             ts.NotFoundError,
             "CKPT-8",
             f"create_sampling_client({path})",
-            lambda path=path: service.create_sampling_client(model_path=path),  # type: ignore[misc]
+            partial(service.create_sampling_client, model_path=path),
         )
     _expect_error(
         ts.NotFoundError,
@@ -225,14 +226,14 @@ def test_load_errors(
             ts.BadRequestError,
             "CKPT-8",
             f"from_state({bad})",
-            lambda bad=bad: service.create_training_client_from_state(bad),  # type: ignore[misc]
+            partial(service.create_training_client_from_state, bad),
             field="path",
         )
         _expect_error(
             ts.BadRequestError,
             "CKPT-8",
             f"create_sampling_client({bad})",
-            lambda bad=bad: service.create_sampling_client(model_path=bad),  # type: ignore[misc]
+            partial(service.create_sampling_client, model_path=bad),
             field="model_path",
         )
 
@@ -329,7 +330,7 @@ def test_a_checkpoint_never_changes_after_it_is_written(
         "[CKPT-2] training moved nothing"
     )
     for path in paths:
-        loaded = _load("CKPT-2", path, lambda path=path: service.create_training_client_from_state(path))  # type: ignore[misc]
+        loaded = _load("CKPT-2", path, partial(service.create_training_client_from_state, path))
         _assert_same_lps(forward_logprobs(loaded, probe), saved_lps, "CKPT-2", f"{path} after the saver trained on")
         seq = [(13 * i + 4) % v for i in range(10)]
         expected = logprobs_of(loaded.forward([sequence_datum(seq, [1.0] * 9)]).result())[0]
@@ -353,7 +354,7 @@ def test_a_snapshot_sampler_writes_no_checkpoint(
             ts.NotFoundError,
             "CKPT-12",
             f"loading {path} after save_weights_and_get_sampling_client('ckpt-12')",
-            lambda path=path: service.create_training_client_from_state(path),  # type: ignore[misc]
+            partial(service.create_training_client_from_state, path),
         )
     try:
         tc.save_weights_for_sampler("ckpt-12", ttl_seconds=None, overwrite=False).result()
@@ -374,7 +375,7 @@ def test_ttl_and_user_metadata_are_applied_or_refused_by_name(
     for bad in (0, -5, 1.5, True):
         _refused_by_call(
             f"save_state(ttl_seconds={bad!r})",
-            lambda bad=bad: tc0.save_state("ckpt-13", ttl_seconds=bad),  # type: ignore[misc]
+            partial(tc0.save_state, "ckpt-13", ttl_seconds=bad),  # type: ignore[arg-type]  # 1.5 on purpose
             "ttl_seconds",
         )
     _refused_by_call(
@@ -435,7 +436,7 @@ def _ttl_and_metadata_refused(conformance_backend: ConformanceBackend, service: 
     for save in (tc.save_state, tc.save_weights_for_sampler):
         _refused_by_call(
             f"{save.__name__}(ttl_seconds=1)",
-            lambda save=save: save("ckpt-13", ttl_seconds=1),  # type: ignore[misc]
+            partial(save, "ckpt-13", ttl_seconds=1),
             "ttl_seconds",
         )
     try:  # the refused saves wrote nothing: the name is still free
@@ -448,7 +449,7 @@ def _ttl_and_metadata_refused(conformance_backend: ConformanceBackend, service: 
     for path in paths:
         _refused_by_call(
             f"create_training_client_from_state({path}, user_metadata=...)",
-            lambda path=path: service.create_training_client_from_state(path, None, {"k": "v"}),  # type: ignore[misc]
+            partial(service.create_training_client_from_state, path, None, {"k": "v"}),
             "user_metadata",
         )
     _refused_by_call(
