@@ -3,6 +3,7 @@ checkpoint paths (the parameter types and field compatibility with tinker 0.38: 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,15 @@ def test_datum_plain_lists_are_typed_by_key() -> None:
     ):
         assert inputs[key].dtype == "float32", key
     assert inputs["weights"].data == [1.0, 0.0]
+
+
+def test_datum_takes_any_mapping_as_a_dict() -> None:
+    """The constructor is typed ``Mapping[str, TensorLike]``: a read-only mapping converts like a dict."""
+    inputs = {"target_tokens": [3, 4], "weights": [1, 0]}
+    from_proxy = Datum(model_input=_mi(2), loss_fn_inputs=types.MappingProxyType(inputs))
+    assert from_proxy == Datum(model_input=_mi(2), loss_fn_inputs=inputs)
+    assert from_proxy.loss_fn_inputs["target_tokens"].dtype == "int64"
+    assert from_proxy.loss_fn_inputs["weights"].data == [1.0, 0.0]
 
 
 def test_datum_nested_lists_keep_their_shape() -> None:

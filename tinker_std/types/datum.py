@@ -110,7 +110,7 @@ class Datum(RequestModel):
     @field_validator("loss_fn_inputs", mode="before")
     @classmethod
     def _coerce_inputs(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):  # any mapping, as the typed constructor promises
             return value
         return {str(key): _to_tensor_data(str(key), item) for key, item in value.items()}
 
