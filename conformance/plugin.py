@@ -38,8 +38,6 @@ Imported whenever pytest starts where tinker-std is installed: nothing heavy at 
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -49,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .backend_options import CHECKPOINT_DIR, accepts_option, open_service, read_options
 from .skip_file import read_skip_file, read_skip_reasons, skip_entry_matches
 
 if TYPE_CHECKING:
@@ -263,7 +262,7 @@ def _load(state: _State) -> type[Backend]:
 
         try:
             cls = load_backend_class(state.backend_spec)
-            options = _read_options(state.config_file)
+            options = read_options(state.config_file)
             declared = declared_capabilities(cls, options)
         except Exception as exc:
             state.load_error = f"cannot load tinker-std backend {state.backend_spec!r}: {type(exc).__name__}: {exc}"
@@ -319,42 +318,21 @@ class _UndeclaredSkipper:
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-def _accepts_option(cls: type[Any], option: str) -> bool:
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
-    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _read_options(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        options = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--tinker-backend-config {path}: {exc}") from exc
-    if not isinstance(options, dict):
-        raise ValueError(f"--tinker-backend-config {path}: must hold a JSON object of constructor options")
-    return options
-
-
 @pytest.fixture(scope="session")
 def _conformance_options(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = _state(request.config)
     cls = _backend_class(state)
     options = dict(state.options or {})
-    if "checkpoint_dir" not in options and _accepts_option(cls, "checkpoint_dir"):
-        options["checkpoint_dir"] = str(tmp_path_factory.mktemp("tinker-checkpoints"))
+    if CHECKPOINT_DIR not in options and accepts_option(cls, CHECKPOINT_DIR):
+        options[CHECKPOINT_DIR] = str(tmp_path_factory.mktemp("tinker-checkpoints"))
     return options
 
 
 @pytest.fixture(scope="session")
 def service(request: pytest.FixtureRequest, _conformance_options: dict[str, Any]) -> Iterator[ServiceClient]:
     """One ServiceClient over the backend under test for the whole session."""
-    from tinker_std import ServiceClient
-
-    client = ServiceClient(_backend_class(_state(request.config)), **_conformance_options)
+    state = _state(request.config)
+    client = open_service(_backend_class(state), _conformance_options, state.options or {})
     yield client
     client.close()
 

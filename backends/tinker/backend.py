@@ -58,9 +58,10 @@ class TinkerBackend(Backend):
     Options: ``base_url`` (default ``$TINKER_BASE_URL``, else the SDK's default, the hosted
     service), ``api_key`` (default ``$TINKER_API_KEY``; the SDK requires ``tml-...``), or instead
     ``serve`` (a registered backend name: serve it in this process on 127.0.0.1 with a random key)
-    with ``serve_options`` (its constructor options) and ``checkpoint_dir`` (its checkpoints; ignored
-    for a remote server, whose checkpoints live on the server). ``connect_timeout_s``: how long the
-    first call waits for the server to accept a connection before ``TinkerServerUnreachableError``.
+    with ``serve_options`` (its constructor options) and ``checkpoint_dir`` (its checkpoints; refused,
+    naming it, for a remote server, whose checkpoints live where that server keeps them).
+    ``connect_timeout_s``: how long the first call waits for the server to accept a connection
+    before ``TinkerServerUnreachableError``.
 
     The server's optional capabilities and tolerance class (CAP-3) cannot be read over the protocol:
     ``capabilities`` (names, or a comma-separated string) and ``tolerance`` declare them, else
@@ -121,6 +122,8 @@ class TinkerBackend(Backend):
         else:
             if serve_options:
                 raise BadRequestError("serve_options", "only meaningful together with serve")
+            if checkpoint_dir is not None:  # a remote server keeps its checkpoints where it was told to
+                raise BadRequestError("checkpoint_dir", "only meaningful together with serve (a local server)")
             self.base_url = base_url or os.environ.get("TINKER_BASE_URL") or None
             self._api_key = api_key or os.environ.get("TINKER_API_KEY") or None
             if self._api_key is None:
@@ -241,14 +244,17 @@ class TinkerBackend(Backend):
 
     def get_tokenizer(self, base_model: str) -> Tokenizer:
         """The protocol carries no tokenizer; like the SDK, load it here: the served backend's own
-        (``serve=``), else the ``tokenizer_id`` a training client's ``get_info`` named (a local
-        folder on the tinker-std server), else the model name through ``transformers``."""
+        (``serve=``), else a ``mock`` model's byte tokenizer (``_builtin_tokenizer``), else the
+        ``tokenizer_id`` a training client's ``get_info`` named (a local folder on the tinker-std
+        server), else the model name through ``transformers``."""
         cached = self._tokenizers.get(base_model)
         if cached is not None:
             return cached
         tokenizer: Tokenizer
         if self._local is not None and self._local.service is not None:
             tokenizer = self._local.service.backend.get_tokenizer(base_model)
+        elif (builtin := _builtin_tokenizer(base_model)) is not None:
+            tokenizer = builtin
         else:
             from tinker.lib.public_interfaces.sampling_client import _load_tokenizer_from_model_info
 
@@ -396,6 +402,21 @@ def _drop_stale_sockets(loop: asyncio.AbstractEventLoop) -> None:
                 loop.remove_writer(key.fd)
 
     asyncio.run_coroutine_threadsafe(purge(), loop).result(timeout=30)
+
+
+def _builtin_tokenizer(base_model: str) -> Tokenizer | None:
+    """The tokenizer of a model of tinker-std's ``mock`` or ``minimal`` backend (``mock/tiny``,
+    ``minimal/byte-lm``), which no hub or folder holds: a server that serves one of them in another
+    process (``tinker-std serve --backend mock``) names the model in ``get_info``, and its byte
+    tokenizer is that backend package's. ``None`` for any other name."""
+    from tinker_std.backends import minimal, mock
+    from tinker_std.backends.mock.model import MODELS
+
+    if base_model in MODELS:
+        return mock.ByteTokenizer(name_or_path=base_model)
+    if base_model == minimal.MODEL_NAME:
+        return minimal.ByteTokenizer()
+    return None
 
 
 def _vocab_size(tokenizer: Tokenizer) -> int:

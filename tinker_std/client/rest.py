@@ -52,9 +52,11 @@ class RestClient:
         _check_scope(access_scope, project_id)
 
         def page() -> TrainingRunsResponse:
-            runs = [self._run(r) for r in self.store.list_training_runs()]
+            runs = self.store.list_training_runs()
+            # only this page's runs get their checkpoints listed: a store behind a server lists one
+            # run per request, so completing every run made each page cost the whole listing
             return TrainingRunsResponse(
-                training_runs=runs[offset : offset + limit],
+                training_runs=[self._run(r) for r in runs[offset : offset + limit]],
                 cursor=Cursor(offset=offset, limit=limit, total_count=len(runs)),
             )
 
