@@ -313,7 +313,8 @@ def test_paging_through_runs_lists_each_runs_checkpoints_once(
 ) -> None:
     """A page of ``list_training_runs`` completes only its own runs (last checkpoints): behind a
     server each run's listing is one request, so paging through N runs makes N of them, not N per
-    page (measured before: 3-4 s a page against a server holding 1,759 runs)."""
+    page (measured before: 3-4 s a page against a server holding 1,759 runs). Pages of
+    ``list_user_checkpoints`` come from the server's own paging, in the whole listing's order."""
     ids = []
     for k in range(5):
         tc = over_mock.create_lora_training_client(base_model="mock/tiny", rank=4, seed=k).result()
@@ -334,6 +335,16 @@ def test_paging_through_runs_lists_each_runs_checkpoints_once(
     assert set(ids) <= {r.training_run_id for r in runs}
     assert all(r.last_checkpoint is not None for r in runs if r.training_run_id in ids)
     assert sorted(calls) == sorted(r.training_run_id for r in runs), f"{len(calls)} listings for {total} runs"
+    # every run's checkpoints, oldest first, as the whole listing orders them; in pages the server cuts
+    whole = sorted(
+        (c for r in runs for c in rest.list_checkpoints(r.training_run_id).result().checkpoints),
+        key=lambda c: (c.time, c.tinker_path),
+    )
+    calls.clear()
+    pages = [rest.list_user_checkpoints(limit=3, offset=offset).result() for offset in range(0, len(whole), 3)]
+    assert [c.tinker_path for p in pages for c in p.checkpoints] == [c.tinker_path for c in whole]
+    assert {p.cursor.total_count for p in pages if p.cursor is not None} == {len(whole)}
+    assert calls == [], f"{len(calls)} per-run listings for {len(pages)} pages of user checkpoints"
 
 
 @pytest.mark.parametrize("served", ["mock", "minimal"])

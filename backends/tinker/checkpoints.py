@@ -1,7 +1,8 @@
 """Checkpoint management (capability ``checkpoint_management``) through the SDK's ``RestClient``.
 
 ``RemoteCheckpointStore`` has the three methods ``tinker_std.client.rest.RestClient`` calls on a
-``CheckpointStore`` (from a worker thread): list runs, list a run's checkpoints, delete one."""
+``CheckpointStore`` (from a worker thread): list runs, list a run's checkpoints, delete one; and
+``user_checkpoints_page``, which ``RestClient.list_user_checkpoints`` uses where a store has it."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ class RemoteCheckpointStore:
         """Checkpoints of one run, oldest first (as ``CheckpointStore.list_checkpoints``)."""
         listed = self._wait(self.rest.list_checkpoints(training_run_id))
         return sorted((checkpoint_from_sdk(c) for c in listed.checkpoints), key=lambda c: c.time)
+
+    def user_checkpoints_page(self, limit: int, offset: int) -> tuple[list[Checkpoint], int]:
+        """One page of every run's checkpoints, oldest first, and how many there are: the server
+        pages them itself (one request, where listing each run would take one request per run)."""
+        page = self._wait(self.rest.list_user_checkpoints(limit=limit, offset=offset))
+        found = [checkpoint_from_sdk(c) for c in page.checkpoints]
+        return found, page.cursor.total_count if page.cursor is not None else offset + len(found)
 
     def delete(self, path: ParsedCheckpointTinkerPath) -> None:
         """Delete one checkpoint; ``NotFoundError`` if the server has none at ``path``."""
