@@ -35,7 +35,10 @@ def pytest_args(
     max_examples: int | None = None,
     extra: list[str] | None = None,
 ) -> list[str]:
-    """The pytest command line that runs the suite."""
+    """The pytest command line that runs the suite. Every option with a value is one ``--opt=value``
+    argument: pytest counts each argument that names an existing path toward its rootdir, so a
+    config file in another tree than the working directory, given as its own argument, moved the
+    root there (and the caller's ``tests/conftest.py`` then applied to every test)."""
     args = [
         "--pyargs",
         "tinker_std.conformance",
@@ -43,17 +46,15 @@ def pytest_args(
         f"no:{ENTRY_POINT}",
         "-p",
         "tinker_std.conformance.plugin",
-        "--tinker-backend",
-        backend,
-        "--tinker-report",
-        report,
+        f"--tinker-backend={backend}",
+        f"--tinker-report={report}",
     ]
     if backend_config:
-        args += ["--tinker-backend-config", backend_config]
+        args.append(f"--tinker-backend-config={backend_config}")
     if base_model:
-        args += ["--tinker-base-model", base_model]
+        args.append(f"--tinker-base-model={base_model}")
     if max_examples is not None:
-        args += ["--tinker-max-examples", str(max_examples)]
+        args.append(f"--tinker-max-examples={max_examples}")
     return args + list(extra or [])
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import pytest
 
     backend = options.backend or os.environ.get("TINKER_STD_BACKEND") or "mock"
-    extra = [*(["--tinker-skip-file", options.skip_file] if options.skip_file else []), *options.pytest_args]
+    extra = [*([f"--tinker-skip-file={options.skip_file}"] if options.skip_file else []), *options.pytest_args]
     if options.certify and not any(a.startswith("--hypothesis-seed") for a in extra):
         extra += ["--hypothesis-seed", "0"]
     with tempfile.TemporaryDirectory(prefix="tinker-conformance-") as tmp:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 
 def test_conformance_subcommand_runs_the_suite_and_writes_a_report(tmp_path: Path) -> None:
@@ -31,3 +35,29 @@ def test_a_backend_that_cannot_load_exits_with_one_message_and_no_report(tmp_pat
     assert text.count("cannot load") == 1 and text.count("no_such_module") == 2, text  # one line names it twice
     assert "ERROR: cannot load tinker-std backend 'no_such_module:Backend': ModuleNotFoundError" in text
     assert " passed" not in text and not report.exists() and not report.with_suffix(".md").exists()
+
+
+def test_a_config_file_elsewhere_does_not_move_the_suites_root(tmp_path: Path) -> None:
+    """``--backend-config`` (and the report, skip file) reach pytest as ``--opt=path``: a path given
+    as a separate argument counts toward pytest's rootdir, and a config file in another tree than
+    the working directory (their only common ancestor ``/``) moved the root to the config's folder,
+    after which the caller's own ``tests/conftest.py`` applied to every conformance test (here one
+    whose autouse fixture fails)."""
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("needs a writable folder outside /tmp's tree (/dev/shm)")
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(autouse=True)\ndef _foreign():\n"
+        "    raise RuntimeError('a conftest of the caller ran in the conformance suite')\n"
+    )
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        config, report = Path(elsewhere) / "backend.json", Path(elsewhere) / "report.json"
+        config.write_text("{}")
+        cmd = [sys.executable, "-m", "tinker_std.cli", "conformance", "--backend", "mock"]
+        cmd += ["--backend-config", str(config), "--report", str(report)]
+        out = subprocess.run([*cmd, "--", "-q", "-p", "no:cacheprovider", "-k", "test_tolerance_rule"],
+                             capture_output=True, text=True, timeout=300, cwd=project)  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "a conftest of the caller" not in out.stdout + out.stderr
+        assert json.loads(report.read_text())["statements"]["TOL-2"]["result"] == "pass"
