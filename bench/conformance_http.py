@@ -11,8 +11,9 @@
   (CKPT-14, CKPT-15) are not applicable there (the files are the server's), so that run does a
   little less work than the other two.
 
-Each run is a child process; its wall time is measured here, and a run that does not pass
-(exit status not 0) stops the benchmark. Prints each run's seconds, the medians and minima, and
+Each run is a child process; its wall time is measured here (for the server process: the
+suite's run only, not the server's boot), and a run that does not pass (exit status not 0) stops
+the benchmark. Prints each run's seconds, the medians and minima, and
 the ratios to in process. ``--rounds`` (default 3) rounds after ``--warmup`` (default 0).
 
     python bench/conformance_http.py [--rounds 3 --warmup 0]
@@ -88,32 +89,39 @@ def _server_process(folder: Path) -> Iterator[str]:
             server.wait(timeout=30)
 
 
-def _remote(folder: Path) -> None:
+def _remote_round(folder: Path) -> float:
+    """A fresh ``tinker-std serve`` (started and stopped outside the timing: its boot is the
+    provider's, not the suite's), and the suite's wall time against it."""
     with tempfile.TemporaryDirectory(dir=folder) as scratch, _server_process(Path(scratch)) as url:
         declared = TinkerMockBackend.capabilities
         config = Path(scratch) / "peer.json"
         options = {"base_url": url, "api_key": KEY, "tolerance": declared.tolerance}
         config.write_text(json.dumps({**options, "capabilities": sorted(declared.optional)}), encoding="utf-8")
-        _suite("--backend", "tinker", "--backend-config", str(config))
+        return c.seconds(lambda: _suite("--backend", "tinker", "--backend-config", str(config)))
 
 
 def main() -> None:
     args = c.parse_args(__doc__ or "", rounds=3, warmup=0)  # also prints the machine
+    local: dict[str, Callable[[], None]] = {
+        "in process": lambda: _suite("--backend", "mock"),
+        "HTTP, server in the suite's process": lambda: _suite(
+            "--backend", "tinker_std.backends.tinker:TinkerMockBackend"
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in [*local, "HTTP, server process"]}
     with tempfile.TemporaryDirectory() as folder:
-        runs: dict[str, Callable[[], None]] = {
-            "in process": lambda: _suite("--backend", "mock"),
-            "HTTP, server in the suite's process": lambda: _suite(
-                "--backend", "tinker_std.backends.tinker:TinkerMockBackend"
-            ),
-            "HTTP, server process": lambda: _remote(Path(folder)),
-        }
-        times = c.interleaved(runs, args.warmup, args.rounds)
+        for round_ in range(args.warmup + args.rounds):
+            measured = {name: c.seconds(run) for name, run in local.items()}
+            measured["HTTP, server process"] = _remote_round(Path(folder))
+            if round_ >= args.warmup:
+                for name, took in measured.items():
+                    times[name].append(took)
     base = times["in process"]
-    for name, seconds in times.items():
-        runs_text = " / ".join(f"{s:.1f}" for s in seconds)
-        print(f"{name:>36}: {runs_text} s | {c.summary(seconds)}")
-        if seconds is not base:
-            print(f"{'':>36}  ratio to in process: {c.ratio(seconds, base)}; target <= 2")
+    for name, runs in times.items():
+        runs_text = " / ".join(f"{s:.1f}" for s in runs)
+        print(f"{name:>36}: {runs_text} s | {c.summary(runs)}")
+        if runs is not base:
+            print(f"{'':>36}  ratio to in process: {c.ratio(runs, base)}; target <= 2")
     print(f"# load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
