@@ -380,6 +380,17 @@ def test_a_remote_byte_model_server_is_usable_and_checkpoint_dir_is_refused(serv
     assert not (tmp_path / "client").exists()
 
 
+def test_a_rest_client_is_available_before_any_other_call(tmp_path: Path) -> None:
+    """The tinker backend makes its checkpoint store on connecting; ``create_rest_client`` as the
+    first call connects instead of answering ``Unsupported`` for a declared capability."""
+    with ts.ServiceClient(backend="tinker", serve="mock", checkpoint_dir=str(tmp_path)) as service:
+        rest = service.create_rest_client()
+        assert rest.list_training_runs().result().training_runs == []
+        tc = service.create_lora_training_client(base_model="mock/tiny", rank=2).result()
+        path = tc.save_state("first").result().path
+        assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [path]
+
+
 def test_the_backend_level_sample_request_is_carried(over_mock: ts.ServiceClient, in_process: ts.ServiceClient) -> None:
     """Stop strings, temperature 0 and top-p travel as the SDK's SamplingParams."""
     params = {"max_tokens": 12, "temperature": 0.0, "stop": ["e"], "top_p": 0.9, "seed": 5}

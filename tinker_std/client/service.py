@@ -227,10 +227,16 @@ class ServiceClient:
     # -- checkpoint management --------------------------------------------------------------
 
     def create_rest_client(self) -> RestClient:
-        """Checkpoint management over the backend's local checkpoint store (capability
-        ``checkpoint_management``, CKPT-11)."""
+        """Checkpoint management over the backend's checkpoint store (capability
+        ``checkpoint_management``, CKPT-11); starts the backend first where it makes its store
+        on starting (the ``tinker`` backend), so it may raise what starting raises."""
+        if not self.capabilities.supports("checkpoint_management"):
+            raise Unsupported("checkpoint_management", self.backend_name)
         store = getattr(self.backend, "checkpoint_store", None)
-        if not self.capabilities.supports("checkpoint_management") or store is None:
+        if store is None:  # a backend that makes its store when it starts (tinker: on connecting)
+            self.session.start().result()
+            store = getattr(self.backend, "checkpoint_store", None)
+        if store is None:
             raise Unsupported("checkpoint_management", self.backend_name)
         return RestClient(store, self.session.runtime)
 

@@ -62,6 +62,10 @@ class BackendSession:
             self._started = asyncio.ensure_future(self.backend.start())
         await asyncio.shield(self._started)
 
+    def start(self) -> APIFuture[None]:
+        """Start the backend now (calls start it anyway, first); resolves once it started."""
+        return self.runtime.submit(self._ensure_started())
+
     def submit(self, operation: Callable[[Backend], Awaitable[T]]) -> APIFuture[T]:
         """Run ``operation(backend)`` on the event loop (after the backend started); errors other
         than ``TinkerError`` become ``RequestFailedError`` (category ``server``), chained."""
