@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -66,10 +67,11 @@ def test_a_stream_sends_tokens_while_the_request_is_still_decoding(
     assert len(reported) >= len(whole.logprobs.tokens)  # every token went through the sink
 
 
-def test_a_backend_without_incremental_decode_streams_the_finished_reply(world: World) -> None:
+def test_a_backend_without_incremental_decode_streams_the_finished_reply(world: World, tmp_path: Path) -> None:
     """The mock backend does not decode incrementally: ``GET /models`` says so and a stream carries
-    the finished reply (the same text and logprobs)."""
-    service = ts.ServiceClient(backend="mock")
+    the finished reply (the same text and logprobs). Its own checkpoint folder: ``/models`` also
+    lists saved sampler weights, which the default folder may hold from earlier runs."""
+    service = ts.ServiceClient(backend="mock", checkpoint_dir=str(tmp_path))
     try:
         with TinkerServer(service, api_key=KEY) as server:
             oai = openai.OpenAI(base_url=server.url + "/oai/api/v1", api_key=KEY, max_retries=0)
