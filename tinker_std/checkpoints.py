@@ -330,6 +330,15 @@ class CheckpointStore:
             )
         return runs
 
+    def user_checkpoints_page(self, limit: int, offset: int) -> tuple[list[Checkpoint], int]:
+        """One page of every run's checkpoints, oldest first (ties by tinker path), and how many
+        there are (``RestClient.list_user_checkpoints``; a store behind a server pages itself)."""
+        found: list[Checkpoint] = []
+        for run in self.list_training_runs():
+            found += self.list_checkpoints(run.training_run_id)
+        found.sort(key=lambda c: (c.time, c.tinker_path))
+        return found[offset : offset + limit], len(found)
+
     def list_checkpoints(self, training_run_id: str) -> list[Checkpoint]:
         """Checkpoints of one run, oldest first."""
         found = []

@@ -244,9 +244,9 @@ class TinkerBackend(Backend):
 
     def get_tokenizer(self, base_model: str) -> Tokenizer:
         """The protocol carries no tokenizer; like the SDK, load it here: the served backend's own
-        (``serve=``), else a ``mock`` model's byte tokenizer (``_builtin_tokenizer``), else the
-        ``tokenizer_id`` a training client's ``get_info`` named (a local folder on the tinker-std
-        server), else the model name through ``transformers``."""
+        (``serve=``), else a ``mock`` or ``minimal`` model's byte tokenizer (``_builtin_tokenizer``),
+        else the ``tokenizer_id`` a training client's ``get_info`` named (a local folder on the
+        tinker-std server), else the model name through ``transformers``."""
         cached = self._tokenizers.get(base_model)
         if cached is not None:
             return cached

@@ -1,8 +1,8 @@
 """Checkpoint management (capability ``checkpoint_management``) through the SDK's ``RestClient``.
 
-``RemoteCheckpointStore`` has the three methods ``tinker_std.client.rest.RestClient`` calls on a
-``CheckpointStore`` (from a worker thread): list runs, list a run's checkpoints, delete one; and
-``user_checkpoints_page``, which ``RestClient.list_user_checkpoints`` uses where a store has it."""
+``RemoteCheckpointStore`` has the methods ``tinker_std.client.rest.RestClient`` calls on a
+``CheckpointStore`` (from a worker thread): list runs, list a run's checkpoints, one page of every
+run's checkpoints, delete one."""
 
 from __future__ import annotations
 

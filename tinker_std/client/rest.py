@@ -11,7 +11,6 @@ from ..checkpoints import CheckpointStore
 from ..errors import BadRequestError, NotFoundError
 from ..futures import APIFuture
 from ..types import (
-    Checkpoint,
     CheckpointsListResponse,
     Cursor,
     ParsedCheckpointTinkerPath,
@@ -94,25 +93,14 @@ class RestClient:
         return self._later(lambda: CheckpointsListResponse(checkpoints=self.store.list_checkpoints(training_run_id)))
 
     def list_user_checkpoints(self, limit: int = 100, offset: int = 0) -> APIFuture[CheckpointsListResponse]:
-        """One page of the checkpoints of every run, oldest first, with a ``Cursor``; from the
-        store's ``user_checkpoints_page(limit, offset)`` where it has one (a server's store pages
-        itself), else from the whole listing."""
+        """One page of the checkpoints of every run, oldest first, with a ``Cursor``: the store's
+        ``user_checkpoints_page`` (a store behind a server pages itself, in one request)."""
         _check_page(limit, offset)
 
         def page() -> CheckpointsListResponse:
-            paged = getattr(self.store, "user_checkpoints_page", None)  # a store that pages itself
-            if paged is not None:
-                checkpoints, total = paged(limit, offset)
-                return CheckpointsListResponse(
-                    checkpoints=checkpoints, cursor=Cursor(offset=offset, limit=limit, total_count=total)
-                )
-            found: list[Checkpoint] = []
-            for run in self.store.list_training_runs():
-                found += self.store.list_checkpoints(run.training_run_id)
-            found.sort(key=lambda c: (c.time, c.tinker_path))
+            checkpoints, total = self.store.user_checkpoints_page(limit, offset)
             return CheckpointsListResponse(
-                checkpoints=found[offset : offset + limit],
-                cursor=Cursor(offset=offset, limit=limit, total_count=len(found)),
+                checkpoints=checkpoints, cursor=Cursor(offset=offset, limit=limit, total_count=total)
             )
 
         return self._later(page)

@@ -232,10 +232,9 @@ class ServiceClient:
         on starting (the ``tinker`` backend), so it may raise what starting raises."""
         if not self.capabilities.supports("checkpoint_management"):
             raise Unsupported("checkpoint_management", self.backend_name)
-        store = getattr(self.backend, "checkpoint_store", None)
-        if store is None:  # a backend that makes its store when it starts (tinker: on connecting)
+        if getattr(self.backend, "checkpoint_store", None) is None:  # made on starting (tinker: connecting)
             self.session.start().result()
-            store = getattr(self.backend, "checkpoint_store", None)
+        store = getattr(self.backend, "checkpoint_store", None)
         if store is None:
             raise Unsupported("checkpoint_management", self.backend_name)
         return RestClient(store, self.session.runtime)
