@@ -7,6 +7,13 @@ there (``report.json``, ``summary.md``, ``badge.svg``, ``digest``; see ``certifi
 ``--hypothesis-seed 0`` unless the pytest arguments give a seed. The exit status is pytest's
 (0: every selected test passed); a backend that cannot be loaded exits with pytest's usage-error
 status (4) and one message, and writes no report.
+
+The run is hermetic to the directory it is started from: pytest reads an empty configuration file
+of the run's own temporary folder (which is also its rootdir) and loads no ``conftest.py``, so a
+caller's ``pytest.ini`` / ``pyproject.toml`` options (``addopts``, ``filterwarnings``, ...) and
+conftest fixtures cannot change which tests run or how. Extra pytest arguments after ``--`` still
+apply. The suite itself has no conftest (its fixtures are in the plugin); test ids in reports are
+relative to the package (``report.normalized_nodeid``), so they do not depend on the rootdir.
 """
 
 from __future__ import annotations
@@ -34,12 +41,23 @@ def pytest_args(
     base_model: str | None = None,
     max_examples: int | None = None,
     extra: list[str] | None = None,
+    isolated_in: Path | None = None,
 ) -> list[str]:
     """The pytest command line that runs the suite. Every option with a value is one ``--opt=value``
     argument: pytest counts each argument that names an existing path toward its rootdir, so a
     config file in another tree than the working directory, given as its own argument, moved the
-    root there (and the caller's ``tests/conftest.py`` then applied to every test)."""
+    root there (and the caller's ``tests/conftest.py`` then applied to every test).
+
+    ``isolated_in``: a folder of the run's own; pytest then takes an empty configuration file
+    written there as its ini file, the folder as its rootdir, and loads no conftest (see the module
+    docstring)."""
+    isolation: list[str] = []
+    if isolated_in is not None:
+        ini = isolated_in / "pytest.ini"
+        ini.write_text("[pytest]\n", encoding="utf-8")
+        isolation = [f"--config-file={ini}", f"--rootdir={isolated_in}", "--noconftest"]
     args = [
+        *isolation,
         "--pyargs",
         "tinker_std.conformance",
         "-p",
@@ -79,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.certify and not any(a.startswith("--hypothesis-seed") for a in extra):
         extra += ["--hypothesis-seed", "0"]
     with tempfile.TemporaryDirectory(prefix="tinker-conformance-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
         if options.certify:
             outdir = Path(options.certify)
             outdir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = options.report or str(Path(tmp) / "report.json")
         code = pytest.main(
-            pytest_args(backend, report, options.backend_config, options.base_model, options.max_examples, extra)
+            pytest_args(backend, report, options.backend_config, options.base_model, options.max_examples, extra, root)
         )
         path = Path(report)
         if path.is_file():

@@ -61,3 +61,25 @@ def test_a_config_file_elsewhere_does_not_move_the_suites_root(tmp_path: Path) -
         assert out.returncode == 0, out.stdout + out.stderr
         assert "a conftest of the caller" not in out.stdout + out.stderr
         assert json.loads(report.read_text())["statements"]["TOL-2"]["result"] == "pass"
+
+
+def test_the_callers_pytest_configuration_and_conftests_do_not_apply(tmp_path: Path) -> None:
+    """The CLI runs the suite hermetically: started from a project whose ``pytest.ini`` deselects
+    everything (``addopts = -m ...``) and whose root ``conftest.py`` has a failing autouse
+    fixture, the selected conformance test still runs and passes. Before, both applied: the
+    ini's ``addopts`` deselected the test (TOL-2 "not-run"), the root conftest's fixture failed it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\naddopts = -m never_selected\n")
+    (project / "conftest.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(autouse=True)\ndef _foreign():\n"
+        "    raise RuntimeError('a conftest of the caller ran in the conformance suite')\n"
+    )
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "tinker_std.cli", "conformance", "--backend", "mock", "--report", str(report)]
+    out = subprocess.run([*cmd, "--", "-q", "-p", "no:cacheprovider", "-k", "test_tolerance_rule"],
+                         capture_output=True, text=True, timeout=300, cwd=project)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "a conftest of the caller" not in text, text
+    assert json.loads(report.read_text())["statements"]["TOL-2"]["result"] == "pass"
