@@ -5,7 +5,8 @@
 * ``Run``: opens the service and the training client (fresh, from ``init_from``, or resumed with
   its optimizer state from ``resume``), hands out the learning rate of a step, saves checkpoints
   together with a run-state JSON, and logs metrics (``metrics.jsonl``, a tqdm bar, wandb and
-  tensorboard when asked for and installed, ``curves.png`` at the end);
+  tensorboard when asked for, ``curves.png`` at the end; a log asked for whose package is not
+  installed is refused before the run starts, ``MissingLogPackage``);
 * ``DataOrder``: epoch-wise shuffled batches whose position is part of the run state;
 * ``lr_at``: constant / linear / cosine schedules with linear warmup, computed on the client;
 * ``load_jsonl``: a dataset file, or ``demo:NAME`` for one shipped in ``cookbook/data``.
@@ -19,10 +20,10 @@ requests one for one, so on a deterministic backend its metrics are bit-identica
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import random
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +34,9 @@ import tinker_std as ts
 
 __all__ = [
     "RunConfig",
+    "MissingLogPackage",
+    "require_log_packages",
+    "LOG_PACKAGES",
     "Run",
     "DataOrder",
     "lr_at",
@@ -167,6 +171,27 @@ def latest_checkpoint(log_dir: str | Path) -> str:
     return str(state["checkpoint"])
 
 
+#: The optional logs a run can be asked for (``RunConfig`` field = CLI flag): the module each
+#: needs and how to install it.
+LOG_PACKAGES = {
+    "wandb": ("wandb", "pip install wandb"),
+    "tensorboard": ("tensorboard", "pip install 'tinker-std[tensorboard]'"),
+}
+
+
+class MissingLogPackage(ImportError):
+    """A log was asked for (``--wandb``, ``--tensorboard``) whose package is not installed."""
+
+
+def require_log_packages(config: RunConfig) -> None:
+    """Raise ``MissingLogPackage`` naming the flag when ``config`` asks for a log whose package is
+    not installed: an asked-for log is never dropped, and the run fails before it opens a service
+    or writes anything."""
+    for field, (module, install) in LOG_PACKAGES.items():
+        if getattr(config, field) and importlib.util.find_spec(module) is None:
+            raise MissingLogPackage(f"--{field}: the {module} package is not installed ({install})")
+
+
 class Run:
     """One recipe run: service, training client, schedule, checkpoints and logging.
 
@@ -178,6 +203,7 @@ class Run:
     def __init__(
         self, config: RunConfig, recipe: str, *, training: bool = True, show: Sequence[str] = ("loss",)
     ) -> None:
+        require_log_packages(config)
         self.config, self.recipe, self.show = config, recipe, tuple(show)
         self.history: list[dict[str, Any]] = []
         self.log_dir = Path(config.log_dir) if config.log_dir else None
@@ -236,25 +262,19 @@ class Run:
                 unit="step",
                 dynamic_ncols=True,
             )
-        if self.config.wandb:
-            try:
-                import wandb
+        if self.config.wandb:  # installed: require_log_packages
+            import wandb
 
-                self._wandb = wandb.init(
-                    project="tinker-std",
-                    name=self.recipe,
-                    dir=str(self.log_dir or "."),
-                    config=dataclasses.asdict(self.config),
-                )
-            except ImportError:
-                print("--wandb: the wandb package is not installed; not logging to wandb", file=sys.stderr)
+            self._wandb = wandb.init(
+                project="tinker-std",
+                name=self.recipe,
+                dir=str(self.log_dir or "."),
+                config=dataclasses.asdict(self.config),
+            )
         if self.config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(self.log_dir or "runs"))
-            except ImportError:
-                print("--tensorboard: tensorboard is not installed; not logging to it", file=sys.stderr)
+            self._tb = SummaryWriter(log_dir=str(self.log_dir or "runs"))
 
     @property
     def training(self) -> ts.TrainingClient:

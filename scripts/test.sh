@@ -3,7 +3,7 @@
 # against each in-repo backend (its certificates must match conformance/results/ and the README's matrix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,hf,server,modal,cookbook-compat
+bash scripts/setup.sh test,hf,server,modal,cookbook-compat,tensorboard
 # The test models are tiny: one intra-op thread is fastest, and it keeps the OpenMP pools of the test
 # thread and the client's loop thread from spinning against each other on a loaded 2-core machine.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tinker_std.cli import main
@@ -35,11 +37,9 @@ def test_every_recipe_runs_from_the_command_line(tmp_path: Path, capsys: pytest.
     assert teacher.endswith("/weights/step_000004")
 
     rl_dir = tmp_path / "rl"
-    args = "--env choice --steps 2 --group-size 4 --groups-per-batch 2 --loss-fn ppo --wandb".split()
+    args = "--env choice --steps 2 --group-size 4 --groups-per-batch 2 --loss-fn ppo".split()
     assert main(["rl", *common, *args, "--log-dir", str(rl_dir)]) == 0
-    captured = capsys.readouterr()
-    assert "reward: first" in captured.out
-    assert "wandb package is not installed" in captured.err or (rl_dir / "wandb").exists()
+    assert "reward: first" in capsys.readouterr().out
     assert [set(r) >= {"step", "reward", "lr"} for r in rows(rl_dir)] == [True, True]
     assert_curves(rl_dir)
 
@@ -61,6 +61,43 @@ def test_every_recipe_runs_from_the_command_line(tmp_path: Path, capsys: pytest.
     (row,) = rows(eval_dir)
     assert row["num_examples"] == 4 and row["nll"] > 0 and 0 <= row["accuracy"] <= 1
     assert "accuracy: first" in capsys.readouterr().out
+
+
+def test_an_asked_for_log_without_its_package_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--wandb`` without the wandb package: exit status 2 and one error naming the flag and how to
+    install it, before anything runs (no log folder, no checkpoint). Before, the run went on
+    without the log it was asked for, after one line on stderr."""
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    log_dir, ckpt = tmp_path / "rl", tmp_path / "ckpt"
+    args = ["rl", "--backend", "mock", "--checkpoint-dir", str(ckpt), "--steps", "1", "--wandb"]
+    assert main([*args, "--log-dir", str(log_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "tinker-std rl: error: --wandb: the wandb package is not installed (pip install wandb)" in err
+    assert not log_dir.exists() and not (ckpt.exists() and any(ckpt.rglob("*")))
+
+
+def test_tensorboard_log_holds_every_metric_of_every_step(tmp_path: Path) -> None:
+    """``--tensorboard`` writes a TensorBoard event log in the log dir whose scalars are exactly the
+    numeric metrics of ``metrics.jsonl``, step by step (as float32, TensorBoard's scalar type)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = tmp_path / "sft"
+    args = ["sft", "--backend", "mock", "--checkpoint-dir", str(tmp_path / "ckpt"), "--data", "demo:chat"]
+    args += "--steps 3 --batch-size 4 --lr-schedule cosine --no-progress --no-plot --tensorboard".split()
+    assert main([*args, "--log-dir", str(log_dir)]) == 0
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for row in rows(log_dir):
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                expected.setdefault(key, []).append((row["step"], float(np.float32(value))))
+    assert {"train_nll", "lr"} <= set(expected)
+    events = EventAccumulator(str(log_dir)).Reload()
+    assert set(events.Tags()["scalars"]) == set(expected)
+    for key, points in expected.items():
+        assert [(e.step, e.value) for e in events.Scalars(key)] == points, key
 
 
 def test_cli_resume_from_a_checkpoint_path_continues_exactly(tmp_path: Path) -> None:

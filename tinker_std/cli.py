@@ -105,7 +105,13 @@ def _run_recipe(args: argparse.Namespace) -> int:
     values.setdefault("log_dir", f"runs/{name}")
     values.setdefault("progress", True)
     config = config_cls(**values)
-    history = run(config)
+    from tinker_std.cookbook.common import MissingLogPackage
+
+    try:
+        history = run(config)
+    except MissingLogPackage as exc:  # raised before the run opens a service or writes a file
+        print(f"tinker-std {name}: error: {exc}", file=sys.stderr)
+        return 2
     key = _MAIN_METRIC[name]
     points = [row[key] for row in history if key in row]
     if points:
