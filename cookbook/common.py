@@ -35,6 +35,10 @@ import tinker_std as ts
 __all__ = [
     "RunConfig",
     "MissingLogPackage",
+    "UnreadOption",
+    "refuse_unread_options",
+    "TRAINING_FIELDS",
+    "DEFAULT_RANK",
     "require_log_packages",
     "LOG_PACKAGES",
     "Run",
@@ -59,7 +63,7 @@ class RunConfig:
 
     backend: str | None = None  # registered backend name; None: the default (BE-8)
     base_model: str | None = None  # None: the backend's first model
-    rank: int = 8
+    rank: int | None = None  # LoRA rank of a new adapter (None: DEFAULT_RANK); from a checkpoint: its rank
     seed: int = 0
     steps: int = 20
     learning_rate: float = 1e-2
@@ -192,6 +196,49 @@ def require_log_packages(config: RunConfig) -> None:
             raise MissingLogPackage(f"--{field}: the {module} package is not installed ({install})")
 
 
+#: The LoRA rank of a run's new adapter when ``RunConfig.rank`` is not given.
+DEFAULT_RANK = 8
+
+#: The ``RunConfig`` fields only a training run reads: a run that does not train (``eval``) refuses
+#: them when set (``refuse_unread_options``), and the command line does not offer them there.
+TRAINING_FIELDS = (
+    "rank", "seed", "steps", "learning_rate", "lr_schedule", "warmup_steps", "save_every", "resume", "init_from",
+)  # fmt: skip
+
+
+class UnreadOption(ValueError):
+    """An option was set that the run would not read, or that its checkpoint overrides: refused by
+    name, never ignored."""
+
+
+def _flags(names: Sequence[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def refuse_unread_options(config: RunConfig, training: bool) -> None:
+    """Raise ``UnreadOption`` when a run that does not train is given a training option (a field
+    of ``TRAINING_FIELDS`` not at its default): it would have no effect."""
+    if training:
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+    given = [name for name in TRAINING_FIELDS if getattr(config, name) != defaults[name]]
+    if given:
+        raise UnreadOption(f"{_flags(given)}: this recipe does not train, so it would not read them")
+
+
+def _refuse_checkpoint_overrides(config: RunConfig, info: ts.GetInfoResponse) -> None:
+    """A run from a checkpoint (``resume`` / ``init_from``) has the checkpoint's base model and LoRA
+    rank: a ``base_model`` or ``rank`` given that differs from them would be silently overridden,
+    so it is refused (the same values, as when a run is resumed with its own command line, are
+    fine)."""
+    source = "--resume" if config.resume else "--init-from"
+    model = info.model_data.model_name
+    if config.base_model is not None and model is not None and config.base_model != model:
+        raise UnreadOption(f"--base-model {config.base_model!r}: the checkpoint of {source} is of {model!r}")
+    if config.rank is not None and info.lora_rank is not None and config.rank != info.lora_rank:
+        raise UnreadOption(f"--rank {config.rank}: the checkpoint of {source} has LoRA rank {info.lora_rank}")
+
+
 class Run:
     """One recipe run: service, training client, schedule, checkpoints and logging.
 
@@ -204,6 +251,7 @@ class Run:
         self, config: RunConfig, recipe: str, *, training: bool = True, show: Sequence[str] = ("loss",)
     ) -> None:
         require_log_packages(config)
+        refuse_unread_options(config, training)
         self.config, self.recipe, self.show = config, recipe, tuple(show)
         self.history: list[dict[str, Any]] = []
         self.log_dir = Path(config.log_dir) if config.log_dir else None
@@ -215,11 +263,17 @@ class Run:
         if self.state:
             _set_rng_state(self.rng, self.state["rng"])
         self._training: ts.TrainingClient | None = None
+        #: the LoRA rank of this run's adapter (a checkpoint's, once one is loaded)
+        self.rank: int = DEFAULT_RANK if config.rank is None else config.rank
         try:
             self.base_model = config.base_model or self._first_model()
             if training:
                 self._training = self._open_training_client()
-                self.base_model = self._training.get_info().model_data.model_name or self.base_model
+                info = self._training.get_info()
+                if self.state or config.init_from:
+                    _refuse_checkpoint_overrides(config, info)
+                self.base_model = info.model_data.model_name or self.base_model
+                self.rank = info.lora_rank or self.rank
             self._open_logs()
         except BaseException:
             self.service.close()
@@ -240,7 +294,7 @@ class Run:
         if config.init_from:
             return self.service.create_training_client_from_state(config.init_from).result()
         return self.service.create_lora_training_client(
-            base_model=self.base_model, rank=config.rank, seed=config.seed
+            base_model=self.base_model, rank=self.rank, seed=config.seed
         ).result()
 
     def _open_logs(self) -> None:

@@ -87,7 +87,7 @@ def reference_logprobs(
         if init_from:
             fresh = run.service.create_training_client_from_state(init_from).result()
         else:
-            fresh = run.service.create_lora_training_client(base_model=run.base_model, rank=run.config.rank).result()
+            fresh = run.service.create_lora_training_client(base_model=run.base_model, rank=run.rank).result()
         out = fresh.forward(list(datums), "cross_entropy").result()
         return [_masked_sum(o["logprobs"].tolist(), m) for o, m in zip(out.loss_fn_outputs, masks, strict=True)]
     raise ValueError(f"unknown reference {how!r}; use sampler or forward")

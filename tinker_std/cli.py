@@ -70,9 +70,15 @@ def _scalar_type(annotation: Any) -> Any:
     return annotation
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type[Any]) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type[Any], training: bool = True) -> None:
+    """A flag per field of ``config_cls``; without ``training``, none for the fields only a training
+    run reads (``TRAINING_FIELDS``: argparse then refuses them by name)."""
+    from tinker_std.cookbook.common import TRAINING_FIELDS
+
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
+        if not training and field.name in TRAINING_FIELDS:
+            continue
         flag = "--" + field.name.replace("_", "-")
         names = [flag, *_ALIASES.get(field.name, [])]
         kind = _scalar_type(hints[field.name])
@@ -100,16 +106,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type[Any]) ->
 def _run_recipe(args: argparse.Namespace) -> int:
     name = args.command
     config_cls, run = _recipe(name)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config_cls)}
     values = {name: value for name, value in given.items() if value is not None}
     values.setdefault("log_dir", f"runs/{name}")
     values.setdefault("progress", True)
     config = config_cls(**values)
-    from tinker_std.cookbook.common import MissingLogPackage
+    from tinker_std.cookbook.common import MissingLogPackage, UnreadOption
 
     try:
         history = run(config)
-    except MissingLogPackage as exc:  # raised before the run opens a service or writes a file
+    except (MissingLogPackage, UnreadOption) as exc:  # raised before the run trains or writes a file
         print(f"tinker-std {name}: error: {exc}", file=sys.stderr)
         return 2
     key = _MAIN_METRIC[name]
@@ -242,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, help_text in _HELP.items():
         recipe = sub.add_parser(name, help=help_text, description=f"{help_text}; log dir default runs/{name}")
-        _add_config_flags(recipe, _recipe(name)[0])
+        _add_config_flags(recipe, _recipe(name)[0], training=name != "eval")
         recipe.set_defaults(func=_run_recipe)
     return parser
 

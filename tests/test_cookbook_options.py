@@ -1,0 +1,75 @@
+"""Recipe options a run would not read, or that its checkpoint overrides, are refused by name.
+
+Before, each was dropped without a word: ``tinker-std eval --rank 32 --lr 0.5`` evaluated as if they
+were not there, and ``--init-from`` / ``--resume`` with a ``--rank`` or ``--base-model`` other
+than the checkpoint's trained the checkpoint's rank and model all the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinker_std.cli import main
+from tinker_std.cookbook import evaluate, sft
+from tinker_std.cookbook.common import UnreadOption, latest_checkpoint
+
+COMMON = ["--backend", "mock", "--no-progress", "--no-plot"]
+RL = ["--env", "choice", "--steps", "1", "--group-size", "4", "--groups-per-batch", "1"]
+
+
+def test_eval_offers_no_training_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log_dir = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", *COMMON, "--rank", "32", "--log-dir", str(log_dir)])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --rank 32" in capsys.readouterr().err
+    assert not log_dir.exists()
+
+
+def test_a_run_that_does_not_train_refuses_training_fields(tmp_path: Path) -> None:
+    log_dir = tmp_path / "eval"
+    config = evaluate.EvalConfig(backend="mock", rank=32, learning_rate=0.5, log_dir=str(log_dir), plot=False)
+    with pytest.raises(UnreadOption, match=r"^--rank, --learning-rate: this recipe does not train"):
+        evaluate.run(config)
+    assert not log_dir.exists()
+    assert evaluate.run(evaluate.EvalConfig(backend="mock", limit=2, log_dir=str(log_dir), plot=False))
+
+
+def test_a_rank_the_checkpoint_overrides_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*COMMON, "--checkpoint-dir", str(tmp_path / "ckpt")]
+    first = tmp_path / "sft"
+    sft_args = ["sft", *common, "--steps", "2", "--batch-size", "2", "--rank", "4", "--save-every", "1"]
+    assert main([*sft_args, "--log-dir", str(first)]) == 0
+    start = latest_checkpoint(first)
+
+    refused = tmp_path / "rl16"
+    assert main(["rl", *common, *RL, "--init-from", start, "--rank", "16", "--log-dir", str(refused)]) == 2
+    assert "tinker-std rl: error: --rank 16: the checkpoint of --init-from has LoRA rank 4" in capsys.readouterr().err
+    assert not refused.exists()
+    assert main(["rl", *common, *RL, "--init-from", start, "--rank", "8", "--log-dir", str(refused)]) == 2
+    assert "--rank 8: the checkpoint of --init-from has LoRA rank 4" in capsys.readouterr().err  # 8: the default
+    # the checkpoint's own rank, or none, is what a run's own command line gives: accepted
+    assert main(["rl", *common, *RL, "--init-from", start, "--rank", "4", "--log-dir", str(tmp_path / "rl4")]) == 0
+    assert main(["rl", *common, *RL, "--init-from", start, "--log-dir", str(tmp_path / "rl")]) == 0
+
+    step1 = first / "run_state.json"
+    assert main([*sft_args[:-4], "--rank", "16", "--log-dir", str(first), "--resume", str(step1)]) == 2
+    assert "--rank 16: the checkpoint of --resume has LoRA rank 4" in capsys.readouterr().err
+    assert main([*sft_args, "--log-dir", str(first), "--resume", str(step1)]) == 0
+
+
+def test_a_base_model_the_checkpoint_overrides_is_refused(tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    config = sft.SFTConfig(backend="torch", base_model="tiny-llama", steps=1, batch_size=2, eval_fraction=0,
+                           checkpoint_dir=ckpt, log_dir=str(tmp_path / "sft"), plot=False)  # fmt: skip
+    sft.run(config)
+    start = latest_checkpoint(tmp_path / "sft")
+    other = sft.SFTConfig(backend="torch", base_model="tiny-qwen3", init_from=start, steps=1, batch_size=2,
+                          eval_fraction=0, checkpoint_dir=ckpt, log_dir=str(tmp_path / "b"), plot=False)  # fmt: skip
+    with pytest.raises(
+        UnreadOption, match=r"--base-model 'tiny-qwen3': the checkpoint of --init-from is of 'tiny-llama'"
+    ):
+        sft.run(other)
+    assert not (tmp_path / "b").exists()
