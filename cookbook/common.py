@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tinker_std as ts
 
@@ -78,6 +78,10 @@ class RunConfig:
     wandb: bool = False
     tensorboard: bool = False
     plot: bool = True  # write <log_dir>/curves.png at the end
+
+    #: Fields a recipe reads only under a condition: field -> (the condition, as an error names
+    #: it; whether ``config`` meets it). Set away from its default otherwise, a field is refused.
+    READ_WHEN: ClassVar[Mapping[str, tuple[str, Callable[[Any], bool]]]] = {}
 
 
 def lr_at(step: int, base: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
@@ -216,14 +220,23 @@ def _flags(names: Sequence[str]) -> str:
 
 
 def refuse_unread_options(config: RunConfig, training: bool) -> None:
-    """Raise ``UnreadOption`` when a run that does not train is given a training option (a field
-    of ``TRAINING_FIELDS`` not at its default): it would have no effect."""
-    if training:
-        return
-    defaults = {field.name: field.default for field in dataclasses.fields(RunConfig)}
-    given = [name for name in TRAINING_FIELDS if getattr(config, name) != defaults[name]]
-    if given:
-        raise UnreadOption(f"{_flags(given)}: this recipe does not train, so it would not read them")
+    """Raise ``UnreadOption`` when ``config`` sets (away from its default) a field the run would
+    not read: a training option (``TRAINING_FIELDS``) in a run that does not train, or a field of
+    the recipe's ``READ_WHEN`` whose condition does not hold (``--clip-low`` without
+    ``--loss-fn ppo``)."""
+    if not training:
+        base = {field.name: field.default for field in dataclasses.fields(RunConfig)}
+        given = [name for name in TRAINING_FIELDS if getattr(config, name) != base[name]]
+        if given:
+            raise UnreadOption(f"{_flags(given)}: this recipe does not train, so it would not read them")
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    unread = [
+        f"{_flags([name])}: read only with {when}"
+        for name, (when, reads) in config.READ_WHEN.items()
+        if getattr(config, name) != defaults[name] and not reads(config)
+    ]
+    if unread:
+        raise UnreadOption("; ".join(unread))
 
 
 def _refuse_checkpoint_overrides(config: RunConfig, info: ts.GetInfoResponse) -> None:

@@ -23,9 +23,9 @@ teacher whose tokenizer differs is refused with ``BadRequestError`` (field ``tea
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import tinker_std as ts
 
@@ -50,6 +50,14 @@ class DistillConfig(RunConfig):
     kl_baseline: str = "mean"  # on_policy: mean | none (see the module docstring)
     topk: int = 8
     renderer: str = "auto"
+
+    READ_WHEN: ClassVar[Mapping[str, tuple[str, Callable[[Any], bool]]]] = {
+        **dict.fromkeys(
+            ("samples_per_prompt", "max_tokens", "temperature", "kl_coef", "kl_baseline"),
+            ("--mode on_policy", lambda c: c.mode == "on_policy"),
+        ),
+        "topk": ("--mode off_policy", lambda c: c.mode == "off_policy"),
+    }
 
 
 def check_same_tokenizer(student: Any, teacher: Any) -> None:

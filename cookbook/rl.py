@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import tinker_std as ts
 
@@ -119,6 +119,14 @@ class RLConfig(RunConfig):
     max_tokens: int | None = None  # None: the env's
     num_choices: int = 4  # env=choice
     renderer: str = "auto"
+
+    READ_WHEN: ClassVar[Mapping[str, tuple[str, Callable[[Any], bool]]]] = {
+        "data": ("--env data", lambda c: c.env == "data"),
+        "num_choices": ("--env choice", lambda c: c.env == "choice"),
+        "renderer": ("--env arithmetic or data", lambda c: c.env != "choice"),
+        "clip_low": ("--loss-fn ppo", lambda c: c.loss_fn == "ppo"),
+        "clip_high": ("--loss-fn ppo", lambda c: c.loss_fn == "ppo"),
+    }
 
 
 def make_env(config: RLConfig, tokenizer: Any) -> Env:

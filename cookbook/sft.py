@@ -22,7 +22,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import tinker_std as ts
 
@@ -50,6 +50,10 @@ class SFTConfig(RunConfig):
     max_length: int | None = None  # truncate examples to this many tokens
     eval_fraction: float = 0.1  # share of examples held out for eval_nll
     eval_every: int = 5
+
+    READ_WHEN: ClassVar[Mapping[str, tuple[str, Callable[[Any], bool]]]] = {
+        "eval_every": ("--eval-fraction above 0", lambda c: c.eval_fraction > 0),
+    }
 
 
 def build_datum(tokenizer: ts.Tokenizer, prompt: str, completion: str) -> ts.Datum:

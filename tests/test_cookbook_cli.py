@@ -50,7 +50,8 @@ def test_every_recipe_runs_from_the_command_line(tmp_path: Path, capsys: pytest.
 
     for mode in ("on_policy", "off_policy"):
         log_dir = tmp_path / mode
-        args = f"--mode {mode} --steps 2 --batch-size 2 --samples-per-prompt 2 --max-tokens 8".split()
+        own = "--samples-per-prompt 2 --max-tokens 8" if mode == "on_policy" else "--topk 4"
+        args = f"--mode {mode} --steps 2 --batch-size 2 {own}".split()
         assert main(["distill", *common, "--teacher", teacher, *args, "--log-dir", str(log_dir)]) == 0
         assert all(r["kl"] > 0 for r in rows(log_dir))
         assert_curves(log_dir)

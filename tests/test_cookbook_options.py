@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tinker_std.cli import main
-from tinker_std.cookbook import evaluate, sft
+from tinker_std.cookbook import distill, evaluate, sft
 from tinker_std.cookbook.common import UnreadOption, latest_checkpoint
 
 COMMON = ["--backend", "mock", "--no-progress", "--no-plot"]
@@ -73,3 +73,27 @@ def test_a_base_model_the_checkpoint_overrides_is_refused(tmp_path: Path) -> Non
     ):
         sft.run(other)
     assert not (tmp_path / "b").exists()
+
+
+def test_an_option_its_mode_does_not_read_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Recipe options read only in one mode (``READ_WHEN``) are refused, naming the mode, in any
+    other: before, ``--clip-low`` without ``--loss-fn ppo``, ``--max-tokens`` in off-policy
+    distillation or ``--eval-every`` without held-out examples changed nothing."""
+    common = [*COMMON, "--checkpoint-dir", str(tmp_path / "ckpt")]
+    log_dir = tmp_path / "rl"
+    assert main(["rl", *common, *RL, "--clip-low", "0.5", "--log-dir", str(log_dir)]) == 2
+    assert "tinker-std rl: error: --clip-low: read only with --loss-fn ppo" in capsys.readouterr().err
+    assert not log_dir.exists()
+    assert main(["rl", *common, *RL, "--clip-low", "0.5", "--loss-fn", "ppo", "--log-dir", str(log_dir)]) == 0
+
+    sft_args = ["sft", *common, "--steps", "1", "--eval-fraction", "0", "--eval-every", "2"]
+    assert main([*sft_args, "--log-dir", str(tmp_path / "sft")]) == 2
+    assert "--eval-every: read only with --eval-fraction above 0" in capsys.readouterr().err
+
+    config = distill.DistillConfig(
+        backend="mock", teacher="mock/tiny", mode="off_policy", max_tokens=8, temperature=0.5
+    )
+    with pytest.raises(UnreadOption, match=r"^--max-tokens: read only with --mode on_policy; --temperature: read"):
+        distill.run(config)
+    with pytest.raises(UnreadOption, match=r"^--topk: read only with --mode off_policy$"):
+        distill.run(distill.DistillConfig(backend="mock", teacher="mock/tiny", topk=4))
