@@ -39,6 +39,7 @@ __all__ = [
     "refuse_unread_options",
     "TRAINING_FIELDS",
     "DEFAULT_RANK",
+    "DEFAULT_SEED",
     "require_log_packages",
     "LOG_PACKAGES",
     "Run",
@@ -64,7 +65,7 @@ class RunConfig:
     backend: str | None = None  # registered backend name; None: the default (BE-8)
     base_model: str | None = None  # None: the backend's first model
     rank: int | None = None  # LoRA rank of a new adapter (None: DEFAULT_RANK); from a checkpoint: its rank
-    seed: int = 0
+    seed: int | None = None  # None: a resumed run's own seed, else DEFAULT_SEED
     steps: int = 20
     learning_rate: float = 1e-2
     lr_schedule: str = "constant"  # constant | linear | cosine
@@ -202,6 +203,8 @@ def require_log_packages(config: RunConfig) -> None:
 
 #: The LoRA rank of a run's new adapter when ``RunConfig.rank`` is not given.
 DEFAULT_RANK = 8
+#: The seed of a fresh run when ``RunConfig.seed`` is not given.
+DEFAULT_SEED = 0
 
 #: The ``RunConfig`` fields only a training run reads: a run that does not train (``eval``) refuses
 #: them when set (``refuse_unread_options``), and the command line does not offer them there.
@@ -252,6 +255,18 @@ def _refuse_checkpoint_overrides(config: RunConfig, info: ts.GetInfoResponse) ->
         raise UnreadOption(f"--rank {config.rank}: the checkpoint of {source} has LoRA rank {info.lora_rank}")
 
 
+def _run_seed(config: RunConfig, state: Mapping[str, Any]) -> int:
+    """The seed of a run: ``config.seed``, else (resuming) the seed of the run it continues, else
+    ``DEFAULT_SEED``. A resumed run continues its own data split and random stream, so a seed given
+    that differs from the one it ran with is refused (``UnreadOption``)."""
+    before = state.get("seed", state.get("config", {}).get("seed")) if state else None
+    if config.seed is not None and before is not None and config.seed != before:
+        raise UnreadOption(f"--seed {config.seed}: the run of --resume used seed {before}")
+    if config.seed is not None:
+        return config.seed
+    return int(before) if before is not None else DEFAULT_SEED
+
+
 class Run:
     """One recipe run: service, training client, schedule, checkpoints and logging.
 
@@ -269,10 +284,12 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.log_dir = Path(config.log_dir) if config.log_dir else None
         self.state: dict[str, Any] = load_run_state(config.resume, config.log_dir) if config.resume else {}
+        #: the seed of this run (``_run_seed``): its data split, new adapter and random stream
+        self.seed: int = _run_seed(config, self.state)
         options: dict[str, Any] = {} if config.checkpoint_dir is None else {"checkpoint_dir": config.checkpoint_dir}
         self.service = ts.ServiceClient(backend=config.backend, **options)
         self.start_step = int(self.state.get("step", 0))
-        self.rng = random.Random(config.seed)
+        self.rng = random.Random(self.seed)
         if self.state:
             _set_rng_state(self.rng, self.state["rng"])
         self._training: ts.TrainingClient | None = None
@@ -307,7 +324,7 @@ class Run:
         if config.init_from:
             return self.service.create_training_client_from_state(config.init_from).result()
         return self.service.create_lora_training_client(
-            base_model=self.base_model, rank=self.rank, seed=config.seed
+            base_model=self.base_model, rank=self.rank, seed=self.seed
         ).result()
 
     def _open_logs(self) -> None:
@@ -376,6 +393,7 @@ class Run:
             "step": step,
             "checkpoint": path,
             "base_model": self.base_model,
+            "seed": self.seed,
             "rng": _rng_state(self.rng),
             "lr_schedule": {
                 "schedule": self.config.lr_schedule,

@@ -94,7 +94,7 @@ def run(
         training = run.training
         renderer = get_renderer(training.get_tokenizer(), config.renderer)
         records = list(examples) if examples is not None else load_jsonl(config.data)
-        train_records, held_out = split_held_out(records, config.eval_fraction, config.seed)
+        train_records, held_out = split_held_out(records, config.eval_fraction, run.seed)
         train = build_datums(renderer, train_records, config.reduction, config.max_length)
         evals = build_datums(renderer, held_out, config.reduction, config.max_length)
         order = DataOrder(len(train), min(config.batch_size, len(train)), run.rng, run.state.get("data"))

@@ -7,6 +7,7 @@ than the checkpoint's trained the checkpoint's rank and model all the same.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,24 @@ def test_an_option_its_mode_does_not_read_is_refused(tmp_path: Path, capsys: pyt
         distill.run(config)
     with pytest.raises(UnreadOption, match=r"^--topk: read only with --mode off_policy$"):
         distill.run(distill.DistillConfig(backend="mock", teacher="mock/tiny", topk=4))
+
+
+def test_a_resumed_run_keeps_its_own_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Resumed without ``--seed``, a run continues with the seed it ran with, and a different seed
+    is refused. Before, a resumed run took seed 0 whatever it ran with: SFT's held-out split, and
+    so its training set, changed, and the resumed run's metrics differed from the uninterrupted
+    run's."""
+    base = ["sft", "--backend", "mock", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    base += "--steps 4 --batch-size 3 --save-every 2 --eval-every 2 --no-progress --no-plot".split()
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*base, "--seed", "5", "--log-dir", str(first)]) == 0
+    assert main([*base, "--seed", "5", "--log-dir", str(second)]) == 0
+    step2 = json.loads((second / "checkpoints.jsonl").read_text().splitlines()[0])["checkpoint"]
+    assert main([*base, "--seed", "6", "--log-dir", str(second), "--resume", step2]) == 2
+    assert "tinker-std sft: error: --seed 6: the run of --resume used seed 5" in capsys.readouterr().err
+    assert main([*base, "--log-dir", str(second), "--resume", step2]) == 0
+    assert metrics(second) == metrics(first)
+
+
+def metrics(log_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
