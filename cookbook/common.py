@@ -1,12 +1,12 @@
 """Plumbing shared by the recipes, so that each recipe file is just its training loop.
 
-* ``RunConfig``: the fields every recipe has (backend, model, LoRA rank, steps, learning-rate
-  schedule, logging, checkpoints, resume);
+* ``RunConfig`` (``run_config.py``, with the rules that refuse an option a run would not read):
+  the fields every recipe has (backend, model, LoRA rank, steps, learning-rate schedule, logging,
+  checkpoints, resume);
 * ``Run``: opens the service and the training client (fresh, from ``init_from``, or resumed with
   its optimizer state from ``resume``), hands out the learning rate of a step, saves checkpoints
   together with a run-state JSON, and logs metrics (``metrics.jsonl``, a tqdm bar, wandb and
-  tensorboard when asked for, ``curves.png`` at the end; a log asked for whose package is not
-  installed is refused before the run starts, ``MissingLogPackage``);
+  tensorboard when asked for, ``curves.png`` at the end);
 * ``DataOrder``: epoch-wise shuffled batches whose position is part of the run state;
 * ``lr_at``: constant / linear / cosine schedules with linear warmup, computed on the client;
 * ``load_jsonl``: a dataset file, or ``demo:NAME`` for one shipped in ``cookbook/data``.
@@ -20,28 +20,28 @@ requests one for one, so on a deterministic backend its metrics are bit-identica
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import tinker_std as ts
 
+from .run_config import (
+    DEFAULT_RANK,
+    RunConfig,
+    refuse_checkpoint_overrides,
+    refuse_resume_conflicts,
+    refuse_unread_options,
+    require_log_packages,
+    run_seed,
+)
+
 __all__ = [
     "RunConfig",
-    "MissingLogPackage",
-    "UnreadOption",
-    "refuse_unread_options",
-    "TRAINING_FIELDS",
-    "DEFAULT_RANK",
-    "DEFAULT_SEED",
-    "require_log_packages",
-    "LOG_PACKAGES",
     "Run",
     "DataOrder",
     "lr_at",
@@ -56,33 +56,6 @@ __all__ = [
 OnStep = Callable[[dict[str, Any]], None]
 
 SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Fields shared by every recipe. ``log_dir`` enables metrics.jsonl, checkpoints and curves."""
-
-    backend: str | None = None  # registered backend name; None: the default (BE-8)
-    base_model: str | None = None  # None: the backend's first model
-    rank: int | None = None  # LoRA rank of a new adapter (None: DEFAULT_RANK); from a checkpoint: its rank
-    seed: int | None = None  # None: a resumed run's own seed, else DEFAULT_SEED
-    steps: int = 20
-    learning_rate: float = 1e-2
-    lr_schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    log_dir: str | None = None
-    save_every: int = 0  # checkpoint every N steps (and always at the end) when log_dir is set
-    resume: str | None = None  # tinker://.../weights/... (looked up in log_dir), a run-state JSON, or a log dir
-    init_from: str | None = None  # start from these weights (fresh optimizer), e.g. an SFT checkpoint
-    checkpoint_dir: str | None = None  # backend option; default $TINKER_STD_CHECKPOINT_DIR
-    progress: bool = False  # tqdm bar
-    wandb: bool = False
-    tensorboard: bool = False
-    plot: bool = True  # write <log_dir>/curves.png at the end
-
-    #: Fields a recipe reads only under a condition: field -> (the condition, as an error names
-    #: it; whether ``config`` meets it). Set away from its default otherwise, a field is refused.
-    READ_WHEN: ClassVar[Mapping[str, tuple[str, Callable[[Any], bool]]]] = {}
 
 
 def lr_at(step: int, base: float, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
@@ -180,93 +153,6 @@ def latest_checkpoint(log_dir: str | Path) -> str:
     return str(state["checkpoint"])
 
 
-#: The optional logs a run can be asked for (``RunConfig`` field = CLI flag): the module each
-#: needs and how to install it.
-LOG_PACKAGES = {
-    "wandb": ("wandb", "pip install wandb"),
-    "tensorboard": ("tensorboard", "pip install 'tinker-std[tensorboard]'"),
-}
-
-
-class MissingLogPackage(ImportError):
-    """A log was asked for (``--wandb``, ``--tensorboard``) whose package is not installed."""
-
-
-def require_log_packages(config: RunConfig) -> None:
-    """Raise ``MissingLogPackage`` naming the flag when ``config`` asks for a log whose package is
-    not installed: an asked-for log is never dropped, and the run fails before it opens a service
-    or writes anything."""
-    for field, (module, install) in LOG_PACKAGES.items():
-        if getattr(config, field) and importlib.util.find_spec(module) is None:
-            raise MissingLogPackage(f"--{field}: the {module} package is not installed ({install})")
-
-
-#: The LoRA rank of a run's new adapter when ``RunConfig.rank`` is not given.
-DEFAULT_RANK = 8
-#: The seed of a fresh run when ``RunConfig.seed`` is not given.
-DEFAULT_SEED = 0
-
-#: The ``RunConfig`` fields only a training run reads: a run that does not train (``eval``) refuses
-#: them when set (``refuse_unread_options``), and the command line does not offer them there.
-TRAINING_FIELDS = (
-    "rank", "seed", "steps", "learning_rate", "lr_schedule", "warmup_steps", "save_every", "resume", "init_from",
-)  # fmt: skip
-
-
-class UnreadOption(ValueError):
-    """An option was set that the run would not read, or that its checkpoint overrides: refused by
-    name, never ignored."""
-
-
-def _flags(names: Sequence[str]) -> str:
-    return ", ".join("--" + name.replace("_", "-") for name in names)
-
-
-def refuse_unread_options(config: RunConfig, training: bool) -> None:
-    """Raise ``UnreadOption`` when ``config`` sets (away from its default) a field the run would
-    not read: a training option (``TRAINING_FIELDS``) in a run that does not train, or a field of
-    the recipe's ``READ_WHEN`` whose condition does not hold (``--clip-low`` without
-    ``--loss-fn ppo``)."""
-    if not training:
-        base = {field.name: field.default for field in dataclasses.fields(RunConfig)}
-        given = [name for name in TRAINING_FIELDS if getattr(config, name) != base[name]]
-        if given:
-            raise UnreadOption(f"{_flags(given)}: this recipe does not train, so it would not read them")
-    defaults = {field.name: field.default for field in dataclasses.fields(config)}
-    unread = [
-        f"{_flags([name])}: read only with {when}"
-        for name, (when, reads) in config.READ_WHEN.items()
-        if getattr(config, name) != defaults[name] and not reads(config)
-    ]
-    if unread:
-        raise UnreadOption("; ".join(unread))
-
-
-def _refuse_checkpoint_overrides(config: RunConfig, info: ts.GetInfoResponse) -> None:
-    """A run from a checkpoint (``resume`` / ``init_from``) has the checkpoint's base model and LoRA
-    rank: a ``base_model`` or ``rank`` given that differs from them would be silently overridden,
-    so it is refused (the same values, as when a run is resumed with its own command line, are
-    fine)."""
-    source = "--resume" if config.resume else "--init-from"
-    model = info.model_data.model_name
-    if config.base_model is not None and model is not None and config.base_model != model:
-        raise UnreadOption(f"--base-model {config.base_model!r}: the checkpoint of {source} is of {model!r}")
-    if config.rank is not None and info.lora_rank is not None and config.rank != info.lora_rank:
-        raise UnreadOption(f"--rank {config.rank}: the checkpoint of {source} has LoRA rank {info.lora_rank}")
-
-
-def _run_seed(config: RunConfig, state: Mapping[str, Any]) -> int:
-    """The seed of a run: ``config.seed``, else (resuming) the seed of the run it continues, else
-    ``DEFAULT_SEED``. A resumed run continues its own data split and random stream, so a seed given
-    that differs from the one it ran with is refused (``UnreadOption``)."""
-    before = state.get("seed", state.get("config", {}).get("seed")) if state else None
-    if config.seed is not None and before is not None and config.seed != before:
-        raise UnreadOption(f"--seed {config.seed}: the run of --resume used seed {before}")
-    if config.seed is not None:
-        return config.seed
-    return int(before) if before is not None else DEFAULT_SEED
-
-
 class Run:
     """One recipe run: service, training client, schedule, checkpoints and logging.
 
@@ -284,8 +170,10 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.log_dir = Path(config.log_dir) if config.log_dir else None
         self.state: dict[str, Any] = load_run_state(config.resume, config.log_dir) if config.resume else {}
-        #: the seed of this run (``_run_seed``): its data split, new adapter and random stream
-        self.seed: int = _run_seed(config, self.state)
+        if self.state:
+            refuse_resume_conflicts(config, self.state)
+        #: the seed of this run (``run_seed``): its data split, new adapter and random stream
+        self.seed: int = run_seed(config, self.state)
         options: dict[str, Any] = {} if config.checkpoint_dir is None else {"checkpoint_dir": config.checkpoint_dir}
         self.service = ts.ServiceClient(backend=config.backend, **options)
         self.start_step = int(self.state.get("step", 0))
@@ -301,7 +189,7 @@ class Run:
                 self._training = self._open_training_client()
                 info = self._training.get_info()
                 if self.state or config.init_from:
-                    _refuse_checkpoint_overrides(config, info)
+                    refuse_checkpoint_overrides(config, info)
                 self.base_model = info.model_data.model_name or self.base_model
                 self.rank = info.lora_rank or self.rank
             self._open_logs()

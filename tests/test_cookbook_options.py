@@ -14,7 +14,8 @@ import pytest
 
 from tinker_std.cli import main
 from tinker_std.cookbook import distill, evaluate, sft
-from tinker_std.cookbook.common import UnreadOption, latest_checkpoint
+from tinker_std.cookbook.common import latest_checkpoint
+from tinker_std.cookbook.run_config import UnreadOption
 
 COMMON = ["--backend", "mock", "--no-progress", "--no-plot"]
 RL = ["--env", "choice", "--steps", "1", "--group-size", "4", "--groups-per-batch", "1"]
@@ -113,6 +114,8 @@ def test_a_resumed_run_keeps_its_own_seed(tmp_path: Path, capsys: pytest.Capture
     step2 = json.loads((second / "checkpoints.jsonl").read_text().splitlines()[0])["checkpoint"]
     assert main([*base, "--seed", "6", "--log-dir", str(second), "--resume", step2]) == 2
     assert "tinker-std sft: error: --seed 6: the run of --resume used seed 5" in capsys.readouterr().err
+    assert main([*base, "--init-from", step2, "--log-dir", str(second), "--resume", step2]) == 2
+    assert f"--init-from {step2}: the run of --resume started from a new adapter" in capsys.readouterr().err
     assert main([*base, "--log-dir", str(second), "--resume", step2]) == 0
     assert metrics(second) == metrics(first)
 

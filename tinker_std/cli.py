@@ -73,7 +73,7 @@ def _scalar_type(annotation: Any) -> Any:
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type[Any], training: bool = True) -> None:
     """A flag per field of ``config_cls``; without ``training``, none for the fields only a training
     run reads (``TRAINING_FIELDS``: argparse then refuses them by name)."""
-    from tinker_std.cookbook.common import TRAINING_FIELDS
+    from tinker_std.cookbook.run_config import TRAINING_FIELDS
 
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
@@ -111,7 +111,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
     values.setdefault("log_dir", f"runs/{name}")
     values.setdefault("progress", True)
     config = config_cls(**values)
-    from tinker_std.cookbook.common import MissingLogPackage, UnreadOption
+    from tinker_std.cookbook.run_config import MissingLogPackage, UnreadOption
 
     try:
         history = run(config)
