@@ -7,13 +7,15 @@ than the checkpoint's trained the checkpoint's rank and model all the same.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
 
 import pytest
 
 from tinker_std.cli import main
-from tinker_std.cookbook import distill, evaluate, sft
+from tinker_std.cookbook import distill, evaluate, rl, sft
 from tinker_std.cookbook.common import latest_checkpoint
 from tinker_std.cookbook.run_config import UnreadOption
 
@@ -122,3 +124,27 @@ def test_a_resumed_run_keeps_its_own_seed(tmp_path: Path, capsys: pytest.Capture
 
 def metrics(log_dir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class _EvenTokens:
+    """An env of the caller's: reward 1 for an even first sampled token."""
+
+    max_tokens = 1
+    stop = None
+
+    def sample_prompt(self, rng: random.Random) -> tuple[list[int], object]:
+        return [rng.randrange(1, 50) for _ in range(4)], None
+
+    def reward(self, answer: object, completion: list[int]) -> float:
+        return float(bool(completion) and completion[0] % 2 == 0)
+
+
+def test_rl_with_an_env_of_its_own_refuses_the_config_env_fields() -> None:
+    """``rl.run(config, env=...)`` trains on the caller's env; the config's env fields are then
+    not read, and setting one is refused (before, ``num_choices=5`` beside an env changed nothing)."""
+    config = rl.RLConfig(backend="mock", steps=2, groups_per_batch=2, group_size=4, plot=False)
+    with pytest.raises(UnreadOption, match=r"^--num-choices: not read when run\(\) is given an env of its own$"):
+        rl.run(dataclasses.replace(config, num_choices=5), env=_EvenTokens())
+    history = rl.run(config, env=_EvenTokens())
+    assert [row["step"] for row in history] == [0, 1]
+    assert all(0.0 <= row["reward"] <= 1.0 for row in history)
