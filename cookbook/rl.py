@@ -23,7 +23,6 @@ and ``reward(answer, completion_tokens)``; three are built in:
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +34,7 @@ import tinker_std as ts
 from .common import OnStep, Run, RunConfig, load_jsonl
 from .evaluate import answers_match
 from .renderers import Renderer, Stop, get_renderer, make_datum, prompt_of_record
-from .run_config import UnreadOption
+from .run_config import refuse_set_fields
 
 __all__ = [
     "RLConfig", "Env", "ArithmeticEnv", "DatasetEnv", "ChoiceEnv", "ENV_FIELDS", "make_env", "group_advantages", "run",
@@ -157,15 +156,11 @@ def group_advantages(rewards: Sequence[float]) -> list[float]:
 def run(config: RLConfig, env: Env | None = None, on_step: OnStep | None = None) -> list[dict[str, Any]]:
     """Train for ``config.steps`` RL steps; returns one metrics dict per step run. With an ``env``
     of the caller's, the config's env fields (``ENV_FIELDS``) are not read, so setting any of them
-    away from its default raises ``UnreadOption``."""
+    away from its default raises ``UnreadOption`` (``refuse_set_fields``)."""
     if config.loss_fn not in ("importance_sampling", "ppo"):
         raise ValueError("loss_fn must be importance_sampling or ppo")
     if env is not None:
-        defaults = {field.name: field.default for field in dataclasses.fields(RLConfig)}
-        given = [name for name in ENV_FIELDS if getattr(config, name) != defaults[name]]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise UnreadOption(f"{flags}: not read when run() is given an env of its own")
+        refuse_set_fields(config, ENV_FIELDS, "not read when run() is given an env of its own")
     loss_config = {"clip_low_threshold": config.clip_low, "clip_high_threshold": config.clip_high}
     with Run(config, "rl", show=("reward", "loss")) as run:
         training = run.training

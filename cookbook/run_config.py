@@ -32,6 +32,7 @@ __all__ = [
     "UnreadOption",
     "refuse_checkpoint_overrides",
     "refuse_resume_conflicts",
+    "refuse_set_fields",
     "refuse_unread_options",
     "require_log_packages",
     "run_seed",
@@ -107,21 +108,31 @@ def _flags(names: Sequence[str]) -> str:
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
+def _set_fields(config: RunConfig, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``config`` sets away from its class's default."""
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    return [name for name in names if getattr(config, name) != defaults[name]]
+
+
+def refuse_set_fields(config: RunConfig, names: Sequence[str], why: str) -> None:
+    """Raise ``UnreadOption`` (``"--a, --b: <why>"``) when ``config`` sets any of ``names`` away
+    from its default: fields the run would not read."""
+    given = _set_fields(config, names)
+    if given:
+        raise UnreadOption(f"{_flags(given)}: {why}")
+
+
 def refuse_unread_options(config: RunConfig, training: bool) -> None:
     """Raise ``UnreadOption`` when ``config`` sets (away from its default) a field the run would
     not read: a training option (``TRAINING_FIELDS``) in a run that does not train, or a field of
     the recipe's ``READ_WHEN`` whose condition does not hold (``--clip-low`` without
     ``--loss-fn ppo``)."""
     if not training:
-        base = {field.name: field.default for field in dataclasses.fields(RunConfig)}
-        given = [name for name in TRAINING_FIELDS if getattr(config, name) != base[name]]
-        if given:
-            raise UnreadOption(f"{_flags(given)}: this recipe does not train, so it would not read them")
-    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+        refuse_set_fields(config, TRAINING_FIELDS, "this recipe does not train, so it would not read them")
     unread = [
-        f"{_flags([name])}: read only with {when}"
-        for name, (when, reads) in config.READ_WHEN.items()
-        if getattr(config, name) != defaults[name] and not reads(config)
+        f"{_flags([name])}: read only with {config.READ_WHEN[name][0]}"
+        for name in _set_fields(config, list(config.READ_WHEN))
+        if not config.READ_WHEN[name][1](config)
     ]
     if unread:
         raise UnreadOption("; ".join(unread))
@@ -149,15 +160,22 @@ def refuse_resume_conflicts(config: RunConfig, state: Mapping[str, Any]) -> None
         raise UnreadOption(
             f"--init-from {config.init_from}: the run of --resume started from {started or 'a new adapter'}"
         )
-    before = state.get("seed", state.get("config", {}).get("seed"))
+    before = _resumed_seed(state)
     if config.seed is not None and before is not None and config.seed != before:
         raise UnreadOption(f"--seed {config.seed}: the run of --resume used seed {before}")
 
 
+def _resumed_seed(state: Mapping[str, Any]) -> int | None:
+    """The seed a run state's run ran with (older run states hold it in their ``config`` only);
+    ``None`` for no run state."""
+    seed = state.get("seed", state.get("config", {}).get("seed"))
+    return None if seed is None else int(seed)
+
+
 def run_seed(config: RunConfig, state: Mapping[str, Any]) -> int:
-    """The seed of a run: ``config.seed``, else (resuming) the seed of the run it continues (older
-    run states hold it in their ``config`` only), else ``DEFAULT_SEED``."""
+    """The seed of a run: ``config.seed``, else (resuming) the seed of the run it continues, else
+    ``DEFAULT_SEED``."""
     if config.seed is not None:
         return config.seed
-    before = state.get("seed", state.get("config", {}).get("seed")) if state else None
-    return int(before) if before is not None else DEFAULT_SEED
+    before = _resumed_seed(state)
+    return DEFAULT_SEED if before is None else before
